@@ -1,0 +1,186 @@
+"""Versioned wire contracts between the service and the GPU workers (torch-free).
+
+A RunPod job's ``input`` is one of the ``*Request`` models below, dumped with
+``model_dump(mode="json")``; a worker's ``output`` is the matching ``*Response``. A worker that
+fails returns ``{"error": "<json string of WorkerErrorData>"}`` (RunPod requires a string there;
+a dict would end COMPLETED without output). Unknown fields are rejected on both sides, so a
+misspelt knob is an error, never silently ignored (the seed's ControlNet bug).
+
+Action names keep the seed's: upscale worker ``upscale``, ``list_models``, ``upload_model``,
+``delete_model``, ``health``; caption worker ``caption``, ``health``.
+Images travel as :class:`ImageRef`: inline base64 PNG/WebP bytes, or an http(s) URL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from service.core.params import LoraSpec, Scheduler
+
+CONTRACT_VERSION = 1
+MAX_TILES_PER_CALL = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageRef(_Strict):
+    """An image: exactly one of inline ``b64`` (no data-URI prefix) or ``url``."""
+
+    b64: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _one(self) -> ImageRef:
+        if (self.b64 is None) == (self.url is None):
+            raise ValueError("an image needs exactly one of b64 or url")
+        return self
+
+
+class WorkerErrorData(_Strict):
+    code: str
+    message: str
+    retryable: bool = False
+
+    def to_output(self) -> dict[str, str]:
+        """The handler return value that makes RunPod mark the job FAILED with this error."""
+        return {"error": json.dumps(self.model_dump())}
+
+
+# ---- upscale worker -------------------------------------------------------------------------
+
+
+class TileIn(_Strict):
+    tile_id: str = Field(min_length=1, max_length=64)
+    image: ImageRef
+    prompt: str = Field(default="", max_length=4000)  # caption / per-tile prompt (appended)
+    seed: int = Field(ge=0, le=2**32 - 1)
+
+
+class UpscaleRequest(_Strict):
+    action: Literal["upscale"] = "upscale"
+    version: Literal[1] = CONTRACT_VERSION
+    tiles: list[TileIn] = Field(min_length=1, max_length=MAX_TILES_PER_CALL)
+    prompt: str = Field(default="", max_length=4000)  # global style prompt
+    negative_prompt: str = Field(default="", max_length=4000)
+    strength: float = Field(default=0.35, ge=0.0, le=1.0)
+    steps: int = Field(default=30, ge=1, le=100)
+    cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
+    scheduler: Scheduler = "dpmpp_2m_sde_karras"
+    clip_skip: int = Field(default=0, ge=0, le=4)
+    controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
+    ip_adapter_image: ImageRef | None = None
+    ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    output_format: Literal["png", "webp"] = "png"
+
+
+class TileOut(_Strict):
+    tile_id: str
+    image: ImageRef
+    seed_used: int
+
+
+class UpscaleResponse(_Strict):
+    version: Literal[1] = CONTRACT_VERSION
+    tiles: list[TileOut]
+
+
+class ListModelsRequest(_Strict):
+    action: Literal["list_models"] = "list_models"
+    version: Literal[1] = CONTRACT_VERSION
+    model_type: Literal["lora"] = "lora"
+
+
+class ModelInfo(_Strict):
+    name: str
+    size_bytes: int
+    sha256: str | None = None
+
+
+class ListModelsResponse(_Strict):
+    models: list[ModelInfo]
+
+
+class UploadModelRequest(_Strict):
+    action: Literal["upload_model"] = "upload_model"
+    version: Literal[1] = CONTRACT_VERSION
+    model_type: Literal["lora"] = "lora"
+    filename: str = Field(min_length=1, max_length=200)
+    file_b64: str
+    chunk_index: int = Field(default=0, ge=0)
+    total_chunks: int = Field(default=1, ge=1, le=10_000)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # of the whole file
+
+
+class UploadModelResponse(_Strict):
+    status: Literal["partial", "complete"]
+    name: str
+    size_bytes: int
+
+
+class DeleteModelRequest(_Strict):
+    action: Literal["delete_model"] = "delete_model"
+    version: Literal[1] = CONTRACT_VERSION
+    model_type: Literal["lora"] = "lora"
+    name: str = Field(min_length=1, max_length=200)
+
+
+class DeleteModelResponse(_Strict):
+    status: Literal["deleted"]
+    name: str
+
+
+class HealthRequest(_Strict):
+    action: Literal["health"] = "health"
+    version: Literal[1] = CONTRACT_VERSION
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok", "degraded"]
+    worker: Literal["upscale", "caption", "echo"]
+    gpu: str | None = None
+    vram_total_gb: float | None = None
+    vram_used_gb: float | None = None
+    model_loaded: bool = False
+
+
+# ---- caption worker -------------------------------------------------------------------------
+
+
+class CaptionTileIn(_Strict):
+    tile_id: str = Field(min_length=1, max_length=64)
+    image: ImageRef
+
+
+class CaptionRequest(_Strict):
+    action: Literal["caption"] = "caption"
+    version: Literal[1] = CONTRACT_VERSION
+    tiles: list[CaptionTileIn] = Field(min_length=1, max_length=MAX_TILES_PER_CALL)
+    instruction: str | None = Field(default=None, max_length=2000)  # None = built-in
+    max_new_tokens: int = Field(default=48, ge=1, le=300)
+
+
+class Caption(_Strict):
+    tile_id: str
+    caption: str
+
+
+class CaptionResponse(_Strict):
+    version: Literal[1] = CONTRACT_VERSION
+    captions: list[Caption]
+
+
+UpscaleWorkerRequest = Annotated[
+    UpscaleRequest | ListModelsRequest | UploadModelRequest | DeleteModelRequest | HealthRequest,
+    Field(discriminator="action"),
+]
+CaptionWorkerRequest = Annotated[CaptionRequest | HealthRequest, Field(discriminator="action")]
+
+upscale_worker_request: TypeAdapter[Any] = TypeAdapter(UpscaleWorkerRequest)
+caption_worker_request: TypeAdapter[Any] = TypeAdapter(CaptionWorkerRequest)

@@ -1,0 +1,146 @@
+"""The one settings class of the service, read once at start and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables (``AAT_*``, plus the
+seed's ``RUNPOD_API_KEY`` / ``RUNPOD_UPSCALE_ENDPOINT_ID`` / ``RUNPOD_CAPTION_ENDPOINT_ID``),
+a ``.env`` file, then ``aat.toml`` (path from ``AAT_CONFIG``, else ``./aat.toml``).
+Secrets are ``SecretStr`` and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from service.core.errors import ConfigError
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ai-assets-toolbox"
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("AAT_CONFIG", "aat.toml"))
+
+
+class Settings(BaseSettings):
+    """All knobs of one deployable (API, job runner, watcher, CLI)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AAT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # where things live
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: sqlite file in data_dir
+    broker_url: str | None = None  # redis://...; None = embedded executor
+
+    # HTTP API
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    api_token: SecretStr | None = None
+    server_url: str = "http://127.0.0.1:8765"  # where CLI, watcher and plugins find the API
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # GPU backend
+    backend: Literal["auto", "none", "runpod", "local"] = "auto"
+    runpod_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("RUNPOD_API_KEY", "AAT_RUNPOD_API_KEY")
+    )
+    runpod_upscale_endpoint_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RUNPOD_UPSCALE_ENDPOINT_ID", "AAT_RUNPOD_UPSCALE_ENDPOINT_ID"),
+    )
+    runpod_caption_endpoint_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RUNPOD_CAPTION_ENDPOINT_ID", "AAT_RUNPOD_CAPTION_ENDPOINT_ID"),
+    )
+    runpod_base_url: str = "https://api.runpod.ai/v2"
+    runpod_max_concurrency: int | None = Field(default=None, ge=1, le=256)
+    runpod_price_per_gpu_second: float = Field(default=0.00076, ge=0.0)  # USD
+    runpod_execution_timeout_s: int = Field(default=600, ge=5)
+    runpod_ttl_s: int = Field(default=3600, ge=60)
+    runpod_tile_attempts: int = Field(default=3, ge=1, le=10)
+
+    # input/output limits
+    max_input_pixels: int = Field(default=64_000_000, ge=1)
+    max_input_side: int = Field(default=16384, ge=1)
+    max_output_side: int = Field(default=16384, ge=1, le=65536)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+
+    # delivery
+    repos: dict[str, Path] = Field(default_factory=dict)
+    intake_roots: list[Path] = Field(default_factory=list)  # paths a JSON submission may name
+    git_commit: bool = False
+
+    # watcher
+    watch_folders: list[Path] = Field(default_factory=list)
+    watch_scan_interval_s: float = Field(default=30.0, gt=0)
+    watch_stable_s: float = Field(default=2.0, ge=0)
+
+    # job execution
+    job_threads: int = Field(default=2, ge=1, le=64)
+    lease_s: float = Field(default=60.0, gt=1)
+
+    @field_validator("repos")
+    @classmethod
+    def _repos_absolute(cls, value: dict[str, Path]) -> dict[str, Path]:
+        return {name: Path(path).expanduser().resolve() for name, path in value.items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
+        )
+
+    # derived values
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'aat.db'}"
+
+    @property
+    def effective_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        if self.runpod_api_key and self.runpod_upscale_endpoint_id:
+            return "runpod"
+        return "none"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings once; a bad value raises :class:`ConfigError` naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        env = "AAT_" + where.upper() if where != "settings" else where
+        raise ConfigError(
+            f"invalid setting {where} ({env}): {first.get('msg')}; fix it in the environment "
+            f"or in {_toml_path()}"
+        ) from exc
+    except (OSError, ValueError) as exc:  # e.g. a malformed aat.toml
+        raise ConfigError(f"could not read settings: {exc}; check {_toml_path()}") from exc
