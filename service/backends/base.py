@@ -1,0 +1,101 @@
+"""The `GpuBackend` port: what the orchestrator asks of a GPU (captions, refined tiles, LoRAs).
+
+Implementations: ``RunPodBackend`` (service/backends/runpod.py, remote serverless workers) and
+``LocalBackend`` (service/backends/local.py, the worker pipelines in-process on a local GPU).
+Without a GPU backend the orchestrator skips captioning and refining (backend ``none``).
+
+All calls are async and work on one tile at a time; the orchestrator runs up to
+``max_concurrency()`` of them at once. Images are ``(H, W, 3) uint8`` RGB numpy arrays.
+Failures raise :class:`service.core.errors.BackendError` subclasses with ``code``/``retryable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.core.contracts import ModelInfo
+from service.core.params import LoraSpec, Scheduler
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Job-wide diffusion settings (per-tile prompt and seed travel with the tile)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.35
+    steps: int = 30
+    cfg_scale: float = 7.0
+    scheduler: Scheduler = "dpmpp_2m_sde_karras"
+    clip_skip: int = 0
+    controlnet_scale: float = 0.7
+    ip_adapter_image: np.ndarray | None = None
+    ip_adapter_scale: float = 0.0
+    loras: tuple[LoraSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TileTask:
+    tile_id: str
+    image: np.ndarray  # (H, W, 3) uint8
+    prompt: str = ""  # caption or user prompt for this tile, appended to the global prompt
+    seed: int = 0
+
+
+@dataclass
+class CallAccounting:
+    """What one remote call cost: RunPod job ids and timings (ms as RunPod reports them)."""
+
+    remote_job_ids: list[str] = field(default_factory=list)
+    delay_ms: int = 0
+    execution_ms: int = 0
+    attempts: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class RefineResult:
+    tile_id: str
+    image: np.ndarray  # (H, W, 3) uint8, same size as the input tile
+    seed_used: int
+    accounting: CallAccounting = field(default_factory=CallAccounting)
+
+
+@dataclass
+class CaptionResult:
+    tile_id: str
+    caption: str
+    accounting: CallAccounting = field(default_factory=CallAccounting)
+
+
+# Called with the remote job id as soon as a call is submitted, so a resumed job can re-poll.
+OnSubmitted = Callable[[str], None]
+
+
+class GpuBackend(Protocol):
+    name: str
+
+    async def max_concurrency(self) -> int: ...
+
+    async def caption(
+        self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
+        max_new_tokens: int = 48, on_submitted: OnSubmitted | None = None,
+    ) -> CaptionResult: ...
+
+    async def refine(
+        self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
+    ) -> RefineResult: ...
+
+    async def list_models(self) -> list[ModelInfo]: ...
+
+    async def upload_model(self, filename: str, data: bytes) -> ModelInfo: ...
+
+    async def delete_model(self, name: str) -> None: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,132 @@
+"""Job vocabulary: status lifecycle, stages, delivery target and the public job view.
+
+Lifecycle (one function, :func:`check_transition`, refuses illegal moves)::
+
+    queued ──► running ──► succeeded
+      │          │ ├─────► failed
+      │          │ └─────► canceled
+      │          └──► queued        (a runner died: the job is re-claimed)
+      └──► canceled
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.errors import IllegalTransition
+from service.core.params import NamingMode, UpscaleParams
+
+PIPELINE_VERSION = "1"
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled}),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.queued}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
+}
+
+
+def check_transition(current: JobStatus, new: JobStatus) -> None:
+    """Raise :class:`IllegalTransition` unless ``current → new`` is in the lifecycle."""
+    if new not in _ALLOWED[current]:
+        raise IllegalTransition(f"a {current.value} job cannot become {new.value}")
+
+
+Stage = Literal[
+    "queued", "load", "pre_upscale", "plan", "caption", "refine", "blend", "seam_fix",
+    "encode", "deliver", "done",
+]
+
+
+class TargetSpec(BaseModel):
+    """Where the result lands: a named repo from settings and a path inside it."""
+
+    model_config = ConfigDict(extra="forbid")
+    repo: str = Field(min_length=1, max_length=100)
+    path: str = Field(min_length=1, max_length=1000)  # the source's place, relative to the repo
+    naming: NamingMode = "suffix"
+    mirror_dir: str | None = Field(default=None, max_length=1000)  # for naming="mirror"
+
+
+class StageProgress(BaseModel):
+    done: int = 0
+    total: int = 0
+
+
+class JobInput(BaseModel):
+    filename: str
+    sha256: str
+    width: int
+    height: int
+    format: str
+
+
+class JobOutput(BaseModel):
+    width: int
+    height: int
+    format: str
+    sha256: str
+    upscaler: str
+    backend: str
+    delivered_path: str | None = None
+
+
+class JobErrorView(BaseModel):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class JobCost(BaseModel):
+    runpod_jobs: int = 0
+    execution_s: float = 0.0
+    usd: float = 0.0
+
+
+class JobPublic(BaseModel):
+    """The job as the REST API, CLI, watcher and plugins see it (docs/api/contract.md)."""
+
+    id: str
+    status: JobStatus
+    stage: Stage = "queued"
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    stages: dict[str, StageProgress] = Field(default_factory=dict)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    params: UpscaleParams
+    input: JobInput
+    target: TargetSpec | None = None
+    output: JobOutput | None = None
+    error: JobErrorView | None = None
+    cost: JobCost = Field(default_factory=JobCost)
+    attempts: int = 0
+    urls: dict[str, str] = Field(default_factory=dict)
+
+    @staticmethod
+    def urls_for(job_id: str) -> dict[str, Any]:
+        base = f"/v1/jobs/{job_id}"
+        return {"self": base, "result": f"{base}/result", "events": f"{base}/events",
+                "cancel": f"{base}/cancel"}
