@@ -1,0 +1,286 @@
+"""Tile planning: where each tile of an output image lies, and where the seams between them are.
+
+Owns the geometry of tiled upscaling; pure (numbers and numpy arrays, no I/O, no logging).
+
+Conventions
+-----------
+* Boxes are half-open and in output pixels: a tile covers columns ``[x, x + w)`` and rows
+  ``[y, y + h)``. Tiles are numbered row-major: ``index = row * n_cols + col``.
+* Along each axis, ``n`` is the smallest count for which every overlap between neighbouring
+  tiles is at least the requested one; the origins are spread evenly,
+  ``origin_i = round(i * (L - T) / (n - 1))``, so edge tiles are shifted inward (never stretched,
+  never clamped into one wide overlap). A tile is smaller than ``tile_size`` only when the whole
+  image is, along that axis.
+* Tileable mode treats the image as a torus: ``n = ceil(L / (T - overlap))`` tiles with origins
+  ``round(i * L / n)``; a box may run past the right/bottom edge and wraps to the left/top, so the
+  wrap-around edge is blended like any other seam and a seamless texture stays seamless.
+* Each pair of neighbouring tiles has one **transition** ``(start, end)``: the columns over which
+  the blend weight ramps from the first tile to the second. It is the actual overlap of the pair,
+  cut back only where overlaps are so large (more than half a tile) that the transitions of
+  consecutive pairs would meet. Transitions never intersect, so at most two tiles per axis mix at
+  any pixel. The seam ``x0`` of a transition is its middle (columns ``x0 - 1`` and ``x0`` come
+  from different tile centres); ``TilePlan.seams_x`` / ``seams_y`` list the internal ones.
+* Seam-fix plans (:func:`plan_seam_fix`) hold extra tiles composited over a blended image by
+  ``service.core.blending.blend_seam_fix``; ``feathers[i] = (fx, fy)`` is the width of the soft
+  edge of tile ``i`` on each axis (image borders are never feathered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.core.errors import ParamsError
+
+SeamFixMode = Literal["offset", "band"]
+PlanKind = Literal["grid", "offset", "band"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: half-open box ``[x, x + w) x [y, y + h)`` in output pixels (may wrap if tileable)."""
+
+    index: int
+    row: int
+    col: int
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The tiling of one axis: tile origins, tile size and the transitions between neighbours.
+
+    ``transitions[k]`` is the ramp from tile ``k`` to tile ``k + 1`` (in tileable mode the last
+    one runs from the last tile to tile 0, in coordinates past ``length``).
+    """
+
+    length: int
+    size: int
+    origins: tuple[int, ...]
+    transitions: tuple[tuple[int, int], ...]
+    tileable: bool
+
+    @property
+    def seams(self) -> tuple[int, ...]:
+        """Internal seam positions in ``(0, length)``, sorted (the wrap edge itself excluded)."""
+        out = {((s + e) // 2) % self.length for s, e in self.transitions}
+        out.discard(0)
+        return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """All tiles for a ``width`` x ``height`` output, plus per-axis geometry and seams."""
+
+    width: int
+    height: int
+    tile_size: int
+    overlap: int
+    tileable: bool
+    tiles: tuple[Tile, ...]
+    seams_x: tuple[int, ...]
+    seams_y: tuple[int, ...]
+    kind: PlanKind = "grid"
+    axis_x: Axis | None = None
+    axis_y: Axis | None = None
+    feathers: tuple[tuple[int, int], ...] = field(default=())
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.axis_x.origins) if self.axis_x else 0
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.axis_y.origins) if self.axis_y else 0
+
+
+def _round_div(num: int, den: int) -> int:
+    """``round(num / den)`` for non-negative integers, halves rounded up (no banker's rounding)."""
+    return (2 * num + den) // (2 * den)
+
+
+def _origins(length: int, size: int, overlap: int, tileable: bool) -> tuple[tuple[int, ...], int]:
+    """Tile origins and tile size along one axis."""
+    if length <= size:
+        return (0,), length
+    stride = size - overlap
+    if tileable:
+        n = -(-length // stride)
+        return tuple(_round_div(i * length, n) for i in range(n)), size
+    n = 1 + -(-(length - size) // stride)
+    return tuple(_round_div(i * (length - size), n - 1) for i in range(n)), size
+
+
+def _transitions(origins: tuple[int, ...], size: int, length: int, tileable: bool
+                 ) -> tuple[tuple[int, int], ...]:
+    """Disjoint ramps between consecutive tiles: each pair's overlap, cut at the midpoints
+    between neighbouring overlap centres so that consecutive ramps never meet."""
+    n = len(origins)
+    if n == 1:
+        return ()
+    starts = list(origins) + ([origins[0] + length] if tileable else [])
+    pairs = [(starts[k + 1], starts[k] + size) for k in range(len(starts) - 1)]
+    twice_centres = [a + b for a, b in pairs]
+    out = []
+    for k, (a, b) in enumerate(pairs):
+        lo, hi = a, b
+        if k > 0 or tileable:
+            prev = twice_centres[k - 1] if k > 0 else twice_centres[-1] - 2 * length
+            lo = max(lo, (prev + twice_centres[k]) // 4)
+        if k < len(pairs) - 1 or tileable:
+            nxt = twice_centres[k + 1] if k < len(pairs) - 1 else twice_centres[0] + 2 * length
+            hi = min(hi, (twice_centres[k] + nxt) // 4)
+        out.append((lo, max(lo, hi)))
+    return tuple(out)
+
+
+def _axis(length: int, size: int, overlap: int, tileable: bool) -> Axis:
+    origins, tile_len = _origins(length, size, overlap, tileable)
+    wrap = tileable and len(origins) > 1
+    return Axis(length, tile_len, origins, _transitions(origins, tile_len, length, wrap), wrap)
+
+
+def _check(width: int, height: int, tile_size: int, overlap: int) -> None:
+    if width < 1 or height < 1:
+        raise ParamsError(f"image size {width}x{height} is empty; give a width and height of at least 1 px")
+    if tile_size < 1:
+        raise ParamsError(f"tile_size {tile_size} must be at least 1 px")
+    if not 0 <= overlap < tile_size:
+        raise ParamsError(
+            f"overlap {overlap} must be between 0 and tile_size - 1 ({tile_size - 1}); lower the overlap"
+        )
+
+
+def plan_tiles(width: int, height: int, tile_size: int = 1024, overlap: int = 128, *,
+               tileable: bool = False) -> TilePlan:
+    """Plan the tiles of a ``width`` x ``height`` output (see the module docstring for the rules).
+
+    Raises :class:`ParamsError` for an empty image, ``tile_size < 1`` or an overlap outside
+    ``[0, tile_size)``.
+    """
+    _check(width, height, tile_size, overlap)
+    ax = _axis(width, tile_size, overlap, tileable)
+    ay = _axis(height, tile_size, overlap, tileable)
+    tiles = tuple(
+        Tile(r * len(ax.origins) + c, r, c, x, y, ax.size, ay.size)
+        for r, y in enumerate(ay.origins)
+        for c, x in enumerate(ax.origins)
+    )
+    return TilePlan(width, height, tile_size, overlap, tileable, tiles, ax.seams, ay.seams,
+                    "grid", ax, ay)
+
+
+def _offset_positions(axis: Axis) -> tuple[int, ...]:
+    """Origins of tiles centred on each seam of ``axis`` (plus the edge tiles if not wrapping)."""
+    if len(axis.origins) == 1:
+        return axis.origins
+    size, length = axis.size, axis.length
+    centred = [(s + e) // 2 - size // 2 for s, e in axis.transitions]
+    if axis.tileable:
+        return tuple(sorted({c % length for c in centred}))
+    clamped = [min(max(c, 0), length - size) for c in centred]
+    return tuple(sorted({0, *clamped, length - size}))
+
+
+def _offset_plan(plan: TilePlan) -> TilePlan:
+    assert plan.axis_x and plan.axis_y
+    xs, ys = _offset_positions(plan.axis_x), _offset_positions(plan.axis_y)
+    w, h = plan.axis_x.size, plan.axis_y.size
+    tiles = tuple(Tile(r * len(xs) + c, r, c, x, y, w, h)
+                  for r, y in enumerate(ys) for c, x in enumerate(xs))
+    feather = max(plan.overlap, 8)
+    feathers = ((min(feather, w // 2), min(feather, h // 2)),) * len(tiles)
+    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable, tiles,
+                    plan.seams_x, plan.seams_y, "offset", plan.axis_x, plan.axis_y, feathers)
+
+
+def _band_along(length: int, tile_size: int, band: int, overlap: int, tileable: bool) -> Axis:
+    """Positions of band tiles along a seam: each band tile has about a tile's pixel count."""
+    long_side = min(4 * tile_size, max(tile_size, tile_size * tile_size // band))
+    return _axis(length, long_side, min(overlap, long_side - 1), tileable)
+
+
+def _band_plan(plan: TilePlan, band: int | None) -> TilePlan:
+    assert plan.axis_x and plan.axis_y
+    band = band if band is not None else min(plan.tile_size, max(64, 2 * plan.overlap))
+    if not 2 <= band <= plan.tile_size:
+        raise ParamsError(f"seam-fix band {band} must be between 2 and tile_size ({plan.tile_size}) px")
+    tiles: list[Tile] = []
+    feathers: list[tuple[int, int]] = []
+    for vertical, across, other in ((True, plan.axis_x, plan.axis_y), (False, plan.axis_y, plan.axis_x)):
+        along = _band_along(other.length, plan.tile_size, band, plan.overlap, plan.tileable)
+        width = min(band, across.length)
+        for k, (s, e) in enumerate(across.transitions):
+            start = (s + e) // 2 - width // 2
+            start = start % across.length if across.tileable else min(max(start, 0), across.length - width)
+            for j, pos in enumerate(along.origins):
+                feather_along = min(max(plan.overlap, 8), along.size // 2)
+                if vertical:
+                    tiles.append(Tile(len(tiles), j, k, start, pos, width, along.size))
+                    feathers.append((width // 4, feather_along))
+                else:
+                    tiles.append(Tile(len(tiles), k, j, pos, start, along.size, width))
+                    feathers.append((feather_along, width // 4))
+    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable,
+                    tuple(tiles), plan.seams_x, plan.seams_y, "band", plan.axis_x, plan.axis_y,
+                    tuple(feathers))
+
+
+def plan_seam_fix(plan: TilePlan, mode: SeamFixMode, *, band: int | None = None) -> TilePlan:
+    """Plan a seam-fix pass over a blended ``plan`` (a grid from :func:`plan_tiles`).
+
+    * ``offset``: a second full grid shifted by half a stride, i.e. tiles centred on every seam
+      (plus edge tiles, so every pixel is re-drawn; in tileable mode the grid simply wraps).
+    * ``band``: only tiles centred on the seams, ``band`` px across (default ``2 * overlap``,
+      at least 64) and long along the seam (about ``tile_size**2 / band``, at most 4 tiles), so
+      each costs about one tile of GPU work and far fewer are needed than for ``offset``.
+      Tiles for vertical seams come first, then horizontal ones.
+
+    The seams of the result are those of ``plan``. A plan without seams gives no tiles.
+    """
+    if plan.kind != "grid":
+        raise ParamsError("plan_seam_fix needs a grid plan from plan_tiles, not another seam-fix plan")
+    if mode == "offset":
+        if not plan.seams_x and not plan.seams_y and not plan.tileable:
+            return _empty_fix(plan, "offset")
+        return _offset_plan(plan)
+    if mode == "band":
+        return _band_plan(plan, band)
+    raise ParamsError(f"unknown seam-fix mode {mode!r}; use 'offset' or 'band'")
+
+
+def _empty_fix(plan: TilePlan, kind: PlanKind) -> TilePlan:
+    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable, (),
+                    plan.seams_x, plan.seams_y, kind, plan.axis_x, plan.axis_y, ())
+
+
+def axis_spans(start: int, size: int, length: int) -> list[tuple[int, int, int]]:
+    """Split ``[start, start + size)`` (wrapping modulo ``length``) into pieces inside the image:
+    ``(image_start, image_end, local_start)``."""
+    start %= length
+    first = min(size, length - start)
+    pieces = [(start, start + first, 0)]
+    if first < size:
+        pieces.append((0, size - first, first))
+    return pieces
+
+
+def extract_tile(image: np.ndarray, tile: Tile) -> np.ndarray:
+    """The pixels of ``tile`` from an (H, W[, C]) image as a new C-contiguous array.
+
+    A box running past the right/bottom edge wraps around (tileable plans); otherwise it must lie
+    inside the image.
+    """
+    height, width = image.shape[:2]
+    if tile.w > width or tile.h > height or tile.w < 1 or tile.h < 1:
+        raise ParamsError(f"tile {tile.index} ({tile.w}x{tile.h}) does not fit a {width}x{height} image")
+    out = np.empty((tile.h, tile.w, *image.shape[2:]), dtype=image.dtype)
+    for y0, y1, ly in axis_spans(tile.y, tile.h, height):
+        for x0, x1, lx in axis_spans(tile.x, tile.w, width):
+            out[ly:ly + y1 - y0, lx:lx + x1 - x0] = image[y0:y1, x0:x1]
+    return out
