@@ -77,6 +77,7 @@ class UpscaleRequest(_Strict):
     ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
     output_format: Literal["png", "webp"] = "png"
+    batch_size: int = Field(default=1, ge=1, le=MAX_TILES_PER_CALL)  # tiles per diffusion call
 
 
 class TileOut(_Strict):
