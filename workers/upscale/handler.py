@@ -1,0 +1,102 @@
+"""RunPod handler of the upscale worker: ``upscale``, ``list_models``, ``upload_model``,
+``delete_model``, ``health``. Thin: contracts in, pipeline/models call, contracts out.
+
+The pipeline loads once per container (before the first job when started as a script).
+``AAT_WORKER_TINY=1`` builds tiny random components instead of loading weights, for the SDK's
+``--test_input`` smoke test, the emulator and CPU tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from service.core.contracts import (
+    HealthResponse,
+    TileOut,
+    UpscaleRequest,
+    UpscaleResponse,
+    upscale_worker_request,
+)
+from workers.common.envelope import run_action
+from workers.common.imageref import decode_image_ref, encode_image_ref
+from workers.upscale import models
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_pipeline: Any = None
+
+
+def get_pipeline() -> Any:
+    """The container's one pipeline, built on first use."""
+    global _pipeline
+    with _lock:
+        if _pipeline is None:
+            _pipeline = _load()
+        return _pipeline
+
+
+def _load() -> Any:
+    from workers.upscale.pipeline import UpscalePipeline
+
+    if os.environ.get("AAT_WORKER_TINY") == "1":
+        from workers.upscale import tiny
+
+        work = Path(tempfile.mkdtemp(prefix="aat-tiny-"))
+        comps = tiny.build_components(work)
+        log.warning("AAT_WORKER_TINY=1: random tiny SDXL components, outputs are noise")
+        return UpscalePipeline.from_components(
+            comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), device="cpu")
+    return UpscalePipeline.from_weights(device=os.environ.get("AAT_DEVICE", "cuda"))
+
+
+def upscale(req: UpscaleRequest) -> UpscaleResponse:
+    from workers.upscale.pipeline import RefineSettings, TileJob
+
+    tiles = [TileJob(t.tile_id, decode_image_ref(t.image).convert("RGB"), t.prompt, t.seed)
+             for t in req.tiles]
+    style = decode_image_ref(req.ip_adapter_image) if req.ip_adapter_image else None
+    settings = RefineSettings(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, strength=req.strength,
+        steps=req.steps, cfg_scale=req.cfg_scale, scheduler=req.scheduler,
+        clip_skip=req.clip_skip, controlnet_scale=req.controlnet_scale,
+        ip_adapter_image=style, ip_adapter_scale=req.ip_adapter_scale,
+        loras=tuple((lora.name, lora.weight) for lora in req.loras),
+        batch_size=req.batch_size,
+    )
+    images = get_pipeline().refine(tiles, settings)
+    return UpscaleResponse(tiles=[
+        TileOut(tile_id=t.tile_id, image=encode_image_ref(img, req.output_format),
+                seed_used=t.seed)
+        for t, img in zip(tiles, images, strict=True)
+    ])
+
+
+def health(_req: Any) -> HealthResponse:
+    info = get_pipeline().health()
+    return HealthResponse(status="ok", worker="upscale", **info)
+
+
+ACTIONS = {
+    "upscale": upscale,
+    "list_models": lambda req: models.list_models(),
+    "upload_model": lambda req: models.upload(req),
+    "delete_model": lambda req: models.delete(req.name),
+    "health": health,
+}
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any]:
+    return run_action(job, upscale_worker_request, ACTIONS)
+
+
+if __name__ == "__main__":
+    import runpod
+
+    logging.basicConfig(level=logging.INFO)
+    get_pipeline()  # load before taking jobs: a broken image fails fast, not per job
+    runpod.serverless.start({"handler": handler})

@@ -1,0 +1,194 @@
+"""LoRA files on the worker's network volume: list, upload (chunked), delete, resolve by name.
+
+The folder is ``$AAT_LORA_DIR`` (default ``/runpod-volume/models/loras``). Only safetensors files
+are accepted: a name is reduced to its basename, must match a conservative character set and
+end in ``.safetensors``; an upload must parse as safetensors (8-byte little-endian header
+length, then a JSON header whose tensor offsets fit the file) and stay under
+``$AAT_LORA_MAX_BYTES`` (default 2 GiB). Chunks are staged in a hidden ``.partial`` file inside
+the folder and only renamed into place (``os.replace``) once the last chunk arrived and the
+file checked out, so a failed upload never leaves a half-written LoRA behind. Nothing is ever
+written outside the folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+from service.core.contracts import (
+    DeleteModelResponse,
+    ListModelsResponse,
+    ModelInfo,
+    UploadModelRequest,
+    UploadModelResponse,
+)
+from service.core.errors import NotFound, ParamsError, PathError
+
+DEFAULT_LORA_DIR = "/runpod-volume/models/loras"
+DEFAULT_MAX_BYTES = 2 * 1024**3
+SUFFIX = ".safetensors"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,190}$")
+_MAX_HEADER = 100 * 1024 * 1024
+_REFUSED_EXT = {"ckpt", "pt", "pth", "bin", "pkl", "pickle", "zip", "gguf"}
+
+
+def lora_dir() -> Path:
+    return Path(os.environ.get("AAT_LORA_DIR", DEFAULT_LORA_DIR))
+
+
+def max_bytes() -> int:
+    return int(os.environ.get("AAT_LORA_MAX_BYTES", DEFAULT_MAX_BYTES))
+
+
+def safe_filename(name: str) -> str:
+    """``name`` as a plain ``<stem>.safetensors`` file name, or :class:`PathError`.
+
+    A bare stem gets the suffix added; any directory part, ``..``, other extension or odd
+    character is refused (never silently rewritten into something else).
+    """
+    if "/" in name or "\\" in name or "\x00" in name or ".." in name:
+        raise PathError(
+            f"LoRA name {name[:80]!r} contains a path; give a plain file name like 'style.safetensors'",
+            code="path_forbidden",
+        )
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext in _REFUSED_EXT:
+        raise PathError(
+            f"LoRA {name!r} is not a .safetensors file; convert it to safetensors first",
+            code="path_forbidden",
+        )
+    if not name.endswith(SUFFIX):
+        name = name + SUFFIX
+    if not _SAFE_NAME.match(name):
+        raise PathError(
+            f"LoRA name {name[:80]!r} has characters outside A-Z a-z 0-9 . _ - and space; rename it",
+            code="path_forbidden",
+        )
+    return name
+
+
+def resolve(name: str, folder: Path | None = None) -> Path:
+    """The path of an existing LoRA, or :class:`NotFound` naming what is available."""
+    folder = folder or lora_dir()
+    path = folder / safe_filename(name)
+    if not path.is_file():
+        known = ", ".join(m.name for m in list_models(folder).models[:10]) or "none"
+        raise NotFound(
+            f"LoRA {name!r} is not on the worker volume (available: {known}); upload it first",
+            code="lora_not_found",
+        )
+    return path
+
+
+def list_models(folder: Path | None = None) -> ListModelsResponse:
+    folder = folder or lora_dir()
+    if not folder.is_dir():
+        return ListModelsResponse(models=[])
+    models = [
+        ModelInfo(name=p.name, size_bytes=p.stat().st_size)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(SUFFIX) and not p.name.startswith(".")
+    ]
+    return ListModelsResponse(models=models)
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise :class:`ParamsError` unless ``path`` really is a safetensors file."""
+    size = path.stat().st_size
+    bad = ParamsError(
+        "uploaded LoRA is not a valid safetensors file (pickle/.ckpt files are refused); "
+        "convert it with safetensors and upload again",
+        code="lora_invalid",
+    )
+    if size < 8:
+        raise bad
+    with path.open("rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if header_len <= 1 or header_len > min(_MAX_HEADER, size - 8):
+            raise bad
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad from exc
+    if not isinstance(header, dict):
+        raise bad
+    data_len = size - 8 - header_len
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not 0 <= offsets[0] <= offsets[1] <= data_len):
+            raise bad
+
+
+def upload(req: UploadModelRequest, folder: Path | None = None) -> UploadModelResponse:
+    """Store one chunk; on the last chunk verify and move the file into place."""
+    folder = folder or lora_dir()
+    name = safe_filename(req.filename)
+    if req.chunk_index >= req.total_chunks:
+        raise ParamsError(
+            f"chunk_index {req.chunk_index} is not below total_chunks {req.total_chunks}",
+            code="invalid_params",
+        )
+    try:
+        data = base64.b64decode(req.file_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ParamsError("file_b64 is not valid base64; re-encode the file", code="invalid_params") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.partial"
+    if req.chunk_index == 0:
+        partial.unlink(missing_ok=True)
+    elif not partial.exists():
+        raise ParamsError(
+            f"chunk {req.chunk_index} of {name} arrived without chunk 0; restart the upload",
+            code="invalid_params",
+        )
+    current = partial.stat().st_size if partial.exists() else 0
+    if current + len(data) > max_bytes():
+        partial.unlink(missing_ok=True)
+        raise ParamsError(
+            f"LoRA {name} is larger than the {max_bytes()} byte limit", code="lora_too_large"
+        )
+    with partial.open("ab") as fh:
+        fh.write(data)
+    if req.chunk_index + 1 < req.total_chunks:
+        return UploadModelResponse(status="partial", name=name, size_bytes=current + len(data))
+    return _finish(partial, folder / name, req.sha256)
+
+
+def _finish(partial: Path, final: Path, sha256: str | None) -> UploadModelResponse:
+    try:
+        check_safetensors(partial)
+        if sha256 is not None and _sha256(partial) != sha256:
+            raise ParamsError(
+                f"LoRA {final.name} does not match the sha256 sent with it; upload it again",
+                code="lora_checksum",
+            )
+        with partial.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return UploadModelResponse(status="complete", name=final.name, size_bytes=final.stat().st_size)
+
+
+def delete(name: str, folder: Path | None = None) -> DeleteModelResponse:
+    path = resolve(name, folder)
+    path.unlink()
+    return DeleteModelResponse(status="deleted", name=path.name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,350 @@
+"""SDXL tile refiner: ControlNet-tile img2img + IP-Adapter + stacked LoRAs, loaded once.
+
+Read top to bottom: load (baked weights named by ``weights.MANIFEST``, or injected tiny
+components), encode prompts (own chunked encoding: no 77-token cut, CLIP skip applied here
+because diffusers ignores ``clip_skip`` when given embeddings), pick the scheduler, apply LoRAs
+and the IP-Adapter scale, run tiles in batches with one seed per tile, and map failures to
+structured errors (out-of-memory is retryable).
+
+The ControlNet is really wired: the pipeline class is
+``StableDiffusionXLControlNetImg2ImgPipeline`` and every call passes the tile itself as the
+control image with ``controlnet_conditioning_scale``. Images are PIL RGB; tile sides are padded
+up to a multiple of 16 (edge pixels repeated) and cropped back, so any tile size works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from service.core.errors import AatError, BackendUnavailable, ParamsError
+from workers.upscale import models, weights
+
+log = logging.getLogger(__name__)
+
+PAD_MULTIPLE = 16
+CHUNK = 75  # CLIP tokens per chunk, plus BOS and EOS = 77
+SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "dpmpp_2m_sde_karras": (DPMSolverMultistepScheduler,
+                            {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler,
+                        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+}
+RESIDENT_MIN_VRAM_GB = 16.0  # below this the models are offloaded to the CPU between calls
+
+
+@dataclass(frozen=True)
+class TileJob:
+    tile_id: str
+    image: Image.Image  # RGB
+    prompt: str = ""  # per-tile prompt (caption), appended to the global prompt
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Job-wide knobs of one call (mirrors ``UpscaleRequest`` minus the tiles)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.35
+    steps: int = 30
+    cfg_scale: float = 7.0
+    scheduler: str = "dpmpp_2m_sde_karras"
+    clip_skip: int = 0
+    controlnet_scale: float = 0.7
+    ip_adapter_image: Image.Image | None = None
+    ip_adapter_scale: float = 0.0
+    loras: tuple[tuple[str, float], ...] = ()
+    batch_size: int = 1
+
+
+def effective_prompt(global_prompt: str, tile_prompt: str) -> str:
+    """The one place prompts are assembled: global style first, then the tile's caption."""
+    return ", ".join(p.strip() for p in (global_prompt, tile_prompt) if p.strip())
+
+
+class UpscalePipeline:
+    """One resident SDXL ControlNet img2img pipeline; ``refine`` is serialised by a lock."""
+
+    def __init__(self, pipe: StableDiffusionXLControlNetImg2ImgPipeline, device: str,
+                 lora_dir: Path | None = None, has_ip_adapter: bool = False) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.lora_dir = lora_dir
+        self.has_ip_adapter = has_ip_adapter
+        self._lock = threading.Lock()
+        self._adapters: dict[str, tuple[str, int, int]] = {}  # name -> (adapter, mtime, size)
+        self._base_scheduler = dict(pipe.scheduler.config)
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_components(cls, components: dict[str, Any], *, device: str = "cpu",
+                        ip_adapter: dict[str, Any] | None = None,
+                        lora_dir: Path | None = None) -> UpscalePipeline:
+        """Build from in-memory components (tests, ``AAT_WORKER_TINY``)."""
+        parts = dict(components)
+        parts.setdefault("feature_extractor", CLIPImageProcessor())
+        pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
+        if ip_adapter is not None:
+            pipe.load_ip_adapter(ip_adapter, subfolder="", weight_name="",
+                                 image_encoder_folder=None)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, device, lora_dir, has_ip_adapter=ip_adapter is not None)
+
+    @classmethod
+    def from_weights(cls, root: Path | None = None, *, device: str = "cuda",
+                     lora_dir: Path | None = None) -> UpscalePipeline:
+        """Load the baked weights listed in ``weights.MANIFEST`` (no network access)."""
+        root = root or weights.weights_root()
+        dtype = torch.bfloat16 if os.environ.get("AAT_DTYPE") == "bf16" else torch.float16
+        if device == "cpu":
+            dtype = torch.float32
+        paths = {name: weights.local_path(name, root) for name in weights.UPSCALE_COMPONENTS}
+        controlnet = ControlNetModel.from_pretrained(paths["controlnet"], torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(paths["vae"], torch_dtype=dtype)  # fp16-safe VAE
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            paths["ip_adapter"] / weights.IP_ADAPTER_ENCODER, torch_dtype=dtype)
+        pipe = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
+            str(paths["base"] / weights.BASE_FILE), config=str(paths["sdxl_config"]),
+            controlnet=controlnet, vae=vae, image_encoder=encoder,
+            feature_extractor=CLIPImageProcessor(), torch_dtype=dtype, local_files_only=True)
+        pipe.load_ip_adapter(str(paths["ip_adapter"]), subfolder=weights.IP_ADAPTER_SUBFOLDER,
+                             weight_name=weights.IP_ADAPTER_FILE, image_encoder_folder=None)
+        _place(pipe, device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, device, lora_dir, has_ip_adapter=True)
+
+    # ---- the call --------------------------------------------------------------------------
+
+    def refine(self, tiles: list[TileJob], settings: RefineSettings) -> list[Image.Image]:
+        """Refined tiles, same order and sizes as ``tiles``."""
+        if int(settings.steps * settings.strength) < 1:
+            return [t.image.copy() for t in tiles]  # strength 0: nothing to denoise
+        if settings.ip_adapter_image is not None and not self.has_ip_adapter:
+            raise ParamsError("this worker has no IP-Adapter loaded; drop the style image",
+                              code="ip_adapter_unavailable")
+        with self._lock:
+            try:
+                return self._refine_locked(tiles, settings)
+            except AatError:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+
+    def _refine_locked(self, tiles: list[TileJob], settings: RefineSettings) -> list[Image.Image]:
+        self.pipe.scheduler = _scheduler(settings.scheduler, self._base_scheduler)
+        self._apply_loras(settings.loras)
+        self._apply_ip_scale(settings)
+        out: dict[int, Image.Image] = {}
+        for group in _batches(tiles, max(1, settings.batch_size)):
+            images = self._run_batch([tiles[i] for i in group], settings)
+            out.update(zip(group, images, strict=True))
+        return [out[i] for i in range(len(tiles))]
+
+    def _run_batch(self, batch: list[TileJob], s: RefineSettings) -> list[Image.Image]:
+        padded = [_pad(t.image) for t in batch]
+        prompts = [effective_prompt(s.prompt, t.prompt) for t in batch]
+        embeds, pooled, neg, neg_pooled = self.encode_prompts(prompts, s.negative_prompt,
+                                                              s.clip_skip)
+        gen_device = "cpu" if self.device == "cpu" else self.device
+        generators = [torch.Generator(gen_device).manual_seed(t.seed) for t in batch]
+        extra: dict[str, Any] = {}
+        if self.has_ip_adapter:
+            style = s.ip_adapter_image or Image.new("RGB", (224, 224))
+            extra["ip_adapter_image"] = style.convert("RGB")
+        with torch.inference_mode():
+            result = self.pipe(
+                image=padded, control_image=padded, strength=s.strength,
+                num_inference_steps=s.steps, guidance_scale=s.cfg_scale,
+                controlnet_conditioning_scale=s.controlnet_scale,
+                prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled,
+                generator=generators, output_type="pil", **extra,
+            ).images
+        return [img.crop((0, 0, *t.image.size)) for img, t in zip(result, batch, strict=True)]
+
+    # ---- prompts ---------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str], negative: str, clip_skip: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SDXL embeddings for any prompt length: 75-token chunks through both encoders.
+
+        ``clip_skip`` = k takes the hidden state k layers above SDXL's default penultimate
+        one (diffusers' meaning). Pooled embeddings come from encoder 2's first chunk. An
+        empty negative prompt gives zeros, as SDXL's ``force_zeros_for_empty_prompt``.
+        """
+        texts = [*prompts, negative]
+        pipe = self.pipe
+        pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+        ids = [[_token_ids(tok, t) for t in texts] for tok, _ in pairs]
+        n_chunks = max(1, *(math.ceil(len(x) / CHUNK) for per in ids for x in per))
+        hidden: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        with torch.inference_mode():
+            for (tok, enc), per_text in zip(pairs, ids, strict=True):
+                batch = torch.stack([_chunked(tok, x, n_chunks) for x in per_text])  # B,n,77
+                flat = batch.reshape(-1, CHUNK + 2).to(self.device)
+                out = enc(flat, output_hidden_states=True)
+                states = out.hidden_states[-(clip_skip + 2)]
+                hidden.append(states.reshape(len(texts), n_chunks * (CHUNK + 2), -1))
+                if enc is pipe.text_encoder_2:
+                    pooled = out[0].reshape(len(texts), n_chunks, -1)[:, 0]
+        assert pooled is not None
+        dtype = pipe.unet.dtype
+        embeds = torch.cat(hidden, dim=-1).to(dtype)
+        pooled = pooled.to(dtype)
+        pos, neg = embeds[:-1], embeds[-1:].expand(len(prompts), -1, -1)
+        pos_pooled, neg_pooled = pooled[:-1], pooled[-1:].expand(len(prompts), -1)
+        if not negative.strip():
+            neg, neg_pooled = torch.zeros_like(neg), torch.zeros_like(neg_pooled)
+        return pos, pos_pooled, neg.contiguous(), neg_pooled.contiguous()
+
+    # ---- LoRAs and IP-Adapter --------------------------------------------------------------
+
+    def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+        names, weights_ = [], []
+        for name, weight in loras:
+            names.append(self._ensure_lora(name))
+            weights_.append(weight)
+        if names:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, adapter_weights=weights_)
+        elif self._adapters:
+            self.pipe.disable_lora()
+
+    def _ensure_lora(self, name: str) -> str:
+        path = models.resolve(name, self.lora_dir)
+        stat = path.stat()
+        adapter = "l" + hashlib.sha256(path.name.encode()).hexdigest()[:16]
+        key = (adapter, stat.st_mtime_ns, stat.st_size)
+        if self._adapters.get(path.name) == key:
+            return adapter
+        if path.name in self._adapters:
+            self.pipe.delete_adapters(adapter)
+            del self._adapters[path.name]
+        models.check_safetensors(path)
+        try:
+            self.pipe.load_lora_weights(str(path), adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise ParamsError(f"LoRA {path.name} could not be loaded into SDXL: {exc}"[:300],
+                              code="lora_invalid") from exc
+        self._adapters[path.name] = key
+        log.info("loaded LoRA %s as adapter %s", path.name, adapter)
+        return adapter
+
+    def _apply_ip_scale(self, s: RefineSettings) -> None:
+        if self.has_ip_adapter:
+            scale = s.ip_adapter_scale if s.ip_adapter_image is not None else 0.0
+            self.pipe.set_ip_adapter_scale(scale)
+
+    # ---- health ----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"model_loaded": True, "device": self.device,
+                                "ip_adapter": self.has_ip_adapter,
+                                "loras_loaded": sorted(self._adapters)}
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info()
+            info.update(gpu=torch.cuda.get_device_name(), vram_total_gb=round(total / 1e9, 2),
+                        vram_used_gb=round((total - free) / 1e9, 2))
+        return info
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _place(pipe: StableDiffusionXLControlNetImg2ImgPipeline, device: str) -> None:
+    """Keep everything resident when the GPU fits it; offload only on small cards."""
+    if device.startswith("cuda"):
+        total_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+        if total_gb < RESIDENT_MIN_VRAM_GB:
+            log.warning("%.1f GB VRAM: enabling model CPU offload (slower)", total_gb)
+            pipe.enable_model_cpu_offload()
+            return
+    pipe.to(device)
+
+
+def _scheduler(name: str, base_config: dict[str, Any]) -> Any:
+    if name not in SCHEDULERS:
+        raise ParamsError(f"unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)}",
+                          code="invalid_params")
+    cls, kwargs = SCHEDULERS[name]
+    return cls.from_config(base_config, **kwargs)
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, truncation=False,
+                          verbose=False).input_ids)
+
+
+def _chunked(tokenizer: Any, ids: list[int], n_chunks: int) -> torch.Tensor:
+    """``ids`` as ``n_chunks`` rows of ``BOS + 75 tokens + EOS``, padded."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for i in range(n_chunks):
+        part = ids[i * CHUNK:(i + 1) * CHUNK]
+        row = [bos, *part, eos]
+        rows.append(row + [pad] * (CHUNK + 2 - len(row)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _pad(image: Image.Image) -> Image.Image:
+    """Pad right/bottom to a multiple of ``PAD_MULTIPLE`` by repeating edge pixels."""
+    w, h = image.size
+    pw, ph = -w % PAD_MULTIPLE, -h % PAD_MULTIPLE
+    if pw == 0 and ph == 0:
+        return image.convert("RGB")
+    arr = np.asarray(image.convert("RGB"))
+    return Image.fromarray(np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge"))
+
+
+def _batches(tiles: list[TileJob], size: int) -> list[list[int]]:
+    """Indices grouped by padded tile size, then cut into batches of at most ``size``."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        w, h = t.image.size
+        by_shape.setdefault((w + -w % PAD_MULTIPLE, h + -h % PAD_MULTIPLE), []).append(i)
+    return [ids[j:j + size] for ids in by_shape.values() for j in range(0, len(ids), size)]
+
+
+def _translate(exc: Exception) -> AatError:
+    """Library failures as structured errors; out-of-memory is retryable."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return BackendUnavailable(
+            "the GPU ran out of memory on this tile; it will be retried (use smaller tiles or "
+            "a batch size of 1 if it keeps failing)", code="gpu_out_of_memory", retryable=True)
+    log.exception("refine failed")
+    return AatError(f"refine failed: {type(exc).__name__}: {text}"[:400], code="worker_internal",
+                    retryable=True)

@@ -1,0 +1,176 @@
+"""Tiny random SDXL + ControlNet-tile + IP-Adapter + LoRA components, built offline.
+
+Used by the CPU tests, by ``AAT_WORKER_TINY=1`` (the handler's smoke-test mode) and by the
+``local`` backend when a test injects components. Nothing here downloads anything: the CLIP
+tokenizers are written from a byte-level vocabulary (the "tokenizer trick"), the IP-Adapter and
+LoRA weights are random tensors shaped after the tiny UNet. Layouts follow the dummy components
+of diffusers' own SDXL ControlNet img2img tests, with a four-level VAE so images shrink 8x to
+latents as in the real model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from peft import LoraConfig, get_peft_model_state_dict
+from safetensors.torch import save_file
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+_UNET_LAYOUT: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 80,  # 6 time ids x 8 + pooled text 32
+    "cross_attention_dim": 64,
+    "in_channels": 4,
+}
+
+
+def write_clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with byte-level characters only (one token per character)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(256)]
+    vocab = {ch: i for i, ch in enumerate(chars)}
+    vocab.update({ch + "</w>": 256 + i for i, ch in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
+
+
+def _text_config() -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=5, pad_token_id=1,
+        vocab_size=1000, hidden_act="gelu", projection_dim=32,
+    )
+
+
+def build_components(workdir: Path, seed: int = 0) -> dict[str, Any]:
+    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` plus an image encoder."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, out_channels=4,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **_UNET_LAYOUT,
+    )
+    torch.manual_seed(seed + 1)
+    layout = {k: v for k, v in _UNET_LAYOUT.items() if k != "in_channels"}
+    controlnet = ControlNetModel(
+        in_channels=4, conditioning_embedding_out_channels=(16, 16, 32, 32), **layout
+    )
+    _wake_zero_convs(controlnet)
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        block_out_channels=[16, 16, 32, 32], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4, norm_num_groups=8, sample_size=64, force_upcast=False,
+    )
+    torch.manual_seed(seed + 3)
+    text_encoder = CLIPTextModel(_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+    torch.manual_seed(seed + 4)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=224, projection_dim=32, intermediate_size=37,
+        num_attention_heads=4, num_channels=3, num_hidden_layers=5, patch_size=14,
+    ))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )
+    tokenizer = write_clip_tokenizer(workdir / "tokenizer")
+    return {
+        "unet": unet, "controlnet": controlnet, "vae": vae, "scheduler": scheduler,
+        "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer, "tokenizer_2": tokenizer, "image_encoder": image_encoder,
+    }
+
+
+def _wake_zero_convs(controlnet: ControlNetModel) -> None:
+    """Give the zero-initialised output convolutions small random weights.
+
+    A fresh ControlNet adds exactly nothing to the UNet (that is how training starts), so a
+    tiny random one would hide whether the control image is wired at all.
+    """
+    gen = torch.Generator().manual_seed(7)
+    convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.3)
+        last = controlnet.controlnet_cond_embedding.conv_out
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.3)
+
+
+def ip_adapter_state_dict(unet: UNet2DConditionModel, image_embed_dim: int = 32,
+                          seed: int = 5) -> dict[str, dict[str, torch.Tensor]]:
+    """Random plain IP-Adapter weights shaped for ``unet`` (4 image tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    ip: dict[str, torch.Tensor] = {}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = _hidden_size(unet, name)
+        ip[f"{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.5
+        ip[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.5
+        key_id += 2
+    proj = {
+        "proj.weight": torch.randn(cross * 4, image_embed_dim, generator=gen) * 0.5,
+        "proj.bias": torch.zeros(cross * 4),
+        "norm.weight": torch.ones(cross),
+        "norm.bias": torch.zeros(cross),
+    }
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def _hidden_size(unet: UNet2DConditionModel, name: str) -> int:
+    channels = list(unet.config.block_out_channels)
+    if name.startswith("mid_block"):
+        return channels[-1]
+    if name.startswith("up_blocks"):
+        return list(reversed(channels))[int(name[len("up_blocks.")])]
+    return channels[int(name[len("down_blocks.")])]
+
+
+def write_lora(unet: UNet2DConditionModel, path: Path, seed: int, rank: int = 4) -> Path:
+    """Write a random peft LoRA for ``unet`` as a diffusers-format ``.safetensors`` file.
+
+    The UNet is left unchanged (the adapter is added, read and deleted again).
+    """
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    )
+    adapter = f"tmp_{seed}"
+    unet.add_adapter(config, adapter_name=adapter)
+    state = get_peft_model_state_dict(unet, adapter_name=adapter)
+    unet.delete_adapters(adapter)
+    tensors = {f"unet.{k}": v.detach().clone().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
