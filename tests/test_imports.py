@@ -56,7 +56,7 @@ def test_core_imports_nothing_of_ours_outside_core() -> None:
 
 
 def test_heavy_imports_only_in_worker_pipelines() -> None:
-    allowed = {"pipeline.py", "weights.py"}
+    allowed = {"pipeline.py", "weights.py", "tiny.py"}  # tiny.py: random test components for the workers
     offenders = []
     for base in ("service", "workers", "watcher"):
         for path in (ROOT / base).rglob("*.py"):
