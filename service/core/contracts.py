@@ -78,6 +78,8 @@ class UpscaleRequest(_Strict):
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
     output_format: Literal["png", "webp"] = "png"
     batch_size: int = Field(default=1, ge=1, le=MAX_TILES_PER_CALL)  # tiles per diffusion call
+    # the caller's idempotency key: the same work always carries the same key
+    request_key: str | None = Field(default=None, max_length=128)
 
 
 class TileOut(_Strict):
@@ -165,6 +167,8 @@ class CaptionRequest(_Strict):
     tiles: list[CaptionTileIn] = Field(min_length=1, max_length=MAX_TILES_PER_CALL)
     instruction: str | None = Field(default=None, max_length=2000)  # None = built-in
     max_new_tokens: int = Field(default=48, ge=1, le=300)
+    # the caller's idempotency key: the same work always carries the same key
+    request_key: str | None = Field(default=None, max_length=128)
 
 
 class Caption(_Strict):
