@@ -22,6 +22,7 @@ app = typer.Typer(
 # Modules that add commands to `app` (each defines `register(app: typer.Typer) -> None`).
 COMMAND_MODULES: list[str] = [
     "service.cli_upscale",
+    "service.cli_watch",
 ]
 
 

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     max_input_side: int = Field(default=16384, ge=1)
     max_output_side: int = Field(default=16384, ge=1, le=65536)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    max_model_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # LoRA uploads
 
     # delivery
     repos: dict[str, Path] = Field(default_factory=dict)
@@ -90,10 +91,16 @@ class Settings(BaseSettings):
     watch_folders: list[Path] = Field(default_factory=list)
     watch_scan_interval_s: float = Field(default=30.0, gt=0)
     watch_stable_s: float = Field(default=2.0, ge=0)
+    watch_polling: bool = False  # polling observer (network drives)
+    watch_delivery: Literal["auto", "service", "download"] = "auto"  # auto: download if remote
 
     # job execution
     job_threads: int = Field(default=2, ge=1, le=64)
     lease_s: float = Field(default=60.0, gt=1)
+    job_max_attempts: int = Field(default=5, ge=1, le=100)  # runner crashes before giving up
+    celery_queue: str = "aat"
+    visibility_timeout_s: int = Field(default=6 * 3600, ge=60)  # > longest job
+    gc_days: float = Field(default=14.0, ge=0)  # `aat gc`: artifacts of jobs finished earlier
 
     @field_validator("repos")
     @classmethod

@@ -1,0 +1,222 @@
+"""The watch-folder daemon: scans, stability, ledger and job flow tied into one loop.
+
+Truth is a scan: a full scan of every watched folder at start and every
+``watch_scan_interval_s``; watchdog events only make a scan of the folder they name happen on
+the next tick. Each tick: rescan hinted folders, re-check candidates until stable, take stable
+files (hash, decode, record a version in the ledger), submit pending versions, follow submitted
+jobs. :func:`run_watcher` runs the loop until ``stop_event`` is set (``aat up`` calls it in a
+thread; ``aat watch`` and ``python -m watcher`` in the main thread, stopping on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from service.core.errors import AatError, ConfigError, ImageError, ParamsError
+from service.settings import Settings
+from watcher.client import ServiceClient
+from watcher.deliver import sha256_bytes, size_tag
+from watcher.events import Hints, start_observer, stop_observer
+from watcher.jobs import Backoff, JobFlow
+from watcher.ledger import Ledger
+from watcher.presets import Preset, PresetCache
+from watcher.scan import FileStat, scan_tree, stat_file
+from watcher.stability import StabilityTracker, check_image
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def ledger_path(settings: Settings) -> Path:
+    return settings.data_dir / "watcher.db"
+
+
+def downloads(settings: Settings) -> bool:
+    """Whether the watcher writes results itself (the service is remote) or the service does."""
+    if settings.watch_delivery != "auto":
+        return settings.watch_delivery == "download"
+    return urlsplit(settings.server_url).hostname not in LOOPBACK
+
+
+class Watcher:
+    """One daemon over ``settings.watch_folders``."""
+
+    def __init__(self, settings: Settings, client: ServiceClient | None = None) -> None:
+        if not settings.watch_folders:
+            raise ConfigError("no watch folders configured; set AAT_WATCH_FOLDERS "
+                              "(e.g. '[\"/path/to/art\"]') or watch_folders in aat.toml")
+        self.roots = [Path(p).expanduser().resolve() for p in settings.watch_folders]
+        for root in self.roots:
+            if not root.is_dir():
+                raise ConfigError(f"watch folder {root} does not exist; create it or fix "
+                                  "AAT_WATCH_FOLDERS")
+        self.settings = settings
+        self.ledger = Ledger(ledger_path(settings))
+        self.presets = PresetCache()
+        self.stability = StabilityTracker(settings.watch_stable_s)
+        self.hints = Hints()
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        self.client = client or ServiceClient(settings.server_url, token)
+        self.flow = JobFlow(self.ledger, self.client, self.presets, dict(settings.repos),
+                            downloads(settings), Backoff())
+        self.excluded = tuple(p for p in (settings.data_dir.resolve(),) if p not in self.roots)
+        self._fingerprints: dict[Path, str] = {}
+        self._next_full_scan = 0.0
+
+    # scanning
+    def full_scan(self, now: float) -> None:
+        for root in self.roots:
+            self.rescan(root, root, now)
+        self._next_full_scan = now + self.settings.watch_scan_interval_s
+
+    def rescan(self, folder: Path, root: Path, now: float) -> None:
+        """Reconcile one subtree with the ledger: new/changed files become candidates."""
+        found = scan_tree(folder, self.excluded)
+        for path, sig in found.items():
+            self._consider(path, root, sig, now)
+        for path in self.ledger.present_under(folder):
+            if path not in found:
+                self.ledger.mark_missing(path)
+                log.info("%s was deleted", path)
+        for path in self.stability.paths():
+            if folder in path.parents and path not in found:
+                self.stability.forget(path)
+
+    def _fingerprint(self, root: Path, folder: Path) -> str:
+        fp = self._fingerprints.get(folder)
+        if fp is None:
+            try:
+                fp = self.presets.get(root, folder).fingerprint()
+            except ParamsError as exc:
+                fp = "error:" + hashlib.sha256(exc.message.encode()).hexdigest()
+            self._fingerprints[folder] = fp
+        return fp
+
+    def _consider(self, path: Path, root: Path, sig: FileStat, now: float) -> None:
+        entry = self.ledger.get(path)
+        if entry is not None and (entry.size, entry.mtime_ns) == (sig.size, sig.mtime_ns) \
+                and entry.preset_fp == self._fingerprint(root, path.parent):
+            if not entry.present:
+                self.ledger.touch(path, (sig.size, sig.mtime_ns), entry.preset_fp)
+            return
+        if self.ledger.is_output(path):
+            return
+        self.stability.observe(path, sig, now)
+
+    def check_candidates(self, now: float) -> int:
+        taken = 0
+        for path in self.stability.paths():
+            if self.stability.observe(path, stat_file(path), now):
+                self.take(path, now)
+                taken += 1
+        return taken
+
+    def _root_of(self, path: Path) -> Path | None:
+        for root in self.roots:
+            if root == path or root in path.parents:
+                return root
+        return None
+
+    # taking a stable file
+    def take(self, path: Path, now: float) -> None:
+        """Record a stable file's version; a new version becomes ``pending``."""
+        root = self._root_of(path)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return
+        sig = stat_file(path)
+        if root is None or sig is None:
+            return
+        sha = sha256_bytes(data)
+        if self.ledger.is_output(path, sha):
+            return
+        fp = self._fingerprint(root, path.parent)
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        version = hashlib.sha256(f"{sha}|{rel}|{fp}".encode()).hexdigest()
+        entry = self.ledger.get(path)
+        stat_pair = (sig.size, sig.mtime_ns)
+        if entry is not None and entry.version_key == version:
+            self.ledger.touch(path, stat_pair, fp)  # same bytes re-saved: not a new version
+            return
+        try:
+            preset = self.presets.get(root, path.parent)
+            if self._looks_like_output(path, preset):
+                return
+            check_image(data, path.name)
+        except (ImageError, ParamsError) as exc:
+            self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
+                                              exc.code, exc.message)
+            log.warning("%s not submitted: %s", path, exc.message)
+            return
+        self.ledger.record_version(path, root, stat_pair, sha, version, fp)
+        new = self.ledger.get(path)
+        expected = self.flow.expected_output(new, preset) if new else None
+        if expected is not None and expected != path:
+            self.ledger.remember_output(expected, None)
+
+    def _looks_like_output(self, path: Path, preset: Preset) -> bool:
+        """A suffix-named result (``*_x2.png``) where results may land in a watched folder."""
+        if not preset.repo or preset.naming != "suffix" \
+                or not path.stem.endswith(size_tag(preset.params)):
+            return False
+        repo = self.settings.repos.get(preset.repo or "")
+        if repo is None:
+            return True
+        return any(repo == r or repo in r.parents or r in repo.parents for r in self.roots)
+
+    # the loop
+    def tick(self, now: float) -> None:
+        self._fingerprints.clear()  # presets are re-read (cheaply, by mtime) once per tick
+        if now >= self._next_full_scan:
+            self.full_scan(now)
+        else:
+            for folder in _outermost(self.hints.drain()):
+                root = self._root_of(folder)
+                if root is not None:
+                    self.rescan(folder, root, now)
+        self.check_candidates(now)
+        self.flow.submit_due(time.time())
+        self.flow.poll_due(time.time())
+
+    def run(self, stop_event: threading.Event) -> None:
+        tick_s = max(0.05, min(0.25, self.settings.watch_stable_s / 4))
+        observer = start_observer(self.roots, self.hints, self.settings.watch_polling)
+        log.info("watching %s (delivery: %s)", ", ".join(map(str, self.roots)),
+                 "download" if self.flow.download else "service")
+        try:
+            while not stop_event.is_set():
+                if not observer.is_alive():
+                    log.warning("file observer stopped; restarting it and rescanning")
+                    observer = start_observer(self.roots, self.hints,
+                                              self.settings.watch_polling)
+                    self._next_full_scan = 0.0
+                try:
+                    self.tick(time.time())
+                except AatError as exc:
+                    log.error("watch step failed: %s", exc.message)
+                stop_event.wait(tick_s)
+        finally:
+            stop_observer(observer)
+            self.close()
+            log.info("watcher stopped")
+
+    def close(self) -> None:
+        self.client.close()
+        self.ledger.close()
+
+
+def _outermost(folders: set[Path]) -> list[Path]:
+    """Drop folders whose ancestor is also in the set (its rescan covers them)."""
+    return [f for f in folders if not any(p in folders for p in f.parents)]
+
+
+def run_watcher(settings: Settings, stop_event: threading.Event) -> None:
+    """Watch ``settings.watch_folders`` until ``stop_event`` is set (safe to run in a thread)."""
+    Watcher(settings).run(stop_event)

@@ -1,0 +1,222 @@
+"""The service side of the watcher: submit pending versions, follow jobs, deliver results.
+
+Each step reads its work from the ledger, so nothing lives only in memory: a watcher killed at
+any point resumes from the ledger, and re-sending a version uses the same ``Idempotency-Key``,
+which returns the job the service already has. When the service is unreachable every step
+backs off together (one shared, jittered, capped delay) and the files stay ``pending``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from service.core.errors import AatError, NotFound, ParamsError
+from watcher.client import ServiceClient
+from watcher.deliver import confined, relative_target, sha256_bytes, write_atomic
+from watcher.ledger import Entry, Ledger
+from watcher.presets import Preset, PresetCache
+
+log = logging.getLogger(__name__)
+
+BATCH = 32  # ledger rows handled per step and tick
+
+
+class Backoff:
+    """One shared delay for calls to an unreachable service: 0.5 s doubling to ``cap_s``."""
+
+    def __init__(self, cap_s: float = 15.0) -> None:
+        self.cap_s = cap_s
+        self.failures = 0
+        self.until = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.until
+
+    def fail(self, now: float, retry_after: float | None = None) -> float:
+        self.failures += 1
+        delay = min(self.cap_s, 0.5 * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.2)
+        self.until = now + max(delay, retry_after or 0.0)
+        return self.until
+
+    def ok(self) -> None:
+        self.failures = 0
+        self.until = 0.0
+
+
+def idempotency_key(entry: Entry) -> str:
+    """The version key, renewed by each ``aat watch --retry`` (a retry is a new request)."""
+    if entry.retry_gen == 0:
+        return entry.version_key
+    return hashlib.sha256(f"{entry.version_key}:{entry.retry_gen}".encode()).hexdigest()
+
+
+class JobFlow:
+    """Moves ledger rows through pending → submitted → done | failed."""
+
+    def __init__(self, ledger: Ledger, client: ServiceClient, presets: PresetCache,
+                 repos: dict[str, Path], download: bool, backoff: Backoff) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.presets = presets
+        self.repos = repos
+        self.download = download
+        self.backoff = backoff
+
+    # submit
+    def submit_due(self, now: float) -> int:
+        if not self.backoff.ready(now):
+            return 0
+        sent = 0
+        for entry in self.ledger.due("pending", now, BATCH):
+            if not self._submit(entry):
+                break
+            sent += 1
+        return sent
+
+    def _submit(self, entry: Entry) -> bool:
+        """Submit one version; False when the service is unreachable (stop this round)."""
+        try:
+            data = entry.path.read_bytes()
+        except OSError:
+            self.ledger.mark_missing(entry.path)
+            return True
+        if sha256_bytes(data) != entry.sha256:
+            return True  # changed since it was taken: the scan takes the new version
+        try:
+            preset = self.presets.get(entry.root, entry.path.parent)
+            job = self.client.submit(data, entry.path.name, preset.params,
+                                     self._target(entry, preset), idempotency_key(entry))
+        except AatError as exc:
+            return self._refused(entry, exc)
+        self.backoff.ok()
+        log.info("submitted %s as job %s", entry.path, job.get("id"))
+        self._follow(entry, job)
+        return True
+
+    def _refused(self, entry: Entry, exc: AatError) -> bool:
+        now = time.time()
+        if exc.retryable or exc.code == "unauthorized":
+            until = self.backoff.fail(now, exc.retry_after)
+            self.ledger.mark_retry_later(entry.path, until, exc.code, exc.message)
+            log.warning("service not taking jobs (%s); retrying in %.1f s", exc.message,
+                        until - now)
+            return False
+        self.ledger.mark_failed(entry.path, exc.code, exc.message)
+        log.warning("%s failed: %s", entry.path, exc.message)
+        return True
+
+    def _target(self, entry: Entry, preset: Preset) -> dict[str, Any] | None:
+        if self.download or not preset.repo:
+            return None
+        target: dict[str, Any] = {"repo": preset.repo, "path": str(self._source_rel(entry, preset)),
+                                  "naming": preset.naming}
+        if preset.mirror_dir:
+            target["mirror_dir"] = preset.mirror_dir
+        return target
+
+    @staticmethod
+    def _source_rel(entry: Entry, preset: Preset) -> PurePosixPath:
+        rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
+        return PurePosixPath(preset.target_dir) / rel if preset.target_dir else rel
+
+    def expected_output(self, entry: Entry, preset: Preset) -> Path | None:
+        """Where the result of ``entry`` will land on this machine, when we can know it."""
+        root = self.repos.get(preset.repo or "")
+        if root is None:
+            return None
+        rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
+        fmt = None if preset.params.output_format == "auto" else preset.params.output_format
+        try:
+            return confined(root, relative_target(rel, preset.params, preset.naming,
+                                                  preset.target_dir, preset.mirror_dir, fmt))
+        except AatError:
+            return None
+
+    # follow
+    def poll_due(self, now: float) -> int:
+        if not self.backoff.ready(now):
+            return 0
+        polled = 0
+        for entry in self.ledger.due("submitted", now, BATCH):
+            try:
+                job = self.client.job(entry.job_id or "")
+            except NotFound:
+                log.warning("service lost job %s for %s; submitting again", entry.job_id,
+                            entry.path)
+                self.ledger.mark_pending(entry.path)
+                continue
+            except AatError as exc:
+                if not exc.retryable:
+                    self.ledger.mark_failed(entry.path, exc.code, exc.message)
+                    continue
+                self.backoff.fail(now, exc.retry_after)
+                break
+            self.backoff.ok()
+            self._follow(entry, job)
+            polled += 1
+        return polled
+
+    def _follow(self, entry: Entry, job: dict[str, Any]) -> None:
+        status = job.get("status")
+        job_id = str(job.get("id"))
+        if status == "succeeded":
+            self._deliver(entry, job)
+        elif status in ("failed", "canceled"):
+            err = job.get("error") or {}
+            self.ledger.mark_submitted(entry.path, job_id, 0)
+            self.ledger.mark_failed(entry.path, str(err.get("code") or f"job_{status}"),
+                                    str(err.get("message") or f"job {job_id} was {status}"))
+            log.warning("%s: job %s %s: %s", entry.path, job_id, status, err.get("message"))
+        else:
+            polls = entry.attempts if entry.state == "submitted" else 0
+            delay = min(5.0, 0.5 * 1.3 ** polls)
+            self.ledger.mark_submitted(entry.path, job_id, time.time() + delay)
+
+    def _deliver(self, entry: Entry, job: dict[str, Any]) -> None:
+        output = job.get("output") or {}
+        job_id = str(job["id"])
+        try:
+            preset = self.presets.get(entry.root, entry.path.parent)
+        except ParamsError as exc:
+            self.ledger.mark_failed(entry.path, exc.code, exc.message)
+            return
+        if not self.download:
+            delivered = output.get("delivered_path")
+            root = self.repos.get(preset.repo or "")
+            abs_path = confined(root, PurePosixPath(delivered)) if root and delivered else None
+            self.ledger.mark_submitted(entry.path, job_id, 0)
+            self.ledger.mark_done(entry.path, delivered, output.get("sha256"), abs_path)
+            return
+        try:
+            self._download(entry, preset, job_id, output)
+        except AatError as exc:
+            if exc.retryable and exc.code == "service_unavailable":
+                self.backoff.fail(time.time(), exc.retry_after)
+                return
+            self.ledger.mark_failed(entry.path, exc.code, exc.message)
+
+    def _download(self, entry: Entry, preset: Preset, job_id: str,
+                  output: dict[str, Any]) -> None:
+        self.ledger.mark_submitted(entry.path, job_id, 0)
+        if not preset.repo:
+            self.ledger.mark_done(entry.path, None, output.get("sha256"), None)
+            return
+        root = self.repos.get(preset.repo)
+        if root is None:
+            raise AatError(f"repo {preset.repo!r} is not configured on this machine; add it "
+                           "to AAT_REPOS", code="config_invalid")
+        data, _ctype = self.client.result(job_id)
+        rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
+        target_rel = relative_target(rel, preset.params, preset.naming, preset.target_dir,
+                                     preset.mirror_dir, output.get("format"))
+        target = confined(root, target_rel)
+        digest = sha256_bytes(data)
+        self.ledger.remember_output(target, digest)  # before the write: never an input
+        written = write_atomic(target, data)
+        log.info("%s -> %s (%s)", entry.path, target, "written" if written else "unchanged")
+        self.ledger.mark_done(entry.path, str(target_rel), digest, target)
