@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     runpod_execution_timeout_s: int = Field(default=600, ge=5)
     runpod_ttl_s: int = Field(default=3600, ge=60)
     runpod_tile_attempts: int = Field(default=3, ge=1, le=10)
+    runpod_http_attempts: int = Field(default=6, ge=1, le=20)  # per HTTP call (429/5xx/network)
+    runpod_backoff_base_s: float = Field(default=0.5, gt=0)  # jittered exponential backoff
+    runpod_backoff_max_s: float = Field(default=10.0, gt=0)
+    runpod_poll_min_s: float = Field(default=0.05, gt=0)  # /status polling interval bounds
+    runpod_poll_max_s: float = Field(default=2.0, gt=0)
 
     # input/output limits
     max_input_pixels: int = Field(default=64_000_000, ge=1)
