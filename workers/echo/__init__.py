@@ -1,0 +1,1 @@
+"""The echo worker: a cheap, deterministic CPU stand-in for the GPU workers (tests, benchmarks)."""
