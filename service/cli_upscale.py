@@ -1,0 +1,207 @@
+"""`aat upscale` and `aat upscalers`: upscale one image file locally, write it atomically.
+
+Backend ``none`` runs the base upscale (best installed CPU upscaler, alpha kept) through the same
+tile/blend/finish pipeline the job runners use, without a GPU refine. Exit status 0 on success;
+on any failure one line ``error [code]: message`` on stderr, a non-zero status (2 for bad input,
+1 otherwise) and OUTPUT left exactly as it was (the file is written to a hidden temp name in the
+same folder, fsynced and renamed into place only when complete).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from service.core.errors import AatError, DeliveryError, InputError, ParamsError, PathError
+from service.core.params import UpscaleParams
+
+log = logging.getLogger(__name__)
+_STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
+_err_console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `upscale` and `upscalers` to the `aat` app."""
+    app.command("upscale")(upscale)
+    app.command("upscalers")(upscalers)
+
+
+def upscale(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Image to upscale (PNG, JPEG, "
+                                      "WebP, TGA, BMP, GIF)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the result."),
+    scale: float | None = typer.Option(None, "--scale", "-s", help="Scale factor, up to 8 "
+                                       "(default 2 when no size is given)."),
+    width: int | None = typer.Option(None, "--width", help="Output width in px."),
+    height: int | None = typer.Option(None, "--height", help="Output height in px."),
+    upscaler: str = typer.Option("auto", "--upscaler", help="auto, lanczos, nearest, anime4k, "
+                                 "realesrgan or realesrgan-x4plus (see `aat upscalers`)."),
+    tile_size: int = typer.Option(1024, "--tile-size", help="Tile size in output px."),
+    overlap: int = typer.Option(128, "--overlap", help="Overlap between tiles in px."),
+    seam_fix: str = typer.Option("none", "--seam-fix", help="none, band or offset."),
+    tileable: bool = typer.Option(False, "--tileable", help="Treat the input as a seamless "
+                                  "texture: it stays seamless."),
+    backend: str = typer.Option("none", "--backend", help="GPU backend for the diffusion "
+                                "refine; `none` = base upscale only."),
+    output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix, "
+                                      "else the input's format), png, webp, jpeg or tga."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
+                                "100 = lossless WebP."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Upscale INPUT into OUTPUT; alpha is kept, OUTPUT is only written when everything worked."""
+    try:
+        params = _params(scale=scale, width=width, height=height, upscaler=upscaler,
+                         tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
+                         tileable=tileable, output_format=output_format)
+        with _progress(quiet) as step:
+            summary = _run(input_path, output, params, backend, quality, step)
+    except AatError as exc:
+        raise _fail(exc.code, exc.message, 2 if isinstance(exc, InputError) else 1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", f"stopped; {output} was not written", 130) from None
+    except MemoryError:
+        raise _fail("out_of_memory", "not enough memory for this size; use a smaller scale", 1) from None
+    typer.echo(summary)
+
+
+def upscalers() -> None:
+    """List the base upscalers and whether each can run here."""
+    from service.upscalers.registry import AUTO_ORDER, describe  # noqa: PLC0415
+
+    for name, ok, reason in describe():
+        mark = "available" if ok else f"unavailable: {reason}"
+        typer.echo(f"{name:<18} {mark}")
+    ready = {name for name, ok, _ in describe() if ok}
+    best = next((n for n in AUTO_ORDER if n in ready), "lanczos")
+    typer.echo(f"auto -> {best}")
+
+
+def _fail(code: str, message: str, status: int) -> typer.Exit:
+    _err_console.print(f"error [{code}]: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(status)
+
+
+def _params(**values: object) -> UpscaleParams:
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return UpscaleParams(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "parameters"
+        option = "--" + where.replace("_", "-") if where != "parameters" else where
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ParamsError(f"{option}: {msg}") from exc
+
+
+def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, quality: int,
+         step: _Step) -> str:
+    """Read, upscale, encode and write; returns the one-line summary."""
+    from service.core.imaging import (  # noqa: PLC0415 - keep `aat --help` fast
+        ImageLimits,
+        encode_image,
+        format_for_suffix,
+        load_image,
+        output_format_for,
+    )
+    from service.render import finish, prepare  # noqa: PLC0415
+    from service.settings import load_settings  # noqa: PLC0415
+    from service.upscalers.realesrgan import hide_native_progress  # noqa: PLC0415
+    from service.upscalers.registry import get_upscaler  # noqa: PLC0415
+
+    hide_native_progress(True)
+
+    _check_paths(input_path, output)
+    if backend != "none":
+        raise ParamsError(f"backend {backend!r} is not available for `aat upscale` in this "
+                          "install; use --backend none")
+    settings = load_settings()
+    limits = ImageLimits(settings.max_input_pixels, settings.max_input_side,
+                         settings.max_output_side)
+    step("read")
+    data = input_path.read_bytes()
+    step("decode")
+    image = load_image(data, limits=limits, filename=input_path.name)
+    chosen = get_upscaler(params.upscaler)
+    requested = params.output_format
+    if requested == "auto":
+        requested = format_for_suffix(output.suffix) or "auto"
+    fmt = output_format_for(image.format, requested)
+    step("pre-upscale")
+    prepared = prepare(image, params, chosen, limits=limits)
+    step("tiles")
+    rendered = finish(prepared, None, params)
+    step("encode")
+    meta = {"upscaler": rendered.model, "backend": backend, "size":
+            f"{prepared.width}x{prepared.height}"}
+    encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta)
+    step("write")
+    _write(output, encoded)
+    for note in rendered.warnings:
+        _err_console.print(f"warning: {note}", markup=False, highlight=False)
+    if rendered.alpha is not None and fmt == "jpeg":
+        _err_console.print("warning: JPEG has no alpha; transparency was dropped",
+                           markup=False, highlight=False)
+    alpha = "with alpha" if rendered.alpha is not None and fmt != "jpeg" else "no alpha"
+    return (f"wrote {output} ({prepared.width}x{prepared.height} {fmt}, {alpha}, "
+            f"upscaler {rendered.model})")
+
+
+def _check_paths(input_path: Path, output: Path) -> None:
+    if not input_path.is_file():
+        raise PathError(f"input {input_path} does not exist or is not a file",
+                        code="path_not_found")
+    if not output.parent.is_dir():
+        raise PathError(f"output folder {output.parent} does not exist; create it first",
+                        code="path_not_found")
+    if output.is_dir():
+        raise PathError(f"output {output} is a folder; give a file name", code="path_forbidden")
+
+
+def _write(output: Path, encoded: bytes) -> None:
+    from service.storage.atomic import atomic_write  # noqa: PLC0415
+
+    try:
+        atomic_write(output, encoded)
+    except OSError as exc:
+        raise DeliveryError(f"could not write {output}: {exc.strerror or exc}; check the "
+                            "folder's permissions and free space", retryable=False) from exc
+
+
+class _Step:
+    """Advance the progress bar to a named stage."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._task = progress.add_task("upscale", total=len(_STAGES)) if progress else None
+        self._done = 0
+
+    def __call__(self, stage: str) -> None:
+        if self._progress is None or self._task is None:
+            return
+        self._progress.update(self._task, completed=self._done, description=stage)
+        self._done += 1
+
+    def complete(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=len(_STAGES), description="done")
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[_Step]:
+    if quiet or not _err_console.is_terminal:
+        yield _Step(None)
+        return
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=_err_console, transient=True) as progress:
+        step = _Step(progress)
+        yield step
+        step.complete()

@@ -1,0 +1,158 @@
+"""The local, synchronous image pipeline around the GPU refine step.
+
+``prepare`` pre-upscales a :class:`~service.core.imaging.LoadedImage` to the target size (colour
+on a bled matte with the chosen base upscaler, alpha separately with Lanczos, or nearest for the
+``nearest`` upscaler) and plans the tiles. A GPU backend may then refine tiles
+(``Prepared.tile(i)`` gives the input of tile ``i``). ``finish`` blends the refined tiles (the
+pre-upscaled pixels stand in for any tile not refined), applies the colour fix against the
+pre-upscaled reference, composites an optional seam-fix pass and puts alpha back.
+
+Used by `aat upscale` (backend ``none``: no tile is refined, so the result is the base upscale)
+and by the job orchestrator. No I/O here: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.alpha import bleed_colour, is_opaque, recombine
+from service.core.blending import blend_seam_fix, blend_tiles
+from service.core.colour import colour_fix
+from service.core.imaging import ImageLimits, LoadedImage, check_output_size
+from service.core.params import UpscaleParams
+from service.core.tiling import TilePlan, extract_tile, plan_seam_fix, plan_tiles
+from service.upscalers.base import Upscaler
+from service.upscalers.lanczos import LanczosUpscaler, resize_lanczos
+
+log = logging.getLogger(__name__)
+
+_RESAMPLERS = ("lanczos", "nearest")
+
+
+@dataclass
+class Prepared:
+    """An image pre-upscaled to its target size, with its tile plan."""
+
+    image: LoadedImage
+    params: UpscaleParams
+    base: np.ndarray  # (H, W, 3) colour at the target size: tile source and colour reference
+    alpha: np.ndarray | None  # (H, W) alpha at the target size, or None
+    plan: TilePlan
+    upscaler: str  # registry name of the base upscaler that ran
+    model: str  # what exactly ran (recorded in the output's metadata)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return self.plan.width
+
+    @property
+    def height(self) -> int:
+        return self.plan.height
+
+    def tile(self, index: int) -> np.ndarray:
+        """Input pixels of tile ``index`` (``(h, w, 3)``, same dtype as ``base``)."""
+        return extract_tile(self.base, self.plan.tiles[index])
+
+    def seam_fix_plan(self) -> TilePlan | None:
+        """The seam-fix tiles to refine after blending, or None when seam fix is off."""
+        if self.params.seam_fix == "none":
+            return None
+        return plan_seam_fix(self.plan, self.params.seam_fix)
+
+
+@dataclass
+class Rendered:
+    """The finished image: colour and alpha at the target size."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    upscaler: str
+    model: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """``(H, W, 3)`` or ``(H, W, 4)`` with alpha last."""
+        return recombine(self.rgb, self.alpha)
+
+
+def prepare(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
+            limits: ImageLimits | None = None) -> Prepared:
+    """Pre-upscale colour (on a matte) and alpha to the target size and plan the tiles."""
+    width, height = params.target_size(image.width, image.height)
+    check_output_size(width, height, limits or ImageLimits())
+    notes = list(image.warnings)
+    if image.rgb.dtype != np.uint8 and upscaler.name not in _RESAMPLERS:
+        notes.append(f"{upscaler.name} works on 8-bit colour; lanczos was used to keep the "
+                     "16-bit precision")
+        upscaler = LanczosUpscaler()
+    opaque = is_opaque(image.alpha)
+    colour = image.rgb if opaque else bleed_colour(image.rgb, image.alpha)  # type: ignore[arg-type]
+    base = upscaler.upscale(colour, width, height, tileable=params.tileable)
+    alpha = _upscale_alpha(image, width, height, upscaler.name, params.tileable, opaque)
+    plan = plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
+    log.debug("prepared %dx%d -> %dx%d with %s, %d tiles", image.width, image.height, width,
+              height, upscaler.model, len(plan.tiles))
+    return Prepared(image, params, base, alpha, plan, upscaler.name, upscaler.model, notes)
+
+
+def _upscale_alpha(image: LoadedImage, width: int, height: int, upscaler: str, tileable: bool,
+                   opaque: bool) -> np.ndarray | None:
+    if image.alpha is None:
+        return None
+    if opaque:
+        return np.full((height, width), np.iinfo(image.alpha.dtype).max, image.alpha.dtype)
+    if upscaler == "nearest":
+        from PIL import Image  # noqa: PLC0415 - only this branch needs the enum
+
+        return resize_lanczos(image.alpha, width, height, resample=Image.Resampling.NEAREST)
+    return resize_lanczos(image.alpha, width, height, wrap=tileable)
+
+
+def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+    """Blend refined tiles over the plan; missing tiles use the pre-upscaled pixels.
+
+    With nothing refined this is the base upscale itself (a copy). The seam-fix tiles of
+    :meth:`Prepared.seam_fix_plan` are cut from this image before they are refined.
+    """
+    if not refined:
+        return prepared.base.copy()
+    return blend_tiles(prepared.plan, lambda i: refined.get(i, prepared.tile(i)),
+                       channels=3, dtype=prepared.base.dtype)
+
+
+def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
+           params: UpscaleParams | None = None, *,
+           seam_refined: Mapping[int, np.ndarray] | None = None,
+           blended: np.ndarray | None = None) -> Rendered:
+    """Blend refined tiles, composite the seam-fix pass, colour-fix and recombine alpha.
+
+    ``refined`` maps tile index to refined pixels; missing tiles use the pre-upscaled ones, so
+    with nothing refined the colour is exactly the base upscale. ``seam_refined`` holds refined
+    tiles of :meth:`Prepared.seam_fix_plan` (identity where missing); pass ``blended`` (from
+    :func:`blend`) when it was already computed to cut those tiles.
+    """
+    params = params or prepared.params
+    out = blend(prepared, refined) if blended is None else blended.copy()
+    fix_plan = prepared.seam_fix_plan()
+    if fix_plan is not None and fix_plan.tiles:
+        seams = seam_refined or {}
+        source = out.copy() if seams else out
+        out = blend_seam_fix(
+            out, fix_plan, lambda i: seams.get(i, extract_tile(source, fix_plan.tiles[i])),
+            inplace=True)
+    if refined or seam_refined:
+        out = colour_fix(out, prepared.base, params.colour_fix)
+    return Rendered(out, prepared.alpha, prepared.upscaler, prepared.model,
+                    list(prepared.warnings))
+
+
+def render(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
+           limits: ImageLimits | None = None) -> Rendered:
+    """Backend ``none``: the base upscale, tiled and finished, with no GPU refine."""
+    return finish(prepare(image, params, upscaler, limits=limits), None, params)

