@@ -1,0 +1,104 @@
+"""The Celery app and its one thin task: the message carries only the job id.
+
+Settings follow the job-table-is-truth design: ``acks_late`` + ``reject_on_worker_lost`` (a
+crashed pool child re-queues its job), prefetch 1, a visibility timeout longer than the longest
+job, a soft shutdown that lets running jobs reach a tile boundary. The task body claims the job
+through its lease and runs the shared orchestrator; a duplicate message claims nothing.
+Each runner also re-queues jobs whose lease expired (a runner host died), so recovery does not
+wait for the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from service.jobs.runner import RunContext, run_one
+from service.settings import Settings, load_settings
+from service.storage.artifacts import ArtifactStore
+from service.storage.job_store import SqlJobStore
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "aat.run_job"
+_ctx: dict[int, RunContext] = {}  # per process (prefork children build their own)
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("aat", broker=settings.broker_url, set_as_current=False)
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        visibility_timeout=settings.visibility_timeout_s,
+        worker_soft_shutdown_timeout=60.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=settings.celery_queue,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_max_memory_per_child=2_000_000,
+    )
+    app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)(_run_task)
+    return app
+
+
+def context() -> RunContext:
+    pid = os.getpid()
+    if pid not in _ctx:
+        settings = load_settings()
+        _ctx[pid] = RunContext(settings, SqlJobStore(settings.effective_database_url),
+                               ArtifactStore(settings.data_dir / "artifacts"))
+    return _ctx[pid]
+
+
+def _run_task(self: Any, job_id: str) -> str:
+    outcome = run_one(context(), job_id)
+    log.info("task %s job %s: %s", self.request.id, job_id, outcome)
+    return outcome
+
+
+class Reaper:
+    """Re-queues running jobs whose lease expired and sends their id again (one winner)."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="aat-reaper", daemon=True).start()
+
+    def _loop(self) -> None:
+        store = SqlJobStore(self.settings.effective_database_url)
+        period = max(0.5, self.settings.lease_s / 2)
+        while not self.stop.wait(period):
+            try:
+                for job_id in store.reclaimable():
+                    if store.requeue(job_id):
+                        log.warning("job %s: its runner stopped heart-beating; re-queued", job_id)
+                        self.app.send_task(TASK_NAME, args=[job_id],
+                                           queue=self.settings.celery_queue)
+            except Exception:
+                log.warning("reaper scan failed", exc_info=True)
+
+
+def run_worker(settings: Settings, *, concurrency: int, loglevel: str = "INFO",
+               pool: str = "prefork") -> None:
+    """Block running a Celery worker on ``settings.celery_queue`` (the `aat runner` command)."""
+    app = make_celery(settings)
+    reaper = Reaper(app, settings)
+    signals.worker_ready.connect(lambda **_: reaper.start(), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: reaper.stop.set(), weak=False)
+    app.worker_main(argv=["worker", "-Q", settings.celery_queue, "-c", str(concurrency),
+                          "-P", pool, f"--loglevel={loglevel}", "-n", f"aat-runner-{os.getpid()}@%h",
+                          "--without-gossip", "--without-mingle"])

@@ -1,0 +1,226 @@
+"""Run one claimed job, stage by stage, writing progress as it goes.
+
+load → pre-upscale → plan → caption (optional) → refine (concurrent, via the backend) → blend →
+seam fix (optional) → colour fix → alpha → encode → deliver. The image maths lives in
+``service.render``; the GPU loop in ``service.jobs.refine``. Cancellation (and a lost lease or a
+stopping runner) is checked between stages and while tiles are in flight. Any failure raises
+before delivery, so a failed job writes nothing into the repo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult
+from service.core.errors import JobCanceled
+from service.core.imaging import encode_image, load_image, output_format_for
+from service.core.params import UpscaleParams
+from service.core.tiling import extract_tile
+from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
+from service.jobs.model import JobStatus, TargetSpec
+from service.jobs.refine import TileWork, caption_tiles, derive_seed, refine_tiles
+from service.jobs.runner import Interrupted, RunContext
+from service.jobs.view import job_params, overall_progress
+from service.render import Prepared, finish, prepare
+from service.storage.game_repo import deliver
+from service.storage.job_store import JobRow, LeaseLost
+from service.upscalers.registry import get_upscaler
+
+log = logging.getLogger(__name__)
+
+
+class JobRun:
+    """Progress writes and stop checks for one job, fenced by the runner's lease."""
+
+    def __init__(self, ctx: RunContext, job_id: str, owner: str, lost: threading.Event) -> None:
+        self.ctx, self.job_id, self.owner, self.lost = ctx, job_id, owner, lost
+        self.started = time.monotonic()
+
+    def check(self) -> JobRow:
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.job_id} lease lost")
+        row = self.ctx.store.get(self.job_id)
+        if row.owner != self.owner or row.status != JobStatus.running:
+            raise LeaseLost(f"job {self.job_id} is no longer owned by this runner")
+        if row.cancel_requested:
+            raise JobCanceled(f"job {self.job_id} was canceled")
+        if self.ctx.stopping.is_set():
+            raise Interrupted("the runner is stopping; the job goes back to the queue")
+        return row
+
+    async def acheck(self) -> None:
+        await asyncio.to_thread(self.check)
+
+    def stage(self, name: str, done: int = 0, total: int = 1, **extra: Any) -> None:
+        def fn(row: JobRow) -> dict[str, Any]:
+            stages = dict(row.stages or {})
+            previous = stages.get(row.stage)
+            if previous and row.stage != name:  # entering a new stage ends the previous one
+                stages[row.stage] = {"done": previous["total"], "total": previous["total"]}
+            stages[name] = {"done": done, "total": total}
+            return {"stage": name, "stages": stages,
+                    "progress": overall_progress(stages, False), **extra}
+
+        self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
+
+    def tile_done(self, stage: str, total: int, acct: Any | None) -> None:
+        def fn(row: JobRow) -> dict[str, Any]:
+            stages = dict(row.stages or {})
+            st = stages.get(stage, {"done": 0, "total": total})
+            stages[stage] = {"done": min(total, st["done"] + 1), "total": total}
+            changes: dict[str, Any] = {"stages": stages,
+                                       "progress": overall_progress(stages, False)}
+            if acct is not None:
+                changes.update(cost_runpod_jobs=row.cost_runpod_jobs + len(acct.remote_job_ids),
+                               cost_execution_s=row.cost_execution_s + acct.execution_ms / 1000,
+                               cost_usd=row.cost_usd + acct.cost_usd)
+            return changes
+
+        self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
+
+    def remote_submitted(self, index: int, remote_id: str, kind: str) -> None:
+        self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id)
+        self.ctx.store.mutate(self.job_id, lambda row: {"remote_jobs": [
+            *(row.remote_jobs or []), {"tile": index, "kind": kind, "id": remote_id}]},
+            owner=self.owner)
+
+
+def make_backend(ctx: RunContext) -> GpuBackend | None:
+    """The configured GPU backend, or None (backend ``none``: base upscale only)."""
+    name = ctx.settings.effective_backend
+    if name == "runpod":
+        from service.backends.runpod import RunPodBackend
+
+        return RunPodBackend(ctx.settings)  # type: ignore[return-value]
+    if name == "local":
+        from service.backends.local import LocalBackend
+
+        return LocalBackend(ctx.settings)  # type: ignore[return-value]
+    return None
+
+
+def refine_options(params: UpscaleParams) -> RefineOptions:
+    return RefineOptions(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, strength=params.strength,
+        steps=params.steps, cfg_scale=params.cfg_scale, scheduler=params.scheduler,
+        clip_skip=params.clip_skip, controlnet_scale=params.controlnet_scale,
+        ip_adapter_scale=params.ip_adapter_scale, loras=tuple(params.loras))
+
+
+def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) -> None:
+    """Run a job this runner has claimed (see module docstring)."""
+    run = JobRun(ctx, job_id, owner, lost)
+    row = run.check()
+    params = job_params(row)
+    limits = limits_for(ctx.settings)
+    run.stage("load")
+    data = ctx.artifacts.get_bytes("inputs", row.input_sha256, row.input_ext)
+    image = load_image(data, limits=limits, filename=row.filename)
+    run.stage("pre_upscale")
+    prepared = prepare(image, params, get_upscaler(params.upscaler), limits=limits)
+    run.stage("plan")
+    ctx.store.put_tiles(job_id, [{"idx": i, "x": t.x, "y": t.y, "w": t.w, "h": t.h}
+                                 for i, t in enumerate(prepared.plan.tiles)])
+    run.check()
+    backend = make_backend(ctx)
+    refined: dict[int, np.ndarray] = {}
+    seam: dict[int, np.ndarray] = {}
+    if backend is not None:
+        refined, seam = asyncio.run(_gpu(run, backend, prepared, params, row))
+    run.stage("blend")
+    rendered = finish(prepared, refined, params, seam_refined=seam)
+    run.stage("encode")
+    fmt = output_format_for(image.format, params.output_format)
+    ext = EXT_FOR_FORMAT[fmt]
+    out = encode_image(rendered.rgb, rendered.alpha, fmt,
+                       metadata={"job": job_id, "upscaler": rendered.model,
+                                 "backend": backend.name if backend else "none"})
+    sha = ctx.artifacts.put_bytes("outputs", out, ext)
+    output: dict[str, Any] = {
+        "width": prepared.width, "height": prepared.height, "format": fmt, "sha256": sha,
+        "upscaler": rendered.upscaler, "backend": backend.name if backend else "none"}
+    run.stage("deliver")
+    run.check()  # last chance to cancel: nothing has been written into a repo yet
+    if row.target:
+        target = TargetSpec.model_validate(row.target)
+        done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
+                       label=naming_label(params, row.input_width, row.input_height))
+        output["delivered_path"] = done.rel
+    ctx.store.transition(job_id, JobStatus.succeeded, owner=owner, output=output,
+                         output_sha256=sha, output_ext=ext, stage="done", progress=1.0,
+                         timings={"total_s": round(time.monotonic() - run.started, 3)})
+    log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
+
+
+async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, params: UpscaleParams,
+               row: JobRow) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    try:
+        return await _gpu_stages(run, backend, prepared, params, row)
+    finally:
+        await backend.aclose()
+
+
+async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
+                      params: UpscaleParams, row: JobRow
+                      ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    store, job_id = run.ctx.store, run.job_id
+    rows = store.get_tiles(job_id)
+    n = len(rows)
+    inputs = {r["idx"]: prepared.tile(r["idx"]) for r in rows}
+    captions = {r["idx"]: r["caption"] for r in rows if r["caption"]}
+    if params.caption and len(captions) < n and _can_caption(run):
+        run.stage("caption", len(captions), n)
+
+        def captioned(i: int, text: str, res: CaptionResult | None) -> None:
+            store.update_tile(job_id, i, caption=text)
+            run.tile_done("caption", n, res.accounting if res else None)
+
+        todo = {i: img for i, img in inputs.items() if i not in captions}
+        captions.update(await caption_tiles(backend, todo, run.ctx.artifacts,
+                                            on_done=captioned, check=run.acheck))
+    options = refine_options(params)
+    work = [TileWork(r["idx"], inputs[r["idx"]], r["prompt"] or captions.get(r["idx"], ""),
+                     derive_seed(int(row.seed or 0), r["idx"], r["rerun"])) for r in rows]
+    run.stage("refine", 0, n)
+
+    def refined_one(i: int, key: str, res: RefineResult | None) -> None:
+        store.update_tile(job_id, i, status="refined", cache_key=key, seed=work[i].seed)
+        run.tile_done("refine", n, res.accounting if res else None)
+
+    refined = await refine_tiles(
+        backend, work, options, run.ctx.artifacts,
+        on_submitted=lambda i, rid: run.remote_submitted(i, rid, "refine"),
+        on_done=refined_one, check=run.acheck)
+    seam = await _seam_fix(run, backend, prepared, params, refined, options, int(row.seed or 0))
+    return refined, seam
+
+
+def _can_caption(run: JobRun) -> bool:
+    s = run.ctx.settings
+    return s.effective_backend != "runpod" or bool(s.runpod_caption_endpoint_id)
+
+
+async def _seam_fix(run: JobRun, backend: GpuBackend, prepared: Prepared,
+                    params: UpscaleParams, refined: dict[int, np.ndarray],
+                    options: RefineOptions, seed: int) -> dict[int, np.ndarray]:
+    plan = prepared.seam_fix_plan()
+    if plan is None or not plan.tiles:
+        return {}
+    no_seam = dataclasses.replace(prepared, params=params.model_copy(update={"seam_fix": "none"}))
+    blended = await asyncio.to_thread(lambda: finish(no_seam, refined, no_seam.params).rgb)
+    n = len(plan.tiles)
+    run.stage("seam_fix", 0, n)
+    seam_options = dataclasses.replace(options, strength=params.seam_fix_strength)
+    work = [TileWork(i, extract_tile(blended, t), "", derive_seed(seed, 100_000 + i))
+            for i, t in enumerate(plan.tiles)]
+    return await refine_tiles(
+        backend, work, seam_options, run.ctx.artifacts,
+        on_done=lambda _i, _k, res: run.tile_done("seam_fix", n, res.accounting if res else None),
+        check=run.acheck)

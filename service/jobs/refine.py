@@ -1,0 +1,213 @@
+"""The concurrent GPU loop: caption and refine tiles through a ``GpuBackend``.
+
+Up to ``await backend.max_concurrency()`` tiles are in flight at once (asyncio). Every finished
+tile is written to a cache keyed by :func:`tile_key` (tile pixels + refine options + seed +
+prompt + pipeline version) *before* the loop moves on, and every remote job id is reported as
+soon as it is submitted, so a runner killed mid-job never pays twice for a finished tile.
+Cancellation is polled while tiles are in flight: the in-flight calls are cancelled (the
+backend cancels their remote jobs) and :class:`JobCanceled` is raised.
+
+Used by the job orchestrator (cache = the artifact store) and by `aat upscale --backend runpod`
+(cache = :class:`MemoryCache` or an artifact store in the data directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult, TileTask
+from service.jobs.model import PIPELINE_VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TileCache(Protocol):
+    def get_array(self, key: str) -> np.ndarray | None: ...
+
+    def put_array(self, key: str, array: np.ndarray) -> None: ...
+
+    def get_text(self, key: str) -> str | None: ...
+
+    def put_text(self, key: str, text: str) -> None: ...
+
+
+class MemoryCache:
+    """A process-local tile cache (for one CLI run)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.texts: dict[str, str] = {}
+
+    def get_array(self, key: str) -> np.ndarray | None:
+        return self.arrays.get(key)
+
+    def put_array(self, key: str, array: np.ndarray) -> None:
+        self.arrays[key] = array
+
+    def get_text(self, key: str) -> str | None:
+        return self.texts.get(key)
+
+    def put_text(self, key: str, text: str) -> None:
+        self.texts[key] = text
+
+
+@dataclass(frozen=True)
+class TileWork:
+    """One tile to refine: its index in the plan, pixels, per-tile prompt and seed."""
+
+    index: int
+    image: np.ndarray
+    prompt: str = ""
+    seed: int = 0
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256(PIPELINE_VERSION.encode())
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.shape}{part.dtype}".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(b"\x00" + str(part).encode())
+    return h.hexdigest()
+
+
+def options_fingerprint(options: RefineOptions) -> str:
+    data = asdict(options)
+    ip = data.pop("ip_adapter_image")
+    data["loras"] = [dict(lora) if isinstance(lora, dict) else lora.model_dump()
+                     for lora in data["loras"]]
+    data["ip_adapter_image"] = _digest(ip) if ip is not None else None
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def tile_key(work: TileWork, options: RefineOptions, backend: str) -> str:
+    """Cache key of a refined tile: the same key means the same paid-for result."""
+    return _digest("refine", backend, options_fingerprint(options), work.seed, work.prompt,
+                   work.image)
+
+
+def caption_key(image: np.ndarray, backend: str, instruction: str | None) -> str:
+    return _digest("caption", backend, instruction or "", image)
+
+
+def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
+    """Per-tile seed from the job seed (a re-run tile gets a fresh one)."""
+    digest = hashlib.sha256(f"{job_seed}:{index}:{rerun}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+CancelCheck = Callable[[], Awaitable[None]]  # raises (JobCanceled, ...) to stop the loop
+
+
+async def _run_bounded(items: list[T], limit: int, fn: Callable[[T], Awaitable[None]],
+                       check: CancelCheck | None, poll_s: float) -> None:
+    """Run ``fn`` over ``items`` with at most ``limit`` at once; stop all on the first error
+    or when ``check`` raises."""
+    if not items:
+        return
+    sem = asyncio.Semaphore(max(1, limit))
+
+    async def guarded(item: T) -> None:
+        async with sem:
+            await fn(item)
+
+    tasks = [asyncio.create_task(guarded(i)) for i in items]
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=poll_s,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raise the first failure
+            if check is not None and pending:
+                await check()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def refine_tiles(
+    backend: GpuBackend, work: list[TileWork], options: RefineOptions, cache: TileCache, *,
+    on_submitted: Callable[[int, str], None] | None = None,
+    on_done: Callable[[int, str, RefineResult | None], None] | None = None,
+    check: CancelCheck | None = None, poll_s: float = 0.25,
+) -> dict[int, np.ndarray]:
+    """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
+
+    ``on_submitted(index, remote_id)`` runs when a remote job is submitted; ``on_done(index,
+    key, result)`` after the tile is cached (``result`` is None for a cache hit). Both run in a
+    worker thread so slow storage never stalls the loop.
+    """
+    out: dict[int, np.ndarray] = {}
+    todo: list[tuple[TileWork, str]] = []
+    for item in work:
+        key = tile_key(item, options, backend.name)
+        cached = await asyncio.to_thread(cache.get_array, key)
+        if cached is not None:
+            out[item.index] = cached
+            if on_done:
+                await asyncio.to_thread(on_done, item.index, key, None)
+        else:
+            todo.append((item, key))
+    loop = asyncio.get_running_loop()
+
+    async def one(pair: tuple[TileWork, str]) -> None:
+        item, key = pair
+
+        def submitted(remote_id: str) -> None:
+            if on_submitted:
+                loop.run_in_executor(None, on_submitted, item.index, remote_id)
+
+        task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
+                        seed=item.seed)
+        result = await backend.refine(task, options, on_submitted=submitted)
+        await asyncio.to_thread(cache.put_array, key, result.image)
+        out[item.index] = result.image
+        if on_done:
+            await asyncio.to_thread(on_done, item.index, key, result)
+
+    log.info("refining %d tiles (%d cached)", len(todo), len(work) - len(todo))
+    await _run_bounded(todo, await backend.max_concurrency(), one, check, poll_s)
+    return out
+
+
+async def caption_tiles(
+    backend: GpuBackend, tiles: dict[int, np.ndarray], cache: TileCache, *,
+    instruction: str | None = None,
+    on_done: Callable[[int, str, CaptionResult | None], None] | None = None,
+    check: CancelCheck | None = None, poll_s: float = 0.25,
+) -> dict[int, str]:
+    """Caption tiles concurrently (cached by tile pixels); returns ``{index: caption}``."""
+    out: dict[int, str] = {}
+    todo: list[tuple[int, str]] = []
+    for index, image in tiles.items():
+        key = caption_key(image, backend.name, instruction)
+        text = await asyncio.to_thread(cache.get_text, key)
+        if text is not None:
+            out[index] = text
+            if on_done:
+                await asyncio.to_thread(on_done, index, text, None)
+        else:
+            todo.append((index, key))
+
+    async def one(pair: tuple[int, str]) -> None:
+        index, key = pair
+        result = await backend.caption(str(index), tiles[index], instruction=instruction)
+        await asyncio.to_thread(cache.put_text, key, result.caption)
+        out[index] = result.caption
+        if on_done:
+            await asyncio.to_thread(on_done, index, result.caption, result)
+
+    await _run_bounded(todo, await backend.max_concurrency(), one, check, poll_s)
+    return out

@@ -1,0 +1,191 @@
+"""`JobService`: the one entry point for submitting, reading, canceling and re-running jobs.
+
+The REST API, the CLI and the watcher call this; it validates input before storing anything,
+stores inputs content-addressed, writes the job row (deduplicated by input + params + pipeline
+version + target, or by an idempotency key) and hands the job id to the executor (Celery or the
+embedded executor), which runs ``service.jobs.orchestrator.run_job``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from service.core.errors import JobError, NotFound, PathError
+from service.core.params import UpscaleParams
+from service.jobs.executor import Executor
+from service.jobs.intake import probe_image
+from service.jobs.model import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
+from service.jobs.view import to_public
+from service.settings import Settings
+from service.storage.artifacts import ArtifactStore
+from service.storage.game_repo import resolve_target
+from service.storage.job_store import SqlJobStore
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg",
+               ".jpeg": "image/jpeg", ".tga": "image/x-tga"}
+
+
+def new_job_id() -> str:
+    """Time-ordered id (sorts by creation): ``j_`` + 12 hex of ms + 12 random hex."""
+    return f"j_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def dedupe_key(input_sha256: str, params: UpscaleParams, target: TargetSpec | None) -> str:
+    parts = [input_sha256, params.canonical_json(), PIPELINE_VERSION,
+             target.model_dump_json() if target else ""]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def confine(path: Path, roots: list[Path]) -> Path:
+    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``."""
+    real = Path(path).expanduser().resolve()
+    for root in roots:
+        if real.is_relative_to(Path(root).expanduser().resolve()):
+            return real
+    raise PathError(f"{path} is outside the allowed folders; add its folder to AAT_INTAKE_ROOTS "
+                    "or AAT_REPOS", code="path_forbidden")
+
+
+class JobService:
+    """Jobs over a store, an artifact store and an executor (see module docstring)."""
+
+    def __init__(self, settings: Settings, store: SqlJobStore, artifacts: ArtifactStore,
+                 executor: Executor) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.executor = executor
+
+    def start(self) -> None:
+        self.executor.start()
+
+    def stop(self) -> None:
+        self.executor.stop()
+
+    # ---- submission --------------------------------------------------------------------------
+    def submit(self, data: bytes, *, filename: str, params: UpscaleParams,
+               target: TargetSpec | None = None, idempotency_key: str | None = None
+               ) -> tuple[JobPublic, bool]:
+        """Validate, store and queue one job; ``(job, False)`` when it already existed."""
+        info = probe_image(data, params, self.settings)  # raises ImageError/ParamsError
+        if target is not None:
+            resolve_target(self.settings, target, ext=info.output_ext)  # raises PathError
+        input_sha = self.artifacts.put_bytes("inputs", data, info.ext)
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**32)
+        row, created = self.store.insert({
+            "id": new_job_id(), "filename": Path(filename).name[:255] or "image",
+            "input_sha256": input_sha, "input_ext": info.ext, "input_width": info.width,
+            "input_height": info.height, "input_format": info.format,
+            "params": params.model_dump(mode="json"), "seed": seed,
+            "target": target.model_dump(mode="json") if target else None,
+            "dedupe_key": dedupe_key(input_sha, params, target),
+            "idempotency_key": idempotency_key,
+        })
+        if created:
+            log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
+            self.executor.submit(row.id)
+        return to_public(row), created
+
+    def submit_path(self, path: Path, **kwargs: Any) -> tuple[JobPublic, bool]:
+        """Submit a file that lies inside an intake root or a configured repo."""
+        roots = list(self.settings.intake_roots) + list(self.settings.repos.values())
+        real = confine(path, roots)
+        if not real.is_file():
+            raise PathError(f"{path} is not a file; give the path of an image",
+                            code="path_not_found")
+        kwargs.setdefault("filename", real.name)
+        return self.submit(real.read_bytes(), **kwargs)
+
+    # ---- reading -----------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobPublic:
+        return to_public(self.store.get(job_id))
+
+    def list(self, *, status: JobStatus | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[JobPublic], str | None]:
+        rows, next_cursor = self.store.list(status=status, limit=max(1, min(limit, 500)),
+                                            cursor=cursor)
+        return [to_public(r) for r in rows], next_cursor
+
+    def result(self, job_id: str) -> tuple[Path, str]:
+        row = self.store.get(job_id)
+        if row.status != JobStatus.succeeded or not row.output_sha256:
+            raise JobError(f"job {job_id} is {row.status.value}; the result exists once it "
+                           "has succeeded", code="not_ready")
+        path = self.artifacts.path("outputs", row.output_sha256, row.output_ext)
+        if not path.exists():
+            raise NotFound(f"the result of job {job_id} was garbage-collected; submit it again")
+        return path, MEDIA_TYPES.get(row.output_ext, "application/octet-stream")
+
+    def wait_for_change(self, job_id: str, version: int | None, timeout: float
+                        ) -> tuple[JobPublic, int]:
+        """Block until the row's version differs from ``version`` (or ``timeout`` passes)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        current = self.store.version(job_id)
+        while current == version and time.monotonic() < deadline:
+            time.sleep(0.1)
+            current = self.store.version(job_id)
+        row = self.store.get(job_id)
+        return to_public(row), int(row.version)
+
+    # ---- control -----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobPublic:
+        """Queued jobs end canceled at once; running jobs stop at the next tile."""
+        row = self.store.request_cancel(job_id)
+        self.executor.cancel(job_id)
+        return to_public(row)
+
+    def tiles(self, job_id: str) -> list[dict[str, Any]]:
+        self.store.get(job_id)
+        return [_tile_view(t) for t in self.store.get_tiles(job_id)]
+
+    def set_tile_prompt(self, job_id: str, n: int, prompt: str) -> dict[str, Any]:
+        self.store.get(job_id)
+        return _tile_view(self.store.update_tile(job_id, n, prompt=prompt[:4000]))
+
+    def rerun(self, job_id: str, tiles: list[int]) -> JobPublic:
+        """A new job from the same input and tile plan: the chosen tiles are refined again
+        (with a fresh seed and their current prompt), the others come from the cache."""
+        row = self.store.get(job_id)
+        if not row.status.terminal:
+            raise JobError(f"job {job_id} is {row.status.value}; re-run it once it has finished",
+                           code="not_ready")
+        plan = self.store.get_tiles(job_id)
+        known = {t["idx"] for t in plan}
+        missing = sorted(set(tiles) - known)
+        if not plan or missing:
+            raise NotFound(f"job {job_id} has no tile(s) {missing or tiles}; see GET .../tiles")
+        values = {k: row[k] for k in ("filename", "input_sha256", "input_ext", "input_width",
+                                      "input_height", "input_format", "params", "seed",
+                                      "target")}
+        new_row, _ = self.store.insert({"id": new_job_id(), **values})
+        chosen = set(tiles)
+        self.store.put_tiles(new_row.id, [
+            {k: t[k] for k in ("idx", "x", "y", "w", "h", "caption", "prompt")}
+            | {"rerun": t["rerun"] + (1 if t["idx"] in chosen else 0)} for t in plan])
+        self.executor.submit(new_row.id)
+        return to_public(new_row)
+
+    def ready(self) -> dict[str, bool]:
+        return {"store": self.store.ping(), "broker": self.executor.ready()}
+
+
+def _tile_view(t: dict[str, Any]) -> dict[str, Any]:
+    return {"index": t["idx"], "x": t["x"], "y": t["y"], "w": t["w"], "h": t["h"],
+            "caption": t["caption"], "prompt": t["prompt"], "status": t["status"]}
+
+
+def build_job_service(settings: Settings) -> JobService:
+    """Store + artifacts + executor (Celery when ``AAT_BROKER_URL`` is set, else embedded).
+    Call ``start()`` to begin running jobs and ``stop()`` at shutdown."""
+    from service.jobs.executor import make_executor
+
+    store = SqlJobStore(settings.effective_database_url)
+    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    return JobService(settings, store, artifacts, make_executor(settings, store, artifacts))

@@ -1,0 +1,65 @@
+"""Turn a job row into the public job view (``JobPublic``) that every client sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.core.params import UpscaleParams
+from service.jobs.model import (
+    JobCost,
+    JobErrorView,
+    JobInput,
+    JobOutput,
+    JobPublic,
+    StageProgress,
+    TargetSpec,
+)
+from service.storage.job_store import JobRow
+
+# Share of the whole job each stage stands for (progress is 0..1 over the job).
+STAGE_WEIGHTS: dict[str, float] = {
+    "load": 0.02, "pre_upscale": 0.08, "plan": 0.01, "caption": 0.14, "refine": 0.6,
+    "blend": 0.05, "seam_fix": 0.04, "encode": 0.04, "deliver": 0.02,
+}
+
+
+def overall_progress(stages: dict[str, Any], finished: bool) -> float:
+    if finished:
+        return 1.0
+    total = 0.0
+    for name, weight in STAGE_WEIGHTS.items():
+        st = stages.get(name)
+        if st and st.get("total"):
+            total += weight * min(1.0, st["done"] / st["total"])
+    return round(min(total, 0.99), 4)
+
+
+def job_params(row: JobRow) -> UpscaleParams:
+    """The job's parameters with its concrete seed filled in."""
+    params = UpscaleParams.model_validate(row.params)
+    if params.seed is None and row.seed is not None:
+        params = params.model_copy(update={"seed": int(row.seed)})
+    return params
+
+
+def to_public(row: JobRow) -> JobPublic:
+    return JobPublic(
+        id=row.id,
+        status=row.status,
+        stage=row.stage,
+        progress=1.0 if row.status.value == "succeeded" else float(row.progress),
+        stages={k: StageProgress(**v) for k, v in (row.stages or {}).items()},
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        params=job_params(row),
+        input=JobInput(filename=row.filename, sha256=row.input_sha256, width=row.input_width,
+                       height=row.input_height, format=row.input_format),
+        target=TargetSpec.model_validate(row.target) if row.target else None,
+        output=JobOutput.model_validate(row.output) if row.output else None,
+        error=JobErrorView.model_validate(row.error) if row.error else None,
+        cost=JobCost(runpod_jobs=row.cost_runpod_jobs, execution_s=row.cost_execution_s,
+                     usd=row.cost_usd),
+        attempts=row.attempts,
+        urls=JobPublic.urls_for(row.id),
+    )

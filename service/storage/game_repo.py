@@ -1,0 +1,138 @@
+"""Delivery of a job's result into a game repository.
+
+Repos are named in settings (``AAT_REPOS='{"game": "/path"}'`` or ``aat.toml``); a job's target
+is a repo name and the source's path inside it (``TargetSpec``). Naming modes: ``suffix``
+(``<stem>_x2.<ext>`` beside the source), ``replace`` (the source's own name) and ``mirror``
+(the same relative path under ``mirror_dir``). Every path is confined to the repo root (no
+``..``, no absolute paths, no symlink escape) and never names a ``.import``/``.meta`` sidecar or
+anything under ``.git``. Writes are atomic (``service.storage.atomic``), skipped when the bytes
+are already identical; a git commit of the result is optional.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from service.core.errors import DeliveryError, ParamsError, PathError
+from service.jobs.model import TargetSpec
+from service.settings import Settings
+from service.storage.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+SIDECARS = (".import", ".meta")
+RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # a file held open (Windows importers)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    path: Path  # absolute
+    rel: str  # relative to the repo root, posix style
+    written: bool  # False when identical bytes were already there
+    commit: str | None = None
+
+
+def _relative(value: str, what: str) -> PurePosixPath:
+    rel = PurePosixPath(value.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].endswith(":"):
+        raise PathError(f"{what} {value!r} must be a relative path inside the repo without '..'",
+                        code="path_escape")
+    return rel
+
+
+def resolve_target(settings: Settings, target: TargetSpec, *, ext: str, label: str = "_x2"
+                   ) -> tuple[Path, Path]:
+    """``(repo_root, destination)`` for ``target``; raises PathError/ParamsError when refused."""
+    root = settings.repos.get(target.repo)
+    if root is None:
+        names = ", ".join(sorted(settings.repos)) or "none configured"
+        raise PathError(f"unknown repo {target.repo!r} (known: {names}); add it to AAT_REPOS",
+                        code="path_not_found")
+    root = Path(root).resolve()
+    rel = _relative(target.path, "target path")
+    if target.naming == "suffix":
+        dest_rel = rel.with_name(f"{rel.stem}{label}{ext}")
+    elif target.naming == "replace":
+        dest_rel = rel.with_suffix(ext)
+    else:
+        if not target.mirror_dir:
+            raise ParamsError("naming 'mirror' needs mirror_dir (the output folder in the repo)")
+        dest_rel = _relative(target.mirror_dir, "mirror_dir") / rel.with_suffix(ext)
+    if dest_rel.suffix.lower() in SIDECARS or ".git" in dest_rel.parts:
+        raise PathError(f"refusing to write {dest_rel}: engine sidecars and .git are never "
+                        "touched", code="path_forbidden")
+    dest = root / dest_rel
+    if not dest.resolve().is_relative_to(root):
+        raise PathError(f"{dest_rel} leads outside the repo {target.repo!r} (through a "
+                        "symlink); choose a path inside it", code="path_escape")
+    return root, dest
+
+
+def sha256_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, label: str,
+            job_id: str) -> Delivery:
+    """Write ``data`` to the target atomically; identical bytes are left alone (no mtime bump)."""
+    root, dest = resolve_target(settings, target, ext=ext, label=label)
+    rel = dest.relative_to(root).as_posix()
+    if sha256_file(dest) == hashlib.sha256(data).hexdigest():
+        log.info("job %s: %s already holds these bytes; not rewritten", job_id, rel)
+        return Delivery(dest, rel, written=False)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.parent.resolve().is_relative_to(root):
+            raise PathError(f"{rel} leads outside the repo", code="path_escape")
+        _write_with_retry(dest, data)
+    except OSError as exc:
+        raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: {exc.strerror or exc}"
+                            "; check permissions and free space") from exc
+    commit = _git_commit(root, rel, job_id) if settings.git_commit else None
+    log.info("job %s delivered %s", job_id, rel)
+    return Delivery(dest, rel, written=True, commit=commit)
+
+
+def _write_with_retry(dest: Path, data: bytes) -> None:
+    """Atomic write; ``PermissionError`` (target held open or locked) is retried with backoff."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            atomic_write(dest, data)
+            return
+        except PermissionError:
+            if delay is None:
+                raise
+            log.info("%s is held open; retrying in %.2f s", dest, delay)
+            time.sleep(delay)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _git_commit(root: Path, rel: str, job_id: str) -> str | None:
+    """Commit the delivered file alone, with a ``Pipeline-Job`` trailer; None if not a repo."""
+    if _git(root, "rev-parse", "--is-inside-work-tree").returncode != 0:
+        log.warning("repo %s is not a git work tree; result not committed", root)
+        return None
+    for _ in range(50):  # never race an artist's git holding index.lock
+        if not (root / ".git" / "index.lock").exists():
+            break
+        time.sleep(0.2)
+    added = _git(root, "add", "--", rel)
+    done = _git(root, "commit", "--only", "-m", f"aat: upscale {rel}", "-m",
+                f"Pipeline-Job: {job_id}", "--", rel)
+    if added.returncode or done.returncode:
+        raise DeliveryError(f"the file was written but git commit failed: "
+                            f"{(added.stderr or done.stderr or done.stdout).strip()[:200]}")
+    return _git(root, "rev-parse", "HEAD").stdout.strip() or None
