@@ -213,7 +213,7 @@ def blend_tiles(plan: TilePlan, get_tile: GetTile, *, channels: int,
 
 
 def _edge_mask(start: int, size: int, length: int, feather: int, wraps: bool, bits: int) -> np.ndarray:
-    """Integer mask (0..K) along one axis of a seam-fix tile: ramps at edges inside the image."""
+    """Integer mask (0..K) along one axis of a seam-fix group: ramps at edges inside the image."""
     k = 1 << bits
     mask = np.full(size, k, dtype=np.int64)
     feather = min(feather, size // 2)
@@ -227,14 +227,32 @@ def _edge_mask(start: int, size: int, length: int, feather: int, wraps: bool, bi
     return mask
 
 
+def _composite(out: np.ndarray, layer: np.ndarray, x: int, y: int, q: np.ndarray, bits: int) -> None:
+    """Lay ``layer`` over ``out`` at ``(x, y)`` (wrapping) through integer mask ``q`` (0..K)."""
+    height, width = out.shape[:2]
+    h, w = layer.shape[:2]
+    full = bool(np.all(q == (1 << bits)))
+    for y0, y1, ly in axis_spans(y, h, height):
+        for x0, x1, lx in axis_spans(x, w, width):
+            src = layer[ly:ly + y1 - y0, lx:lx + x1 - x0]
+            dst = out[y0:y1, x0:x1]
+            if full:
+                dst[...] = src
+            else:
+                _lerp(dst, dst, src, q[ly:ly + y1 - y0, lx:lx + x1 - x0, None], bits, _ACC[bits][0])
+
+
 def blend_seam_fix(base: np.ndarray, fix_plan: TilePlan, get_tile: GetTile, *,
                    inplace: bool = False) -> np.ndarray:
-    """Composite the seam-fix tiles of ``fix_plan`` over ``base`` (H, W, C) in plan order.
+    """Composite the seam-fix tiles of ``fix_plan`` over ``base`` (H, W, C), group by group.
 
-    Each tile goes ``over`` the image through a feathered mask (product of per-axis smoothstep
-    ramps ``fix_plan.feathers[i]`` px wide at edges inside the image; image borders stay hard
-    unless the plan is tileable). Outside every mask the base is untouched; where a tile equals
-    the base the result is bit-identical. Returns a new array unless ``inplace``.
+    Each :class:`~service.core.tiling.FixGroup` is first blended on its own exactly like
+    :func:`blend_tiles` (smooth ramps over the actual overlaps of its tiles), then laid over the
+    image through a mask: 1 inside, a smoothstep ramp ``feather`` px wide at each edge that lies
+    inside the image (image borders stay hard unless the plan is tileable). Outside every mask
+    the base is untouched; where the tiles equal the base the result is bit-identical.
+    ``get_tile(index)`` is called with the fix plan's tile indices. Returns a new array unless
+    ``inplace``.
     """
     if fix_plan.kind not in ("offset", "band"):
         raise ParamsError("blend_seam_fix needs a plan from plan_seam_fix")
@@ -244,16 +262,11 @@ def blend_seam_fix(base: np.ndarray, fix_plan: TilePlan, get_tile: GetTile, *,
         )
     bits = _bits(base.dtype)
     out = base if inplace else base.copy()
-    for tile, (fx, fy) in zip(fix_plan.tiles, fix_plan.feathers, strict=True):
-        arr = _checked(get_tile(tile.index), tile.index, tile.h, tile.w, base.shape[2], base.dtype)
-        mx = _edge_mask(tile.x, tile.w, fix_plan.width, fx, fix_plan.tileable, bits)
-        my = _edge_mask(tile.y, tile.h, fix_plan.height, fy, fix_plan.tileable, bits)
+    for group in fix_plan.groups:
+        layer = blend_tiles(group.grid, get_tile, channels=base.shape[2], dtype=base.dtype)
+        h, w = layer.shape[:2]
+        mx = _edge_mask(group.x, w, fix_plan.width, group.feather_x, fix_plan.tileable, bits)
+        my = _edge_mask(group.y, h, fix_plan.height, group.feather_y, fix_plan.tileable, bits)
         q = (my[:, None] * mx[None, :] + (1 << (bits - 1))) >> bits
-        for y0, y1, ly in axis_spans(tile.y, tile.h, fix_plan.height):
-            for x0, x1, lx in axis_spans(tile.x, tile.w, fix_plan.width):
-                sub_q = q[ly:ly + y1 - y0, lx:lx + x1 - x0, None]
-                dst = out[y0:y1, x0:x1]
-                _lerp(dst, dst, arr[ly:ly + y1 - y0, lx:lx + x1 - x0], sub_q, bits,
-                      _ACC[bits][0])
+        _composite(out, layer, group.x, group.y, q, bits)
     return out
-

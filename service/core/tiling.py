@@ -20,9 +20,9 @@ Conventions
   consecutive pairs would meet. Transitions never intersect, so at most two tiles per axis mix at
   any pixel. The seam ``x0`` of a transition is its middle (columns ``x0 - 1`` and ``x0`` come
   from different tile centres); ``TilePlan.seams_x`` / ``seams_y`` list the internal ones.
-* Seam-fix plans (:func:`plan_seam_fix`) hold extra tiles composited over a blended image by
-  ``service.core.blending.blend_seam_fix``; ``feathers[i] = (fx, fy)`` is the width of the soft
-  edge of tile ``i`` on each axis (image borders are never feathered).
+* Seam-fix plans (:func:`plan_seam_fix`) hold extra tiles in :class:`FixGroup` s: each group is
+  blended like a grid and composited over the first pass by
+  ``service.core.blending.blend_seam_fix`` through a feathered mask.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class TilePlan:
     kind: PlanKind = "grid"
     axis_x: Axis | None = None
     axis_y: Axis | None = None
-    feathers: tuple[tuple[int, int], ...] = field(default=())
+    groups: tuple[FixGroup, ...] = field(default=())
 
     @property
     def n_cols(self) -> int:
@@ -97,6 +97,24 @@ class TilePlan:
     @property
     def n_rows(self) -> int:
         return len(self.axis_y.origins) if self.axis_y else 0
+
+
+@dataclass(frozen=True)
+class FixGroup:
+    """Seam-fix tiles that are blended together like a grid, then composited over the image.
+
+    ``grid`` is a grid plan in the group's own coordinates (its tiles carry image coordinates
+    and the fix plan's indices, starting at ``first``); the blended group lands at ``(x, y)``
+    (wrapping if tileable) through a mask whose edges inside the image are feathered over
+    ``feather_x`` / ``feather_y`` px.
+    """
+
+    x: int
+    y: int
+    grid: TilePlan
+    first: int
+    feather_x: int
+    feather_y: int
 
 
 def _round_div(num: int, den: int) -> int:
@@ -175,88 +193,98 @@ def plan_tiles(width: int, height: int, tile_size: int = 1024, overlap: int = 12
                     "grid", ax, ay)
 
 
-def _offset_positions(axis: Axis) -> tuple[int, ...]:
-    """Origins of tiles centred on each seam of ``axis`` (plus the edge tiles if not wrapping)."""
+def _grid(width: int, height: int, ax: Axis, ay: Axis, plan: TilePlan, kind: PlanKind,
+          x: int = 0, y: int = 0, first: int = 0) -> TilePlan:
+    """A grid plan over axes ``ax``/``ay``; its tiles are shifted by ``(x, y)`` and numbered
+    from ``first`` (seam-fix tiles in image coordinates)."""
+    tiles = tuple(
+        Tile(first + r * len(ax.origins) + c, r, c, x + ox, y + oy, ax.size, ay.size)
+        for r, oy in enumerate(ay.origins)
+        for c, ox in enumerate(ax.origins)
+    )
+    return TilePlan(width, height, plan.tile_size, plan.overlap, plan.tileable, tiles,
+                    ax.seams, ay.seams, kind, ax, ay)
+
+
+def _offset_axis(axis: Axis) -> Axis:
+    """Tiles centred on each seam of ``axis`` (plus the edge tiles if not wrapping)."""
     if len(axis.origins) == 1:
-        return axis.origins
+        return axis
     size, length = axis.size, axis.length
     centred = [(s + e) // 2 - size // 2 for s, e in axis.transitions]
     if axis.tileable:
-        return tuple(sorted({c % length for c in centred}))
-    clamped = [min(max(c, 0), length - size) for c in centred]
-    return tuple(sorted({0, *clamped, length - size}))
+        origins = tuple(sorted({c % length for c in centred}))
+    else:
+        origins = tuple(sorted({0, *(min(max(c, 0), length - size) for c in centred), length - size}))
+    wrap = axis.tileable and len(origins) > 1
+    return Axis(length, size, origins, _transitions(origins, size, length, wrap), wrap)
 
 
 def _offset_plan(plan: TilePlan) -> TilePlan:
     assert plan.axis_x and plan.axis_y
-    xs, ys = _offset_positions(plan.axis_x), _offset_positions(plan.axis_y)
-    w, h = plan.axis_x.size, plan.axis_y.size
-    tiles = tuple(Tile(r * len(xs) + c, r, c, x, y, w, h)
-                  for r, y in enumerate(ys) for c, x in enumerate(xs))
-    feather = max(plan.overlap, 8)
-    feathers = ((min(feather, w // 2), min(feather, h // 2)),) * len(tiles)
-    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable, tiles,
-                    plan.seams_x, plan.seams_y, "offset", plan.axis_x, plan.axis_y, feathers)
+    grid = _grid(plan.width, plan.height, _offset_axis(plan.axis_x), _offset_axis(plan.axis_y),
+                 plan, "grid")
+    return _fix_plan(plan, "offset", grid.tiles, (FixGroup(0, 0, grid, 0, 0, 0),))
 
 
-def _band_along(length: int, tile_size: int, band: int, overlap: int, tileable: bool) -> Axis:
-    """Positions of band tiles along a seam: each band tile has about a tile's pixel count."""
-    long_side = min(4 * tile_size, max(tile_size, tile_size * tile_size // band))
-    return _axis(length, long_side, min(overlap, long_side - 1), tileable)
-
-
-def _band_plan(plan: TilePlan, band: int | None) -> TilePlan:
+def _band_groups(plan: TilePlan, band: int) -> list[FixGroup]:
+    """One group per seam: a strip ``band`` px across, tiled along the seam."""
     assert plan.axis_x and plan.axis_y
-    band = band if band is not None else min(plan.tile_size, max(64, 2 * plan.overlap))
-    if not 2 <= band <= plan.tile_size:
-        raise ParamsError(f"seam-fix band {band} must be between 2 and tile_size ({plan.tile_size}) px")
-    tiles: list[Tile] = []
-    feathers: list[tuple[int, int]] = []
-    for vertical, across, other in ((True, plan.axis_x, plan.axis_y), (False, plan.axis_y, plan.axis_x)):
-        along = _band_along(other.length, plan.tile_size, band, plan.overlap, plan.tileable)
+    long_side = min(4 * plan.tile_size, max(plan.tile_size, plan.tile_size * plan.tile_size // band))
+    groups: list[FixGroup] = []
+    first = 0
+    for vertical, across, other in ((True, plan.axis_x, plan.axis_y),
+                                    (False, plan.axis_y, plan.axis_x)):
+        along = _axis(other.length, long_side, min(plan.overlap, long_side - 1), plan.tileable)
         width = min(band, across.length)
-        for k, (s, e) in enumerate(across.transitions):
+        thin = _axis(width, width, 0, False)
+        for s, e in across.transitions:
             start = (s + e) // 2 - width // 2
             start = start % across.length if across.tileable else min(max(start, 0), across.length - width)
-            for j, pos in enumerate(along.origins):
-                feather_along = min(max(plan.overlap, 8), along.size // 2)
-                if vertical:
-                    tiles.append(Tile(len(tiles), j, k, start, pos, width, along.size))
-                    feathers.append((width // 4, feather_along))
-                else:
-                    tiles.append(Tile(len(tiles), k, j, pos, start, along.size, width))
-                    feathers.append((feather_along, width // 4))
-    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable,
-                    tuple(tiles), plan.seams_x, plan.seams_y, "band", plan.axis_x, plan.axis_y,
-                    tuple(feathers))
+            if vertical:
+                grid = _grid(width, other.length, thin, along, plan, "grid", start, 0, first)
+                groups.append(FixGroup(start, 0, grid, first, width // 4, 0))
+            else:
+                grid = _grid(other.length, width, along, thin, plan, "grid", 0, start, first)
+                groups.append(FixGroup(0, start, grid, first, 0, width // 4))
+            first += len(grid.tiles)
+    return groups
+
+
+def _fix_plan(plan: TilePlan, kind: PlanKind, tiles: tuple[Tile, ...],
+              groups: tuple[FixGroup, ...]) -> TilePlan:
+    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable, tiles,
+                    plan.seams_x, plan.seams_y, kind, plan.axis_x, plan.axis_y, groups)
 
 
 def plan_seam_fix(plan: TilePlan, mode: SeamFixMode, *, band: int | None = None) -> TilePlan:
     """Plan a seam-fix pass over a blended ``plan`` (a grid from :func:`plan_tiles`).
 
     * ``offset``: a second full grid shifted by half a stride, i.e. tiles centred on every seam
-      (plus edge tiles, so every pixel is re-drawn; in tileable mode the grid simply wraps).
-    * ``band``: only tiles centred on the seams, ``band`` px across (default ``2 * overlap``,
-      at least 64) and long along the seam (about ``tile_size**2 / band``, at most 4 tiles), so
-      each costs about one tile of GPU work and far fewer are needed than for ``offset``.
-      Tiles for vertical seams come first, then horizontal ones.
+      plus the edge tiles (in tileable mode the grid simply wraps). It re-draws every pixel; its
+      own seams fall in the middle of the first pass's tiles.
+    * ``band``: only strips centred on the seams, ``band`` px across (default ``2 * overlap``,
+      at least 64, at most ``tile_size``), each tiled along its seam with tiles about
+      ``tile_size**2 / band`` long (at most 4 tiles), so a band tile costs about one tile of
+      GPU work and far fewer are needed than for ``offset``. Vertical seams come first.
 
-    The seams of the result are those of ``plan``. A plan without seams gives no tiles.
+    Tiles are numbered in plan order; each :class:`FixGroup` is blended on its own and then
+    composited (see ``blend_seam_fix``). The seams of the result are those of ``plan``.
+    A plan without seams gives no tiles.
     """
-    if plan.kind != "grid":
-        raise ParamsError("plan_seam_fix needs a grid plan from plan_tiles, not another seam-fix plan")
+    if plan.kind != "grid" or plan.axis_x is None or plan.axis_y is None:
+        raise ParamsError("plan_seam_fix needs a grid plan from plan_tiles, not a seam-fix plan")
+    if mode not in ("offset", "band"):
+        raise ParamsError(f"unknown seam-fix mode {mode!r}; use 'offset' or 'band'")
+    if not plan.axis_x.transitions and not plan.axis_y.transitions:
+        return _fix_plan(plan, mode, (), ())
     if mode == "offset":
-        if not plan.seams_x and not plan.seams_y and not plan.tileable:
-            return _empty_fix(plan, "offset")
         return _offset_plan(plan)
-    if mode == "band":
-        return _band_plan(plan, band)
-    raise ParamsError(f"unknown seam-fix mode {mode!r}; use 'offset' or 'band'")
-
-
-def _empty_fix(plan: TilePlan, kind: PlanKind) -> TilePlan:
-    return TilePlan(plan.width, plan.height, plan.tile_size, plan.overlap, plan.tileable, (),
-                    plan.seams_x, plan.seams_y, kind, plan.axis_x, plan.axis_y, ())
+    band = band if band is not None else min(plan.tile_size, max(64, 2 * plan.overlap))
+    if not 2 <= band <= plan.tile_size:
+        raise ParamsError(f"seam-fix band {band} must be between 2 and tile_size ({plan.tile_size}) px")
+    groups = _band_groups(plan, band)
+    return _fix_plan(plan, "band", tuple(t for g in groups for t in g.grid.tiles), tuple(groups))
 
 
 def axis_spans(start: int, size: int, length: int) -> list[tuple[int, int, int]]:
