@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "service.cli_upscale",
     "service.cli_watch",
+    "service.cli_jobs",
 ]
 
 

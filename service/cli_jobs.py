@@ -1,0 +1,65 @@
+"""`aat runner` (a Celery job runner) and `aat gc` (artifact garbage collection)."""
+
+from __future__ import annotations
+
+import typer
+
+from service.core.errors import AatError, ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("runner")(runner)
+    app.command("gc")(gc)
+
+
+def _fail(exc: AatError) -> typer.Exit:
+    typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+    return typer.Exit(2 if exc.code.startswith(("config", "invalid")) else 1)
+
+
+def runner(
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1, max=64,
+                                           help="Jobs run at once (default AAT_JOB_THREADS)."),
+    loglevel: str = typer.Option("INFO", "--loglevel", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run jobs from the queue on AAT_BROKER_URL (Redis) until stopped (Ctrl-C / SIGTERM)."""
+    import logging
+
+    from service.jobs.celery_app import run_worker
+    from service.settings import load_settings
+
+    try:
+        settings = load_settings()
+        if not settings.broker_url:
+            raise ConfigError("`aat runner` needs a broker: set AAT_BROKER_URL=redis://host:6379/0 "
+                              "(without one, `aat up` runs jobs itself)")
+        logging.basicConfig(level=loglevel.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_worker(settings, concurrency=concurrency or settings.job_threads, loglevel=loglevel)
+    except AatError as exc:
+        raise _fail(exc) from None
+
+
+def gc(
+    days: float | None = typer.Option(None, "--days", min=0.0,
+                                      help="Delete artifacts of jobs finished more than this "
+                                           "many days ago (default AAT_GC_DAYS)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report what would go."),
+) -> None:
+    """Delete stored inputs, outputs and cached tiles of old finished jobs."""
+    from service.settings import load_settings
+    from service.storage.artifacts import ArtifactStore
+    from service.storage.gc import collect_garbage
+    from service.storage.job_store import SqlJobStore
+
+    try:
+        settings = load_settings()
+        report = collect_garbage(SqlJobStore(settings.effective_database_url),
+                                 ArtifactStore(settings.data_dir / "artifacts"),
+                                 days=settings.gc_days if days is None else days,
+                                 dry_run=dry_run)
+    except AatError as exc:
+        raise _fail(exc) from None
+    verb = "would free" if report.dry_run else "freed"
+    typer.echo(f"{report.old_jobs} old jobs; {verb} {report.files} files "
+               f"({report.bytes / 1e6:.1f} MB)")

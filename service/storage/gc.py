@@ -1,0 +1,45 @@
+"""Garbage collection of artifacts (`aat gc`).
+
+An artifact is deleted when no job that is still young (or unfinished) references it and the
+file itself is older than the cutoff: so inputs, outputs and cached tiles of jobs finished more
+than ``days`` ago go, while anything a running or recent job may still read stays. Job rows are
+kept (history); their ``result`` then answers that it was garbage-collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service.storage.artifacts import ArtifactStore
+from service.storage.job_store import SqlJobStore, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    old_jobs: int
+    files: int
+    bytes: int
+    dry_run: bool
+
+
+def collect_garbage(store: SqlJobStore, artifacts: ArtifactStore, *, days: float,
+                    dry_run: bool = False) -> GcReport:
+    cutoff = utcnow() - timedelta(days=days)
+    old_ids = {row.id for row in store.finished_before(cutoff)}
+    keep: set[str] = set()
+    for row in store.all_rows():
+        if row.id in old_ids:
+            continue
+        keep.update(k for k in (row.input_sha256, row.output_sha256) if k)
+        keep.update(t["cache_key"] for t in store.get_tiles(row.id) if t["cache_key"])
+    cutoff_ts = time.time() - days * 86400
+    young = {p.name.split(".", 1)[0] for p in artifacts.files() if p.stat().st_mtime >= cutoff_ts}
+    files, size = artifacts.delete_unreferenced(keep | young, dry_run=dry_run)
+    log.info("gc: %d old jobs, %d files (%d bytes) %s", len(old_ids), files, size,
+             "would be deleted" if dry_run else "deleted")
+    return GcReport(len(old_ids), files, size, dry_run)
