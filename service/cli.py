@@ -24,6 +24,8 @@ COMMAND_MODULES: list[str] = [
     "service.cli_upscale",
     "service.cli_watch",
     "service.cli_jobs",
+    "service.cli_api",
+    "service.cli_client",
 ]
 
 

@@ -1,0 +1,102 @@
+"""The FastAPI app factory: ``create_app(settings, job_service=None, backend=None)``.
+
+Assembles the routers (jobs, events, models, health, metrics), the problem+json error
+handlers, request metrics and, only when origins are configured, CORS. Collaborators live on
+``app.state`` (``settings``, ``jobs``, ``backend``, ``metrics``). Without a ``job_service`` the
+factory builds one from the settings at start-up and starts its executor (embedded threads or
+the Celery dispatcher) and stops it at shutdown; a service passed in is the caller's to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api import events, health, jobs, metrics, models
+from service.api.deps import JobServicePort
+from service.api.health import package_version
+from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.problems import install_problem_handlers
+from service.backends.base import GpuBackend
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Upscale game art with tiled SDXL diffusion. Submit an image, follow its progress, fetch "
+    "the result; the contract is docs/api/contract.md. Auth: `Authorization: Bearer "
+    "<AAT_API_TOKEN>` on every route except `/v1/health`. Errors are application/problem+json "
+    "with a stable `code`."
+)
+
+
+def build_backend(settings: Settings) -> GpuBackend | None:
+    """The GPU backend named by the settings, or ``None`` for ``none``."""
+    kind = settings.effective_backend
+    if kind == "runpod":
+        from service.backends.runpod import RunPodBackend
+
+        return RunPodBackend.from_settings(settings)  # type: ignore[attr-defined,no-any-return]
+    if kind == "local":
+        from service.backends.local import LocalBackend
+
+        return LocalBackend.from_settings(settings)  # type: ignore[attr-defined,no-any-return]
+    return None
+
+
+def _lifespan(job_service: JobServicePort | None, backend: GpuBackend | None,
+              owns_backend: bool) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings: Settings = app.state.settings
+        owned = None
+        if job_service is None:
+            from service.jobs.service import build_job_service
+
+            owned = build_job_service(settings)
+            owned.start()
+            app.state.jobs = owned
+        app.state.metrics.watch_store(app.state.jobs)
+        log.info("API ready (backend %s)", backend.name if backend else "none")
+        try:
+            yield
+        finally:
+            if owned is not None:
+                owned.stop()
+            if owns_backend and backend is not None:
+                await backend.aclose()
+
+    return lifespan
+
+
+def create_app(settings: Settings, job_service: JobServicePort | None = None,
+               backend: GpuBackend | None = None) -> FastAPI:
+    """The API for ``settings``; ``job_service``/``backend`` default to ones built from them."""
+    owns_backend = backend is None
+    if backend is None:
+        backend = build_backend(settings)
+    app = FastAPI(
+        title="AI Assets Toolbox API", version=package_version(), description=DESCRIPTION,
+        lifespan=_lifespan(job_service, backend, owns_backend),
+        docs_url="/docs", redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.jobs = job_service
+    app.state.backend = backend
+    app.state.metrics = ApiMetrics()
+    install_problem_handlers(app)
+    for module in (health, jobs, events, models, metrics):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                          "Last-Event-ID"],
+                           expose_headers=["Location", "Retry-After"])
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,86 @@
+"""Liveness and readiness: ``GET /v1/health`` (no auth) and ``GET /v1/ready``.
+
+Liveness says only that the process answers. Readiness checks each dependency a job needs:
+the job store, the broker or embedded executor, and the GPU endpoints (through the backend's
+``health()``); it answers 503 when any of them is down, naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JobServicePort, get_jobs, require_auth
+from service.api.problems import problem_responses
+
+log = logging.getLogger(__name__)
+GPU_CHECK_TIMEOUT_S = 10.0
+
+router = APIRouter(prefix="/v1", tags=["service"])
+
+
+def package_version() -> str:
+    try:
+        return version("ai-assets-toolbox")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    version: str
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, Check]
+
+
+@router.get("/health", response_model=Health, summary="Liveness (no auth)")
+async def health() -> Health:
+    return Health(version=package_version())
+
+
+async def _gpu_check(request: Request) -> Check:
+    backend = request.app.state.backend
+    if backend is None:
+        return Check(ok=True, detail="no GPU backend configured: base upscale only")
+    try:
+        info: dict[str, Any] = await asyncio.wait_for(backend.health(), GPU_CHECK_TIMEOUT_S)
+    except Exception as exc:  # any failure means "not ready"; say which
+        log.warning("GPU backend health check failed: %s", exc)
+        return Check(ok=False, detail=f"{backend.name}: {exc}")
+    ok = bool(info.get("ok", True))
+    return Check(ok=ok, detail=f"{backend.name}: " + ", ".join(
+        f"{k}={v}" for k, v in sorted(info.items()) if k != "ok")[:500])
+
+
+@router.get("/ready", response_model=Ready, summary="Readiness of store, broker and GPU",
+            dependencies=[Depends(require_auth)],
+            responses={503: {"model": Ready, "description": "a dependency is down"},
+                       **problem_responses(401, 403)})
+async def ready(request: Request, response: Response,
+                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> Ready:
+    checks: dict[str, Check] = {}
+    try:
+        found = await run_in_threadpool(jobs.ready)
+        for name, ok in found.items():
+            checks[name] = Check(ok=bool(ok), detail="" if ok else f"{name} not reachable")
+    except Exception as exc:
+        checks["store"] = Check(ok=False, detail=str(exc)[:300])
+    checks["gpu"] = await _gpu_check(request)
+    all_ok = all(c.ok for c in checks.values())
+    if not all_ok:
+        response.status_code = 503
+    return Ready(ready=all_ok, checks=checks)

@@ -1,0 +1,221 @@
+"""Routes of the job noun: submit, list, read, result, cancel, tiles and rerun (``/v1/jobs``).
+
+Blocking job-service calls run in the thread pool so the event loop keeps serving; the
+request body is parsed by :mod:`service.api.intake`. Progress streaming lives in
+:mod:`service.api.events`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
+from service.api.intake import JobFromPath, parse_submission
+from service.api.metrics import count_submission
+from service.api.problems import problem_responses
+from service.core.params import UpscaleParams
+from service.jobs.model import JobPublic, JobStatus
+from service.settings import Settings
+
+JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
+JobId = Annotated[str, Path(pattern=JOB_ID, description="job id, e.g. j_01J...")]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_auth)],
+                   responses=problem_responses(401, 403))
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = None
+
+
+class TileView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int
+    x: int
+    y: int
+    w: int
+    h: int
+    caption: str | None = None
+    prompt: str | None = None
+    status: str | None = None
+
+
+class TileList(BaseModel):
+    tiles: list[TileView]
+
+
+class TilePrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(max_length=4000)
+
+
+class Rerun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tiles: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(min_length=1, max_length=10_000)
+
+
+def _with_urls(job: JobPublic) -> JobPublic:
+    if not job.urls:
+        job.urls = JobPublic.urls_for(job.id)
+    return job
+
+
+# ---- OpenAPI description of the three body forms and the query parameters -----------------
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    props = UpscaleParams.model_json_schema()["properties"]
+    params = [{"name": "filename", "in": "query", "required": False,
+               "schema": {"type": "string", "maxLength": 255}}]
+    for name, schema in props.items():
+        if name == "loras":
+            schema = {"type": "string", "description": "name:weight,name2:weight"}
+        elif "anyOf" in schema:  # optional fields: query strings cannot be null
+            schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
+        params.append({"name": name, "in": "query", "required": False, "schema": schema})
+    for name in ("target_repo", "target_path", "mirror_dir"):
+        params.append({"name": name, "in": "query", "required": False,
+                       "schema": {"type": "string", "maxLength": 1000}})
+    params.append({"name": "naming", "in": "query", "required": False,
+                   "schema": {"type": "string", "enum": ["suffix", "replace", "mirror"]}})
+    return params
+
+
+def _path_schema() -> dict[str, Any]:
+    schema = JobFromPath.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # UpscaleParams and TargetSpec are components via JobPublic
+    return schema
+
+
+def _submit_openapi() -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    multipart = {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "params": {"type": "string", "description": "JSON object of UpscaleParams"},
+        "target": {"type": "string", "description": "JSON object {repo, path, naming}"},
+    }}}
+    return {
+        "parameters": _query_parameters(),
+        "requestBody": {"required": True, "content": {
+            "image/png": binary, "image/jpeg": binary, "image/webp": binary,
+            "multipart/form-data": multipart,
+            "application/json": {"schema": _path_schema()},
+        }},
+    }
+
+
+_LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+
+@router.post(
+    "", status_code=202, response_model=JobPublic, openapi_extra=_submit_openapi(),
+    summary="Submit an image (raw body, multipart or a server path)",
+    responses={202: {"description": "job created", "headers": _LOCATION},
+               200: {"description": "the existing job (same input and params, or same "
+                     "Idempotency-Key)", "model": JobPublic, "headers": _LOCATION},
+               **problem_responses(400, 409, 413, 415, 422, 503)},
+)
+async def submit_job(
+    request: Request, response: Response,
+    settings: Annotated[Settings, Depends(get_settings)],
+    jobs: Annotated[JobServicePort, Depends(get_jobs)],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+) -> JobPublic:
+    sub = await parse_submission(request, settings)
+    if sub.path is not None:
+        job, created = await run_in_threadpool(
+            jobs.submit_path, sub.path, params=sub.params, target=sub.target,
+            idempotency_key=idempotency_key)
+    else:
+        assert sub.data is not None
+        job, created = await run_in_threadpool(
+            jobs.submit, sub.data, filename=sub.filename, params=sub.params,
+            target=sub.target, idempotency_key=idempotency_key)
+    count_submission(request, created)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return _with_urls(job)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first",
+            responses=problem_responses(422))
+def list_jobs(
+    jobs: Annotated[JobServicePort, Depends(get_jobs)],
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobList:
+    items, next_cursor = jobs.list(status=status, limit=limit, cursor=cursor)
+    return JobList(items=[_with_urls(j) for j in items], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Read one job",
+            responses=problem_responses(404, 422))
+def get_job(job_id: JobId, response: Response,
+            jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> JobPublic:
+    job = jobs.get(job_id)
+    if not job.status.terminal:
+        response.headers["Retry-After"] = "1"
+    return _with_urls(job)
+
+
+@router.get("/{job_id}/result", summary="The result image",
+            response_class=FileResponse,
+            responses={200: {"description": "the image bytes",
+                             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
+                                         "image/x-tga": {}}},
+                       **problem_responses(404, 409, 422)})
+def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)],
+               ) -> FileResponse:
+    path, media_type = jobs.result(job_id)
+    return FileResponse(path, media_type=media_type, filename=path.name)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, status_code=202,
+             summary="Cancel a job (terminal jobs come back unchanged with 200)",
+             responses={200: {"description": "the job was already finished",
+                              "model": JobPublic},
+                        **problem_responses(404, 422)})
+def cancel_job(job_id: JobId, response: Response,
+               jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> JobPublic:
+    job = jobs.get(job_id)
+    if job.status.terminal:
+        response.status_code = 200
+        return _with_urls(job)
+    return _with_urls(jobs.cancel(job_id))
+
+
+@router.get("/{job_id}/tiles", response_model=TileList, summary="The job's tiles",
+            responses=problem_responses(404, 422))
+def list_tiles(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> TileList:
+    return TileList(tiles=[TileView.model_validate(t) for t in jobs.tiles(job_id)])
+
+
+@router.patch("/{job_id}/tiles/{n}", response_model=TileView,
+              summary="Set one tile's prompt (used by the next rerun)",
+              responses=problem_responses(404, 409, 422))
+def set_tile_prompt(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)],
+                    body: TilePrompt,
+                    jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> TileView:
+    return TileView.model_validate(jobs.set_tile_prompt(job_id, n, body.prompt))
+
+
+@router.post("/{job_id}/rerun", response_model=JobPublic, status_code=202,
+             summary="Refine chosen tiles again and re-blend",
+             responses={202: {"headers": _LOCATION, "description": "rerun queued"},
+                        **problem_responses(404, 409, 422)})
+def rerun_tiles(job_id: JobId, body: Rerun, response: Response,
+                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> JobPublic:
+    job = jobs.rerun(job_id, body.tiles)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return _with_urls(job)

@@ -1,0 +1,99 @@
+"""LoRA management on the upscale worker's volume: ``GET/POST/DELETE /v1/models``.
+
+Proxied through the GPU backend's ``list_models`` / ``upload_model`` / ``delete_model``.
+Uploads are safetensors only: the name must end in ``.safetensors`` and the bytes must parse as
+a safetensors file (8-byte header length, JSON header, tensor offsets that cover the file
+exactly), so a pickle renamed to ``.safetensors`` never reaches a worker. The body is streamed
+and capped at ``AAT_MAX_MODEL_BYTES`` (413).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel
+
+from service.api.deps import get_backend, get_settings, require_auth
+from service.api.intake import read_capped
+from service.api.problems import problem_responses
+from service.backends.base import GpuBackend
+from service.core.contracts import ModelInfo
+from service.core.errors import InputError
+from service.settings import Settings
+
+NAME_RE = r"^[A-Za-z0-9._ -]{1,200}$"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_auth)],
+                   responses=problem_responses(401, 403, 502, 503, 504))
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+def _bad(message: str) -> InputError:
+    return InputError(message + "; upload a .safetensors LoRA file", code="model_invalid")
+
+
+def check_safetensors(data: bytes) -> None:
+    """Raise ``model_invalid`` unless ``data`` is a well-formed safetensors file."""
+    if len(data) < 10:
+        raise _bad("the file is too small to be safetensors")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len < 2 or header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise _bad("not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad("not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise _bad("not a safetensors file (header is not an object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets) or offsets[0] > offsets[1]):
+            raise _bad(f"tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    if end != len(data) - 8 - header_len:
+        raise _bad("the tensor data does not match the file length (truncated?)")
+
+
+@router.get("", response_model=ModelList, summary="LoRAs on the upscale worker's volume")
+async def list_models(backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
+    return ModelList(models=await backend.list_models())
+
+
+@router.post("", response_model=ModelInfo, status_code=201,
+             summary="Upload a LoRA (raw .safetensors body)",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string",
+                                                         "format": "binary"}}}}},
+             responses=problem_responses(413, 422))
+async def upload_model(
+    request: Request,
+    filename: Annotated[str, Query(pattern=NAME_RE, description="name.safetensors")],
+    settings: Annotated[Settings, Depends(get_settings)],
+    backend: Annotated[GpuBackend, Depends(get_backend)],
+) -> ModelInfo:
+    if not filename.lower().endswith(".safetensors") or filename.startswith("."):
+        raise _bad(f"{filename!r} is not a .safetensors name")
+    data = await read_capped(request, settings.max_model_bytes)
+    check_safetensors(data)
+    return await backend.upload_model(filename, data)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response,
+               summary="Delete a LoRA", responses=problem_responses(404, 422))
+async def delete_model(
+    name: Annotated[str, Path(pattern=NAME_RE)],
+    backend: Annotated[GpuBackend, Depends(get_backend)],
+) -> Response:
+    await backend.delete_model(name)
+    return Response(status_code=204)

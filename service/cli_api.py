@@ -1,0 +1,131 @@
+"""`aat up` and `aat serve`: run the REST API.
+
+* ``aat up`` — everything on one machine: the API, an embedded executor that runs jobs in
+  threads of this process (no broker; unfinished jobs are re-claimed at the next start), and the
+  watch-folder daemon when ``AAT_WATCH_FOLDERS`` is set.
+* ``aat serve`` — the API only; jobs go to Celery runners (``aat runner``) through
+  ``AAT_BROKER_URL``.
+
+Both refuse to listen beyond loopback without ``AAT_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from service.core.errors import AatError, ConfigError
+from service.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+_err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `up` and `serve` to the `aat` app."""
+    app.command("up")(up)
+    app.command("serve")(serve)
+
+
+def _fail(exc: AatError) -> typer.Exit:
+    _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False)
+    return typer.Exit(2 if exc.code == "insecure_bind" else 1)
+
+
+def _settings(host: str | None, port: int | None, **extra: Any) -> Settings:
+    base = load_settings()
+    host = host or base.host
+    port = port or base.port
+    url_host = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - only reached with a token (check_bind)
+        url_host = "127.0.0.1"
+    return load_settings(host=host, port=port, server_url=f"http://{url_host}:{port}", **extra)
+
+
+def _start_watcher(settings: Settings, server: Any, stop: threading.Event,
+                   ) -> threading.Thread | None:
+    if not settings.watch_folders:
+        return None
+    try:
+        from watcher.daemon import run_watcher
+    except ImportError as exc:  # the watcher extra is not installed
+        raise ConfigError(f"AAT_WATCH_FOLDERS is set but the watcher cannot load ({exc}); "
+                          "install ai-assets-toolbox[watcher]") from exc
+
+    def run() -> None:
+        while not server.started and not stop.is_set():
+            time.sleep(0.05)  # the watcher submits over REST: wait until we listen
+        if not stop.is_set():
+            run_watcher(settings, stop)
+
+    thread = threading.Thread(target=run, name="aat-watcher", daemon=True)
+    thread.start()
+    log.info("watching %s", ", ".join(str(f) for f in settings.watch_folders))
+    return thread
+
+
+def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info") -> None:
+    """Serve the API for ``settings`` until SIGINT/SIGTERM (blocking)."""
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.auth import check_bind
+
+    check_bind(settings.host, settings)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    stop = threading.Event()
+    watcher = _start_watcher(settings, server, stop) if with_watcher else None
+    try:
+        server.run()
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(timeout=10)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def up(
+    host: str | None = typer.Option(None, "--host", help="Listen address (default "
+                                    "AAT_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default AAT_PORT, 8765)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Run everything here: the API, an embedded job executor and the watcher (if folders are
+    configured). No Redis needed; unfinished jobs resume at the next start."""
+    _configure_logging(log_level)
+    try:
+        settings = _settings(host, port, broker_url=None)
+        run_server(settings, with_watcher=True, log_level=log_level)
+    except AatError as exc:
+        raise _fail(exc) from None
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Listen address (default "
+                                    "AAT_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default AAT_PORT, 8765)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Run the API only; jobs go to Celery runners (`aat runner`) through AAT_BROKER_URL."""
+    _configure_logging(log_level)
+    try:
+        settings = _settings(host, port)
+        if not settings.broker_url:
+            raise ConfigError("`aat serve` hands jobs to Celery runners: set AAT_BROKER_URL "
+                              "(e.g. redis://127.0.0.1:6379/0) and start `aat runner`, or use "
+                              "`aat up` to run jobs in this process")
+        run_server(settings, with_watcher=False, log_level=log_level)
+    except AatError as exc:
+        raise _fail(exc) from None
