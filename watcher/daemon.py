@@ -147,24 +147,24 @@ class Watcher:
             return
         try:
             preset = self.presets.get(root, path.parent)
-            if self._looks_like_output(path, preset):
-                return
-            check_image(data, path.name)
+            size = check_image(data, path.name)
         except (ImageError, ParamsError) as exc:
             self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
                                               exc.code, exc.message)
             log.warning("%s not submitted: %s", path, exc.message)
             return
+        if self._looks_like_output(path, preset, size):
+            return
         self.ledger.record_version(path, root, stat_pair, sha, version, fp)
         new = self.ledger.get(path)
-        expected = self.flow.expected_output(new, preset) if new else None
+        expected = self.flow.expected_output(new, preset, size) if new else None
         if expected is not None and expected != path:
             self.ledger.remember_output(expected, None)
 
-    def _looks_like_output(self, path: Path, preset: Preset) -> bool:
+    def _looks_like_output(self, path: Path, preset: Preset, size: tuple[int, int]) -> bool:
         """A suffix-named result (``*_x2.png``) where results may land in a watched folder."""
         if not preset.repo or preset.naming != "suffix" \
-                or not path.stem.endswith(size_tag(preset.params)):
+                or not path.stem.endswith(size_tag(preset.params, size)):
             return False
         repo = self.settings.repos.get(preset.repo or "")
         if repo is None:

@@ -3,11 +3,11 @@
 Naming (relative to the repo root; ``rel`` is the source's path below the watched folder,
 prefixed by the preset's ``target_dir``)::
 
-    suffix   props/crate.png  -> props/crate_x2.png   (``_x<scale>``, or ``_<W>x<H>``)
+    suffix   props/crate.png  -> props/crate_x2.png   (``_x<scale>`` or ``_<W>x<H>``)
     replace  props/crate.png  -> props/crate.png
     mirror   props/crate.png  -> <mirror_dir>/props/crate.png
 
-The extension follows the output format when it differs from the source's. Paths are confined
+The extension is the output format's (``.png``, ``.webp``, ``.jpg``, ``.tga``). Paths are confined
 to the repo root. :func:`write_atomic` is the recipe of reference §4: temp file with a name the
 engines ignore (``.<name>.<random>.tmp``) in the target folder, fsync, ``os.replace``, fsync of
 the folder; identical bytes are not rewritten; ``.import``/``.meta`` sidecars are never touched.
@@ -29,25 +29,36 @@ from service.core.params import UpscaleParams
 
 log = logging.getLogger(__name__)
 
-_EXT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "jpg": ".jpg", "tga": ".tga"}
+_EXT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "tga": ".tga"}
+_AUTO = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga"}
 SIDECARS = (".import", ".meta")
 
 
-def size_tag(params: UpscaleParams) -> str:
-    """The ``_x2`` / ``_1024x512`` part of a suffix-named result."""
+def size_tag(params: UpscaleParams, src_size: tuple[int, int]) -> str:
+    """The ``_x2`` / ``_1024x512`` part of a suffix-named result (as the service names it)."""
     if params.scale is not None:
         return f"_x{params.scale:g}"
-    return f"_{params.width or ''}x{params.height or ''}"
+    out_w, out_h = params.target_size(*src_size)
+    return f"_{out_w}x{out_h}"
+
+
+def output_format(source_suffix: str, params: UpscaleParams) -> str:
+    """The result's format: the requested one, else the source's (BMP and others become PNG)."""
+    if params.output_format != "auto":
+        return params.output_format
+    return _AUTO.get(source_suffix.lower(), "png")
 
 
 def relative_target(rel: PurePosixPath, params: UpscaleParams, naming: str,
                     target_dir: str = "", mirror_dir: str | None = None,
-                    out_format: str | None = None) -> PurePosixPath:
+                    out_format: str | None = None,
+                    src_size: tuple[int, int] = (1, 1)) -> PurePosixPath:
     """The result's path inside the repo for a source at ``rel`` below its watched folder."""
     source = PurePosixPath(target_dir) / rel if target_dir else rel
-    suffix = _suffix(source.suffix, out_format)
+    fmt = (out_format or output_format(source.suffix, params)).lower()
+    suffix = _EXT.get(fmt, source.suffix)
     if naming == "suffix":
-        return source.with_name(f"{source.stem}{size_tag(params)}{suffix}")
+        return source.with_name(f"{source.stem}{size_tag(params, src_size)}{suffix}")
     if naming == "replace":
         return source.with_suffix(suffix)
     if naming == "mirror":
@@ -56,13 +67,6 @@ def relative_target(rel: PurePosixPath, params: UpscaleParams, naming: str,
         return PurePosixPath(mirror_dir) / source.with_suffix(suffix)
     raise PathError(f"unknown naming {naming!r}; use suffix, replace or mirror",
                     code="path_forbidden")
-
-
-def _suffix(source_suffix: str, out_format: str | None) -> str:
-    want = _EXT.get((out_format or "").lower())
-    if want is None or source_suffix.lower() in (want, ".jpeg" if want == ".jpg" else want):
-        return source_suffix
-    return want
 
 
 def confined(repo_root: Path, rel: PurePosixPath) -> Path:

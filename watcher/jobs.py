@@ -124,16 +124,17 @@ class JobFlow:
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
         return PurePosixPath(preset.target_dir) / rel if preset.target_dir else rel
 
-    def expected_output(self, entry: Entry, preset: Preset) -> Path | None:
+    def expected_output(self, entry: Entry, preset: Preset,
+                        src_size: tuple[int, int]) -> Path | None:
         """Where the result of ``entry`` will land on this machine, when we can know it."""
         root = self.repos.get(preset.repo or "")
         if root is None:
             return None
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
-        fmt = None if preset.params.output_format == "auto" else preset.params.output_format
         try:
             return confined(root, relative_target(rel, preset.params, preset.naming,
-                                                  preset.target_dir, preset.mirror_dir, fmt))
+                                                  preset.target_dir, preset.mirror_dir,
+                                                  src_size=src_size))
         except AatError:
             return None
 
@@ -193,15 +194,15 @@ class JobFlow:
             self.ledger.mark_done(entry.path, delivered, output.get("sha256"), abs_path)
             return
         try:
-            self._download(entry, preset, job_id, output)
+            self._download(entry, preset, job)
         except AatError as exc:
             if exc.retryable and exc.code == "service_unavailable":
                 self.backoff.fail(time.time(), exc.retry_after)
                 return
             self.ledger.mark_failed(entry.path, exc.code, exc.message)
 
-    def _download(self, entry: Entry, preset: Preset, job_id: str,
-                  output: dict[str, Any]) -> None:
+    def _download(self, entry: Entry, preset: Preset, job: dict[str, Any]) -> None:
+        job_id, output = str(job["id"]), job.get("output") or {}
         self.ledger.mark_submitted(entry.path, job_id, 0)
         if not preset.repo:
             self.ledger.mark_done(entry.path, None, output.get("sha256"), None)
@@ -212,8 +213,9 @@ class JobFlow:
                            "to AAT_REPOS", code="config_invalid")
         data, _ctype = self.client.result(job_id)
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
+        size = (int(job["input"]["width"]), int(job["input"]["height"]))
         target_rel = relative_target(rel, preset.params, preset.naming, preset.target_dir,
-                                     preset.mirror_dir, output.get("format"))
+                                     preset.mirror_dir, output.get("format"), size)
         target = confined(root, target_rel)
         digest = sha256_bytes(data)
         self.ledger.remember_output(target, digest)  # before the write: never an input
