@@ -13,8 +13,8 @@ func _popup_menu(paths: PackedStringArray) -> void:
 		add_context_menu_item(ITEM_NAME, _on_upscale)
 
 
-func _on_upscale(paths: Array) -> void:
-	upscale_requested.emit(image_paths(PackedStringArray(paths)))
+func _on_upscale(selected: Array) -> void:
+	upscale_requested.emit(image_paths(PackedStringArray(selected)))
 
 
 static func image_paths(paths: PackedStringArray) -> PackedStringArray:

@@ -9,6 +9,7 @@ extends Node
 
 signal changed
 
+const ApiClient := preload("api_client.gd")
 const STAGING_DIR := "res://.godot/aat_staging"
 const POLL_S := 1.0
 const TERMINAL := ["succeeded", "failed", "canceled"]
@@ -21,7 +22,7 @@ var state := "pending"
 var status_text := "Waiting"
 var progress := 0.0
 var job_id := ""
-var api: Node
+var api: ApiClient
 var _cancel_requested := false
 
 
