@@ -1,0 +1,153 @@
+"""Tile captioner: a Qwen VL model answers with short comma-separated content keywords.
+
+Read top to bottom: load once (model id from the manifest in ``weights.py``, configurable),
+downscale tiles to ~448 px (≈200 image tokens instead of ≈1,000 at 1024 px), build the Qwen
+chat prompt with one ``<|image_pad|>`` per merged patch, generate a whole batch greedily with a
+token cap and a mild repetition penalty, then clean the answers into keyword lists usable as
+diffusion prompts (no preamble, no markdown, each keyword once, at most ``MAX_KEYWORDS``).
+
+The tokenizer and image processor are used directly rather than the combined processor, so the
+same code runs with the real Qwen3-VL/Qwen2.5-VL files and with the offline tiny parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+from service.core.errors import AatError, BackendUnavailable
+from workers.caption import weights
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 448
+MAX_KEYWORDS = 15
+MAX_WORDS = 5  # per keyword
+REPETITION_PENALTY = 1.05  # the seed's 1.5 produced degenerate punctuation
+DEFAULT_INSTRUCTION = (
+    "List the visible content of this image tile: objects, materials, elements and "
+    "composition. Do not describe style or quality. Answer with one line of 8 to 15 "
+    "comma-separated keywords, each keyword once, no sentences, no preamble, no markdown. "
+    "Example: stone wall, wooden door, moss, iron lantern, cobblestone path"
+)
+_PREAMBLE = re.compile(r"^\s*(here (is|are)|sure|keywords|tags|the image (shows|contains))[^:\n]*:\s*",
+                       re.IGNORECASE)
+
+
+class CaptionPipeline:
+    """One resident VLM; ``caption`` is serialised by a lock."""
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, device: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # generation continues at the right edge
+        self.image_processor = image_processor
+        self.device = device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_components(cls, components: dict[str, Any], device: str = "cpu") -> CaptionPipeline:
+        model = components["model"].to(device).eval()
+        return cls(model, components["tokenizer"], components["image_processor"], device)
+
+    @classmethod
+    def from_weights(cls, root: Path | None = None, device: str = "cuda") -> CaptionPipeline:
+        path = weights.local_path("caption", root)
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, local_files_only=True).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        return cls(model, tokenizer, processor, device)
+
+    def caption(self, images: list[Image.Image], instruction: str | None = None,
+                max_new_tokens: int = 48) -> list[str]:
+        """One keyword line per image, in order."""
+        with self._lock:
+            try:
+                raw = self._generate([_downscale(im) for im in images],
+                                     instruction or DEFAULT_INSTRUCTION, max_new_tokens)
+            except AatError:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+        return [to_keywords(text) for text in raw]
+
+    def _generate(self, images: list[Image.Image], instruction: str,
+                  max_new_tokens: int) -> list[str]:
+        vision = self.image_processor(images=images, return_tensors="pt")
+        grid = vision["image_grid_thw"]
+        merge = int(getattr(self.image_processor, "merge_size", 2))
+        prompts = [_chat_prompt(int(g.prod()) // merge**2, instruction) for g in grid]
+        text = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=text["input_ids"].to(self.device),
+                attention_mask=text["attention_mask"].to(self.device),
+                pixel_values=vision["pixel_values"].to(self.device, self.model.dtype),
+                image_grid_thw=grid.to(self.device),
+                max_new_tokens=max_new_tokens, do_sample=False,
+                repetition_penalty=REPETITION_PENALTY,
+            )
+        new = out[:, text["input_ids"].shape[1]:]
+        return list(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+
+    def health(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"model_loaded": True, "device": self.device,
+                                "model": getattr(self.model.config, "_name_or_path", "") or None}
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info()
+            info.update(gpu=torch.cuda.get_device_name(), vram_total_gb=round(total / 1e9, 2),
+                        vram_used_gb=round((total - free) / 1e9, 2))
+        return info
+
+
+def _chat_prompt(image_tokens: int, instruction: str) -> str:
+    """Qwen VL chat format: one user turn (image, then instruction), then the answer."""
+    image = "<|vision_start|>" + "<|image_pad|>" * image_tokens + "<|vision_end|>"
+    return f"<|im_start|>user\n{image}{instruction}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _downscale(image: Image.Image, max_side: int | None = None) -> Image.Image:
+    limit = max_side or int(os.environ.get("AAT_CAPTION_MAX_SIDE", MAX_SIDE))
+    img = image.convert("RGB")
+    if max(img.size) > limit:
+        scale = limit / max(img.size)
+        img = img.resize((max(32, round(img.width * scale)), max(32, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+    return img
+
+
+def to_keywords(text: str, limit: int = MAX_KEYWORDS) -> str:
+    """Clean a model answer into ``"kw1, kw2, ..."``: no preamble or markdown, no repeats."""
+    text = _PREAMBLE.sub("", re.sub(r"[*#`_\"]", "", text).strip())
+    seen: set[str] = set()
+    out: list[str] = []
+    for part in re.split(r"[,;\n|]+|(?<![0-9])\.\s", text):
+        kw = re.sub(r"^\s*(\d+[.)]|[-•])\s*", "", part)
+        kw = " ".join(kw.split()[:MAX_WORDS]).strip(" .:-'").lower()  # a keyword, not a sentence
+        if kw and kw not in seen:
+            seen.add(kw)
+            out.append(kw)
+        if len(out) == limit:
+            break
+    return ", ".join(out)
+
+
+def _translate(exc: Exception) -> AatError:
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return BackendUnavailable("the GPU ran out of memory while captioning; it will be retried",
+                                  code="gpu_out_of_memory", retryable=True)
+    log.exception("caption failed")
+    return AatError(f"caption failed: {type(exc).__name__}: {exc}"[:400],
+                    code="worker_internal", retryable=True)
