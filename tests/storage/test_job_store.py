@@ -1,0 +1,152 @@
+"""The job store on SQLite and real PostgreSQL: lifecycle, dedupe, leases, concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from service.core.errors import IllegalTransition, NotFound
+from service.jobs.model import JobStatus
+from service.storage.db import HEAD_REVISION, current_revision
+from service.storage.job_store import LeaseLost, SqlJobStore
+
+
+def _values(job_id: str, **extra: object) -> dict[str, object]:
+    return {"id": job_id, "filename": "rock.png", "input_sha256": "a" * 64, "input_ext": ".png",
+            "input_width": 8, "input_height": 8, "input_format": "PNG",
+            "params": {"scale": 2.0}, "seed": 2**32 - 1, **extra}
+
+
+def test_migrations_run_at_start_and_are_idempotent(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    assert current_revision(store.engine) == HEAD_REVISION
+    again = SqlJobStore(db_url)  # a second starter migrates nothing and loses nothing
+    store.insert(_values("j_1"))
+    assert again.get("j_1").seed == 2**32 - 1
+
+
+def test_lifecycle_refuses_illegal_moves(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    row, created = store.insert(_values("j_1"))
+    assert created and row.status == JobStatus.queued and row.version == 1
+    with pytest.raises(IllegalTransition):
+        store.transition("j_1", JobStatus.succeeded)
+    claimed = store.claim("j_1", "runner-a", lease_s=30)
+    assert claimed is not None and claimed.status == JobStatus.running and claimed.attempts == 1
+    done = store.transition("j_1", JobStatus.succeeded, owner="runner-a")
+    assert done.finished_at is not None and done.owner is None
+    with pytest.raises(IllegalTransition):
+        store.transition("j_1", JobStatus.running)
+    assert store.get("j_1").status == JobStatus.succeeded
+    with pytest.raises(NotFound):
+        store.get("j_missing")
+
+
+def test_dedupe_and_idempotency_return_the_existing_job(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    first, created = store.insert(_values("j_1", dedupe_key="k", idempotency_key="idem"))
+    again, created_again = store.insert(_values("j_2", dedupe_key="k"))
+    by_key, created_key = store.insert(_values("j_3", dedupe_key="other", idempotency_key="idem"))
+    assert created and not created_again and not created_key
+    assert again.id == by_key.id == "j_1"
+    # a failed job does not block a new attempt with the same input and params
+    store.claim("j_1", "r", 30)
+    store.transition("j_1", JobStatus.failed, owner="r", error={"code": "x", "message": "m"})
+    retry, created_retry = store.insert(_values("j_4", dedupe_key="k"))
+    assert created_retry and retry.id == "j_4"
+
+
+def test_expired_lease_is_reclaimed_and_the_old_owner_is_fenced(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1"))
+    assert store.claim("j_1", "dead-runner", lease_s=0.2) is not None
+    assert store.claim("j_1", "other", lease_s=30) is None  # lease still live
+    assert "j_1" not in store.reclaimable()
+    time.sleep(0.3)
+    assert "j_1" in store.reclaimable()
+    row = store.claim("j_1", "other", lease_s=30)
+    assert row is not None and row.owner == "other" and row.attempts == 2
+    with pytest.raises(LeaseLost):
+        store.heartbeat("j_1", "dead-runner", 30)
+    with pytest.raises(LeaseLost):
+        store.transition("j_1", JobStatus.succeeded, owner="dead-runner")
+    assert store.transition("j_1", JobStatus.succeeded, owner="other").status == "succeeded"
+
+
+def test_only_one_of_many_concurrent_claimers_wins(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1"))
+    winners: list[str] = []
+
+    def claim(name: str) -> None:
+        if store.claim("j_1", name, lease_s=30) is not None:
+            winners.append(name)
+
+    threads = [threading.Thread(target=claim, args=(f"r{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert store.get("j_1").owner == winners[0]
+
+
+def test_concurrent_progress_updates_are_not_lost(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1"))
+    store.claim("j_1", "r", 30)
+
+    def bump() -> None:
+        for _ in range(10):
+            store.mutate("j_1", lambda row: {"cost_runpod_jobs": row.cost_runpod_jobs + 1},
+                         owner="r")
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    row = store.get("j_1")
+    assert row.cost_runpod_jobs == 40
+    assert row.version >= 42  # every change bumps the version the API waits on
+
+
+def test_cancel_queued_is_immediate_running_is_flagged(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1"))
+    store.insert(_values("j_2"))
+    assert store.request_cancel("j_1").status == JobStatus.canceled
+    store.claim("j_2", "r", 30)
+    flagged = store.request_cancel("j_2")
+    assert flagged.status == JobStatus.running and flagged.cancel_requested
+    assert store.request_cancel("j_1").status == JobStatus.canceled  # terminal: unchanged
+
+
+def test_list_pages_newest_first(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    for i in range(5):
+        store.insert(_values(f"j_{i}"))
+    store.claim("j_3", "r", 30)
+    page, cursor = store.list(limit=2)
+    assert [r.id for r in page] == ["j_4", "j_3"] and cursor == "j_3"
+    page2, cursor2 = store.list(limit=2, cursor=cursor)
+    assert [r.id for r in page2] == ["j_2", "j_1"]
+    last, end = store.list(limit=2, cursor=cursor2)
+    assert [r.id for r in last] == ["j_0"] and end is None
+    running, _ = store.list(status=JobStatus.running, limit=10)
+    assert [r.id for r in running] == ["j_3"]
+
+
+def test_tiles_are_recorded_once_and_keep_prompts(db_url: str) -> None:
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1"))
+    plan = [{"idx": i, "x": i * 8, "y": 0, "w": 8, "h": 8} for i in range(3)]
+    store.put_tiles("j_1", plan)
+    store.update_tile("j_1", 1, prompt="mossy stone")
+    store.put_tiles("j_1", plan)  # a resumed job re-plans: nothing is overwritten
+    tiles = store.get_tiles("j_1")
+    assert [t["idx"] for t in tiles] == [0, 1, 2] and tiles[1]["prompt"] == "mossy stone"
+    with pytest.raises(NotFound):
+        store.update_tile("j_1", 9, prompt="x")
