@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     watch_polling: bool = False  # polling observer (network drives)
     watch_delivery: Literal["auto", "service", "download"] = "auto"  # auto: download if remote
 
+    # `local` GPU backend (worker pipelines in-process)
+    local_device: str = Field(default="cuda", pattern=r"^(cuda(:\d+)?|cpu)$")
+    local_weights_dir: Path | None = None  # default: data_dir/weights
+    local_lora_dir: Path | None = None  # default: data_dir/loras
+
     # job execution
     job_threads: int = Field(default=2, ge=1, le=64)
     lease_s: float = Field(default=60.0, gt=1)
