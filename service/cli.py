@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "service.cli_jobs",
     "service.cli_api",
     "service.cli_client",
+    "service.cli_emulate",
 ]
 
 

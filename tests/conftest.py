@@ -74,3 +74,59 @@ def job_settings(tmp_path: Path) -> Callable[..., Any]:
         return load_settings(**values)
 
     return make
+
+
+# ---- RunPod emulator and RunPod backend (tests/backends, tests/workers/test_emulator.py) ------
+
+
+@pytest.fixture
+def runpod_emulator(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory starting a RunPod emulator on an ephemeral loopback port (stopped afterwards).
+
+    ``runpod_emulator(workers=2, latency_s=0.0, faults="failed=1:1", handler=None,
+    endpoints=("upscale", "caption"), **config)`` → a started ``EmulatorServer``; every endpoint
+    serves ``handler`` (default: a fresh echo worker with LoRAs under ``tmp_path``).
+    ``faults`` is a spec string or a ``Faults``; other keywords go to ``EndpointConfig``.
+    """
+    from workers.echo.handler import make_handler
+    from workers.emulator import EmulatorServer, EndpointConfig, Faults
+
+    servers: list[Any] = []
+
+    def start(*, workers: int = 2, latency_s: float = 0.0, faults: Any = "",
+              handler: Any = None, endpoints: tuple[str, ...] = ("upscale", "caption"),
+              **config: Any) -> Any:
+        handler = handler or make_handler(models_dir=tmp_path / "emulator-loras")
+        configs = {
+            eid: EndpointConfig(handler=handler, workers=workers, latency_s=latency_s,
+                                faults=faults if isinstance(faults, Faults)
+                                else Faults.parse(faults, retry_after_s=0.01), **config)
+            for eid in endpoints
+        }
+        server = EmulatorServer(configs, api_key="test-" + secrets.token_hex(8))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def runpod_settings(tmp_path: Path) -> Callable[..., Any]:
+    """``runpod_settings(emulator, **overrides)``: Settings aimed at the emulator, fast retries."""
+    from service.settings import Settings
+
+    def make(emulator: Any, **overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data", "backend": "runpod",
+            "runpod_api_key": emulator.api_key, "runpod_base_url": emulator.url,
+            "runpod_upscale_endpoint_id": "upscale", "runpod_caption_endpoint_id": "caption",
+            "runpod_backoff_base_s": 0.01, "runpod_backoff_max_s": 0.05,
+            "runpod_poll_min_s": 0.01, "runpod_poll_max_s": 0.1,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make

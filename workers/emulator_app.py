@@ -14,7 +14,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -102,10 +102,8 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
         ep = gate(request, endpoint_id)
         job = ep.submit(await read_body(request, ep, RUNSYNC_LIMIT), sync=True)
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(job.done.wait(), wait_s)
-        except TimeoutError:
-            pass
         return job.public()
 
     @app.get("/v2/{endpoint_id}/status/{job_id}")

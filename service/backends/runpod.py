@@ -1,0 +1,328 @@
+"""`RunPodBackend`: the :class:`GpuBackend` port on RunPod serverless endpoints.
+
+One tile per RunPod job, submitted with ``/run`` (inline base64 PNG, size checked before
+sending, ``policy.executionTimeout`` and ``policy.ttl`` always set, our ``request_key`` inside
+``input`` so a duplicate submission is recognisable), at most ``max_concurrency()`` jobs in
+flight per endpoint, results fetched by :meth:`RunPodClient.wait` as soon as they are ready.
+
+Retries, second layer (the HTTP layer is in :mod:`service.backends.runpod_client`): a job that
+ends FAILED with a retryable error, TIMED_OUT, COMPLETED without output, or whose result is
+gone (404) is resubmitted, up to ``runpod_tile_attempts`` RunPod jobs; then the last error is
+raised with ``retryable=False`` and the RunPod job ids in ``detail``. Cancelling a call (asyncio
+cancellation) cancels its RunPod job. Every call's RunPod job ids, queue and execution times
+and estimated cost are kept in :class:`CallAccounting`; :meth:`totals` sums them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from service.backends.base import (
+    CallAccounting,
+    CaptionResult,
+    OnSubmitted,
+    RefineOptions,
+    RefineResult,
+    TileTask,
+)
+from service.backends.runpod_client import (
+    PollPolicy,
+    RetryPolicy,
+    RunPodClient,
+    outcome,
+)
+from service.core.contracts import (
+    CaptionRequest,
+    CaptionResponse,
+    CaptionTileIn,
+    DeleteModelRequest,
+    DeleteModelResponse,
+    ListModelsRequest,
+    ListModelsResponse,
+    ModelInfo,
+    TileIn,
+    UploadModelRequest,
+    UploadModelResponse,
+    UpscaleRequest,
+    UpscaleResponse,
+)
+from service.core.errors import AatError, ConfigError, ParamsError, WorkerError
+from service.settings import Settings
+from workers.common.imageref import decode_to_array, encode_image_ref
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 4
+UPLOAD_CHUNK_BYTES = 6 * 1024 * 1024  # base64 grows it to 8 MB: under the /run limit
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class Totals:
+    """Sums over every call of this backend."""
+
+    calls: int = 0
+    runpod_jobs: int = 0
+    delay_ms: int = 0
+    execution_ms: int = 0
+    cost_usd: float = 0.0
+
+
+class RunPodBackend:
+    """GPU calls on the upscale (and optional caption) RunPod endpoints."""
+
+    name = "runpod"
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.runpod_api_key is None or not settings.runpod_upscale_endpoint_id:
+            raise ConfigError(
+                "the runpod backend needs RUNPOD_API_KEY and RUNPOD_UPSCALE_ENDPOINT_ID; set "
+                "both (or choose another backend with AAT_BACKEND)"
+            )
+        self._s = settings
+        self._key: SecretStr = settings.runpod_api_key
+        self._endpoints = {"upscale": settings.runpod_upscale_endpoint_id,
+                           "caption": settings.runpod_caption_endpoint_id}
+        self._clients: dict[str, RunPodClient] = {}
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._totals = Totals()
+        self._policy = {"executionTimeout": settings.runpod_execution_timeout_s * 1000,
+                        "ttl": settings.runpod_ttl_s * 1000}
+
+    # ---- GpuBackend -------------------------------------------------------------------------
+
+    async def max_concurrency(self) -> int:
+        return await self._limit("upscale")
+
+    async def refine(
+        self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
+    ) -> RefineResult:
+        style = options.ip_adapter_image
+        req = UpscaleRequest(
+            tiles=[TileIn(tile_id=tile.tile_id, image=encode_image_ref(tile.image),
+                          prompt=tile.prompt, seed=tile.seed)],
+            prompt=options.prompt, negative_prompt=options.negative_prompt,
+            strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
+            scheduler=options.scheduler, clip_skip=options.clip_skip,
+            controlnet_scale=options.controlnet_scale,
+            ip_adapter_image=encode_image_ref(style) if style is not None else None,
+            ip_adapter_scale=options.ip_adapter_scale, loras=list(options.loras),
+        )
+        label = f"tile {tile.tile_id}"
+        out, acct = await self._call("upscale", req, label, on_submitted=on_submitted)
+        resp = _parse(UpscaleResponse, out, label)
+        image = decode_to_array(resp.tiles[0].image)
+        if len(resp.tiles) != 1 or image.shape != tile.image.shape:
+            raise WorkerError(
+                f"worker returned {image.shape} for {label} of shape {tile.image.shape}; "
+                "the upscale worker is out of date, redeploy it",
+                code="bad_worker_output",
+            )
+        return RefineResult(tile.tile_id, image, resp.tiles[0].seed_used, acct)
+
+    async def caption(
+        self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
+        max_new_tokens: int = 48, on_submitted: OnSubmitted | None = None,
+    ) -> CaptionResult:
+        req = CaptionRequest(tiles=[CaptionTileIn(tile_id=tile_id, image=encode_image_ref(image))],
+                             instruction=instruction, max_new_tokens=max_new_tokens)
+        label = f"caption of tile {tile_id}"
+        out, acct = await self._call("caption", req, label, on_submitted=on_submitted)
+        resp = _parse(CaptionResponse, out, label)
+        return CaptionResult(tile_id, resp.captions[0].caption, acct)
+
+    async def list_models(self) -> list[ModelInfo]:
+        out, _ = await self._call("upscale", ListModelsRequest(), "list_models", sync=True)
+        return _parse(ListModelsResponse, out, "list_models").models
+
+    async def upload_model(self, filename: str, data: bytes) -> ModelInfo:
+        if not filename.endswith(".safetensors"):
+            raise ParamsError(f"{filename!r} is not a .safetensors file; only safetensors "
+                              "LoRAs can be uploaded", code="lora_invalid")
+        digest = hashlib.sha256(data).hexdigest()
+        chunks = [data[i:i + UPLOAD_CHUNK_BYTES]
+                  for i in range(0, len(data), UPLOAD_CHUNK_BYTES)] or [b""]
+        resp: UploadModelResponse | None = None
+        for index, chunk in enumerate(chunks):
+            req = UploadModelRequest(filename=filename, file_b64=base64.b64encode(chunk).decode(),
+                                     chunk_index=index, total_chunks=len(chunks), sha256=digest)
+            label = f"upload of {filename} chunk {index + 1}/{len(chunks)}"
+            out, _ = await self._call("upscale", req, label, attempts=1)
+            resp = _parse(UploadModelResponse, out, label)
+        assert resp is not None
+        return ModelInfo(name=resp.name, size_bytes=resp.size_bytes, sha256=digest)
+
+    async def delete_model(self, name: str) -> None:
+        out, _ = await self._call("upscale", DeleteModelRequest(name=name), f"delete {name}")
+        _parse(DeleteModelResponse, out, f"delete {name}")
+
+    async def health(self) -> dict[str, Any]:
+        endpoints = {}
+        for kind, endpoint_id in self._endpoints.items():
+            if endpoint_id:
+                endpoints[kind] = {"id": endpoint_id, **await self._client(kind).health()}
+        return {"backend": self.name, "endpoints": endpoints, "totals": self.totals()}
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def totals(self) -> dict[str, Any]:
+        t = self._totals
+        return {"calls": t.calls, "runpod_jobs": t.runpod_jobs, "delay_ms": t.delay_ms,
+                "execution_ms": t.execution_ms, "cost_usd": round(t.cost_usd, 6)}
+
+    # ---- one call, tile-level retries -------------------------------------------------------
+
+    async def _call(
+        self, kind: str, request: BaseModel, label: str, *, sync: bool = False,
+        attempts: int | None = None, on_submitted: OnSubmitted | None = None,
+    ) -> tuple[Any, CallAccounting]:
+        """Run ``request`` on endpoint ``kind``; resubmit retryable failures (bounded)."""
+        payload = request.model_dump(mode="json", exclude_none=True)
+        if "request_key" in type(request).model_fields:
+            payload["request_key"] = request_key(payload)
+        client, sem = self._client(kind), await self._semaphore(kind)
+        acct = CallAccounting()
+        self._totals.calls += 1
+        limit = attempts or self._s.runpod_tile_attempts
+        last: AatError | None = None
+        for attempt in range(1, limit + 1):
+            async with sem:
+                body = await self._attempt(client, payload, acct, sync, label, on_submitted)
+            try:
+                return outcome(body), acct
+            except AatError as exc:
+                last = exc
+                log.warning("%s: RunPod job %s attempt %d/%d: %s (%s)", label, body.get("id"),
+                            attempt, limit, exc.message, exc.code)
+                if not exc.retryable:
+                    break
+        assert last is not None
+        raise type(last)(
+            f"{label} failed after {acct.attempts} RunPod job(s): {last.message}",
+            code=last.code, retryable=False,
+            detail={**last.detail, "remote_job_ids": acct.remote_job_ids},
+        )
+
+    async def _attempt(
+        self, client: RunPodClient, payload: dict[str, Any], acct: CallAccounting, sync: bool,
+        label: str, on_submitted: OnSubmitted | None,
+    ) -> dict[str, Any]:
+        """Submit once and wait for a terminal status (a vanished job reads as a failure)."""
+        if sync:
+            first = await client.runsync(payload)
+            job_id = str(first["id"])
+        else:
+            first, job_id = None, await client.run(payload, self._policy)
+        acct.remote_job_ids.append(job_id)
+        acct.attempts += 1
+        self._totals.runpod_jobs += 1
+        if on_submitted is not None:
+            on_submitted(job_id)
+        try:
+            body = await client.wait(job_id, first)
+        except asyncio.CancelledError:
+            await _cancel_quietly(client, job_id)
+            raise
+        except AatError as exc:
+            if exc.code != "runpod_job_gone":
+                await _cancel_quietly(client, job_id)
+                raise
+            body = {"id": job_id, "status": "FAILED", "error": json.dumps(exc.to_dict())}
+        self._account(acct, body)
+        return body
+
+    def _account(self, acct: CallAccounting, body: dict[str, Any]) -> None:
+        delay, execution = int(body.get("delayTime") or 0), int(body.get("executionTime") or 0)
+        cost = execution / 1000.0 * self._s.runpod_price_per_gpu_second
+        acct.delay_ms += delay
+        acct.execution_ms += execution
+        acct.cost_usd += cost
+        self._totals.delay_ms += delay
+        self._totals.execution_ms += execution
+        self._totals.cost_usd += cost
+
+    # ---- per-endpoint clients and limits ------------------------------------------------------
+
+    def _client(self, kind: str) -> RunPodClient:
+        self._same_loop()
+        endpoint_id = self._endpoints.get(kind)
+        if not endpoint_id:
+            raise ConfigError(f"no RunPod {kind} endpoint configured; set "
+                              f"RUNPOD_{kind.upper()}_ENDPOINT_ID (or turn {kind} off)")
+        if kind not in self._clients:
+            s = self._s
+            self._clients[kind] = RunPodClient(
+                s.runpod_base_url, endpoint_id, self._key,
+                retry=RetryPolicy(s.runpod_http_attempts, s.runpod_backoff_base_s,
+                                  s.runpod_backoff_max_s),
+                poll=PollPolicy(s.runpod_poll_min_s, s.runpod_poll_max_s, s.runpod_ttl_s + 60.0),
+                http=httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)),
+            )
+        return self._clients[kind]
+
+    async def _limit(self, kind: str) -> int:
+        """Jobs in flight per endpoint: the setting, else the workers /health reports, else 4."""
+        if kind not in self._limits:
+            limit = self._s.runpod_max_concurrency
+            if limit is None:
+                limit = DEFAULT_CONCURRENCY
+                with contextlib.suppress(AatError):
+                    workers = (await self._client(kind).health()).get("workers", {})
+                    total = sum(v for v in workers.values() if isinstance(v, int))
+                    limit = total if total > 0 else DEFAULT_CONCURRENCY
+            self._limits[kind] = limit
+        return self._limits[kind]
+
+    async def _semaphore(self, kind: str) -> asyncio.Semaphore:
+        limit = await self._limit(kind)
+        if kind not in self._sems:
+            self._sems[kind] = asyncio.Semaphore(limit)
+        return self._sems[kind]
+
+    def _same_loop(self) -> None:
+        """httpx clients and semaphores belong to one event loop; start afresh on a new one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._clients, self._sems = loop, {}, {}
+
+
+def request_key(payload: dict[str, Any]) -> str:
+    """Stable idempotency key of a request: the same work always gets the same key."""
+    canonical = json.dumps({k: v for k, v in payload.items() if k != "request_key"},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _parse(model: type[M], output: Any, label: str) -> M:
+    try:
+        return model.model_validate(output)
+    except ValidationError as exc:
+        raise WorkerError(
+            f"{label}: the worker's output does not match the contract ({exc.errors()[0]['msg']}); "
+            "redeploy a worker matching this service version",
+            code="bad_worker_output",
+        ) from exc
+
+
+async def _cancel_quietly(client: RunPodClient, job_id: str) -> None:
+    """Best effort: cancel the RunPod job so it stops costing money."""
+    try:
+        await asyncio.wait_for(asyncio.shield(client.cancel(job_id)), timeout=10.0)
+    except (AatError, TimeoutError, asyncio.CancelledError) as exc:
+        log.warning("could not cancel RunPod job %s: %s", job_id, exc)

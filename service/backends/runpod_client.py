@@ -1,0 +1,299 @@
+"""HTTP layer for one RunPod serverless endpoint (the cloud and our emulator alike).
+
+:class:`RunPodClient` speaks RunPod's job API (``/run``, ``/runsync``, ``GET /status``,
+``/cancel``, ``/health``) over one ``httpx.AsyncClient`` and owns the first retry layer:
+429 (honouring ``Retry-After``), 5xx and connect/read errors are retried with jittered
+exponential backoff, a bounded number of times, then raise :class:`BackendUnavailable`.
+A 401/403 raises :class:`BackendAuthError` at once; any other 4xx is permanent.
+Request bodies are measured before sending: over :data:`MAX_RUN_BYTES` is a
+``payload_too_large`` :class:`ParamsError`, never sent. :meth:`RunPodClient.wait` polls
+``/status`` with short adaptive intervals (learned from the endpoint's recent run times) until
+a terminal status, and :func:`outcome` turns that status into an output or a structured error.
+The API key lives in a ``SecretStr`` and goes only into the ``authorization`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from service.core.errors import (
+    AatError,
+    BackendAuthError,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ParamsError,
+    WorkerError,
+    error_from_dict,
+)
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+MAX_RUN_BYTES = 9_500_000  # RunPod's /run limit is 10 MB; keep headroom
+MAX_RUNSYNC_BYTES = 19_000_000  # /runsync: 20 MB
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded, jittered exponential backoff for one HTTP call."""
+
+    attempts: int = 6
+    base_s: float = 0.5
+    max_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (0-based): half fixed, half random."""
+        ceiling = min(self.max_s, self.base_s * (2**attempt))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    min_s: float = 0.05
+    max_s: float = 2.0
+    deadline_s: float = 3700.0  # give up waiting for a terminal status after this long
+
+    def delay(self, elapsed: float, expected: float | None) -> float:
+        """Next sleep: until ~90 % of the expected run time, then 10 % of the time waited."""
+        if expected is not None and elapsed < 0.9 * expected:
+            return min(self.max_s, max(self.min_s, 0.9 * expected - elapsed))
+        return min(self.max_s, max(self.min_s, 0.1 * elapsed))
+
+
+class RunPodClient:
+    """One endpoint: ``{base_url}/{endpoint_id}/<op>`` with bearer auth."""
+
+    def __init__(
+        self,
+        base_url: str,
+        endpoint_id: str,
+        api_key: SecretStr,
+        *,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.endpoint_id = endpoint_id
+        self.url = f"{base_url.rstrip('/')}/{endpoint_id}"
+        self._key = api_key
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
+        self._expected_s: float | None = None  # moving average of queue + run time
+
+    def __repr__(self) -> str:
+        return f"RunPodClient({self.url!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- operations -------------------------------------------------------------------------
+
+    async def run(self, payload: dict[str, Any], policy: dict[str, int] | None = None) -> str:
+        """Submit a job with ``/run``; returns the RunPod job id."""
+        body = _encode({"input": payload, **({"policy": policy} if policy else {})},
+                       MAX_RUN_BYTES, "/run")
+        resp = await self._request("POST", "/run", content=body)
+        return str(resp.json()["id"])
+
+    async def runsync(self, payload: dict[str, Any], *, wait_ms: int = 60_000) -> dict[str, Any]:
+        """Submit with ``/runsync``; the reply may still be non-terminal (then :meth:`wait`)."""
+        body = _encode({"input": payload}, MAX_RUNSYNC_BYTES, "/runsync")
+        resp = await self._request("POST", "/runsync", content=body, params={"wait": wait_ms})
+        return dict(resp.json())
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """``GET /status/{id}``; a job RunPod no longer knows raises ``runpod_job_gone``."""
+        gone = BackendError(
+            f"RunPod job {job_id} is gone (result expired or TTL passed)",
+            code="runpod_job_gone", retryable=True,
+        )
+        resp = await self._request("GET", f"/status/{job_id}", missing=gone)
+        return dict(resp.json())
+
+    async def cancel(self, job_id: str) -> None:
+        """``POST /cancel/{id}``; a job already gone is fine."""
+        try:
+            await self._request("POST", f"/cancel/{job_id}", missing=_Gone())
+        except _Gone:
+            return
+        log.info("cancelled RunPod job %s on %s", job_id, self.endpoint_id)
+
+    async def health(self) -> dict[str, Any]:
+        return dict((await self._request("GET", "/health")).json())
+
+    async def wait(self, job_id: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Poll until the job is terminal; returns its last ``/status`` body."""
+        start = time.monotonic()
+        body = first or {"status": "IN_QUEUE"}
+        while body.get("status") not in TERMINAL:
+            elapsed = time.monotonic() - start
+            if elapsed > self.poll.deadline_s:
+                raise BackendTimeout(
+                    f"RunPod job {job_id} still {body.get('status')} after {elapsed:.0f} s; "
+                    "check the endpoint's workers in the RunPod console",
+                    code="runpod_stuck",
+                )
+            await asyncio.sleep(self.poll.delay(elapsed, self._expected_s))
+            body = await self.status(job_id)
+        if body["status"] == "COMPLETED":
+            self._observe(body)
+        return body
+
+    def _observe(self, body: dict[str, Any]) -> None:
+        ms = (body.get("delayTime") or 0) + (body.get("executionTime") or 0)
+        if isinstance(ms, int | float) and ms > 0:
+            s = ms / 1000.0
+            self._expected_s = s if self._expected_s is None else 0.7 * self._expected_s + 0.3 * s
+
+    # ---- transport --------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, content: bytes | None = None,
+        params: dict[str, Any] | None = None, missing: Exception | None = None,
+    ) -> httpx.Response:
+        headers = {"authorization": f"Bearer {self._key.get_secret_value()}"}
+        if content is not None:
+            headers["content-type"] = "application/json"
+        last: AatError = BackendUnavailable(f"RunPod {path} was not attempted")
+        for attempt in range(self.retry.attempts):
+            wait = self.retry.delay(attempt)
+            try:
+                resp = await self._http.request(method, self.url + path, content=content,
+                                                params=params, headers=headers)
+            except httpx.TransportError as exc:
+                last = BackendUnavailable(
+                    f"could not reach RunPod at {self.url} ({type(exc).__name__}); "
+                    "check the network or runpod_base_url",
+                )
+            else:
+                if resp.status_code < 400:
+                    return resp
+                last, wait = self._classify(resp, path, missing, wait)
+            if attempt + 1 < self.retry.attempts:
+                log.info("RunPod %s %s: %s; retry in %.2f s", method, path, last.message, wait)
+                await asyncio.sleep(wait)
+        raise type(last)(
+            f"{last.message} (gave up after {self.retry.attempts} tries)",
+            code=last.code, retryable=True, retry_after=last.retry_after,
+        )
+
+    def _classify(self, resp: httpx.Response, path: str, missing: Exception | None,
+                  wait: float) -> tuple[AatError, float]:
+        """A retryable error and how long to wait, or raise for a permanent one."""
+        code = resp.status_code
+        if code in (401, 403):
+            raise BackendAuthError(
+                f"RunPod rejected the API key ({code}); set RUNPOD_API_KEY to a key with access "
+                f"to endpoint {self.endpoint_id}",
+            )
+        if code == 429:
+            after = _retry_after(resp)
+            return BackendUnavailable("RunPod rate limit reached (429)", retry_after=after,
+                                      code="runpod_rate_limited"), after if after is not None else wait
+        if code >= 500:
+            return BackendUnavailable(f"RunPod answered {code}", code="runpod_server_error"), wait
+        if code == 404 and missing is not None:
+            raise missing
+        if code == 404:
+            raise BackendError(
+                f"RunPod endpoint {self.endpoint_id} not found at {self.url}; check the endpoint "
+                "id setting (RUNPOD_UPSCALE_ENDPOINT_ID / RUNPOD_CAPTION_ENDPOINT_ID)",
+                code="runpod_endpoint_not_found",
+            )
+        raise BackendError(
+            f"RunPod refused {path} ({code}: {resp.text[:200]}); this request will not succeed "
+            "as is",
+            code="runpod_bad_request", detail={"status": code},
+        )
+
+
+class _Gone(Exception):
+    """Internal: the job a cancel named no longer exists."""
+
+
+def _encode(body: dict[str, Any], limit: int, route: str) -> bytes:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > limit:
+        raise ParamsError(
+            f"request of {len(data) / 1e6:.1f} MB is over RunPod's {route} limit "
+            f"({limit / 1e6:.1f} MB usable); use a smaller tile_size",
+            code="payload_too_large", detail={"bytes": len(data), "limit": limit},
+        )
+    return data
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        value = float(resp.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S)
+
+
+# ---- terminal status → output or error -------------------------------------------------------
+
+
+def outcome(body: dict[str, Any]) -> Any:
+    """The ``output`` of a terminal status body, or the structured error it stands for."""
+    job_id, status = body.get("id", "?"), body.get("status")
+    if status == "COMPLETED":
+        if body.get("output") is None:
+            raise BackendError(
+                f"RunPod job {job_id} completed without output (result lost or too large)",
+                code="runpod_no_output", retryable=True,
+            )
+        return body["output"]
+    if status == "FAILED":
+        raise parse_worker_error(body.get("error"))
+    if status == "TIMED_OUT":
+        raise BackendTimeout(
+            f"RunPod job {job_id} timed out (execution timeout or TTL reached)",
+            code="runpod_timed_out",
+        )
+    raise BackendError(f"RunPod job {job_id} was cancelled outside this service",
+                       code="runpod_cancelled")
+
+
+def parse_worker_error(raw: Any) -> AatError:
+    """A FAILED job's ``error`` as structured data.
+
+    Shapes: our ``WorkerErrorData`` JSON string (``code``/``message``/``retryable``); the runpod
+    SDK's uncaught-exception JSON (``error_type``/``error_message``/...); anything else is kept
+    verbatim in ``detail["raw"]``.
+    """
+    data: Any = raw
+    if isinstance(raw, str):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = raw
+    if isinstance(data, dict) and "error_type" in data and "error_message" in data:
+        etype = str(data["error_type"])
+        transient = any(s in etype + str(data["error_message"]) for s in ("OutOfMemory", "CUDA"))
+        return WorkerError(
+            f"worker crashed: {_type_name(etype)}: {str(data['error_message'])[:300]}",
+            code="worker_crashed", retryable=transient,
+            detail={k: data[k] for k in ("error_type", "error_message", "worker_id", "hostname",
+                                         "error_traceback") if k in data},
+        )
+    if isinstance(data, str):
+        return WorkerError(f"worker failed: {data[:300]}", code="worker_error",
+                           detail={"raw": raw})
+    return error_from_dict(data)
+
+
+def _type_name(error_type: str) -> str:
+    """``"<class 'torch.OutOfMemoryError'>"`` → ``torch.OutOfMemoryError``."""
+    return error_type.removeprefix("<class '").removesuffix("'>")
