@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,13 @@ from service.core.params import UpscaleParams
 from service.core.tiling import extract_tile
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
-from service.jobs.refine import TileWork, caption_tiles, derive_seed, refine_tiles
+from service.jobs.refine import (
+    Resume,
+    TileWork,
+    caption_tiles,
+    derive_seed,
+    refine_tiles,
+)
 from service.jobs.runner import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
 from service.render import Prepared, finish, prepare
@@ -42,6 +49,7 @@ class JobRun:
     def __init__(self, ctx: RunContext, job_id: str, owner: str, lost: threading.Event) -> None:
         self.ctx, self.job_id, self.owner, self.lost = ctx, job_id, owner, lost
         self.started = time.monotonic()
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     def check(self) -> JobRow:
         if self.lost.is_set():
@@ -85,8 +93,9 @@ class JobRun:
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
 
-    def remote_submitted(self, index: int, remote_id: str, kind: str) -> None:
-        self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id)
+    def remote_submitted(self, index: int, key: str, remote_id: str, kind: str) -> None:
+        if kind == "refine":  # remember which request the id belongs to, for resuming
+            self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id, cache_key=key)
         self.ctx.store.mutate(self.job_id, lambda row: {"remote_jobs": [
             *(row.remote_jobs or []), {"tile": index, "kind": kind, "id": remote_id}]},
             owner=self.owner)
@@ -153,7 +162,8 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=naming_label(params, row.input_width, row.input_height))
         output["delivered_path"] = done.rel
-    ctx.store.transition(job_id, JobStatus.succeeded, owner=owner, output=output,
+    stages = {k: {"done": v["total"], "total": v["total"]} for k, v in run.check().stages.items()}
+    ctx.store.transition(job_id, JobStatus.succeeded, owner=owner, output=output, stages=stages,
                          output_sha256=sha, output_ext=ext, stage="done", progress=1.0,
                          timings={"total_s": round(time.monotonic() - run.started, 3)})
     log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
@@ -164,7 +174,8 @@ async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, params: Ups
     try:
         return await _gpu_stages(run, backend, prepared, params, row)
     finally:
-        await backend.aclose()
+        for close in (*run.closers, backend.aclose):
+            await close()
 
 
 async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
@@ -196,10 +207,34 @@ async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
 
     refined = await refine_tiles(
         backend, work, options, run.ctx.artifacts,
-        on_submitted=lambda i, rid: run.remote_submitted(i, rid, "refine"),
-        on_done=refined_one, check=run.acheck)
+        on_submitted=lambda i, key, rid: run.remote_submitted(i, key, rid, "refine"),
+        on_done=refined_one, resume=_resumer(run, rows, inputs), check=run.acheck)
     seam = await _seam_fix(run, backend, prepared, params, refined, options, int(row.seed or 0))
     return refined, seam
+
+
+def _resumer(run: JobRun, rows: list[dict[str, Any]], inputs: dict[int, np.ndarray]
+             ) -> Resume | None:
+    """Re-poll RunPod jobs a killed attempt submitted for the same request (same key)."""
+    pending = {r["idx"]: (r["cache_key"], r["remote_job_id"]) for r in rows
+               if r["remote_job_id"] and r["status"] != "refined"}
+    if run.ctx.settings.effective_backend != "runpod" or not pending:
+        return None
+    from service.jobs.resume import RunPodResumer
+
+    resumer = RunPodResumer(run.ctx.settings)
+    run.closers.append(resumer.aclose)
+
+    async def resume(index: int, key: str) -> RefineResult | None:
+        known_key, remote_id = pending.get(index, (None, None))
+        if known_key != key or not remote_id:
+            return None
+        found = await resumer(remote_id, inputs[index].shape)
+        if found is None:
+            return None
+        return RefineResult(str(index), found[0], -1, found[1])
+
+    return resume
 
 
 def _can_caption(run: JobRun) -> bool:

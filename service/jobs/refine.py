@@ -107,6 +107,7 @@ def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
 
 
 CancelCheck = Callable[[], Awaitable[None]]  # raises (JobCanceled, ...) to stop the loop
+Resume = Callable[[int, str], Awaitable[RefineResult | None]]
 
 
 async def _run_bounded(items: list[T], limit: int, fn: Callable[[T], Awaitable[None]],
@@ -139,15 +140,17 @@ async def _run_bounded(items: list[T], limit: int, fn: Callable[[T], Awaitable[N
 
 async def refine_tiles(
     backend: GpuBackend, work: list[TileWork], options: RefineOptions, cache: TileCache, *,
-    on_submitted: Callable[[int, str], None] | None = None,
+    on_submitted: Callable[[int, str, str], None] | None = None,
     on_done: Callable[[int, str, RefineResult | None], None] | None = None,
+    resume: Resume | None = None,
     check: CancelCheck | None = None, poll_s: float = 0.25,
 ) -> dict[int, np.ndarray]:
     """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
 
-    ``on_submitted(index, remote_id)`` runs when a remote job is submitted; ``on_done(index,
-    key, result)`` after the tile is cached (``result`` is None for a cache hit). Both run in a
-    worker thread so slow storage never stalls the loop.
+    ``on_submitted(index, key, remote_id)`` runs when a remote job is submitted;
+    ``on_done(index, key, result)`` after the tile is cached (``result`` is None for a cache
+    hit). Both run in a worker thread so slow storage never stalls the loop. ``resume(index,
+    key)`` may return the result of a remote job an earlier attempt submitted (else None).
     """
     out: dict[int, np.ndarray] = {}
     todo: list[tuple[TileWork, str]] = []
@@ -167,11 +170,13 @@ async def refine_tiles(
 
         def submitted(remote_id: str) -> None:
             if on_submitted:
-                loop.run_in_executor(None, on_submitted, item.index, remote_id)
+                loop.run_in_executor(None, on_submitted, item.index, key, remote_id)
 
-        task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
-                        seed=item.seed)
-        result = await backend.refine(task, options, on_submitted=submitted)
+        result = await resume(item.index, key) if resume is not None else None
+        if result is None:
+            task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
+                            seed=item.seed)
+            result = await backend.refine(task, options, on_submitted=submitted)
         await asyncio.to_thread(cache.put_array, key, result.image)
         out[item.index] = result.image
         if on_done:
