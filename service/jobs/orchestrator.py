@@ -149,7 +149,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     fmt = output_format_for(image.format, params.output_format)
     ext = EXT_FOR_FORMAT[fmt]
     out = encode_image(rendered.rgb, rendered.alpha, fmt,
-                       metadata={"job": job_id, "upscaler": rendered.model,
+                       metadata={"upscaler": rendered.model,  # no job id: same pixels, same bytes
                                  "backend": backend.name if backend else "none"})
     sha = ctx.artifacts.put_bytes("outputs", out, ext)
     output: dict[str, Any] = {

@@ -13,7 +13,7 @@ import pytest
 from service.core.errors import ParamsError, PathError
 from service.jobs.model import TargetSpec
 from service.storage import game_repo
-from service.storage.game_repo import deliver, resolve_target
+from service.storage.game_repo import deliver
 
 
 def _deliver(settings: Any, path: str, data: bytes, **target: Any) -> game_repo.Delivery:

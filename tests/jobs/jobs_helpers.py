@@ -1,0 +1,78 @@
+"""Helpers for the job tests: tiny images, emulated RunPod endpoints, polling, expected output."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from service.core.imaging import ImageLimits, encode_image, load_image
+from service.core.params import UpscaleParams
+from service.jobs.refine import derive_seed
+from service.render import finish, prepare
+from service.upscalers.registry import get_upscaler
+from workers.echo.handler import tint
+from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
+
+
+def png(size: int = 48, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def small_params(**extra: Any) -> UpscaleParams:
+    values: dict[str, Any] = {"scale": 2, "tile_size": 64, "overlap": 16, "upscaler": "lanczos",
+                              "caption": False, "seed": 7}
+    values.update(extra)
+    return UpscaleParams(**values)
+
+
+def emulator(workers: int = 4, latency_s: float = 0.05, faults: Faults | None = None
+             ) -> EmulatorServer:
+    upscale = EndpointConfig(handler=resolve_handler("echo"), workers=workers,
+                             latency_s=latency_s, faults=faults or Faults())
+    caption = EndpointConfig(handler=resolve_handler("echo"), workers=workers, latency_s=0.01)
+    return EmulatorServer({"upscale": upscale, "caption": caption})
+
+
+def runpod_settings(emu: EmulatorServer) -> dict[str, Any]:
+    return {"backend": "runpod", "runpod_api_key": emu.api_key, "runpod_base_url": emu.url,
+            "runpod_upscale_endpoint_id": "upscale", "runpod_caption_endpoint_id": "caption",
+            "runpod_backoff_base_s": 0.05, "runpod_poll_max_s": 0.2}
+
+
+def runpod_env(emu: EmulatorServer) -> dict[str, str]:
+    env = {f"AAT_{k.upper()}": str(v) for k, v in runpod_settings(emu).items()}
+    env["RUNPOD_API_KEY"] = emu.api_key
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
+               ) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int) -> np.ndarray:
+    """What a job must produce when every tile is refined by the echo worker (tint by seed)."""
+    image = load_image(data, limits=ImageLimits())
+    prepared = prepare(image, params, get_upscaler(params.upscaler))
+    refined = {i: tint(prepared.tile(i), derive_seed(seed, i)) for i in
+               range(len(prepared.plan.tiles))}
+    done = finish(prepared, refined, params)
+    return pixels(encode_image(done.rgb, done.alpha, "png"))

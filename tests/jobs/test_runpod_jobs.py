@@ -1,0 +1,151 @@
+"""Jobs against emulated RunPod endpoints with the embedded executor: correct output, cancel,
+failing backend, and a killed executor process that resumes without paying twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jobs_helpers import (
+    emulator,
+    expected_echo_pixels,
+    pixels,
+    png,
+    runpod_env,
+    runpod_settings,
+    small_params,
+    wait_until,
+)
+
+from service.jobs.model import JobStatus, TargetSpec
+from service.jobs.service import JobService, build_job_service
+from workers.emulator import EmulatorServer, Faults
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def emu() -> Iterator[EmulatorServer]:
+    with emulator(workers=4, latency_s=0.05) as server:
+        yield server
+
+
+def _service(job_settings: Any, emu: EmulatorServer, **extra: Any) -> JobService:
+    svc = build_job_service(job_settings(**runpod_settings(emu), **extra))
+    svc.start()
+    return svc
+
+
+def _finished(svc: JobService, job_id: str, timeout: float = 60) -> Any:
+    return wait_until(lambda: (j := svc.get(job_id)).status.terminal and j, timeout, "job end")
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_every_tile_is_refined_and_blended_correctly(job_settings: Any, emu: EmulatorServer,
+                                                     tmp_path: Path) -> None:
+    svc = _service(job_settings, emu)
+    data, params = png(64), small_params(caption=True)
+    job, _ = svc.submit(data, filename="rock.png", params=params,
+                        target=TargetSpec(repo="game", path="rock.png"))
+    done = _finished(svc, job.id)
+    svc.stop()
+    assert done.status == JobStatus.succeeded, done.error
+    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
+    assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+    tiles = svc.tiles(job.id)
+    assert all(t["status"] == "refined" and t["caption"].startswith("a 64x64 tile")
+               for t in tiles)
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == len(tiles) == done.cost.runpod_jobs - len(tiles)  # + captions
+    assert max(stats["request_keys"].values()) == 1
+    assert done.cost.execution_s > 0 and done.cost.usd > 0
+
+
+def test_cancel_while_running_cancels_runpod_jobs_and_delivers_nothing(
+        job_settings: Any, tmp_path: Path) -> None:
+    with emulator(workers=2, latency_s=1.0) as emu:
+        svc = _service(job_settings, emu)
+        job, _ = svc.submit(png(64), filename="rock.png", params=small_params(),
+                            target=TargetSpec(repo="game", path="rock.png"))
+        wait_until(lambda: emu.stats("upscale")["by_status"].get("IN_PROGRESS", 0) >= 2
+                   or emu.stats("upscale")["started"] >= 2, 20, "tiles in flight")
+        svc.cancel(job.id)
+        done = _finished(svc, job.id)
+        svc.stop()
+        stats = emu.stats("upscale")
+    assert done.status == JobStatus.canceled and done.output is None
+    assert stats["canceled"] >= 1  # the in-flight RunPod jobs were canceled
+    assert stats["submitted"] < len(svc.tiles(job.id))  # and no more were sent
+    assert _files(tmp_path / "repo") == []
+
+
+def test_a_failing_backend_fails_the_job_with_its_reason(job_settings: Any,
+                                                          tmp_path: Path) -> None:
+    faults = Faults.parse("fatal=1")
+    with emulator(workers=2, latency_s=0.01, faults=faults) as emu:
+        svc = _service(job_settings, emu)
+        job, _ = svc.submit(png(64), filename="rock.png", params=small_params(),
+                            target=TargetSpec(repo="game", path="rock.png"))
+        done = _finished(svc, job.id)
+        svc.stop()
+    assert done.status == JobStatus.failed
+    assert done.error.code and "tile" in done.error.message and "\n" not in done.error.message
+    assert _files(tmp_path / "repo") == []
+    data = tmp_path / "data"
+    assert not [f for f in _files(data) if "tmp" in f or "/outputs/" in f]
+
+
+def _embedded_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    code = ("import time, logging\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "from service.settings import load_settings\n"
+            "from service.jobs.service import build_job_service\n"
+            "build_job_service(load_settings()).start()\n"
+            "time.sleep(600)\n")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
+        job_settings: Any, tmp_path: Path) -> None:
+    with emulator(workers=3, latency_s=0.4) as emu:
+        settings = job_settings(**runpod_settings(emu))
+        submitter = build_job_service(settings)  # not started: the subprocess runs the jobs
+        data, params = png(96), small_params()
+        job, _ = submitter.submit(data, filename="rock.png", params=params,
+                                  target=TargetSpec(repo="game", path="rock.png"))
+        n_tiles = 16
+        env = {**os.environ, **runpod_env(emu), "AAT_DATA_DIR": str(settings.data_dir),
+               "AAT_REPOS": f'{{"game": "{tmp_path / "repo"}"}}', "AAT_LEASE_S": "2"}
+        first = _embedded_process(env)
+        try:
+            wait_until(lambda: submitter.get(job.id).stages.get("refine")
+                       and submitter.get(job.id).stages["refine"].done >= 4, 60, "4 tiles")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        mid = submitter.get(job.id)
+        assert mid.status == JobStatus.running and mid.stages["refine"].done < n_tiles
+        second = _embedded_process(env)
+        try:
+            done = _finished(submitter, job.id, 90)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait()
+        stats = emu.stats("upscale")
+    assert done.status == JobStatus.succeeded and done.attempts == 2
+    assert len(submitter.tiles(job.id)) == n_tiles
+    assert stats["submitted"] == n_tiles  # nothing paid twice, in flight or finished
+    assert max(stats["request_keys"].values()) == 1
+    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
+    assert np.array_equal(out, expected_echo_pixels(data, params, 7))

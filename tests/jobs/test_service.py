@@ -1,0 +1,141 @@
+"""JobService with the embedded executor and no GPU backend: intake, dedupe, results, tiles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jobs_helpers import png, small_params, wait_until
+
+from service.core.errors import ImageError, JobError, PathError
+from service.jobs.model import JobStatus, TargetSpec
+from service.jobs.service import JobService, build_job_service
+
+
+@pytest.fixture
+def service(job_settings: Any) -> Iterator[JobService]:
+    svc = build_job_service(job_settings())
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def _finished(svc: JobService, job_id: str) -> Any:
+    return wait_until(lambda: (j := svc.get(job_id)).status.terminal and j, 30, "job to finish")
+
+
+def test_a_job_runs_and_delivers_into_the_repo(service: JobService, tmp_path: Path) -> None:
+    job, created = service.submit(png(), filename="rock.png", params=small_params(),
+                                  target=TargetSpec(repo="game", path="tex/rock.png"))
+    assert created and job.status == JobStatus.queued and job.params.seed == 7
+    done = _finished(service, job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.output.backend == "none" and (done.output.width, done.output.height) == (96, 96)
+    delivered = tmp_path / "repo" / "tex" / "rock_x2.png"
+    path, media = service.result(job.id)
+    assert media == "image/png" and delivered.read_bytes() == path.read_bytes()
+    assert done.progress == 1.0 and done.stages["deliver"].done == 1
+
+
+def test_a_concrete_seed_is_drawn_and_recorded(service: JobService) -> None:
+    job, _ = service.submit(png(), filename="a.png", params=small_params(seed=None))
+    assert job.params.seed is not None
+    assert service.get(job.id).params.seed == job.params.seed
+
+
+def test_same_input_and_params_twice_is_one_job_and_one_delivery(
+        service: JobService, tmp_path: Path) -> None:
+    target = TargetSpec(repo="game", path="rock.png")
+    first, created = service.submit(png(), filename="rock.png", params=small_params(),
+                                    target=target)
+    _finished(service, first.id)
+    delivered = tmp_path / "repo" / "rock_x2.png"
+    os.utime(delivered, ns=(10**9, 10**9))
+    again, created_again = service.submit(png(), filename="rock.png", params=small_params(),
+                                          target=target)
+    assert created and not created_again and again.id == first.id
+    jobs, _ = service.list(limit=10)
+    assert [j.id for j in jobs] == [first.id]
+    assert delivered.stat().st_mtime_ns == 10**9  # nothing rewritten
+    keyed, _ = service.submit(png(seed=1), filename="b.png", params=small_params(),
+                              idempotency_key="key-1")
+    same, created_keyed = service.submit(png(seed=2), filename="c.png", params=small_params(),
+                                         idempotency_key="key-1")
+    assert same.id == keyed.id and not created_keyed
+
+
+@pytest.mark.parametrize("data,code", [(b"", "image_empty"), (b"not an image", "image_corrupt"),
+                                       (png()[:200], "image_truncated")])
+def test_bad_images_are_refused_before_anything_is_stored(
+        service: JobService, tmp_path: Path, data: bytes, code: str) -> None:
+    with pytest.raises(ImageError) as info:
+        service.submit(data, filename="bad.png", params=small_params())
+    assert info.value.code == code
+    assert service.list(limit=5)[0] == []
+    assert service.artifacts.files() == []
+
+
+def test_a_bad_target_is_refused_before_anything_is_stored(service: JobService) -> None:
+    with pytest.raises(PathError):
+        service.submit(png(), filename="a.png", params=small_params(),
+                       target=TargetSpec(repo="game", path="../escape.png"))
+    assert service.list(limit=5)[0] == [] and service.artifacts.files() == []
+
+
+def test_submit_path_is_confined_to_intake_roots_and_repos(
+        job_settings: Any, tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    (inbox / "a.png").write_bytes(png())
+    (outside / "b.png").write_bytes(png(seed=3))
+    (inbox / "sneaky.png").symlink_to(outside / "b.png")
+    svc = build_job_service(job_settings(intake_roots=[inbox]))
+    job, created = svc.submit_path(inbox / "a.png", params=small_params())
+    assert created and job.input.filename == "a.png"
+    for bad in (outside / "b.png", inbox / "sneaky.png", inbox / ".." / "outside" / "b.png"):
+        with pytest.raises(PathError):
+            svc.submit_path(bad, params=small_params())
+    with pytest.raises(PathError):
+        svc.submit_path(inbox / "missing.png", params=small_params())
+
+
+def test_result_before_success_is_not_ready(job_settings: Any) -> None:
+    svc = build_job_service(job_settings())  # executor not started: the job stays queued
+    job, _ = svc.submit(png(), filename="a.png", params=small_params())
+    with pytest.raises(JobError) as info:
+        svc.result(job.id)
+    assert info.value.code == "not_ready"
+    canceled = svc.cancel(job.id)
+    assert canceled.status == JobStatus.canceled
+    assert svc.cancel(job.id).status == JobStatus.canceled  # idempotent
+
+
+def test_wait_for_change_returns_on_the_next_change(service: JobService) -> None:
+    job, _ = service.submit(png(), filename="a.png", params=small_params())
+    seen, version = service.wait_for_change(job.id, None, 0)
+    statuses = {seen.status}
+    while not seen.status.terminal:
+        seen, new_version = service.wait_for_change(job.id, version, 10)
+        assert new_version != version or seen.status.terminal
+        version = new_version
+        statuses.add(seen.status)
+    assert JobStatus.succeeded in statuses
+
+
+def test_tiles_prompts_and_rerun(service: JobService) -> None:
+    job, _ = service.submit(png(), filename="a.png", params=small_params())
+    _finished(service, job.id)
+    tiles = service.tiles(job.id)
+    assert len(tiles) == 4 and tiles[0]["w"] == 64
+    assert service.set_tile_prompt(job.id, 2, "cracked granite")["prompt"] == "cracked granite"
+    rerun = service.rerun(job.id, [2])
+    assert rerun.id != job.id
+    done = _finished(service, rerun.id)
+    assert done.status == JobStatus.succeeded
+    assert service.tiles(rerun.id)[2]["prompt"] == "cracked granite"
+    with pytest.raises(JobError):
+        service.rerun(job.id, [99])
