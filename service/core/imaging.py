@@ -91,6 +91,7 @@ def _open(data: bytes) -> Image.Image:
     """Open lazily (header only), translating Pillow's refusals to our codes."""
     if not data:
         raise _err("image_empty", "the file is empty (0 bytes); pick a real image file")
+    _check_complete(data)
     try:
         with warnings.catch_warnings():
             # our own limits (checked next) decide; Pillow's warning would only add noise
@@ -100,11 +101,26 @@ def _open(data: bytes) -> Image.Image:
         raise _err("image_bomb", "the image header declares an absurd size (a decompression "
                    "bomb); it was not decoded") from exc
     except UnidentifiedImageError as exc:
+        other = _identify_other(data)
+        if other:
+            raise _err("image_unsupported", f"{other} files are not supported; export PNG, "
+                       "JPEG, WebP, TGA, BMP or GIF") from exc
         raise _err("image_corrupt", "not a readable image (supported: PNG, JPEG, WebP, TGA, "
                    "BMP, GIF); check the file is not damaged or mislabelled") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise _err("image_corrupt", f"the image header is damaged ({exc}); re-export the "
                    "file") from exc
+
+
+def _identify_other(data: bytes) -> str | None:
+    """Name of an image format Pillow knows but we do not accept (TIFF, PSD, ...), if any."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return str(im.format)
+    except Exception:  # anything unreadable is simply not another format  # noqa: BLE001
+        return None
 
 
 def _check_header(im: Image.Image, data: bytes, limits: ImageLimits) -> None:
@@ -139,13 +155,12 @@ def load_image(data: bytes, *, limits: ImageLimits, filename: str | None = None)
     notes: list[str] = []
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"{fmt} has {im.n_frames} frames; only the first frame is used")
-    _check_complete(data, fmt, filename)
     _decode(im, filename)
     if fmt == "PNG" and _png_bit_depth(data) == 16 and im.mode not in ("I", "I;16", "I;16B"):
         notes.append("16-bit colour was reduced to 8 bits per channel by the decoder")
     im = _orient(im)
     im, converted = _to_srgb(im, notes)
-    rgb, alpha = _normalise(im)
+    rgb, alpha = normalise(im)
     return LoadedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_converted=converted,
                        warnings=notes)
 
@@ -160,23 +175,23 @@ def _decode(im: Image.Image, filename: str | None) -> None:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc).lower()
         if "truncated" in text or "end of file" in text or isinstance(exc, EOFError) or \
-                "unexpected end" in text or "broken data stream" in text:
+                "unexpected end" in text:
             raise _err("image_truncated", f"{name} is truncated (the file ends early); copy or "
                        "export it again") from exc
         raise _err("image_corrupt", f"{name} could not be decoded ({exc}); re-export the "
                    "file") from exc
 
 
-def _check_complete(data: bytes, fmt: str, filename: str | None) -> None:
+def _check_complete(data: bytes) -> None:
     """Refuse files whose container says more bytes should follow (PNG IEND, WebP RIFF size)."""
     short = False
-    if fmt == "PNG":
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
         short = b"IEND" not in data[-64:]
-    elif fmt == "WEBP" and len(data) >= 12:
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         short = len(data) < int.from_bytes(data[4:8], "little") + 8
     if short:
-        raise _err("image_truncated", f"{filename or 'the image'} is truncated (the file ends "
-                   "early); copy or export it again")
+        raise _err("image_truncated", "the image is truncated (the file ends early); copy or "
+                   "export it again")
 
 
 def _png_bit_depth(data: bytes) -> int:
@@ -220,7 +235,7 @@ def _to_srgb(im: Image.Image, notes: list[str]) -> tuple[Image.Image, bool]:
         return im, False
 
 
-def _normalise(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def normalise(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Pillow image of any supported mode -> (rgb, alpha|None)."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
