@@ -1,0 +1,164 @@
+"""Runs one Blender scenario in a fresh process (bpy can be imported once per process).
+
+    python bpy_driver.py <scenario> <config.json>
+
+Installs the built extension zip like a user does (``package_install_files``), runs the
+scenario, disables the add-on, and prints ``RESULT <json>`` with what a user would see: task
+states, panel lines, image sizes/pixels/paths, and whether a timer or a thread survived.
+Timers never fire in background mode, so the scenario drives ``pump()`` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import bpy
+
+PKG = "bl_ext.user_default.ai_assets_toolbox"
+
+
+def install(cfg: dict[str, Any]) -> dict[str, Any]:
+    result = bpy.ops.extensions.package_install_files(
+        filepath=cfg["zip"], repo="user_default", enable_on_install=True)
+    prefs = bpy.context.preferences.addons[PKG].preferences
+    prefs.server_url = cfg["url"]
+    prefs.api_token = cfg["token"]
+    prefs.result_mode = cfg.get("mode", "REPLACE")
+    return {"install": sorted(result),
+            "token_subtype": prefs.bl_rna.properties["api_token"].subtype}
+
+
+def mod(name: str) -> Any:
+    return sys.modules[f"{PKG}.{name}"]
+
+
+def drive(limit_s: float = 60.0) -> None:
+    """Call the add-on's pump until no task is running (what the timer does in a UI session)."""
+    pump = mod("pump")
+    deadline = time.monotonic() + limit_s
+    while pump.busy() and time.monotonic() < deadline:
+        pump.pump()
+        time.sleep(0.05)
+    pump.pump()
+
+
+def describe(img: bpy.types.Image) -> dict[str, Any]:
+    return {"name": img.name, "size": list(img.size), "filepath": bpy.path.abspath(img.filepath),
+            "dirty": img.is_dirty, "source": img.source, "packed": img.packed_file is not None,
+            "pixels": [round(v, 4) for v in img.pixels[:]]}
+
+
+def state() -> dict[str, Any]:
+    pump = mod("pump")
+    return {
+        "tasks": [{"label": t.label, "state": t.state, "status": t.status, "job_id": t.job_id,
+                   "result_path": t.result_path, "result_image": t.result_image}
+                  for t in pump.tasks],
+        "panel": [text for _icon, text in mod("ui").panel_lines(bpy.context)],
+    }
+
+
+def load_png(path: str, name: str) -> bpy.types.Image:
+    img = bpy.data.images.load(path)
+    img.name = name
+    return img
+
+
+def scenario_generated(cfg: dict[str, Any]) -> dict[str, Any]:
+    img = bpy.data.images.new("tex", 8, 8, alpha=True)
+    img.generated_color = (1.0, 0.0, 0.0, 1.0)
+    bpy.context.scene.aat_settings.prompt = "red brick, wet"
+    op = bpy.ops.aat.submit_image(image_name="tex")
+    timer_while_running = bpy.app.timers.is_registered(mod("pump").tick)
+    drive()
+    return {"op": sorted(op), "timer_while_running": timer_while_running,
+            "image": describe(img), **state()}
+
+
+def scenario_dirty_new(cfg: dict[str, Any]) -> dict[str, Any]:
+    img = load_png(cfg["png"], "rock")
+    pixels = list(img.pixels[:])
+    pixels[0:4] = [0.0, 1.0, 0.0, 1.0]  # an unsaved paint stroke
+    img.pixels[:] = pixels
+    img.update()
+    dirty_before = img.is_dirty
+    with bpy.context.temp_override(edit_image=img):
+        op = bpy.ops.aat.submit_image()
+    drive()
+    new = bpy.data.images.get(mod("pump").tasks[0].result_image)
+    return {"op": sorted(op), "dirty_before": dirty_before, "original": describe(img),
+            "new": describe(new) if new else None, **state()}
+
+
+def scenario_material(cfg: dict[str, Any]) -> dict[str, Any]:
+    mat = bpy.data.materials.new("Rock")
+    mat.use_nodes = True
+    other = bpy.data.materials.new("RockCopy")
+    other.use_nodes = True
+    names = []
+    for index, path in enumerate(cfg["pngs"]):
+        img = load_png(path, f"layer{index}")
+        names.append(img.name)
+        for m in (mat, other) if index == 0 else (mat,):
+            node = m.node_tree.nodes.new("ShaderNodeTexImage")
+            node.image = img
+    op = bpy.ops.aat.submit_material(material_name="Rock")
+    drive()
+    used_by_other = [n.image.name for n in other.node_tree.nodes if n.type == "TEX_IMAGE"]
+    return {"op": sorted(op), "images": [describe(bpy.data.images[n]) for n in names],
+            "other_material_images": used_by_other,
+            "other_material_size": list(bpy.data.images[used_by_other[0]].size), **state()}
+
+
+def scenario_failure(cfg: dict[str, Any]) -> dict[str, Any]:
+    img = bpy.data.images.new("tex", 4, 4)
+    op = bpy.ops.aat.submit_image(image_name="tex")
+    drive()
+    return {"op": sorted(op), "image": describe(img), **state()}
+
+
+def scenario_refused(cfg: dict[str, Any]) -> dict[str, Any]:
+    bpy.data.images.new("tex", 4, 4)
+    try:
+        op = sorted(bpy.ops.aat.submit_image(image_name="tex"))
+    except RuntimeError as err:  # an operator returning CANCELLED with an ERROR report
+        op = [f"RuntimeError: {err}"]
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("aat-")]
+    return {"op": op, "threads": threads, **state()}
+
+
+def scenario_cancel(cfg: dict[str, Any]) -> dict[str, Any]:
+    img = bpy.data.images.new("tex", 8, 8)
+    bpy.ops.aat.submit_image(image_name="tex")
+    op = bpy.ops.aat.cancel(image_name="tex")
+    drive()
+    return {"op": sorted(op), "image": describe(img), **state()}
+
+
+SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
+             if name.startswith("scenario_")}
+
+
+def main() -> None:
+    name, cfg_path = sys.argv[1], sys.argv[2]
+    with open(cfg_path) as fh:
+        cfg = json.load(fh)
+    out = install(cfg)
+    if cfg.get("online_access"):
+        bpy.context.preferences.system.use_online_access = True
+    out.update(SCENARIOS[name](cfg))
+    pump = mod("pump")
+    bpy.ops.preferences.addon_disable(module=PKG)
+    time.sleep(0.1)
+    out["timer_after_disable"] = bpy.app.timers.is_registered(pump.tick)
+    out["threads_after_disable"] = [t.name for t in threading.enumerate()
+                                    if t.name.startswith("aat-") and t.is_alive()]
+    print("RESULT " + json.dumps(out))  # noqa: T201 - the test reads this line
+
+
+if __name__ == "__main__":
+    main()

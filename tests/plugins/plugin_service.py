@@ -1,0 +1,30 @@
+"""Helpers for the plugin tests: a handle on the real service and a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN = "plugin-test-token"
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    data_dir: Path
+
+    def get_json(self, path: str) -> dict:
+        req = urllib.request.Request(self.url + path,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
