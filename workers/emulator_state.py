@@ -112,6 +112,7 @@ class Endpoint:
         self.by_status: Counter[str] = Counter()
         self.request_keys: Counter[str] = Counter()
         self.max_running = 0
+        self.last_policy: dict[str, Any] = {}
         self._workers: list[asyncio.Task[None]] = []
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Endpoint:
             extra={k: body[k] for k in ("s3Config",) if k in body},
         )
         self.jobs[job.id] = job
+        self.last_policy = job.policy
         self.counts["submitted"] += 1
         key = job.input.get("request_key")
         if isinstance(key, str):
@@ -213,6 +215,7 @@ class Endpoint:
             "faults": self.faults.fired(),
             "request_keys": dict(self.request_keys),
             "max_running": self.max_running,
+            "last_policy": self.last_policy,
             "workers": self.config.workers,
         }
 
@@ -259,7 +262,9 @@ class Endpoint:
         latency = self.config.latency_s * (self.faults.slow_factor if fault == "slow" else 1.0)
         if latency > 0:
             await asyncio.sleep(latency)
-        if fault in ("failed", "fatal", "crash", "timeout"):
+        if fault == "crash":
+            raise RuntimeError("injected crash")
+        if fault in ("failed", "fatal", "timeout"):
             return None
         payload = {"id": job.id, "input": job.input, **job.extra}
         handler = self.config.handler
@@ -276,9 +281,6 @@ class Endpoint:
         elif fault == "fatal":
             err = WorkerErrorData(code="worker_fatal", message="injected permanent failure")
             self._finish(job, "FAILED", error=err.to_output()["error"])
-        elif fault == "crash":
-            self._finish(job, "FAILED", error=sdk_error(RuntimeError("injected crash"),
-                                                        job.worker_id or ""))
         elif fault == "timeout":
             self._finish(job, "TIMED_OUT")
         elif fault == "no_output":

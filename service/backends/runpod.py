@@ -203,7 +203,11 @@ class RunPodBackend:
         last: AatError | None = None
         for attempt in range(1, limit + 1):
             async with sem:
-                body = await self._attempt(client, payload, acct, sync, label, on_submitted)
+                try:
+                    body = await self._attempt(client, payload, acct, sync, label, on_submitted)
+                except ParamsError as exc:
+                    raise ParamsError(f"{label}: {exc.message}", code=exc.code,
+                                      detail=exc.detail) from exc
             try:
                 return outcome(body), acct
             except AatError as exc:

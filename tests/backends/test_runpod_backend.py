@@ -1,0 +1,245 @@
+"""RunPodBackend against the RunPod emulator over real loopback HTTP.
+
+Each test states what the user sees (a refined tile, or one clear error) and how many RunPod
+jobs were submitted for it, read from the emulator's own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.backends.base import RefineOptions, TileTask
+from service.backends.runpod import RunPodBackend
+from service.core.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    ParamsError,
+    WorkerError,
+)
+from workers.echo.handler import tint
+
+
+def _tile(tile_id: str = "t0", seed: int = 7, size: int = 32) -> TileTask:
+    rng = np.random.default_rng(seed)
+    return TileTask(tile_id, rng.integers(0, 250, (size, size, 3), dtype=np.uint8), "", seed)
+
+
+def _refine(backend: RunPodBackend, tile: TileTask, **kw: Any) -> Any:
+    async def go() -> Any:
+        try:
+            return await backend.refine(tile, RefineOptions(), **kw)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def test_refine_returns_the_processed_tile_with_accounting(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(latency_s=0.05)
+    backend = RunPodBackend(runpod_settings(emu, runpod_price_per_gpu_second=0.001))
+    tile, seen = _tile(seed=6), []
+    result = _refine(backend, tile, on_submitted=seen.append)
+    assert np.array_equal(result.image, tint(tile.image, 6))  # processed by the worker
+    assert result.seed_used == 6
+    acct = result.accounting
+    assert acct.attempts == 1 and acct.remote_job_ids == seen and len(seen) == 1
+    assert acct.execution_ms >= 50
+    assert acct.cost_usd == pytest.approx(acct.execution_ms / 1000 * 0.001)
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 1 and stats["by_status"] == {"COMPLETED": 1}
+    assert list(stats["request_keys"].values()) == [1]
+    assert stats["last_policy"] == {"executionTimeout": 600_000, "ttl": 3_600_000}
+    assert backend.totals()["runpod_jobs"] == 1
+
+
+def test_many_tiles_respect_worker_count_and_none_is_submitted_twice(
+        runpod_emulator, runpod_settings):
+    emu = runpod_emulator(workers=3, latency_s=0.1)
+    backend = RunPodBackend(runpod_settings(emu))
+    tiles = [_tile(f"t{i}", seed=i) for i in range(9)]
+
+    async def go() -> list[Any]:
+        try:
+            assert await backend.max_concurrency() == 3  # from /health
+            return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
+        finally:
+            await backend.aclose()
+
+    results = asyncio.run(go())
+    for tile, result in zip(tiles, results, strict=True):
+        assert np.array_equal(result.image, tint(tile.image, tile.seed))
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 9 and stats["max_running"] <= 3
+    assert sorted(stats["request_keys"].values()) == [1] * 9
+    totals = backend.totals()
+    assert totals["runpod_jobs"] == 9 and totals["execution_ms"] >= 9 * 100
+
+
+@pytest.mark.parametrize(("faults", "submitted"), [
+    ("failed=1:1", 2),      # FAILED with a retryable code
+    ("timeout=1:1", 2),     # TIMED_OUT
+    ("no_output=1:2", 3),   # COMPLETED without output, twice
+    ("expire=1:1", 2),      # result gone (404) before we read it
+    ("5xx=1:3", 1),         # 5xx on /run: the job was never created, the POST is retried
+])
+def test_transient_failures_are_resubmitted_until_the_tile_succeeds(
+        runpod_emulator, runpod_settings, faults, submitted):
+    emu = runpod_emulator(faults=faults)
+    backend = RunPodBackend(runpod_settings(emu))
+    tile = _tile(seed=3)
+    result = _refine(backend, tile)
+    assert np.array_equal(result.image, tint(tile.image, 3))
+    assert result.accounting.attempts == submitted
+    assert len(set(result.accounting.remote_job_ids)) == submitted
+    assert emu.stats("upscale")["submitted"] == submitted
+
+
+@pytest.mark.parametrize(("faults", "error", "code"), [
+    ("failed=1", WorkerError, "worker_transient"),
+    ("timeout=1", BackendTimeout, "runpod_timed_out"),
+    ("no_output=1", BackendError, "runpod_no_output"),
+])
+def test_a_tile_that_keeps_failing_stops_after_the_attempt_limit(
+        runpod_emulator, runpod_settings, faults, error, code):
+    emu = runpod_emulator(faults=faults)
+    backend = RunPodBackend(runpod_settings(emu, runpod_tile_attempts=3))
+    with pytest.raises(error) as info:
+        _refine(backend, _tile("t9"))
+    exc = info.value
+    assert exc.code == code and exc.retryable is False
+    assert "tile t9 failed after 3 RunPod job(s)" in exc.message
+    assert len(exc.detail["remote_job_ids"]) == 3
+    assert emu.stats("upscale")["submitted"] == 3
+
+
+def test_a_permanent_worker_error_is_not_retried(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(faults="fatal=1")
+    backend = RunPodBackend(runpod_settings(emu))
+    with pytest.raises(WorkerError) as info:
+        _refine(backend, _tile())
+    assert info.value.code == "worker_fatal" and not info.value.retryable
+    assert emu.stats("upscale")["submitted"] == 1
+
+
+def test_an_sdk_crash_is_reported_with_its_exception_type(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(faults="crash=1")
+    backend = RunPodBackend(runpod_settings(emu))
+    with pytest.raises(WorkerError) as info:
+        _refine(backend, _tile())
+    assert info.value.code == "worker_crashed"
+    assert "RuntimeError: injected crash" in info.value.message
+    assert "Traceback" in info.value.detail["error_traceback"]
+    assert emu.stats("upscale")["submitted"] == 1
+
+
+def test_a_429_storm_is_ridden_out_without_duplicate_jobs(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(faults="429=1:12")
+    backend = RunPodBackend(runpod_settings(emu, runpod_http_attempts=15))
+    tiles = [_tile(f"t{i}", seed=i) for i in range(3)]
+
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
+        finally:
+            await backend.aclose()
+
+    results = asyncio.run(go())
+    assert [r.tile_id for r in results] == ["t0", "t1", "t2"]
+    stats = emu.stats("upscale")
+    assert stats["rejected"]["429"] == 12
+    assert stats["submitted"] == 3 and sorted(stats["request_keys"].values()) == [1, 1, 1]
+
+
+def test_endless_429_gives_a_retryable_unavailable_error(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(faults="429=1")
+    backend = RunPodBackend(runpod_settings(emu, runpod_http_attempts=4,
+                                            runpod_max_concurrency=1))
+    with pytest.raises(BackendUnavailable) as info:
+        _refine(backend, _tile())
+    assert info.value.code == "runpod_rate_limited" and info.value.retryable
+    assert "gave up after 4 tries" in info.value.message
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 0 and stats["rejected"]["429"] == 4
+
+
+def test_cancelling_a_refine_cancels_the_runpod_job(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(latency_s=30.0)
+    backend = RunPodBackend(runpod_settings(emu))
+    seen: list[str] = []
+
+    async def go() -> None:
+        task = asyncio.create_task(backend.refine(_tile(), RefineOptions(),
+                                                  on_submitted=seen.append))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if seen and emu_status(seen[0]) == "IN_PROGRESS":
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.aclose()
+
+    def emu_status(job_id: str) -> str:
+        import httpx
+
+        resp = httpx.get(f"{emu.url}/upscale/status/{job_id}",
+                         headers={"authorization": f"Bearer {emu.api_key}"})
+        return str(resp.json()["status"])
+
+    started = time.monotonic()
+    asyncio.run(go())
+    assert time.monotonic() - started < 10  # did not wait for the 30 s job
+    assert emu_status(seen[0]) == "CANCELLED"
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 1 and stats["canceled"] == 1
+    assert stats["by_status"] == {"CANCELLED": 1}
+
+
+def test_a_tile_over_the_payload_limit_is_refused_before_sending(runpod_emulator, runpod_settings):
+    emu = runpod_emulator()
+    backend = RunPodBackend(runpod_settings(emu))
+    noise = np.random.default_rng(0).integers(0, 256, (1700, 1700, 3), dtype=np.uint8)
+    with pytest.raises(ParamsError) as info:
+        _refine(backend, TileTask("big", noise, "", 1))
+    exc = info.value
+    assert exc.code == "payload_too_large" and not exc.retryable
+    assert "tile big" in exc.message and "tile_size" in exc.message
+    assert emu.stats("upscale")["submitted"] == 0
+
+
+def test_a_wrong_api_key_gives_one_clear_error(runpod_emulator, runpod_settings, caplog):
+    emu = runpod_emulator()
+    secret = "wrong-key-7d1e0c"
+    backend = RunPodBackend(runpod_settings(emu, runpod_api_key=secret))
+    caplog.set_level("DEBUG")
+    with pytest.raises(BackendAuthError) as info:
+        _refine(backend, _tile())
+    assert info.value.message.startswith("RunPod rejected the API key")
+    assert "RUNPOD_API_KEY" in info.value.message and not info.value.retryable
+    assert secret not in caplog.text and secret not in repr(backend.__dict__)
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 0 and stats["rejected"]["401"] >= 1
+
+
+def test_an_unknown_endpoint_id_names_the_setting(runpod_emulator, runpod_settings):
+    emu = runpod_emulator()
+    backend = RunPodBackend(runpod_settings(emu, runpod_upscale_endpoint_id="nope",
+                                            runpod_max_concurrency=2))
+    with pytest.raises(BackendError) as info:
+        _refine(backend, _tile())
+    assert info.value.code == "runpod_endpoint_not_found"
+    assert "RUNPOD_UPSCALE_ENDPOINT_ID" in info.value.message
+
+
+def test_missing_settings_are_a_config_error(runpod_settings, runpod_emulator):
+    emu = runpod_emulator()
+    with pytest.raises(ConfigError, match="RUNPOD_API_KEY"):
+        RunPodBackend(runpod_settings(emu, runpod_upscale_endpoint_id=None))
