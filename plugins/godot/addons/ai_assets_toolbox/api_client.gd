@@ -11,7 +11,6 @@ const JOBS_PATH := "/v1/jobs"
 const JOB_PATH := "/v1/jobs/%s"
 const RESULT_PATH := "/v1/jobs/%s/result"
 const CANCEL_PATH := "/v1/jobs/%s/cancel"
-const MODELS_PATH := "/v1/models"
 const SUBMIT_QUERY := "?filename=%s&scale=%s&strength=%s&seam_fix=%s&prompt=%s&output_format=%s"
 const BASE_HEADERS := ["User-Agent: ai-assets-toolbox-godot/0.1", "Accept: application/json"]
 const AUTH_HEADER := "Authorization: Bearer %s"
@@ -32,7 +31,7 @@ var token := ""
 var _active: Array[HTTPRequest] = []
 
 
-## The request for `kind` (submit, job, result, cancel, models) as url, method and headers.
+## The request for `kind` (submit, job, result, cancel) as url, method and headers.
 ## `args` holds job_id for job routes and filename/scale/strength/seam_fix/prompt for submit.
 func build_request(kind: String, args: Dictionary) -> Dictionary:
 	var headers := PackedStringArray(BASE_HEADERS)
@@ -64,8 +63,6 @@ func build_request(kind: String, args: Dictionary) -> Dictionary:
 		"cancel":
 			method = HTTPClient.METHOD_POST
 			path = CANCEL_PATH % job_id
-		"models":
-			path = MODELS_PATH
 	return {"url": base_url.rstrip("/") + path, "method": method, "headers": headers}
 
 
