@@ -115,7 +115,8 @@ class UpscalePipeline:
         if ip_adapter is not None:
             pipe.load_ip_adapter(ip_adapter, subfolder="", weight_name="",
                                  image_encoder_folder=None)
-        pipe.to(device)
+        if device != "cpu":  # built on the CPU already
+            pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device, lora_dir, has_ip_adapter=ip_adapter is not None)
 

@@ -1,0 +1,216 @@
+"""`LocalBackend`: the worker pipelines in-process, on the artist's own GPU.
+
+The same code as the RunPod workers (``workers/upscale/pipeline.py``,
+``workers/caption/pipeline.py``, ``workers/upscale/models.py``), imported lazily so that the
+API, the job runners and the CLI never load torch unless this backend is chosen. Pipelines
+load once per process (weights from ``local_weights_dir``, default ``<data_dir>/weights``,
+filled by ``python -m workers.upscale.weights <dir>`` and ``python -m workers.caption.weights
+<dir>``) and are shared by every ``LocalBackend`` built afterwards. GPU calls run in a thread,
+one at a time (``max_concurrency() == 1``).
+
+Missing torch, a missing CUDA GPU or missing weights raise :class:`ConfigError` with the fix.
+Tests inject tiny pipelines (``upscale=``/``caption=``) on ``device="cpu"``; with
+``AAT_WORKER_TINY=1`` and ``local_device=cpu`` the backend builds tiny random pipelines itself
+(for end-to-end runs of ``aat upscale --backend local`` without weights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.backends.base import (
+    CallAccounting,
+    CaptionResult,
+    OnSubmitted,
+    RefineOptions,
+    RefineResult,
+    TileTask,
+)
+from service.core.contracts import ModelInfo, UploadModelRequest
+from service.core.errors import ConfigError
+from service.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+_shared: dict[tuple[str, str, str], Any] = {}  # (kind, device, weights dir) -> pipeline
+_shared_lock = threading.Lock()
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings | None = None, *, device: str | None = None,
+                 upscale: Any = None, caption: Any = None, lora_dir: Path | None = None) -> None:
+        s = settings or load_settings()
+        self.device = device or s.local_device
+        self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
+        self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
+        self._upscale = upscale
+        self._caption = caption
+        self._gpu = threading.Lock()
+        if upscale is None or caption is None:
+            _check_runtime(self.device)
+
+    # ---- pipelines -------------------------------------------------------------------------
+
+    def _pipeline(self, kind: str) -> Any:
+        pipe = self._upscale if kind == "upscale" else self._caption
+        if pipe is None:
+            key = (kind, self.device, str(self.weights_dir))
+            with _shared_lock:
+                if key not in _shared:
+                    _shared[key] = _load(kind, self.device, self.weights_dir, self.lora_dir)
+                pipe = _shared[key]
+        if kind == "upscale":
+            pipe.lora_dir = self.lora_dir  # this backend's LoRA folder
+        return pipe
+
+    # ---- GpuBackend ------------------------------------------------------------------------
+
+    async def max_concurrency(self) -> int:
+        return 1
+
+    async def caption(self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
+                      max_new_tokens: int = 48,
+                      on_submitted: OnSubmitted | None = None) -> CaptionResult:
+        from PIL import Image
+
+        def run() -> list[str]:
+            pipe = self._pipeline("caption")
+            with self._gpu:
+                return pipe.caption([Image.fromarray(image)], instruction, max_new_tokens)
+
+        start = time.monotonic()
+        [text] = await asyncio.to_thread(run)
+        return CaptionResult(tile_id, text, _accounting(start))
+
+    async def refine(self, tile: TileTask, options: RefineOptions, *,
+                     on_submitted: OnSubmitted | None = None) -> RefineResult:
+        from PIL import Image
+
+        from workers.upscale.pipeline import RefineSettings, TileJob
+
+        style = options.ip_adapter_image
+        settings = RefineSettings(
+            prompt=options.prompt, negative_prompt=options.negative_prompt,
+            strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
+            scheduler=options.scheduler, clip_skip=options.clip_skip,
+            controlnet_scale=options.controlnet_scale,
+            ip_adapter_image=Image.fromarray(style) if style is not None else None,
+            ip_adapter_scale=options.ip_adapter_scale,
+            loras=tuple((lora.name, lora.weight) for lora in options.loras),
+        )
+        job = TileJob(tile.tile_id, Image.fromarray(tile.image).convert("RGB"), tile.prompt,
+                      tile.seed)
+
+        def run() -> list[Any]:
+            pipe = self._pipeline("upscale")
+            with self._gpu:
+                return list(pipe.refine([job], settings))
+
+        start = time.monotonic()
+        [out] = await asyncio.to_thread(run)
+        pixels = np.asarray(out.convert("RGB"), dtype=np.uint8)
+        return RefineResult(tile.tile_id, pixels, tile.seed, _accounting(start))
+
+    async def list_models(self) -> list[ModelInfo]:
+        from workers.upscale import models
+
+        return models.list_models(self.lora_dir).models
+
+    async def upload_model(self, filename: str, data: bytes) -> ModelInfo:
+        from workers.upscale import models
+
+        req = UploadModelRequest(filename=filename, file_b64=base64.b64encode(data).decode())
+        done = await asyncio.to_thread(models.upload, req, self.lora_dir)
+        return ModelInfo(name=done.name, size_bytes=done.size_bytes)
+
+    async def delete_model(self, name: str) -> None:
+        from workers.upscale import models
+
+        await asyncio.to_thread(models.delete, name, self.lora_dir)
+
+    async def health(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"status": "ok", "backend": self.name, "device": self.device}
+        loaded = self._upscale or _shared.get(("upscale", self.device, str(self.weights_dir)))
+        if loaded is not None:
+            info.update(loaded.health())
+        else:
+            info["model_loaded"] = False
+        return info
+
+    async def aclose(self) -> None:
+        """Nothing to close: loaded pipelines stay resident for the next job."""
+
+
+def _accounting(start: float) -> CallAccounting:
+    return CallAccounting(execution_ms=int((time.monotonic() - start) * 1000), attempts=1)
+
+
+def _check_runtime(device: str) -> None:
+    """Fail fast with the fix when this machine cannot run the pipelines."""
+    try:
+        import diffusers  # noqa: F401
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"the local backend needs the GPU packages ({exc.name} is missing); install them "
+            "with: pip install 'ai-assets-toolbox[gpu]', or use --backend runpod or none",
+            code="backend_unavailable_local") from exc
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "the local backend needs a CUDA GPU and none was found; use --backend runpod, "
+            "or --backend none for a base upscale", code="backend_unavailable_local")
+
+
+def _tiny() -> bool:
+    return os.environ.get("AAT_WORKER_TINY") == "1"
+
+
+def _load(kind: str, device: str, weights_dir: Path, lora_dir: Path) -> Any:
+    """Load a pipeline: baked weights, or tiny random parts with AAT_WORKER_TINY=1 on CPU."""
+    if _tiny() and device == "cpu":
+        log.warning("AAT_WORKER_TINY=1: tiny random %s pipeline, outputs are noise", kind)
+        return _load_tiny(kind, lora_dir)
+    if kind == "upscale":
+        from workers.upscale import weights
+        from workers.upscale.pipeline import UpscalePipeline
+
+        _require(weights.local_path("base", weights_dir), "upscale", weights_dir)
+        return UpscalePipeline.from_weights(weights_dir, device=device, lora_dir=lora_dir)
+    from workers.caption import weights as caption_weights
+    from workers.caption.pipeline import CaptionPipeline
+
+    _require(caption_weights.local_path("caption", weights_dir), "caption", weights_dir)
+    return CaptionPipeline.from_weights(weights_dir, device=device)
+
+
+def _load_tiny(kind: str, lora_dir: Path) -> Any:
+    if kind == "upscale":
+        from workers.upscale import tiny
+        from workers.upscale.pipeline import UpscalePipeline
+
+        comps = tiny.build_components(Path(tempfile.mkdtemp(prefix="aat-tiny-")))
+        return UpscalePipeline.from_components(
+            comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), lora_dir=lora_dir)
+    from workers.caption import tiny as tiny_caption
+    from workers.caption.pipeline import CaptionPipeline
+
+    return CaptionPipeline.from_components(tiny_caption.build_components())
+
+
+def _require(path: Path, worker: str, root: Path) -> None:
+    if not path.is_dir() or not any(path.iterdir()):
+        raise ConfigError(
+            f"{worker} weights are missing in {path}; download them once with: "
+            f"python -m workers.{worker}.weights {root}", code="weights_missing")
