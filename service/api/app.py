@@ -21,7 +21,7 @@ from service.api import events, health, jobs, metrics, models
 from service.api.deps import JobServicePort
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
-from service.api.problems import install_problem_handlers
+from service.api.problems import add_problem_schema, install_problem_handlers
 from service.backends.base import GpuBackend
 from service.settings import Settings
 
@@ -90,6 +90,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app.state.backend = backend
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
+    add_problem_schema(app)
     for module in (health, jobs, events, models, metrics):
         app.include_router(module.router)
     if settings.cors_origins:

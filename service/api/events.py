@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.concurrency import run_in_threadpool
 
@@ -69,7 +69,7 @@ def _last_event_id(raw: str | None) -> int | None:
 
 @router.get(
     "/{job_id}/events", summary="Progress as Server-Sent Events until the job ends",
-    response_class=EventSourceResponse,
+    response_class=Response,
     responses={200: {"description": "`event: progress` frames with the job as JSON data, "
                      "then `event: end`", "content": {"text/event-stream": {
                          "schema": {"type": "string"}}}},
@@ -79,7 +79,7 @@ async def job_events(
     job_id: JobId, request: Request,
     jobs: Annotated[JobServicePort, Depends(get_jobs)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
-) -> EventSourceResponse:
+) -> Response:
     job = await run_in_threadpool(jobs.get, job_id)  # 404 before the stream starts
     version = None if job.status.terminal else _last_event_id(last_event_id)
     stream = job_stream(request, jobs, job_id, version)

@@ -137,9 +137,22 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses."""
-    schema = Problem.model_json_schema()
+    schema = {"$ref": "#/components/schemas/Problem"}  # added by :func:`add_problem_schema`
     return {
         s: {"description": _HTTP_CODES.get(s, "error").replace("_", " "),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
         for s in statuses
     }
+
+
+def add_problem_schema(app: FastAPI) -> None:
+    """Register ``Problem`` under ``components.schemas`` (referenced by every error reply)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = original()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,126 @@
+"""Helpers for the REST API tests: images, a uvicorn server in a thread, runner processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def png_bytes(width: int = 48, height: int = 32, *, seed: int = 0, alpha: bool = False) -> bytes:
+    """A small random PNG (RGB, or RGBA with ``alpha``)."""
+    rng = np.random.default_rng(seed)
+    channels = 4 if alpha else 3
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(side: int = 60_000) -> bytes:
+    """A PNG of a few dozen bytes whose header claims ``side`` x ``side`` RGB pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: Any
+    settings: Any
+    token: str | None = None
+
+    def client(self, token: str | None = "default", **kw: Any) -> httpx.Client:
+        token = self.token if token == "default" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
+
+    @property
+    def jobs(self) -> Any:
+        return self.app.state.jobs
+
+
+def serve(app: Any) -> tuple[str, Callable[[], None]]:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+def start_runner(env: dict[str, str], log: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    """A real Celery job runner process (`aat runner`)."""
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "runner", "-c",
+                                 str(concurrency), "--loglevel", "WARNING"],
+                                cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a runner and its pool children (its own session) once a test is done with it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def env_for(values: dict[str, Any]) -> dict[str, str]:
+    """The same settings as ``AAT_*`` environment variables for a subprocess."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict | list):
+            value = json.dumps({k: str(v) for k, v in value.items()} if isinstance(value, dict)
+                               else [str(v) for v in value])
+        out[f"AAT_{key.upper()}"] = str(value)
+    return out
+
+
+def wait_terminal(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return dict(job)
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")

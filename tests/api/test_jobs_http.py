@@ -1,0 +1,234 @@
+"""The job routes over real HTTP: uvicorn on loopback, a real `aat runner` (Celery) process on
+the real Redis, the job store on real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+from apitest_helpers import bomb_png, png_bytes, wait_terminal
+from PIL import Image
+
+SMALL = {"scale": "2", "tile_size": "64", "overlap": "16"}
+
+
+def _sse_events(client: httpx.Client, job_id: str) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    name = "message"
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+                if name == "end":
+                    break
+    return events
+
+
+def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
+    server = celery_server
+    with server.client() as http:
+        resp = http.post("/v1/jobs", params={"filename": "rock.png", **SMALL},
+                         content=png_bytes(96, 64), headers={"Content-Type": "image/png"})
+        assert resp.status_code == 202, resp.text
+        job = resp.json()
+        assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
+        assert job["input"] == {**job["input"], "filename": "rock.png", "width": 96, "height": 64}
+        assert job["urls"]["events"] == f"/v1/jobs/{job['id']}/events"
+
+        events = _sse_events(http, job["id"])
+        names = [n for n, _ in events]
+        assert names[-1] == "end" and "progress" in names
+        progress = [e["progress"] for n, e in events if n == "progress"]
+        assert progress == sorted(progress), "progress never goes backwards"
+        assert events[-1][1]["status"] == "succeeded"
+        assert len({e["stage"] for _, e in events}) >= 2, "stages are reported as they pass"
+
+        result = http.get(f"/v1/jobs/{job['id']}/result")
+        assert result.status_code == 200
+        assert result.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(result.content)).size == (192, 128)
+
+        got = http.get(f"/v1/jobs/{job['id']}")
+        assert got.status_code == 200 and "retry-after" not in got.headers
+        assert got.json()["output"]["width"] == 192
+
+
+def test_duplicates_return_the_existing_job(queued_server) -> None:
+    server = queued_server()
+    image = png_bytes(40, 40, seed=1)
+    with server.client() as http:
+        first = http.post("/v1/jobs", params=SMALL, content=image,
+                          headers={"Content-Type": "image/png"})
+        again = http.post("/v1/jobs", params=SMALL, content=image,
+                          headers={"Content-Type": "image/png"})
+        assert (first.status_code, again.status_code) == (202, 200)
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["location"] == first.headers["location"]
+
+        keyed = http.post("/v1/jobs", params=SMALL, content=png_bytes(40, 40, seed=2),
+                          headers={"Content-Type": "image/png", "Idempotency-Key": "k-1"})
+        retry = http.post("/v1/jobs", params=SMALL, content=png_bytes(40, 40, seed=2),
+                          headers={"Content-Type": "image/png", "Idempotency-Key": "k-1"})
+        assert (keyed.status_code, retry.status_code) == (202, 200)
+        assert retry.json()["id"] == keyed.json()["id"] != first.json()["id"]
+        page = http.get("/v1/jobs").json()
+        assert len(page["items"]) == 2
+
+
+def test_multipart_and_path_forms(celery_server) -> None:
+    server = celery_server
+    inbox = server.settings.intake_roots[0]
+    (inbox / "tree.png").write_bytes(png_bytes(32, 32, seed=3, alpha=True))
+    with server.client() as http:
+        multi = http.post("/v1/jobs", files={"file": ("leaf.png", png_bytes(32, 48, seed=4),
+                                                      "image/png")},
+                          data={"params": json.dumps({"scale": 2, "tile_size": 64,
+                                                      "overlap": 8})})
+        assert multi.status_code == 202, multi.text
+        assert multi.json()["input"]["filename"] == "leaf.png"
+        by_path = http.post("/v1/jobs", json={"path": str(inbox / "tree.png"),
+                                              "params": {"scale": 1.5, "tile_size": 64,
+                                                         "overlap": 8}})
+        assert by_path.status_code == 202, by_path.text
+        assert by_path.json()["input"]["filename"] == "tree.png"
+        for job in (multi.json(), by_path.json()):
+            assert wait_terminal(http, job["id"])["status"] == "succeeded"
+        out = Image.open(io.BytesIO(http.get(f"/v1/jobs/{by_path.json()['id']}/result").content))
+        assert out.size == (48, 48) and out.mode == "RGBA", "alpha survives the path form"
+
+
+def _nothing_stored(server) -> None:
+    artifacts = server.settings.data_dir / "artifacts"
+    stored = [p for p in artifacts.rglob("*") if p.is_file()] if artifacts.exists() else []
+    assert stored == []
+    with server.client() as http:
+        assert http.get("/v1/jobs").json()["items"] == []
+
+
+def test_bad_input_is_refused_and_nothing_is_stored(queued_server, tmp_path: Path) -> None:
+    server = queued_server()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png_bytes(8, 8))
+    inbox = server.settings.intake_roots[0]
+    (inbox / "link.png").symlink_to(outside)
+    raw = {"Content-Type": "image/png"}
+    with server.client() as http:
+        cases = [
+            (http.post("/v1/jobs", content=bomb_png(), headers=raw), 422, "image_bomb"),
+            (http.post("/v1/jobs", content=b"not an image", headers=raw), 422, "image_corrupt"),
+            (http.post("/v1/jobs", content=b"x" * 300_000, headers=raw), 413,
+             "payload_too_large"),
+            (http.post("/v1/jobs", content=iter([b"x" * 100_000] * 3), headers=raw), 413,
+             "payload_too_large"),  # chunked: no Content-Length, stopped while streaming
+            (http.post("/v1/jobs", params={"scale": "99"}, content=png_bytes(), headers=raw),
+             422, "invalid_params"),
+            (http.post("/v1/jobs", params={"sharpness": "1"}, content=png_bytes(), headers=raw),
+             422, "invalid_params"),
+            (http.post("/v1/jobs", json={"path": str(outside)}), 400, "path_escape"),
+            (http.post("/v1/jobs", json={"path": str(inbox / ".." / "secret.png")}), 400,
+             "path_escape"),
+            (http.post("/v1/jobs", json={"path": str(inbox / "link.png")}), 400, "path_escape"),
+            (http.post("/v1/jobs", json={"path": "relative.png"}), 400, "path_forbidden"),
+            (http.post("/v1/jobs", content=b"{}", headers={"Content-Type": "text/plain"}), 415,
+             "unsupported_media_type"),
+            (http.post("/v1/jobs", files={"nofile": ("a.txt", b"x")}), 422, "invalid_params"),
+        ]
+        for resp, status, code in cases:
+            assert resp.status_code == status, (code, resp.text)
+            assert resp.headers["content-type"] == "application/problem+json"
+            body = resp.json()
+            assert body["code"] == code and body["status"] == status
+            assert body["detail"] and "\n" not in body["detail"]
+    _nothing_stored(server)
+
+
+def test_cancel_list_filter_and_not_ready(queued_server) -> None:
+    server = queued_server()  # no runner: jobs stay queued
+    with server.client() as http:
+        ids = [http.post("/v1/jobs", params=SMALL, content=png_bytes(16, 16, seed=s),
+                         headers={"Content-Type": "image/png"}).json()["id"] for s in range(3)]
+        queued = http.get(f"/v1/jobs/{ids[0]}")
+        assert queued.headers["retry-after"] == "1"
+        not_ready = http.get(f"/v1/jobs/{ids[0]}/result")
+        assert (not_ready.status_code, not_ready.json()["code"]) == (409, "not_ready")
+
+        canceled = http.post(f"/v1/jobs/{ids[0]}/cancel")
+        assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+        again = http.post(f"/v1/jobs/{ids[0]}/cancel")
+        assert again.status_code == 200 and again.json()["status"] == "canceled"
+
+        only = http.get("/v1/jobs", params={"status": "canceled"}).json()
+        assert [j["id"] for j in only["items"]] == [ids[0]]
+        first = http.get("/v1/jobs", params={"limit": 2}).json()
+        assert [j["id"] for j in first["items"]] == [ids[2], ids[1]]
+        second = http.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        assert [j["id"] for j in second["items"]] == [ids[0]] and second["next_cursor"] is None
+
+        missing = http.get("/v1/jobs/j_nope")
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+        assert http.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
+
+
+def test_tiles_prompt_edit_and_rerun(celery_server) -> None:
+    server = celery_server
+    with server.client() as http:
+        job = http.post("/v1/jobs", params=SMALL, content=png_bytes(64, 64, seed=7),
+                        headers={"Content-Type": "image/png"}).json()
+        assert wait_terminal(http, job["id"])["status"] == "succeeded"
+        tiles = http.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+        assert len(tiles) >= 4 and {"index", "x", "y", "w", "h"} <= set(tiles[0])
+        edited = http.patch(f"/v1/jobs/{job['id']}/tiles/1", json={"prompt": "mossy stone"})
+        assert edited.status_code == 200 and edited.json()["prompt"] == "mossy stone"
+        assert http.patch(f"/v1/jobs/{job['id']}/tiles/999",
+                          json={"prompt": "x"}).status_code == 404
+        rerun = http.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [1]})
+        assert rerun.status_code == 202, rerun.text
+        new = rerun.json()
+        assert new["id"] != job["id"] and rerun.headers["location"].endswith(new["id"])
+        assert wait_terminal(http, new["id"])["status"] == "succeeded"
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_health_ready_and_metrics(celery_server) -> None:
+    series = ('aat_jobs{status="succeeded"}', 'aat_submissions_total{result="created"}',
+              'aat_submissions_total{result="duplicate"}',
+              'aat_http_requests_total{method="POST",route="/v1/jobs",status="202"}')
+    with celery_server.client() as http:
+        assert http.get("/v1/health").json()["status"] == "ok"
+        ready = http.get("/v1/ready")
+        assert ready.status_code == 200, ready.text
+        assert {"store", "broker", "gpu"} <= set(ready.json()["checks"])
+        before = http.get("/metrics").text
+        job = http.post("/v1/jobs", params=SMALL, content=png_bytes(16, 16, seed=9),
+                        headers={"Content-Type": "image/png"}).json()
+        wait_terminal(http, job["id"])
+        http.post("/v1/jobs", params=SMALL, content=png_bytes(16, 16, seed=9),
+                  headers={"Content-Type": "image/png"})
+        after = http.get("/metrics").text
+    assert [_metric(after, s) - _metric(before, s) for s in series] == [1, 1, 1, 1]
+    assert "aat_cost_usd_total" in after
+    assert 'aat_stage_seconds_recent{stage="total_s",stat="count"}' in after
+
+
+def test_ready_says_which_dependency_is_down(queued_server) -> None:
+    server = queued_server(broker_url="redis://127.0.0.1:1/0")
+    with server.client() as http:
+        start = time.monotonic()
+        ready = http.get("/v1/ready")
+        assert time.monotonic() - start < 30
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["broker"]["ok"] is False and checks["store"]["ok"] is True
