@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 4
 UPLOAD_CHUNK_BYTES = 6 * 1024 * 1024  # base64 grows it to 8 MB: under the /run limit
+RUNSYNC_WAIT_MS = 30_000  # /runsync holds the request this long, then we poll /status
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -229,7 +230,7 @@ class RunPodBackend:
     ) -> dict[str, Any]:
         """Submit once and wait for a terminal status (a vanished job reads as a failure)."""
         if sync:
-            first = await client.runsync(payload)
+            first = await client.runsync(payload, wait_ms=RUNSYNC_WAIT_MS)
             job_id = str(first["id"])
         else:
             first, job_id = None, await client.run(payload, self._policy)
