@@ -130,7 +130,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     step("decode")
     image = load_image(data, limits=limits, filename=input_path.name)
     chosen = get_upscaler(params.upscaler)
-    requested = params.output_format
+    requested: str = params.output_format
     if requested == "auto":
         requested = format_for_suffix(output.suffix) or "auto"
     fmt = output_format_for(image.format, requested)

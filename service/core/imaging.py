@@ -153,8 +153,9 @@ def load_image(data: bytes, *, limits: ImageLimits, filename: str | None = None)
     _check_header(im, data, limits)
     fmt, mode = str(im.format), im.mode
     notes: list[str] = []
-    if getattr(im, "n_frames", 1) > 1:
-        notes.append(f"{fmt} has {im.n_frames} frames; only the first frame is used")
+    frames = int(getattr(im, "n_frames", 1))
+    if frames > 1:
+        notes.append(f"{fmt} has {frames} frames; only the first frame is used")
     _decode(im, filename)
     if fmt == "PNG" and _png_bit_depth(data) == 16 and im.mode not in ("I", "I;16", "I;16B"):
         notes.append("16-bit colour was reduced to 8 bits per channel by the decoder")

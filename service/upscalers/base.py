@@ -10,6 +10,7 @@ resamples to the exact size with Lanczos. Each model step runs over padded tiles
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -126,8 +127,8 @@ class ModelUpscaler:
         for factor in plan_steps((rgb.shape[1], rgb.shape[0]), (width, height), self.factors):
             log.debug("%s: x%d on %dx%d", self.model, factor, current.shape[1], current.shape[0])
             with self._lock:
-                current = run_tiled(lambda t, f=factor: self._step(t, f), current, factor,
-                                    tile=self.tile, pad=self.pad, wrap=tileable)
+                current = run_tiled(functools.partial(self._step, factor=factor), current,
+                                    factor, tile=self.tile, pad=self.pad, wrap=tileable)
         if current.shape[:2] == (height, width):
             return current
         return resize_lanczos(current, width, height, wrap=tileable)
