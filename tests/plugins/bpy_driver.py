@@ -94,6 +94,14 @@ def scenario_dirty_new(cfg: dict[str, Any]) -> dict[str, Any]:
             "new": describe(new) if new else None, **state()}
 
 
+def scenario_packed(cfg: dict[str, Any]) -> dict[str, Any]:
+    img = load_png(cfg["png"], "decal")
+    img.pack()
+    op = bpy.ops.aat.submit_image(image_name="decal")
+    drive()
+    return {"op": sorted(op), "image": describe(img), **state()}
+
+
 def scenario_material(cfg: dict[str, Any]) -> dict[str, Any]:
     mat = bpy.data.materials.new("Rock")
     mat.use_nodes = True

@@ -36,12 +36,15 @@ def ext_cli() -> Path:
 
 
 @pytest.fixture(scope="module")
-def extension_zip(ext_cli: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built with the documented command (validate + build with Blender's extension CLI)."""
     out_dir = tmp_path_factory.mktemp("dist")
-    run = subprocess.run([sys.executable, ext_cli, "build", "--source-dir", SOURCE,
-                          "--output-dir", out_dir], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, ROOT / "scripts/build_blender_extension.py",
+                          "--output-dir", out_dir], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    return out_dir / "ai_assets_toolbox-0.1.0.zip"
+    zip_path = out_dir / "ai_assets_toolbox-0.1.0.zip"
+    assert run.stdout.strip().endswith(str(zip_path))
+    return zip_path
 
 
 def scenario(name: str, tmp_path: Path, **cfg: Any) -> dict[str, Any]:
@@ -130,6 +133,19 @@ def test_unsaved_paint_edits_are_uploaded_and_kept_when_loading_as_new_image(
     job = aat_server.get_json(f"/v1/jobs/{task['job_id']}")
     assert job["input"]["sha256"] != hashlib.sha256(source.read_bytes()).hexdigest()
     assert Image.open(io.BytesIO(sibling.read_bytes())).size == (16, 16)
+
+
+def test_packed_image_stays_packed_with_the_result(aat_server: Server, extension_zip: Path,
+                                                  tmp_path: Path) -> None:
+    source = png(tmp_path / "decal.png", (255, 255, 0, 255))
+    out = scenario("packed", tmp_path, zip=str(extension_zip), url=aat_server.url,
+                   token=aat_server.token, png=str(source))
+    [task] = out["tasks"]
+    assert task["state"] == "done", task
+    assert out["image"]["packed"] is True and out["image"]["size"] == [16, 16]
+    assert out["image"]["pixels"] == pytest.approx(blender_rows(task["result_path"]),
+                                                   abs=1.5 / 255)
+    assert task["result_path"].endswith("decal_x2.png")
 
 
 def test_every_image_of_the_material_is_upscaled_and_other_materials_follow(
