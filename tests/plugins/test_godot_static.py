@@ -83,3 +83,15 @@ def test_a_wrong_symbol_makes_the_check_fail(tmp_path: Path, good: str, bad: str
     out = _run(sys.executable, CHECKER, copy)
     assert out.returncode == 1, out.stdout
     assert where in out.stdout and bad.strip("(").split()[-1] in out.stdout, out.stdout
+
+
+def test_token_stays_out_of_the_project_and_quitting_cancels_requests() -> None:
+    sources = {Path(p).name: Path(p).read_text() for p in SCRIPTS}
+    everything = "\n".join(sources.values())
+    assert "ProjectSettings.set_setting" not in everything  # project.godot is committed
+    assert "EditorInterface.get_editor_settings()" in sources["settings.gd"]
+    assert "PROPERTY_HINT_PASSWORD" in sources["settings.gd"]
+    exit_tree = sources["plugin.gd"].split("func _exit_tree", 1)[1].split("\nfunc ", 1)[0]
+    assert "_api.cancel_all()" in exit_tree
+    cancel_all = sources["api_client.gd"].split("func cancel_all", 1)[1]
+    assert "cancel_request()" in cancel_all

@@ -53,6 +53,8 @@ func _poll(job: Dictionary) -> void:
 	while str(job.get("status", "")) not in TERMINAL:
 		var timer: SceneTreeTimer = tree.create_timer(POLL_S)
 		await timer.timeout
+		if not is_inside_tree():
+			return
 		if _cancel_requested:
 			await api.send("cancel", {"job_id": job_id})
 			_end("canceled", "Canceled")

@@ -28,9 +28,9 @@ func _enter_tree() -> void:
 
 
 func _exit_tree() -> void:
+	_api.cancel_all()  # no request may outlive the plugin (the editor would hang on quit)
 	for job in _jobs:
-		job.cancel()
-	_api.cancel_all()
+		job.queue_free()  # jobs still running finish on the server; nothing lands half-written
 	remove_context_menu_plugin(_menu)
 	remove_control_from_docks(_dock)
 	_dock.queue_free()
