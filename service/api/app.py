@@ -41,11 +41,11 @@ def build_backend(settings: Settings) -> GpuBackend | None:
     if kind == "runpod":
         from service.backends.runpod import RunPodBackend
 
-        return RunPodBackend.from_settings(settings)  # type: ignore[attr-defined,no-any-return]
+        return RunPodBackend(settings)  # type: ignore[return-value]
     if kind == "local":
         from service.backends.local import LocalBackend
 
-        return LocalBackend.from_settings(settings)  # type: ignore[attr-defined,no-any-return]
+        return LocalBackend(settings)  # type: ignore[return-value]
     return None
 
 

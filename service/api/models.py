@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -18,10 +20,10 @@ from pydantic import BaseModel
 
 from service.api.deps import get_backend, get_settings, require_auth
 from service.api.intake import read_capped
-from service.api.problems import problem_responses
+from service.api.problems import ApiError, problem_responses
 from service.backends.base import GpuBackend
 from service.core.contracts import ModelInfo
-from service.core.errors import InputError
+from service.core.errors import InputError, WorkerError
 from service.settings import Settings
 
 NAME_RE = r"^[A-Za-z0-9._ -]{1,200}$"
@@ -65,9 +67,26 @@ def check_safetensors(data: bytes) -> None:
         raise _bad("the tensor data does not match the file length (truncated?)")
 
 
+_WORKER_STATUS = {"lora_not_found": 404, "lora_invalid": 422, "lora_too_large": 413,
+                  "lora_checksum": 422, "path_forbidden": 422, "invalid_params": 422}
+
+
+@asynccontextmanager
+async def _worker_errors() -> AsyncIterator[None]:
+    """Worker refusals about the user's LoRA are the user's errors (404/413/422), not 502."""
+    try:
+        yield
+    except WorkerError as exc:
+        status = _WORKER_STATUS.get(exc.code)
+        if status is None:
+            raise
+        raise ApiError(status, exc.code, exc.message) from exc
+
+
 @router.get("", response_model=ModelList, summary="LoRAs on the upscale worker's volume")
 async def list_models(backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
-    return ModelList(models=await backend.list_models())
+    async with _worker_errors():
+        return ModelList(models=await backend.list_models())
 
 
 @router.post("", response_model=ModelInfo, status_code=201,
@@ -86,7 +105,8 @@ async def upload_model(
         raise _bad(f"{filename!r} is not a .safetensors name")
     data = await read_capped(request, settings.max_model_bytes)
     check_safetensors(data)
-    return await backend.upload_model(filename, data)
+    async with _worker_errors():
+        return await backend.upload_model(filename, data)
 
 
 @router.delete("/{name}", status_code=204, response_class=Response,
@@ -95,5 +115,6 @@ async def delete_model(
     name: Annotated[str, Path(pattern=NAME_RE)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> Response:
-    await backend.delete_model(name)
+    async with _worker_errors():
+        await backend.delete_model(name)
     return Response(status_code=204)

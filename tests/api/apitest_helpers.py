@@ -56,6 +56,7 @@ class LiveServer:
     def client(self, token: str | None = "default", **kw: Any) -> httpx.Client:
         token = self.token if token == "default" else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
 
     @property

@@ -1,0 +1,89 @@
+"""Auth over real HTTP: bearer token (missing, wrong, right), the loopback-only rule without a
+token, refusing to listen beyond loopback without a token, CORS off by default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from apitest_helpers import ROOT, png_bytes
+
+TOKEN = "tok-" + "x" * 40
+
+
+def test_token_missing_wrong_and_right(queued_server) -> None:
+    server = queued_server(api_token=TOKEN)
+    with server.client(token=None) as anon:
+        assert anon.get("/v1/health").status_code == 200, "liveness needs no token"
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/ready"), ("GET", "/metrics"),
+                             ("GET", "/v1/jobs/j_x/events"), ("POST", "/v1/jobs")):
+            resp = anon.request(method, path)
+            assert resp.status_code == 401, path
+            assert resp.headers["www-authenticate"] == "Bearer"
+            assert resp.json()["code"] == "unauthorized"
+        sent = anon.post("/v1/jobs", content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert sent.status_code == 401
+        assert "missing bearer token" in sent.json()["detail"]
+    for bad in ("wrong", TOKEN + "x", TOKEN[:-1]):
+        with server.client(token=bad) as wrong:
+            resp = wrong.get("/v1/jobs")
+            assert resp.status_code == 401 and "wrong API token" in resp.json()["detail"]
+    with server.client(token=None, headers={"Authorization": f"Basic {TOKEN}"}) as basic:
+        assert basic.get("/v1/jobs").status_code == 401
+    with server.client() as right:
+        assert right.get("/v1/jobs").status_code == 200
+        assert right.post("/v1/jobs", content=png_bytes(),
+                          headers={"Content-Type": "image/png"}).status_code == 202
+    with server.client() as right:
+        assert len(right.get("/v1/jobs").json()["items"]) == 1, "refused uploads left no job"
+
+
+def test_without_token_only_loopback_names_are_served(queued_server) -> None:
+    server = queued_server()
+    with server.client() as http:
+        assert http.get("/v1/jobs").status_code == 200
+        assert http.get("/v1/jobs", headers={"Host": "localhost:1234"}).status_code == 200
+        rebound = http.get("/v1/jobs", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403
+        assert "AAT_API_TOKEN" in rebound.json()["detail"]
+
+
+def test_check_bind_refuses_public_hosts_without_a_token() -> None:
+    from service.api.auth import check_bind
+    from service.core.errors import ConfigError
+    from service.settings import Settings
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_bind(host, Settings(api_token=None))
+    for host in ("0.0.0.0", "192.168.1.10", "::"):
+        with pytest.raises(ConfigError) as err:
+            check_bind(host, Settings(api_token=None))
+        assert err.value.code == "insecure_bind"
+        check_bind(host, Settings(api_token=TOKEN))
+
+
+@pytest.mark.parametrize("command", ["up", "serve"])
+def test_cli_refuses_to_listen_publicly_without_token(command: str, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AAT_")}
+    env.update(AAT_DATA_DIR=str(tmp_path), AAT_BROKER_URL="redis://127.0.0.1:6379/0")
+    proc = subprocess.run([sys.executable, "-m", "service.cli", command, "--host", "0.0.0.0",
+                           "--port", "0"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error [insecure_bind]: refusing to listen on 0.0.0.0")
+    assert "AAT_API_TOKEN" in proc.stderr
+    assert not (tmp_path / "aat.db").exists(), "nothing was started"
+    assert ROOT.exists()
+
+
+def test_cors_is_off_by_default_and_opt_in(queued_server) -> None:
+    origin = {"Origin": "http://editor.example", "Access-Control-Request-Method": "GET"}
+    with queued_server().client() as http:
+        assert "access-control-allow-origin" not in http.get("/v1/health", headers=origin).headers
+    allowed = queued_server(cors_origins=["http://editor.example"])
+    with allowed.client() as http:
+        pre = http.options("/v1/jobs", headers=origin)
+        assert pre.headers["access-control-allow-origin"] == "http://editor.example"

@@ -1,0 +1,72 @@
+"""LoRA management over real HTTP, proxied through RunPodBackend to the RunPod emulator that
+serves the echo worker (which keeps LoRAs with the upscale worker's own rules)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import numpy as np
+
+
+def safetensors_bytes(n: int = 64) -> bytes:
+    """A well-formed safetensors file holding one float32 tensor of ``n`` values."""
+    data = np.arange(n, dtype=np.float32).tobytes()
+    header = json.dumps({"lora_up.weight": {"dtype": "F32", "shape": [n],
+                                            "data_offsets": [0, len(data)]}}).encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def test_models_list_upload_delete(live_server, runpod_emulator, runpod_settings) -> None:
+    emulator = runpod_emulator(workers=1)
+    server = live_server(runpod_settings(emulator, max_model_bytes=64 * 1024))
+    octet = {"Content-Type": "application/octet-stream"}
+    with server.client() as http:
+        assert http.get("/v1/models").json() == {"models": []}
+        body = safetensors_bytes()
+        up = http.post("/v1/models", params={"filename": "moss.safetensors"}, content=body,
+                       headers=octet)
+        assert up.status_code == 201, up.text
+        assert up.json()["name"] == "moss.safetensors"
+        assert up.json()["size_bytes"] == len(body)
+        listed = http.get("/v1/models").json()["models"]
+        assert [(m["name"], m["size_bytes"]) for m in listed] == [("moss.safetensors", len(body))]
+
+        bad = [
+            (http.post("/v1/models", params={"filename": "evil.safetensors"},
+                       content=pickle.dumps({"x": 1}), headers=octet), 422, "model_invalid"),
+            (http.post("/v1/models", params={"filename": "cut.safetensors"},
+                       content=body[:-8], headers=octet), 422, "model_invalid"),
+            (http.post("/v1/models", params={"filename": "moss.ckpt"}, content=body,
+                       headers=octet), 422, "model_invalid"),
+            (http.post("/v1/models", params={"filename": "../x.safetensors"}, content=body,
+                       headers=octet), 422, "invalid_params"),
+            (http.post("/v1/models", params={"filename": "big.safetensors"},
+                       content=safetensors_bytes(20_000), headers=octet), 413,
+             "payload_too_large"),
+        ]
+        for resp, status, code in bad:
+            assert (resp.status_code, resp.json()["code"]) == (status, code), resp.text
+        assert len(http.get("/v1/models").json()["models"]) == 1, "refused uploads stored nothing"
+
+        assert http.delete("/v1/models/moss.safetensors").status_code == 204
+        assert http.get("/v1/models").json() == {"models": []}
+        gone = http.delete("/v1/models/moss.safetensors")
+        assert gone.status_code == 404, gone.text
+
+        ready = http.get("/v1/ready").json()
+        assert ready["checks"]["gpu"]["ok"] is True
+        assert "runpod" in ready["checks"]["gpu"]["detail"]
+
+
+def test_models_without_backend_is_503(queued_server) -> None:
+    with queued_server(backend="none").client() as http:
+        for resp in (http.get("/v1/models"), http.delete("/v1/models/a.safetensors"),
+                     http.post("/v1/models", params={"filename": "a.safetensors"},
+                               content=safetensors_bytes())):
+            assert resp.status_code == 503
+            body = resp.json()
+            assert body["code"] == "backend_unavailable"
+            assert body["detail"] == ("no GPU backend configured; set RUNPOD_API_KEY and "
+                                      "RUNPOD_UPSCALE_ENDPOINT_ID")
