@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -21,8 +20,7 @@ def watch(
     from service.settings import load_settings
     from watcher import commands
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    commands.configure_logging()
     try:
         settings = load_settings(**({"watch_polling": True} if polling else {}))
         if status:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from service.core.errors import AatError
 from service.settings import load_settings
-from watcher.commands import retry, serve, status_lines
+from watcher.commands import configure_logging, retry, serve, status_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry", metavar="PATH", type=Path,
                         help="submit failed files at PATH (file or folder) again and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         settings = load_settings(**({"watch_polling": True} if args.polling else {}))
         if args.status:

@@ -18,6 +18,12 @@ from watcher.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines with time and source; one line per HTTP call would drown the useful ones."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def serve(settings: Settings) -> None:
     """Run the watcher in this thread; SIGTERM and SIGINT stop it gracefully."""
     stop = threading.Event()

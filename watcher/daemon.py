@@ -208,6 +208,7 @@ class Watcher:
             log.info("watcher stopped")
 
     def close(self) -> None:
+        self.flow.close()
         self.client.close()
         self.ledger.close()
 

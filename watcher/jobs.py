@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,6 +25,8 @@ from watcher.presets import Preset, PresetCache
 log = logging.getLogger(__name__)
 
 BATCH = 32  # ledger rows handled per step and tick
+PARALLEL = 4  # HTTP calls in flight at once (the ledger is only touched by the loop thread)
+_Work = tuple[Entry, bytes, Preset]
 
 
 class Backoff:
@@ -66,49 +69,67 @@ class JobFlow:
         self.repos = repos
         self.download = download
         self.backoff = backoff
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="aat-watch-http")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     # submit
     def submit_due(self, now: float) -> int:
+        """Send due ``pending`` versions (a few at a time, in parallel); returns how many."""
         if not self.backoff.ready(now):
             return 0
+        work = [w for e in self.ledger.due("pending", now, BATCH) if (w := self._prepare(e))]
+        outcomes = list(self._pool.map(self._send, work))
         sent = 0
-        for entry in self.ledger.due("pending", now, BATCH):
-            if not self._submit(entry):
-                break
+        down: list[tuple[Entry, AatError]] = []
+        for (entry, _data, _preset), outcome in zip(work, outcomes, strict=True):
+            if isinstance(outcome, AatError):
+                if outcome.retryable or outcome.code == "unauthorized":
+                    down.append((entry, outcome))
+                else:
+                    self.ledger.mark_failed(entry.path, outcome.code, outcome.message)
+                    log.warning("%s failed: %s", entry.path, outcome.message)
+                continue
+            self.backoff.ok()
+            log.info("submitted %s as job %s", entry.path, outcome.get("id"))
+            self._follow(entry, outcome)
             sent += 1
+        if down:
+            self._service_down(down)
         return sent
 
-    def _submit(self, entry: Entry) -> bool:
-        """Submit one version; False when the service is unreachable (stop this round)."""
+    def _prepare(self, entry: Entry) -> _Work | None:
         try:
             data = entry.path.read_bytes()
         except OSError:
             self.ledger.mark_missing(entry.path)
-            return True
+            return None
         if sha256_bytes(data) != entry.sha256:
-            return True  # changed since it was taken: the scan takes the new version
+            return None  # changed since it was taken: the scan takes the new version
         try:
             preset = self.presets.get(entry.root, entry.path.parent)
-            job = self.client.submit(data, entry.path.name, preset.params,
-                                     self._target(entry, preset), idempotency_key(entry))
-        except AatError as exc:
-            return self._refused(entry, exc)
-        self.backoff.ok()
-        log.info("submitted %s as job %s", entry.path, job.get("id"))
-        self._follow(entry, job)
-        return True
+        except ParamsError as exc:
+            self.ledger.mark_failed(entry.path, exc.code, exc.message)
+            return None
+        return entry, data, preset
 
-    def _refused(self, entry: Entry, exc: AatError) -> bool:
+    def _send(self, work: _Work) -> dict[str, Any] | AatError:
+        entry, data, preset = work
+        try:
+            return self.client.submit(data, entry.path.name, preset.params,
+                                      self._target(entry, preset), idempotency_key(entry))
+        except AatError as exc:
+            return exc
+
+    def _service_down(self, down: list[tuple[Entry, AatError]]) -> None:
         now = time.time()
-        if exc.retryable or exc.code == "unauthorized":
-            until = self.backoff.fail(now, exc.retry_after)
+        retry_after = max((exc.retry_after or 0.0) for _, exc in down)
+        until = self.backoff.fail(now, retry_after)
+        for entry, exc in down:
             self.ledger.mark_retry_later(entry.path, until, exc.code, exc.message)
-            log.warning("service not taking jobs (%s); retrying in %.1f s", exc.message,
-                        until - now)
-            return False
-        self.ledger.mark_failed(entry.path, exc.code, exc.message)
-        log.warning("%s failed: %s", entry.path, exc.message)
-        return True
+        log.warning("service not taking jobs (%s); %d file(s) wait, retrying in %.1f s",
+                    down[0][1].message, len(down), until - now)
 
     def _target(self, entry: Entry, preset: Preset) -> dict[str, Any] | None:
         if self.download or not preset.repo:
@@ -140,27 +161,33 @@ class JobFlow:
 
     # follow
     def poll_due(self, now: float) -> int:
+        """Read due ``submitted`` jobs (in parallel) and act on their status."""
         if not self.backoff.ready(now):
             return 0
+        entries = self.ledger.due("submitted", now, BATCH)
+        outcomes = list(self._pool.map(self._fetch, entries))
         polled = 0
-        for entry in self.ledger.due("submitted", now, BATCH):
-            try:
-                job = self.client.job(entry.job_id or "")
-            except NotFound:
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, NotFound):
                 log.warning("service lost job %s for %s; submitting again", entry.job_id,
                             entry.path)
                 self.ledger.mark_pending(entry.path)
-                continue
-            except AatError as exc:
-                if not exc.retryable:
-                    self.ledger.mark_failed(entry.path, exc.code, exc.message)
-                    continue
-                self.backoff.fail(now, exc.retry_after)
-                break
-            self.backoff.ok()
-            self._follow(entry, job)
-            polled += 1
+            elif isinstance(outcome, AatError):
+                if outcome.retryable:
+                    self.backoff.fail(now, outcome.retry_after)
+                    break
+                self.ledger.mark_failed(entry.path, outcome.code, outcome.message)
+            else:
+                self.backoff.ok()
+                self._follow(entry, outcome)
+                polled += 1
         return polled
+
+    def _fetch(self, entry: Entry) -> dict[str, Any] | AatError:
+        try:
+            return self.client.job(entry.job_id or "")
+        except AatError as exc:
+            return exc
 
     def _follow(self, entry: Entry, job: dict[str, Any]) -> None:
         status = job.get("status")

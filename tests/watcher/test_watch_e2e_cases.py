@@ -1,0 +1,210 @@
+"""How artists really save files, against the real service (``aat up`` + emulated RunPod) and
+the real watcher process: slow writers, saves by rename, overwrites, deletes, changes after
+success, corrupt images, a service outage, results written by the watcher itself, no loops.
+
+One service and one watcher serve the whole module; each test works in its own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from watch_helpers import drop, png_bytes
+from watch_service import Service, WatcherProcess, start_emulator, wait_until
+
+from watcher.ledger import Ledger
+
+
+@dataclass
+class Rig:
+    art: Path
+    game: Path
+    service: Service
+    watcher: WatcherProcess
+    ledger: Ledger
+
+    def jobs_for(self, name: str) -> list[dict]:
+        return [j for j in self.service.jobs() if j["input"]["filename"] == name]
+
+    def state(self, path: Path) -> str | None:
+        entry = self.ledger.get(path)
+        return entry.state if entry else None
+
+    def done(self, path: Path, timeout: float = 20) -> None:
+        wait_until(lambda: self.state(path) == "done", timeout,
+                   f"{path.name} done (state {self.state(path)})")
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    home = tmp_path_factory.mktemp("watch")
+    art, game = home / "art", home / "game"
+    art.mkdir()
+    game.mkdir()
+    (art / ".aat.toml").write_text('repo = "game"\nscale = 2\n')
+    emu = start_emulator(workers=2)
+    service = Service(home, {"game": game}, None).start()
+    watcher = WatcherProcess(home, service.url, [art], {"game": game}, stable_s=0.6,
+                             scan_s=2.0).start()
+    ledger = Ledger(watcher.data_dir / "watcher.db")
+    try:
+        yield Rig(art, game, service, watcher, ledger)
+    finally:
+        ledger.close()
+        watcher.stop()
+        service.stop()
+        emu.stop()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(io.BytesIO(path.read_bytes())) as img:
+        return img.size
+
+
+def test_slow_writer_gives_one_job_after_the_last_chunk(rig: Rig) -> None:
+    src = rig.art / "slow" / "cliff.png"
+    src.parent.mkdir()
+    data = png_bytes(1, size=48)
+    step = len(data) // 5 + 1
+    with src.open("wb") as fh:
+        for i in range(0, len(data), step):  # five chunks over ~2 s (stable window 0.6 s)
+            fh.write(data[i:i + step])
+            fh.flush()
+            time.sleep(0.4)
+    rig.done(src)
+    jobs = rig.jobs_for("cliff.png")
+    assert len(jobs) == 1
+    assert jobs[0]["input"]["sha256"] == _sha(data)  # the whole file, not a prefix
+    assert _size(rig.game / "slow" / "cliff_x2.png") == (96, 96)
+
+
+def test_save_by_rename_overwrite_change_and_delete(rig: Rig) -> None:
+    src = rig.art / "props" / "crate.png"
+    out = rig.game / "props" / "crate_x2.png"
+    drop(src, png_bytes(2))  # temp name + rename: only a `moved` event
+    rig.done(src)
+    first = out.read_bytes()
+
+    src.write_bytes(png_bytes(3, size=12))  # overwrite in place, after success
+    wait_until(lambda: len(rig.jobs_for("crate.png")) == 2, 20, "a second job for crate.png")
+    rig.done(src)
+    wait_until(lambda: out.read_bytes() != first, 10, "the new result delivered")
+    assert _size(out) == (24, 24)
+
+    same = src.read_bytes()
+    src.write_bytes(same)  # the same bytes saved again: new mtime, same content
+    time.sleep(2.5)  # a stable window and a full scan
+    assert len(rig.jobs_for("crate.png")) == 2
+
+    src.unlink()
+    wait_until(lambda: not rig.ledger.get(src).present, 10, "the delete noticed")
+    assert out.is_file()  # a deleted source leaves its delivered result alone
+    assert len(rig.jobs_for("crate.png")) == 2
+
+
+def test_corrupt_image_fails_once_with_the_reason_and_is_retried_on_request(rig: Rig) -> None:
+    bad = rig.art / "broken" / "moss.png"
+    bad.parent.mkdir()
+    good = png_bytes(4)
+    bad.write_bytes(good[: len(good) // 2])  # a copier that died half-way
+    wait_until(lambda: rig.state(bad) == "failed", 15, "moss.png failed")
+    status = rig.watcher.command("--status")
+    assert status.returncode == 0
+    assert "moss.png" in status.stdout and "image_corrupt" in status.stdout
+    time.sleep(4.5)  # two more full scans: never retried in a loop
+    entry = rig.ledger.get(bad)
+    assert entry is not None and entry.state == "failed" and entry.job_id is None
+    assert rig.jobs_for("moss.png") == []
+
+    again = rig.watcher.command("--retry", str(bad))  # on request: the service decides
+    assert again.returncode == 0 and "1 file" in again.stdout
+    wait_until(lambda: rig.state(bad) == "failed" and rig.ledger.get(bad).attempts == 0
+               and rig.ledger.get(bad).error_code is not None, 15, "the retry answered")
+    assert rig.watcher.command("--retry", str(rig.art / "nothing.png")).returncode == 2
+
+    bad.write_bytes(good)  # fixed by the artist: a new version, a new job
+    rig.done(bad)
+    assert len(rig.jobs_for("moss.png")) == 1
+
+
+def test_suffix_results_beside_the_sources_are_never_taken_as_inputs(
+        tmp_path: Path, rig: Rig) -> None:
+    # A second watcher whose repo *is* the watched folder: results land beside the sources.
+    art = tmp_path / "inplace"
+    art.mkdir()
+    (art / ".aat.toml").write_text('repo = "inplace"\nscale = 2\n')
+    rig.service.stop()
+    rig.service.env["AAT_REPOS"] = json.dumps({"game": str(rig.game), "inplace": str(art)})
+    rig.service.start()
+    watcher = WatcherProcess(tmp_path, rig.service.url, [art], {"inplace": art},
+                             stable_s=0.3, scan_s=1.0).start()
+    ledger = Ledger(watcher.data_dir / "watcher.db")
+    try:
+        for i in range(3):
+            drop(art / f"leaf_{i}.png", png_bytes(50 + i))
+        wait_until(lambda: ledger.counts()["done"] == 3, 20, "3 sources done")
+        time.sleep(3)  # several scans with the results sitting in the watched folder
+        names = sorted(p.name for p in art.glob("*.png"))
+        assert names == ["leaf_0.png", "leaf_0_x2.png", "leaf_1.png", "leaf_1_x2.png",
+                         "leaf_2.png", "leaf_2_x2.png"]
+        assert ledger.counts()["done"] == 3 and len(ledger.entries()) == 3
+    finally:
+        ledger.close()
+        watcher.stop()
+
+
+def test_remote_service_results_are_downloaded_and_written_by_the_watcher(
+        tmp_path: Path, rig: Rig) -> None:
+    art, local_repo = tmp_path / "remote-art", tmp_path / "checkout"
+    art.mkdir()
+    (art / ".aat.toml").write_text('repo = "game"\nnaming = "mirror"\nmirror_dir = "hd"\n')
+    watcher = WatcherProcess(tmp_path, rig.service.url, [art], {"game": local_repo},
+                             stable_s=0.3, delivery="download").start()
+    ledger = Ledger(watcher.data_dir / "watcher.db")
+    try:
+        drop(art / "walls" / "brick.png", png_bytes(60))
+        wait_until(lambda: ledger.counts()["done"] == 1, 20, "brick.png done")
+        out = local_repo / "hd" / "walls" / "brick.png"
+        job = rig.jobs_for("brick.png")[0]
+        assert job["target"] is None  # the service wrote nothing; the watcher did
+        assert _sha(out.read_bytes()) == job["output"]["sha256"]
+        assert not (rig.game / "hd").exists()
+        assert [p.name for p in out.parent.iterdir()] == ["brick.png"]  # no temp files left
+    finally:
+        ledger.close()
+        watcher.stop()
+
+
+def test_service_down_for_a_while_loses_nothing(rig: Rig) -> None:
+    rig.service.stop()
+    files = [rig.art / "outage" / f"rock_{i}.png" for i in range(20)]
+    for i, path in enumerate(files):
+        drop(path, png_bytes(100 + i))
+    wait_until(lambda: all(rig.state(p) == "pending" for p in files), 15, "20 files pending")
+    time.sleep(2)
+    status = rig.watcher.command("--status")
+    assert "service_unavailable" in status.stdout
+    rig.service.start()  # same port, same database
+    for path in files:
+        rig.done(path, timeout=40)
+    jobs = [j for j in rig.service.jobs() if j["input"]["filename"].startswith("rock_")]
+    assert len(jobs) == 20
+    for i in range(20):
+        assert (rig.game / "outage" / f"rock_{i}_x2.png").is_file()
+
+
+def test_sigterm_stops_the_watcher_gracefully(rig: Rig) -> None:
+    assert rig.watcher.terminate() == 0
+    assert "watcher stopped" in rig.watcher.log.read_text()
