@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import require_auth
+from service.api.problems import problem_responses
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,8 @@ router = APIRouter(tags=["service"])
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_auth)],
             response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format"}})
+                             "description": "Prometheus text format"},
+                       **problem_responses(401, 403)})
 def metrics_page(request: Request) -> Response:
     metrics: ApiMetrics = request.app.state.metrics
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

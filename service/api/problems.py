@@ -114,6 +114,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # the framework could not parse the body: invalid input
+        return problem_response(422, "invalid_params", f"malformed request body ({exc.detail});"
+                                " send valid JSON")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = str(exc.detail) if exc.detail else code.replace("_", " ")
     if exc.status_code == 404 and detail == "Not Found":
