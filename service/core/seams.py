@@ -32,6 +32,7 @@ SGR_OFFSETS = (3, 5, 7, 9, 11, 13)
 LRS_OFFSETS = (-40, -32, -24, 24, 32, 40)
 LRS_WINDOW = 8
 SIGMA = 2.0
+NOREF_BLOCK = 64
 _EPS = 1e-3
 
 
@@ -96,17 +97,31 @@ def sgr(output: np.ndarray, seams_x: Sequence[int], seams_y: Sequence[int]) -> f
     return max([1.0] + [v for v in values if v is not None])
 
 
-def _step_excess(resid: np.ndarray, x0: int, valid: tuple[int, int]) -> float | None:
+def _step_excess(resid: np.ndarray, x0: int, valid: tuple[int, int], *,
+                 detrend: bool = False) -> float | None:
     """LRS at column ``x0`` of a blurred residual: the step there minus the median nearby.
-    Windows must lie inside ``valid`` (the columns holding true data)."""
+    Windows must lie inside ``valid`` (the columns holding true data).
+
+    ``detrend`` is for planes measured without a reference: each row's step has the mean of its
+    two neighbouring steps removed (a smooth gradient is not a step) and the signed steps are
+    averaged over blocks of :data:`NOREF_BLOCK` rows before taking magnitudes, so texture (whose
+    steps change sign from row to row) cancels while a seam (a coherent step) remains."""
     cums = np.concatenate([np.zeros((resid.shape[0], 1)), np.cumsum(resid, axis=1)], axis=1)
+    win = LRS_WINDOW
+    reach = 2 * win if detrend else win
+
+    def mean(a: int) -> np.ndarray:  # per row, mean of columns [a, a + win)
+        return (cums[:, a + win] - cums[:, a]) / win
 
     def step(x: int) -> float | None:
-        if x - LRS_WINDOW < valid[0] or x + LRS_WINDOW > valid[1]:
+        if x - reach < valid[0] or x + reach > valid[1]:
             return None
-        right = (cums[:, x + LRS_WINDOW] - cums[:, x]) / LRS_WINDOW
-        left = (cums[:, x] - cums[:, x - LRS_WINDOW]) / LRS_WINDOW
-        return float(np.abs(right - left).mean())
+        jump = mean(x) - mean(x - win)
+        if detrend:
+            jump -= 0.5 * ((mean(x + win) - mean(x)) + (mean(x - win) - mean(x - 2 * win)))
+            block = min(NOREF_BLOCK, jump.size)
+            jump = jump[: jump.size // block * block].reshape(-1, block).mean(axis=1)
+        return float(np.abs(jump).mean())
 
     here = step(x0)
     near = [s for s in (step(x0 + o) for o in LRS_OFFSETS) if s is not None]
@@ -141,16 +156,25 @@ def lrs(output: np.ndarray, reference: np.ndarray, seams_x: Sequence[int],
     return max([0.0] + [v for v in values if v is not None])
 
 
-def wrap_seam_lrs(output: np.ndarray) -> float:
-    """LRS across the left/right and top/bottom wrap edges of a tileable image (no reference).
+def wrap_seam_lrs(output: np.ndarray, reference: np.ndarray | None = None) -> float:
+    """LRS across the left/right and top/bottom wrap edges of a tileable image.
 
     The image is read periodically around each wrap edge (as if rolled by half its size), so the
-    edge becomes an interior seam; the blur wraps too."""
+    edge becomes an interior seam; the blur wraps too. With a (seamless) ``reference`` this is
+    exactly LRS on the residual; gate on this form. Without one, the output's own blurred
+    luma is used with detrended, row-averaged steps: a coarse check whose noise floor on strongly
+    textured images is about 1-2 levels, so it only flags clear breaks.
+    """
+    if reference is not None and reference.shape[:2] != output.shape[:2]:
+        raise ParamsError("output and reference differ in size; resize the reference to the output size")
     worst = 0.0
+    reach = _REACH + LRS_WINDOW + _BLUR_R
     for axis in (1, 0):
-        reach = _REACH + _BLUR_R
-        strip = gaussian_blur(_columns(output, axis, -reach, reach), mode="wrap")
-        value = _step_excess(strip, reach, (_BLUR_R, 2 * reach - _BLUR_R))
+        plane = _columns(output, axis, -reach, reach)
+        if reference is not None:
+            plane = plane - _columns(reference, axis, -reach, reach)
+        strip = gaussian_blur(plane, mode="wrap")
+        value = _step_excess(strip, reach, (_BLUR_R, 2 * reach - _BLUR_R), detrend=reference is None)
         worst = max(worst, value if value is not None else 0.0)
     return worst
 
