@@ -105,8 +105,8 @@ class Watcher:
             if not entry.present:
                 self.ledger.touch(path, (sig.size, sig.mtime_ns), entry.preset_fp)
             return
-        if self.ledger.is_output(path):
-            return
+        if path in self.stability or self.ledger.is_output(path):
+            return  # already a candidate: check_candidates re-checks it every tick
         self.stability.observe(path, sig, now)
 
     def check_candidates(self, now: float) -> int:

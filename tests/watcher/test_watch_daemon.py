@@ -1,0 +1,80 @@
+"""The daemon's loop driven tick by tick on real files and a real ledger (no service: the
+port is closed, so submissions wait as they would during an outage)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from watch_helpers import drop, png_bytes
+
+from service.core.errors import ConfigError
+from service.settings import load_settings
+from watcher.daemon import Watcher
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def watcher(tmp_path: Path) -> Iterator[Watcher]:
+    art = tmp_path / "art"
+    art.mkdir()
+    settings = load_settings(data_dir=tmp_path / "data", watch_folders=[art],
+                             watch_stable_s=0.5, watch_scan_interval_s=1000,
+                             server_url=f"http://127.0.0.1:{_closed_port()}")
+    w = Watcher(settings)
+    yield w
+    w.close()
+
+
+def test_a_file_is_taken_while_event_hints_keep_arriving(watcher: Watcher) -> None:
+    art = watcher.roots[0]
+    watcher.tick(1000.0)  # start-up full scan; the next one is 1000 s away
+    src = drop(art / "props" / "crate.png", png_bytes(1))
+    for now in (1000.1, 1000.4, 1000.7, 1001.0):  # an event hint on every tick
+        watcher.hints.add(src.parent)
+        watcher.tick(now)
+    entry = watcher.ledger.get(src)
+    assert entry is not None and entry.state == "pending"
+    assert entry.error_code == "service_unavailable"  # the service is down: it waits
+    assert watcher.ledger.counts()["pending"] == 1
+
+
+def test_unchanged_files_are_not_taken_again_after_a_restart(watcher: Watcher,
+                                                              tmp_path: Path) -> None:
+    art = watcher.roots[0]
+    src = drop(art / "a.png", png_bytes(2))
+    watcher.tick(1000.0)
+    watcher.tick(1000.3)
+    watcher.tick(1000.6)
+    first = watcher.ledger.get(src)
+    assert first is not None
+    watcher.close()
+    again = Watcher(watcher.settings)  # as after a restart: same ledger
+    try:
+        again.tick(2000.0)
+        assert len(again.stability) == 0  # same size and mtime: not even a candidate
+        src.write_bytes(src.read_bytes())  # re-saved, same bytes
+        again.hints.add(art)
+        for now in (2000.1, 2000.4, 2000.7):
+            again.hints.add(art)
+            again.tick(now)
+        entry = again.ledger.get(src)
+        assert entry is not None and entry.version_key == first.version_key
+        assert entry.mtime_ns != first.mtime_ns  # the stat moved on, the version did not
+    finally:
+        again.close()
+        watcher.ledger = again.ledger  # the fixture closes this one again harmlessly
+
+
+def test_missing_or_unset_watch_folders_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="AAT_WATCH_FOLDERS"):
+        Watcher(load_settings(data_dir=tmp_path, watch_folders=[]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Watcher(load_settings(data_dir=tmp_path, watch_folders=[tmp_path / "nope"]))
