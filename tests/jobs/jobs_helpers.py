@@ -76,3 +76,14 @@ def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int) -> np.nd
                range(len(prepared.plan.tiles))}
     done = finish(prepared, refined, params)
     return pixels(encode_image(done.rgb, done.alpha, "png"))
+
+
+def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> bool:
+    """True once ``min_done`` tiles are refined and every RunPod job submitted so far has its
+    id recorded. Between RunPod accepting ``/run`` and the id being committed there is a window
+    of milliseconds in which a kill would pay that tile twice; the kill tests kill outside it."""
+    stage = svc.get(job_id).stages.get("refine")
+    if not stage or stage.done < min_done:
+        return False
+    recorded = sum(1 for t in svc.store.get_tiles(job_id) if t["remote_job_id"])
+    return recorded == emu.stats("upscale")["submitted"]

@@ -18,6 +18,7 @@ from jobs_helpers import (
     expected_echo_pixels,
     pixels,
     png,
+    quiet_moment,
     runpod_env,
     runpod_settings,
     small_params,
@@ -129,13 +130,15 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
                "AAT_REPOS": f'{{"game": "{tmp_path / "repo"}"}}', "AAT_LEASE_S": "2"}
         first = _embedded_process(env)
         try:
-            wait_until(lambda: submitter.get(job.id).stages.get("refine")
-                       and submitter.get(job.id).stages["refine"].done >= 4, 60, "4 tiles")
+            wait_until(lambda: quiet_moment(submitter, emu, job.id, 4), 60, "4 tiles")
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
         mid = submitter.get(job.id)
         assert mid.status == JobStatus.running and mid.stages["refine"].done < n_tiles
+        in_flight = [t for t in submitter.store.get_tiles(job.id)
+                     if t["remote_job_id"] and t["status"] != "refined"]
+        assert in_flight  # paid-for RunPod jobs the next attempt must pick up, not resubmit
         second = _embedded_process(env)
         try:
             done = _finished(submitter, job.id, 90)
