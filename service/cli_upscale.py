@@ -49,7 +49,7 @@ def upscale(
     tileable: bool = typer.Option(False, "--tileable", help="Treat the input as a seamless "
                                   "texture: it stays seamless."),
     backend: str = typer.Option("none", "--backend", help="GPU backend for the diffusion "
-                                "refine; `none` = base upscale only."),
+                                "refine: none (base upscale only) or local (this machine's GPU)."),
     output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix, "
                                       "else the input's format), png, webp, jpeg or tga."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
@@ -119,9 +119,9 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     hide_native_progress(True)
 
     _check_paths(input_path, output)
-    if backend != "none":
+    if backend not in ("none", "local"):
         raise ParamsError(f"backend {backend!r} is not available for `aat upscale` in this "
-                          "install; use --backend none")
+                          "install; use --backend none or --backend local")
     settings = load_settings()
     limits = ImageLimits(settings.max_input_pixels, settings.max_input_side,
                          settings.max_output_side)
@@ -137,10 +137,18 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     step("pre-upscale")
     prepared = prepare(image, params, chosen, limits=limits)
     step("tiles")
-    rendered = finish(prepared, None, params)
+    gpu = None
+    if backend != "none":  # caption + refine (+ seam fix) tiles on a GPU backend
+        from service.cli_gpu import refine_prepared  # noqa: PLC0415
+
+        gpu = refine_prepared(prepared, params, backend, settings)
+    rendered = finish(prepared, gpu.refined if gpu else None, params,
+                      seam_refined=gpu.seam_refined if gpu else None)
     step("encode")
     meta = {"upscaler": rendered.model, "backend": backend, "size":
             f"{prepared.width}x{prepared.height}"}
+    if gpu is not None:
+        meta["seed"] = str(gpu.seed)
     encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta)
     step("write")
     _write(output, encoded)

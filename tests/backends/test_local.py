@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.backends.base import RefineOptions, TileTask
 from service.backends.local import LocalBackend
@@ -119,3 +123,44 @@ def test_missing_weights_are_a_clear_config_error(tmp_path: Path, monkeypatch) -
         asyncio.run(backend.refine(TileTask("0", tile(), "", 1), OPTIONS))
     assert info.value.code == "weights_missing"
     assert "python -m workers.upscale.weights" in info.value.message
+
+
+def _aat(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AAT_WORKER_TINY": "1", "AAT_LOCAL_DEVICE": "cpu",
+           "AAT_DATA_DIR": str(tmp_path / "data"), "AAT_CONFIG": str(tmp_path / "none.toml")}
+    return subprocess.run([sys.executable, "-m", "service.cli", "upscale", *args], env=env,
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+
+
+def test_aat_upscale_with_the_local_backend_end_to_end(tmp_path: Path) -> None:
+    src = tmp_path / "sprite.png"
+    Image.fromarray(tile(5, 48, 40)).save(src)
+    common = ["--scale", "2", "--tile-size", "64", "--overlap", "16", "--upscaler", "lanczos", "-q"]
+    local = _aat([str(src), "-o", str(tmp_path / "local.png"), "--backend", "local", *common],
+                 tmp_path)
+    assert local.returncode == 0, local.stderr
+    base = _aat([str(src), "-o", str(tmp_path / "base.png"), "--backend", "none", *common],
+                tmp_path)
+    assert base.returncode == 0, base.stderr
+    refined = np.asarray(Image.open(tmp_path / "local.png").convert("RGB"), dtype=int)
+    plain = np.asarray(Image.open(tmp_path / "base.png").convert("RGB"), dtype=int)
+    assert refined.shape == plain.shape == (80, 96, 3)
+    assert np.abs(refined - plain).mean() > 0.5  # the tiles were really refined
+
+
+def test_aat_upscale_local_without_a_gpu_fails_cleanly(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import _assemble
+
+    src = tmp_path / "in.png"
+    Image.fromarray(tile(6)).save(src)
+    out = tmp_path / "out.png"
+    monkeypatch.setenv("AAT_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("AAT_LOCAL_DEVICE", "cuda")  # this machine has none
+    monkeypatch.setenv("AAT_CONFIG", str(tmp_path / "none.toml"))
+    result = CliRunner().invoke(_assemble(), ["upscale", str(src), "-o", str(out),
+                                              "--backend", "local", "-q"])
+    assert result.exit_code == 1
+    assert "error [backend_unavailable_local]" in result.output and "CUDA" in result.output
+    assert not out.exists()
