@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     runpod_http_attempts: int = Field(default=6, ge=1, le=20)  # per HTTP call (429/5xx/network)
     runpod_backoff_base_s: float = Field(default=0.5, gt=0)  # jittered exponential backoff
     runpod_backoff_max_s: float = Field(default=10.0, gt=0)
-    runpod_poll_min_s: float = Field(default=0.05, gt=0)  # /status polling interval bounds
+    runpod_poll_min_s: float = Field(default=0.02, gt=0)  # /status polling interval bounds
     runpod_poll_max_s: float = Field(default=2.0, gt=0)
 
     # input/output limits

@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -113,19 +115,19 @@ class RunPodBackend:
     ) -> RefineResult:
         style = options.ip_adapter_image
         req = UpscaleRequest(
-            tiles=[TileIn(tile_id=tile.tile_id, image=encode_image_ref(tile.image),
+            tiles=[TileIn(tile_id=tile.tile_id, image=await _encode(tile.image),
                           prompt=tile.prompt, seed=tile.seed)],
             prompt=options.prompt, negative_prompt=options.negative_prompt,
             strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
             scheduler=options.scheduler, clip_skip=options.clip_skip,
             controlnet_scale=options.controlnet_scale,
-            ip_adapter_image=encode_image_ref(style) if style is not None else None,
+            ip_adapter_image=await _encode(style) if style is not None else None,
             ip_adapter_scale=options.ip_adapter_scale, loras=list(options.loras),
         )
         label = f"tile {tile.tile_id}"
         out, acct = await self._call("upscale", req, label, on_submitted=on_submitted)
         resp = _parse(UpscaleResponse, out, label)
-        image = decode_to_array(resp.tiles[0].image)
+        image = await asyncio.to_thread(decode_to_array, resp.tiles[0].image)
         if len(resp.tiles) != 1 or image.shape != tile.image.shape:
             raise WorkerError(
                 f"worker returned {image.shape} for {label} of shape {tile.image.shape}; "
@@ -138,7 +140,7 @@ class RunPodBackend:
         self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
         max_new_tokens: int = 48, on_submitted: OnSubmitted | None = None,
     ) -> CaptionResult:
-        req = CaptionRequest(tiles=[CaptionTileIn(tile_id=tile_id, image=encode_image_ref(image))],
+        req = CaptionRequest(tiles=[CaptionTileIn(tile_id=tile_id, image=await _encode(image))],
                              instruction=instruction, max_new_tokens=max_new_tokens)
         label = f"caption of tile {tile_id}"
         out, acct = await self._call("caption", req, label, on_submitted=on_submitted)
@@ -196,7 +198,7 @@ class RunPodBackend:
         """Run ``request`` on endpoint ``kind``; resubmit retryable failures (bounded)."""
         payload = request.model_dump(mode="json", exclude_none=True)
         if "request_key" in type(request).model_fields:
-            payload["request_key"] = request_key(payload)
+            payload["request_key"] = await asyncio.to_thread(request_key, payload)
         client, sem = self._client(kind), await self._semaphore(kind)
         acct = CallAccounting()
         self._totals.calls += 1
@@ -229,6 +231,7 @@ class RunPodBackend:
         label: str, on_submitted: OnSubmitted | None,
     ) -> dict[str, Any]:
         """Submit once and wait for a terminal status (a vanished job reads as a failure)."""
+        submitted_at = time.monotonic()
         if sync:
             first = await client.runsync(payload, wait_ms=RUNSYNC_WAIT_MS)
             job_id = str(first["id"])
@@ -240,7 +243,7 @@ class RunPodBackend:
         if on_submitted is not None:
             on_submitted(job_id)
         try:
-            body = await client.wait(job_id, first)
+            body = await client.wait(job_id, first, submitted_at)
         except asyncio.CancelledError:
             await _cancel_quietly(client, job_id)
             raise
@@ -282,7 +285,13 @@ class RunPodBackend:
         return self._clients[kind]
 
     async def _limit(self, kind: str) -> int:
-        """Jobs in flight per endpoint: the setting, else the workers /health reports, else 4."""
+        """RunPod jobs in flight per endpoint: the setting, else 4.
+
+        Without the setting, an endpoint whose ``/health`` reports N workers gets
+        ``N + ceil(N / 4)``: the few extra jobs wait in RunPod's queue, so a worker that
+        finishes starts its next tile at once instead of idling for our poll and submit
+        round trips (queued jobs cost nothing).
+        """
         if kind not in self._limits:
             limit = self._s.runpod_max_concurrency
             if limit is None:
@@ -290,7 +299,8 @@ class RunPodBackend:
                 with contextlib.suppress(AatError):
                     workers = (await self._client(kind).health()).get("workers", {})
                     total = sum(v for v in workers.values() if isinstance(v, int))
-                    limit = total if total > 0 else DEFAULT_CONCURRENCY
+                    if total > 0:
+                        limit = total + math.ceil(total / 4)
             self._limits[kind] = limit
         return self._limits[kind]
 
@@ -312,6 +322,11 @@ def request_key(payload: dict[str, Any]) -> str:
     canonical = json.dumps({k: v for k, v in payload.items() if k != "request_key"},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+async def _encode(image: np.ndarray) -> Any:
+    """PNG-encode off the event loop (a 1024² tile takes a while)."""
+    return await asyncio.to_thread(encode_image_ref, image)
 
 
 def _parse(model: type[M], output: Any, label: str) -> M:

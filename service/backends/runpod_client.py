@@ -65,10 +65,15 @@ class PollPolicy:
     deadline_s: float = 3700.0  # give up waiting for a terminal status after this long
 
     def delay(self, elapsed: float, expected: float | None) -> float:
-        """Next sleep: until ~90 % of the expected run time, then 10 % of the time waited."""
-        if expected is not None and elapsed < 0.9 * expected:
-            return min(self.max_s, max(self.min_s, 0.9 * expected - elapsed))
-        return min(self.max_s, max(self.min_s, 0.1 * elapsed))
+        """Next sleep, within ``[min_s, max_s]``: until the expected finish when one is known
+        (then 5 % of the time waited, after a miss), else 10 % of the time waited so far."""
+        if expected is None:
+            wanted = 0.1 * elapsed
+        elif elapsed < expected:
+            wanted = expected - elapsed
+        else:
+            wanted = 0.05 * elapsed
+        return min(self.max_s, max(self.min_s, wanted))
 
 
 class RunPodClient:
@@ -90,7 +95,8 @@ class RunPodClient:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
-        self._expected_s: float | None = None  # moving average of queue + run time
+        self._exec_s: float | None = None  # moving average of recent execution times
+        self._exec_dev_s = 0.0  # moving average of their deviation from it
 
     def __repr__(self) -> str:
         return f"RunPodClient({self.url!r})"
@@ -133,10 +139,16 @@ class RunPodClient:
     async def health(self) -> dict[str, Any]:
         return dict((await self._request("GET", "/health")).json())
 
-    async def wait(self, job_id: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Poll until the job is terminal; returns its last ``/status`` body."""
-        start = time.monotonic()
+    async def wait(self, job_id: str, first: dict[str, Any] | None = None,
+                   submitted_at: float | None = None) -> dict[str, Any]:
+        """Poll until the job is terminal; returns its last ``/status`` body.
+
+        ``submitted_at`` (``time.monotonic()`` just before the submit request) anchors the
+        expected finish time; without it, now.
+        """
+        start = submitted_at if submitted_at is not None else time.monotonic()
         body = first or {"status": "IN_QUEUE"}
+        polled = first is not None
         while body.get("status") not in TERMINAL:
             elapsed = time.monotonic() - start
             if elapsed > self.poll.deadline_s:
@@ -145,17 +157,36 @@ class RunPodClient:
                     "check the endpoint's workers in the RunPod console",
                     code="runpod_stuck",
                 )
-            await asyncio.sleep(self.poll.delay(elapsed, self._expected_s))
-            body = await self.status(job_id)
+            await asyncio.sleep(self.poll.delay(elapsed, self._expected_finish(body, polled)))
+            body, polled = await self.status(job_id), True
         if body["status"] == "COMPLETED":
             self._observe(body)
         return body
 
+    def _expected_finish(self, body: dict[str, Any], polled: bool) -> float | None:
+        """Seconds after submission the job should be done, from recent execution times.
+
+        Before the first poll we assume it starts at once; once it runs, ``delayTime`` says when
+        it started; while it is seen queued nobody knows (poll briefly, see PollPolicy).
+        """
+        if self._exec_s is None:
+            return None
+        run_s = self._exec_s + self._exec_dev_s  # most jobs are done by then
+        if not polled:
+            return run_s
+        delay = body.get("delayTime")
+        if body.get("status") == "IN_PROGRESS" and isinstance(delay, int | float):
+            return delay / 1000.0 + run_s
+        return None
+
     def _observe(self, body: dict[str, Any]) -> None:
-        ms = (body.get("delayTime") or 0) + (body.get("executionTime") or 0)
+        ms = body.get("executionTime")
         if isinstance(ms, int | float) and ms > 0:
             s = ms / 1000.0
-            self._expected_s = s if self._expected_s is None else 0.7 * self._expected_s + 0.3 * s
+            if self._exec_s is None:
+                self._exec_s = s
+            self._exec_dev_s = 0.7 * self._exec_dev_s + 0.3 * abs(s - self._exec_s)
+            self._exec_s = 0.7 * self._exec_s + 0.3 * s
 
     # ---- transport --------------------------------------------------------------------------
 

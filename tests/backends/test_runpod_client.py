@@ -84,8 +84,9 @@ def test_polling_sleeps_until_the_expected_finish_then_polls_briefly():
     poll = PollPolicy(min_s=0.05, max_s=2.0)
     assert poll.delay(0.0, None) == 0.05  # nothing known yet: short
     assert poll.delay(30.0, None) == 2.0  # long jobs: capped
-    assert poll.delay(0.0, 1.0) == pytest.approx(0.9)  # jump close to the expected time
-    assert poll.delay(0.95, 1.0) == pytest.approx(0.095)
+    assert poll.delay(0.0, 1.0) == pytest.approx(1.0)  # jump to the expected finish
+    assert poll.delay(0.98, 1.0) == pytest.approx(0.05)
+    assert poll.delay(2.0, 1.0) == pytest.approx(0.1)  # late: 5 % of the time waited
 
 
 def test_connection_refused_is_retried_then_unavailable():

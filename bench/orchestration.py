@@ -1,0 +1,100 @@
+"""How close does the RunPod backend get to the ideal wall time of a tiled job?
+
+Runs T tiles through ``RunPodBackend.refine`` against an emulated endpoint with N workers and a
+fixed per-tile latency, once clean and once with a share of transient faults (429, 5xx,
+FAILED-retryable, COMPLETED-without-output, TIMED_OUT), side by side in one process.
+The ideal is ``ceil(T / N) * latency``: N workers busy all the time, zero overhead.
+Efficiency = ideal / measured. The last line printed is one JSON object.
+
+    .venv/bin/python bench/orchestration.py [--tiles 64] [--workers 8] [--latency 0.5]
+                                            [--fault-rate 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.backends.base import RefineOptions, TileTask  # noqa: E402
+from service.backends.runpod import RunPodBackend  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from workers.echo.handler import make_handler, tint  # noqa: E402
+from workers.emulator import EmulatorServer, EndpointConfig, Faults  # noqa: E402
+
+
+def run_once(tiles: list[TileTask], workers: int, latency: float, faults: Faults
+             ) -> dict[str, Any]:
+    """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
+    config = EndpointConfig(handler=make_handler(), workers=workers, latency_s=latency,
+                            faults=faults)
+    with EmulatorServer({"upscale": config}, api_key="bench-key") as emu:
+        settings = Settings(runpod_api_key="bench-key", runpod_base_url=emu.url,
+                            runpod_upscale_endpoint_id="upscale", backend="runpod")
+        backend = RunPodBackend(settings)
+
+        async def go() -> list[Any]:
+            try:
+                await backend.max_concurrency()  # /health once, before the clock starts
+                started = time.perf_counter()
+                results = await asyncio.gather(
+                    *(backend.refine(t, RefineOptions()) for t in tiles), return_exceptions=True)
+                results.append(time.perf_counter() - started)
+                return results
+            finally:
+                await backend.aclose()
+
+        *results, elapsed = asyncio.run(go())
+        stats = emu.stats("upscale")
+    ok = sum(
+        1 for tile, r in zip(tiles, results, strict=True)
+        if not isinstance(r, BaseException) and np.array_equal(r.image, tint(tile.image, tile.seed))
+    )
+    return {"seconds": elapsed, "tiles_ok": ok, "runpod_jobs": stats["submitted"],
+            "faults": stats["faults"], "max_running": stats["max_running"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--fault-rate", type=float, default=0.10)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+
+    rng = np.random.default_rng(args.seed)
+    tiles = [TileTask(f"t{i}", rng.integers(0, 250, (64, 64, 3), dtype=np.uint8), "", i)
+             for i in range(args.tiles)]
+    ideal = math.ceil(args.tiles / args.workers) * args.latency
+    clean = run_once(tiles, args.workers, args.latency, Faults())
+    print(f"clean : {clean}")
+    faulty = run_once(tiles, args.workers, args.latency,
+                      Faults.transient(args.fault_rate, seed=args.seed))
+    print(f"faulty: {faulty}")
+    print(json.dumps({
+        "tiles": args.tiles, "workers": args.workers, "latency_s": args.latency,
+        "fault_rate": args.fault_rate,
+        "ideal_s": round(ideal, 3),
+        "clean_s": round(clean["seconds"], 3),
+        "faulty_s": round(faulty["seconds"], 3),
+        "efficiency_clean": round(ideal / clean["seconds"], 3),
+        "efficiency_faulty": round(ideal / faulty["seconds"], 3),
+        "tiles_ok": {"clean": clean["tiles_ok"], "faulty": faulty["tiles_ok"]},
+        "runpod_jobs_submitted": {"clean": clean["runpod_jobs"], "faulty": faulty["runpod_jobs"]},
+    }))
+
+
+if __name__ == "__main__":
+    main()
