@@ -1,0 +1,101 @@
+"""The worker images cannot be built here; check what can go wrong without building them.
+
+Every COPY source exists in the build context (the repository root), base images and Python
+packages are pinned, the image bakes weights with the worker's own ``weights.py``, the
+manifest names exactly what ``pipeline.py`` loads, and the smoke-test inputs are valid requests.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from service.core.contracts import caption_worker_request, upscale_worker_request
+from workers.caption import weights as caption_weights
+from workers.upscale import weights as upscale_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = ["upscale", "caption"]
+
+
+def instructions(worker: str) -> list[tuple[str, str]]:
+    text = (ROOT / "workers" / worker / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_every_copy_source_exists_in_the_build_context(worker: str) -> None:
+    copies = [rest for op, rest in instructions(worker) if op == "COPY"]
+    assert copies
+    for rest in copies:
+        parts = [p for p in shlex.split(rest) if not p.startswith("--")]
+        for src in parts[:-1]:
+            assert (ROOT / src).exists(), f"{worker}/Dockerfile copies missing {src}"
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_base_image_and_packages_are_pinned(worker: str) -> None:
+    froms = [rest for op, rest in instructions(worker) if op == "FROM"]
+    assert len(froms) == 1
+    assert re.fullmatch(r"[\w./-]+:\d[\w.-]*(@sha256:[0-9a-f]{64})?", froms[0]), froms[0]
+    reqs = (ROOT / "workers" / worker / "requirements.txt").read_text().splitlines()
+    pins = [r for r in reqs if r.strip() and not r.startswith("#")]
+    assert pins and all(re.fullmatch(r"[\w.-]+==[\w.]+", p) for p in pins), pins
+    runpod = next(p for p in pins if p.startswith("runpod=="))
+    version = tuple(int(x) for x in runpod.split("==")[1].split(".")[:3])
+    assert version >= (1, 10, 1)  # older SDKs funnel every job to one worker
+    assert not any(p.startswith("torch==") for p in pins)  # the CUDA base image brings torch
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_weights_are_baked_by_the_workers_manifest_before_the_code(worker: str) -> None:
+    steps = instructions(worker)
+    runs = [i for i, (op, rest) in enumerate(steps) if op == "RUN" and f"workers.{worker}.weights" in rest]
+    assert len(runs) == 1
+    code_copy = next(i for i, (op, rest) in enumerate(steps)
+                     if op == "COPY" and rest.startswith(f"workers/{worker} "))
+    assert runs[0] < code_copy  # a code change does not re-download gigabytes
+    cmd = next(rest for op, rest in steps if op == "CMD")
+    assert f"/app/workers/{worker}/handler.py" in cmd
+
+
+def _string_keys(source: str, pattern: str) -> set[str]:
+    return set(re.findall(pattern, source))
+
+
+def test_upscale_manifest_names_what_the_pipeline_loads() -> None:
+    source = (ROOT / "workers/upscale/pipeline.py").read_text()
+    used = _string_keys(source, r'paths\["(\w+)"\]')
+    assert used == set(upscale_weights.MANIFEST)
+    attrs = {n.attr for n in ast.walk(ast.parse(source))
+             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+             and n.value.id == "weights"}
+    assert attrs and all(hasattr(upscale_weights, a) for a in attrs), attrs
+    ip = upscale_weights.MANIFEST["ip_adapter"].files
+    assert f"{upscale_weights.IP_ADAPTER_SUBFOLDER}/{upscale_weights.IP_ADAPTER_FILE}" in ip
+    assert upscale_weights.BASE_FILE in upscale_weights.MANIFEST["base"].files
+    assert all(c.revision for c in upscale_weights.MANIFEST.values())
+
+
+def test_caption_manifest_names_what_the_pipeline_loads() -> None:
+    source = (ROOT / "workers/caption/pipeline.py").read_text()
+    assert _string_keys(source, r'weights\.local_path\("(\w+)"') == set(caption_weights.MANIFEST)
+    assert caption_weights.MANIFEST["caption"].repo == caption_weights.DEFAULT_MODEL
+
+
+def test_smoke_test_inputs_are_valid_requests() -> None:
+    up = json.loads((ROOT / "workers/upscale/test_input.json").read_text())["input"]
+    cap = json.loads((ROOT / "workers/caption/test_input.json").read_text())["input"]
+    assert upscale_worker_request.validate_python(up).action == "upscale"
+    assert caption_worker_request.validate_python(cap).action == "caption"
