@@ -147,6 +147,20 @@ def scenario_cancel(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"op": sorted(op), "image": describe(img), **state()}
 
 
+def scenario_loras(cfg: dict[str, Any]) -> dict[str, Any]:
+    refresh = bpy.ops.aat.refresh_models()
+    drive()
+    settings = bpy.context.scene.aat_settings
+    listed = [item.name for item in settings.loras]
+    for item in settings.loras:
+        item.enabled, item.weight = True, 0.8
+    img = bpy.data.images.new("tex", 8, 8)
+    op = bpy.ops.aat.submit_image(image_name="tex")
+    drive()
+    return {"refresh": sorted(refresh), "op": sorted(op), "listed": listed,
+            "image": describe(img), **state()}
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
              if name.startswith("scenario_")}
 

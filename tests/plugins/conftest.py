@@ -1,46 +1,105 @@
-"""Fixtures for the plugin tests: the real service (`aat up`) on a free loopback port."""
+"""Fixtures for the plugin tests: the real service (`aat up`) on a free loopback port, with no
+GPU backend or with RunPod emulated on loopback (LoRAs, slow jobs)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from plugin_service import TOKEN, Server, free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 
-@pytest.fixture(scope="module")
-def aat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`aat up` with its own data dir and token, as a user starts it; stopped afterwards."""
-    work = tmp_path_factory.mktemp("aat")
+
+def start_aat(work: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], Server]:
+    """`aat up` as a user starts it, with its own data dir, token and port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
     env.update(AAT_DATA_DIR=str(work / "data"), AAT_API_TOKEN=TOKEN, AAT_PORT=str(port),
-               AAT_CONFIG=str(work / "none.toml"))
+               AAT_CONFIG=str(work / "none.toml"), **extra_env)
     aat = Path(sys.executable).parent / "aat"
-    log = (work / "server.log").open("wb")
-    proc = subprocess.Popen([str(aat), "up", "--log-level", "warning"], cwd=work, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    log_path = work / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(aat), "up", "--log-level", "warning"], cwd=work, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             with urllib.request.urlopen(url + "/v1/health", timeout=1):
-                break
+                return proc, Server(url, TOKEN, work / "data")
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail("aat up did not start:\n" + (work / "server.log").read_text())
+                pytest.fail("aat up did not start:\n" + log_path.read_text())
             time.sleep(0.1)
-    yield Server(url, TOKEN, work / "data")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def aat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`aat up` without a GPU backend (the base upscaler runs on the CPU)."""
+    proc, server = start_aat(tmp_path_factory.mktemp("aat"))
+    yield server
+    stop(proc)
+
+
+@pytest.fixture
+def aat_server_emulated(runpod_emulator: Callable[..., Any],
+                        tmp_path_factory: pytest.TempPathFactory,
+                        ) -> Iterator[Callable[..., Server]]:
+    """``aat_server_emulated(latency_s=...)``: `aat up` whose RunPod endpoints are the emulator
+    on loopback (echo worker: LoRA list/upload, tiles refined after ``latency_s``)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def make(latency_s: float = 0.0) -> Server:
+        emulator = runpod_emulator(workers=2, latency_s=latency_s)
+        proc, server = start_aat(
+            tmp_path_factory.mktemp("aat-gpu"), AAT_BACKEND="runpod",
+            RUNPOD_API_KEY=emulator.api_key, AAT_RUNPOD_BASE_URL=emulator.url,
+            RUNPOD_UPSCALE_ENDPOINT_ID="upscale", RUNPOD_CAPTION_ENDPOINT_ID="caption",
+            AAT_RUNPOD_POLL_MIN_S="0.02", AAT_RUNPOD_POLL_MAX_S="0.2")
+        procs.append(proc)
+        return server
+
+    yield make
+    for proc in procs:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def ext_cli() -> Path:
+    spec = importlib.util.find_spec("bpy")  # locates the wheel without importing bpy here
+    assert spec is not None and spec.origin, "the bpy wheel is installed"
+    found = sorted(Path(spec.origin).parent.glob(
+        "*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    assert found, "the bpy wheel ships blender_ext.py"
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built with the documented command (validate + build with Blender's extension CLI)."""
+    out_dir = tmp_path_factory.mktemp("dist")
+    run = subprocess.run([sys.executable, ROOT / "scripts/build_blender_extension.py",
+                          "--output-dir", out_dir], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    zip_path = out_dir / "ai_assets_toolbox-0.1.0.zip"
+    assert run.stdout.strip().endswith(str(zip_path))
+    return zip_path

@@ -18,8 +18,13 @@ class Server:
     data_dir: Path
 
     def get_json(self, path: str) -> dict:
-        req = urllib.request.Request(self.url + path,
-                                     headers={"Authorization": f"Bearer {self.token}"})
+        return self.call("GET", path)
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             content_type: str = "application/octet-stream") -> dict:
+        """One authorised request; the JSON reply."""
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type}
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 

@@ -1,0 +1,38 @@
+"""The Blender extension against `aat up` whose GPU backend is RunPod emulated on loopback:
+LoRAs listed from the server and sent with the job; canceling a job that is really running."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from blender_scenario import safetensors_bytes, scenario
+from plugin_service import Server
+
+
+def test_loras_are_listed_from_the_server_and_sent_with_the_job(
+        aat_server_emulated: Callable[..., Server], extension_zip: Path, tmp_path: Path) -> None:
+    server = aat_server_emulated()
+    server.call("POST", "/v1/models?filename=moss.safetensors", safetensors_bytes())
+    out = scenario("loras", tmp_path, zip=str(extension_zip), url=server.url,
+                   token=server.token)
+    assert out["refresh"] == ["FINISHED"] and out["listed"] == ["moss.safetensors"]
+    assert out["tasks"][0]["status"] == "1 LoRA(s) on the server"
+    job_task = out["tasks"][1]
+    assert job_task["state"] == "done", job_task
+    job = server.get_json(f"/v1/jobs/{job_task['job_id']}")
+    assert job["params"]["loras"] == [{"name": "moss.safetensors", "weight": 0.8}]
+    assert out["image"]["size"] == [16, 16]
+
+
+def test_cancel_stops_a_running_job_and_leaves_the_image(
+        aat_server_emulated: Callable[..., Server], extension_zip: Path, tmp_path: Path) -> None:
+    server = aat_server_emulated(latency_s=5.0)
+    out = scenario("cancel", tmp_path, zip=str(extension_zip), url=server.url,
+                   token=server.token)
+    assert out["op"] == ["FINISHED"]
+    [task] = out["tasks"]
+    assert task["state"] == "canceled" and task["result_path"] == ""
+    assert out["image"]["size"] == [8, 8] and out["image"]["source"] == "GENERATED"
+    assert any("tex: Canceled" in line for line in out["panel"]), out["panel"]
+    assert server.get_json(f"/v1/jobs/{task['job_id']}")["status"] == "canceled"
