@@ -240,9 +240,9 @@ class RunPodBackend:
         acct.remote_job_ids.append(job_id)
         acct.attempts += 1
         self._totals.runpod_jobs += 1
-        if on_submitted is not None:
-            on_submitted(job_id)
         try:
+            if on_submitted is not None:
+                on_submitted(job_id)
             body = await client.wait(job_id, first, submitted_at)
         except asyncio.CancelledError:
             await _cancel_quietly(client, job_id)
@@ -252,6 +252,9 @@ class RunPodBackend:
                 await _cancel_quietly(client, job_id)
                 raise
             body = {"id": job_id, "status": "FAILED", "error": json.dumps(exc.to_dict())}
+        except Exception:  # e.g. on_submitted could not record the id: stop paying for it
+            await _cancel_quietly(client, job_id)
+            raise
         self._account(acct, body)
         return body
 

@@ -243,3 +243,16 @@ def test_missing_settings_are_a_config_error(runpod_settings, runpod_emulator):
     emu = runpod_emulator()
     with pytest.raises(ConfigError, match="RUNPOD_API_KEY"):
         RunPodBackend(runpod_settings(emu, runpod_upscale_endpoint_id=None))
+
+
+def test_a_failing_on_submitted_callback_cancels_the_runpod_job(runpod_emulator, runpod_settings):
+    emu = runpod_emulator(latency_s=30.0)
+    backend = RunPodBackend(runpod_settings(emu))
+
+    def record(job_id: str) -> None:
+        raise OSError("job store is read-only")
+
+    with pytest.raises(OSError, match="read-only"):
+        _refine(backend, _tile(), on_submitted=record)
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 1 and stats["canceled"] == 1

@@ -296,3 +296,12 @@ def test_aat_emulate_rejects_an_unknown_worker():
     out = subprocess.run([sys.executable, "-m", "service.cli", "emulate", "--worker", "x=gpu9"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown worker 'gpu9'" in out.stderr
+
+
+def test_slow_fault_multiplies_the_latency(runpod_emulator):
+    emu = runpod_emulator(handler=echo, latency_s=0.1,
+                          faults=Faults.parse("slow=1:1", slow_factor=5))
+    api = Api(emu)
+    slow, normal = api.wait(api.run({})), api.wait(api.run({}))
+    assert slow["executionTime"] >= 500 > normal["executionTime"]
+    assert emu.stats("upscale")["faults"] == {"slow": 1}
