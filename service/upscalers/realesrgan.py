@@ -27,7 +27,7 @@ _X4PLUS = {4: 4}
 class RealEsrganUpscaler(ModelUpscaler):
     name = "realesrgan"
     model = "realesr-animevideov3"
-    tile = 128
+    tile = 256
     pad = 10
 
     def __init__(self, variant: str = "animevideov3") -> None:
