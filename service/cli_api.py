@@ -23,7 +23,7 @@ from service.core.errors import AatError, ConfigError
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(exc: AatError) -> typer.Exit:
-    _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False)
+    _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False,
+               soft_wrap=True)
     return typer.Exit(2 if exc.code == "insecure_bind" else 1)
 
 

@@ -23,8 +23,8 @@ from service.cli_http import ApiCallError, ApiClient
 from service.core.errors import AatError
 from service.settings import load_settings
 
-_out = Console()
-_err = Console(stderr=True)
+_out = Console(soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True)
 _EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/x-tga": ".tga"}
 
 models_app = typer.Typer(help="LoRAs on the upscale worker's volume.", no_args_is_help=True)
@@ -46,7 +46,8 @@ def _client() -> Iterator[ApiClient]:
         client = ApiClient.from_settings(load_settings())
         yield client
     except AatError as exc:
-        _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False)
+        _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False,
+                   soft_wrap=True)
         status = getattr(exc, "status", 0)
         raise typer.Exit(2 if 400 <= status < 500 and status not in (401, 403) else 1) from None
     finally:
@@ -179,7 +180,7 @@ def status(job_id: str = typer.Argument(..., help="Job id."),
                    f"{o['backend']} -> {where}", highlight=False)
     if job.get("error"):
         _out.print(f"error [{job['error']['code']}]: {job['error']['message']}",
-                   markup=False, highlight=False)
+                   markup=False, highlight=False, soft_wrap=True)
 
 
 def cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
@@ -224,7 +225,7 @@ def doctor() -> None:
     failed = 0
     for check in run_checks():
         mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
-        _out.print(f"{mark:>14}  {check.name:<10} {check.detail}")
+        _out.print(f"{mark:>14}  {check.name:<10} {check.detail}", soft_wrap=True)
         failed += not check.ok
     if failed:
         raise typer.Exit(1)

@@ -1,0 +1,208 @@
+"""`aat up` as a real process, driven by the client commands as real processes: submit --wait
+(progress from SSE, result written atomically), jobs, status, cancel, doctor, models, the
+watcher wired into `aat up`, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["-p", "tile_size=64", "-p", "overlap=16"]
+
+
+def _png(path: Path, width: int = 40, height: int = 24, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8)).save(path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(tmp: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
+    env.update(AAT_DATA_DIR=str(tmp / "data"), AAT_PORT=str(port), AAT_BACKEND="none",
+               AAT_SERVER_URL=f"http://127.0.0.1:{port}", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture
+def aat_up(tmp_path: Path) -> Iterator[Callable[..., dict[str, str]]]:
+    """``aat_up(**env)`` starts `aat up` in a process and returns the env for clients."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**extra: str) -> dict[str, str]:
+        env = _env(tmp_path, _free_port(), **extra)
+        log = (tmp_path / "up.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                if httpx.get(env["AAT_SERVER_URL"] + "/v1/health", timeout=1).is_success:
+                    return env
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("aat up did not answer: " + (tmp_path / "up.log").read_text())
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def aat_process(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`aat ARGS` as its own process."""
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def aat(env: dict[str, str], *args: str, cwd: Path) -> Ran:
+    """`aat ARGS` in this process (same code, same HTTP; saves the interpreter start-up)."""
+    from typer.testing import CliRunner
+
+    clean = {k: None for k in os.environ if k.startswith(("AAT_", "RUNPOD_"))}
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(_cli_app(), list(args), env={**clean, **env})
+    finally:
+        os.chdir(old)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+@lru_cache(maxsize=1)
+def _cli_app() -> typer.Typer:
+    from service.cli import _assemble
+
+    return _assemble()
+
+
+def test_submit_wait_writes_the_result_next_to_the_file(aat_up, tmp_path: Path) -> None:
+    env = aat_up()
+    art = _png(tmp_path / "crate.png")
+    done = aat_process(env, "submit", str(art), "--wait", "--scale", "2", *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "crate_x2.png"
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    with Image.open(out) as im:
+        assert im.size == (80, 48) and im.mode == "RGBA"
+    assert "submitted: j_" in done.stderr and "100%" in done.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".aat-tmp")]
+
+    again = aat(env, "submit", str(art), "--wait", "--scale", "2", *SMALL, "-o",
+                str(tmp_path / "copy.png"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already submitted" in again.stderr
+    assert (tmp_path / "copy.png").read_bytes() == out.read_bytes()
+
+    listed = aat(env, "jobs", "--json", cwd=tmp_path)
+    items = json.loads(listed.stdout)["items"]
+    assert len(items) == 1 and items[0]["status"] == "succeeded"
+    job_id = items[0]["id"]
+    shown = aat(env, "status", job_id, cwd=tmp_path)
+    assert shown.returncode == 0 and f"{job_id}  succeeded" in shown.stdout
+    assert "output 80x48 png" in shown.stdout
+    canceled = aat(env, "cancel", job_id, cwd=tmp_path)
+    assert canceled.returncode == 0 and "succeeded" in canceled.stdout, "finished jobs stay"
+
+    doctor = aat(env, "doctor", cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stdout
+    assert "ready" in doctor.stdout and "FAIL" not in doctor.stdout
+
+
+def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
+    env = aat_up()
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("this is text, not a picture")
+    bad = aat(env, "submit", str(bogus), "--wait", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.stderr.startswith("error [image_corrupt]: ")
+    assert not (tmp_path / "notes_x2.png").exists()
+
+    params = aat(env, "submit", str(_png(tmp_path / "a.png")), "--scale", "40", cwd=tmp_path)
+    assert params.returncode == 2 and params.stderr.startswith("error [invalid_params]: ")
+
+    missing = aat(env, "status", "j_000000000000000000000000", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error [not_found]: ")
+
+    models = aat(env, "models", "list", cwd=tmp_path)
+    assert models.returncode == 1
+    assert models.stderr.startswith("error [backend_unavailable]: no GPU backend configured")
+
+    nowhere = {**env, "AAT_SERVER_URL": f"http://127.0.0.1:{_free_port()}"}
+    down = aat(nowhere, "jobs", cwd=tmp_path)
+    assert down.returncode == 1 and down.stderr.startswith("error [api_unreachable]: ")
+    doctor = aat(nowhere, "doctor", cwd=tmp_path)
+    assert doctor.returncode == 1 and "start it with `aat up`" in doctor.stdout
+
+
+def test_cancel_a_queued_job_and_token_auth(aat_up, tmp_path: Path) -> None:
+    env = aat_up(AAT_API_TOKEN="cli-token-" + "z" * 20, AAT_JOB_THREADS="1")
+    big = _png(tmp_path / "big.png", 320, 320, seed=3)
+    blocker = aat(env, "submit", str(big), "--scale", "4", "-p", "tile_size=128", "-p",
+                  "overlap=32", cwd=tmp_path)
+    assert blocker.returncode == 0, blocker.stderr
+    small = aat(env, "submit", str(_png(tmp_path / "s.png", seed=4)), *SMALL, cwd=tmp_path)
+    job_id = small.stdout.strip()
+    canceled = aat(env, "cancel", job_id, cwd=tmp_path)
+    assert canceled.returncode == 0
+    assert canceled.stdout.split() == [job_id, "canceled"], "one job thread: it was queued"
+    assert aat(env, "cancel", blocker.stdout.strip(), cwd=tmp_path).returncode == 0
+    shown = aat(env, "status", job_id, "--json", cwd=tmp_path)
+    assert json.loads(shown.stdout)["status"] == "canceled"
+
+    anon = {k: v for k, v in env.items() if k != "AAT_API_TOKEN"}
+    refused = aat(anon, "jobs", cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.startswith("error [unauthorized]: ")
+
+
+def test_up_runs_the_watcher_when_folders_are_set(aat_up, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    repo = tmp_path / "game"
+    inbox.mkdir()
+    repo.mkdir()
+    (inbox / ".aat.toml").write_text('repo = "game"\nscale = 2\ntile_size = 64\noverlap = 16\n')
+    env = aat_up(AAT_WATCH_FOLDERS=json.dumps([str(inbox)]), AAT_WATCH_STABLE_S="0.2",
+                 AAT_WATCH_SCAN_INTERVAL_S="0.5", AAT_REPOS=json.dumps({"game": str(repo)}))
+    _png(inbox / "rock.png", 32, 32, seed=5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(repo.rglob("rock_x2.png")):
+        time.sleep(0.2)
+    found = list(repo.rglob("rock_x2.png"))
+    assert found, (tmp_path / "up.log").read_text()[-3000:]
+    with Image.open(io.BytesIO(found[0].read_bytes())) as im:
+        assert im.size == (64, 64)
+    assert env["AAT_WATCH_FOLDERS"]
