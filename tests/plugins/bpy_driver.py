@@ -36,14 +36,22 @@ def mod(name: str) -> Any:
     return sys.modules[f"{PKG}.{name}"]
 
 
+HISTORY: dict[str, list[str]] = {}  # every status each task showed, in order
+
+
 def drive(limit_s: float = 60.0) -> None:
     """Call the add-on's pump until no task is running (what the timer does in a UI session)."""
     pump = mod("pump")
     deadline = time.monotonic() + limit_s
-    while pump.busy() and time.monotonic() < deadline:
+    while True:
         pump.pump()
+        for task in pump.tasks:
+            seen = HISTORY.setdefault(task.label, [])
+            if not seen or seen[-1] != task.status:
+                seen.append(task.status)
+        if not pump.busy() or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-    pump.pump()
 
 
 def describe(img: bpy.types.Image) -> dict[str, Any]:
@@ -59,6 +67,7 @@ def state() -> dict[str, Any]:
                    "result_path": t.result_path, "result_image": t.result_image}
                   for t in pump.tasks],
         "panel": [text for _icon, text in mod("ui").panel_lines(bpy.context)],
+        "history": HISTORY,
     }
 
 

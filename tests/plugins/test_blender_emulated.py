@@ -35,4 +35,5 @@ def test_cancel_stops_a_running_job_and_leaves_the_image(
     assert task["state"] == "canceled" and task["result_path"] == ""
     assert out["image"]["size"] == [8, 8] and out["image"]["source"] == "GENERATED"
     assert any("tex: Canceled" in line for line in out["panel"]), out["panel"]
+    assert "Canceling..." in out["history"]["tex"]
     assert server.get_json(f"/v1/jobs/{task['job_id']}")["status"] == "canceled"

@@ -13,7 +13,9 @@ func _popup_menu(paths: PackedStringArray) -> void:
 		add_context_menu_item(ITEM_NAME, _on_upscale)
 
 
-func _on_upscale(selected: Array) -> void:
+## The FileSystem slot passes the selected paths (a PackedStringArray in 4.4, an Array in
+## some builds), so the argument stays a Variant and is converted.
+func _on_upscale(selected: Variant) -> void:
 	upscale_requested.emit(image_paths(PackedStringArray(selected)))
 
 

@@ -19,7 +19,6 @@ var _jobs_box := VBoxContainer.new()
 
 
 func _ready() -> void:
-	name = "AI Upscale"
 	_add_row("Server URL", _url)
 	_token.secret = true
 	_add_row("API token", _token)

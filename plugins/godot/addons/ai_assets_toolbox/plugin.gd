@@ -20,6 +20,7 @@ func _enter_tree() -> void:
 	_api = ApiClient.new()
 	add_child(_api)
 	_dock = Dock.new()
+	_dock.name = "AI Upscale"  # the dock tab's title
 	_dock.upscale_selected.connect(_on_upscale_selected)
 	add_control_to_dock(DOCK_SLOT_RIGHT_UL, _dock)
 	_menu = ContextMenu.new()
