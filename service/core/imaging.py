@@ -216,6 +216,8 @@ def _to_srgb(im: Image.Image, notes: list[str]) -> tuple[Image.Image, bool]:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" in ImageCms.getProfileDescription(src).lower():
             return im, False
+        if im.mode in ("P", "PA") and src.profile.xcolor_space.strip() == "RGB":
+            im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
         if im.mode in ("RGB", "RGBA", "CMYK"):
             out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
         elif im.mode in ("L", "LA") and src.profile.xcolor_space.strip() == "GRAY":

@@ -266,3 +266,13 @@ def test_output_format_choice() -> None:
         output_format_for("PNG", "gif")
     assert info.value.code == "image_unsupported"
     assert format_for_suffix(".JPG") == "jpeg" and format_for_suffix(".exr") is None
+
+
+def test_icc_profile_on_a_palette_image_keeps_transparency() -> None:
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.putpixel((0, 0), 0)
+    img = load(encode(pal, "PNG", transparency=0, icc_profile=swapped_primaries_icc()))
+    assert img.icc_converted and img.alpha is not None
+    assert img.alpha[0, 0] == 0 and img.alpha[1, 1] == 255
+    assert img.rgb[1, 1, 2] > 240 and img.rgb[1, 1, 0] < 20
