@@ -48,7 +48,7 @@ class JobRun:
 
     def __init__(self, ctx: RunContext, job_id: str, owner: str, lost: threading.Event) -> None:
         self.ctx, self.job_id, self.owner, self.lost = ctx, job_id, owner, lost
-        self.started = time.monotonic()
+        self.started = self._stage_started = time.monotonic()
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
     def check(self) -> JobRow:
@@ -67,13 +67,17 @@ class JobRun:
         await asyncio.to_thread(self.check)
 
     def stage(self, name: str, done: int = 0, total: int = 1, **extra: Any) -> None:
+        now = time.monotonic()
+        elapsed, self._stage_started = now - self._stage_started, now
+
         def fn(row: JobRow) -> dict[str, Any]:
-            stages = dict(row.stages or {})
+            stages, timings = dict(row.stages or {}), dict(row.timings or {})
             previous = stages.get(row.stage)
             if previous and row.stage != name:  # entering a new stage ends the previous one
                 stages[row.stage] = {"done": previous["total"], "total": previous["total"]}
+                timings[row.stage] = round(timings.get(row.stage, 0.0) + elapsed, 3)
             stages[name] = {"done": done, "total": total}
-            return {"stage": name, "stages": stages,
+            return {"stage": name, "stages": stages, "timings": timings,
                     "progress": overall_progress(stages, False), **extra}
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
@@ -162,10 +166,13 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=naming_label(params, row.input_width, row.input_height))
         output["delivered_path"] = done.rel
-    stages = {k: {"done": v["total"], "total": v["total"]} for k, v in run.check().stages.items()}
+    last = run.check()
+    stages = {k: {"done": v["total"], "total": v["total"]} for k, v in last.stages.items()}
+    timings = {**last.timings, "deliver": round(time.monotonic() - run._stage_started, 3),
+               "total": round(time.monotonic() - run.started, 3)}
     ctx.store.transition(job_id, JobStatus.succeeded, owner=owner, output=output, stages=stages,
                          output_sha256=sha, output_ext=ext, stage="done", progress=1.0,
-                         timings={"total_s": round(time.monotonic() - run.started, 3)})
+                         timings=timings)
     log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
 
 
