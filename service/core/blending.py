@@ -11,11 +11,12 @@ of its two axis weights, so the weights of all tiles sum to one at every pixel.
 
 The image is filled cell by cell, one row segment (a band of rows) at a time: pure x pure cells are
 copied straight from their tile, edge cells mix two tiles and corner cells four. Weights are
-integers on a ``K = 2**bits`` scale (``bits`` = the dtype's bit depth) and each cell is computed
-as ``(sum_i v_i * k_i + K/2) >> bits`` in an integer accumulator, with ``sum_i k_i == K`` (or
-``K**2`` in corners) exactly. So where all contributing tiles agree the result *is* their value,
-bit for bit, and nothing larger than one cell is ever held in a wider type: no full-frame float
-accumulators. Only the tiles of at most two tile rows are kept at a time. All channels
+integers on a ``K = 2**bits`` scale (``bits`` = 7 for uint8, 15 for uint16). An edge cell is
+``a + ((b - a) * q + K/2 >> bits)`` in int16 (uint8) or int32 (uint16), which cannot overflow
+and is exactly ``a`` where ``a == b``; a corner cell is ``(sum_i v_i * k_i + K**2/2) >> 2 bits``
+with ``sum_i k_i == K**2`` exactly. So where all contributing tiles agree the result *is* their
+value, bit for bit, and nothing larger than one cell is ever held in a wider type: no
+full-frame float accumulators. Only the tiles of at most two tile rows are kept at a time. All channels
 (colour and alpha, 1-4 of them, uint8 or uint16) are blended with the same weights.
 """
 
@@ -30,7 +31,8 @@ from service.core.errors import ParamsError
 from service.core.tiling import Axis, TilePlan, axis_spans
 
 GetTile = Callable[[int], np.ndarray]
-_ACC = {8: (np.uint16, np.uint32), 16: (np.uint32, np.uint64)}
+# weight bits -> (signed type of an edge lerp, accumulator of a corner's four products)
+_ACC = {7: (np.int16, np.uint32), 15: (np.int32, np.uint64)}
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ class Segment:
 
 def _bits(dtype: np.dtype) -> int:
     if dtype == np.uint8:
-        return 8
+        return 7
     if dtype == np.uint16:
-        return 16
+        return 15
     raise ParamsError(f"cannot blend {dtype} images; convert them to uint8 or uint16 first")
 
 
@@ -143,15 +145,15 @@ class _TileRows:
         return self.cache[key]
 
 
-def _lerp(dst: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray, bits: int,
-          acc: type) -> None:
-    """``dst = round((a * (K - q) + b * q) / K)``, exact when ``a == b``."""
-    k = 1 << bits
-    total = np.multiply(a, (k - q).astype(acc), dtype=acc)
-    total += np.multiply(b, q.astype(acc), dtype=acc)
-    total += k >> 1
-    total >>= bits
-    dst[...] = total
+def _lerp(dst: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray, bits: int) -> None:
+    """``dst = a + round((b - a) * q / K)`` (``q`` in 0..K broadcasts); exactly ``a`` where
+    ``a == b``; ``dst`` may be ``a``."""
+    diff = np.subtract(b, a, dtype=_ACC[bits][0])
+    diff *= q.astype(diff.dtype)
+    diff += 1 << (bits - 1)
+    diff >>= bits
+    diff += a
+    dst[...] = diff
 
 
 def _fill_cell(out: np.ndarray, ys: Segment, xs: Segment, rows: _TileRows, bits: int) -> None:
@@ -161,16 +163,16 @@ def _fill_cell(out: np.ndarray, ys: Segment, xs: Segment, rows: _TileRows, bits:
     def part(r: int, ly: int, c: int, lx: int) -> np.ndarray:
         return rows.get(r, c)[ly:ly + h, lx:lx + w]
 
-    acc1, acc2 = _ACC[bits]
+    acc2 = _ACC[bits][1]
     if ys.q is None and xs.q is None:
         dst[...] = part(ys.a, ys.la, xs.a, xs.la)
     elif ys.q is None:
         assert xs.q is not None
         _lerp(dst, part(ys.a, ys.la, xs.a, xs.la), part(ys.a, ys.la, xs.b, xs.lb),
-              xs.q.reshape(1, w, 1), bits, acc1)
+              xs.q.reshape(1, w, 1), bits)
     elif xs.q is None:
         _lerp(dst, part(ys.a, ys.la, xs.a, xs.la), part(ys.b, ys.lb, xs.a, xs.la),
-              ys.q.reshape(h, 1, 1), bits, acc1)
+              ys.q.reshape(h, 1, 1), bits)
     else:
         k = 1 << bits
         qx, qy = xs.q.reshape(1, w, 1).astype(acc2), ys.q.reshape(h, 1, 1).astype(acc2)
@@ -239,7 +241,7 @@ def _composite(out: np.ndarray, layer: np.ndarray, x: int, y: int, q: np.ndarray
             if full:
                 dst[...] = src
             else:
-                _lerp(dst, dst, src, q[ly:ly + y1 - y0, lx:lx + x1 - x0, None], bits, _ACC[bits][0])
+                _lerp(dst, dst, src, q[ly:ly + y1 - y0, lx:lx + x1 - x0, None], bits)
 
 
 def blend_seam_fix(base: np.ndarray, fix_plan: TilePlan, get_tile: GetTile, *,
