@@ -6,7 +6,8 @@ from the ledger:
 
 * delay from the moment a file became stable (its last write + the stability window) to its
   job being submitted: median and p95;
-* files taken per second: files / (last file taken − burst start).
+* files taken per second: files / (last file taken − burst start);
+* then the same delay for files dropped one at a time into an idle watcher (``single_*``).
 
 The last line printed is one JSON object: the events run's figures at the top level, both runs
 in ``runs`` and the events/polling throughput ratio.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SINGLES = 20
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "watcher")]
 
 from watch_helpers import drop, png_bytes  # noqa: E402
@@ -56,14 +58,17 @@ def run(home: Path, service: Service, files: int, stable_s: float, polling: bool
         for n, blob in enumerate(blobs):
             drop(art / f"d{n % 10}" / f"s{n % 7}" / f"t{n:05d}.png", blob)
         dropped = time.time()
-        wait_until(lambda: ledger.counts()["submitted"] + ledger.counts()["done"] == files,
-                   300, f"{files} files submitted")
+        wait_until(lambda: _sent(ledger) == files, 300, f"{files} files submitted")
         entries = ledger.entries()
+        for n in range(SINGLES):  # then one file at a time, with the service idle
+            drop(art / "single" / f"one{n:03d}.png", png_bytes(n + 50_000 + (polling * 1000)))
+            wait_until(lambda n=n: _sent(ledger) == files + n + 1, 60, "a single file submitted",
+                       0.02)
+        singles = [e for e in ledger.entries() if e.path.parent.name == "single"]
     finally:
         ledger.close()
         watcher.terminate()
-    delays = [e.submitted_at - (e.mtime_ns / 1e9 + stable_s) for e in entries
-              if e.submitted_at is not None]
+    delays = _delays(entries, stable_s)
     last_taken = max(e.taken_at or 0.0 for e in entries)
     return {
         "mode": "polling" if polling else "events",
@@ -72,7 +77,19 @@ def run(home: Path, service: Service, files: int, stable_s: float, polling: bool
         "median_delay_s": round(statistics.median(delays), 3),
         "p95_delay_s": round(_percentile(delays, 0.95), 3),
         "files_per_s": round(len(entries) / (last_taken - start), 1),
+        "single_median_delay_s": round(statistics.median(_delays(singles, stable_s)), 3),
     }
+
+
+def _sent(ledger: Ledger) -> int:
+    counts = ledger.counts()
+    return counts["submitted"] + counts["done"]
+
+
+def _delays(entries: list[Any], stable_s: float) -> list[float]:
+    """Seconds from "stable" (last write + window) to the job's submission, per file."""
+    return [e.submitted_at - (e.mtime_ns / 1e9 + stable_s) for e in entries
+            if e.submitted_at is not None]
 
 
 def main() -> None:
@@ -98,6 +115,7 @@ def main() -> None:
         "files": args.files, "stable_s": args.stable,
         "median_delay_s": events["median_delay_s"], "p95_delay_s": events["p95_delay_s"],
         "files_per_s": events["files_per_s"],
+        "single_median_delay_s": events["single_median_delay_s"],
         "events_vs_polling_files_per_s": round(events["files_per_s"] / poll["files_per_s"], 2),
         "runs": runs,
     }))

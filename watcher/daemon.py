@@ -99,14 +99,16 @@ class Watcher:
         return fp
 
     def _consider(self, path: Path, root: Path, sig: FileStat, now: float) -> None:
+        if path in self.stability:
+            return  # already a candidate: check_candidates re-checks it every tick
         entry = self.ledger.get(path)
         if entry is not None and (entry.size, entry.mtime_ns) == (sig.size, sig.mtime_ns) \
                 and entry.preset_fp == self._fingerprint(root, path.parent):
             if not entry.present:
                 self.ledger.touch(path, (sig.size, sig.mtime_ns), entry.preset_fp)
             return
-        if path in self.stability or self.ledger.is_output(path):
-            return  # already a candidate: check_candidates re-checks it every tick
+        if self.ledger.is_output(path):
+            return
         self.stability.observe(path, sig, now)
 
     def check_candidates(self, now: float) -> int:

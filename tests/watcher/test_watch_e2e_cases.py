@@ -51,7 +51,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     game.mkdir()
     (art / ".aat.toml").write_text('repo = "game"\nscale = 2\n')
     emu = start_emulator(workers=2)
-    service = Service(home, {"game": game}, None).start()
+    service = Service(home, {"game": game}, emu).start()
     watcher = WatcherProcess(home, service.url, [art], {"game": game}, stable_s=0.6,
                              scan_s=2.0).start()
     ledger = Ledger(watcher.data_dir / "watcher.db")
@@ -87,6 +87,7 @@ def test_slow_writer_gives_one_job_after_the_last_chunk(rig: Rig) -> None:
     jobs = rig.jobs_for("cliff.png")
     assert len(jobs) == 1
     assert jobs[0]["input"]["sha256"] == _sha(data)  # the whole file, not a prefix
+    assert jobs[0]["output"]["backend"] == "runpod"  # refined on the emulated endpoint
     assert _size(rig.game / "slow" / "cliff_x2.png") == (96, 96)
 
 
@@ -208,3 +209,22 @@ def test_service_down_for_a_while_loses_nothing(rig: Rig) -> None:
 def test_sigterm_stops_the_watcher_gracefully(rig: Rig) -> None:
     assert rig.watcher.terminate() == 0
     assert "watcher stopped" in rig.watcher.log.read_text()
+
+
+def test_aat_up_runs_the_watcher_when_folders_are_configured(tmp_path: Path) -> None:
+    art, game = tmp_path / "inbox", tmp_path / "repo"
+    art.mkdir()
+    game.mkdir()
+    (art / ".aat.toml").write_text('repo = "game"\ntarget_dir = "tex"\n')
+    service = Service(tmp_path, {"game": game}, None)
+    service.env.update({"AAT_WATCH_FOLDERS": json.dumps([str(art)]),
+                        "AAT_WATCH_STABLE_S": "0.3"})
+    service.start()
+    try:
+        drop(art / "ui" / "button.png", png_bytes(70))
+        out = game / "tex" / "ui" / "button_x2.png"
+        wait_until(out.is_file, 20, f"{out} written by aat up's watcher")
+        assert _size(out) == (16, 16)
+        assert len(service.jobs()) == 1
+    finally:
+        service.stop()
