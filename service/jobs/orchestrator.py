@@ -19,20 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult
+from service.backends.base import GpuBackend, RefineOptions, RefineResult
 from service.core.errors import JobCanceled
 from service.core.imaging import encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
 from service.core.tiling import extract_tile
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
-from service.jobs.refine import (
-    Resume,
-    TileWork,
-    caption_tiles,
-    derive_seed,
-    refine_tiles,
-)
+from service.jobs.refine import Resume, TileWork, caption_one, derive_seed, refine_tiles
 from service.jobs.runner import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
 from service.render import Prepared, finish, prepare
@@ -66,14 +60,15 @@ class JobRun:
     async def acheck(self) -> None:
         await asyncio.to_thread(self.check)
 
-    def stage(self, name: str, done: int = 0, total: int = 1, **extra: Any) -> None:
+    def stage(self, name: str, done: int = 0, total: int = 1, *, finish_previous: bool = True,
+              **extra: Any) -> None:
         now = time.monotonic()
         elapsed, self._stage_started = now - self._stage_started, now
 
         def fn(row: JobRow) -> dict[str, Any]:
             stages, timings = dict(row.stages or {}), dict(row.timings or {})
             previous = stages.get(row.stage)
-            if previous and row.stage != name:  # entering a new stage ends the previous one
+            if previous and row.stage != name and finish_previous:  # the previous one ended
                 stages[row.stage] = {"done": previous["total"], "total": previous["total"]}
                 timings[row.stage] = round(timings.get(row.stage, 0.0) + elapsed, 3)
             stages[name] = {"done": done, "total": total}
@@ -188,35 +183,39 @@ async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, params: Ups
 async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
                       params: UpscaleParams, row: JobRow
                       ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Caption → refine per tile, pipelined: a tile is refined as soon as its caption is in."""
     store, job_id = run.ctx.store, run.job_id
     rows = store.get_tiles(job_id)
     n = len(rows)
     inputs = {r["idx"]: prepared.tile(r["idx"]) for r in rows}
     captions = {r["idx"]: r["caption"] for r in rows if r["caption"]}
-    if params.caption and len(captions) < n and _can_caption(run):
+    user_prompts = {r["idx"]: r["prompt"] for r in rows if r["prompt"]}
+    want = params.caption and _can_caption(run)
+    if want:
         run.stage("caption", len(captions), n)
+    run.stage("refine", 0, n, finish_previous=False)
 
-        def captioned(i: int, text: str, res: CaptionResult | None) -> None:
-            store.update_tile(job_id, i, caption=text)
-            run.tile_done("caption", n, res.accounting if res else None)
-
-        todo = {i: img for i, img in inputs.items() if i not in captions}
-        captions.update(await caption_tiles(backend, todo, run.ctx.artifacts,
-                                            on_done=captioned, check=run.acheck))
-    options = refine_options(params)
-    work = [TileWork(r["idx"], inputs[r["idx"]], r["prompt"] or captions.get(r["idx"], ""),
-                     derive_seed(int(row.seed or 0), r["idx"], r["rerun"])) for r in rows]
-    run.stage("refine", 0, n)
+    async def caption_first(item: TileWork) -> TileWork:
+        if not want or item.index in user_prompts or item.index in captions:
+            return item
+        text, res = await caption_one(backend, item.index, item.image, run.ctx.artifacts)
+        await asyncio.to_thread(store.update_tile, job_id, item.index, caption=text)
+        await asyncio.to_thread(run.tile_done, "caption", n, res.accounting if res else None)
+        return dataclasses.replace(item, prompt=text)
 
     def refined_one(i: int, key: str, res: RefineResult | None) -> None:
-        store.update_tile(job_id, i, status="refined", cache_key=key, seed=work[i].seed)
+        store.update_tile(job_id, i, status="refined", cache_key=key, seed=seeds[i])
         run.tile_done("refine", n, res.accounting if res else None)
 
+    seeds = {r["idx"]: derive_seed(int(row.seed or 0), r["idx"], r["rerun"]) for r in rows}
+    work = [TileWork(i, inputs[i], user_prompts.get(i) or captions.get(i, ""), seeds[i])
+            for i in sorted(inputs)]
     refined = await refine_tiles(
-        backend, work, options, run.ctx.artifacts,
+        backend, work, refine_options(params), run.ctx.artifacts, before=caption_first,
         on_submitted=lambda i, key, rid: run.remote_submitted(i, key, rid, "refine"),
         on_done=refined_one, resume=_resumer(run, rows, inputs), check=run.acheck)
-    seam = await _seam_fix(run, backend, prepared, params, refined, options, int(row.seed or 0))
+    seam = await _seam_fix(run, backend, prepared, params, refined, refine_options(params),
+                           int(row.seed or 0))
     return refined, seam
 
 

@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult, TileTask
 from service.jobs.model import PIPELINE_VERSION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CAPTION_MAX_SIDE = 448  # the caption worker looks at tiles this size
 
 
 class TileCache(Protocol):
@@ -108,21 +110,16 @@ def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
 
 CancelCheck = Callable[[], Awaitable[None]]  # raises (JobCanceled, ...) to stop the loop
 Resume = Callable[[int, str], Awaitable[RefineResult | None]]
+Before = Callable[[TileWork], Awaitable[TileWork]]
 
 
-async def _run_bounded(items: list[T], limit: int, fn: Callable[[T], Awaitable[None]],
-                       check: CancelCheck | None, poll_s: float) -> None:
-    """Run ``fn`` over ``items`` with at most ``limit`` at once; stop all on the first error
-    or when ``check`` raises."""
+async def _run_all(items: list[T], fn: Callable[[T], Awaitable[None]],
+                   check: CancelCheck | None, poll_s: float) -> None:
+    """Run ``fn`` over every item concurrently; stop all on the first error or when ``check``
+    raises (the in-flight calls are cancelled, so the backend cancels their remote jobs)."""
     if not items:
         return
-    sem = asyncio.Semaphore(max(1, limit))
-
-    async def guarded(item: T) -> None:
-        async with sem:
-            await fn(item)
-
-    tasks = [asyncio.create_task(guarded(i)) for i in items]
+    tasks = [asyncio.create_task(fn(i)) for i in items]
     try:
         pending: set[asyncio.Task[None]] = set(tasks)
         while pending:
@@ -138,8 +135,34 @@ async def _run_bounded(items: list[T], limit: int, fn: Callable[[T], Awaitable[N
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def caption_input(image: np.ndarray, max_side: int = CAPTION_MAX_SIDE) -> np.ndarray:
+    """The tile as the caption worker sees it: at most ``max_side`` px (it downscales anyway),
+    so the request is a fraction of the size."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    small = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                          Image.Resampling.BICUBIC)
+    return np.asarray(small)
+
+
+async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache: TileCache,
+                      instruction: str | None = None) -> tuple[str, CaptionResult | None]:
+    """Caption one tile (cached by its pixels); the result is None for a cache hit."""
+    small = await asyncio.to_thread(caption_input, image)
+    key = caption_key(small, backend.name, instruction)
+    text = await asyncio.to_thread(cache.get_text, key)
+    if text is not None:
+        return text, None
+    result = await backend.caption(str(index), small, instruction=instruction)
+    await asyncio.to_thread(cache.put_text, key, result.caption)
+    return result.caption, result
+
+
 async def refine_tiles(
     backend: GpuBackend, work: list[TileWork], options: RefineOptions, cache: TileCache, *,
+    before: Before | None = None,
     on_submitted: Callable[[int, str, str], None] | None = None,
     on_done: Callable[[int, str, RefineResult | None], None] | None = None,
     resume: Resume | None = None,
@@ -147,72 +170,47 @@ async def refine_tiles(
 ) -> dict[int, np.ndarray]:
     """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
 
-    ``on_submitted(index, key, remote_id)`` runs when a remote job is submitted;
-    ``on_done(index, key, result)`` after the tile is cached (``result`` is None for a cache
-    hit). Both run in a worker thread so slow storage never stalls the loop. ``resume(index,
-    key)`` may return the result of a remote job an earlier attempt submitted (else None).
+    ``before(tile)`` may complete a tile first (e.g. caption it: the orchestrator pipelines
+    caption → refine per tile, so refining starts with the first caption). Up to
+    ``max_concurrency()`` refine calls are in flight. ``on_submitted(index, key, remote_id)``
+    runs when a remote job is submitted; ``on_done(index, key, result)`` after the tile is
+    cached (``result`` is None for a cache hit); both run in a worker thread so slow storage
+    never stalls the loop. ``resume(index, key)`` may return the result of a remote job an
+    earlier attempt submitted (else None).
     """
     out: dict[int, np.ndarray] = {}
-    todo: list[tuple[TileWork, str]] = []
-    for item in work:
+    sem = asyncio.Semaphore(max(1, await backend.max_concurrency()))
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    async def one(item: TileWork) -> None:
+        nonlocal hits
+        if before is not None:
+            item = await before(item)
         key = tile_key(item, options, backend.name)
         cached = await asyncio.to_thread(cache.get_array, key)
         if cached is not None:
+            hits += 1
             out[item.index] = cached
             if on_done:
                 await asyncio.to_thread(on_done, item.index, key, None)
-        else:
-            todo.append((item, key))
-    loop = asyncio.get_running_loop()
-
-    async def one(pair: tuple[TileWork, str]) -> None:
-        item, key = pair
+            return
 
         def submitted(remote_id: str) -> None:
             if on_submitted:
                 loop.run_in_executor(None, on_submitted, item.index, key, remote_id)
 
-        result = await resume(item.index, key) if resume is not None else None
-        if result is None:
-            task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
-                            seed=item.seed)
-            result = await backend.refine(task, options, on_submitted=submitted)
+        async with sem:
+            result = await resume(item.index, key) if resume is not None else None
+            if result is None:
+                task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
+                                seed=item.seed)
+                result = await backend.refine(task, options, on_submitted=submitted)
         await asyncio.to_thread(cache.put_array, key, result.image)
         out[item.index] = result.image
         if on_done:
             await asyncio.to_thread(on_done, item.index, key, result)
 
-    log.info("refining %d tiles (%d cached)", len(todo), len(work) - len(todo))
-    await _run_bounded(todo, await backend.max_concurrency(), one, check, poll_s)
-    return out
-
-
-async def caption_tiles(
-    backend: GpuBackend, tiles: dict[int, np.ndarray], cache: TileCache, *,
-    instruction: str | None = None,
-    on_done: Callable[[int, str, CaptionResult | None], None] | None = None,
-    check: CancelCheck | None = None, poll_s: float = 0.25,
-) -> dict[int, str]:
-    """Caption tiles concurrently (cached by tile pixels); returns ``{index: caption}``."""
-    out: dict[int, str] = {}
-    todo: list[tuple[int, str]] = []
-    for index, image in tiles.items():
-        key = caption_key(image, backend.name, instruction)
-        text = await asyncio.to_thread(cache.get_text, key)
-        if text is not None:
-            out[index] = text
-            if on_done:
-                await asyncio.to_thread(on_done, index, text, None)
-        else:
-            todo.append((index, key))
-
-    async def one(pair: tuple[int, str]) -> None:
-        index, key = pair
-        result = await backend.caption(str(index), tiles[index], instruction=instruction)
-        await asyncio.to_thread(cache.put_text, key, result.caption)
-        out[index] = result.caption
-        if on_done:
-            await asyncio.to_thread(on_done, index, result.caption, result)
-
-    await _run_bounded(todo, await backend.max_concurrency(), one, check, poll_s)
+    await _run_all(work, one, check, poll_s)
+    log.info("refined %d tiles (%d from the cache)", len(work), hits)
     return out
