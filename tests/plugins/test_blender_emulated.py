@@ -3,6 +3,7 @@ LoRAs listed from the server and sent with the job; canceling a job that is real
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from plugin_service import Server
 
 def test_loras_are_listed_from_the_server_and_sent_with_the_job(
         aat_server_emulated: Callable[..., Server], extension_zip: Path, tmp_path: Path) -> None:
-    server = aat_server_emulated()
+    server = aat_server_emulated(latency_s=1.0)  # a job long enough to show progress
     server.call("POST", "/v1/models?filename=moss.safetensors", safetensors_bytes())
     out = scenario("loras", tmp_path, zip=str(extension_zip), url=server.url,
                    token=server.token)
@@ -23,6 +24,9 @@ def test_loras_are_listed_from_the_server_and_sent_with_the_job(
     job = server.get_json(f"/v1/jobs/{job_task['job_id']}")
     assert job["params"]["loras"] == [{"name": "moss.safetensors", "weight": 0.8}]
     assert out["image"]["size"] == [16, 16]
+    shown = out["history"]["tex"]  # what the panel showed while the job ran
+    assert shown[-1] == "Done: tex_x2.png"
+    assert any(re.fullmatch(r"\w+ \d+%", line) for line in shown[:-1]), shown
 
 
 def test_cancel_stops_a_running_job_and_leaves_the_image(
