@@ -34,6 +34,7 @@ import numpy as np
 
 from service.core.errors import ParamsError
 
+MAX_TILES = 65536  # a plan larger than this is a mistake (tiny tiles, huge overlap), not a job
 SeamFixMode = Literal["offset", "band"]
 PlanKind = Literal["grid", "offset", "band"]
 
@@ -178,12 +179,18 @@ def plan_tiles(width: int, height: int, tile_size: int = 1024, overlap: int = 12
                tileable: bool = False) -> TilePlan:
     """Plan the tiles of a ``width`` x ``height`` output (see the module docstring for the rules).
 
-    Raises :class:`ParamsError` for an empty image, ``tile_size < 1`` or an overlap outside
-    ``[0, tile_size)``.
+    Raises :class:`ParamsError` for an empty image, ``tile_size < 1``, an overlap outside
+    ``[0, tile_size)`` or a plan of more than :data:`MAX_TILES` tiles.
     """
     _check(width, height, tile_size, overlap)
     ax = _axis(width, tile_size, overlap, tileable)
     ay = _axis(height, tile_size, overlap, tileable)
+    count = len(ax.origins) * len(ay.origins)
+    if count > MAX_TILES:
+        raise ParamsError(
+            f"{width}x{height} with tile_size {tile_size} and overlap {overlap} needs {count} tiles "
+            f"(at most {MAX_TILES}); use larger tiles or a smaller overlap"
+        )
     tiles = tuple(
         Tile(r * len(ax.origins) + c, r, c, x, y, ax.size, ay.size)
         for r, y in enumerate(ay.origins)
