@@ -4,6 +4,7 @@ alpha/channel handling, bounded memory, seam-fix compositing."""
 from __future__ import annotations
 
 import gc
+import tracemalloc
 import weakref
 from collections.abc import Callable
 
@@ -182,6 +183,24 @@ def test_only_two_rows_of_tiles_are_held_and_each_is_fetched_once() -> None:
     blend_tiles(plan, get, channels=3, dtype=np.uint8)
     assert sorted(calls) == list(range(len(plan.tiles)))
     assert peak <= 2 * plan.n_cols + 1
+
+
+def test_no_full_frame_accumulator_only_the_output_and_small_cells() -> None:
+    src = np.random.default_rng(6).integers(0, 256, (2048, 2048, 4), dtype=np.uint8)
+    plan = plan_tiles(2048, 2048, 512, 64)
+
+    def view(i: int) -> np.ndarray:  # tiles that cost no memory, so only blending is measured
+        t = plan.tiles[i]
+        return src[t.y:t.y + t.h, t.x:t.x + t.w]
+
+    tracemalloc.start()
+    try:
+        out = blend_tiles(plan, view, channels=4, dtype=np.uint8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(out, src)
+    assert peak < out.nbytes + 2 * 2**20  # a float32 accumulator alone would be 4x the output
 
 
 @pytest.mark.parametrize(
