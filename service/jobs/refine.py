@@ -214,3 +214,23 @@ async def refine_tiles(
     await _run_all(work, one, check, poll_s)
     log.info("refined %d tiles (%d from the cache)", len(work), hits)
     return out
+
+
+async def caption_tiles(
+    backend: GpuBackend, tiles: dict[int, np.ndarray], cache: TileCache, *,
+    instruction: str | None = None,
+    on_done: Callable[[int, str, CaptionResult | None], None] | None = None,
+    check: CancelCheck | None = None, poll_s: float = 0.25,
+) -> dict[int, str]:
+    """Caption tiles concurrently (cached by their pixels); returns ``{index: caption}``.
+    The backend bounds how many calls are in flight per endpoint."""
+    out: dict[int, str] = {}
+
+    async def one(index: int) -> None:
+        text, result = await caption_one(backend, index, tiles[index], cache, instruction)
+        out[index] = text
+        if on_done:
+            await asyncio.to_thread(on_done, index, text, result)
+
+    await _run_all(list(tiles), one, check, poll_s)
+    return out
