@@ -141,7 +141,8 @@ class ApiClient:
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
     """Minimal SSE parser: yields ``(event, data, id)`` for each dispatched event."""
-    event, data, ev_id = "message", [], None
+    event, ev_id = "message", None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

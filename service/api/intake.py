@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def check_declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
-async def capped_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def capped_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body chunk by chunk; raises 413 once more than ``limit`` bytes arrived."""
     check_declared_length(request, limit)
     total = 0

@@ -121,7 +121,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = str(exc.detail) if exc.detail else code.replace("_", " ")
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}; see /docs for the API"
-    return problem_response(exc.status_code, code, detail, headers=exc.headers)
+    return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
