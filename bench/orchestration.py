@@ -1,8 +1,9 @@
 """How close does the RunPod backend get to the ideal wall time of a tiled job?
 
-Runs T tiles through ``RunPodBackend.refine`` against an emulated endpoint with N workers and a
-fixed per-tile latency, once clean and once with a share of transient faults (429, 5xx,
-FAILED-retryable, COMPLETED-without-output, TIMED_OUT), side by side in one process.
+Runs T tiles through ``RunPodBackend.refine`` against an emulated endpoint (``aat emulate``
+in its own process, as a remote endpoint would be) with N workers and a fixed per-tile
+latency, once clean and once with a share of transient faults (429, 5xx, FAILED-retryable,
+COMPLETED-without-output, TIMED_OUT, an equal part each), side by side in one run.
 The ideal is ``ceil(T / N) * latency``: N workers busy all the time, zero overhead.
 Efficiency = ideal / measured. The last line printed is one JSON object.
 
@@ -17,11 +18,14 @@ import asyncio
 import json
 import logging
 import math
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,17 +33,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.backends.base import RefineOptions, TileTask  # noqa: E402
 from service.backends.runpod import RunPodBackend  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from workers.echo.handler import make_handler, tint  # noqa: E402
-from workers.emulator import EmulatorServer, EndpointConfig, Faults  # noqa: E402
+from workers.echo.handler import tint  # noqa: E402
+
+API_KEY = "bench-key"
+ROOT = Path(__file__).resolve().parents[1]
+TRANSIENT = ("429", "5xx", "failed", "no_output", "timeout")  # what a client must retry
 
 
-def run_once(tiles: list[TileTask], workers: int, latency: float, faults: Faults
+def start_emulator(workers: int, latency: float, faults: str, seed: int
+                   ) -> tuple[subprocess.Popen[bytes], str]:
+    """`aat emulate` in its own process, like a remote endpoint; returns it and its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "emulate", "--worker", "upscale=echo",
+         "--port", str(port), "--workers", str(workers), "--latency", str(latency),
+         "--faults", faults, "--seed", str(seed), "--api-key", API_KEY],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v2"
+    for _ in range(600):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_emulator/stats", timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the emulator did not start")
+
+
+def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, seed: int
              ) -> dict[str, Any]:
     """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
-    config = EndpointConfig(handler=make_handler(), workers=workers, latency_s=latency,
-                            faults=faults)
-    with EmulatorServer({"upscale": config}, api_key="bench-key") as emu:
-        settings = Settings(runpod_api_key="bench-key", runpod_base_url=emu.url,
+    proc, url = start_emulator(workers, latency, faults, seed)
+    try:
+        settings = Settings(runpod_api_key=API_KEY, runpod_base_url=url,
                             runpod_upscale_endpoint_id="upscale", backend="runpod")
         backend = RunPodBackend(settings)
 
@@ -55,7 +84,10 @@ def run_once(tiles: list[TileTask], workers: int, latency: float, faults: Faults
                 await backend.aclose()
 
         *results, elapsed = asyncio.run(go())
-        stats = emu.stats("upscale")
+        stats = httpx.get(url.removesuffix("/v2") + "/_emulator/stats/upscale").json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
     ok = sum(
         1 for tile, r in zip(tiles, results, strict=True)
         if not isinstance(r, BaseException) and np.array_equal(r.image, tint(tile.image, tile.seed))
@@ -78,10 +110,11 @@ def main() -> None:
     tiles = [TileTask(f"t{i}", rng.integers(0, 250, (64, 64, 3), dtype=np.uint8), "", i)
              for i in range(args.tiles)]
     ideal = math.ceil(args.tiles / args.workers) * args.latency
-    clean = run_once(tiles, args.workers, args.latency, Faults())
+    clean = run_once(tiles, args.workers, args.latency, "", args.seed)
     print(f"clean : {clean}")
+    share = args.fault_rate / len(TRANSIENT)
     faulty = run_once(tiles, args.workers, args.latency,
-                      Faults.transient(args.fault_rate, seed=args.seed))
+                      ",".join(f"{kind}={share:g}" for kind in TRANSIENT), args.seed)
     print(f"faulty: {faulty}")
     print(json.dumps({
         "tiles": args.tiles, "workers": args.workers, "latency_s": args.latency,

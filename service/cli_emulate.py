@@ -45,6 +45,7 @@ def emulate(
     no_tint: bool = typer.Option(False, "--no-tint", help="echo: return tiles unchanged."),
     api_key: str | None = typer.Option(None, "--api-key", help="Bearer token to accept "
                                        "(default: $RUNPOD_API_KEY, else a random one)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Run a local RunPod serverless emulator until Ctrl-C."""
     from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
@@ -72,4 +73,4 @@ def emulate(
     for endpoint_id in mounts:
         if endpoint_id in ("upscale", "caption"):
             typer.echo(f"  export RUNPOD_{endpoint_id.upper()}_ENDPOINT_ID={endpoint_id}")
-    EmulatorServer(configs, api_key=key, port=port).serve_forever()
+    EmulatorServer(configs, api_key=key, port=port).serve_forever(access_log=access_log)

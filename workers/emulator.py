@@ -111,10 +111,10 @@ class EmulatorServer:
             self._thread.join(timeout=10)
         self._server = self._thread = None
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, *, access_log: bool = False) -> None:
         """Run in the calling thread until interrupted (what ``aat emulate`` does)."""
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=self._port or 8600,
-                                log_level="info")
+                                log_level="info", access_log=access_log)
         uvicorn.Server(config).run()
 
     def stats(self, endpoint_id: str) -> dict[str, Any]:

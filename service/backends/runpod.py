@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -290,9 +289,9 @@ class RunPodBackend:
     async def _limit(self, kind: str) -> int:
         """RunPod jobs in flight per endpoint: the setting, else 4.
 
-        Without the setting, an endpoint whose ``/health`` reports N workers gets
-        ``N + ceil(N / 4)``: the few extra jobs wait in RunPod's queue, so a worker that
-        finishes starts its next tile at once instead of idling for our poll and submit
+        Without the setting, an endpoint whose ``/health`` reports N workers gets ``2 N``:
+        one job running and one waiting in RunPod's queue per worker, so a worker that
+        finishes starts its next tile at once instead of idling through our poll and submit
         round trips (queued jobs cost nothing).
         """
         if kind not in self._limits:
@@ -303,7 +302,7 @@ class RunPodBackend:
                     workers = (await self._client(kind).health()).get("workers", {})
                     total = sum(v for v in workers.values() if isinstance(v, int))
                     if total > 0:
-                        limit = total + math.ceil(total / 4)
+                        limit = 2 * total
             self._limits[kind] = limit
         return self._limits[kind]
 

@@ -68,7 +68,7 @@ def test_many_tiles_respect_worker_count_and_none_is_submitted_twice(
 
     async def go() -> list[Any]:
         try:
-            assert await backend.max_concurrency() == 4  # 3 workers (/health) + 1 queued
+            assert await backend.max_concurrency() == 6  # 3 workers (/health), 3 queued
             return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
         finally:
             await backend.aclose()
