@@ -113,6 +113,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     )
     from service.render import finish, prepare  # noqa: PLC0415
     from service.settings import load_settings  # noqa: PLC0415
+    from service.upscalers.base import tile_progress  # noqa: PLC0415
     from service.upscalers.realesrgan import hide_native_progress  # noqa: PLC0415
     from service.upscalers.registry import get_upscaler  # noqa: PLC0415
 
@@ -135,7 +136,11 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
         requested = format_for_suffix(output.suffix) or "auto"
     fmt = output_format_for(image.format, requested)
     step("pre-upscale")
-    prepared = prepare(image, params, chosen, limits=limits)
+    token = tile_progress.set(lambda done, total: step.detail(f"pre-upscale {done}/{total}"))
+    try:
+        prepared = prepare(image, params, chosen, limits=limits)
+    finally:
+        tile_progress.reset(token)
     step("tiles")
     gpu = None
     if backend != "none":  # caption + refine (+ seam fix) tiles on a GPU backend
@@ -197,6 +202,11 @@ class _Step:
         self._progress.update(self._task, completed=self._done, description=stage)
         self._done += 1
 
+    def detail(self, description: str) -> None:
+        """Change the label of the current stage (e.g. ``pre-upscale 3/16``)."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description)
+
     def complete(self) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=len(_STAGES), description="done")
@@ -207,7 +217,7 @@ def _progress(quiet: bool) -> Iterator[_Step]:
     if quiet or not _err_console.is_terminal:
         yield _Step(None)
         return
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/"
+    columns = (TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=_err_console, transient=True) as progress:
         step = _Step(progress)

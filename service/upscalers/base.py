@@ -10,6 +10,7 @@ resamples to the exact size with Lanczos. Each model step runs over padded tiles
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
@@ -21,6 +22,11 @@ import numpy as np
 from service.upscalers.lanczos import resize_lanczos
 
 log = logging.getLogger(__name__)
+
+#: Optional ``callback(done, total)`` called by :func:`run_tiled` before each tile and at the end
+#: (set it around a call, e.g. to drive a progress bar; context-local, so threads do not mix).
+tile_progress: contextvars.ContextVar[Callable[[int, int], None] | None] = \
+    contextvars.ContextVar("tile_progress", default=None)
 
 
 @runtime_checkable
@@ -76,17 +82,20 @@ def run_tiled(
     wrapped when ``wrap``), and only its centre is kept, so tiles join without seams.
     """
     height, width = rgb.shape[:2]
-    pad_y = pad_x = pad
     src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="wrap" if wrap else "symmetric")
     out = np.empty((height * factor, width * factor, rgb.shape[2]), dtype=rgb.dtype)
-    for y in range(0, height, tile):
-        for x in range(0, width, tile):
-            h, w = min(tile, height - y), min(tile, width - x)
-            patch = np.ascontiguousarray(src[y:y + h + 2 * pad_y, x:x + w + 2 * pad_x])
-            result = step(patch)
-            top, left = pad_y * factor, pad_x * factor
-            out[y * factor:(y + h) * factor, x * factor:(x + w) * factor] = \
-                result[top:top + h * factor, left:left + w * factor]
+    origins = [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
+    report = tile_progress.get()
+    for done, (y, x) in enumerate(origins):
+        if report is not None:
+            report(done, len(origins))
+        h, w = min(tile, height - y), min(tile, width - x)
+        result = step(np.ascontiguousarray(src[y:y + h + 2 * pad, x:x + w + 2 * pad]))
+        edge = pad * factor
+        out[y * factor:(y + h) * factor, x * factor:(x + w) * factor] = \
+            result[edge:edge + h * factor, edge:edge + w * factor]
+    if report is not None:
+        report(len(origins), len(origins))
     return out
 
 

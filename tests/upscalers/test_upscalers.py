@@ -144,3 +144,15 @@ def test_unavailable_model_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_models_refuse_non_rgb8() -> None:
     with pytest.raises(ValueError):
         get_upscaler("anime4k").upscale(np.zeros((4, 4, 3), np.uint16), 8, 8)
+
+
+def test_tile_progress_reports_every_tile() -> None:
+    from service.upscalers.base import tile_progress
+
+    calls: list[tuple[int, int]] = []
+    token = tile_progress.set(lambda done, total: calls.append((done, total)))
+    try:
+        run_tiled(lambda p: np.repeat(np.repeat(p, 2, 0), 2, 1), STONE, 2, tile=64, pad=4)
+    finally:
+        tile_progress.reset(token)
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
