@@ -41,69 +41,103 @@ def _check(tile: np.ndarray, reference: np.ndarray) -> None:
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    top = np.iinfo(dtype).max
-    return np.clip(np.rint(values), 0, top).astype(dtype)
+    """Round and clip float values into an integer dtype (``values`` is overwritten)."""
+    np.rint(values, out=values)
+    np.clip(values, 0, np.iinfo(dtype).max, out=values)
+    return values.astype(dtype)
 
 
 def _blur_axis(x: np.ndarray, d: int, axis: int) -> np.ndarray:
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (d, d)
-    p = np.pad(x, pad, mode="edge")
+    """``[1, 2, 1]`` (unnormalised: sums to 4) along ``axis`` at dilation ``d`` with replicate
+    padding, written without a padded copy (new array)."""
     n = x.shape[axis]
-    lo, mid, hi = (np.take(p, np.arange(s, s + n), axis=axis) for s in (0, d, 2 * d))
-    mid *= 2.0
-    mid += lo
-    mid += hi
-    mid *= 0.25
-    return mid
+
+    if n <= 2 * d:  # tiny: every neighbour is clamped, index explicitly
+        idx = np.arange(n)
+        lo = np.take(x, np.maximum(idx - d, 0), axis=axis)
+        hi = np.take(x, np.minimum(idx + d, n - 1), axis=axis)
+        return lo + hi + x + x
+    out = np.empty_like(x)
+    dst = out.swapaxes(0, axis) if axis else out
+    src = x.swapaxes(0, axis) if axis else x
+    for lo, hi, left, right in ((d, n - d, src[: n - 2 * d], src[2 * d:]),
+                                (0, d, src[:1], src[d: 2 * d]),
+                                (n - d, n, src[n - 2 * d: n - d], src[n - 1:])):
+        part = dst[lo:hi]
+        np.add(left, right, out=part)
+        part += src[lo:hi]
+        part += src[lo:hi]
+    return out
 
 
 def wavelet_low(image: np.ndarray) -> np.ndarray:
-    """The lowest-frequency band of the a-trous decomposition, float32."""
-    low = image.astype(np.float32)
+    """The lowest-frequency band of the a-trous decomposition, float32 (linear in ``image``)."""
+    return _low_in_place(image.astype(np.float32))
+
+
+def _low_in_place(low: np.ndarray) -> np.ndarray:
     for i in range(LEVELS):
         low = _blur_axis(_blur_axis(low, 2**i, 0), 2**i, 1)
+    low *= np.float32(0.5 ** (4 * LEVELS))  # each level's two [1, 2, 1] passes sum to 16
     return low
 
 
 def wavelet_colour_fix(tile: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``tile - low(tile) + low(reference)``, rounded and clipped to the tile's dtype."""
+    """``tile - low(tile) + low(reference)``, rounded and clipped to the tile's dtype.
+
+    The low-pass is linear, so this is computed as ``tile + low(reference - tile)``: one
+    decomposition instead of two."""
     _check(tile, reference)
-    fixed = tile.astype(np.float32)
-    fixed -= wavelet_low(tile)
-    fixed += wavelet_low(reference)
+    fixed = _low_in_place(np.subtract(reference, tile, dtype=np.float32))
+    fixed += tile
     return _to_dtype(fixed, tile.dtype)
 
 
-def _stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
-    return flat.mean(axis=0), flat.std(axis=0)
+def _histograms(image: np.ndarray) -> list[np.ndarray]:
+    """Per-channel value histograms (exact statistics for integer images, cheap to merge)."""
+    size = np.iinfo(image.dtype).max + 1
+    return [np.bincount(image[..., c].ravel(), minlength=size) for c in range(image.shape[-1])]
+
+
+def _moments(hists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    means, stds = [], []
+    for hist in hists:
+        values = np.arange(hist.size, dtype=np.float64)
+        count = max(int(hist.sum()), 1)
+        mean = float(hist @ values) / count
+        means.append(mean)
+        stds.append(np.sqrt(max(float(hist @ (values - mean) ** 2) / count, 0.0)))
+    return np.array(means), np.array(stds)
+
+
+def _adain_luts(image_hists: list[np.ndarray], ref_hists: list[np.ndarray], dtype: np.dtype
+                ) -> list[np.ndarray]:
+    """Per channel, the table value -> ``(value - mean) / std * std_ref + mean_ref``."""
+    (mean_t, std_t), (mean_r, std_r) = _moments(image_hists), _moments(ref_hists)
+    values = np.arange(np.iinfo(dtype).max + 1, dtype=np.float64)
+    luts = []
+    for c in range(mean_t.size):
+        gain = std_r[c] / std_t[c] if std_t[c] > 1e-6 else 1.0
+        luts.append(_to_dtype((values - mean_t[c]) * gain + mean_r[c], dtype))
+    return luts
+
+
+def _apply_luts(image: np.ndarray, luts: list[np.ndarray]) -> np.ndarray:
+    out = np.empty_like(image)
+    for c, lut in enumerate(luts):
+        out[..., c] = lut[image[..., c]]
+    return out
 
 
 def adain_colour_fix(tile: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Match each channel's mean and standard deviation to the reference's."""
     _check(tile, reference)
-    return _adain_apply(tile, *_stats(tile), *_stats(reference))
+    return _apply_luts(tile, _adain_luts(_histograms(tile), _histograms(reference), tile.dtype))
 
 
-def _adain_apply(tile: np.ndarray, mean_t: np.ndarray, std_t: np.ndarray,
-                 mean_r: np.ndarray, std_r: np.ndarray) -> np.ndarray:
-    gain = np.where(std_t > 1e-6, std_r / np.maximum(std_t, 1e-6), 1.0)
-    values = (tile.astype(np.float32) - mean_t.astype(np.float32)) * gain.astype(np.float32)
-    values += mean_r.astype(np.float32)
-    return _to_dtype(values, tile.dtype)
-
-
-def _band_stats(image: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    total = np.zeros(image.shape[-1])
-    total_sq = np.zeros(image.shape[-1])
-    for y in range(0, image.shape[0], rows):
-        band = image[y:y + rows].reshape(-1, image.shape[-1]).astype(np.float64)
-        total += band.sum(axis=0)
-        total_sq += np.square(band).sum(axis=0)
-    count = image.shape[0] * image.shape[1]
-    mean = total / count
-    return mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+def _band_histograms(image: np.ndarray, rows: int) -> list[np.ndarray]:
+    bands = [_histograms(image[y:y + rows]) for y in range(0, image.shape[0], rows)]
+    return [np.sum([band[c] for band in bands], axis=0) for c in range(image.shape[-1])]
 
 
 def colour_fix(image: np.ndarray, reference: np.ndarray, mode: ColourFixMode = "wavelet", *,
@@ -116,9 +150,10 @@ def colour_fix(image: np.ndarray, reference: np.ndarray, mode: ColourFixMode = "
         raise ParamsError(f"unknown colour fix {mode!r}; use 'none', 'wavelet' or 'adain'")
     out = np.empty_like(image)
     if mode == "adain":
-        stats = (*_band_stats(image, rows), *_band_stats(reference, rows))
+        luts = _adain_luts(_band_histograms(image, rows), _band_histograms(reference, rows),
+                           image.dtype)
         for y in range(0, image.shape[0], rows):
-            out[y:y + rows] = _adain_apply(image[y:y + rows], *stats)
+            out[y:y + rows] = _apply_luts(image[y:y + rows], luts)
         return out
     margin = WAVELET_RADIUS
     for y in range(0, image.shape[0], rows):
