@@ -78,3 +78,21 @@ def test_missing_or_unset_watch_folders_are_config_errors(tmp_path: Path) -> Non
         Watcher(load_settings(data_dir=tmp_path, watch_folders=[]))
     with pytest.raises(ConfigError, match="does not exist"):
         Watcher(load_settings(data_dir=tmp_path, watch_folders=[tmp_path / "nope"]))
+
+
+def test_aat_watch_cli_explains_missing_folders_and_shows_status(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AAT_")}
+    env.update({"AAT_DATA_DIR": str(tmp_path), "AAT_CONFIG": str(tmp_path / "none.toml")})
+    aat = str(Path(sys.executable).parent / "aat")
+    run = subprocess.run([aat, "watch"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2
+    assert "AAT_WATCH_FOLDERS" in run.stderr
+    status = subprocess.run([aat, "watch", "--status"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0
+    assert status.stdout.splitlines()[0] == "pending: 0  submitted: 0  done: 0  failed: 0"

@@ -37,8 +37,8 @@ def test_thousand_files_with_a_killed_watcher_are_each_processed_once(tmp_path: 
     art.mkdir()
     game.mkdir()
     (art / ".aat.toml").write_text('repo = "game"\ntarget_dir = "textures"\nscale = 2\n')
-    emu = start_emulator(workers=4)
-    service = Service(tmp_path, {"game": game}, emu).start()
+    emu = start_emulator(workers=8)
+    service = Service(tmp_path, {"game": game}, emu, job_threads=8).start()
     watcher = WatcherProcess(tmp_path, service.url, [art], {"game": game}, stable_s=0.3)
     ledger = Ledger(watcher.data_dir / "watcher.db")
     try:
