@@ -30,6 +30,7 @@ from service.jobs.model import PIPELINE_VERSION
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CAPTION_MAX_SIDE = 448  # the caption worker looks at tiles this size
+DRAIN_S = 60.0  # how long a stopping runner waits for tiles already paid for
 
 
 class TileCache(Protocol):
@@ -114,9 +115,12 @@ Before = Callable[[TileWork], Awaitable[TileWork]]
 
 
 async def _run_all(items: list[T], fn: Callable[[T], Awaitable[None]],
-                   check: CancelCheck | None, poll_s: float) -> None:
+                   check: CancelCheck | None, poll_s: float,
+                   draining: asyncio.Event | None = None) -> None:
     """Run ``fn`` over every item concurrently; stop all on the first error or when ``check``
-    raises (the in-flight calls are cancelled, so the backend cancels their remote jobs)."""
+    raises (the in-flight calls are cancelled, so the backend cancels their remote jobs).
+    An exception with ``drain = True`` (the runner is stopping) first sets ``draining`` and
+    lets calls already in flight finish (up to ``DRAIN_S``), so their results are kept."""
     if not items:
         return
     tasks = [asyncio.create_task(fn(i)) for i in items]
@@ -128,7 +132,13 @@ async def _run_all(items: list[T], fn: Callable[[T], Awaitable[None]],
             for task in done:
                 task.result()  # re-raise the first failure
             if check is not None and pending:
-                await check()
+                try:
+                    await check()
+                except Exception as exc:
+                    if getattr(exc, "drain", False) and draining is not None:
+                        draining.set()
+                        await asyncio.wait(pending, timeout=DRAIN_S)
+                    raise
     finally:
         for task in tasks:
             task.cancel()
@@ -180,6 +190,7 @@ async def refine_tiles(
     """
     out: dict[int, np.ndarray] = {}
     sem = asyncio.Semaphore(max(1, await backend.max_concurrency()))
+    draining = asyncio.Event()  # stopping: send nothing new, let in-flight calls finish
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -201,6 +212,8 @@ async def refine_tiles(
                 loop.run_in_executor(None, on_submitted, item.index, key, remote_id)
 
         async with sem:
+            if draining.is_set():
+                return
             result = await resume(item.index, key) if resume is not None else None
             if result is None:
                 task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
@@ -211,7 +224,7 @@ async def refine_tiles(
         if on_done:
             await asyncio.to_thread(on_done, item.index, key, result)
 
-    await _run_all(work, one, check, poll_s)
+    await _run_all(work, one, check, poll_s, draining)
     log.info("refined %d tiles (%d from the cache)", len(work), hits)
     return out
 

@@ -28,6 +28,7 @@ class Interrupted(JobError):
     """The runner is shutting down; the job goes back to the queue."""
 
     code = "runner_stopping"
+    drain = True  # tiles already in flight are finished and cached before stopping
 
 
 @dataclass

@@ -1,0 +1,123 @@
+"""The refine loop on its own (as `aat upscale --backend runpod` uses it) against emulated
+RunPod endpoints: concurrency bound, cache, remote ids, cancellation and failure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from jobs_helpers import emulator, runpod_settings
+
+from service.backends.base import RefineOptions
+from service.backends.runpod import RunPodBackend
+from service.core.errors import JobCanceled, WorkerError
+from service.jobs.refine import (
+    MemoryCache,
+    TileWork,
+    caption_input,
+    caption_tiles,
+    derive_seed,
+    refine_tiles,
+)
+from service.settings import load_settings
+from workers.echo.handler import tint
+from workers.emulator import Faults
+
+
+def _work(n: int) -> list[TileWork]:
+    rng = np.random.default_rng(1)
+    return [TileWork(i, rng.integers(0, 250, (32, 32, 3), dtype=np.uint8), f"tile {i}",
+                     derive_seed(5, i)) for i in range(n)]
+
+
+def _backend(emu: Any, **extra: Any) -> RunPodBackend:
+    return RunPodBackend(load_settings(**runpod_settings(emu), **extra))
+
+
+def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
+    with emulator(workers=3, latency_s=0.1) as emu:
+        work, cache = _work(7), MemoryCache()
+        submitted: list[tuple[int, str]] = []
+        done: list[tuple[int, bool]] = []
+
+        async def run() -> dict[int, np.ndarray]:
+            backend = _backend(emu)
+            try:
+                return await refine_tiles(
+                    backend, work, RefineOptions(), cache,
+                    on_submitted=lambda i, _k, rid: submitted.append((i, rid)),
+                    on_done=lambda i, _k, res: done.append((i, res is None)))
+            finally:
+                await backend.aclose()
+
+        first = asyncio.run(run())
+        again = asyncio.run(run())  # everything from the cache: nothing paid twice
+        stats = emu.stats("upscale")
+    for item in work:
+        assert np.array_equal(first[item.index], tint(item.image, item.seed))
+        assert np.array_equal(again[item.index], first[item.index])
+    assert stats["submitted"] == 7 and stats["max_running"] == 3
+    assert sorted(i for i, _ in submitted) == list(range(7))
+    assert sorted(done) == sorted([(i, False) for i in range(7)] + [(i, True) for i in range(7)])
+
+
+def test_cancellation_stops_the_loop_and_cancels_remote_jobs() -> None:
+    with emulator(workers=2, latency_s=2.0) as emu:
+
+        async def run() -> None:
+            backend = _backend(emu)
+            calls = {"n": 0}
+
+            async def check() -> None:
+                calls["n"] += 1
+                if calls["n"] >= 3:
+                    raise JobCanceled("canceled by the user")
+
+            try:
+                await refine_tiles(backend, _work(6), RefineOptions(), MemoryCache(),
+                                   check=check, poll_s=0.1)
+            finally:
+                await backend.aclose()
+
+        with pytest.raises(JobCanceled):
+            asyncio.run(run())
+        stats = emu.stats("upscale")
+    assert 1 <= stats["submitted"] < 6  # the loop stopped sending tiles
+    assert stats["canceled"] == stats["submitted"]  # and every in-flight RunPod job was canceled
+    assert stats["by_status"].get("COMPLETED", 0) == 0
+
+
+def test_a_failing_tile_stops_the_others() -> None:
+    with emulator(workers=2, latency_s=0.2, faults=Faults.parse("fatal=1:1")) as emu:
+        async def run() -> None:
+            backend = _backend(emu)
+            try:
+                await refine_tiles(backend, _work(6), RefineOptions(), MemoryCache())
+            finally:
+                await backend.aclose()
+
+        with pytest.raises(WorkerError):
+            asyncio.run(run())
+        stats = emu.stats("upscale")
+    assert stats["submitted"] < 6  # the rest were never sent
+
+
+def test_captions_are_requested_small_and_cached() -> None:
+    tiles = {i: np.full((1024, 1024, 3), 40 * i, np.uint8) for i in range(3)}
+    assert caption_input(tiles[0]).shape == (448, 448, 3)
+    with emulator(workers=2, latency_s=0.01) as emu:
+        cache = MemoryCache()
+
+        async def run() -> dict[int, str]:
+            backend = _backend(emu)
+            try:
+                return await caption_tiles(backend, tiles, cache)
+            finally:
+                await backend.aclose()
+
+        first, again = asyncio.run(run()), asyncio.run(run())
+        stats = emu.stats("caption")
+    assert first == again and first[1] == "a 448x448 tile, mean colour rgb(40, 40, 40)"
+    assert stats["submitted"] == 3
