@@ -170,6 +170,18 @@ def scenario_loras(cfg: dict[str, Any]) -> dict[str, Any]:
             "image": describe(img), **state()}
 
 
+def scenario_file_load(cfg: dict[str, Any]) -> dict[str, Any]:
+    bpy.data.images.new("tex", 8, 8)
+    op = bpy.ops.aat.submit_image(image_name="tex")
+    bpy.ops.wm.read_homefile(use_empty=True)  # the user opens another file
+    other = bpy.data.images.new("tex", 4, 4)  # whose image happens to have the same name
+    timer_kept = bpy.app.timers.is_registered(mod("pump").tick)
+    drive()
+    time.sleep(1.0)  # the runner notices the cancel and stops
+    mod("pump").pump()
+    return {"op": sorted(op), "timer_kept": timer_kept, "image": describe(other), **state()}
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
              if name.startswith("scenario_")}
 

@@ -16,9 +16,12 @@ def register() -> None:
     prefs.register()
     for cls in ops.CLASSES + ui.CLASSES:
         bpy.utils.register_class(cls)
+    bpy.app.handlers.load_pre.append(pump.on_load_pre)
 
 
 def unregister() -> None:
+    if pump.on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(pump.on_load_pre)
     pump.shutdown()
     for cls in reversed(ops.CLASSES + ui.CLASSES):
         bpy.utils.unregister_class(cls)

@@ -75,7 +75,8 @@ def pending_destinations() -> set[str]:
 
 def ensure_timer() -> None:
     if not bpy.app.timers.is_registered(tick):
-        bpy.app.timers.register(tick, first_interval=TICK_S)
+        # persistent: opening another .blend must not strand running jobs without a pump
+        bpy.app.timers.register(tick, first_interval=TICK_S, persistent=True)
 
 
 def tick() -> float | None:
@@ -104,6 +105,8 @@ def pump() -> int:
 
 
 def _handle(task: Task, kind: str, value: Any) -> None:
+    if not task.active:
+        return  # canceled locally (e.g. its .blend was closed): never touch images for it
     if kind == "submitted":
         task.job_id, task.status = str(value), "Queued"
     elif kind == "progress":
@@ -188,6 +191,15 @@ def cancel(image_name: str = "") -> int:
         task.runner.cancel()
         task.status = "Canceling..."
     return len(hit)
+
+
+@bpy.app.handlers.persistent
+def on_load_pre(*_args: Any) -> None:
+    """Another .blend is being opened: its images are not the ones the jobs belong to."""
+    for task in tasks:
+        if task.active:
+            task.runner.cancel()
+            _finish(task, "canceled", "Canceled: the file was closed")
 
 
 def clear_finished() -> None:
