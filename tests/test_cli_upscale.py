@@ -1,4 +1,5 @@
-"""`aat upscale` end to end: the installed console script in a subprocess, real files."""
+"""`aat upscale` end to end on real files: the installed console script in a subprocess for the
+main paths, and the same Typer app in-process for the many error cases (2 CPUs are shared)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
+from typer.testing import CliRunner
+
+from service import cli
 
 sys.path.insert(0, str(Path(__file__).parent / "core"))
 from image_factory import bomb_png, encode, noise  # noqa: E402
@@ -26,6 +31,14 @@ def aat(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AAT_")}
     return subprocess.run([AAT, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=env)
+
+
+def aat_inproc(*args: str | Path, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """The same `aat` app in this process (exit code, stdout and stderr kept apart)."""
+    for key in [k for k in os.environ if k.startswith("AAT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(cli._assemble(), [str(a) for a in args])
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -85,13 +98,14 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("case", list(_bad_inputs()))
-def test_bad_input_one_line_error_and_nothing_written(tmp_path: Path, case: str) -> None:
+def test_bad_input_one_line_error_and_nothing_written(tmp_path: Path, case: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     data, code = _bad_inputs()[case]
     src = tmp_path / "in.png"
     src.write_bytes(data)
     out = tmp_path / "out.png"
-    result = aat("upscale", src, "-o", out, cwd=tmp_path)
-    assert result.returncode == 2
+    result = aat_inproc("upscale", src, "-o", out, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error [{code}]: "), result.stderr
     assert not out.exists() and leftovers(tmp_path) == []
@@ -118,31 +132,36 @@ def test_failure_leaves_an_existing_output_untouched(tmp_path: Path) -> None:
     (["--scale", "2", "--width", "100"], "invalid_params", "either scale or width"),
     (["--backend", "runpod"], "invalid_params", "--backend none"),
 ])
-def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str) -> None:
+def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.png"
-    result = aat("upscale", SPRITE, "-o", out, *args)
-    assert result.returncode == 2
+    result = aat_inproc("upscale", SPRITE, "-o", out, *args, cwd=tmp_path,
+                        monkeypatch=monkeypatch)
+    assert result.exit_code == 2
     line = result.stderr.strip()
     assert line.startswith(f"error [{code}]") and words in line and "\n" not in line
     assert not out.exists()
 
 
-def test_output_too_large(tmp_path: Path) -> None:
+def test_output_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.png"
-    result = aat("upscale", SPRITE, "-o", out, "--width", "16384", "--height", "20000")
-    assert result.returncode == 2 and "invalid_params" in result.stderr  # params cap a side
-    env_small = tmp_path / "aat.toml"
-    env_small.write_text("max_output_side = 150\n")
-    result = aat("upscale", SPRITE, "-o", out, "--scale", "2", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith("error [output_too_large]")
+    result = aat_inproc("upscale", SPRITE, "-o", out, "--width", "16384", "--height", "20000",
+                        cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and "invalid_params" in result.stderr  # params cap a side
+    (tmp_path / "aat.toml").write_text("max_output_side = 150\n")
+    result = aat_inproc("upscale", SPRITE, "-o", out, "--scale", "2", cwd=tmp_path,
+                        monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and result.stderr.startswith("error [output_too_large]")
     assert not out.exists()
 
 
-def test_missing_paths(tmp_path: Path) -> None:
-    result = aat("upscale", tmp_path / "nope.png", "-o", tmp_path / "o.png")
-    assert result.returncode == 2 and result.stderr.startswith("error [path_not_found]")
-    result = aat("upscale", SPRITE, "-o", tmp_path / "no" / "such" / "o.png")
-    assert result.returncode == 2 and "does not exist" in result.stderr
+def test_missing_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = aat_inproc("upscale", tmp_path / "nope.png", "-o", tmp_path / "o.png",
+                        cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and result.stderr.startswith("error [path_not_found]")
+    result = aat_inproc("upscale", SPRITE, "-o", tmp_path / "no" / "such" / "o.png",
+                        cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
 def test_upscalers_lists_what_runs_here() -> None:
