@@ -27,6 +27,16 @@ def _parse_workers(values: list[str]) -> dict[str, str]:
     return mounts
 
 
+def _endpoint_ids(mounts: dict[str, str]) -> dict[str, str]:
+    """Which mounted endpoint to use for upscale and for caption (echo serves both)."""
+    ids: dict[str, str] = {}
+    for kind in ("upscale", "caption"):
+        fits = [e for e, name in mounts.items() if name in (kind, "echo")]
+        if fits:
+            ids[kind] = kind if kind in fits else fits[0]
+    return ids
+
+
 def emulate(
     worker: list[str] = typer.Option(
         [], "--worker", "-w", help="[ID=]NAME: serve worker NAME (echo, upscale, caption) as "
@@ -70,7 +80,6 @@ def emulate(
     typer.echo(f"  export AAT_RUNPOD_BASE_URL={base}")
     if not (api_key or os.environ.get("RUNPOD_API_KEY")):
         typer.echo(f"  export RUNPOD_API_KEY={key}")
-    for endpoint_id in mounts:
-        if endpoint_id in ("upscale", "caption"):
-            typer.echo(f"  export RUNPOD_{endpoint_id.upper()}_ENDPOINT_ID={endpoint_id}")
+    for kind, endpoint_id in _endpoint_ids(mounts).items():
+        typer.echo(f"  export RUNPOD_{kind.upper()}_ENDPOINT_ID={endpoint_id}")
     EmulatorServer(configs, api_key=key, port=port).serve_forever(access_log=access_log)

@@ -135,7 +135,9 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     @app.get("/v2/{endpoint_id}/health")
     async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
-        return gate(request, endpoint_id).health()
+        ep = gate(request, endpoint_id)
+        ep.counts["health_calls"] += 1
+        return ep.health()
 
     @app.get("/_emulator/stats")
     async def all_stats() -> dict[str, Any]:

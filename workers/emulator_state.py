@@ -207,6 +207,7 @@ class Endpoint:
             "submitted": self.counts["submitted"],
             "started": self.counts["started"],
             "status_polls": self.counts["status_polls"],
+            "health_calls": self.counts["health_calls"],
             "canceled": self.counts["canceled"],
             "retried": self.counts["retried"],
             "purged": self.counts["purged"],

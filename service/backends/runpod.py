@@ -99,6 +99,7 @@ class RunPodBackend:
         self._clients: dict[str, RunPodClient] = {}
         self._sems: dict[str, asyncio.Semaphore] = {}
         self._limits: dict[str, int] = {}
+        self._limit_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._totals = Totals()
         self._policy = {"executionTimeout": settings.runpod_execution_timeout_s * 1000,
@@ -294,17 +295,25 @@ class RunPodBackend:
         finishes starts its next tile at once instead of idling through our poll and submit
         round trips (queued jobs cost nothing).
         """
-        if kind not in self._limits:
-            limit = self._s.runpod_max_concurrency
-            if limit is None:
-                limit = DEFAULT_CONCURRENCY
-                with contextlib.suppress(AatError):
-                    workers = (await self._client(kind).health()).get("workers", {})
-                    total = sum(v for v in workers.values() if isinstance(v, int))
-                    if total > 0:
-                        limit = 2 * total
-            self._limits[kind] = limit
+        if kind in self._limits:
+            return self._limits[kind]
+        self._same_loop()
+        if self._limit_lock is None:
+            self._limit_lock = asyncio.Lock()
+        async with self._limit_lock:  # many tiles start at once: one /health call
+            if kind not in self._limits:
+                self._limits[kind] = await self._health_limit(kind)
         return self._limits[kind]
+
+    async def _health_limit(self, kind: str) -> int:
+        if self._s.runpod_max_concurrency is not None:
+            return self._s.runpod_max_concurrency
+        with contextlib.suppress(AatError):
+            workers = (await self._client(kind).health()).get("workers", {})
+            total = sum(v for v in workers.values() if isinstance(v, int))
+            if total > 0:
+                return 2 * total
+        return DEFAULT_CONCURRENCY
 
     async def _semaphore(self, kind: str) -> asyncio.Semaphore:
         limit = await self._limit(kind)
@@ -317,6 +326,7 @@ class RunPodBackend:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._clients, self._sems = loop, {}, {}
+            self._limit_lock = None
 
 
 def request_key(payload: dict[str, Any]) -> str:

@@ -68,8 +68,9 @@ def test_many_tiles_respect_worker_count_and_none_is_submitted_twice(
 
     async def go() -> list[Any]:
         try:
+            results = await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
             assert await backend.max_concurrency() == 6  # 3 workers (/health), 3 queued
-            return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
+            return results
         finally:
             await backend.aclose()
 
@@ -77,7 +78,8 @@ def test_many_tiles_respect_worker_count_and_none_is_submitted_twice(
     for tile, result in zip(tiles, results, strict=True):
         assert np.array_equal(result.image, tint(tile.image, tile.seed))
     stats = emu.stats("upscale")
-    assert stats["submitted"] == 9 and stats["max_running"] <= 3
+    assert stats["submitted"] == 9 and stats["max_running"] == 3
+    assert stats["health_calls"] == 1  # asked once, not once per tile
     assert sorted(stats["request_keys"].values()) == [1] * 9
     totals = backend.totals()
     assert totals["runpod_jobs"] == 9 and totals["execution_ms"] >= 9 * 100
