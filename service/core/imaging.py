@@ -84,7 +84,7 @@ class ImageInfo:
 
 
 def _err(code: str, message: str) -> ImageError:
-    return ImageError(message, code=code)
+    return ImageError(" ".join(message.split()), code=code)  # always one line
 
 
 def _open(data: bytes) -> Image.Image:
