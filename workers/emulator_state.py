@@ -1,6 +1,6 @@
 """One emulated RunPod serverless endpoint: its jobs, queue, workers, retention and counters.
 
-Behaviour follows the cloud (see ``/work/shared/reference/runpod.md`` §1): jobs go
+Behaviour follows RunPod's documented job API and job states: jobs go
 IN_QUEUE → IN_PROGRESS → COMPLETED | FAILED | CANCELLED | TIMED_OUT; ``N`` workers take jobs
 from one FIFO queue; a handler (sync handlers run in a thread, async ones on the loop) gets
 ``{"id", "input"}`` plus any ``s3Config``; its return value becomes ``output`` the way the

@@ -194,3 +194,14 @@ def test_max_concurrency_setting_wins_over_health(runpod_emulator, runpod_settin
     emu = runpod_emulator(workers=5)
     backend = RunPodBackend(runpod_settings(emu, runpod_max_concurrency=2))
     assert _run(backend, backend.max_concurrency) == 2
+
+
+def test_retry_after_is_honoured(runpod_emulator, runpod_settings):
+    from workers.emulator import Faults
+
+    emu = runpod_emulator(faults=Faults.parse("429=1:2", retry_after_s=0.4))
+    backend = RunPodBackend(runpod_settings(emu, runpod_max_concurrency=1))
+    started = time.monotonic()
+    _run(backend, backend.list_models)
+    assert time.monotonic() - started >= 0.8  # two 429s, 0.4 s each, not the 0.01 s backoff
+    assert emu.stats("upscale")["rejected"]["429"] == 2
