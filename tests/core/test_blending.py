@@ -83,6 +83,28 @@ def test_two_dimensional_weights_sum_to_one(case: tuple) -> None:
     assert np.abs(total - 65535).max() <= len(plan.tiles)
 
 
+@settings(max_examples=60, deadline=None)
+@given(_cases())
+def test_blend_never_leaves_the_range_of_the_tiles_it_mixes(case: tuple) -> None:
+    """Different tiles everywhere: each output pixel lies between the smallest and largest value
+    the covering tiles have there (weights are non-negative: no overshoot, no dark rims)."""
+    width, height, tile, overlap, channels, dtype, tileable, seed = case
+    plan = plan_tiles(min(width, 80), min(height, 80), tile, overlap, tileable=tileable)
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max + 1
+    tiles = [rng.integers(0, top, (t.h, t.w, channels), dtype=dtype) for t in plan.tiles]
+    out = blend_tiles(plan, lambda i: tiles[i], channels=channels, dtype=dtype)
+    low = np.full(out.shape, top, dtype=np.int64)
+    high = np.full(out.shape, -1, dtype=np.int64)
+    for t, arr in zip(plan.tiles, tiles, strict=True):
+        rows = (t.y + np.arange(t.h)) % plan.height
+        cols = (t.x + np.arange(t.w)) % plan.width
+        box = np.ix_(rows, cols)
+        low[box] = np.minimum(low[box], arr)
+        high[box] = np.maximum(high[box], arr)
+    assert (low <= out).all() and (out <= high).all()
+
+
 def _seed_blend(tiles: list[np.ndarray], xs: list[int], width: int, overlap: int) -> np.ndarray:
     """The seed's pass-1 blend along x: a linear ramp of the *nominal* overlap on every inner
     edge, full-frame float accumulators, divide."""
@@ -129,6 +151,8 @@ def test_seed_clamped_edge_case_gets_a_smooth_ramp_instead_of_a_plateau(texture,
 
     assert _longest_run(np.abs(profile(seed) - 12.0) < 0.5) >= 600  # the seed's plateau
     assert _longest_run(np.abs(profile(ours) - 12.0) < 0.5) < 64
+    first_pair = profile(ours)[:1024]  # tiles 0 and 1 overlap on [512, 1024): ramp over all of it
+    assert np.count_nonzero((first_pair > 0.5) & (first_pair < 7.5)) >= 400
     steps = np.diff(profile(ours))
     assert steps.min() >= 0.0 and steps.max() <= 1.0  # monotone, one quantisation level at most
     assert np.count_nonzero(steps) >= 16  # 16 levels of drift spread out, not cut
