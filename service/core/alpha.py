@@ -26,19 +26,28 @@ def is_opaque(alpha: np.ndarray | None) -> bool:
     return bool(alpha.min(initial=np.iinfo(alpha.dtype).max) == np.iinfo(alpha.dtype).max)
 
 
-def bleed_colour(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def bleed_colour(rgb: np.ndarray, alpha: np.ndarray, *, band: int = 256) -> np.ndarray:
     """Return ``rgb`` with every fully transparent pixel's colour replaced by nearby visible colour.
 
     Visible pixels (``alpha > 0``) keep their colour exactly. When nothing is visible the input
-    is returned unchanged.
+    is returned unchanged. Full-size work is done in the input dtype and in bands of ``band``
+    rows; float maths only runs from half resolution down, so peak memory is about five times
+    the input's (a 4096x4096 RGB sprite: ~256 MiB).
     """
     visible = alpha > 0
     if visible.all() or not visible.any():
         return rgb.copy()
-    colour = rgb.astype(np.float32)
-    filled = _push_pull(colour * visible[:, :, None], visible.astype(np.float32))
-    out = np.where(visible[:, :, None], colour, filled)
-    return np.clip(np.rint(out), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+    coarse = _push_pull(_half(rgb * visible[:, :, None]), _half(visible[:, :, None])[:, :, 0])
+    top = np.iinfo(rgb.dtype).max
+    out = rgb.copy()
+    height, width = visible.shape
+    for y0 in range(0, height, band):
+        y1 = min(height, y0 + band)
+        up = np.repeat(np.repeat(coarse[y0 // 2:(y1 + 1) // 2], 2, axis=0), 2, axis=1)
+        fill = np.clip(np.rint(up[: y1 - y0, :width]), 0, top).astype(rgb.dtype)
+        holes = ~visible[y0:y1]
+        out[y0:y1][holes] = fill[holes]
+    return out
 
 
 def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -54,10 +63,14 @@ def _push_pull(weighted: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def _half(arr: np.ndarray) -> np.ndarray:
-    """Sum 2x2 blocks (odd sizes padded with zeros): (H, W, C) -> (ceil(H/2), ceil(W/2), C)."""
+    """Sum 2x2 blocks in float32 (odd edges count zeros): (H, W, C) -> (ceil(H/2), ceil(W/2), C)."""
     height, width = arr.shape[:2]
-    padded = np.pad(arr, ((0, height % 2), (0, width % 2), (0, 0)))
-    return (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2])
+    out = np.zeros(((height + 1) // 2, (width + 1) // 2, arr.shape[2]), dtype=np.float32)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            part = arr[dy::2, dx::2]
+            out[:part.shape[0], :part.shape[1]] += part
+    return out
 
 
 def recombine(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
