@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from apitest_helpers import ROOT, png_bytes
+from apitest_helpers import png_bytes
 
 TOKEN = "tok-" + "x" * 40
 
@@ -76,7 +76,6 @@ def test_cli_refuses_to_listen_publicly_without_token(command: str, tmp_path) ->
     assert lines[-1].startswith("error [insecure_bind]: refusing to listen on 0.0.0.0")
     assert "AAT_API_TOKEN" in proc.stderr
     assert not (tmp_path / "aat.db").exists(), "nothing was started"
-    assert ROOT.exists()
 
 
 def test_cors_is_off_by_default_and_opt_in(queued_server) -> None:

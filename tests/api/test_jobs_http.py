@@ -104,6 +104,33 @@ def test_multipart_and_path_forms(celery_server) -> None:
         assert out.size == (48, 48) and out.mode == "RGBA", "alpha survives the path form"
 
 
+def test_raw_submission_with_a_target_delivers_into_the_repo(celery_server) -> None:
+    repo = celery_server.settings.repos["game"]
+    (repo / "textures").mkdir(exist_ok=True)
+    query = {"filename": "rock.png", **SMALL, "target_repo": "game",
+             "target_path": "textures/rock.png", "naming": "suffix"}
+    with celery_server.client() as http:
+        resp = http.post("/v1/jobs", params=query, content=png_bytes(40, 40, seed=11),
+                         headers={"Content-Type": "image/png"})
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["target"] == {"repo": "game", "path": "textures/rock.png",
+                                         "naming": "suffix", "mirror_dir": None}
+        done = wait_terminal(http, resp.json()["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert done["output"]["delivered_path"].endswith("textures/rock_x2.png")
+        result = http.get(f"/v1/jobs/{done['id']}/result").content
+        unknown = http.post("/v1/jobs", params={**query, "target_repo": "nope"},
+                            content=png_bytes(40, 40, seed=12),
+                            headers={"Content-Type": "image/png"})
+        assert (unknown.status_code, unknown.json()["code"]) == (400, "path_not_found")
+        assert "AAT_REPOS" in unknown.json()["detail"]
+        escape = http.post("/v1/jobs", params={**query, "target_path": "../../etc/rock.png"},
+                           content=png_bytes(40, 40, seed=13),
+                           headers={"Content-Type": "image/png"})
+        assert escape.status_code == 400, escape.text
+    assert (repo / "textures" / "rock_x2.png").read_bytes() == result
+
+
 def _nothing_stored(server) -> None:
     artifacts = server.settings.data_dir / "artifacts"
     stored = [p for p in artifacts.rglob("*") if p.is_file()] if artifacts.exists() else []

@@ -4,6 +4,7 @@ serves the echo worker (which keeps LoRAs with the upscale worker's own rules)."
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 
@@ -70,3 +71,28 @@ def test_models_without_backend_is_503(queued_server) -> None:
             assert body["code"] == "backend_unavailable"
             assert body["detail"] == ("no GPU backend configured; set RUNPOD_API_KEY and "
                                       "RUNPOD_UPSCALE_ENDPOINT_ID")
+
+
+def test_doctor_checks_the_runpod_endpoints_and_the_api(
+    live_server, runpod_emulator, runpod_settings, monkeypatch, tmp_path
+) -> None:
+    from service.cli_doctor import run_checks
+
+    emulator = runpod_emulator(workers=1)
+    server = live_server(runpod_settings(emulator))
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith(("AAT_", "RUNPOD_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AAT_SERVER_URL", server.url)
+    monkeypatch.setenv("AAT_RUNPOD_BASE_URL", emulator.url)
+    monkeypatch.setenv("RUNPOD_UPSCALE_ENDPOINT_ID", "upscale")
+    monkeypatch.setenv("RUNPOD_API_KEY", emulator.api_key)
+    checks = {c.name: c for c in run_checks()}
+    assert all(c.ok for c in checks.values()), checks
+    assert checks["gpu"].detail.startswith("runpod: ")
+    assert checks["api"].detail.endswith("ready")
+
+    monkeypatch.setenv("RUNPOD_API_KEY", "not-the-key")
+    gpu = {c.name: c for c in run_checks()}["gpu"]
+    assert not gpu.ok and "RUNPOD_API_KEY" in gpu.detail
