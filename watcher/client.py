@@ -53,6 +53,9 @@ class ServiceClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return _json(self._call("GET", f"/v1/jobs/{job_id}"))
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _json(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
     def result(self, job_id: str) -> tuple[bytes, str]:
         """The result image bytes and their content type."""
         resp = self._call("GET", f"/v1/jobs/{job_id}/result")

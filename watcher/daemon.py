@@ -147,6 +147,8 @@ class Watcher:
         if entry is not None and entry.version_key == version:
             self.ledger.touch(path, stat_pair, fp)  # same bytes re-saved: not a new version
             return
+        if entry is not None and entry.state == "submitted" and entry.job_id:
+            self.flow.cancel_superseded(entry.job_id)  # an older result must not land last
         try:
             preset = self.presets.get(root, path.parent)
             size = check_image(data, path.name)

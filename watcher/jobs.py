@@ -159,6 +159,14 @@ class JobFlow:
         except AatError:
             return None
 
+    def cancel_superseded(self, job_id: str) -> None:
+        """Best effort: cancel the job of a version that a newer one replaces."""
+        try:
+            self.client.cancel(job_id)
+            log.info("canceled job %s: its file changed", job_id)
+        except AatError as exc:
+            log.warning("could not cancel superseded job %s: %s", job_id, exc.message)
+
     # follow
     def poll_due(self, now: float) -> int:
         """Read due ``submitted`` jobs (in parallel) and act on their status."""

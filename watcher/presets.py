@@ -145,13 +145,14 @@ def _first_error(exc: Exception) -> str:
 
 
 class PresetCache:
-    """Resolves presets per folder, re-reading when any ``.aat.toml`` on the chain changes."""
+    """Resolves presets per folder, re-reading when any ``.aat.toml`` on the chain changes
+    (by mtime and size)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[Path, Path], tuple[tuple[int, ...], Preset | ParamsError]] = {}
+        self._cache: dict[tuple[Path, Path], tuple[tuple[tuple[int, int], ...], Preset | ParamsError]] = {}
 
     def get(self, root: Path, folder: Path) -> Preset:
-        stamp = tuple(_mtime(step / PRESET_NAME) for step in _chain(root, folder))
+        stamp = tuple(_stamp(step / PRESET_NAME) for step in _chain(root, folder))
         key = (root, folder)
         hit = self._cache.get(key)
         if hit is None or hit[0] != stamp:
@@ -166,8 +167,9 @@ class PresetCache:
         return hit[1]
 
 
-def _mtime(path: Path) -> int:
+def _stamp(path: Path) -> tuple[int, int]:
     try:
-        return path.stat().st_mtime_ns
+        st = path.stat()
     except OSError:
-        return -1
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)

@@ -73,6 +73,41 @@ def test_unchanged_files_are_not_taken_again_after_a_restart(watcher: Watcher,
         watcher.ledger = again.ledger  # the fixture closes this one again harmlessly
 
 
+def test_the_periodic_full_scan_finds_files_whose_events_were_lost(watcher: Watcher) -> None:
+    art = watcher.roots[0]
+    watcher.tick(1000.0)
+    src = drop(art / "deep" / "er" / "lost.png", png_bytes(3))  # no hint: the event was dropped
+    for now in (1000.5, 1500.0):
+        watcher.tick(now)
+    assert watcher.ledger.get(src) is None  # nothing told us yet
+    for now in (2000.0, 2000.3, 2000.6):  # the full scan is due at 2000
+        watcher.tick(now)
+    entry = watcher.ledger.get(src)
+    assert entry is not None and entry.state == "pending"
+
+
+def test_editing_a_preset_makes_its_files_a_new_version(watcher: Watcher) -> None:
+    art = watcher.roots[0]
+    src = drop(art / "a.png", png_bytes(4))
+    for now in (1000.0, 1000.3, 1000.6):
+        watcher.tick(now)
+    before = watcher.ledger.get(src)
+    assert before is not None
+    (art / ".aat.toml").write_text("scale = 4\n")
+    for now in (1001.0, 1001.3, 1001.6, 1001.9):
+        watcher.hints.add(art)
+        watcher.tick(now)
+    after = watcher.ledger.get(src)
+    assert after is not None and after.version_key != before.version_key
+    (art / ".aat.toml").write_text("scale = [\n")  # broken: the folder's files fail with why
+    for now in (1002.3, 1002.6, 1002.9, 1003.2):
+        watcher.hints.add(art)
+        watcher.tick(now)
+    broken = watcher.ledger.get(src)
+    assert broken is not None and broken.state == "failed"
+    assert broken.error_code == "invalid_params" and ".aat.toml" in (broken.error_message or "")
+
+
 def test_missing_or_unset_watch_folders_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="AAT_WATCH_FOLDERS"):
         Watcher(load_settings(data_dir=tmp_path, watch_folders=[]))

@@ -115,6 +115,20 @@ def test_save_by_rename_overwrite_change_and_delete(rig: Rig) -> None:
     assert len(rig.jobs_for("crate.png")) == 2
 
 
+def test_a_file_changed_while_its_job_runs_ends_with_the_newest_result(rig: Rig) -> None:
+    src = rig.art / "busy" / "barrel.png"
+    drop(src, png_bytes(8, size=40))
+    wait_until(lambda: rig.state(src) in ("submitted", "done"), 15, "barrel.png submitted")
+    drop(src, png_bytes(9, size=20))  # a new version while the first may still run
+    wait_until(lambda: len(rig.jobs_for("barrel.png")) == 2, 20, "a job for the new version")
+    rig.done(src)
+    jobs = sorted(rig.jobs_for("barrel.png"), key=lambda j: j["created_at"])
+    out = rig.game / "busy" / "barrel_x2.png"
+    wait_until(lambda: out.is_file() and _size(out) == (40, 40), 10, "the newest result")
+    time.sleep(1.5)  # the superseded job, if it still ran, must not land afterwards
+    assert _sha(out.read_bytes()) == rig.service.job(jobs[1]["id"])["output"]["sha256"]
+
+
 def test_corrupt_image_fails_once_with_the_reason_and_is_retried_on_request(rig: Rig) -> None:
     bad = rig.art / "broken" / "moss.png"
     bad.parent.mkdir()

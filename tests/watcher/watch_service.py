@@ -107,6 +107,10 @@ class Service:
                 self.proc.wait()
         self.proc = None
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        resp = httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=30)
+        return resp.raise_for_status().json()  # type: ignore[no-any-return]
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every job the service knows (all pages)."""
         out: list[dict[str, Any]] = []
