@@ -48,6 +48,7 @@ class EndpointConfig:
     sync_retention_s: float = 60.0  # /runsync results
     execution_timeout_s: float = 600.0  # endpoint default when the policy sets none
     ttl_s: float = 86400.0
+    sweep_s: float = 5.0  # how often results past retention/TTL are dropped unasked
 
 
 @dataclass
@@ -121,6 +122,14 @@ class Endpoint:
         self._workers = [
             asyncio.create_task(self._work(f"{self.id}-w{i}")) for i in range(self.config.workers)
         ]
+        self._workers.append(asyncio.create_task(self._sweep()))
+
+    async def _sweep(self) -> None:
+        """Drop results past retention or TTL even if nobody asks for them again."""
+        while True:
+            await asyncio.sleep(self.config.sweep_s)
+            for job_id in list(self.jobs):
+                self.get(job_id)
 
     async def stop(self) -> None:
         for task in self._workers:
@@ -216,6 +225,7 @@ class Endpoint:
             "faults": self.faults.fired(),
             "request_keys": dict(self.request_keys),
             "max_running": self.max_running,
+            "jobs_held": len(self.jobs),
             "last_policy": self.last_policy,
             "workers": self.config.workers,
         }

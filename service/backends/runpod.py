@@ -58,7 +58,13 @@ from service.core.contracts import (
     UpscaleRequest,
     UpscaleResponse,
 )
-from service.core.errors import AatError, ConfigError, ParamsError, WorkerError
+from service.core.errors import (
+    AatError,
+    BackendAuthError,
+    ConfigError,
+    ParamsError,
+    WorkerError,
+)
 from service.settings import Settings
 from workers.common.imageref import decode_to_array, encode_image_ref
 
@@ -208,9 +214,12 @@ class RunPodBackend:
             async with sem:
                 try:
                     body = await self._attempt(client, payload, acct, sync, label, on_submitted)
-                except ParamsError as exc:
-                    raise ParamsError(f"{label}: {exc.message}", code=exc.code,
-                                      detail=exc.detail) from exc
+                except BackendAuthError:
+                    raise  # already the one clear message
+                except AatError as exc:  # the HTTP layer gave up, or the tile is too large
+                    raise type(exc)(f"{label}: {exc.message}", code=exc.code,
+                                    retryable=exc.retryable, retry_after=exc.retry_after,
+                                    detail=exc.detail) from exc
             try:
                 return outcome(body), acct
             except AatError as exc:

@@ -167,6 +167,7 @@ def test_endless_429_gives_a_retryable_unavailable_error(runpod_emulator, runpod
     with pytest.raises(BackendUnavailable) as info:
         _refine(backend, _tile())
     assert info.value.code == "runpod_rate_limited" and info.value.retryable
+    assert info.value.message.startswith("tile t0: RunPod rate limit reached (429)")
     assert "gave up after 4 tries" in info.value.message
     stats = emu.stats("upscale")
     assert stats["submitted"] == 0 and stats["rejected"]["429"] == 4

@@ -93,6 +93,14 @@ def test_results_expire_after_retention_and_then_cannot_be_retried(runpod_emulat
     assert api.post(f"/retry/{job_id}").status_code == 404
 
 
+def test_expired_results_are_dropped_without_being_asked_for(runpod_emulator):
+    emu = runpod_emulator(handler=echo, retention_s=0.1, sweep_s=0.1)
+    api = Api(emu)
+    api.wait(api.run({}))
+    time.sleep(0.5)
+    assert emu.stats("upscale")["jobs_held"] == 0
+
+
 def test_ttl_deletes_a_job_even_mid_run(runpod_emulator):
     emu = runpod_emulator(handler=echo, latency_s=2.0)
     api = Api(emu)
