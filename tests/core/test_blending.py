@@ -152,7 +152,7 @@ def test_seed_clamped_edge_case_gets_a_smooth_ramp_instead_of_a_plateau(texture,
     assert _longest_run(np.abs(profile(seed) - 12.0) < 0.5) >= 600  # the seed's plateau
     assert _longest_run(np.abs(profile(ours) - 12.0) < 0.5) < 64
     first_pair = profile(ours)[:1024]  # tiles 0 and 1 overlap on [512, 1024): ramp over all of it
-    assert np.count_nonzero((first_pair > 0.5) & (first_pair < 7.5)) >= 400
+    assert np.count_nonzero((first_pair > 0.5) & (first_pair < 7.5)) >= 300  # a 128 px ramp: < 100
     steps = np.diff(profile(ours))
     assert steps.min() >= 0.0 and steps.max() <= 1.0  # monotone, one quantisation level at most
     assert np.count_nonzero(steps) >= 16  # 16 levels of drift spread out, not cut
