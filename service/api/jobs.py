@@ -7,6 +7,7 @@ request body is parsed by :mod:`service.api.intake`. Progress streaming lives in
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -178,7 +179,18 @@ def get_job(job_id: JobId, response: Response,
 def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)],
                ) -> FileResponse:
     path, media_type = jobs.result(job_id)
-    return FileResponse(path, media_type=media_type, filename=path.name)
+    return FileResponse(path, media_type=media_type,
+                        filename=result_filename(jobs.get(job_id), path.suffix))
+
+
+def result_filename(job: JobPublic, suffix: str) -> str:
+    """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
+    stem = PurePath(job.input.filename).stem or "result"
+    if job.params.scale is not None:
+        label = f"_x{job.params.scale:g}"
+    else:
+        label = f"_{job.output.width}x{job.output.height}" if job.output else "_upscaled"
+    return f"{stem}{label}{suffix}"
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, status_code=202,

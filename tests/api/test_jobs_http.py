@@ -53,6 +53,7 @@ def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
         result = http.get(f"/v1/jobs/{job['id']}/result")
         assert result.status_code == 200
         assert result.headers["content-type"] == "image/png"
+        assert 'filename="rock_x2.png"' in result.headers["content-disposition"]
         assert Image.open(io.BytesIO(result.content)).size == (192, 128)
 
         got = http.get(f"/v1/jobs/{job['id']}")
