@@ -60,6 +60,52 @@ def describe(img: bpy.types.Image) -> dict[str, Any]:
             "pixels": [round(v, 4) for v in img.pixels[:]]}
 
 
+class RecordingLayout:
+    """Stands in for ``bpy.types.UILayout``, which cannot be created without a window: records
+    what the panel's real ``draw()`` puts on screen and fails on any property, operator or icon
+    name that does not exist."""
+
+    ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+
+    def __init__(self, drawn: list[list[str]]) -> None:
+        self.drawn = drawn
+
+    def column(self, **_kw: Any) -> RecordingLayout:
+        return self
+
+    row = box = column
+
+    def _icon(self, icon: str) -> str:
+        assert icon in self.ICONS, f"unknown icon {icon}"
+        return icon
+
+    def prop(self, data: Any, name: str, text: str | None = None, **kw: Any) -> None:
+        assert name in data.bl_rna.properties, f"no property {name} on {data}"
+        self.drawn.append(["prop", name, text or ""])
+
+    def operator(self, idname: str, text: str | None = None, icon: str = "NONE") -> None:
+        group, name = idname.split(".")
+        getattr(getattr(bpy.ops, group), name).get_rna_type()  # raises if it does not exist
+        self.drawn.append(["operator", idname, self._icon(icon)])
+
+    def label(self, text: str = "", icon: str = "NONE") -> None:
+        self.drawn.append(["label", text, self._icon(icon)])
+
+    def progress(self, factor: float = 0.0, text: str = "") -> None:
+        self.drawn.append(["progress", text, f"{factor:.2f}"])
+
+
+def draw_panel() -> list[list[str]]:
+    """Run the Image Editor panel's draw() on the current state."""
+    panel_cls = mod("ui").AAT_PT_upscale
+    drawn: list[list[str]] = []
+    fake = type("PanelSelf", (), {"layout": RecordingLayout(drawn),
+                                  "_draw_loras": staticmethod(panel_cls._draw_loras),
+                                  "_draw_tasks": staticmethod(panel_cls._draw_tasks)})()
+    panel_cls.draw(fake, bpy.context)
+    return drawn
+
+
 def state() -> dict[str, Any]:
     pump = mod("pump")
     return {
@@ -68,6 +114,7 @@ def state() -> dict[str, Any]:
                   for t in pump.tasks],
         "panel": [text for _icon, text in mod("ui").panel_lines(bpy.context)],
         "history": HISTORY,
+        "drawn": draw_panel(),
     }
 
 

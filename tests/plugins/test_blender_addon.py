@@ -59,6 +59,11 @@ def test_generated_image_is_replaced_in_place_with_the_result(
     assert job["params"]["scale"] == 2.0 and job["input"]["width"] == 8
     assert any("tex: Done: tex_x2.png" in line for line in out["panel"])
     assert out["history"]["tex"][-1] == "Done: tex_x2.png"
+    drawn = out["drawn"]  # what the sidebar tab draws (draw() run on a recording layout)
+    assert [d[1] for d in drawn if d[0] == "prop"] == ["scale", "strength", "prompt", "seam_fix"]
+    assert {d[1] for d in drawn if d[0] == "operator"} >= {"aat.submit_image", "aat.cancel",
+                                                          "aat.submit_material"}
+    assert ["label", "tex: Done: tex_x2.png", "CHECKMARK"] in drawn
 
 
 def test_unsaved_paint_edits_are_uploaded_and_kept_when_loading_as_new_image(

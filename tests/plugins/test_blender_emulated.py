@@ -18,6 +18,7 @@ def test_loras_are_listed_from_the_server_and_sent_with_the_job(
     out = scenario("loras", tmp_path, zip=str(extension_zip), url=server.url,
                    token=server.token)
     assert out["refresh"] == ["FINISHED"] and out["listed"] == ["moss.safetensors"]
+    assert ["prop", "enabled", "moss.safetensors"] in out["drawn"]  # a tick box in the panel
     assert out["tasks"][0]["status"] == "1 LoRA(s) on the server"
     job_task = out["tasks"][1]
     assert job_task["state"] == "done", job_task

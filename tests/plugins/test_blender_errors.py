@@ -17,6 +17,8 @@ def test_bad_token_is_shown_in_the_panel(aat_server: Server, extension_zip: Path
     [task] = out["tasks"]
     assert task["state"] == "error"
     assert any("rejected the API token (401)" in line for line in out["panel"]), out["panel"]
+    labels = [(text, icon) for kind, text, icon in out["drawn"] if kind == "label"]
+    assert any("rejected the API token" in text and icon == "ERROR" for text, icon in labels)
     assert out["image"]["size"] == [4, 4] and out["image"]["source"] == "GENERATED"
 
 
