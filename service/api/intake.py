@@ -201,6 +201,8 @@ async def _json(request: Request, settings: Settings) -> Submission:
     except ValidationError as exc:
         raise _params_error(exc, "field") from exc
     path = confine_path(req.path, settings)
+    if path.stat().st_size > settings.max_upload_bytes:
+        raise _too_large(settings.max_upload_bytes)
     return Submission(path.name, req.params, req.target, path=path)
 
 

@@ -146,6 +146,7 @@ def test_bad_input_is_refused_and_nothing_is_stored(queued_server, tmp_path: Pat
     outside.write_bytes(png_bytes(8, 8))
     inbox = server.settings.intake_roots[0]
     (inbox / "link.png").symlink_to(outside)
+    (inbox / "huge.png").write_bytes(png_bytes(8, 8) + b"\0" * 300_000)
     raw = {"Content-Type": "image/png"}
     with server.client() as http:
         cases = [
@@ -164,6 +165,10 @@ def test_bad_input_is_refused_and_nothing_is_stored(queued_server, tmp_path: Pat
              "path_escape"),
             (http.post("/v1/jobs", json={"path": str(inbox / "link.png")}), 400, "path_escape"),
             (http.post("/v1/jobs", json={"path": "relative.png"}), 400, "path_forbidden"),
+            (http.post("/v1/jobs", json={"path": str(inbox / "none.png")}), 400,
+             "path_not_found"),
+            (http.post("/v1/jobs", json={"path": str(inbox / "huge.png")}), 413,
+             "payload_too_large"),
             (http.post("/v1/jobs", content=b"{}", headers={"Content-Type": "text/plain"}), 415,
              "unsupported_media_type"),
             (http.post("/v1/jobs", files={"nofile": ("a.txt", b"x")}), 422, "invalid_params"),
