@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -114,7 +114,7 @@ Resume = Callable[[int, str], Awaitable[RefineResult | None]]
 Before = Callable[[TileWork], Awaitable[TileWork]]
 
 
-async def _run_all(items: list[T], fn: Callable[[T], Awaitable[None]],
+async def _run_all(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
                    check: CancelCheck | None, poll_s: float,
                    draining: asyncio.Event | None = None) -> None:
     """Run ``fn`` over every item concurrently; stop all on the first error or when ``check``

@@ -18,7 +18,7 @@ import numpy as np
 from service.backends.base import CallAccounting
 from service.backends.runpod_client import PollPolicy, RetryPolicy, RunPodClient, outcome
 from service.core.contracts import UpscaleResponse
-from service.core.errors import AatError
+from service.core.errors import AatError, ConfigError
 from service.settings import Settings
 from workers.common.imageref import decode_to_array
 
@@ -29,8 +29,10 @@ class RunPodResumer:
     """``await resumer(remote_id, shape)`` → ``(pixels, accounting)`` or None (resubmit)."""
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.runpod_api_key is not None and settings.runpod_upscale_endpoint_id
         s = settings
+        if s.runpod_api_key is None or not s.runpod_upscale_endpoint_id:
+            raise ConfigError("resuming RunPod jobs needs RUNPOD_API_KEY and "
+                              "RUNPOD_UPSCALE_ENDPOINT_ID")
         self._price = s.runpod_price_per_gpu_second
         self._client = RunPodClient(
             s.runpod_base_url, s.runpod_upscale_endpoint_id, s.runpod_api_key,

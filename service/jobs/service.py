@@ -8,6 +8,7 @@ embedded executor), which runs ``service.jobs.orchestrator.run_job``.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import secrets
@@ -108,7 +109,7 @@ class JobService:
         return to_public(self.store.get(job_id))
 
     def list(self, *, status: JobStatus | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[JobPublic], str | None]:
+             cursor: str | None = None) -> tuple[builtins.list[JobPublic], str | None]:
         rows, next_cursor = self.store.list(status=status, limit=max(1, min(limit, 500)),
                                             cursor=cursor)
         return [to_public(r) for r in rows], next_cursor
@@ -141,7 +142,7 @@ class JobService:
         self.executor.cancel(job_id)
         return to_public(row)
 
-    def tiles(self, job_id: str) -> list[dict[str, Any]]:
+    def tiles(self, job_id: str) -> builtins.list[dict[str, Any]]:
         self.store.get(job_id)
         return [_tile_view(t) for t in self.store.get_tiles(job_id)]
 
@@ -149,7 +150,7 @@ class JobService:
         self.store.get(job_id)
         return _tile_view(self.store.update_tile(job_id, n, prompt=prompt[:4000]))
 
-    def rerun(self, job_id: str, tiles: list[int]) -> JobPublic:
+    def rerun(self, job_id: str, tiles: builtins.list[int]) -> JobPublic:
         """A new job from the same input and tile plan: the chosen tiles are refined again
         (with a fresh seed and their current prompt), the others come from the cache."""
         row = self.store.get(job_id)

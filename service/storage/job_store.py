@@ -10,6 +10,7 @@ runner has re-claimed the job.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Callable
@@ -97,7 +98,7 @@ class SqlJobStore:
 
     def list(
         self, *, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[JobRow], str | None]:
+    ) -> tuple[builtins.list[JobRow], str | None]:
         """Newest first; ``cursor`` is the last id of the previous page."""
         query = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
         if status is not None:
@@ -109,7 +110,7 @@ class SqlJobStore:
         next_cursor = found[limit - 1].id if len(found) > limit else None
         return found[:limit], next_cursor
 
-    def reclaimable(self, now: float | None = None) -> list[str]:
+    def reclaimable(self, now: float | None = None) -> builtins.list[str]:
         """Ids of queued jobs and running jobs whose lease has expired (oldest first)."""
         now = time.time() if now is None else now
         cond = or_(
@@ -120,13 +121,13 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             return list(conn.execute(select(jobs.c.id).where(cond).order_by(jobs.c.id)).scalars())
 
-    def finished_before(self, cutoff: datetime) -> list[JobRow]:
+    def finished_before(self, cutoff: datetime) -> builtins.list[JobRow]:
         done = [s.value for s in JobStatus if s.terminal]
         query = select(jobs).where(jobs.c.status.in_(done), jobs.c.finished_at < cutoff)
         with self.engine.connect() as conn:
             return [_row(m) for m in conn.execute(query).mappings()]
 
-    def all_rows(self) -> list[JobRow]:
+    def all_rows(self) -> builtins.list[JobRow]:
         with self.engine.connect() as conn:
             return [_row(m) for m in conn.execute(select(jobs)).mappings()]
 
@@ -208,7 +209,7 @@ class SqlJobStore:
     def claim(self, job_id: str, owner: str, lease_s: float) -> JobRow | None:
         """Take a queued job, or a running one whose lease expired (re-claim after a crash).
         Returns the claimed row, or None when the job is not claimable now."""
-        claimed: list[bool] = []
+        claimed: builtins.list[bool] = []
 
         def fn(row: JobRow) -> dict[str, Any] | None:
             claimed.clear()
@@ -229,7 +230,7 @@ class SqlJobStore:
     def requeue(self, job_id: str) -> bool:
         """Put a running job with an expired lease back to queued (a runner died).
         True only for the one caller that made the change."""
-        changed: list[bool] = []
+        changed: builtins.list[bool] = []
 
         def fn(row: JobRow) -> dict[str, Any] | None:
             changed.clear()
@@ -259,13 +260,13 @@ class SqlJobStore:
 
         return self.mutate(job_id, fn)
 
-    def delete_jobs(self, job_ids: list[str]) -> None:
+    def delete_jobs(self, job_ids: builtins.list[str]) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(tiles).where(tiles.c.job_id.in_(job_ids)))
             conn.execute(delete(jobs).where(jobs.c.id.in_(job_ids)))
 
     # ---- tiles -------------------------------------------------------------------------------
-    def put_tiles(self, job_id: str, rows: list[dict[str, Any]]) -> None:
+    def put_tiles(self, job_id: str, rows: builtins.list[dict[str, Any]]) -> None:
         """Record the tile plan once (a resumed job keeps its captions, seeds and prompts)."""
         with self.engine.begin() as conn:
             have = set(conn.execute(select(tiles.c.idx).where(tiles.c.job_id == job_id)).scalars())
@@ -274,7 +275,7 @@ class SqlJobStore:
             if new:
                 conn.execute(insert(tiles), new)
 
-    def get_tiles(self, job_id: str) -> list[dict[str, Any]]:
+    def get_tiles(self, job_id: str) -> builtins.list[dict[str, Any]]:
         query = select(tiles).where(tiles.c.job_id == job_id).order_by(tiles.c.idx)
         with self.engine.connect() as conn:
             return [dict(m) for m in conn.execute(query).mappings()]
