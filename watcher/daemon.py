@@ -17,6 +17,8 @@ import time
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from watchdog.observers.api import BaseObserver
+
 from service.core.errors import AatError, ConfigError, ImageError, ParamsError
 from service.settings import Settings
 from watcher.client import ServiceClient
@@ -67,6 +69,8 @@ class Watcher:
                             downloads(settings), Backoff())
         self.excluded = tuple(p for p in (settings.data_dir.resolve(),) if p not in self.roots)
         self._fingerprints: dict[Path, str] = {}
+        self.observer: BaseObserver | None = None
+        self.observer_restarts = 0
         self._next_full_scan = 0.0
 
     # scanning
@@ -191,23 +195,26 @@ class Watcher:
 
     def run(self, stop_event: threading.Event) -> None:
         tick_s = max(0.05, min(0.25, self.settings.watch_stable_s / 4))
-        observer = start_observer(self.roots, self.hints, self.settings.watch_polling)
+        self.observer = start_observer(self.roots, self.hints, self.settings.watch_polling)
         log.info("watching %s (delivery: %s)", ", ".join(map(str, self.roots)),
                  "download" if self.flow.download else "service")
         try:
             while not stop_event.is_set():
-                if not observer.is_alive():
+                if not self.observer.is_alive():
                     log.warning("file observer stopped; restarting it and rescanning")
-                    observer = start_observer(self.roots, self.hints,
-                                              self.settings.watch_polling)
+                    self.observer_restarts += 1
+                    self.observer = start_observer(self.roots, self.hints,
+                                                   self.settings.watch_polling)
                     self._next_full_scan = 0.0
                 try:
                     self.tick(time.time())
                 except AatError as exc:
                     log.error("watch step failed: %s", exc.message)
+                except Exception:  # a daemon keeps going; the next tick starts from the ledger
+                    log.exception("watch step failed unexpectedly")
                 stop_event.wait(tick_s)
         finally:
-            stop_observer(observer)
+            stop_observer(self.observer)
             self.close()
             log.info("watcher stopped")
 

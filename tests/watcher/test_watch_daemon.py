@@ -131,3 +131,30 @@ def test_aat_watch_cli_explains_missing_folders_and_shows_status(tmp_path: Path)
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0
     assert status.stdout.splitlines()[0] == "pending: 0  submitted: 0  done: 0  failed: 0"
+
+
+def test_a_dead_observer_is_restarted_and_followed_by_a_full_scan(watcher: Watcher) -> None:
+    import threading
+    import time
+
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while watcher.observer is None or not watcher.observer.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first = watcher.observer
+        first.stop()  # as when a polling emitter dies on a vanished network share
+        first.join()
+        src = drop(watcher.roots[0] / "after.png", png_bytes(9))
+        while watcher.ledger.get(src) is None:
+            assert time.monotonic() < deadline, "file not taken after the observer died"
+            time.sleep(0.05)
+        assert watcher.observer_restarts == 1
+        assert watcher.observer is not first and watcher.observer.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()

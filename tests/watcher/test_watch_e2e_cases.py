@@ -242,3 +242,33 @@ def test_aat_up_runs_the_watcher_when_folders_are_configured(tmp_path: Path) -> 
         assert len(service.jobs()) == 1
     finally:
         service.stop()
+
+
+def test_a_wrong_token_keeps_files_waiting_with_the_reason(tmp_path: Path) -> None:
+    art, game = tmp_path / "art", tmp_path / "game"
+    art.mkdir()
+    game.mkdir()
+    (art / ".aat.toml").write_text('repo = "game"\n')
+    service = Service(tmp_path, {"game": game}, None)
+    service.env["AAT_API_TOKEN"] = "s3cret-token-for-tests"
+    service.start()
+    watcher = WatcherProcess(tmp_path, service.url, [art], {"game": game}, stable_s=0.3)
+    watcher.env["AAT_API_TOKEN"] = "wrong-token"
+    ledger = Ledger(watcher.data_dir / "watcher.db")
+    try:
+        watcher.start()
+        src = drop(art / "gem.png", png_bytes(80))
+        wait_until(lambda: (e := ledger.get(src)) is not None and e.error_code == "unauthorized",
+                   20, "the 401 recorded")
+        status = watcher.command("--status").stdout
+        assert "unauthorized" in status and "wrong-token" not in status
+        assert "wrong-token" not in watcher.log.read_text()  # secrets never logged
+        watcher.terminate()
+        watcher.env["AAT_API_TOKEN"] = "s3cret-token-for-tests"
+        watcher.start()
+        wait_until(lambda: ledger.counts()["done"] == 1, 20, "gem.png done with the right token")
+        assert (game / "gem_x2.png").is_file()
+    finally:
+        ledger.close()
+        watcher.stop()
+        service.stop()
