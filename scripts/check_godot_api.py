@@ -60,6 +60,13 @@ ALLOW = {
     "DirAccess.make_dir_recursive_absolute", "DirAccess.rename_absolute",
     "DirAccess.remove_absolute",
 }
+# Names the data lists but that are newer than the plugin's Godot 4.4 minimum
+# (plugins/godot/api/classes/README.md and the 4.4 class reference).
+NEWER_THAN_MINIMUM = {
+    "EditorDock": "4.6",  # a Control subclass for docks; use add_control_to_dock
+    "EditorContextMenuPlugin._get_menu_options": "4.6",  # 4.4/4.5 use _popup_menu
+    "EditorInterface.get_editor_toaster": "4.5",  # not in the 4.3/4.4 references
+}
 # @GlobalScope enum values (the symbol table lists only its INT*_MAX constants).
 GLOBAL_CONSTANTS = {"OK", "PROPERTY_HINT_PASSWORD", "TYPE_STRING", "TYPE_FLOAT", "TYPE_BOOL"}
 # Methods of Variant types (String, Array...), absent from the symbol table; only these may be used.
@@ -118,7 +125,8 @@ class Api:
         return out
 
     def find(self, cls: str, member: str) -> str | None:
-        """``"method" | "signal" | "other"`` when ``cls`` (or a parent) has ``member``."""
+        """``"signal" | "other"`` (``"new"`` for constructors) when ``cls`` or a parent has
+        ``member``; None when nothing lists it."""
         for owner in self.lineage(cls):
             names = self.members.get(owner, set())
             if member in self.signals.get(owner, set()):
@@ -289,12 +297,20 @@ class Checker:
             self._check_access(script, line, f"{where}:{lineno}")
             self._check_bare(script, line, f"{where}:{lineno}")
         for name in script.funcs:
+            for owner in self.api.lineage(script.extends):
+                self._too_new(f"{owner}.{name}", where)
             if name.startswith("_") and len(re.findall(rf"\b{name}\b", text)) == 1 and \
                     not self.resolve(script, script.extends, name):
                 self.problems.append(f"{where}: {name}() overrides nothing in {script.extends}")
 
+    def _too_new(self, name: str, where: str) -> None:
+        if name in NEWER_THAN_MINIMUM:
+            self.problems.append(f"{where}: {name} needs Godot {NEWER_THAN_MINIMUM[name]}; the "
+                                 "plugin supports Godot 4.4")
+
     def _check_types(self, script: Script, line: str, where: str) -> None:
-        for type_name in re.findall(r"(?::|->)\s*([A-Z]\w*)", line):
+        for type_name in re.findall(r"(?::|->|\bextends)\s*([A-Z]\w*)", line):
+            self._too_new(type_name, where)
             if not self.type_of(script, type_name):
                 self.problems.append(f"{where}: unknown type {type_name}")
 
@@ -307,6 +323,7 @@ class Checker:
             for index, (member, called) in enumerate(chain):
                 kind = self.resolve(script, type_name, member)
                 self.checked += 1
+                self._too_new(f"{_base_type(type_name)}.{member}", where)
                 if kind is None:
                     self.problems.append(f"{where}: {_base_type(type_name)}.{member} is not in "
                                          "the Godot API data")
