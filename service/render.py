@@ -1,8 +1,8 @@
 """The local, synchronous image pipeline around the GPU refine step.
 
 ``prepare`` pre-upscales a :class:`~service.core.imaging.LoadedImage` to the target size (colour
-on a bled matte with the chosen base upscaler, alpha separately with Lanczos, or nearest for the
-``nearest`` upscaler) and plans the tiles. A GPU backend may then refine tiles
+on a bled matte with the chosen base upscaler, alpha separately as a grey image with the same
+upscaler) and plans the tiles. A GPU backend may then refine tiles
 (``Prepared.tile(i)`` gives the input of tile ``i``). ``finish`` blends the refined tiles (the
 pre-upscaled pixels stand in for any tile not refined), applies the colour fix against the
 pre-upscaled reference, composites an optional seam-fix pass and puts alpha back.
@@ -94,24 +94,35 @@ def prepare(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
     opaque = is_opaque(image.alpha)
     colour = image.rgb if opaque else bleed_colour(image.rgb, image.alpha)  # type: ignore[arg-type]
     base = upscaler.upscale(colour, width, height, tileable=params.tileable)
-    alpha = _upscale_alpha(image, width, height, upscaler.name, params.tileable, opaque)
+    alpha = _upscale_alpha(image, width, height, upscaler, params.tileable, opaque)
     plan = plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
     log.debug("prepared %dx%d -> %dx%d with %s, %d tiles", image.width, image.height, width,
               height, upscaler.model, len(plan.tiles))
     return Prepared(image, params, base, alpha, plan, upscaler.name, upscaler.model, notes)
 
 
-def _upscale_alpha(image: LoadedImage, width: int, height: int, upscaler: str, tileable: bool,
-                   opaque: bool) -> np.ndarray | None:
+def _upscale_alpha(image: LoadedImage, width: int, height: int, upscaler: Upscaler,
+                   tileable: bool, opaque: bool) -> np.ndarray | None:
+    """Alpha at the target size: the colour's model on alpha as grey (sharp edges, as
+    Real-ESRGAN's own alpha upsampler does), Lanczos for 16-bit, nearest for ``nearest``."""
     if image.alpha is None:
         return None
     if opaque:
         return np.full((height, width), np.iinfo(image.alpha.dtype).max, image.alpha.dtype)
-    if upscaler == "nearest":
+    if upscaler.name == "nearest":
         from PIL import Image  # noqa: PLC0415 - only this branch needs the enum
 
         return resize_lanczos(image.alpha, width, height, resample=Image.Resampling.NEAREST)
-    return resize_lanczos(image.alpha, width, height, wrap=tileable)
+    smooth = resize_lanczos(image.alpha, width, height, wrap=tileable)
+    if upscaler.name == "lanczos" or image.alpha.dtype != np.uint8:
+        return smooth
+    grey = upscaler.upscale(np.repeat(image.alpha[:, :, None], 3, axis=2), width, height,
+                            tileable=tileable)
+    sharp = grey.mean(axis=2).round().astype(np.uint8)
+    # models drift by a level or two on flat areas: keep solid interiors exactly solid
+    sharp[(smooth == 255) & (sharp >= 248)] = 255
+    sharp[(smooth == 0) & (sharp <= 7)] = 0
+    return sharp
 
 
 def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
