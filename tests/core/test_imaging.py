@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -152,7 +154,7 @@ def test_zero_bytes() -> None:
     assert code_of(b"") == "image_empty"
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TGA"])
 def test_truncated_files(fmt: str) -> None:
     data = encode(Image.fromarray(noise(64, 64)), fmt)
     assert code_of(data[: len(data) * 2 // 3]) == "image_truncated"
@@ -276,3 +278,24 @@ def test_icc_profile_on_a_palette_image_keeps_transparency() -> None:
     assert img.icc_converted and img.alpha is not None
     assert img.alpha[0, 0] == 0 and img.alpha[1, 1] == 255
     assert img.rgb[1, 1, 2] > 240 and img.rgb[1, 1, 0] < 20
+
+
+_SAMPLES = {fmt: encode(Image.fromarray(noise(24, 20, 4 if fmt in ("PNG", "WEBP", "TGA") else 3,
+                                              seed=9)), fmt)
+            for fmt in ("PNG", "JPEG", "WEBP", "TGA", "BMP", "GIF")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(fmt=st.sampled_from(sorted(_SAMPLES)), data=st.data())
+def test_damaged_files_load_or_fail_with_an_image_error(fmt: str, data: st.DataObject) -> None:
+    """Flipped bytes and cut files never escape as anything but an ImageError."""
+    blob = bytearray(_SAMPLES[fmt])
+    for _ in range(data.draw(st.integers(0, 6))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    blob = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        img = load_image(bytes(blob), limits=LIMITS)
+    except ImageError as exc:
+        assert exc.code.startswith("image_") and "\n" not in exc.message
+    else:
+        assert img.rgb.ndim == 3 and img.rgb.shape[2] == 3
