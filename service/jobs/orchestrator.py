@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.backends.base import GpuBackend, RefineOptions, RefineResult
-from service.core.errors import JobCanceled
+from service.core.errors import JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
 from service.core.tiling import extract_tile
@@ -114,8 +114,10 @@ def make_backend(ctx: RunContext) -> GpuBackend | None:
     return None
 
 
-def refine_options(params: UpscaleParams) -> RefineOptions:
+def refine_options(params: UpscaleParams, style: np.ndarray | None = None) -> RefineOptions:
+    """Job-wide diffusion settings; ``style`` is the IP-Adapter image, if any."""
     return RefineOptions(
+        ip_adapter_image=style,
         prompt=params.prompt, negative_prompt=params.negative_prompt, strength=params.strength,
         steps=params.steps, cfg_scale=params.cfg_scale, scheduler=params.scheduler,
         clip_skip=params.clip_skip, controlnet_scale=params.controlnet_scale,
@@ -210,13 +212,23 @@ async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
     seeds = {r["idx"]: derive_seed(int(row.seed or 0), r["idx"], r["rerun"]) for r in rows}
     work = [TileWork(i, inputs[i], user_prompts.get(i) or captions.get(i, ""), seeds[i])
             for i in sorted(inputs)]
+    options = refine_options(params, _style_image(run, params))
     refined = await refine_tiles(
-        backend, work, refine_options(params), run.ctx.artifacts, before=caption_first,
+        backend, work, options, run.ctx.artifacts, before=caption_first,
         on_submitted=lambda i, key, rid: run.remote_submitted(i, key, rid, "refine"),
         on_done=refined_one, resume=_resumer(run, rows, inputs), check=run.acheck)
-    seam = await _seam_fix(run, backend, prepared, params, refined, refine_options(params),
-                           int(row.seed or 0))
+    seam = await _seam_fix(run, backend, prepared, params, refined, options, int(row.seed or 0))
     return refined, seam
+
+
+def _style_image(run: JobRun, params: UpscaleParams) -> np.ndarray | None:
+    if not params.style_image_sha256 or params.ip_adapter_scale <= 0:
+        return None
+    path = run.ctx.artifacts.find("inputs", params.style_image_sha256)
+    if path is None:
+        raise ParamsError("the job's style image is gone (garbage-collected?); upload it again")
+    loaded = load_image(path.read_bytes(), limits=limits_for(run.ctx.settings))
+    return loaded.rgb if loaded.rgb.dtype == np.uint8 else (loaded.rgb >> 8).astype(np.uint8)
 
 
 def _resumer(run: JobRun, rows: list[dict[str, Any]], inputs: dict[int, np.ndarray]

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.core.errors import JobError, NotFound, PathError
+from service.core.errors import JobError, NotFound, ParamsError, PathError
+from service.core.imaging import load_image
 from service.core.params import UpscaleParams
 from service.jobs.executor import Executor
-from service.jobs.intake import probe_image
+from service.jobs.intake import INPUT_EXT, limits_for, probe_image
 from service.jobs.model import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.jobs.view import to_public
 from service.settings import Settings
@@ -76,6 +77,10 @@ class JobService:
                ) -> tuple[JobPublic, bool]:
         """Validate, store and queue one job; ``(job, False)`` when it already existed."""
         info = probe_image(data, params, self.settings)  # raises ImageError/ParamsError
+        if params.style_image_sha256 and not self.artifacts.find(
+                "inputs", params.style_image_sha256):
+            raise ParamsError(f"no style image {params.style_image_sha256[:12]}…; upload it "
+                              "first (JobService.add_style_image / the API's style upload)")
         if target is not None:
             resolve_target(self.settings, target, ext=info.output_ext)  # raises PathError
         input_sha = self.artifacts.put_bytes("inputs", data, info.ext)
@@ -93,6 +98,12 @@ class JobService:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self.executor.submit(row.id)
         return to_public(row), created
+
+    def add_style_image(self, data: bytes) -> str:
+        """Store an IP-Adapter style image; returns the sha256 to put in
+        ``UpscaleParams.style_image_sha256``."""
+        loaded = load_image(data, limits=limits_for(self.settings))
+        return self.artifacts.put_bytes("inputs", data, INPUT_EXT.get(loaded.format, ".img"))
 
     def submit_path(self, path: Path, **kwargs: Any) -> tuple[JobPublic, bool]:
         """Submit a file that lies inside an intake root or a configured repo."""

@@ -63,6 +63,12 @@ class ArtifactStore:
     def get_bytes(self, kind: str, key: str, ext: str) -> bytes:
         return self.path(kind, key, ext).read_bytes()
 
+    def find(self, kind: str, key: str) -> Path | None:
+        """The stored file with this key, whatever its suffix (None if absent)."""
+        folder = self.path(kind, key).parent
+        found = sorted(folder.glob(f"{key}.*")) if folder.is_dir() else []
+        return found[0] if found else None
+
     # ---- tile cache --------------------------------------------------------------------------
     def put_array(self, key: str, array: np.ndarray) -> None:
         buf = io.BytesIO()

@@ -152,3 +152,24 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
     assert max(stats["request_keys"].values()) == 1
     out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+
+
+def test_a_style_image_travels_with_every_tile(job_settings: Any, emu: EmulatorServer) -> None:
+    from service.core.errors import ParamsError
+
+    svc = _service(job_settings, emu)
+    data = png(48)
+    with pytest.raises(ParamsError, match="upload it first"):
+        svc.submit(data, filename="a.png", params=small_params(style_image_sha256="0" * 64,
+                                                               ip_adapter_scale=0.5))
+    plain, _ = svc.submit(data, filename="a.png", params=small_params())
+    _finished(svc, plain.id)
+    style = svc.add_style_image(png(16, seed=9))
+    styled, _ = svc.submit(data, filename="a.png", params=small_params(
+        style_image_sha256=style, ip_adapter_scale=0.5))
+    done = _finished(svc, styled.id)
+    svc.stop()
+    assert done.status == JobStatus.succeeded, done.error
+    # same tiles and seeds, but the style image changes every request: nothing from the cache
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 8 and len(stats["request_keys"]) == 8
