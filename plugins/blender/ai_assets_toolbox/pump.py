@@ -22,6 +22,7 @@ from . import client
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
+KEEP_FINISHED = 30  # finished rows the panel keeps before the oldest are dropped
 
 
 @dataclass
@@ -49,9 +50,16 @@ tasks: list[Task] = []
 models: list[str] = []
 
 
+def _remember(task: Task) -> None:
+    finished = [t for t in tasks if not t.active]
+    for old in finished[: max(0, len(finished) - KEEP_FINISHED + 1)]:
+        tasks.remove(old)
+    tasks.append(task)
+
+
 def start(task: Task) -> Task:
     """Remember ``task``, start its thread and make sure the timer runs."""
-    tasks.append(task)
+    _remember(task)
     task.runner.start()
     ensure_timer()
     return task
@@ -60,7 +68,7 @@ def start(task: Task) -> Task:
 def fail(label: str, message: str) -> Task:
     """Show an error that happened before any thread started (bad URL, no image...)."""
     task = Task(label=label, runner=None, state="error", status=f"Error: {message}")
-    tasks.append(task)
+    _remember(task)
     _redraw()
     return task
 
