@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -171,7 +172,8 @@ class SqlJobStore:
     def mutate(self, job_id: str, fn: Mutation, *, owner: str | None = None) -> JobRow:
         """Apply ``fn(row) -> changes`` with compare-and-set on ``version``; ``None`` = no change.
         With ``owner``, refuse (LeaseLost) when the row is no longer owned by it."""
-        for _ in range(200):
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
             row = self.get(job_id)
             if owner is not None and (row.owner != owner or row.status != JobStatus.running):
                 raise LeaseLost(f"job {job_id} is no longer owned by this runner")
@@ -185,7 +187,7 @@ class SqlJobStore:
             if res.rowcount == 1:
                 row.update(changes)
                 return _row(row)
-            time.sleep(0.002)
+            time.sleep(random.uniform(0.001, 0.01))  # lost the race: jittered retry
         raise JobError(f"job {job_id} is too busy to update; try again", retryable=True)
 
     def update(self, job_id: str, *, owner: str | None = None, **fields: Any) -> JobRow:
