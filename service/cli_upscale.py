@@ -23,6 +23,8 @@ from service.core.errors import AatError, DeliveryError, InputError, ParamsError
 from service.core.params import UpscaleParams
 
 log = logging.getLogger(__name__)
+_UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".dds", ".ico", ".hdr", ".avif")
+_OPTION_NAMES = {"output_format": "--format", "parameters": "parameters"}
 _STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
 _err_console = Console(stderr=True)
 
@@ -96,7 +98,7 @@ def _params(**values: object) -> UpscaleParams:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "parameters"
-        option = "--" + where.replace("_", "-") if where != "parameters" else where
+        option = _OPTION_NAMES.get(where, "--" + where.replace("_", "-"))
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         raise ParamsError(f"{option}: {msg}") from exc
 
@@ -134,6 +136,9 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     requested: str = params.output_format
     if requested == "auto":
         requested = format_for_suffix(output.suffix) or "auto"
+        if requested == "auto" and output.suffix.lower() in _UNWRITABLE:
+            raise ParamsError(f"cannot write {output.suffix} files; name the output .png, "
+                              ".webp, .jpg or .tga")
     fmt = output_format_for(image.format, requested)
     step("pre-upscale")
     token = tile_progress.set(lambda done, total: step.detail(f"pre-upscale {done}/{total}"))

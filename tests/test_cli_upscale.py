@@ -131,6 +131,7 @@ def test_failure_leaves_an_existing_output_untouched(tmp_path: Path) -> None:
     (["--upscaler", "magic"], "invalid_params", "magic"),
     (["--scale", "2", "--width", "100"], "invalid_params", "either scale or width"),
     (["--backend", "runpod"], "invalid_params", "--backend none"),
+    (["--format", "gif"], "invalid_params", "--format: "),
 ])
 def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,6 +142,13 @@ def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
     line = result.stderr.strip()
     assert line.startswith(f"error [{code}]") and words in line and "\n" not in line
     assert not out.exists()
+
+
+def test_output_suffix_we_cannot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.bmp"
+    result = aat_inproc("upscale", SPRITE, "-o", out, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and result.stderr.startswith("error [invalid_params]")
+    assert ".png" in result.stderr and not out.exists()
 
 
 def test_output_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
