@@ -15,10 +15,13 @@ from PIL import Image
 SMALL = {"scale": "2", "tile_size": "64", "overlap": "16"}
 
 
-def _sse_events(client: httpx.Client, job_id: str) -> list[tuple[str, dict]]:
+def _sse_events(client: httpx.Client, job_id: str, last_id: str | None = None,
+                ) -> list[tuple[str, dict]]:
     events: list[tuple[str, dict]] = []
     name = "message"
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as resp:
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60,
+                       headers=headers) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         for line in resp.iter_lines():
@@ -58,6 +61,8 @@ def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
 
         got = http.get(f"/v1/jobs/{job['id']}")
         assert got.status_code == 200 and "retry-after" not in got.headers
+        resumed = _sse_events(http, job["id"], last_id="1")
+        assert [n for n, _ in resumed] == ["progress", "end"], "a finished job ends at once"
         assert got.json()["output"]["width"] == 192
 
 
@@ -206,6 +211,8 @@ def test_cancel_list_filter_and_not_ready(queued_server) -> None:
 
         missing = http.get("/v1/jobs/j_nope")
         assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+        no_stream = http.get("/v1/jobs/j_nope/events")
+        assert (no_stream.status_code, no_stream.json()["code"]) == (404, "not_found")
         assert http.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
 
 
