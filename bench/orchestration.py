@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from service.backends.base import RefineOptions, TileTask  # noqa: E402
 from service.backends.runpod import RunPodBackend  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from workers.echo.handler import tint  # noqa: E402
+from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler  # noqa: E402
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +66,28 @@ def start_emulator(workers: int, latency: float, faults: str, seed: int
     raise RuntimeError("the emulator did not start")
 
 
-def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, seed: int
-             ) -> dict[str, Any]:
-    """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
+@contextlib.contextmanager
+def emulator(workers: int, latency: float, faults: str, seed: int, in_process: bool
+             ) -> Iterator[str]:
+    """A fresh emulated endpoint ``upscale``; yields its base URL."""
+    if in_process:
+        config = EndpointConfig(handler=resolve_handler("echo"), workers=workers,
+                                latency_s=latency, faults=Faults.parse(faults, seed=seed))
+        with EmulatorServer({"upscale": config}, api_key=API_KEY) as emu:
+            yield emu.url
+        return
     proc, url = start_emulator(workers, latency, faults, seed)
     try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, seed: int,
+             in_process: bool) -> dict[str, Any]:
+    """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
+    with emulator(workers, latency, faults, seed, in_process) as url:
         settings = Settings(runpod_api_key=API_KEY, runpod_base_url=url,
                             runpod_upscale_endpoint_id="upscale", backend="runpod")
         backend = RunPodBackend(settings)
@@ -85,9 +105,6 @@ def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, s
 
         *results, elapsed = asyncio.run(go())
         stats = httpx.get(url.removesuffix("/v2") + "/_emulator/stats/upscale").json()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     ok = sum(
         1 for tile, r in zip(tiles, results, strict=True)
         if not isinstance(r, BaseException) and np.array_equal(r.image, tint(tile.image, tile.seed))
@@ -103,6 +120,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--fault-rate", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the emulator in a thread of this process")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
@@ -110,11 +129,12 @@ def main() -> None:
     tiles = [TileTask(f"t{i}", rng.integers(0, 250, (64, 64, 3), dtype=np.uint8), "", i)
              for i in range(args.tiles)]
     ideal = math.ceil(args.tiles / args.workers) * args.latency
-    clean = run_once(tiles, args.workers, args.latency, "", args.seed)
+    clean = run_once(tiles, args.workers, args.latency, "", args.seed, args.in_process)
     print(f"clean : {clean}")
     share = args.fault_rate / len(TRANSIENT)
     faulty = run_once(tiles, args.workers, args.latency,
-                      ",".join(f"{kind}={share:g}" for kind in TRANSIENT), args.seed)
+                      ",".join(f"{kind}={share:g}" for kind in TRANSIENT), args.seed,
+                      args.in_process)
     print(f"faulty: {faulty}")
     print(json.dumps({
         "tiles": args.tiles, "workers": args.workers, "latency_s": args.latency,

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -119,19 +120,21 @@ class RunPodBackend:
     async def refine(
         self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
     ) -> RefineResult:
-        style = options.ip_adapter_image
-        req = UpscaleRequest(
-            tiles=[TileIn(tile_id=tile.tile_id, image=await _encode(tile.image),
-                          prompt=tile.prompt, seed=tile.seed)],
-            prompt=options.prompt, negative_prompt=options.negative_prompt,
-            strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
-            scheduler=options.scheduler, clip_skip=options.clip_skip,
-            controlnet_scale=options.controlnet_scale,
-            ip_adapter_image=await _encode(style) if style is not None else None,
-            ip_adapter_scale=options.ip_adapter_scale, loras=list(options.loras),
-        )
+        async def build() -> UpscaleRequest:  # encoded only once a RunPod slot is free
+            style = options.ip_adapter_image
+            return UpscaleRequest(
+                tiles=[TileIn(tile_id=tile.tile_id, image=await _encode(tile.image),
+                              prompt=tile.prompt, seed=tile.seed)],
+                prompt=options.prompt, negative_prompt=options.negative_prompt,
+                strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
+                scheduler=options.scheduler, clip_skip=options.clip_skip,
+                controlnet_scale=options.controlnet_scale,
+                ip_adapter_image=await _encode(style) if style is not None else None,
+                ip_adapter_scale=options.ip_adapter_scale, loras=list(options.loras),
+            )
+
         label = f"tile {tile.tile_id}"
-        out, acct = await self._call("upscale", req, label, on_submitted=on_submitted)
+        out, acct = await self._call("upscale", build, label, on_submitted=on_submitted)
         resp = _parse(UpscaleResponse, out, label)
         image = await asyncio.to_thread(decode_to_array, resp.tiles[0].image)
         if len(resp.tiles) != 1 or image.shape != tile.image.shape:
@@ -146,10 +149,13 @@ class RunPodBackend:
         self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
         max_new_tokens: int = 48, on_submitted: OnSubmitted | None = None,
     ) -> CaptionResult:
-        req = CaptionRequest(tiles=[CaptionTileIn(tile_id=tile_id, image=await _encode(image))],
-                             instruction=instruction, max_new_tokens=max_new_tokens)
+        async def build() -> CaptionRequest:
+            return CaptionRequest(
+                tiles=[CaptionTileIn(tile_id=tile_id, image=await _encode(image))],
+                instruction=instruction, max_new_tokens=max_new_tokens)
+
         label = f"caption of tile {tile_id}"
-        out, acct = await self._call("caption", req, label, on_submitted=on_submitted)
+        out, acct = await self._call("caption", build, label, on_submitted=on_submitted)
         resp = _parse(CaptionResponse, out, label)
         return CaptionResult(tile_id, resp.captions[0].caption, acct)
 
@@ -198,34 +204,43 @@ class RunPodBackend:
     # ---- one call, tile-level retries -------------------------------------------------------
 
     async def _call(
-        self, kind: str, request: BaseModel, label: str, *, sync: bool = False,
-        attempts: int | None = None, on_submitted: OnSubmitted | None = None,
+        self, kind: str, request: BaseModel | Callable[[], Awaitable[BaseModel]], label: str, *,
+        sync: bool = False, attempts: int | None = None, on_submitted: OnSubmitted | None = None,
     ) -> tuple[Any, CallAccounting]:
-        """Run ``request`` on endpoint ``kind``; resubmit retryable failures (bounded)."""
-        payload = request.model_dump(mode="json", exclude_none=True)
-        if "request_key" in type(request).model_fields:
-            payload["request_key"] = await asyncio.to_thread(request_key, payload)
+        """Run ``request`` (or what ``request()`` builds) on endpoint ``kind``, holding one of
+        its in-flight slots throughout; resubmit retryable failures (bounded)."""
         client, sem = self._client(kind), await self._semaphore(kind)
-        acct = CallAccounting()
         self._totals.calls += 1
-        limit = attempts or self._s.runpod_tile_attempts
+        async with sem:
+            built = request if isinstance(request, BaseModel) else await request()
+            payload = built.model_dump(mode="json", exclude_none=True)
+            if "request_key" in type(built).model_fields:
+                payload["request_key"] = await asyncio.to_thread(request_key, payload)
+            return await self._attempts(client, payload, label, sync=sync,
+                                        attempts=attempts or self._s.runpod_tile_attempts,
+                                        on_submitted=on_submitted)
+
+    async def _attempts(
+        self, client: RunPodClient, payload: dict[str, Any], label: str, *, sync: bool,
+        attempts: int, on_submitted: OnSubmitted | None,
+    ) -> tuple[Any, CallAccounting]:
+        acct = CallAccounting()
         last: AatError | None = None
-        for attempt in range(1, limit + 1):
-            async with sem:
-                try:
-                    body = await self._attempt(client, payload, acct, sync, label, on_submitted)
-                except BackendAuthError:
-                    raise  # already the one clear message
-                except AatError as exc:  # the HTTP layer gave up, or the tile is too large
-                    raise type(exc)(f"{label}: {exc.message}", code=exc.code,
-                                    retryable=exc.retryable, retry_after=exc.retry_after,
-                                    detail=exc.detail) from exc
+        for attempt in range(1, attempts + 1):
+            try:
+                body = await self._attempt(client, payload, acct, sync, label, on_submitted)
+            except BackendAuthError:
+                raise  # already the one clear message
+            except AatError as exc:  # the HTTP layer gave up, or the tile is too large
+                raise type(exc)(f"{label}: {exc.message}", code=exc.code,
+                                retryable=exc.retryable, retry_after=exc.retry_after,
+                                detail=exc.detail) from exc
             try:
                 return outcome(body), acct
             except AatError as exc:
                 last = exc
                 log.warning("%s: RunPod job %s attempt %d/%d: %s (%s)", label, body.get("id"),
-                            attempt, limit, exc.message, exc.code)
+                            attempt, attempts, exc.message, exc.code)
                 if not exc.retryable:
                     break
         assert last is not None
