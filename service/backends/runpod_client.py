@@ -111,13 +111,13 @@ class RunPodClient:
         body = _encode({"input": payload, **({"policy": policy} if policy else {})},
                        MAX_RUN_BYTES, "/run")
         resp = await self._request("POST", "/run", content=body)
-        return str(resp.json()["id"])
+        return str(_json(resp, "/run", "id")["id"])
 
     async def runsync(self, payload: dict[str, Any], *, wait_ms: int = 60_000) -> dict[str, Any]:
         """Submit with ``/runsync``; the reply may still be non-terminal (then :meth:`wait`)."""
         body = _encode({"input": payload}, MAX_RUNSYNC_BYTES, "/runsync")
         resp = await self._request("POST", "/runsync", content=body, params={"wait": wait_ms})
-        return dict(resp.json())
+        return _json(resp, "/runsync", "id")
 
     async def status(self, job_id: str) -> dict[str, Any]:
         """``GET /status/{id}``; a job RunPod no longer knows raises ``runpod_job_gone``."""
@@ -126,7 +126,7 @@ class RunPodClient:
             code="runpod_job_gone", retryable=True,
         )
         resp = await self._request("GET", f"/status/{job_id}", missing=gone)
-        return dict(resp.json())
+        return _json(resp, "/status", "status")
 
     async def cancel(self, job_id: str) -> None:
         """``POST /cancel/{id}``; a job already gone is fine."""
@@ -137,7 +137,7 @@ class RunPodClient:
         log.info("cancelled RunPod job %s on %s", job_id, self.endpoint_id)
 
     async def health(self) -> dict[str, Any]:
-        return dict((await self._request("GET", "/health")).json())
+        return _json(await self._request("GET", "/health"), "/health", "workers")
 
     async def wait(self, job_id: str, first: dict[str, Any] | None = None,
                    submitted_at: float | None = None) -> dict[str, Any]:
@@ -233,7 +233,7 @@ class RunPodClient:
             after = _retry_after(resp)
             return BackendUnavailable("RunPod rate limit reached (429)", retry_after=after,
                                       code="runpod_rate_limited"), after if after is not None else wait
-        if code >= 500:
+        if code >= 500 or code == 408:
             return BackendUnavailable(f"RunPod answered {code}", code="runpod_server_error"), wait
         if code == 404 and missing is not None:
             raise missing
@@ -261,6 +261,20 @@ def _encode(body: dict[str, Any], limit: int, route: str) -> bytes:
             f"request of {len(data) / 1e6:.1f} MB is over RunPod's {route} limit "
             f"({limit / 1e6:.1f} MB usable); use a smaller tile_size",
             code="payload_too_large", detail={"bytes": len(data), "limit": limit},
+        )
+    return data
+
+
+def _json(resp: httpx.Response, route: str, key: str) -> dict[str, Any]:
+    """The reply as a dict holding ``key``, or a retryable error (a proxy's HTML page, ...)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or key not in data:
+        raise BackendUnavailable(
+            f"RunPod answered {route} with something unexpected ({resp.text[:120]!r}); "
+            "check runpod_base_url", code="runpod_bad_response",
         )
     return data
 

@@ -205,3 +205,39 @@ def test_retry_after_is_honoured(runpod_emulator, runpod_settings):
     _run(backend, backend.list_models)
     assert time.monotonic() - started >= 0.8  # two 429s, 0.4 s each, not the 0.01 s backoff
     assert emu.stats("upscale")["rejected"]["429"] == 2
+
+
+def test_a_non_runpod_reply_is_a_clear_error():
+    """A wrong base URL that answers 200 with a web page (a proxy, a login portal)."""
+    import http.server
+    import threading
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>please log in</html>")
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def go() -> None:
+        client = RunPodClient(f"http://127.0.0.1:{server.server_port}/v2", "up", SecretStr("k"))
+        try:
+            with pytest.raises(BackendUnavailable) as info:
+                await client.run({"action": "health"})
+            assert info.value.code == "runpod_bad_response"
+            assert "please log in" in info.value.message and "runpod_base_url" in info.value.message
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.shutdown()
