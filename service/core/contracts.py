@@ -14,13 +14,13 @@ Images travel as :class:`ImageRef`: inline base64 PNG/WebP bytes, or an http(s) 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from service.core.params import LoraSpec, Scheduler
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Final = 1  # Final: typed as Literal[1], the models' version field
 MAX_TILES_PER_CALL = 16
 
 

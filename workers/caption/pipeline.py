@@ -62,8 +62,9 @@ class CaptionPipeline:
     def from_weights(cls, root: Path | None = None, device: str = "cuda") -> CaptionPipeline:
         path = weights.local_path("caption", root)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, local_files_only=True).to(device).eval()
+        model: Any = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, local_files_only=True)
+        model = model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
         return cls(model, tokenizer, processor, device)

@@ -41,7 +41,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Any:
-    ids = tokenizer.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(found, int)
+        return found
+
     config = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,

@@ -52,7 +52,7 @@ def parse_input(job: Mapping[str, Any], adapter: TypeAdapter[Any],
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
-        raise ParamsError(describe(exc, action), code="invalid_params") from exc
+        raise ParamsError(describe(exc, str(action)), code="invalid_params") from exc
 
 
 def describe(exc: ValidationError, action: str) -> str:

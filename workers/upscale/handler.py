@@ -12,12 +12,21 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from service.core.contracts import (
+    DeleteModelRequest,
+    DeleteModelResponse,
     HealthResponse,
+    ListModelsRequest,
+    ListModelsResponse,
     TileOut,
+    UploadModelRequest,
+    UploadModelResponse,
     UpscaleRequest,
     UpscaleResponse,
     upscale_worker_request,
@@ -81,12 +90,21 @@ def health(_req: Any) -> HealthResponse:
     return HealthResponse(status="ok", worker="upscale", **info)
 
 
-ACTIONS = {
-    "upscale": upscale,
-    "list_models": lambda req: models.list_models(),
-    "upload_model": lambda req: models.upload(req),
-    "delete_model": lambda req: models.delete(req.name),
-    "health": health,
+def list_models(_req: ListModelsRequest) -> ListModelsResponse:
+    return models.list_models()
+
+
+def upload_model(req: UploadModelRequest) -> UploadModelResponse:
+    return models.upload(req)
+
+
+def delete_model(req: DeleteModelRequest) -> DeleteModelResponse:
+    return models.delete(req.name)
+
+
+ACTIONS: dict[str, Callable[[Any], BaseModel]] = {
+    "upscale": upscale, "list_models": list_models, "upload_model": upload_model,
+    "delete_model": delete_model, "health": health,
 }
 
 

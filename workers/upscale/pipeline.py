@@ -92,9 +92,9 @@ def effective_prompt(global_prompt: str, tile_prompt: str) -> str:
 class UpscalePipeline:
     """One resident SDXL ControlNet img2img pipeline; ``refine`` is serialised by a lock."""
 
-    def __init__(self, pipe: StableDiffusionXLControlNetImg2ImgPipeline, device: str,
+    def __init__(self, pipe: Any, device: str,
                  lora_dir: Path | None = None, has_ip_adapter: bool = False) -> None:
-        self.pipe = pipe
+        self.pipe: Any = pipe  # StableDiffusionXLControlNetImg2ImgPipeline
         self.device = device
         self.lora_dir = lora_dir
         self.has_ip_adapter = has_ip_adapter
@@ -111,7 +111,7 @@ class UpscalePipeline:
         """Build from in-memory components (tests, ``AAT_WORKER_TINY``)."""
         parts = dict(components)
         parts.setdefault("feature_extractor", CLIPImageProcessor())
-        pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
+        pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
         if ip_adapter is not None:
             pipe.load_ip_adapter(ip_adapter, subfolder="", weight_name="",
                                  image_encoder_folder=None)
@@ -133,7 +133,7 @@ class UpscalePipeline:
         vae = AutoencoderKL.from_pretrained(paths["vae"], torch_dtype=dtype)  # fp16-safe VAE
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             paths["ip_adapter"] / weights.IP_ADAPTER_ENCODER, torch_dtype=dtype)
-        pipe = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
+        pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
             str(paths["base"] / weights.BASE_FILE), config=str(paths["sdxl_config"]),
             controlnet=controlnet, vae=vae, image_encoder=encoder,
             feature_extractor=CLIPImageProcessor(), torch_dtype=dtype, local_files_only=True)
@@ -282,7 +282,7 @@ class UpscalePipeline:
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _place(pipe: StableDiffusionXLControlNetImg2ImgPipeline, device: str) -> None:
+def _place(pipe: Any, device: str) -> None:
     """Keep everything resident when the GPU fits it; offload only on small cards."""
     if device.startswith("cuda"):
         total_gb = torch.cuda.get_device_properties(0).total_memory / 1e9

@@ -109,7 +109,7 @@ def build_components(workdir: Path, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def _wake_zero_convs(controlnet: ControlNetModel) -> None:
+def _wake_zero_convs(controlnet: Any) -> None:
     """Give the zero-initialised output convolutions small random weights.
 
     A fresh ControlNet adds exactly nothing to the UNet (that is how training starts), so a
@@ -124,7 +124,7 @@ def _wake_zero_convs(controlnet: ControlNetModel) -> None:
         last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.3)
 
 
-def ip_adapter_state_dict(unet: UNet2DConditionModel, image_embed_dim: int = 32,
+def ip_adapter_state_dict(unet: Any, image_embed_dim: int = 32,
                           seed: int = 5) -> dict[str, dict[str, torch.Tensor]]:
     """Random plain IP-Adapter weights shaped for ``unet`` (4 image tokens)."""
     gen = torch.Generator().manual_seed(seed)
@@ -147,7 +147,7 @@ def ip_adapter_state_dict(unet: UNet2DConditionModel, image_embed_dim: int = 32,
     return {"image_proj": proj, "ip_adapter": ip}
 
 
-def _hidden_size(unet: UNet2DConditionModel, name: str) -> int:
+def _hidden_size(unet: Any, name: str) -> int:
     channels = list(unet.config.block_out_channels)
     if name.startswith("mid_block"):
         return channels[-1]
@@ -156,7 +156,7 @@ def _hidden_size(unet: UNet2DConditionModel, name: str) -> int:
     return channels[int(name[len("down_blocks.")])]
 
 
-def write_lora(unet: UNet2DConditionModel, path: Path, seed: int, rank: int = 4) -> Path:
+def write_lora(unet: Any, path: Path, seed: int, rank: int = 4) -> Path:
     """Write a random peft LoRA for ``unet`` as a diffusers-format ``.safetensors`` file.
 
     The UNet is left unchanged (the adapter is added, read and deleted again).
