@@ -136,8 +136,10 @@ class RunPodBackend:
         label = f"tile {tile.tile_id}"
         out, acct = await self._call("upscale", build, label, on_submitted=on_submitted)
         resp = _parse(UpscaleResponse, out, label)
+        if len(resp.tiles) != 1:
+            raise _bad_output(label, f"{len(resp.tiles)} tiles instead of 1")
         image = await asyncio.to_thread(decode_to_array, resp.tiles[0].image)
-        if len(resp.tiles) != 1 or image.shape != tile.image.shape:
+        if image.shape != tile.image.shape:
             raise WorkerError(
                 f"worker returned {image.shape} for {label} of shape {tile.image.shape}; "
                 "the upscale worker is out of date, redeploy it",
@@ -157,6 +159,8 @@ class RunPodBackend:
         label = f"caption of tile {tile_id}"
         out, acct = await self._call("caption", build, label, on_submitted=on_submitted)
         resp = _parse(CaptionResponse, out, label)
+        if len(resp.captions) != 1:
+            raise _bad_output(label, f"{len(resp.captions)} captions instead of 1")
         return CaptionResult(tile_id, resp.captions[0].caption, acct)
 
     async def list_models(self) -> list[ModelInfo]:
@@ -365,15 +369,19 @@ async def _encode(image: np.ndarray) -> Any:
     return await asyncio.to_thread(encode_image_ref, image)
 
 
+def _bad_output(label: str, what: str) -> WorkerError:
+    return WorkerError(
+        f"{label}: the worker's output does not match the contract ({what}); "
+        "redeploy a worker matching this service version",
+        code="bad_worker_output",
+    )
+
+
 def _parse(model: type[M], output: Any, label: str) -> M:
     try:
         return model.model_validate(output)
     except ValidationError as exc:
-        raise WorkerError(
-            f"{label}: the worker's output does not match the contract ({exc.errors()[0]['msg']}); "
-            "redeploy a worker matching this service version",
-            code="bad_worker_output",
-        ) from exc
+        raise _bad_output(label, str(exc.errors()[0]["msg"])) from exc
 
 
 async def _cancel_quietly(client: RunPodClient, job_id: str) -> None:

@@ -259,3 +259,30 @@ def test_a_failing_on_submitted_callback_cancels_the_runpod_job(runpod_emulator,
         _refine(backend, _tile(), on_submitted=record)
     stats = emu.stats("upscale")
     assert stats["submitted"] == 1 and stats["canceled"] == 1
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ({"version": 1, "tiles": []}, "0 tiles instead of 1"),
+    ({"version": 1, "tiles": [{"tile_id": "t0", "seed_used": 1}]}, "Field required"),
+    ({"images": ["..."]}, "Field required"),
+])
+def test_an_output_off_contract_is_a_clear_non_retried_error(
+        runpod_emulator, runpod_settings, output, expected):
+    emu = runpod_emulator(handler=lambda job: output)
+    backend = RunPodBackend(runpod_settings(emu))
+    with pytest.raises(WorkerError) as info:
+        _refine(backend, _tile())
+    assert info.value.code == "bad_worker_output" and expected in info.value.message
+    assert "redeploy" in info.value.message
+    assert emu.stats("upscale")["submitted"] == 1
+
+
+def test_a_tile_of_the_wrong_size_is_refused(runpod_emulator, runpod_settings):
+    from workers.common.imageref import encode_image_ref
+
+    small = encode_image_ref(np.zeros((8, 8, 3), np.uint8)).model_dump(exclude_none=True)
+    emu = runpod_emulator(handler=lambda job: {
+        "version": 1, "tiles": [{"tile_id": "t0", "image": small, "seed_used": 7}]})
+    backend = RunPodBackend(runpod_settings(emu))
+    with pytest.raises(WorkerError, match="out of date, redeploy"):
+        _refine(backend, _tile())
