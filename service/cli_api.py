@@ -103,8 +103,10 @@ def up(
     port: int | None = typer.Option(None, "--port", help="Port (default AAT_PORT, 8765)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
-    """Run everything here: the API, an embedded job executor and the watcher (if folders are
-    configured). No Redis needed; unfinished jobs resume at the next start."""
+    """Run the API, an embedded job executor and the watcher (when folders are set) here.
+
+    No Redis needed; unfinished jobs resume at the next start.
+    """
     _configure_logging(log_level)
     try:
         settings = _settings(host, port, broker_url=None)

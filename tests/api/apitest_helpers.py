@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,21 @@ def serve(app: Any) -> tuple[str, Callable[[], None]]:
         sock.close()
 
     return f"http://127.0.0.1:{port}", stop
+
+
+@contextmanager
+def running_app(settings: Any, job_service: Any = None, backend: Any = None,
+                ) -> Iterator[LiveServer]:
+    """The app for ``settings`` served by uvicorn on an ephemeral loopback port."""
+    from service.api.app import create_app
+
+    app = create_app(settings, job_service=job_service, backend=backend)
+    url, stop = serve(app)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    try:
+        yield LiveServer(url=url, app=app, settings=settings, token=token)
+    finally:
+        stop()
 
 
 def start_runner(env: dict[str, str], log: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:

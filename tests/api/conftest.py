@@ -6,31 +6,22 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apitest_helpers import LiveServer, env_for, serve, start_runner, stop_process
+from apitest_helpers import (
+    LiveServer,
+    env_for,
+    running_app,
+    serve,
+    start_runner,
+    stop_process,
+)
 
 PG_ADMIN_URL = os.environ.get("AAT_TEST_PG_ADMIN",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("AAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-@contextmanager
-def running_app(settings: Any, job_service: Any = None, backend: Any = None,
-                ) -> Iterator[LiveServer]:
-    """The app for ``settings`` served by uvicorn on an ephemeral loopback port."""
-    from service.api.app import create_app
-
-    app = create_app(settings, job_service=job_service, backend=backend)
-    url, stop = serve(app)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    try:
-        yield LiveServer(url=url, app=app, settings=settings, token=token)
-    finally:
-        stop()
 
 
 @pytest.fixture

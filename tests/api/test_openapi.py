@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from apitest_helpers import ROOT, LiveServer
-from conftest import running_app
+from apitest_helpers import ROOT, LiveServer, running_app
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
