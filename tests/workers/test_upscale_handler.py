@@ -187,3 +187,19 @@ def test_runs_under_the_runpod_sdk_test_mode(tmp_path: Path) -> None:
                tmp_path, tmp_path)
     assert bad.returncode == 1
     assert "invalid_params" in bad.stdout + bad.stderr
+
+
+def test_a_repeated_request_key_is_answered_without_running_the_gpu_again(worker) -> None:
+    handler, _ = worker
+    unet = handler.get_pipeline().pipe.unet
+    calls: list[int] = []
+    hook = unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        first = call(handler, upscale_input(request_key="k-1"))
+        ran = len(calls)
+        again = call(handler, upscale_input(request_key="k-1"))
+        assert ran > 0 and len(calls) == ran and again == first
+        call(handler, upscale_input(request_key="k-2", strength=0.75))
+        assert len(calls) > ran
+    finally:
+        hook.remove()

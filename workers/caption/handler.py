@@ -18,12 +18,13 @@ from service.core.contracts import (
     HealthResponse,
     caption_worker_request,
 )
-from workers.common.envelope import run_action
+from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _pipeline: Any = None
+_recent = RecentResults(size=16)  # outputs by request_key (duplicate deliveries)
 
 
 def get_pipeline() -> Any:
@@ -60,7 +61,7 @@ ACTIONS = {"caption": caption, "health": health}
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    return run_action(job, caption_worker_request, ACTIONS)
+    return run_action(job, caption_worker_request, ACTIONS, _recent)
 
 
 if __name__ == "__main__":

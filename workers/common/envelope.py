@@ -5,11 +5,15 @@ the worker's versioned contract (``service.core.contracts``), the action's funct
 pydantic response, and any failure comes back as ``WorkerErrorData(...).to_output()`` — a JSON
 *string* under ``"error"``, so RunPod marks the job FAILED and the client can rebuild the
 structured error (code, message, retryable). Nothing escapes as a bare exception.
+Successful outputs are remembered by the request's ``request_key`` (:class:`RecentResults`),
+which makes a repeated job idempotent and free.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,12 +27,45 @@ log = logging.getLogger(__name__)
 Action = Callable[[Any], BaseModel]
 
 
+class RecentResults:
+    """The last few successful outputs by ``request_key``, so a job RunPod delivers twice
+    (or a client resubmits after an ambiguous 5xx) is answered without paying the GPU again."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str | None) -> dict[str, Any] | None:
+        with self._lock:
+            if key is None or key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: str | None, output: dict[str, Any]) -> None:
+        if key is None or self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = output
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def run_action(job: Mapping[str, Any], adapter: TypeAdapter[Any],
-               actions: Mapping[str, Action]) -> dict[str, Any]:
+               actions: Mapping[str, Action], recent: RecentResults | None = None
+               ) -> dict[str, Any]:
     """Run one job; the return value is the handler's return value for RunPod."""
     try:
         request = parse_input(job, adapter, actions)
-        return actions[request.action](request).model_dump(mode="json")
+        key = getattr(request, "request_key", None) if recent is not None else None
+        if recent is not None and (hit := recent.get(key)) is not None:
+            log.info("job %s repeats request %s: answered from memory", job.get("id"), key)
+            return hit
+        output: dict[str, Any] = actions[request.action](request).model_dump(mode="json")
+        if recent is not None:
+            recent.put(key, output)
+        return output
     except AatError as exc:
         log.warning("job %s failed: %s (%s)", job.get("id"), exc.message, exc.code)
         return error_output(exc)

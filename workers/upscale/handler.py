@@ -31,13 +31,14 @@ from service.core.contracts import (
     UpscaleResponse,
     upscale_worker_request,
 )
-from workers.common.envelope import run_action
+from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
 from workers.upscale import models
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _pipeline: Any = None
+_recent = RecentResults(size=16)  # outputs by request_key (duplicate deliveries)
 
 
 def get_pipeline() -> Any:
@@ -109,7 +110,7 @@ ACTIONS: dict[str, Callable[[Any], BaseModel]] = {
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    return run_action(job, upscale_worker_request, ACTIONS)
+    return run_action(job, upscale_worker_request, ACTIONS, _recent)
 
 
 if __name__ == "__main__":
