@@ -99,3 +99,36 @@ def test_smoke_test_inputs_are_valid_requests() -> None:
     cap = json.loads((ROOT / "workers/caption/test_input.json").read_text())["input"]
     assert upscale_worker_request.validate_python(up).action == "upscale"
     assert caption_worker_request.validate_python(cap).action == "caption"
+
+
+def test_weight_download_resolves_branches_and_locks_file_hashes(tmp_path, monkeypatch, caplog
+                                                                  ) -> None:
+    # the Hugging Face Hub is unreachable here: stand in for its two calls (the only fake)
+    import hashlib
+    import types
+
+    import huggingface_hub
+
+    from workers.common.hub import Component, download
+
+    fetched: list[tuple[str, str]] = []
+
+    def snapshot_download(repo_id: str, revision: str, allow_patterns: list[str],
+                          local_dir: str) -> str:
+        fetched.append((repo_id, revision))
+        Path(local_dir, "sub").mkdir(parents=True, exist_ok=True)
+        Path(local_dir, "sub", "w.safetensors").write_bytes(b"weights")
+        return local_dir
+
+    class Api:
+        def model_info(self, repo: str, revision: str) -> types.SimpleNamespace:
+            return types.SimpleNamespace(sha="c" * 40)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    manifest = {"vae": Component("org/vae", "main", ("sub/*",), "vae")}
+    lock = json.loads(download(manifest, tmp_path).read_text())
+    assert fetched == [("org/vae", "c" * 40)]  # one consistent snapshot, not a moving branch
+    assert lock["vae"]["commit"] == "c" * 40
+    assert lock["vae"]["sha256"] == {"sub/w.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    assert "pin it to commit" in caplog.text

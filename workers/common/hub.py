@@ -5,7 +5,9 @@ the weights root (``$AAT_WEIGHTS_DIR``, default ``/models``) where the image kee
 worker's ``weights.py`` holds its manifest; the worker's ``pipeline.py`` reads the same
 manifest to find the files, so what is baked and what is loaded cannot drift apart.
 ``download`` runs at image build time only (``python -m workers.<worker>.weights``) and writes
-``<root>/manifest.lock.json`` with the resolved commit and the sha256 of every file.
+``<root>/manifest.lock.json`` with the resolved commit and the sha256 of every file; a
+revision that is a branch name is resolved to its commit first (and the build log says which
+commit to pin), so one build always downloads one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -40,19 +42,23 @@ def local_path(manifest: dict[str, Component], name: str, root: Path | None = No
 
 def download(manifest: dict[str, Component], root: Path | None = None) -> Path:
     """Fetch every component (build time), then write the lock file with file hashes."""
-    from huggingface_hub import snapshot_download  # only needed while building the image
+    from huggingface_hub import HfApi, snapshot_download  # only needed while building
 
     root = root or weights_root()
     lock: dict[str, dict[str, object]] = {}
     for name, comp in manifest.items():
         target = root / comp.folder
-        log.info("fetching %s from %s@%s", name, comp.repo, comp.revision)
-        snapshot_download(repo_id=comp.repo, revision=comp.revision,
+        commit = HfApi().model_info(comp.repo, revision=comp.revision).sha or comp.revision
+        if commit != comp.revision:
+            log.warning("%s: revision %r is a branch; pin it to commit %s in the manifest",
+                        name, comp.revision, commit)
+        log.info("fetching %s from %s@%s", name, comp.repo, commit)
+        snapshot_download(repo_id=comp.repo, revision=commit,
                           allow_patterns=list(comp.files), local_dir=str(target))
         files = sorted(p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts)
         if not files:
-            raise SystemExit(f"{name}: nothing downloaded from {comp.repo}@{comp.revision}")
-        lock[name] = {**asdict(comp), "sha256": {
+            raise SystemExit(f"{name}: nothing downloaded from {comp.repo}@{commit}")
+        lock[name] = {**asdict(comp), "commit": commit, "sha256": {
             str(p.relative_to(target)): _sha256(p) for p in files}}
     out = root / "manifest.lock.json"
     out.write_text(json.dumps(lock, indent=2, sort_keys=True))
