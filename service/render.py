@@ -13,6 +13,7 @@ and by the job orchestrator. No I/O here: arrays in, arrays out.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,11 +56,23 @@ class Prepared:
         return self.plan.height
 
     def tile(self, index: int) -> np.ndarray:
-        """Input pixels of tile ``index`` (``(h, w, 3)``, same dtype as ``base``)."""
-        return extract_tile(self.base, self.plan.tiles[index])
+        """Input of tile ``index`` for a GPU refine: ``(h, w, 3)`` ``uint8`` (16-bit bases are
+        reduced; refined tiles come back as ``uint8`` and :func:`finish` widens them)."""
+        return to_uint8(extract_tile(self.base, self.plan.tiles[index]))
+
+    def seam_tile(self, blended: np.ndarray, index: int) -> np.ndarray:
+        """Input of seam-fix tile ``index``, cut from :func:`blend`'s result, as ``uint8``."""
+        plan = self.seam_fix_plan()
+        if plan is None:
+            raise ValueError("seam fix is off for this image; there are no seam tiles")
+        return to_uint8(extract_tile(blended, plan.tiles[index]))
 
     def seam_fix_plan(self) -> TilePlan | None:
         """The seam-fix tiles to refine after blending, or None when seam fix is off."""
+        return self._seam_plan
+
+    @functools.cached_property
+    def _seam_plan(self) -> TilePlan | None:
         if self.params.seam_fix == "none":
             return None
         return plan_seam_fix(self.plan, self.params.seam_fix)
@@ -133,8 +146,25 @@ def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -
     """
     if not refined:
         return prepared.base.copy()
-    return blend_tiles(prepared.plan, lambda i: refined.get(i, prepared.tile(i)),
-                       channels=3, dtype=prepared.base.dtype)
+    base, tiles = prepared.base, prepared.plan.tiles
+    return blend_tiles(
+        prepared.plan,
+        lambda i: _like(refined[i], base.dtype) if i in refined else extract_tile(base, tiles[i]),
+        channels=3, dtype=base.dtype)
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """``uint8`` view of 8- or 16-bit pixels (16-bit rounded to the nearest 8-bit level)."""
+    if arr.dtype == np.uint8:
+        return arr
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _like(tile: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A refined ``uint8`` tile widened to a 16-bit base (x257 maps 255 to 65535)."""
+    if tile.dtype == dtype or dtype != np.uint16:
+        return tile
+    return tile.astype(np.uint16) * 257
 
 
 def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
@@ -155,7 +185,9 @@ def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
         seams = seam_refined or {}
         source = out.copy() if seams else out
         out = blend_seam_fix(
-            out, fix_plan, lambda i: seams.get(i, extract_tile(source, fix_plan.tiles[i])),
+            out, fix_plan,
+            lambda i: _like(seams[i], out.dtype) if i in seams
+            else extract_tile(source, fix_plan.tiles[i]),
             inplace=True)
     if refined or seam_refined:
         out = colour_fix(out, prepared.base, params.colour_fix)
