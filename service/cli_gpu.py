@@ -19,7 +19,6 @@ import numpy as np
 from service.backends.base import GpuBackend
 from service.core.errors import ParamsError
 from service.core.params import UpscaleParams
-from service.core.tiling import extract_tile
 from service.jobs.refine import MemoryCache, TileWork, caption_tiles, derive_seed, refine_tiles
 from service.render import Prepared, finish
 from service.settings import Settings
@@ -82,7 +81,7 @@ async def _stages(backend: GpuBackend, prepared: Prepared, params: UpscaleParams
                 prepared, params=params.model_copy(update={"seam_fix": "none"}))
             blended = finish(no_seam, refined, no_seam.params).rgb
             seam_options = dataclasses.replace(options, strength=params.seam_fix_strength)
-            seam_work = [TileWork(i, extract_tile(blended, t), "", derive_seed(seed, 100_000 + i))
+            seam_work = [TileWork(i, prepared.seam_tile(blended, i), "", derive_seed(seed, 100_000 + i))
                          for i, t in enumerate(plan.tiles)]
             seam = await refine_tiles(backend, seam_work, seam_options, cache)
     finally:

@@ -23,7 +23,6 @@ from service.backends.base import GpuBackend, RefineOptions, RefineResult
 from service.core.errors import JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
-from service.core.tiling import extract_tile
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.refine import Resume, TileWork, caption_one, derive_seed, refine_tiles
@@ -271,7 +270,7 @@ async def _seam_fix(run: JobRun, backend: GpuBackend, prepared: Prepared,
     n = len(plan.tiles)
     run.stage("seam_fix", 0, n)
     seam_options = dataclasses.replace(options, strength=params.seam_fix_strength)
-    work = [TileWork(i, extract_tile(blended, t), "", derive_seed(seed, 100_000 + i))
+    work = [TileWork(i, prepared.seam_tile(blended, i), "", derive_seed(seed, 100_000 + i))
             for i, t in enumerate(plan.tiles)]
     return await refine_tiles(
         backend, work, seam_options, run.ctx.artifacts,
