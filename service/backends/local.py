@@ -43,6 +43,7 @@ from service.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 _shared: dict[tuple[str, str, str], Any] = {}  # (kind, device, weights dir) -> pipeline
 _shared_lock = threading.Lock()
+_gpu_lock = threading.Lock()  # one GPU call at a time per process, across backend instances
 
 
 class LocalBackend:
@@ -56,7 +57,7 @@ class LocalBackend:
         self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
         self._upscale = upscale
         self._caption = caption
-        self._gpu = threading.Lock()
+        self._gpu = _gpu_lock
         if upscale is None or caption is None:
             _check_runtime(self.device)
 
