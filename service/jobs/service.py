@@ -105,15 +105,17 @@ class JobService:
         loaded = load_image(data, limits=limits_for(self.settings))
         return self.artifacts.put_bytes("inputs", data, INPUT_EXT.get(loaded.format, ".img"))
 
-    def submit_path(self, path: Path, **kwargs: Any) -> tuple[JobPublic, bool]:
+    def submit_path(self, path: Path, *, filename: str | None = None, params: UpscaleParams,
+                    target: TargetSpec | None = None, idempotency_key: str | None = None
+                    ) -> tuple[JobPublic, bool]:
         """Submit a file that lies inside an intake root or a configured repo."""
-        roots = list(self.settings.intake_roots) + list(self.settings.repos.values())
+        roots = [*self.settings.intake_roots, *self.settings.repos.values()]
         real = confine(path, roots)
         if not real.is_file():
             raise PathError(f"{path} is not a file; give the path of an image",
                             code="path_not_found")
-        kwargs.setdefault("filename", real.name)
-        return self.submit(real.read_bytes(), **kwargs)
+        return self.submit(real.read_bytes(), filename=filename or real.name, params=params,
+                           target=target, idempotency_key=idempotency_key)
 
     # ---- reading -----------------------------------------------------------------------------
     def get(self, job_id: str) -> JobPublic:

@@ -94,7 +94,7 @@ def test_submit_path_is_confined_to_intake_roots_and_repos(
     (outside / "b.png").write_bytes(png(seed=3))
     (inbox / "sneaky.png").symlink_to(outside / "b.png")
     svc = build_job_service(job_settings(intake_roots=[inbox]))
-    job, created = svc.submit_path(inbox / "a.png", params=small_params())
+    job, created = svc.submit_path(inbox / "a.png", filename=None, params=small_params())
     assert created and job.input.filename == "a.png"
     for bad in (outside / "b.png", inbox / "sneaky.png", inbox / ".." / "outside" / "b.png"):
         with pytest.raises(PathError):
