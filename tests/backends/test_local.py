@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ from PIL import Image
 from service.backends.base import RefineOptions, TileTask
 from service.backends.local import LocalBackend
 from service.core.errors import ConfigError, NotFound, ParamsError
-from service.core.params import LoraSpec
+from service.core.params import LoraSpec, UpscaleParams
+from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.refine import MemoryCache, TileWork, caption_tiles, refine_tiles
+from service.jobs.service import build_job_service
 from service.settings import Settings
 from workers.caption import tiny as tiny_caption
 from workers.caption.pipeline import CaptionPipeline
@@ -164,3 +168,26 @@ def test_aat_upscale_local_without_a_gpu_fails_cleanly(tmp_path: Path, monkeypat
     assert result.exit_code == 1
     assert "error [backend_unavailable_local]" in result.output and "CUDA" in result.output
     assert not out.exists()
+
+
+def test_a_job_runs_on_the_local_backend(job_settings, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AAT_WORKER_TINY", "1")  # tiny random pipelines instead of weights
+    svc = build_job_service(job_settings(backend="local", local_device="cpu", job_threads=1))
+    svc.start()
+    try:
+        buf = io.BytesIO()
+        Image.fromarray(tile(8, 48, 48)).save(buf, "PNG")
+        params = {"scale": 2, "tile_size": 64, "overlap": 16, "upscaler": "lanczos", "seed": 3,
+                  "steps": 4, "strength": 0.5}
+        job, _ = svc.submit(buf.getvalue(), filename="rock.png", params=UpscaleParams(**params),
+                            target=TargetSpec(repo="game", path="rock.png"))
+        deadline = time.monotonic() + 120
+        while not (done := svc.get(job.id)).status.terminal and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        svc.stop()
+    assert done.status == JobStatus.succeeded, done.error
+    out = Image.open(tmp_path / "repo" / "rock_x2.png")
+    assert out.size == (96, 96)
+    tiles = svc.tiles(job.id)
+    assert tiles and all(t["status"] == "refined" and t["caption"] for t in tiles)
