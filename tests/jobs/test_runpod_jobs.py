@@ -173,3 +173,15 @@ def test_a_style_image_travels_with_every_tile(job_settings: Any, emu: EmulatorS
     # same tiles and seeds, but the style image changes every request: nothing from the cache
     stats = emu.stats("upscale")
     assert stats["submitted"] == 8 and len(stats["request_keys"]) == 8
+
+
+def test_seam_fix_tiles_are_refined_after_the_blend(job_settings: Any,
+                                                    emu: EmulatorServer) -> None:
+    svc = _service(job_settings, emu)
+    job, _ = svc.submit(png(64), filename="a.png", params=small_params(seam_fix="band"))
+    done = _finished(svc, job.id)
+    svc.stop()
+    assert done.status == JobStatus.succeeded, done.error
+    seam = done.stages["seam_fix"]
+    assert seam.total > 0 and seam.done == seam.total
+    assert emu.stats("upscale")["submitted"] == done.stages["refine"].total + seam.total
