@@ -196,7 +196,8 @@ class Watcher:
     def run(self, stop_event: threading.Event) -> None:
         tick_s = max(0.05, min(0.25, self.settings.watch_stable_s / 4))
         self.observer = start_observer(self.roots, self.hints, self.settings.watch_polling)
-        log.info("watching %s (delivery: %s)", ", ".join(map(str, self.roots)),
+        log.info("watching %s (observer: %s, delivery: %s)", ", ".join(map(str, self.roots)),
+                 "polling" if self.settings.watch_polling else "native events",
                  "download" if self.flow.download else "service")
         try:
             while not stop_event.is_set():

@@ -66,7 +66,7 @@ def start_observer(roots: list[Path], hints: Hints, polling: bool,
     except OSError as exc:
         if polling:
             raise
-        log.warning("native file events unavailable (%s); falling back to polling", exc)
+        log.warning("native file events unavailable (%s); polling instead", exc)
         return start_observer(roots, hints, polling=True, poll_interval_s=poll_interval_s)
     return observer
 

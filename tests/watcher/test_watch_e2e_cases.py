@@ -186,7 +186,7 @@ def test_remote_service_results_are_downloaded_and_written_by_the_watcher(
     art.mkdir()
     (art / ".aat.toml").write_text('repo = "game"\nnaming = "mirror"\nmirror_dir = "hd"\n')
     watcher = WatcherProcess(tmp_path, rig.service.url, [art], {"game": local_repo},
-                             stable_s=0.3, delivery="download").start()
+                             stable_s=0.3, delivery="download").start("--polling")
     ledger = Ledger(watcher.data_dir / "watcher.db")
     try:
         drop(art / "walls" / "brick.png", png_bytes(60))
@@ -197,6 +197,7 @@ def test_remote_service_results_are_downloaded_and_written_by_the_watcher(
         assert _sha(out.read_bytes()) == job["output"]["sha256"]
         assert not (rig.game / "hd").exists()
         assert [p.name for p in out.parent.iterdir()] == ["brick.png"]  # no temp files left
+        assert "observer: polling, delivery: download" in watcher.log.read_text()
     finally:
         ledger.close()
         watcher.stop()

@@ -146,9 +146,9 @@ class WatcherProcess:
         self.log = home / "watcher.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WatcherProcess:
+    def start(self, *args: str) -> WatcherProcess:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "watcher"], cwd=self.home,
+            self.proc = subprocess.Popen([sys.executable, "-m", "watcher", *args], cwd=self.home,
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self
 
