@@ -203,3 +203,10 @@ def test_a_repeated_request_key_is_answered_without_running_the_gpu_again(worker
         assert len(calls) > ran
     finally:
         hook.remove()
+
+
+def test_an_oversized_result_is_an_error_not_a_silent_loss(worker, monkeypatch) -> None:
+    handler, _ = worker
+    monkeypatch.setenv("AAT_MAX_OUTPUT_BYTES", "2000")  # a 64x48 noise tile is ~12 kB of PNG
+    err = error_of(call(handler, upscale_input()))
+    assert err["code"] == "output_too_large" and "fewer tiles" in err["message"]

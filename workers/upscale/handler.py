@@ -31,6 +31,7 @@ from service.core.contracts import (
     UpscaleResponse,
     upscale_worker_request,
 )
+from service.core.errors import ImageError
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
 from workers.upscale import models
@@ -38,6 +39,7 @@ from workers.upscale import models
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _pipeline: Any = None
+MAX_OUTPUT_BYTES = 9_500_000  # RunPod drops results over 10 MB (/run) without an error
 _recent = RecentResults(size=16)  # outputs by request_key (duplicate deliveries)
 
 
@@ -79,11 +81,24 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
         batch_size=req.batch_size,
     )
     images = get_pipeline().refine(tiles, settings)
-    return UpscaleResponse(tiles=[
+    out = UpscaleResponse(tiles=[
         TileOut(tile_id=t.tile_id, image=encode_image_ref(img, req.output_format),
                 seed_used=t.seed)
         for t, img in zip(tiles, images, strict=True)
     ])
+    _check_output_size(out)
+    return out
+
+
+def _check_output_size(out: UpscaleResponse) -> None:
+    """Fail loudly instead of RunPod's silent COMPLETED-without-output for oversized results."""
+    limit = int(os.environ.get("AAT_MAX_OUTPUT_BYTES", MAX_OUTPUT_BYTES))
+    size = sum(len(t.image.b64 or "") for t in out.tiles)
+    if size > limit:
+        raise ImageError(
+            f"{len(out.tiles)} refined tiles are {size / 1e6:.1f} MB of base64, over the "
+            f"{limit / 1e6:.1f} MB RunPod result limit; send fewer tiles per request or "
+            "choose output_format webp", code="output_too_large")
 
 
 def health(_req: Any) -> HealthResponse:
