@@ -115,6 +115,7 @@ def run_one(ctx: RunContext, job_id: str) -> str:
 
 def _fail(ctx: RunContext, job_id: str, owner: str, error: dict[str, object]) -> str:
     error = {k: error[k] for k in ("code", "message", "retryable") if k in error}
+    error["message"] = " ".join(str(error.get("message", "")).split())[:500]  # one line
     try:
         ctx.store.transition(job_id, JobStatus.failed, owner=owner, error=error)
     except LeaseLost:
