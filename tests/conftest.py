@@ -69,7 +69,9 @@ def job_settings(tmp_path: Path) -> Callable[..., Any]:
 
     def make(**overrides: Any) -> Any:
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "repos": {"game": repo},
-                                  "backend": "none", "lease_s": 2.0, "job_threads": 2}
+                                  "backend": "none", "lease_s": 2.0, "job_threads": 2,
+                                  "broker_url": None, "database_url": None,
+                                  "git_commit": False, "intake_roots": []}
         values.update(overrides)
         return load_settings(**values)
 
