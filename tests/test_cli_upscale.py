@@ -190,3 +190,17 @@ def test_16_bit_png_output_round_trips(tmp_path: Path) -> None:
     im = Image.open(out)
     assert im.mode.startswith("I;16") and im.size == (64, 64)
     assert int(np.asarray(im).max()) > 255 * 60
+
+
+def test_animated_gif_uses_the_first_frame_with_a_warning(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = [Image.new("RGB", (16, 16), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    src = tmp_path / "anim.gif"
+    frames[0].save(src, save_all=True, append_images=frames[1:])
+    out = tmp_path / "anim.png"
+    result = aat_inproc("upscale", src, "-o", out, "--upscaler", "lanczos", cwd=tmp_path,
+                        monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    assert "warning: GIF has 3 frames; only the first frame is used" in result.stderr
+    px = np.asarray(Image.open(out).convert("RGB"))
+    assert px.shape == (32, 32, 3) and px[16, 16, 0] > 150 and px[16, 16, 2] < 50
