@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     local_device: str = Field(default="cuda", pattern=r"^(cuda(:\d+)?|cpu)$")
     local_weights_dir: Path | None = None  # default: data_dir/weights
     local_lora_dir: Path | None = None  # default: data_dir/loras
+    local_batch_size: int = Field(default=1, ge=1, le=16)  # tiles per diffusion call
 
     # job execution
     job_threads: int = Field(default=2, ge=1, le=64)

@@ -6,7 +6,8 @@ API, the job runners and the CLI never load torch unless this backend is chosen.
 load once per process (weights from ``local_weights_dir``, default ``<data_dir>/weights``,
 filled by ``python -m workers.upscale.weights <dir>`` and ``python -m workers.caption.weights
 <dir>``) and are shared by every ``LocalBackend`` built afterwards. GPU calls run in a thread,
-one at a time (``max_concurrency() == 1``).
+one at a time. With ``local_batch_size`` > 1, tiles of one job that are in flight together are
+refined in one batched pipeline call (``max_concurrency()`` keeps that many in flight).
 
 Missing torch, a missing CUDA GPU or missing weights raise :class:`ConfigError` with the fix.
 Tests inject tiny pipelines (``upscale=``/``caption=``) on ``device="cpu"``; with
@@ -44,15 +45,20 @@ log = logging.getLogger(__name__)
 _shared: dict[tuple[str, str, str], Any] = {}  # (kind, device, weights dir) -> pipeline
 _shared_lock = threading.Lock()
 _gpu_lock = threading.Lock()  # one GPU call at a time per process, across backend instances
+BATCH_WINDOW_S = 0.05  # how long the first tile of a batch waits for company
 
 
 class LocalBackend:
     name = "local"
 
     def __init__(self, settings: Settings | None = None, *, device: str | None = None,
-                 upscale: Any = None, caption: Any = None, lora_dir: Path | None = None) -> None:
+                 upscale: Any = None, caption: Any = None, lora_dir: Path | None = None,
+                 batch_size: int | None = None) -> None:
         s = settings or load_settings()
         self.device = device or s.local_device
+        self.batch_size = batch_size or s.local_batch_size
+        self._pending: dict[int, tuple[RefineOptions, list[tuple[Any, asyncio.Future[Any]]]]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
         self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
         self._upscale = upscale
@@ -78,7 +84,7 @@ class LocalBackend:
     # ---- GpuBackend ------------------------------------------------------------------------
 
     async def max_concurrency(self) -> int:
-        return 1
+        return self.batch_size  # enough tiles in flight to fill one batched call
 
     async def caption(self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
                       max_new_tokens: int = 48,
@@ -98,30 +104,58 @@ class LocalBackend:
                      on_submitted: OnSubmitted | None = None) -> RefineResult:
         from PIL import Image
 
-        from workers.upscale.pipeline import RefineSettings, TileJob
+        from workers.upscale.pipeline import TileJob
 
-        style = options.ip_adapter_image
-        settings = RefineSettings(
-            prompt=options.prompt, negative_prompt=options.negative_prompt,
-            strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
-            scheduler=options.scheduler, clip_skip=options.clip_skip,
-            controlnet_scale=options.controlnet_scale,
-            ip_adapter_image=Image.fromarray(style) if style is not None else None,
-            ip_adapter_scale=options.ip_adapter_scale,
-            loras=tuple((lora.name, lora.weight) for lora in options.loras),
-        )
         job = TileJob(tile.tile_id, Image.fromarray(tile.image).convert("RGB"), tile.prompt,
                       tile.seed)
-
-        def run() -> list[Any]:
-            pipe = self._pipeline("upscale")
-            with self._gpu:
-                return list(pipe.refine([job], settings))
-
         start = time.monotonic()
-        [out] = await asyncio.to_thread(run)
+        if self.batch_size == 1:
+            [out] = await asyncio.to_thread(self._refine_now, [job], options)
+        else:
+            out = await self._refine_batched(job, options)
         pixels = np.asarray(out.convert("RGB"), dtype=np.uint8)
         return RefineResult(tile.tile_id, pixels, tile.seed, _accounting(start))
+
+    def _refine_now(self, jobs: list[Any], options: RefineOptions) -> list[Any]:
+        pipe = self._pipeline("upscale")
+        with self._gpu:
+            return list(pipe.refine(jobs, _settings(options, len(jobs))))
+
+    async def _refine_batched(self, job: Any, options: RefineOptions) -> Any:
+        """Queue the tile; tiles of one job (same options object) arriving together share a
+        pipeline call of up to ``batch_size`` tiles (flushed when full or after a short wait)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        key = id(options)
+        queue = self._pending.setdefault(key, (options, []))[1]
+        queue.append((job, future))
+        if len(queue) >= self.batch_size:
+            self._flush(key)
+        elif len(queue) == 1:
+            loop.call_later(BATCH_WINDOW_S, self._flush, key)
+        return await future
+
+    def _flush(self, key: int) -> None:
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return
+        options, items = entry
+
+        async def run() -> None:
+            try:
+                outs = await asyncio.to_thread(self._refine_now, [j for j, _ in items], options)
+            except Exception as exc:  # every waiting tile gets the failure
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            for (_, fut), out in zip(items, outs, strict=True):
+                if not fut.done():
+                    fut.set_result(out)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def list_models(self) -> list[ModelInfo]:
         from workers.upscale import models
@@ -151,6 +185,24 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         """Nothing to close: loaded pipelines stay resident for the next job."""
+
+
+def _settings(options: RefineOptions, batch_size: int) -> Any:
+    from PIL import Image
+
+    from workers.upscale.pipeline import RefineSettings
+
+    style = options.ip_adapter_image
+    return RefineSettings(
+        prompt=options.prompt, negative_prompt=options.negative_prompt,
+        strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
+        scheduler=options.scheduler, clip_skip=options.clip_skip,
+        controlnet_scale=options.controlnet_scale,
+        ip_adapter_image=Image.fromarray(style) if style is not None else None,
+        ip_adapter_scale=options.ip_adapter_scale,
+        loras=tuple((lora.name, lora.weight) for lora in options.loras),
+        batch_size=batch_size,
+    )
 
 
 def _accounting(start: float) -> CallAccounting:

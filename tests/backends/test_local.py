@@ -191,3 +191,26 @@ def test_a_job_runs_on_the_local_backend(job_settings, tmp_path: Path, monkeypat
     assert out.size == (96, 96)
     tiles = svc.tiles(job.id)
     assert tiles and all(t["status"] == "refined" and t["caption"] for t in tiles)
+
+
+def test_tiles_in_flight_together_share_one_batched_call(parts, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    pipe = parts["upscale"]
+    calls: list[int] = []
+    hook = pipe.pipe.unet.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    work = [TileWork(i, tile(20 + i), "", seed=i) for i in range(2)]
+    try:
+        outs = {}
+        for batch in (1, 2):
+            backend = LocalBackend(settings, device="cpu", upscale=pipe, caption=parts["caption"],
+                                   batch_size=batch)
+            assert asyncio.run(backend.max_concurrency()) == batch
+            calls.clear()
+            outs[batch] = asyncio.run(refine_tiles(backend, work, OPTIONS, MemoryCache()))
+            outs[f"calls{batch}"] = list(calls)
+    finally:
+        hook.remove()
+    assert len(outs["calls2"]) * 2 == len(outs["calls1"])  # half as many UNet passes...
+    assert max(outs["calls2"]) == 2 * max(outs["calls1"])  # ...each on twice the tiles
+    for i in range(2):  # and the same pixels, up to float noise
+        assert np.abs(outs[1][i].astype(int) - outs[2][i]).max() <= 3
