@@ -169,26 +169,37 @@ class JobFlow:
 
     # follow
     def poll_due(self, now: float) -> int:
-        """Read due ``submitted`` jobs (in parallel) and act on their status."""
+        """Read due ``submitted`` jobs, a few in parallel, and act on their status.
+
+        A job still ``queued`` means the service has a backlog, and jobs sent after it are
+        queued too: the round ends there rather than polling them all (polls cost the
+        service time it would spend running jobs).
+        """
         if not self.backoff.ready(now):
             return 0
         entries = self.ledger.due("submitted", now, BATCH)
-        outcomes = list(self._pool.map(self._fetch, entries))
         polled = 0
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            if isinstance(outcome, NotFound):
-                log.warning("service lost job %s for %s; submitting again", entry.job_id,
-                            entry.path)
-                self.ledger.mark_pending(entry.path)
-            elif isinstance(outcome, AatError):
-                if outcome.retryable:
-                    self.backoff.fail(now, outcome.retry_after)
-                    break
-                self.ledger.mark_failed(entry.path, outcome.code, outcome.message)
-            else:
-                self.backoff.ok()
-                self._follow(entry, outcome)
-                polled += 1
+        for i in range(0, len(entries), PARALLEL):
+            chunk = entries[i:i + PARALLEL]
+            outcomes = list(self._pool.map(self._fetch, chunk))
+            backlog = False
+            for entry, outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, NotFound):
+                    log.warning("service lost job %s for %s; submitting again", entry.job_id,
+                                entry.path)
+                    self.ledger.mark_pending(entry.path)
+                elif isinstance(outcome, AatError):
+                    if outcome.retryable:
+                        self.backoff.fail(now, outcome.retry_after)
+                        return polled
+                    self.ledger.mark_failed(entry.path, outcome.code, outcome.message)
+                else:
+                    self.backoff.ok()
+                    backlog = backlog or outcome.get("status") == "queued"
+                    self._follow(entry, outcome)
+                    polled += 1
+            if backlog:
+                break
         return polled
 
     def _fetch(self, entry: Entry) -> dict[str, Any] | AatError:
