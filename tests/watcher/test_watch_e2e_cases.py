@@ -27,6 +27,7 @@ from watcher.ledger import Ledger
 class Rig:
     art: Path
     game: Path
+    inplace: Path
     service: Service
     watcher: WatcherProcess
     ledger: Ledger
@@ -50,13 +51,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     art.mkdir()
     game.mkdir()
     (art / ".aat.toml").write_text('repo = "game"\nscale = 2\n')
+    inplace = home / "inplace"  # a repo that is also a watched folder (see the loop test)
+    inplace.mkdir()
     emu = start_emulator(workers=2)
-    service = Service(home, {"game": game}, emu).start()
+    service = Service(home, {"game": game, "inplace": inplace}, emu).start()
     watcher = WatcherProcess(home, service.url, [art], {"game": game}, stable_s=0.6,
                              scan_s=2.0).start()
     ledger = Ledger(watcher.data_dir / "watcher.db")
     try:
-        yield Rig(art, game, service, watcher, ledger)
+        yield Rig(art, game, inplace, service, watcher, ledger)
     finally:
         ledger.close()
         watcher.stop()
@@ -157,12 +160,8 @@ def test_corrupt_image_fails_once_with_the_reason_and_is_retried_on_request(rig:
 def test_suffix_results_beside_the_sources_are_never_taken_as_inputs(
         tmp_path: Path, rig: Rig) -> None:
     # A second watcher whose repo *is* the watched folder: results land beside the sources.
-    art = tmp_path / "inplace"
-    art.mkdir()
+    art = rig.inplace
     (art / ".aat.toml").write_text('repo = "inplace"\nscale = 2\n')
-    rig.service.stop()
-    rig.service.env["AAT_REPOS"] = json.dumps({"game": str(rig.game), "inplace": str(art)})
-    rig.service.start()
     watcher = WatcherProcess(tmp_path, rig.service.url, [art], {"inplace": art},
                              stable_s=0.3, scan_s=1.0).start()
     ledger = Ledger(watcher.data_dir / "watcher.db")
