@@ -47,6 +47,7 @@ def test_thousand_files_with_a_killed_watcher_are_each_processed_once(tmp_path: 
             if burst == 4:  # kill mid-flight: some files done, some submitted, some settling
                 wait_until(lambda: _with_job(ledger) >= 150, 60, "150 files submitted")
                 watcher.kill()
+                assert _with_job(ledger) < 4 * PER_BURST  # work was left unfinished
             if burst == 7:
                 watcher.start()  # restarted: the start-up scan finds what arrived meanwhile
             for i in range(PER_BURST):
