@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,22 +89,21 @@ def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, s
              in_process: bool) -> dict[str, Any]:
     """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
     with emulator(workers, latency, faults, seed, in_process) as url:
-        settings = Settings(runpod_api_key=API_KEY, runpod_base_url=url,
+        settings = Settings(runpod_api_key=SecretStr(API_KEY), runpod_base_url=url,
                             runpod_upscale_endpoint_id="upscale", backend="runpod")
         backend = RunPodBackend(settings)
 
-        async def go() -> list[Any]:
+        async def go() -> tuple[list[Any], float]:
             try:
                 await backend.max_concurrency()  # /health once, before the clock starts
                 started = time.perf_counter()
                 results = await asyncio.gather(
                     *(backend.refine(t, RefineOptions()) for t in tiles), return_exceptions=True)
-                results.append(time.perf_counter() - started)
-                return results
+                return list(results), time.perf_counter() - started
             finally:
                 await backend.aclose()
 
-        *results, elapsed = asyncio.run(go())
+        results, elapsed = asyncio.run(go())
         stats = httpx.get(url.removesuffix("/v2") + "/_emulator/stats/upscale").json()
     ok = sum(
         1 for tile, r in zip(tiles, results, strict=True)

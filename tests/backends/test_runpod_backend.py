@@ -45,7 +45,7 @@ def _refine(backend: RunPodBackend, tile: TileTask, **kw: Any) -> Any:
 def test_refine_returns_the_processed_tile_with_accounting(runpod_emulator, runpod_settings):
     emu = runpod_emulator(latency_s=0.05)
     backend = RunPodBackend(runpod_settings(emu, runpod_price_per_gpu_second=0.001))
-    tile, seen = _tile(seed=6), []
+    tile, seen = _tile(seed=6), list[str]()
     result = _refine(backend, tile, on_submitted=seen.append)
     assert np.array_equal(result.image, tint(tile.image, 6))  # processed by the worker
     assert result.seed_used == 6
