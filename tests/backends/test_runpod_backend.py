@@ -199,7 +199,7 @@ def test_cancelling_a_refine_cancels_the_runpod_job(runpod_emulator, runpod_sett
 
     started = time.monotonic()
     asyncio.run(go())
-    assert time.monotonic() - started < 10  # did not wait for the 30 s job
+    assert time.monotonic() - started < 25  # did not wait for the 30 s job
     assert emu_status(seen[0]) == "CANCELLED"
     stats = emu.stats("upscale")
     assert stats["submitted"] == 1 and stats["canceled"] == 1
