@@ -210,3 +210,26 @@ def test_an_oversized_result_is_an_error_not_a_silent_loss(worker, monkeypatch) 
     monkeypatch.setenv("AAT_MAX_OUTPUT_BYTES", "2000")  # a 64x48 noise tile is ~12 kB of PNG
     err = error_of(call(handler, upscale_input()))
     assert err["code"] == "output_too_large" and "fewer tiles" in err["message"]
+
+
+def test_a_remembered_result_is_not_reused_once_its_lora_changed_on_the_volume(
+        worker, lora_bytes: bytes) -> None:
+    handler, lora_dir = worker
+    call(handler, {"action": "upload_model", "filename": "shared",
+                   "file_b64": base64.b64encode(lora_bytes).decode()})
+    calls: list[int] = []
+    hook = handler.get_pipeline().pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    payload = upscale_input(request_key="k-lora", loras=[{"name": "shared", "weight": 1.0}])
+    try:
+        call(handler, payload)
+        ran = len(calls)
+        call(handler, payload)
+        assert len(calls) == ran  # remembered
+        path = lora_dir / "shared.safetensors"
+        path.write_bytes(lora_bytes)  # another worker sharing the volume replaced it
+        os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+        call(handler, payload)
+        assert len(calls) > ran  # recomputed with the new file
+    finally:
+        hook.remove()
+        call(handler, {"action": "delete_model", "name": "shared"})

@@ -31,8 +31,10 @@ class RecentResults:
     """The last few successful outputs by ``request_key``, so a job RunPod delivers twice
     (or a client resubmits after an ambiguous 5xx) is answered without paying the GPU again."""
 
-    def __init__(self, size: int = 16) -> None:
+    def __init__(self, size: int = 16,
+                 key_of: Callable[[Any], str | None] | None = None) -> None:
         self.size = size
+        self.key_of = key_of or (lambda request: getattr(request, "request_key", None))
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -42,6 +44,11 @@ class RecentResults:
                 return None
             self._items.move_to_end(key)
             return self._items[key]
+
+    def clear(self) -> None:
+        """Forget everything (the worker's models changed: old answers may be stale)."""
+        with self._lock:
+            self._items.clear()
 
     def put(self, key: str | None, output: dict[str, Any]) -> None:
         if key is None or self.size <= 0:
@@ -58,7 +65,7 @@ def run_action(job: Mapping[str, Any], adapter: TypeAdapter[Any],
     """Run one job; the return value is the handler's return value for RunPod."""
     try:
         request = parse_input(job, adapter, actions)
-        key = getattr(request, "request_key", None) if recent is not None else None
+        key = recent.key_of(request) if recent is not None else None
         if recent is not None and (hit := recent.get(key)) is not None:
             log.info("job %s repeats request %s: answered from memory", job.get("id"), key)
             return hit

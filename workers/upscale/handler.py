@@ -31,7 +31,7 @@ from service.core.contracts import (
     UpscaleResponse,
     upscale_worker_request,
 )
-from service.core.errors import ImageError
+from service.core.errors import AatError, ImageError
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
 from workers.upscale import models
@@ -40,7 +40,22 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _pipeline: Any = None
 MAX_OUTPUT_BYTES = 9_500_000  # RunPod drops results over 10 MB (/run) without an error
-_recent = RecentResults(size=16)  # outputs by request_key (duplicate deliveries)
+
+
+def _memory_key(request: Any) -> str | None:
+    """``request_key`` plus the state of the LoRA files it names (another worker sharing the
+    volume may have replaced one); None (do not remember) when a LoRA is missing."""
+    key = getattr(request, "request_key", None)
+    if key is None or not getattr(request, "loras", None):
+        return key
+    try:
+        stats = [models.resolve(lora.name).stat() for lora in request.loras]
+    except AatError:
+        return None
+    return key + "|" + ",".join(f"{s.st_mtime_ns}:{s.st_size}" for s in stats)
+
+
+_recent = RecentResults(size=16, key_of=_memory_key)  # outputs of repeated requests
 
 
 def get_pipeline() -> Any:
@@ -111,10 +126,12 @@ def list_models(_req: ListModelsRequest) -> ListModelsResponse:
 
 
 def upload_model(req: UploadModelRequest) -> UploadModelResponse:
+    _recent.clear()  # a replaced LoRA changes what a remembered request would produce
     return models.upload(req)
 
 
 def delete_model(req: DeleteModelRequest) -> DeleteModelResponse:
+    _recent.clear()
     return models.delete(req.name)
 
 
