@@ -55,10 +55,13 @@ def emulate(
     no_tint: bool = typer.Option(False, "--no-tint", help="echo: return tiles unchanged."),
     api_key: str | None = typer.Option(None, "--api-key", help="Bearer token to accept "
                                        "(default: $RUNPOD_API_KEY, else a random one)."),
+    rate_limits: bool = typer.Option(False, "--rate-limits", help="Enforce RunPod's published "
+                                     "per-endpoint request budgets (429 beyond them)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Run a local RunPod serverless emulator until Ctrl-C."""
     from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
+    from workers.emulator_faults import RUNPOD_RATE_LIMITS
 
     key = api_key or os.environ.get("RUNPOD_API_KEY") or secrets.token_urlsafe(24)
     try:
@@ -69,6 +72,7 @@ def emulate(
                                                  name == "echo" else {})),
                 workers=workers, latency_s=latency, retention_s=retention,
                 faults=Faults.parse(faults, seed=seed),
+                rate_limits=RUNPOD_RATE_LIMITS if rate_limits else None,
             )
             for endpoint_id, name in mounts.items()
         }

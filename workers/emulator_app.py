@@ -3,7 +3,8 @@
 Routes (as on ``https://api.runpod.ai/v2``): ``POST /run``, ``POST /runsync?wait=ms``,
 ``GET /status/{id}``, ``POST /cancel/{id}``, ``POST /retry/{id}``, ``POST /purge-queue``,
 ``GET /health``; bearer auth (constant-time compare; 401 otherwise), 10 MB ``/run`` and 20 MB
-``/runsync`` body limits (413), injected 429/5xx, unknown or expired ids 404.
+``/runsync`` body limits (413), per-route rate limits and injected 429/5xx, unknown or
+expired ids 404.
 Test hooks outside the RunPod surface: ``GET /_emulator/stats`` (every endpoint's counters)
 and ``GET /_emulator/stats/{endpoint_id}``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -48,8 +50,8 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
     async def _reject(_: Request, exc: _Reject) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
-    def gate(request: Request, endpoint_id: str) -> Endpoint:
-        """Auth, endpoint lookup and injected HTTP faults, in that order."""
+    def gate(request: Request, endpoint_id: str, route: str) -> Endpoint:
+        """Auth, endpoint lookup, rate limits and injected HTTP faults, in that order."""
         given = request.headers.get("authorization", "").encode()
         ep = endpoints.get(endpoint_id)
         if not hmac.compare_digest(given, expected):
@@ -58,6 +60,10 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
             raise _Reject(401, "Unauthorized")
         if ep is None:
             raise _Reject(404, f"endpoint {endpoint_id} not found")
+        if not ep.rates.allow(route):
+            ep.counts["rej_429"] += 1
+            raise _Reject(429, "Too Many Requests",
+                          {"Retry-After": str(max(1, math.ceil(ep.rates.retry_after(route))))})
         fault = ep.faults.draw_http()
         if fault == "429":
             ep.counts["rej_429"] += 1
@@ -93,13 +99,13 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     @app.post("/v2/{endpoint_id}/run")
     async def run(endpoint_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "run")
         job = ep.submit(await read_body(request, ep, RUN_LIMIT), sync=False)
         return {"id": job.id, "status": "IN_QUEUE"}
 
     @app.post("/v2/{endpoint_id}/runsync")
     async def runsync(endpoint_id: str, request: Request, wait: int = 90_000) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "runsync")
         job = ep.submit(await read_body(request, ep, RUNSYNC_LIMIT), sync=True)
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
         with suppress(TimeoutError):
@@ -108,13 +114,13 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     @app.get("/v2/{endpoint_id}/status/{job_id}")
     async def status(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "status")
         ep.counts["status_polls"] += 1
         return job_or_404(ep, job_id).public()
 
     @app.post("/v2/{endpoint_id}/cancel/{job_id}")
     async def cancel(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "cancel")
         job = job_or_404(ep, job_id)
         was_terminal = job.status in ("COMPLETED", "FAILED", "TIMED_OUT")
         ep.cancel(job)
@@ -122,7 +128,7 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     @app.post("/v2/{endpoint_id}/retry/{job_id}")
     async def retry(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "retry")
         job = job_or_404(ep, job_id)
         if not ep.retry(job):
             raise _Reject(400, f"job {job_id} is {job.status}; only FAILED or TIMED_OUT retry")
@@ -130,12 +136,12 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     @app.post("/v2/{endpoint_id}/purge-queue")
     async def purge(endpoint_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "purge-queue")
         return {"removed": ep.purge(), "status": "completed"}
 
     @app.get("/v2/{endpoint_id}/health")
     async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
-        ep = gate(request, endpoint_id)
+        ep = gate(request, endpoint_id, "health")
         ep.counts["health_calls"] += 1
         return ep.health()
 

@@ -11,6 +11,9 @@ per kind, and a seeded random generator so a run is reproducible. Two families:
   ``no_output`` (COMPLETED without ``output``), ``expire`` (result deleted at once: 404),
   ``slow`` (runs ``slow_factor`` times longer).
 
+:class:`RateLimits` answers 429 for real, once a route got more requests than its budget
+within the window (RunPod's published per-endpoint budgets are :data:`RUNPOD_RATE_LIMITS`).
+
 Spec strings, as given to ``aat emulate --faults``: ``"429=0.1,5xx=0.05,failed=1:2"`` means
 10 % of requests get 429, 5 % get a 5xx, and the first two jobs fail (rate 1, at most 2).
 """
@@ -18,6 +21,8 @@ Spec strings, as given to ``aat emulate --faults``: ``"429=0.1,5xx=0.05,failed=1
 from __future__ import annotations
 
 import random
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 HTTP_KINDS = ("429", "5xx")
@@ -105,3 +110,37 @@ class Faults:
 
     def fired(self) -> dict[str, int]:
         return {kind: spec.fired for kind, spec in self.specs.items() if spec.fired}
+
+
+# Requests per 10 s per endpoint, as RunPod documents them.
+RUNPOD_RATE_LIMITS = {"run": 1000, "runsync": 2000, "status": 2000, "stream": 2000,
+                      "cancel": 100, "purge-queue": 2}
+
+
+class RateLimits:
+    """Sliding-window request budgets per route (``{"status": 50}`` per ``window_s``)."""
+
+    def __init__(self, budgets: dict[str, int] | None, window_s: float = 10.0) -> None:
+        self.budgets = dict(budgets or {})
+        self.window_s = window_s
+        self._seen: dict[str, deque[float]] = {route: deque() for route in self.budgets}
+
+    def allow(self, route: str) -> bool:
+        """Count a request to ``route``; False when it is over budget (answer 429)."""
+        budget = self.budgets.get(route)
+        if budget is None:
+            return True
+        now, seen = time.monotonic(), self._seen[route]
+        while seen and now - seen[0] >= self.window_s:
+            seen.popleft()
+        if len(seen) >= budget:
+            return False
+        seen.append(now)
+        return True
+
+    def retry_after(self, route: str) -> float:
+        """Seconds until the oldest request of ``route`` leaves the window."""
+        seen = self._seen.get(route)
+        if not seen:
+            return 0.0
+        return max(0.0, self.window_s - (time.monotonic() - seen[0]))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.contracts import WorkerErrorData
-from workers.emulator_faults import Faults
+from workers.emulator_faults import Faults, RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class EndpointConfig:
     execution_timeout_s: float = 600.0  # endpoint default when the policy sets none
     ttl_s: float = 86400.0
     sweep_s: float = 5.0  # how often results past retention/TTL are dropped unasked
+    rate_limits: dict[str, int] | None = None  # requests per route per window; None = no limit
+    rate_window_s: float = 10.0
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Endpoint:
         self.id = endpoint_id
         self.config = config
         self.faults = config.faults
+        self.rates = RateLimits(config.rate_limits, config.rate_window_s)
         self.jobs: dict[str, Job] = {}
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running = 0

@@ -286,3 +286,24 @@ def test_a_tile_of_the_wrong_size_is_refused(runpod_emulator, runpod_settings):
     backend = RunPodBackend(runpod_settings(emu))
     with pytest.raises(WorkerError, match="out of date, redeploy"):
         _refine(backend, _tile())
+
+
+def test_real_rate_limits_are_respected_and_every_tile_still_lands(
+        runpod_emulator, runpod_settings):
+    """A tight /status budget (RunPod's is 2000 per 10 s; here 15 per second)."""
+    emu = runpod_emulator(workers=4, latency_s=0.3, rate_limits={"status": 15},
+                          rate_window_s=1.0)
+    backend = RunPodBackend(runpod_settings(emu, runpod_http_attempts=10))
+    tiles = [_tile(f"t{i}", seed=i) for i in range(12)]
+
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
+        finally:
+            await backend.aclose()
+
+    for tile, result in zip(tiles, asyncio.run(go()), strict=True):
+        assert np.array_equal(result.image, tint(tile.image, tile.seed))
+    stats = emu.stats("upscale")
+    assert stats["rejected"]["429"] > 0  # the budget did bite
+    assert stats["submitted"] == 12 and sorted(stats["request_keys"].values()) == [1] * 12

@@ -327,3 +327,15 @@ def test_slow_fault_multiplies_the_latency(runpod_emulator):
     slow, normal = api.wait(api.run({})), api.wait(api.run({}))
     assert slow["executionTime"] >= 500 > normal["executionTime"]
     assert emu.stats("upscale")["faults"] == {"slow": 1}
+
+
+def test_rate_limits_answer_429_with_retry_after(runpod_emulator):
+    emu = runpod_emulator(handler=echo, rate_limits={"run": 3}, rate_window_s=1.0)
+    api = Api(emu)
+    codes = [api.post("/run", {"input": {}}).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    limited = api.post("/run", {"input": {}})
+    assert limited.headers["retry-after"] == "1"
+    assert api.get("/health").status_code == 200  # other routes keep their own budget
+    until(lambda: api.post("/run", {"input": {}}).status_code == 200, timeout=3)
+    assert emu.stats("upscale")["submitted"] == 4
