@@ -110,6 +110,7 @@ def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, s
         if not isinstance(r, BaseException) and np.array_equal(r.image, tint(tile.image, tile.seed))
     )
     return {"seconds": elapsed, "tiles_ok": ok, "runpod_jobs": stats["submitted"],
+            "status_polls_per_tile": round(stats["status_polls"] / len(tiles), 2),
             "faults": stats["faults"], "max_running": stats["max_running"]}
 
 

@@ -241,3 +241,13 @@ def test_a_non_runpod_reply_is_a_clear_error():
         asyncio.run(go())
     finally:
         server.shutdown()
+
+
+def test_request_key_names_the_work_not_the_attempt():
+    from service.backends.runpod import request_key
+
+    base = {"action": "upscale", "tiles": [{"tile_id": "t0", "seed": 1}], "steps": 30}
+    same = {"steps": 30, "tiles": [{"seed": 1, "tile_id": "t0"}], "action": "upscale"}
+    assert request_key(base) == request_key(same) == request_key({**base, "request_key": "x"})
+    assert request_key(base) != request_key({**base, "steps": 31})
+    assert len(request_key(base)) == 32
