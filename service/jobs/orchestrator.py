@@ -25,6 +25,7 @@ from service.core.imaging import encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
+from service.jobs.pre_cache import cached_upscaler
 from service.jobs.refine import Resume, TileWork, caption_one, derive_seed, refine_tiles
 from service.jobs.runner import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
@@ -133,7 +134,8 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     data = ctx.artifacts.get_bytes("inputs", row.input_sha256, row.input_ext)
     image = load_image(data, limits=limits, filename=row.filename)
     run.stage("pre_upscale")
-    prepared = prepare(image, params, get_upscaler(params.upscaler), limits=limits)
+    upscaler = cached_upscaler(get_upscaler(params.upscaler), ctx.artifacts)
+    prepared = prepare(image, params, upscaler, limits=limits)
     run.stage("plan")
     ctx.store.put_tiles(job_id, [{"idx": i, "x": t.x, "y": t.y, "w": t.w, "h": t.h}
                                  for i, t in enumerate(prepared.plan.tiles)])

@@ -73,7 +73,7 @@ class TileWork:
     seed: int = 0
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
     h = hashlib.sha256(PIPELINE_VERSION.encode())
     for part in parts:
         if isinstance(part, np.ndarray):
@@ -89,18 +89,18 @@ def options_fingerprint(options: RefineOptions) -> str:
     ip = data.pop("ip_adapter_image")
     data["loras"] = [dict(lora) if isinstance(lora, dict) else lora.model_dump()
                      for lora in data["loras"]]
-    data["ip_adapter_image"] = _digest(ip) if ip is not None else None
+    data["ip_adapter_image"] = digest(ip) if ip is not None else None
     return json.dumps(data, sort_keys=True, default=str)
 
 
 def tile_key(work: TileWork, options: RefineOptions, backend: str) -> str:
     """Cache key of a refined tile: the same key means the same paid-for result."""
-    return _digest("refine", backend, options_fingerprint(options), work.seed, work.prompt,
+    return digest("refine", backend, options_fingerprint(options), work.seed, work.prompt,
                    work.image)
 
 
 def caption_key(image: np.ndarray, backend: str, instruction: str | None) -> str:
-    return _digest("caption", backend, instruction or "", image)
+    return digest("caption", backend, instruction or "", image)
 
 
 def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:

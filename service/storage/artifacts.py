@@ -2,8 +2,9 @@
 
 Layout: ``<data_dir>/artifacts/<kind>/<key[:2]>/<key><ext>``. Kinds: ``inputs`` and ``outputs``
 (key = sha256 of the bytes), ``refined`` tiles (key = sha256 of tile pixels + refine options +
-seed + prompt, see ``service.jobs.refine.tile_key``; stored as ``.npy``) and ``captions`` (key =
-sha256 of tile pixels + caption settings; ``.txt``). Every write goes to a temp name in the same
+seed + prompt, see ``service.jobs.refine.tile_key``; stored as ``.npy``), ``captions`` (key =
+sha256 of tile pixels + caption settings; ``.txt``) and ``pre`` (images pre-upscaled by a model
+upscaler, see ``service.jobs.pre_cache``; ``.npy``). Every write goes to a temp name in the same
 directory and is ``os.replace``d, so a reader (or a resumed job) never sees half a file.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ("inputs", "outputs", "refined", "captions")
+KINDS = ("inputs", "outputs", "refined", "captions", "pre")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -70,13 +71,13 @@ class ArtifactStore:
         return found[0] if found else None
 
     # ---- tile cache --------------------------------------------------------------------------
-    def put_array(self, key: str, array: np.ndarray) -> None:
+    def put_array(self, key: str, array: np.ndarray, kind: str = "refined") -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-        self._write(self.path("refined", key, ".npy"), buf.getvalue())
+        self._write(self.path(kind, key, ".npy"), buf.getvalue())
 
-    def get_array(self, key: str) -> np.ndarray | None:
-        path = self.path("refined", key, ".npy")
+    def get_array(self, key: str, kind: str = "refined") -> np.ndarray | None:
+        path = self.path(kind, key, ".npy")
         try:
             return np.load(path, allow_pickle=False)
         except FileNotFoundError:
