@@ -339,3 +339,63 @@ def test_rate_limits_answer_429_with_retry_after(runpod_emulator):
     assert api.get("/health").status_code == 200  # other routes keep their own budget
     until(lambda: api.post("/run", {"input": {}}).status_code == 200, timeout=3)
     assert emu.stats("upscale")["submitted"] == 4
+
+
+# ---- image references (workers/common/imageref.py, used by the echo worker and the backend) --
+
+
+def test_image_refs_round_trip_losslessly_inline_and_by_url(tmp_path):
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    import numpy as np
+
+    from workers.common.imageref import decode_to_array, encode_image_ref
+
+    pixels = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for fmt in ("png", "webp"):
+        assert np.array_equal(decode_to_array(encode_image_ref(pixels, fmt)), pixels)
+    ref = encode_image_ref(pixels)
+    (tmp_path / "tile.png").write_bytes(base64.b64decode(ref.b64 or ""))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/tile.png"
+        assert np.array_equal(decode_to_array({"url": url}), pixels)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(("ref", "code"), [
+    ({"b64": "not base64!"}, "image_corrupt"),
+    ({"b64": "aGVsbG8="}, "image_corrupt"),  # "hello": not an image
+    ({"b64": ""}, "image_empty"),
+    ({"b64": "x", "url": "http://a/b.png"}, "image_corrupt"),  # both given
+    ({"url": "http://127.0.0.1:9/missing.png"}, "image_corrupt"),  # unreachable
+])
+def test_bad_image_refs_are_image_errors(ref, code):
+    from service.core.errors import ImageError
+    from workers.common.imageref import decode_image_ref
+
+    with pytest.raises(ImageError) as info:
+        decode_image_ref(ref)
+    assert info.value.code == code and info.value.message
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from service.core.errors import ImageError
+    from workers.common.imageref import decode_image_ref
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, format="PNG")  # 36 MP of zeros: a tiny file
+    with pytest.raises(ImageError) as info:
+        decode_image_ref({"b64": base64.b64encode(buf.getvalue()).decode()})
+    assert info.value.code == "image_too_large"
