@@ -162,3 +162,17 @@ def test_lora_replaced_on_disk_is_reloaded(pipe, tile, tmp_path: Path) -> None:
         assert differs(before, run(pipe, tile, loras=(("style", 1.0),))) > 0.5
     finally:
         path.write_bytes(original)
+
+
+def test_least_recently_used_loras_are_unloaded(pipe, tile) -> None:
+    pipe.max_loaded_loras = 1
+    try:
+        run(pipe, tile, loras=(("detail", 1.0),))
+        alone = run(pipe, tile, loras=(("style", 1.0),))
+        assert list(pipe._adapters) == ["style.safetensors"]
+        loaded = {a for names in pipe.pipe.get_list_adapters().values() for a in names}
+        assert len(loaded) == 1
+        both = run(pipe, tile, loras=(("detail", 1.0), ("style", 1.0)))  # both still usable
+        assert differs(alone, both) > 1.0
+    finally:
+        pipe.max_loaded_loras = 8

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, {}),
     "ddim": (DDIMScheduler, {}),
 }
+MAX_LOADED_LORAS = 8  # adapters kept in memory between requests
 RESIDENT_MIN_VRAM_GB = 16.0  # below this the models are offloaded to the CPU between calls
 
 
@@ -99,7 +101,9 @@ class UpscalePipeline:
         self.lora_dir = lora_dir
         self.has_ip_adapter = has_ip_adapter
         self._lock = threading.Lock()
-        self._adapters: dict[str, tuple[str, int, int]] = {}  # name -> (adapter, mtime, size)
+        # file name -> (adapter, mtime, size), least recently used first
+        self._adapters: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+        self.max_loaded_loras = MAX_LOADED_LORAS
         self._base_scheduler = dict(pipe.scheduler.config)
 
     # ---- loading ---------------------------------------------------------------------------
@@ -235,6 +239,7 @@ class UpscalePipeline:
         for name, weight in loras:
             names.append(self._ensure_lora(name))
             weights_.append(weight)
+        self._evict_loras(keep=set(names))
         if names:
             self.pipe.enable_lora()
             self.pipe.set_adapters(names, adapter_weights=weights_)
@@ -247,6 +252,7 @@ class UpscalePipeline:
         adapter = "l" + hashlib.sha256(path.name.encode()).hexdigest()[:16]
         key = (adapter, stat.st_mtime_ns, stat.st_size)
         if self._adapters.get(path.name) == key:
+            self._adapters.move_to_end(path.name)
             return adapter
         if path.name in self._adapters:
             self.pipe.delete_adapters(adapter)
@@ -260,6 +266,16 @@ class UpscalePipeline:
         self._adapters[path.name] = key
         log.info("loaded LoRA %s as adapter %s", path.name, adapter)
         return adapter
+
+    def _evict_loras(self, keep: set[str]) -> None:
+        """Unload least recently used adapters beyond ``max_loaded_loras`` (VRAM is finite)."""
+        for file_name, (adapter, _, _) in list(self._adapters.items()):
+            if len(self._adapters) <= self.max_loaded_loras:
+                break
+            if adapter not in keep:
+                self.pipe.delete_adapters(adapter)
+                del self._adapters[file_name]
+                log.info("unloaded LoRA %s (least recently used)", file_name)
 
     def _apply_ip_scale(self, s: RefineSettings) -> None:
         if self.has_ip_adapter:
