@@ -307,3 +307,12 @@ def test_real_rate_limits_are_respected_and_every_tile_still_lands(
     stats = emu.stats("upscale")
     assert stats["rejected"]["429"] > 0  # the budget did bite
     assert stats["submitted"] == 12 and sorted(stats["request_keys"].values()) == [1] * 12
+
+
+def test_echo_without_tint_returns_tiles_unchanged(runpod_emulator, runpod_settings, tmp_path):
+    from workers.echo.handler import make_handler
+
+    emu = runpod_emulator(handler=make_handler(tint_tiles=False, models_dir=tmp_path))
+    backend = RunPodBackend(runpod_settings(emu))
+    tile = _tile(seed=2)
+    assert np.array_equal(_refine(backend, tile).image, tile.image)
