@@ -88,9 +88,7 @@ class Watcher:
             if path not in found:
                 self.ledger.mark_missing(path)
                 log.info("%s was deleted", path)
-        for path in self.stability.paths():
-            if folder in path.parents and path not in found:
-                self.stability.forget(path)
+        # vanished candidates need nothing here: check_candidates forgets them at their stat
 
     def _fingerprint(self, root: Path, folder: Path) -> str:
         fp = self._fingerprints.get(folder)
