@@ -214,3 +214,12 @@ def test_tiles_in_flight_together_share_one_batched_call(parts, tmp_path: Path) 
     assert max(outs["calls2"]) == 2 * max(outs["calls1"])  # ...each on twice the tiles
     for i in range(2):  # and the same pixels, up to float noise
         assert np.abs(outs[1][i].astype(int) - outs[2][i]).max() <= 3
+
+
+def test_without_the_gpu_packages_the_error_says_what_to_install(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if the gpu extra were not installed
+    with pytest.raises(ConfigError) as info:
+        LocalBackend(Settings(data_dir=tmp_path, local_device="cpu"))
+    assert "diffusers is missing" in info.value.message
+    assert "pip install 'ai-assets-toolbox[gpu]'" in info.value.message
