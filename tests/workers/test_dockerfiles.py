@@ -85,7 +85,10 @@ def test_upscale_manifest_names_what_the_pipeline_loads() -> None:
     ip = upscale_weights.MANIFEST["ip_adapter"].files
     assert f"{upscale_weights.IP_ADAPTER_SUBFOLDER}/{upscale_weights.IP_ADAPTER_FILE}" in ip
     assert upscale_weights.BASE_FILE in upscale_weights.MANIFEST["base"].files
-    assert all(c.revision for c in upscale_weights.MANIFEST.values())
+    pinned = [c for c in upscale_weights.MANIFEST.values()
+              if re.fullmatch(r"[0-9a-f]{40}", c.revision)]
+    assert {c.repo for c in pinned} >= {"madebyollin/sdxl-vae-fp16-fix", "h94/IP-Adapter",
+                                        "stabilityai/stable-diffusion-xl-base-1.0"}
 
 
 def test_caption_manifest_names_what_the_pipeline_loads() -> None:
@@ -132,3 +135,29 @@ def test_weight_download_resolves_branches_and_locks_file_hashes(tmp_path, monke
     assert lock["vae"]["commit"] == "c" * 40
     assert lock["vae"]["sha256"] == {"sub/w.safetensors": hashlib.sha256(b"weights").hexdigest()}
     assert "pin it to commit" in caplog.text
+
+
+def test_a_weight_file_with_the_wrong_hash_is_refused(tmp_path, monkeypatch) -> None:
+    import types
+
+    import huggingface_hub
+
+    from workers.common.hub import Component, download
+
+    def snapshot_download(repo_id: str, revision: str, allow_patterns: list[str],
+                          local_dir: str) -> str:
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        Path(local_dir, "w.safetensors").write_bytes(b"tampered")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    def model_info(repo: str, revision: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(sha=revision)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi",
+                        lambda: types.SimpleNamespace(model_info=model_info))
+    comp = Component("org/vae", "a" * 40, ("w.safetensors",), "vae",
+                     sha256=(("w.safetensors", "0" * 64),))
+    with pytest.raises(SystemExit, match="refusing to bake it"):
+        download({"vae": comp}, tmp_path)
+    assert not (tmp_path / "manifest.lock.json").exists()

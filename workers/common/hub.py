@@ -4,6 +4,7 @@ A :class:`Component` names a repository, a revision, the files to fetch and the 
 the weights root (``$AAT_WEIGHTS_DIR``, default ``/models``) where the image keeps them. Each
 worker's ``weights.py`` holds its manifest; the worker's ``pipeline.py`` reads the same
 manifest to find the files, so what is baked and what is loaded cannot drift apart.
+Where a file's sha256 is known it is part of the manifest and checked after download.
 ``download`` runs at image build time only (``python -m workers.<worker>.weights``) and writes
 ``<root>/manifest.lock.json`` with the resolved commit and the sha256 of every file; a
 revision that is a branch name is resolved to its commit first (and the build log says which
@@ -30,6 +31,7 @@ class Component:
     revision: str
     files: tuple[str, ...]  # exact paths or glob patterns inside the repository
     folder: str  # folder under the weights root
+    sha256: tuple[tuple[str, str], ...] = ()  # (file, expected sha256) checked after download
 
 
 def weights_root() -> Path:
@@ -58,8 +60,12 @@ def download(manifest: dict[str, Component], root: Path | None = None) -> Path:
         files = sorted(p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts)
         if not files:
             raise SystemExit(f"{name}: nothing downloaded from {comp.repo}@{commit}")
-        lock[name] = {**asdict(comp), "commit": commit, "sha256": {
-            str(p.relative_to(target)): _sha256(p) for p in files}}
+        hashes = {str(p.relative_to(target)): _sha256(p) for p in files}
+        for file, expected in comp.sha256:
+            if hashes.get(file) != expected:
+                raise SystemExit(f"{name}: {file} from {comp.repo}@{commit} has sha256 "
+                                 f"{hashes.get(file)}, expected {expected}; refusing to bake it")
+        lock[name] = {**asdict(comp), "commit": commit, "sha256": hashes}
     out = root / "manifest.lock.json"
     out.write_text(json.dumps(lock, indent=2, sort_keys=True))
     return out
