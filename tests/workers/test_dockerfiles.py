@@ -161,3 +161,45 @@ def test_a_weight_file_with_the_wrong_hash_is_refused(tmp_path, monkeypatch) -> 
     with pytest.raises(SystemExit, match="refusing to bake it"):
         download({"vae": comp}, tmp_path)
     assert not (tmp_path / "manifest.lock.json").exists()
+
+
+def _stage(worker: str, app: Path) -> None:
+    """Lay the image's /app out under ``app``, exactly as the Dockerfile's COPY lines do."""
+    import shutil
+
+    for op, rest in instructions(worker):
+        if op != "COPY":
+            continue
+        *sources, dest = [p for p in shlex.split(rest) if not p.startswith("--")]
+        target = app / dest.removeprefix("/app/").lstrip("/")
+        for src in sources:
+            path = ROOT / src
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            elif dest.endswith("/") or len(sources) > 1:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_the_image_code_imports_with_only_what_the_dockerfile_copies(worker: str,
+                                                                     tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    app = tmp_path / "app"
+    _stage(worker, app)
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        f"sys.path[:] = [{str(app)!r}] + [p for p in sys.path if p not in ('', {str(ROOT)!r})]\n"
+        f"import workers.{worker}.handler as h, workers.{worker}.pipeline, "
+        f"workers.{worker}.weights\n"
+        f"assert h.__file__.startswith({str(app)!r}), h.__file__\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=app, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
