@@ -5,8 +5,9 @@ Routes (as on ``https://api.runpod.ai/v2``): ``POST /run``, ``POST /runsync?wait
 ``GET /health``; bearer auth (constant-time compare; 401 otherwise), 10 MB ``/run`` and 20 MB
 ``/runsync`` body limits (413), per-route rate limits and injected 429/5xx, unknown or
 expired ids 404.
-Test hooks outside the RunPod surface: ``GET /_emulator/stats`` (every endpoint's counters)
-and ``GET /_emulator/stats/{endpoint_id}``.
+Test hooks outside the RunPod surface: ``GET /_emulator/stats`` (every endpoint's counters),
+``GET /_emulator/stats/{endpoint_id}`` and ``POST /_emulator/scale/{endpoint_id}?workers=N``
+(autoscaling by hand; an endpoint may start at zero workers, like an idle one).
 """
 
 from __future__ import annotations
@@ -144,6 +145,14 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
         ep = gate(request, endpoint_id, "health")
         ep.counts["health_calls"] += 1
         return ep.health()
+
+    @app.post("/_emulator/scale/{endpoint_id}")
+    async def scale(endpoint_id: str, workers: int) -> dict[str, Any]:
+        if endpoint_id not in endpoints or not 0 <= workers <= 1024:
+            raise _Reject(404 if endpoint_id not in endpoints else 400,
+                          f"endpoint {endpoint_id} unknown or workers out of 0..1024")
+        endpoints[endpoint_id].scale(workers)
+        return endpoints[endpoint_id].health()
 
     @app.get("/_emulator/stats")
     async def all_stats() -> dict[str, Any]:

@@ -41,7 +41,7 @@ class EndpointConfig:
     """How one emulated endpoint behaves."""
 
     handler: Handler
-    workers: int = 2
+    workers: int = 2  # 0 = scaled to zero: jobs wait until scale() adds workers
     latency_s: float = 0.0  # simulated GPU time added before the handler runs
     faults: Faults = field(default_factory=Faults)
     retention_s: float = 1800.0  # /run results
@@ -117,15 +117,29 @@ class Endpoint:
         self.request_keys: Counter[str] = Counter()
         self.max_running = 0
         self.last_policy: dict[str, Any] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self._pool: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
+        self._busy: set[str] = set()
+        self._retire = 0  # busy workers to remove once their job ends
+        self._spawned = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._workers = [
-            asyncio.create_task(self._work(f"{self.id}-w{i}")) for i in range(self.config.workers)
-        ]
-        self._workers.append(asyncio.create_task(self._sweep()))
+        self.scale(self.config.workers)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    def scale(self, workers: int) -> None:
+        """Autoscaling by hand: grow or shrink to ``workers`` (busy ones finish their job)."""
+        while len(self._pool) < workers:
+            worker_id = f"{self.id}-w{self._spawned}"
+            self._spawned += 1
+            self._pool[worker_id] = asyncio.create_task(self._work(worker_id))
+        extra = len(self._pool) - workers
+        for worker_id in [w for w in self._pool if w not in self._busy][:extra]:
+            self._pool.pop(worker_id).cancel()
+            extra -= 1
+        self._retire = extra
 
     async def _sweep(self) -> None:
         """Drop results past retention or TTL even if nobody asks for them again."""
@@ -135,9 +149,10 @@ class Endpoint:
                 self.get(job_id)
 
     async def stop(self) -> None:
-        for task in self._workers:
+        tasks = [*self._pool.values(), *([self._sweeper] if self._sweeper else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- API operations ---------------------------------------------------------------------
 
@@ -211,7 +226,7 @@ class Endpoint:
                 "inQueue": statuses["IN_QUEUE"],
                 "retried": self.counts["retried"],
             },
-            "workers": {"idle": self.config.workers - self.running, "running": self.running},
+            "workers": {"idle": len(self._pool) - self.running, "running": self.running},
         }
 
     def stats(self) -> dict[str, Any]:
@@ -230,7 +245,7 @@ class Endpoint:
             "max_running": self.max_running,
             "jobs_held": len(self.jobs),
             "last_policy": self.last_policy,
-            "workers": self.config.workers,
+            "workers": len(self._pool),
         }
 
     # ---- workers ----------------------------------------------------------------------------
@@ -241,11 +256,17 @@ class Endpoint:
             if job is None or job.status != "IN_QUEUE" or self.get(job.id) is None:
                 continue
             self.running += 1
+            self._busy.add(worker_id)
             self.max_running = max(self.max_running, self.running)
             try:
                 await self._execute(job, worker_id)
             finally:
                 self.running -= 1
+                self._busy.discard(worker_id)
+            if self._retire > 0:  # scaled down while busy
+                self._retire -= 1
+                self._pool.pop(worker_id, None)
+                return
 
     async def _execute(self, job: Job, worker_id: str) -> None:
         job.status, job.worker_id = "IN_PROGRESS", worker_id

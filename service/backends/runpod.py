@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from service.backends.runpod_client import (
     RunPodClient,
     outcome,
 )
+from service.backends.runpod_limits import EndpointLimit
 from service.core.contracts import (
     CaptionRequest,
     CaptionResponse,
@@ -71,7 +71,6 @@ from workers.common.imageref import decode_to_array, encode_image_ref
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 4
 UPLOAD_CHUNK_BYTES = 6 * 1024 * 1024  # base64 grows it to 8 MB: under the /run limit
 RUNSYNC_WAIT_MS = 30_000  # /runsync holds the request this long, then we poll /status
 M = TypeVar("M", bound=BaseModel)
@@ -104,9 +103,7 @@ class RunPodBackend:
         self._endpoints = {"upscale": settings.runpod_upscale_endpoint_id,
                            "caption": settings.runpod_caption_endpoint_id}
         self._clients: dict[str, RunPodClient] = {}
-        self._sems: dict[str, asyncio.Semaphore] = {}
-        self._limits: dict[str, int] = {}
-        self._limit_lock: asyncio.Lock | None = None
+        self._limits: dict[str, EndpointLimit] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._totals = Totals()
         self._policy = {"executionTimeout": settings.runpod_execution_timeout_s * 1000,
@@ -115,7 +112,7 @@ class RunPodBackend:
     # ---- GpuBackend -------------------------------------------------------------------------
 
     async def max_concurrency(self) -> int:
-        return await self._limit("upscale")
+        return (await self._limit("upscale")).slots.limit
 
     async def refine(
         self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
@@ -213,7 +210,7 @@ class RunPodBackend:
     ) -> tuple[Any, CallAccounting]:
         """Run ``request`` (or what ``request()`` builds) on endpoint ``kind``, holding one of
         its in-flight slots throughout; resubmit retryable failures (bounded)."""
-        client, sem = self._client(kind), await self._semaphore(kind)
+        client, sem = self._client(kind), (await self._limit(kind)).slots
         self._totals.calls += 1
         async with sem:
             built = request if isinstance(request, BaseModel) else await request()
@@ -315,46 +312,20 @@ class RunPodBackend:
             )
         return self._clients[kind]
 
-    async def _limit(self, kind: str) -> int:
-        """RunPod jobs in flight per endpoint: the setting, else 4.
-
-        Without the setting, an endpoint whose ``/health`` reports N workers gets ``2 N``:
-        one job running and one waiting in RunPod's queue per worker, so a worker that
-        finishes starts its next tile at once instead of idling through our poll and submit
-        round trips (queued jobs cost nothing).
-        """
-        if kind in self._limits:
-            return self._limits[kind]
-        self._same_loop()
-        if self._limit_lock is None:
-            self._limit_lock = asyncio.Lock()
-        async with self._limit_lock:  # many tiles start at once: one /health call
-            if kind not in self._limits:
-                self._limits[kind] = await self._health_limit(kind)
-        return self._limits[kind]
-
-    async def _health_limit(self, kind: str) -> int:
-        if self._s.runpod_max_concurrency is not None:
-            return self._s.runpod_max_concurrency
-        with contextlib.suppress(AatError):
-            workers = (await self._client(kind).health()).get("workers", {})
-            total = sum(v for v in workers.values() if isinstance(v, int))
-            if total > 0:
-                return 2 * total
-        return DEFAULT_CONCURRENCY
-
-    async def _semaphore(self, kind: str) -> asyncio.Semaphore:
-        limit = await self._limit(kind)
-        if kind not in self._sems:
-            self._sems[kind] = asyncio.Semaphore(limit)
-        return self._sems[kind]
+    async def _limit(self, kind: str) -> EndpointLimit:
+        """The in-flight limit of endpoint ``kind`` (see :mod:`runpod_limits`), up to date."""
+        client = self._client(kind)
+        if kind not in self._limits:
+            self._limits[kind] = EndpointLimit(self._s.runpod_max_concurrency, client.health)
+        limit = self._limits[kind]
+        await limit.size()
+        return limit
 
     def _same_loop(self) -> None:
-        """httpx clients and semaphores belong to one event loop; start afresh on a new one."""
+        """httpx clients and slot pools belong to one event loop; start afresh on a new one."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._clients, self._sems = loop, {}, {}
-            self._limit_lock = None
+            self._loop, self._clients, self._limits = loop, {}, {}
 
 
 def request_key(payload: dict[str, Any]) -> str:

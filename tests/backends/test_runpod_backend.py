@@ -316,3 +316,31 @@ def test_echo_without_tint_returns_tiles_unchanged(runpod_emulator, runpod_setti
     backend = RunPodBackend(runpod_settings(emu))
     tile = _tile(seed=2)
     assert np.array_equal(_refine(backend, tile).image, tile.image)
+
+
+def test_the_in_flight_limit_grows_when_the_endpoint_scales_up(
+        runpod_emulator, runpod_settings, monkeypatch):
+    import httpx
+
+    from service.backends import runpod_limits
+
+    monkeypatch.setattr(runpod_limits, "REFRESH_S", 0.2)
+    emu = runpod_emulator(workers=0, latency_s=0.2)  # idle endpoint, scaled to zero
+    backend = RunPodBackend(runpod_settings(emu))
+    tiles = [_tile(f"t{i}", seed=i) for i in range(8)]
+
+    async def go() -> list[Any]:
+        try:
+            assert await backend.max_concurrency() == 4  # nothing known yet
+            await asyncio.to_thread(httpx.post, f"{emu.root}/_emulator/scale/upscale",
+                                    params={"workers": 4})
+            await asyncio.sleep(0.3)
+            assert await backend.max_concurrency() == 8  # re-read /health: 4 workers
+            return await asyncio.gather(*(backend.refine(t, RefineOptions()) for t in tiles))
+        finally:
+            await backend.aclose()
+
+    results = asyncio.run(go())
+    assert [r.tile_id for r in results] == [t.tile_id for t in tiles]
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 8 and stats["max_running"] == 4

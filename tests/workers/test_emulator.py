@@ -399,3 +399,16 @@ def test_a_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(ImageError) as info:
         decode_image_ref({"b64": base64.b64encode(buf.getvalue()).decode()})
     assert info.value.code == "image_too_large"
+
+
+def test_an_endpoint_at_zero_workers_queues_until_scaled(runpod_emulator):
+    emu = runpod_emulator(handler=echo, workers=0)
+    api = Api(emu)
+    job_id = api.run({"cold": True})
+    assert api.get("/health").json()["workers"] == {"idle": 0, "running": 0}
+    assert api.get(f"/status/{job_id}").json()["status"] == "IN_QUEUE"
+    scaled = httpx.post(f"{emu.root}/_emulator/scale/upscale", params={"workers": 2})
+    assert scaled.json()["workers"]["idle"] + scaled.json()["workers"]["running"] == 2
+    assert api.wait(job_id)["output"] == {"seen": {"cold": True}}
+    httpx.post(f"{emu.root}/_emulator/scale/upscale", params={"workers": 1})
+    assert api.get("/health").json()["workers"] == {"idle": 1, "running": 0}

@@ -1,0 +1,79 @@
+"""How many RunPod jobs one endpoint may have in flight, and the slots that enforce it.
+
+:class:`EndpointLimit` sizes a growable slot pool: ``runpod_max_concurrency`` when set, else
+twice the workers ``/health`` reports (one running and one queued job per worker, so a worker
+that finishes starts its next tile at once), else :data:`DEFAULT_CONCURRENCY`. Serverless
+endpoints scale: an endpoint idle at zero workers when first asked grows later, so the
+health-derived size is re-read every ``refresh_s`` and only ever grows (a deeper queue on a
+shrinking endpoint costs nothing). One ``/health`` call at a time, however many tiles start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from service.core.errors import AatError
+
+DEFAULT_CONCURRENCY = 4
+REFRESH_S = 60.0
+
+
+class Slots:
+    """An asyncio semaphore whose size can grow while tasks wait on it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used < self.limit)
+            self.used += 1
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        async with self._cond:
+            self.used -= 1
+            self._cond.notify()
+
+    async def grow(self, limit: int) -> None:
+        if limit > self.limit:
+            async with self._cond:
+                self.limit = limit
+                self._cond.notify_all()
+
+
+class EndpointLimit:
+    """The in-flight limit of one endpoint (bound to the event loop it was made on)."""
+
+    def __init__(self, fixed: int | None, health: Callable[[], Awaitable[dict[str, Any]]],
+                 refresh_s: float | None = None) -> None:
+        self._fixed = fixed
+        self._health = health
+        self._refresh_s = REFRESH_S if refresh_s is None else refresh_s
+        self._checked = -float("inf")
+        self._lock = asyncio.Lock()
+        self.slots = Slots(fixed or DEFAULT_CONCURRENCY)
+
+    async def size(self) -> int:
+        """The current limit, re-reading ``/health`` when the last reading is stale."""
+        if self._fixed is None and time.monotonic() - self._checked > self._refresh_s:
+            async with self._lock:
+                if time.monotonic() - self._checked > self._refresh_s:
+                    workers = await self._workers()
+                    self._checked = time.monotonic()
+                    if workers > 0:
+                        await self.slots.grow(2 * workers)
+        return self.slots.limit
+
+    async def _workers(self) -> int:
+        with contextlib.suppress(AatError):  # no health, no growth; the calls will say why
+            workers = (await self._health()).get("workers", {})
+            return sum(v for v in workers.values() if isinstance(v, int))
+        return 0
