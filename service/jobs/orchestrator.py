@@ -162,7 +162,9 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     if row.target:
         target = TargetSpec.model_validate(row.target)
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
-                       label=naming_label(params, row.input_width, row.input_height))
+                       label=naming_label(params, row.input_width, row.input_height),
+                       last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel))
+        ctx.store.record_delivery(target.repo, done.rel, sha, job_id)
         output["delivered_path"] = done.rel
     last = run.check()
     stages = {k: {"done": v["total"], "total": v["total"]} for k, v in last.stages.items()}

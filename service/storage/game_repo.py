@@ -15,6 +15,7 @@ import hashlib
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -82,13 +83,23 @@ def sha256_file(path: Path) -> str | None:
 
 
 def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, label: str,
-            job_id: str) -> Delivery:
-    """Write ``data`` to the target atomically; identical bytes are left alone (no mtime bump)."""
+            job_id: str, last_delivered: Callable[[str], str | None] | None = None
+            ) -> Delivery:
+    """Write ``data`` to the target atomically; identical bytes are left alone (no mtime bump).
+
+    ``last_delivered(rel)`` gives the sha256 this service last wrote there: a file that changed
+    since (someone edited it) is not overwritten (``delivery_conflict``)."""
     root, dest = resolve_target(settings, target, ext=ext, label=label)
     rel = dest.relative_to(root).as_posix()
-    if sha256_file(dest) == hashlib.sha256(data).hexdigest():
+    current = sha256_file(dest)
+    if current == hashlib.sha256(data).hexdigest():
         log.info("job %s: %s already holds these bytes; not rewritten", job_id, rel)
         return Delivery(dest, rel, written=False)
+    previous = last_delivered(rel) if last_delivered and current else None
+    if previous is not None and current != previous:
+        raise DeliveryError(f"{rel} was edited after it was delivered; move the edited file "
+                            "away (or delete it) and run the job again", code="delivery_conflict",
+                            retryable=False)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.parent.resolve().is_relative_to(root):

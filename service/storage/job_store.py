@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from service.core.errors import JobError, NotFound
 from service.jobs.model import JobStatus, check_transition
 from service.storage.db import make_engine, migrate
-from service.storage.tables import jobs, tiles
+from service.storage.tables import deliveries, jobs, tiles
 
 log = logging.getLogger(__name__)
 
@@ -295,3 +295,19 @@ class SqlJobStore:
     def tile_keys(self) -> set[str]:
         with self.engine.connect() as conn:
             return {k for k in conn.execute(select(tiles.c.cache_key)).scalars() if k}
+
+    # ---- deliveries --------------------------------------------------------------------------
+    def last_delivery(self, repo: str, path: str) -> str | None:
+        """sha256 of the last file this service wrote to ``repo``/``path``, if any."""
+        query = select(deliveries.c.sha256).where(deliveries.c.repo == repo,
+                                                  deliveries.c.path == path)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def record_delivery(self, repo: str, path: str, sha256: str, job_id: str) -> None:
+        values = {"sha256": sha256, "job_id": job_id, "delivered_at": utcnow()}
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.repo == repo, deliveries.c.path == path).values(**values))
+            if res.rowcount == 0:
+                conn.execute(insert(deliveries).values(repo=repo, path=path, **values))

@@ -80,3 +80,15 @@ tiles = Table(
     Column("rerun", Integer, nullable=False, default=0),
     UniqueConstraint("job_id", "idx", name="uq_tiles_job_idx"),
 )
+
+# The last file each target received from us: a later job refuses to overwrite a file that
+# was edited since (migration 0002).
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("repo", String(100), primary_key=True),
+    Column("path", String(1000), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("job_id", String(40), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=False),
+)

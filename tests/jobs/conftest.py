@@ -91,6 +91,6 @@ def _fresh_pg(request: pytest.FixtureRequest) -> str:
     url = request.getfixturevalue("pg_url")
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS tiles, jobs, alembic_version"))
+        conn.execute(text("DROP TABLE IF EXISTS deliveries, tiles, jobs, alembic_version"))
     engine.dispose()
     return url

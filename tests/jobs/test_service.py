@@ -139,3 +139,21 @@ def test_tiles_prompts_and_rerun(service: JobService) -> None:
     assert service.tiles(rerun.id)[2]["prompt"] == "cracked granite"
     with pytest.raises(JobError):
         service.rerun(job.id, [99])
+
+
+def test_a_result_edited_since_delivery_is_not_overwritten(
+        service: JobService, tmp_path: Path) -> None:
+    target = TargetSpec(repo="game", path="rock.png")
+    first, _ = service.submit(png(), filename="rock.png", params=small_params(), target=target)
+    assert _finished(service, first.id).status == JobStatus.succeeded
+    delivered = tmp_path / "repo" / "rock_x2.png"
+    delivered.write_bytes(b"the artist painted over it")
+    second, _ = service.submit(png(), filename="rock.png", params=small_params(seed=8),
+                               target=target)
+    done = _finished(service, second.id)
+    assert done.status == JobStatus.failed and done.error.code == "delivery_conflict"
+    assert delivered.read_bytes() == b"the artist painted over it"
+    delivered.unlink()  # the artist moves the edit away: the next job delivers again
+    third, _ = service.submit(png(), filename="rock.png", params=small_params(seed=9),
+                              target=target)
+    assert _finished(service, third.id).status == JobStatus.succeeded and delivered.exists()

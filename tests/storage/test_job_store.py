@@ -150,3 +150,26 @@ def test_tiles_are_recorded_once_and_keep_prompts(db_url: str) -> None:
     assert [t["idx"] for t in tiles] == [0, 1, 2] and tiles[1]["prompt"] == "mossy stone"
     with pytest.raises(NotFound):
         store.update_tile("j_1", 9, prompt="x")
+
+
+def test_an_older_database_is_upgraded_in_place(db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from service.storage.db import MIGRATIONS_DIR, make_engine
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")  # a database from the first release
+    old = SqlJobStore(db_url, run_migrations=False)
+    old.insert(_values("j_old"))
+    assert current_revision(engine) == "0001"
+    store = SqlJobStore(db_url)  # starting the new version migrates it
+    assert current_revision(store.engine) == HEAD_REVISION
+    assert store.get("j_old").filename == "rock.png"
+    store.record_delivery("game", "tex/a_x2.png", "b" * 64, "j_old")
+    store.record_delivery("game", "tex/a_x2.png", "c" * 64, "j_new")
+    assert store.last_delivery("game", "tex/a_x2.png") == "c" * 64
