@@ -102,6 +102,9 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
     async def run(endpoint_id: str, request: Request) -> dict[str, Any]:
         ep = gate(request, endpoint_id, "run")
         job = ep.submit(await read_body(request, ep, RUN_LIMIT), sync=False)
+        if ep.faults.draw("ghost"):  # queued, but the client is told otherwise
+            ep.counts["rej_5xx"] += 1
+            raise _Reject(502, "Bad Gateway")
         return {"id": job.id, "status": "IN_QUEUE"}
 
     @app.post("/v2/{endpoint_id}/runsync")

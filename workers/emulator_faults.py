@@ -4,7 +4,8 @@ A :class:`Faults` holds one :class:`FaultSpec` (rate, optional cap on how many t
 per kind, and a seeded random generator so a run is reproducible. Two families:
 
 - HTTP faults, drawn per API request: ``429`` (rate limited, optional ``Retry-After``) and
-  ``5xx`` (500/502/503; on ``/run`` the job is *not* created).
+  ``5xx`` (500/502/503; on ``/run`` the job is *not* created). ``ghost``, on ``/run`` only:
+  the job *is* created and queued, yet the reply is a 502 (the cloud's ambiguous failure).
 - Job faults, drawn when a worker picks a job up (first hit wins, in this order):
   ``failed`` (FAILED with a retryable structured error), ``fatal`` (FAILED, not retryable),
   ``crash`` (FAILED with the runpod SDK's uncaught-exception JSON), ``timeout`` (TIMED_OUT),
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 HTTP_KINDS = ("429", "5xx")
 JOB_KINDS = ("failed", "fatal", "crash", "timeout", "no_output", "expire", "slow")
-ALL_KINDS = HTTP_KINDS + JOB_KINDS
+ALL_KINDS = (*HTTP_KINDS, "ghost", *JOB_KINDS)
 
 
 @dataclass
@@ -99,6 +100,11 @@ class Faults:
             if spec is not None and spec.draw(self._rng):
                 return kind
         return None
+
+    def draw(self, kind: str) -> bool:
+        """Whether the one fault ``kind`` fires now."""
+        spec = self.specs.get(kind)
+        return spec is not None and spec.draw(self._rng)
 
     def draw_job(self) -> str | None:
         """The job fault for a job a worker just picked up, if any."""

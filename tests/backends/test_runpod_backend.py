@@ -344,3 +344,16 @@ def test_the_in_flight_limit_grows_when_the_endpoint_scales_up(
     assert [r.tile_id for r in results] == [t.tile_id for t in tiles]
     stats = emu.stats("upscale")
     assert stats["submitted"] == 8 and stats["max_running"] == 4
+
+
+def test_an_ambiguous_5xx_on_run_costs_one_visible_duplicate(runpod_emulator, runpod_settings):
+    """RunPod may queue a job and still answer 5xx; the retry then submits the tile again.
+    Both jobs carry the same request_key, so the duplicate is recognisable."""
+    emu = runpod_emulator(faults="ghost=1:1")
+    backend = RunPodBackend(runpod_settings(emu))
+    tile = _tile(seed=5)
+    result = _refine(backend, tile)
+    assert np.array_equal(result.image, tint(tile.image, 5))
+    assert result.accounting.attempts == 1  # the ghost's id was never known to us
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 2 and list(stats["request_keys"].values()) == [2]
