@@ -176,3 +176,16 @@ def test_least_recently_used_loras_are_unloaded(pipe, tile) -> None:
         assert differs(alone, both) > 1.0
     finally:
         pipe.max_loaded_loras = 8
+
+
+def test_channels_last_speed_option_keeps_the_output(tmp_path: Path, monkeypatch, tile) -> None:
+    monkeypatch.setenv("AAT_CHANNELS_LAST", "1")
+    comps = tiny.build_components(tmp_path)
+    fast = UpscalePipeline.from_components(comps)
+    weight = fast.pipe.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    monkeypatch.delenv("AAT_CHANNELS_LAST")
+    plain = UpscalePipeline.from_components(tiny.build_components(tmp_path / "b"))
+    a = np.asarray(fast.refine([TileJob("0", tile, "", 1)], BASE)[0], np.int16)
+    b = np.asarray(plain.refine([TileJob("0", tile, "", 1)], BASE)[0], np.int16)
+    assert np.abs(a - b).max() <= 3  # same model, same seed: same pixels up to float noise

@@ -121,6 +121,7 @@ class UpscalePipeline:
                                  image_encoder_folder=None)
         if device != "cpu":  # built on the CPU already
             pipe.to(device)
+        _speedups(pipe)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device, lora_dir, has_ip_adapter=ip_adapter is not None)
 
@@ -144,6 +145,7 @@ class UpscalePipeline:
         pipe.load_ip_adapter(str(paths["ip_adapter"]), subfolder=weights.IP_ADAPTER_SUBFOLDER,
                              weight_name=weights.IP_ADAPTER_FILE, image_encoder_folder=None)
         _place(pipe, device)
+        _speedups(pipe)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device, lora_dir, has_ip_adapter=True)
 
@@ -307,6 +309,17 @@ def _place(pipe: Any, device: str) -> None:
             pipe.enable_model_cpu_offload()
             return
     pipe.to(device)
+
+
+def _speedups(pipe: Any) -> None:
+    """Opt-in speed levers measured by ``bench/gpu_tile.py``: ``AAT_CHANNELS_LAST=1`` and
+    ``AAT_COMPILE=1`` (torch.compile of the UNet; the first call per tile size and LoRA set
+    compiles, so it pays off only on long-lived workers)."""
+    if os.environ.get("AAT_CHANNELS_LAST") == "1":
+        for model in (pipe.unet, pipe.controlnet):
+            model.to(memory_format=torch.channels_last)
+    if os.environ.get("AAT_COMPILE") == "1":
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")
 
 
 def _scheduler(name: str, base_config: dict[str, Any]) -> Any:
