@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -69,7 +70,14 @@ def _run_task(self: Any, job_id: str) -> str:
 
 
 class Reaper:
-    """Re-queues running jobs whose lease expired and sends their id again (one winner)."""
+    """Keeps the queue in step with the job table, from inside each runner:
+
+    * a running job whose lease expired (its runner died) is put back to queued and its id sent
+      again; the running → queued compare-and-set has one winner among the runners;
+    * a queued job whose message may be lost (sending failed while the broker was down, or the
+      broker lost its data) is sent again at start and once it has waited longer than the
+      visibility timeout. A duplicate message is harmless: it claims nothing.
+    """
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app, self.settings = app, settings
@@ -78,18 +86,32 @@ class Reaper:
     def start(self) -> None:
         threading.Thread(target=self._loop, name="aat-reaper", daemon=True).start()
 
+    def _send(self, job_id: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.celery_queue)
+
     def _loop(self) -> None:
         store = SqlJobStore(self.settings.effective_database_url)
         period = max(0.5, self.settings.lease_s / 2)
+        self._resend_queued(store, older_than_s=0.0)
+        last_sweep = time.monotonic()
         while not self.stop.wait(period):
             try:
                 for job_id in store.reclaimable():
                     if store.requeue(job_id):
                         log.warning("job %s: its runner stopped heart-beating; re-queued", job_id)
-                        self.app.send_task(TASK_NAME, args=[job_id],
-                                           queue=self.settings.celery_queue)
+                        self._send(job_id)
+                if time.monotonic() - last_sweep > self.settings.visibility_timeout_s / 4:
+                    self._resend_queued(store, self.settings.visibility_timeout_s)
+                    last_sweep = time.monotonic()
             except Exception:
                 log.warning("reaper scan failed", exc_info=True)
+
+    def _resend_queued(self, store: SqlJobStore, older_than_s: float) -> None:
+        try:
+            for job_id in store.queued_since(older_than_s):
+                self._send(job_id)
+        except Exception:
+            log.warning("could not re-send queued jobs", exc_info=True)
 
 
 def run_worker(settings: Settings, *, concurrency: int, loglevel: str = "INFO",

@@ -96,7 +96,7 @@ class JobService:
         })
         if created:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
-            self.executor.submit(row.id)
+            self._dispatch(row.id)
         return to_public(row), created
 
     def add_style_image(self, data: bytes) -> str:
@@ -183,8 +183,17 @@ class JobService:
         self.store.put_tiles(new_row.id, [
             {k: t[k] for k in ("idx", "x", "y", "w", "h", "caption", "prompt")}
             | {"rerun": t["rerun"] + (1 if t["idx"] in chosen else 0)} for t in plan])
-        self.executor.submit(new_row.id)
+        self._dispatch(new_row.id)
         return to_public(new_row)
+
+    def _dispatch(self, job_id: str) -> None:
+        """Hand the id to the executor; if the broker is down the job stays queued in the
+        store and a runner sends it again when it starts (nothing is lost)."""
+        try:
+            self.executor.submit(job_id)
+        except Exception:
+            log.warning("job %s is stored but could not be queued now; a runner will pick it "
+                        "up when it starts", job_id, exc_info=True)
 
     def ready(self) -> dict[str, bool]:
         return {"store": self.store.ping(), "broker": self.executor.ready()}

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -121,6 +121,14 @@ class SqlJobStore:
         )
         with self.engine.connect() as conn:
             return list(conn.execute(select(jobs.c.id).where(cond).order_by(jobs.c.id)).scalars())
+
+    def queued_since(self, older_than_s: float) -> builtins.list[str]:
+        """Ids of queued jobs untouched for ``older_than_s`` seconds (oldest first)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        query = select(jobs.c.id).where(jobs.c.status == JobStatus.queued.value,
+                                        jobs.c.updated_at <= cutoff).order_by(jobs.c.id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     def finished_before(self, cutoff: datetime) -> builtins.list[JobRow]:
         done = [s.value for s in JobStatus if s.terminal]

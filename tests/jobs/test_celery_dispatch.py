@@ -29,3 +29,17 @@ def test_a_job_canceled_while_queued_is_never_run(celery_setup: Callable[..., An
     assert after.status == JobStatus.canceled and after.attempts == 0 and after.output is None
     assert emu.stats("upscale")["submitted"] == 4  # only the other job's tiles
     assert svc.ready() == {"store": True, "broker": True}
+
+
+def test_a_job_submitted_while_the_broker_is_down_runs_when_a_runner_starts(
+        celery_setup: Callable[..., Any], job_settings: Any) -> None:
+    from service.jobs.service import build_job_service
+
+    svc, runners, _emu = celery_setup(workers=2, latency_s=0.01)
+    down = build_job_service(job_settings(**{**svc.settings.model_dump(),
+                                             "broker_url": "redis://127.0.0.1:1/0"}))
+    job, created = down.submit(png(seed=4), filename="a.png", params=small_params())
+    assert created and down.get(job.id).status == JobStatus.queued  # stored, not lost
+    runners.start(1)  # the runner sends stored queued jobs when it starts
+    done = wait_until(lambda: (j := svc.get(job.id)).status.terminal and j, 60, "job end")
+    assert done.status == JobStatus.succeeded, done.error
