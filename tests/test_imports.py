@@ -17,7 +17,9 @@ def _modules(package: str) -> list[str]:
     pkg_path = ROOT / package
     names = [package]
     for info in pkgutil.walk_packages([str(pkg_path)], prefix=package + "."):
-        names.append(info.name)
+        # Alembic migration scripts run inside `alembic.context`, never as plain imports.
+        if ".migrations" not in info.name:
+            names.append(info.name)
     return names
 
 
