@@ -9,7 +9,7 @@ structured errors (out-of-memory is retryable).
 The ControlNet is really wired: the pipeline class is
 ``StableDiffusionXLControlNetImg2ImgPipeline`` and every call passes the tile itself as the
 control image with ``controlnet_conditioning_scale``. Images are PIL RGB; tile sides are padded
-up to a multiple of 16 (edge pixels repeated) and cropped back, so any tile size works.
+up to a multiple of 64 (edge pixels repeated) and cropped back, so any tile size works.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from workers.upscale import models, weights
 
 log = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 16
+PAD_MULTIPLE = 64  # VAE x8 times the UNet's x4: every level divides evenly (1024 tiles need none)
 CHUNK = 75  # CLIP tokens per chunk, plus BOS and EOS = 77
 SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "dpmpp_2m_sde_karras": (DPMSolverMultistepScheduler,
