@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from service.core.errors import AatError, DeliveryError, InputError, ParamsError, PathError
+from service.core.errors import (
+    AatError,
+    ConfigError,
+    DeliveryError,
+    InputError,
+    ParamsError,
+    PathError,
+)
 from service.core.params import UpscaleParams
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,19 @@ def upscale(
     tileable: bool = typer.Option(False, "--tileable", help="Treat the input as a seamless "
                                   "texture: it stays seamless."),
     backend: str = typer.Option("none", "--backend", help="GPU backend for the diffusion "
-                                "refine: none (base upscale only) or local (this machine's GPU)."),
+                                "refine: none (base upscale only), runpod (RunPod serverless "
+                                "endpoints from RUNPOD_* settings) or local (this machine's GPU)."),
+    prompt: str = typer.Option("", "--prompt", help="Global style prompt (GPU backends)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt."),
+    strength: float = typer.Option(0.35, "--strength", help="Denoise strength 0-1."),
+    steps: int = typer.Option(30, "--steps", help="Diffusion steps (1-100)."),
+    cfg_scale: float = typer.Option(7.0, "--cfg", help="Classifier-free guidance scale."),
+    seed: int | None = typer.Option(None, "--seed", help="Job seed; each tile derives its own "
+                                    "(random when omitted, printed in the output metadata)."),
+    lora: list[str] = typer.Option([], "--lora", help="LoRA as NAME or NAME:WEIGHT; repeat "
+                                   "to stack."),
+    caption: bool = typer.Option(True, "--caption/--no-caption", help="Caption each tile "
+                                 "with the VLM and use it as the tile's prompt."),
     output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix, "
                                       "else the input's format), png, webp, jpeg or tga."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
@@ -62,7 +81,10 @@ def upscale(
     try:
         params = _params(scale=scale, width=width, height=height, upscaler=upscaler,
                          tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
-                         tileable=tileable, output_format=output_format)
+                         tileable=tileable, output_format=output_format, prompt=prompt,
+                         negative_prompt=negative_prompt, strength=strength, steps=steps,
+                         cfg_scale=cfg_scale, seed=seed, caption=caption,
+                         loras=_loras(lora))
         with _progress(quiet) as step:
             summary = _run(input_path, output, params, backend, quality, step)
     except AatError as exc:
@@ -89,6 +111,18 @@ def upscalers() -> None:
 def _fail(code: str, message: str, status: int) -> typer.Exit:
     _err_console.print(f"error [{code}]: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(status)
+
+
+def _loras(specs: list[str]) -> list[dict[str, object]]:
+    """``name`` or ``name:weight`` → LoRA dicts (weight 1.0 by default)."""
+    out: list[dict[str, object]] = []
+    for spec in specs:
+        name, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "1")
+        try:
+            out.append({"name": name, "weight": float(weight)})
+        except ValueError:
+            raise ParamsError(f"--lora {spec!r}: the weight after ':' must be a number") from None
+    return out
 
 
 def _params(**values: object) -> UpscaleParams:
@@ -122,10 +156,11 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     hide_native_progress(True)
 
     _check_paths(input_path, output)
-    if backend not in ("none", "local"):
-        raise ParamsError(f"backend {backend!r} is not available for `aat upscale` in this "
-                          "install; use --backend none or --backend local")
+    if backend not in ("none", "local", "runpod"):
+        raise ParamsError(f"unknown backend {backend!r}; use --backend none, runpod or local")
     settings = load_settings()
+    if backend == "runpod":
+        _check_runpod_settings(settings)
     limits = ImageLimits(settings.max_input_pixels, settings.max_input_side,
                          settings.max_output_side)
     step("read")
@@ -170,6 +205,16 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     alpha = "with alpha" if rendered.alpha is not None and fmt != "jpeg" else "no alpha"
     return (f"wrote {output} ({prepared.width}x{prepared.height} {fmt}, {alpha}, "
             f"upscaler {rendered.model})")
+
+
+def _check_runpod_settings(settings: object) -> None:
+    missing = [env for env, value in (
+        ("RUNPOD_API_KEY", getattr(settings, "runpod_api_key", None)),
+        ("RUNPOD_UPSCALE_ENDPOINT_ID", getattr(settings, "runpod_upscale_endpoint_id", None)),
+    ) if not value]
+    if missing:
+        raise ConfigError(f"--backend runpod needs {' and '.join(missing)}; set them in the "
+                          "environment or in aat.toml (see docs/guide/deploy-runpod.md)")
 
 
 def _check_paths(input_path: Path, output: Path) -> None:

@@ -130,7 +130,8 @@ def test_failure_leaves_an_existing_output_untouched(tmp_path: Path) -> None:
     (["--seam-fix", "zigzag"], "invalid_params", "--seam-fix"),
     (["--upscaler", "magic"], "invalid_params", "magic"),
     (["--scale", "2", "--width", "100"], "invalid_params", "either scale or width"),
-    (["--backend", "runpod"], "invalid_params", "--backend none"),
+    (["--backend", "cloud"], "invalid_params", "--backend none, runpod or local"),
+    (["--lora", "detail:strong"], "invalid_params", "--lora"),
     (["--format", "gif"], "invalid_params", "--format: "),
 ])
 def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
