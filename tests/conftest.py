@@ -9,26 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_helpers import empty_pg_schema, throwaway_pg_database
 
 # ---- jobs & storage: PostgreSQL, Redis and settings (tests/jobs, tests/storage) --------------
 
-PG_ADMIN_URL = os.environ.get("AAT_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("AAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL database for this test run (dropped afterwards)."""
-    from sqlalchemy import create_engine, text
-
-    name = f"aat_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("aat_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -36,14 +28,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store test runs on SQLite (a file) and on real PostgreSQL (fresh schema each test)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
-    from sqlalchemy import create_engine, text
-
-    url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deliveries, tiles, jobs, alembic_version"))
-    engine.dispose()
-    return url
+    return empty_pg_schema(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from apitest_helpers import (
     start_runner,
     stop_process,
 )
+from pg_helpers import throwaway_pg_database
 
-PG_ADMIN_URL = os.environ.get("AAT_TEST_PG_ADMIN",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("AAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -46,16 +45,8 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database of this test module's own (dropped afterwards)."""
-    from sqlalchemy import create_engine, text
-
-    name = f"aat_api_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("aat_api") as url:
+        yield url
 
 
 def _values(root: Path, **extra: Any) -> dict[str, Any]:

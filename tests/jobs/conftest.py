@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from jobs_helpers import emulator, runpod_env, runpod_settings
+from pg_helpers import empty_pg_schema
 
 from service.jobs.service import JobService, build_job_service
 from workers.emulator import EmulatorServer
@@ -86,11 +87,4 @@ def celery_setup(request: pytest.FixtureRequest, job_settings: Any, tmp_path: Pa
 
 
 def _fresh_pg(request: pytest.FixtureRequest) -> str:
-    from sqlalchemy import create_engine, text
-
-    url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deliveries, tiles, jobs, alembic_version"))
-    engine.dispose()
-    return url
+    return empty_pg_schema(request.getfixturevalue("pg_url"))
