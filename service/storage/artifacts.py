@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from service.storage.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,7 @@ class ArtifactStore:
         if dest.exists():
             return  # content-addressed: the same key holds the same bytes
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(dest, data)
 
     # ---- whole files (inputs, outputs) -------------------------------------------------------
     def put_bytes(self, kind: str, data: bytes, ext: str) -> str:
