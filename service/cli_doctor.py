@@ -59,11 +59,23 @@ def check_broker(settings: Settings) -> Check:
                      "Redis or fix AAT_BROKER_URL")
 
 
+def _no_gpu_hint(settings: Settings) -> str:
+    """Name what is missing for diffusion refine; a half-done RunPod setup says which half."""
+    key, endpoint = settings.runpod_api_key, settings.runpod_upscale_endpoint_id
+    if key and not endpoint:
+        return ("no GPU backend: RUNPOD_API_KEY is set but RUNPOD_UPSCALE_ENDPOINT_ID is not; "
+                "set it to your upscale endpoint's id for diffusion refine")
+    if endpoint and not key:
+        return ("no GPU backend: RUNPOD_UPSCALE_ENDPOINT_ID is set but RUNPOD_API_KEY is not; "
+                "set it for diffusion refine")
+    return ("no GPU backend: base upscale only (set RUNPOD_API_KEY and "
+            "RUNPOD_UPSCALE_ENDPOINT_ID for diffusion refine)")
+
+
 def check_gpu(settings: Settings) -> Check:
     kind = settings.effective_backend
     if kind == "none":
-        return Check("gpu", True, "no GPU backend: base upscale only (set RUNPOD_API_KEY and "
-                     "RUNPOD_UPSCALE_ENDPOINT_ID for diffusion refine)")
+        return Check("gpu", True, _no_gpu_hint(settings))
     try:
         from service.api.app import build_backend
 

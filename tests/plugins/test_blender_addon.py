@@ -26,6 +26,9 @@ def test_extension_validates_builds_and_declares_network(ext_cli: Path, extensio
     ok = subprocess.run([sys.executable, ext_cli, "validate", SOURCE], capture_output=True,
                         text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    built = subprocess.run([sys.executable, ext_cli, "validate", extension_zip],
+                           capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stdout + built.stderr  # the zip users install validates
     names = zipfile.ZipFile(extension_zip).namelist()
     assert {"blender_manifest.toml", "__init__.py", "client.py", "pump.py", "ops.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n]

@@ -1,0 +1,78 @@
+"""The `aat` entry point as a user first meets it: `--help` lists every command and each
+command's own `--help` works; `aat doctor` on a fresh data dir says what to fix in plain words
+and never prints a secret."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = ["upscale", "upscalers", "watch", "runner", "gc", "up", "serve", "submit", "jobs",
+            "status", "cancel", "doctor", "emulate", "models"]
+RUNPOD_KEY = "rpa_doctor_test_KEY_5f3a91"
+API_TOKEN = "tok_doctor_test_SECRET_8c2d"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AAT_", "RUNPOD_"))}  # a clean user, not this machine's setup
+    env.update({"AAT_DATA_DIR": str(data_dir), "COLUMNS": "200",
+                "AAT_SERVER_URL": f"http://127.0.0.1:{_free_port()}"}, **extra)
+    return env
+
+
+def aat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_help_lists_every_command_and_each_help_works(tmp_path: Path) -> None:
+    env = _env(tmp_path / "data")
+    top = aat(env, "--help")
+    assert top.returncode == 0, top.stderr
+    listed = {line.strip("│ ").split(" ")[0] for line in top.stdout.splitlines()}
+    assert set(COMMANDS) <= listed, top.stdout
+    for command in [*COMMANDS, "models list", "models upload", "models delete"]:
+        out = aat(env, *command.split(), "--help")
+        assert out.returncode == 0, f"aat {command} --help: {out.stderr}"
+        assert "Usage:" in out.stdout and command.split()[-1] in out.stdout
+    assert not (tmp_path / "data").exists()  # help touches nothing
+
+
+def test_doctor_on_a_fresh_data_dir_says_what_to_fix(tmp_path: Path) -> None:
+    data = tmp_path / "fresh"
+    out = aat(_env(data), "doctor")
+    assert out.returncode == 1  # the API is not running: something to fix
+    lines = {line.split()[1]: line for line in out.stdout.splitlines() if line.strip()}
+    assert lines["settings"].split()[0] == "ok" and "token not set" in lines["settings"]
+    assert "created at first start" in lines["store"]
+    assert "no GPU backend" in lines["gpu"] and "RUNPOD_API_KEY" in lines["gpu"]
+    assert lines["api"].split()[0] == "FAIL"
+    assert "not reachable" in lines["api"] and "start it with `aat up`" in lines["api"]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("extra", "missing"), [
+    ({"RUNPOD_API_KEY": RUNPOD_KEY}, "RUNPOD_UPSCALE_ENDPOINT_ID is not"),
+    ({"RUNPOD_UPSCALE_ENDPOINT_ID": "abc123"}, "RUNPOD_API_KEY is not"),
+])
+def test_doctor_names_the_missing_half_of_a_runpod_setup_and_hides_secrets(
+        tmp_path: Path, extra: dict[str, str], missing: str) -> None:
+    out = aat(_env(tmp_path / "data", AAT_API_TOKEN=API_TOKEN, **extra), "doctor")
+    gpu = next(line for line in out.stdout.splitlines() if line.split()[1:2] == ["gpu"])
+    assert missing in gpu, out.stdout
+    assert "API token set" in out.stdout
+    assert RUNPOD_KEY not in out.stdout + out.stderr
+    assert API_TOKEN not in out.stdout + out.stderr
