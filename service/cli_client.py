@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from service.cli_http import ApiCallError, ApiClient
 from service.core.errors import AatError
@@ -156,7 +156,10 @@ def jobs(
     if as_json:
         _out.print_json(json.dumps(page))
         return
-    table = Table("id", "status", "stage", "progress", "file", "created")
+    # the id is what users copy into `aat status`/`aat cancel`: never shortened
+    table = Table(Column("id", no_wrap=True, min_width=26),
+                  Column("status", no_wrap=True, min_width=9), "stage", "progress", "file",
+                  "created")
     for j in page["items"]:
         table.add_row(j["id"], j["status"], j["stage"], f"{100 * j['progress']:.0f}%",
                       j["input"]["filename"], j["created_at"][:19])

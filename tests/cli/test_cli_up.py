@@ -131,6 +131,9 @@ def test_submit_wait_writes_the_result_next_to_the_file(aat_up, tmp_path: Path) 
     items = json.loads(listed.stdout)["items"]
     assert len(items) == 1 and items[0]["status"] == "succeeded"
     job_id = items[0]["id"]
+    table = aat_process({**env, "COLUMNS": "80"}, "jobs", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert job_id in table.stdout and "succeeded" in table.stdout  # ids copyable at 80 columns
     shown = aat(env, "status", job_id, cwd=tmp_path)
     assert shown.returncode == 0 and f"{job_id}  succeeded" in shown.stdout
     assert "output 80x48 png" in shown.stdout
