@@ -76,3 +76,59 @@ def test_doctor_names_the_missing_half_of_a_runpod_setup_and_hides_secrets(
     assert "API token set" in out.stdout
     assert RUNPOD_KEY not in out.stdout + out.stderr
     assert API_TOKEN not in out.stdout + out.stderr
+
+
+def test_secrets_never_reach_the_service_log_even_at_debug(tmp_path: Path, runpod_emulator) -> None:
+    """`aat up --log-level debug` with a RunPod key and an API token: a job refined on the
+    (emulated) RunPod endpoint and a LoRA listing use both secrets; the log shows neither."""
+    import io
+    import signal
+    import time
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    emu = runpod_emulator(workers=2)
+    port = _free_port()
+    env = _env(tmp_path / "data", AAT_PORT=str(port), AAT_SERVER_URL=f"http://127.0.0.1:{port}",
+               AAT_API_TOKEN=API_TOKEN, RUNPOD_API_KEY=emu.api_key, AAT_BACKEND="runpod",
+               AAT_RUNPOD_BASE_URL=emu.url, RUNPOD_UPSCALE_ENDPOINT_ID="upscale",
+               RUNPOD_CAPTION_ENDPOINT_ID="caption", PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--log-level",
+                                 "debug"], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if http.get("/v1/health").is_success:
+                        break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.1)
+            buf = io.BytesIO()
+            pixels = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, "PNG")
+            job = http.post("/v1/jobs", params={"filename": "a.png", "scale": 2,
+                                                "tile_size": 64, "overlap": 16},
+                            content=buf.getvalue(), headers={"Content-Type": "image/png"})
+            assert job.status_code == 202, job.text
+            while (state := http.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in (
+                    "queued", "running"):
+                assert time.monotonic() < deadline + 60, state
+                time.sleep(0.1)
+            assert state["status"] == "succeeded", state
+            assert http.get("/v1/models").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert emu.stats("upscale")["submitted"] >= 1  # the key really was used
+    text = log_path.read_text()
+    assert "DEBUG" in text  # the most talkative level was on
+    assert emu.api_key not in text and API_TOKEN not in text
