@@ -193,12 +193,15 @@ def _check_plan(plan: TilePlan, channels: int) -> None:
 
 
 def blend_tiles(plan: TilePlan, get_tile: GetTile, *, channels: int,
-                dtype: np.dtype | type = np.uint8) -> np.ndarray:
+                dtype: np.dtype | type = np.uint8,
+                on_rows: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
     """Blend the tiles of a grid ``plan`` into one ``(height, width, channels)`` image.
 
     ``get_tile(index)`` returns tile ``index`` as ``(h, w, channels)`` (or ``(h, w)`` for one
     channel) of ``dtype``; it is called once per tile (twice for the first and last tile rows of a
     tileable plan). A tile of the wrong shape or dtype raises :class:`ParamsError`.
+    ``on_rows(out, start, end)`` is called as each band of rows ``[start, end)`` is final, in
+    order (so a consumer can encode while later tiles are still being produced).
     """
     dtype = np.dtype(dtype)
     bits = _bits(dtype)
@@ -211,6 +214,8 @@ def blend_tiles(plan: TilePlan, get_tile: GetTile, *, channels: int,
         rows.keep({ys.a, ys.b})
         for xs in xsegs:
             _fill_cell(out, ys, xs, rows, bits)
+        if on_rows is not None:
+            on_rows(out, ys.start, ys.end)
     return out
 
 

@@ -22,7 +22,9 @@ Pure: bytes in, arrays out; no files, no settings, no logging.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +38,8 @@ OUTPUT_FORMATS = ("png", "webp", "jpeg", "tga")
 _AUTO_OUTPUT = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "TGA": "tga", "BMP": "png",
                 "GIF": "png"}
 _SUFFIXES = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga"}
+#: zlib level of PNG outputs unless the caller says otherwise (``AAT_PNG_COMPRESS_LEVEL``).
+PNG_COMPRESS_LEVEL = 1
 #: Decompressed bytes per compressed byte above which an oversize file counts as a bomb.
 _BOMB_RATIO = 100
 
@@ -292,24 +296,22 @@ def encode_image(
     *,
     quality: int = 95,
     metadata: dict[str, str] | None = None,
+    compress_level: int = PNG_COMPRESS_LEVEL,
 ) -> bytes:
     """Encode to ``fmt`` (png/webp/jpeg/tga). Alpha is kept except for JPEG, which has none.
 
     ``uint16`` colour is written as 16-bit greyscale PNG (the luma) when ``fmt`` is png and there
     is no alpha; otherwise it is reduced to 8 bits. ``metadata`` lands in the EXIF Software /
-    ImageDescription tags (TGA: the image id field).
+    ImageDescription tags (TGA: the image id field). ``compress_level`` (0-9) is PNG's zlib level.
     """
     im = _to_pil(rgb, alpha, fmt)
     buf = io.BytesIO()
     kwargs: dict[str, object] = {}
     text = "; ".join(f"{k}={v}" for k, v in (metadata or {}).items())
     if text and fmt != "tga":
-        exif = Image.Exif()
-        exif[0x0131] = "AI Assets Toolbox"
-        exif[0x010E] = text
-        kwargs["exif"] = exif.tobytes()
+        kwargs["exif"] = _exif(text)
     if fmt == "png":
-        kwargs["compress_level"] = 6
+        kwargs["compress_level"] = compress_level
     elif fmt == "webp":
         kwargs.update(quality=quality, lossless=quality >= 100, exact=True)
     elif fmt == "jpeg":
@@ -334,3 +336,82 @@ def _to_pil(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
     if alpha is None or fmt == "jpeg":
         return Image.fromarray(rgb)
     return Image.fromarray(np.dstack([rgb, alpha.astype(np.uint8)]))
+
+
+def _exif(text: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0131] = "AI Assets Toolbox"
+    exif[0x010E] = text
+    return exif.tobytes()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF)
+
+
+def _filter_rows(rows: np.ndarray, above: np.ndarray, bpp: int) -> bytes:
+    """PNG scanlines of ``rows`` (``(n, W*C)`` uint8), each with the filter (Sub, Up or Paeth)
+    whose output has the smallest sum of absolute signed bytes (libpng's heuristic)."""
+    x = rows.astype(np.int16)
+    up = np.vstack([above[None].astype(np.int16), x[:-1]])
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    corner = np.zeros_like(x)
+    corner[:, bpp:] = up[:, :-bpp]
+    pa, pb, pc = np.abs(up - corner), np.abs(left - corner), np.abs(left + up - 2 * corner)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
+    cands = [(x - left).astype(np.uint8), (x - up).astype(np.uint8), (x - paeth).astype(np.uint8)]
+    cost = np.stack([np.abs(c.view(np.int8)).sum(axis=1, dtype=np.int64) for c in cands])
+    best = cost.argmin(axis=0)
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    out[:, 0] = np.array([1, 2, 4], np.uint8)[best]
+    for k, cand in enumerate(cands):
+        pick = best == k
+        out[pick, 1:] = cand[pick]
+    return out.tobytes()
+
+
+class PngStream:
+    """A PNG written band by band as rows become final (8-bit RGB or RGBA), so compressing
+    overlaps whatever produces the rows. ``add(rows)`` takes ``(n, W, C)`` uint8 rows in order;
+    ``finish()`` returns the file once all ``height`` rows are in. Decodes like
+    :func:`encode_image`'s PNG (same EXIF metadata); the bytes depend only on pixels, metadata,
+    level and band boundaries."""
+
+    def __init__(self, width: int, height: int, channels: int, *,
+                 metadata: dict[str, str] | None = None,
+                 compress_level: int = PNG_COMPRESS_LEVEL) -> None:
+        if channels not in (3, 4):
+            raise ValueError("PngStream writes RGB or RGBA")
+        self.width, self.height, self.channels, self.done = width, height, channels, 0
+        self._zip = zlib.compressobj(compress_level)
+        self._above = np.zeros(width * channels, np.uint8)
+        self._idat: list[bytes] = []
+        head = struct.pack(">IIBBBBB", width, height, 8, 6 if channels == 4 else 2, 0, 0, 0)
+        text = "; ".join(f"{k}={v}" for k, v in (metadata or {}).items())
+        self._head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", head) + (
+            _chunk(b"eXIf", _exif(text).removeprefix(b"Exif\x00\x00")) if text else b"")
+
+    def add(self, rows: np.ndarray) -> None:
+        if rows.dtype != np.uint8 or rows.shape[1:] != (self.width, self.channels):
+            raise ValueError(f"rows must be (n, {self.width}, {self.channels}) uint8")
+        if self.done + rows.shape[0] > self.height:
+            raise ValueError("more rows than the image has")
+        if not rows.shape[0]:
+            return
+        flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1)
+        data = self._zip.compress(_filter_rows(flat, self._above, self.channels))
+        if data:
+            self._idat.append(data)
+        self._above = flat[-1].copy()
+        self.done += rows.shape[0]
+
+    def finish(self) -> bytes:
+        if self.done != self.height:
+            raise ValueError(f"only {self.done} of {self.height} rows were added")
+        self._idat.append(self._zip.flush())
+        body = b"".join(self._idat)
+        step = 1 << 20
+        idat = b"".join(_chunk(b"IDAT", body[i:i + step]) for i in range(0, len(body), step))
+        return self._head + idat + _chunk(b"IEND", b"")

@@ -21,15 +21,15 @@ import numpy as np
 
 from service.backends.base import GpuBackend, RefineOptions, RefineResult
 from service.core.errors import JobCanceled, ParamsError
-from service.core.imaging import encode_image, load_image, output_format_for
+from service.core.imaging import PngStream, encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.pre_cache import cached_upscaler
-from service.jobs.refine import Resume, TileWork, caption_one, derive_seed, refine_tiles
+from service.jobs.refine import After, Resume, TileWork, caption_one, derive_seed, refine_tiles
 from service.jobs.runner import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
-from service.render import Prepared, finish, prepare
+from service.render import Assembly, Prepared, Rendered, finish, fix_tile, prepare
 from service.storage.game_repo import deliver
 from service.storage.job_store import JobRow, LeaseLost
 from service.upscalers.registry import get_upscaler
@@ -141,18 +141,11 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
                                  for i, t in enumerate(prepared.plan.tiles)])
     run.check()
     backend = make_backend(ctx)
-    refined: dict[int, np.ndarray] = {}
-    seam: dict[int, np.ndarray] = {}
-    if backend is not None:
-        refined, seam = asyncio.run(_gpu(run, backend, prepared, params, row))
-    run.stage("blend")
-    rendered = finish(prepared, refined, params, seam_refined=seam)
-    run.stage("encode")
     fmt = output_format_for(image.format, params.output_format)
     ext = EXT_FOR_FORMAT[fmt]
-    out = encode_image(rendered.rgb, rendered.alpha, fmt,
-                       metadata={"upscaler": rendered.model,  # no job id: same pixels, same bytes
-                                 "backend": backend.name if backend else "none"})
+    meta = {"upscaler": prepared.model,  # no job id: same pixels, same bytes
+            "backend": backend.name if backend else "none"}
+    rendered, out = _render(run, backend, prepared, row, fmt, meta)
     sha = ctx.artifacts.put_bytes("outputs", out, ext)
     output: dict[str, Any] = {
         "width": prepared.width, "height": prepared.height, "format": fmt, "sha256": sha,
@@ -176,17 +169,72 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
 
 
-async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, params: UpscaleParams,
-               row: JobRow) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+def _render(run: JobRun, backend: GpuBackend | None, prepared: Prepared, row: JobRow,
+            fmt: str, meta: dict[str, str]) -> tuple[Rendered, bytes]:
+    """GPU stages, blend, colour fix, alpha and encode. Each tile is colour-fixed as it arrives;
+    for 8-bit PNG outputs without seam fix the tiles are also blended and the rows compressed
+    as they arrive (:class:`~service.render.Assembly`), so little is left after the last tile."""
+    params, level = prepared.params, run.ctx.settings.png_compress_level
+    stream = _png_stream(prepared, fmt, meta, level) if backend is not None else None
+    assembly = Assembly(prepared, stream.add) if stream is not None else None
     try:
-        return await _gpu_stages(run, backend, prepared, params, row)
+        refined: dict[int, np.ndarray] = {}
+        seam: dict[int, np.ndarray] = {}
+        if backend is not None:
+            refined, seam = asyncio.run(_gpu(run, backend, prepared, row,
+                                                _after(prepared, assembly)))
+        run.stage("blend")
+        if assembly is None:
+            rendered = finish(prepared, refined, params, seam_refined=seam, colour_fixed=True)
+        else:
+            assembly.fill_missing(refined)
+            rendered = assembly.wait()
+    except BaseException:
+        if assembly is not None:
+            assembly.abort()
+        raise
+    run.stage("encode")
+    if stream is not None:
+        return rendered, stream.finish()
+    return rendered, encode_image(rendered.rgb, rendered.alpha, fmt, metadata=meta,
+                                  compress_level=level)
+
+
+def _png_stream(prepared: Prepared, fmt: str, meta: dict[str, str], level: int
+                ) -> PngStream | None:
+    if fmt != "png" or prepared.base.dtype != np.uint8 or not Assembly.supports(prepared):
+        return None
+    return PngStream(prepared.width, prepared.height, 3 if prepared.alpha is None else 4,
+                     metadata=meta, compress_level=level)
+
+
+def _after(prepared: Prepared, assembly: Assembly | None) -> After | None:
+    """What happens to each refined tile as it arrives, in a worker thread while other tiles
+    are in flight: its colour fix against the reference under it, then the assembly."""
+    fix = prepared.params.colour_fix != "none"
+    if not fix and assembly is None:
+        return None
+
+    def after(index: int, tile: np.ndarray) -> np.ndarray:
+        out = fix_tile(prepared, index, tile) if fix else tile
+        if assembly is not None:
+            assembly.put(index, out)
+        return out
+
+    return after
+
+
+async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, row: JobRow,
+               after: After | None) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    try:
+        return await _gpu_stages(run, backend, prepared, prepared.params, row, after)
     finally:
         for close in (*run.closers, backend.aclose):
             await close()
 
 
 async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
-                      params: UpscaleParams, row: JobRow
+                      params: UpscaleParams, row: JobRow, after: After | None
                       ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Caption → refine per tile, pipelined: a tile is refined as soon as its caption is in."""
     store, job_id = run.ctx.store, run.job_id
@@ -219,7 +267,8 @@ async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
     refined = await refine_tiles(
         backend, work, options, run.ctx.artifacts, before=caption_first,
         on_submitted=lambda i, key, rid: run.remote_submitted(i, key, rid, "refine"),
-        on_done=refined_one, resume=_resumer(run, rows, inputs), check=run.acheck)
+        on_done=refined_one, resume=_resumer(run, rows, inputs), after=after,
+        check=run.acheck)
     seam = await _seam_fix(run, backend, prepared, params, refined, options, int(row.seed or 0))
     return refined, seam
 
@@ -270,7 +319,8 @@ async def _seam_fix(run: JobRun, backend: GpuBackend, prepared: Prepared,
     if plan is None or not plan.tiles:
         return {}
     no_seam = dataclasses.replace(prepared, params=params.model_copy(update={"seam_fix": "none"}))
-    blended = await asyncio.to_thread(lambda: finish(no_seam, refined, no_seam.params).rgb)
+    blended = await asyncio.to_thread(
+        lambda: finish(no_seam, refined, no_seam.params, colour_fixed=True).rgb)
     n = len(plan.tiles)
     run.stage("seam_fix", 0, n)
     seam_options = dataclasses.replace(options, strength=params.seam_fix_strength)

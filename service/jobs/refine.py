@@ -112,6 +112,7 @@ def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
 CancelCheck = Callable[[], Awaitable[None]]  # raises (JobCanceled, ...) to stop the loop
 Resume = Callable[[int, str], Awaitable[RefineResult | None]]
 Before = Callable[[TileWork], Awaitable[TileWork]]
+After = Callable[[int, np.ndarray], np.ndarray]
 
 
 async def _run_all(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
@@ -176,6 +177,7 @@ async def refine_tiles(
     on_submitted: Callable[[int, str, str], None] | None = None,
     on_done: Callable[[int, str, RefineResult | None], None] | None = None,
     resume: Resume | None = None,
+    after: After | None = None,
     check: CancelCheck | None = None, poll_s: float = 0.25,
 ) -> dict[int, np.ndarray]:
     """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
@@ -186,13 +188,19 @@ async def refine_tiles(
     runs when a remote job is submitted; ``on_done(index, key, result)`` after the tile is
     cached (``result`` is None for a cache hit); both run in a worker thread so slow storage
     never stalls the loop. ``resume(index, key)`` may return the result of a remote job an
-    earlier attempt submitted (else None).
+    earlier attempt submitted (else None). ``after(index, pixels)`` post-processes each tile
+    (cache hit or fresh) in a worker thread as soon as it is in, while other tiles are still in
+    flight (e.g. its colour fix); the returned dict holds its results. The cache always holds
+    the tile as the backend returned it.
     """
     out: dict[int, np.ndarray] = {}
     sem = asyncio.Semaphore(max(1, await backend.max_concurrency()))
     draining = asyncio.Event()  # stopping: send nothing new, let in-flight calls finish
     loop = asyncio.get_running_loop()
     hits = 0
+
+    async def _after(index: int, image: np.ndarray) -> np.ndarray:
+        return image if after is None else await asyncio.to_thread(after, index, image)
 
     async def one(item: TileWork) -> None:
         nonlocal hits
@@ -202,7 +210,7 @@ async def refine_tiles(
         cached = await asyncio.to_thread(cache.get_array, key)
         if cached is not None:
             hits += 1
-            out[item.index] = cached
+            out[item.index] = await _after(item.index, cached)
             if on_done:
                 await asyncio.to_thread(on_done, item.index, key, None)
             return
@@ -220,7 +228,7 @@ async def refine_tiles(
                                 seed=item.seed)
                 result = await backend.refine(task, options, on_submitted=submitted)
         await asyncio.to_thread(cache.put_array, key, result.image)
-        out[item.index] = result.image
+        out[item.index] = await _after(item.index, result.image)
         if on_done:
             await asyncio.to_thread(on_done, item.index, key, result)
 

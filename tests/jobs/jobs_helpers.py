@@ -13,7 +13,7 @@ from PIL import Image
 from service.core.imaging import ImageLimits, encode_image, load_image
 from service.core.params import UpscaleParams
 from service.jobs.refine import derive_seed
-from service.render import finish, prepare
+from service.render import finish, fix_tile, prepare
 from service.upscalers.registry import get_upscaler
 from workers.echo.handler import tint
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
@@ -72,9 +72,9 @@ def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int) -> np.nd
     """What a job must produce when every tile is refined by the echo worker (tint by seed)."""
     image = load_image(data, limits=ImageLimits())
     prepared = prepare(image, params, get_upscaler(params.upscaler))
-    refined = {i: tint(prepared.tile(i), derive_seed(seed, i)) for i in
-               range(len(prepared.plan.tiles))}
-    done = finish(prepared, refined, params)
+    refined = {i: fix_tile(prepared, i, tint(prepared.tile(i), derive_seed(seed, i)))
+               for i in range(len(prepared.plan.tiles))}  # each tile colour-fixed as it arrives
+    done = finish(prepared, refined, params, colour_fixed=True)
     return pixels(encode_image(done.rgb, done.alpha, "png"))
 
 
