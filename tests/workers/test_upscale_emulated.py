@@ -108,3 +108,61 @@ def test_lora_lifecycle_and_structured_errors(emulated, tmp_path: Path) -> None:
     assert errors["pickle"].code == "lora_invalid"
     assert errors["escape"].code == "path_forbidden"
     assert list(lora_dir.iterdir()) == []  # nothing half-written, nothing left behind
+
+
+def test_the_real_workers_behind_aat_emulate_answer_the_runpod_client(tmp_path: Path) -> None:
+    """`aat emulate --worker upscale --worker caption` as its own process (what a user runs to
+    try the real handlers without RunPod): refined tiles, captions and structured errors."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AAT_WORKER_TINY": "1", "AAT_LORA_DIR": str(tmp_path / "loras"),
+           "RUNPOD_API_KEY": "emulate-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "emulate", "--port", str(port), "--workers", "1",
+         "--worker", "upscale", "--worker", "caption"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v2"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                httpx.get(f"{url}/upscale/health", headers={"authorization": "Bearer x"})
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "aat emulate did not answer"
+                time.sleep(0.1)
+        settings = Settings(backend="runpod", runpod_api_key="emulate-key", runpod_base_url=url,
+                            runpod_upscale_endpoint_id="upscale",
+                            runpod_caption_endpoint_id="caption", data_dir=tmp_path / "data")
+        img = tile(5)
+
+        async def go(b: RunPodBackend):
+            refined = await b.refine(TileTask("1_1", img, "moss", 23), OPTIONS)
+            caption = await b.caption("1_1", img, max_new_tokens=8)
+            with pytest.raises(AatError) as missing:
+                await b.refine(TileTask("1_1", img, "", 1), RefineOptions(
+                    **{**OPTIONS.__dict__, "loras": (LoraSpec(name="nope", weight=1.0),)}))
+            return refined, caption, missing.value
+
+        refined, caption, missing = run(settings, go)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "RunPod emulator: upscale (upscale), caption (caption)" in out, out
+    assert refined.tile_id == "1_1" and refined.seed_used == 23
+    assert refined.image.shape == img.shape
+    assert np.abs(refined.image.astype(int) - img).mean() > 1.0  # the tiny SDXL really ran
+    assert caption.caption.strip()
+    assert missing.code == "lora_not_found" and not missing.retryable
+    assert "nope" in missing.message
+    assert "emulate-key" not in out
