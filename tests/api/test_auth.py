@@ -86,3 +86,36 @@ def test_cors_is_off_by_default_and_opt_in(queued_server) -> None:
     with allowed.client() as http:
         pre = http.options("/v1/jobs", headers=origin)
         assert pre.headers["access-control-allow-origin"] == "http://editor.example"
+
+
+def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every bearer check goes through hmac.compare_digest (no early-exit `==` whose timing
+    leaks how much of a guessed token is right)."""
+    import hmac
+
+    from starlette.requests import Request
+
+    from service.api import auth
+    from service.api.problems import ApiError
+    from service.settings import Settings
+
+    seen: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+
+    def request(token: str) -> Request:
+        return Request({"type": "http", "method": "GET", "path": "/v1/jobs",
+                        "client": ("10.0.0.5", 40000),
+                        "headers": [(b"authorization", f"Bearer {token}".encode())]})
+
+    settings = Settings(api_token=TOKEN)
+    with pytest.raises(ApiError) as refused:
+        auth.authorize(request(TOKEN[:-1] + "y"), settings)
+    assert refused.value.http_status == 401 and refused.value.code == "unauthorized"
+    auth.authorize(request(TOKEN), settings)  # accepted, from a non-loopback client
+    assert seen == [((TOKEN[:-1] + "y").encode(), TOKEN.encode()), (TOKEN.encode(),) * 2]
