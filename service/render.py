@@ -240,18 +240,21 @@ class AssemblyAborted(RuntimeError):
 class Assembly:
     """Blend a grid plan's tiles in a thread as they arrive, feeding final rows to ``sink``.
 
-    ``put(index, tile)`` hands over a finished tile (colour-fixed by :func:`fix_tile`, in the
-    base's dtype); :meth:`fill_missing` puts the pre-upscaled pixels for tiles never refined;
+    ``put(index, tile)`` hands over a refined tile; the thread colour-fixes it (:func:`fix_tile`,
+    unless ``fix`` is False) just before blending it, so that work stays off the threads that
+    talk to the GPU; :meth:`fill_missing` puts the pre-upscaled pixels for tiles never refined;
     :meth:`wait` returns the :class:`Rendered` image. ``sink`` gets colour and alpha together
     (``(n, W, 3 or 4)``), band by band in order. For plans without a seam-fix pass and not
     tileable (those need the whole blended image first: use :func:`finish`).
     """
 
-    def __init__(self, prepared: Prepared, sink: RowSink | None = None) -> None:
+    def __init__(self, prepared: Prepared, sink: RowSink | None = None, *,
+                 fix: bool = True) -> None:
         if not self.supports(prepared):
             raise ValueError("assembly needs a grid plan without seam fix that is not tileable")
         self.prepared, self.sink = prepared, sink
-        self._tiles: dict[int, np.ndarray] = {}
+        self.fix = fix and prepared.params.colour_fix != "none"
+        self._tiles: dict[int, tuple[np.ndarray, bool]] = {}  # index -> (pixels, to fix)
         self._cond = threading.Condition()
         self._aborted = False
         self._result: Rendered | None = None
@@ -263,16 +266,16 @@ class Assembly:
     def supports(prepared: Prepared) -> bool:
         return prepared.seam_fix_plan() is None and not prepared.params.tileable
 
-    def put(self, index: int, tile: np.ndarray) -> None:
+    def put(self, index: int, tile: np.ndarray, *, refined: bool = True) -> None:
         with self._cond:
-            self._tiles[index] = tile
+            self._tiles[index] = (tile, refined and self.fix)
             self._cond.notify_all()
 
     def fill_missing(self, refined: Mapping[int, np.ndarray]) -> None:
         """Every tile not in ``refined`` is the pre-upscaled pixels (as :func:`blend` does)."""
         for t in self.prepared.plan.tiles:
             if t.index not in refined:
-                self.put(t.index, extract_tile(self.prepared.base, t))
+                self.put(t.index, extract_tile(self.prepared.base, t), refined=False)
 
     def abort(self) -> None:
         with self._cond:
@@ -293,7 +296,10 @@ class Assembly:
                 self._cond.wait()
             if self._aborted:
                 raise AssemblyAborted("the job stopped before every tile was refined")
-            return self._tiles.pop(index)
+            tile, to_fix = self._tiles.pop(index)
+        if to_fix:
+            return fix_tile(self.prepared, index, tile)
+        return _like(tile, self.prepared.base.dtype)
 
     def _rows(self, out: np.ndarray, start: int, end: int) -> None:
         if self.sink is not None:

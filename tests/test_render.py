@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,10 @@ import pytest
 from PIL import Image
 
 from service.core.errors import ImageError
-from service.core.imaging import ImageLimits, LoadedImage, encode_image, load_image
+from service.core.imaging import ImageLimits, LoadedImage, PngStream, encode_image, load_image
 from service.core.params import UpscaleParams
-from service.render import blend, finish, prepare, render
+from service.core.seams import lrs, tcd
+from service.render import Assembly, AssemblyAborted, blend, finish, fix_tile, prepare, render
 from service.upscalers.registry import get_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,3 +126,73 @@ def test_16_bit_gpu_tiles_are_8_bit_and_come_back_16_bit() -> None:
     # 8-bit tiles lose the low byte but land at the 16-bit scale: within one 8-bit step
     err = np.abs(out.rgb.astype(int) - prepared.base)
     assert err.max() <= 257 and err.mean() < 100
+
+
+def _drifted(prepared, index: int) -> np.ndarray:
+    tint = np.array([20, -10, 15]) * (1 if index % 2 else -1)
+    return np.clip(prepared.tile(index).astype(int) + tint, 0, 255).astype(np.uint8)
+
+
+def test_per_tile_colour_fix_pulls_drifting_tiles_back() -> None:
+    params = small_tiles(scale=2)
+    prepared = prepare(loaded(STONE), params, get_upscaler("lanczos"))
+    raw = {t.index: _drifted(prepared, t.index) for t in prepared.plan.tiles}
+    fixed = {i: fix_tile(prepared, i, tile) for i, tile in raw.items()}
+    out = finish(prepared, fixed, params, colour_fixed=True).rgb
+    assert np.abs(out.astype(int) - prepared.base).mean() < 2.0
+    seams = (prepared.plan.seams_x, prepared.plan.seams_y)
+    assert tcd(out, prepared.base, prepared.plan) < 2.0 and lrs(out, prepared.base, *seams) <= 1.0
+    drifted = finish(prepared, raw, params.model_copy(update={"colour_fix": "none"})).rgb
+    assert tcd(drifted, prepared.base, prepared.plan) > 5.0
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_assembly_streams_the_same_image_as_finish(alpha: bool) -> None:
+    """Refined tiles arriving out of order from another thread are colour-fixed and blended by
+    the assembly: the streamed PNG holds exactly the image finish() makes, alpha included."""
+    a = np.tile(np.linspace(0, 255, 128, dtype=np.uint8), (128, 1))
+    image = loaded(STONE, a if alpha else None)
+    params = small_tiles(scale=2)
+    prepared = prepare(image, params, get_upscaler("lanczos"))
+    raw = {t.index: _drifted(prepared, t.index) for t in prepared.plan.tiles}
+    fixed = {i: fix_tile(prepared, i, tile) for i, tile in raw.items()}
+    stream = PngStream(prepared.width, prepared.height, 4 if alpha else 3,
+                       metadata={"upscaler": "lanczos3"}, compress_level=9)
+    assembly = Assembly(prepared, stream.add)
+    order = sorted(fixed, key=lambda i: (i * 7) % len(fixed))[:-2]  # two never arrive
+    feeder = threading.Thread(target=lambda: [assembly.put(i, raw[i]) for i in order])
+    feeder.start()
+    feeder.join()
+    assembly.fill_missing({i: raw[i] for i in order})
+    rendered = assembly.wait()
+    expected = finish(prepared, {i: fixed[i] for i in order}, params, colour_fixed=True)
+    np.testing.assert_array_equal(rendered.pixels, expected.pixels)
+    with Image.open(io.BytesIO(stream.finish())) as im:
+        assert im.mode == ("RGBA" if alpha else "RGB")
+        np.testing.assert_array_equal(np.asarray(im), expected.pixels)
+        assert "upscaler=lanczos3" in im.getexif()[0x010E]
+
+
+def test_an_aborted_assembly_stops_waiting_and_a_short_stream_is_refused() -> None:
+    prepared = prepare(loaded(STONE), small_tiles(scale=2), get_upscaler("lanczos"))
+    stream = PngStream(prepared.width, prepared.height, 3)
+    assembly = Assembly(prepared, stream.add)
+    assembly.put(0, prepared.tile(0))
+    assembly.abort()  # e.g. the job was canceled with tiles still in flight
+    with pytest.raises(AssemblyAborted):
+        assembly.wait()
+    with pytest.raises(ValueError, match="rows were added"):
+        stream.finish()  # nothing half-written can come out of it
+    with pytest.raises(ValueError, match="without seam fix"):
+        Assembly(prepare(loaded(STONE), small_tiles(scale=2, seam_fix="band"),
+                         get_upscaler("lanczos")))
+
+
+def test_png_compress_level_trades_size_for_time_not_pixels() -> None:
+    big = np.asarray(Image.fromarray(STONE).resize((512, 512), Image.Resampling.LANCZOS))
+    sizes = {}
+    for level in (0, 1, 9):
+        data = encode_image(big, None, "png", compress_level=level)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), big)
+        sizes[level] = len(data)
+    assert sizes[0] > sizes[1] > sizes[9]

@@ -350,26 +350,26 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
         ">I", zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF)
 
 
-def _filter_rows(rows: np.ndarray, above: np.ndarray, bpp: int) -> bytes:
-    """PNG scanlines of ``rows`` (``(n, W*C)`` uint8), each with the filter (Sub, Up or Paeth)
-    whose output has the smallest sum of absolute signed bytes (libpng's heuristic)."""
-    x = rows.astype(np.int16)
-    up = np.vstack([above[None].astype(np.int16), x[:-1]])
-    left = np.zeros_like(x)
-    left[:, bpp:] = x[:, :-bpp]
-    corner = np.zeros_like(x)
-    corner[:, bpp:] = up[:, :-bpp]
-    pa, pb, pc = np.abs(up - corner), np.abs(left - corner), np.abs(left + up - 2 * corner)
-    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
-    cands = [(x - left).astype(np.uint8), (x - up).astype(np.uint8), (x - paeth).astype(np.uint8)]
-    cost = np.stack([np.abs(c.view(np.int8)).sum(axis=1, dtype=np.int64) for c in cands])
-    best = cost.argmin(axis=0)
-    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
-    out[:, 0] = np.array([1, 2, 4], np.uint8)[best]
-    for k, cand in enumerate(cands):
-        pick = best == k
-        out[pick, 1:] = cand[pick]
-    return out.tobytes()
+def _idat(png: bytes) -> bytes:
+    """The concatenated IDAT payload of a PNG file."""
+    parts, pos = [], 8
+    while pos < len(png):
+        size, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        if kind == b"IDAT":
+            parts.append(png[pos + 8:pos + 8 + size])
+        pos += 12 + size
+    return b"".join(parts)
+
+
+def _filtered(rows: np.ndarray, above: np.ndarray | None) -> bytes:
+    """PNG scanlines of ``rows`` (``(n, W, C)`` uint8), each with the filter byte Pillow's C
+    encoder chose (adaptive), continuing from the row ``above`` (the last one of the previous
+    band): Pillow writes them uncompressed (level 0), the first (``above``) line is dropped."""
+    stacked = rows if above is None else np.concatenate([above[None], rows])
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stacked)).save(buf, "PNG", compress_level=0)
+    raw = zlib.decompress(_idat(buf.getvalue()))
+    return raw if above is None else raw[len(raw) // stacked.shape[0]:]
 
 
 class PngStream:
@@ -386,7 +386,7 @@ class PngStream:
             raise ValueError("PngStream writes RGB or RGBA")
         self.width, self.height, self.channels, self.done = width, height, channels, 0
         self._zip = zlib.compressobj(compress_level)
-        self._above = np.zeros(width * channels, np.uint8)
+        self._above: np.ndarray | None = None
         self._idat: list[bytes] = []
         head = struct.pack(">IIBBBBB", width, height, 8, 6 if channels == 4 else 2, 0, 0, 0)
         text = "; ".join(f"{k}={v}" for k, v in (metadata or {}).items())
@@ -400,11 +400,10 @@ class PngStream:
             raise ValueError("more rows than the image has")
         if not rows.shape[0]:
             return
-        flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1)
-        data = self._zip.compress(_filter_rows(flat, self._above, self.channels))
+        data = self._zip.compress(_filtered(rows, self._above))
         if data:
             self._idat.append(data)
-        self._above = flat[-1].copy()
+        self._above = rows[-1].copy()
         self.done += rows.shape[0]
 
     def finish(self) -> bytes:

@@ -209,19 +209,18 @@ def _png_stream(prepared: Prepared, fmt: str, meta: dict[str, str], level: int
 
 
 def _after(prepared: Prepared, assembly: Assembly | None) -> After | None:
-    """What happens to each refined tile as it arrives, in a worker thread while other tiles
-    are in flight: its colour fix against the reference under it, then the assembly."""
-    fix = prepared.params.colour_fix != "none"
-    if not fix and assembly is None:
+    """What happens to each refined tile as it arrives, while other tiles are in flight: it goes
+    to the assembly (whose thread colour-fixes and blends it), or else its colour fix against
+    the reference under it runs in a worker thread."""
+    if assembly is not None:
+        def put(index: int, tile: np.ndarray) -> np.ndarray:
+            assembly.put(index, tile)
+            return tile
+
+        return put
+    if prepared.params.colour_fix == "none":
         return None
-
-    def after(index: int, tile: np.ndarray) -> np.ndarray:
-        out = fix_tile(prepared, index, tile) if fix else tile
-        if assembly is not None:
-            assembly.put(index, out)
-        return out
-
-    return after
+    return lambda index, tile: fix_tile(prepared, index, tile)
 
 
 async def _gpu(run: JobRun, backend: GpuBackend, prepared: Prepared, row: JobRow,

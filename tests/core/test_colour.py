@@ -8,7 +8,7 @@ import pytest
 from service.core.blending import blend_tiles
 from service.core.colour import adain_colour_fix, colour_fix, wavelet_colour_fix
 from service.core.errors import ParamsError
-from service.core.seams import tcd
+from service.core.seams import lrs, sgr, tcd
 from service.core.tiling import extract_tile, plan_tiles
 
 TINTS = [(14.0, -6.0, 4.0), (-10.0, 8.0, -12.0), (6.0, 12.0, -8.0), (-12.0, -10.0, 10.0)]
@@ -78,3 +78,35 @@ def test_mismatched_reference_and_unknown_mode_are_clear_errors() -> None:
         adain_colour_fix(a, np.zeros((8, 8, 3), np.uint16))
     with pytest.raises(ParamsError, match="unknown colour fix"):
         colour_fix(a, a, "histogram")  # type: ignore[arg-type]
+
+
+def _drifting_tile(plane: np.ndarray, tint: tuple, seed: int) -> np.ndarray:
+    """A refined tile whose colour drifts on its own: a flat tint plus a shading ramp across it,
+    over new fine detail (float, before rounding)."""
+    h, w = plane.shape
+    ramp = np.linspace(-6.0, 6.0, w)[None, :] * (1 if seed % 2 else -1)
+    detail = np.random.default_rng(seed).normal(0.0, 6.0, plane.shape)
+    return (plane + detail + ramp)[..., None] + np.asarray(tint)[None, None, :]
+
+
+def test_per_tile_fix_leaves_no_seam_and_no_tint(texture, rgb8) -> None:
+    """Each tile fixed on its own against the reference under it (as tiles arrive in a job),
+    then blended: no tile keeps its tint (TCD), no seam shows (SGR, LRS)."""
+    plane = texture(448, 448, seed=12)
+    ref = rgb8(plane)
+    plan = plan_tiles(448, 448, 192, 48)
+    tints = [(16.0, 4.0, -6.0), (-12.0, -14.0, -4.0), (8.0, 14.0, -10.0), (-14.0, -2.0, 12.0)] * 3
+    raw = {t.index: np.clip(np.rint(_drifting_tile(extract_tile(plane[..., None], t)[..., 0],
+                                                   tints[t.index], t.index)), 0, 255
+                            ).astype(np.uint8) for t in plan.tiles}
+    drifted = blend_tiles(plan, lambda i: raw[i], channels=3, dtype=np.uint8)
+    fixed = blend_tiles(plan, lambda i: wavelet_colour_fix(raw[i], extract_tile(ref, plan.tiles[i])),
+                        channels=3, dtype=np.uint8)
+    seams = (plan.seams_x, plan.seams_y)
+    assert tcd(drifted, ref, plan) > 5.0 and lrs(drifted, ref, *seams) > 1.0  # visible without
+    assert tcd(fixed, ref, plan) < 2.0
+    assert sgr(fixed, *seams) <= 1.10
+    assert lrs(fixed, ref, *seams) <= 1.0
+    # and it is as good as fixing the blended image once
+    whole = colour_fix(drifted, ref, "wavelet")
+    assert np.abs(fixed.astype(int) - whole).mean() < 1.0
