@@ -65,6 +65,9 @@ def test_thousand_files_with_a_killed_watcher_are_each_processed_once(tmp_path: 
         assert len(jobs) == total  # exactly once: no job lost, none submitted twice
         assert names == sorted(f"tex_{n:04d}.png" for n in range(total))
         assert all(j["status"] == "succeeded" for j in jobs)
+        # one tile per file: the GPU endpoint ran each file once, none again after the kill
+        assert emu.stats("upscale")["submitted"] == total
+        assert sum(j["cost"]["runpod_jobs"] for j in jobs) == total
         for n in range(total):
             rel = _path(art, n).relative_to(art)
             out = game / "textures" / rel.parent / f"tex_{n:04d}_x2.png"
