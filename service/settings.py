@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     max_output_side: int = Field(default=16384, ge=1, le=65536)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     max_model_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # LoRA uploads
-    png_compress_level: int = Field(default=1, ge=0, le=9)  # zlib level of PNG outputs
+    png_compress_level: int = Field(default=3, ge=0, le=9)  # zlib level of PNG outputs
 
     # delivery
     repos: dict[str, Path] = Field(default_factory=dict)
