@@ -4,7 +4,7 @@ Three synthetic 4096x4096 RGB images stand for the range of final outputs: ``smo
 texture upscaled with Lanczos: flat shading, compresses well), ``bench`` (what bench/e2e.py
 delivers: a bicubic upscale of noise) and ``detailed`` (the smooth image plus fine grain, like
 diffusion detail). Each is encoded whole with Pillow (what ``aat upscale`` does) and as a
-:class:`~service.core.imaging.PngStream` in 1024-row bands (what a job does while tiles are in
+:class:`~service.core.pngstream.PngStream` in 1024-row bands (what a job does while tiles are in
 flight; only the last band is left after the last tile). Times and sizes are also printed
 relative to level 6 (Pillow's default). The last line printed is one JSON object.
 
@@ -26,7 +26,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.core.imaging import PngStream, encode_image  # noqa: E402
+from service.core.imaging import encode_image  # noqa: E402
+from service.core.pngstream import PngStream  # noqa: E402
 
 
 def images(side: int) -> dict[str, np.ndarray]:

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from service.core.errors import ImageError
-from service.core.imaging import ImageLimits, LoadedImage, PngStream, encode_image, load_image
+from service.core.imaging import ImageLimits, LoadedImage, encode_image, load_image
 from service.core.params import UpscaleParams
+from service.core.pngstream import PngStream
 from service.core.seams import lrs, tcd
 from service.render import Assembly, AssemblyAborted, blend, finish, fix_tile, prepare, render
 from service.upscalers.registry import get_upscaler

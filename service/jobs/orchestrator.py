@@ -1,8 +1,9 @@
 """Run one claimed job, stage by stage, writing progress as it goes.
 
 load → pre-upscale → plan → caption (optional) → refine (concurrent, via the backend) → blend →
-seam fix (optional) → colour fix → alpha → encode → deliver. The image maths lives in
-``service.render``; the GPU loop in ``service.jobs.refine``. Cancellation (and a lost lease or a
+seam fix (optional) → colour fix → alpha → encode → deliver. Colour fix, blend and (for PNG)
+encode run per tile as tiles arrive, behind the tiles still in flight (see ``_render``). The
+image maths lives in ``service.render``; the GPU loop in ``service.jobs.refine``. Cancellation (and a lost lease or a
 stopping runner) is checked between stages and while tiles are in flight. Any failure raises
 before delivery, so a failed job writes nothing into the repo.
 """
@@ -21,8 +22,9 @@ import numpy as np
 
 from service.backends.base import GpuBackend, RefineOptions, RefineResult
 from service.core.errors import JobCanceled, ParamsError
-from service.core.imaging import PngStream, encode_image, load_image, output_format_for
+from service.core.imaging import encode_image, load_image, output_format_for
 from service.core.params import UpscaleParams
+from service.core.pngstream import PngStream
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.pre_cache import cached_upscaler

@@ -72,6 +72,24 @@ def test_every_tile_is_refined_and_blended_correctly(job_settings: Any, emu: Emu
     assert done.cost.execution_s > 0 and done.cost.usd > 0
 
 
+@pytest.mark.parametrize("tileable", [False, True])  # streamed PNG / whole-image encode
+def test_png_compress_level_changes_the_file_size_not_the_pixels(
+        job_settings: Any, emu: EmulatorServer, tmp_path: Path, tileable: bool) -> None:
+    data, params = png(64), small_params(tileable=tileable)
+    sizes = {}
+    for level in (0, 9):
+        svc = _service(job_settings, emu, png_compress_level=level)
+        job, _ = svc.submit(data, filename=f"l{level}.png", params=params,
+                            target=TargetSpec(repo="game", path=f"l{level}.png"))
+        done = _finished(svc, job.id)
+        svc.stop()
+        assert done.status == JobStatus.succeeded, done.error
+        out = (tmp_path / "repo" / f"l{level}_x2.png").read_bytes()
+        assert np.array_equal(pixels(out), expected_echo_pixels(data, params, 7))
+        sizes[level] = len(out)
+    assert sizes[9] < sizes[0]  # level 0 stores the rows uncompressed
+
+
 def test_cancel_while_running_cancels_runpod_jobs_and_delivers_nothing(
         job_settings: Any, tmp_path: Path) -> None:
     with emulator(workers=2, latency_s=1.0) as emu:
