@@ -76,8 +76,10 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
 
     from service.api.app import create_app
     from service.api.auth import check_bind
+    from service.storage.db import preflight
 
     check_bind(settings.host, settings)
+    preflight(settings.effective_database_url)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=5)
@@ -95,6 +97,8 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level.upper() != "DEBUG":  # Alembic announces its plugins at INFO on every start
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def up(

@@ -27,6 +27,7 @@ def runner(
 
     from service.jobs.celery_app import run_worker
     from service.settings import load_settings
+    from service.storage.db import preflight
 
     try:
         settings = load_settings()
@@ -35,6 +36,7 @@ def runner(
                               "(without one, `aat up` runs jobs itself)")
         logging.basicConfig(level=loglevel.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        preflight(settings.effective_database_url)
         run_worker(settings, concurrency=concurrency or settings.job_threads, loglevel=loglevel)
     except AatError as exc:
         raise _fail(exc) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from service.core.errors import ConfigError
 
@@ -104,17 +104,44 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with _migrate_lock:
-        if engine.dialect.name == "sqlite":
-            with _sqlite_file_lock(engine), engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        else:
-            with engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+    try:
+        with _migrate_lock:
+            if engine.dialect.name == "sqlite":
+                with _sqlite_file_lock(engine), engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            else:
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+    except OperationalError as exc:  # cannot connect / open: a setup problem, said in one line
+        raise ConfigError(
+            f"cannot open the job store {shown_url(engine)}: {_one_line(exc.orig or exc)}; "
+            "fix AAT_DATABASE_URL or start the database", code="store_unavailable") from exc
     log.debug("job store schema at revision %s", HEAD_REVISION)
+
+
+def preflight(url: str) -> None:
+    """Open the store at ``url`` and bring its schema up to date once, then let go: commands
+    call this before they start serving, so a bad ``AAT_DATABASE_URL`` is one clear
+    ``store_unavailable`` error instead of a server that starts and then dies."""
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def shown_url(engine: Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's message on one line (drivers spread it over several)."""
+    text_ = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text_[:300] or exc.__class__.__name__
 
 
 def current_revision(engine: Engine) -> str | None:

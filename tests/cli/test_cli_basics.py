@@ -132,3 +132,20 @@ def test_secrets_never_reach_the_service_log_even_at_debug(tmp_path: Path, runpo
     text = log_path.read_text()
     assert "DEBUG" in text  # the most talkative level was on
     assert emu.api_key not in text and API_TOKEN not in text
+
+
+@pytest.mark.parametrize("command", ["up", "serve", "runner"])
+def test_an_unreachable_job_store_is_one_line_not_a_crash(tmp_path: Path, command: str) -> None:
+    """A wrong AAT_DATABASE_URL (real PostgreSQL, missing database): the command stops at once
+    with `error [store_unavailable]` naming the setting, instead of a traceback or a runner
+    that keeps retrying."""
+    env = _env(tmp_path / "data", AAT_PORT=str(_free_port()),
+               AAT_BROKER_URL="redis://127.0.0.1:6379/0", AAT_CELERY_QUEUE="aat-test-nostore",
+               AAT_DATABASE_URL="postgresql+psycopg://postgres:pw-9q2@127.0.0.1:5432/aat_missing")
+    out = aat(env, command)
+    assert out.returncode == 1, out.stdout + out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error [store_unavailable]: "), out.stderr
+    assert "aat_missing" in last and "does not exist" in last and "AAT_DATABASE_URL" in last
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "pw-9q2" not in out.stdout + out.stderr  # the password is not shown
