@@ -11,8 +11,8 @@ time, zero overhead; a tile's refine needs its caption, so the first caption is 
 the rest overlap the refines (which is how the orchestrator runs them). efficiency = ideal /
 wall time, where
 the wall time runs from submit to `succeeded` and includes the CPU stages (decode, pre-upscale,
-blend, colour fix, encode, delivery), whose seconds are printed too. The last line printed is
-one JSON object.
+blend, colour fix, encode, delivery), whose seconds are printed too, with the seconds spent after
+the last tile came back and the output's size. The last line printed is one JSON object.
 
     .venv/bin/python bench/e2e.py [--workers 8] [--caption-latency 1] [--refine-latency 6]
                                   [--colour-fix wavelet] [--executors embedded,celery]
@@ -131,8 +131,10 @@ def run_job(executor: str, base_url: str, work: Path, data: bytes, params: Upsca
     if current.status != "succeeded":
         raise SystemExit(f"{executor}: job ended {current.status}: {current.error}")
     timings = service.store.get(job.id).timings
+    delivered = repo / str(current.output.delivered_path if current.output else "")
     return {"wall_s": round(wall, 2), "timings_s": timings, "tiles": len(service.tiles(job.id)),
-            "runpod_jobs": current.cost.runpod_jobs}
+            "runpod_jobs": current.cost.runpod_jobs,
+            "output_mb": round(delivered.stat().st_size / 1e6, 2) if delivered.is_file() else None}
 
 
 def main() -> None:
@@ -171,9 +173,14 @@ def main() -> None:
         gpu = t.get("caption", 0.0) + t.get("refine", 0.0)
         res["gpu_stages_s"] = round(gpu, 2)
         res["gpu_stage_efficiency"] = round(ideal / gpu, 3) if gpu else None
+        # CPU left after the last tile came back: blend (incl. waiting for the assembly),
+        # encode, deliver
+        res["after_last_tile_s"] = round(sum(t.get(k, 0.0) for k in ("blend", "encode",
+                                                                    "deliver")), 2)
         print(f"{name:9s} wall {res['wall_s']:7.2f} s  ideal {ideal:6.2f} s  efficiency "
               f"{res['efficiency']:.3f}  (caption+refine {gpu:.2f} s -> "
-              f"{res['gpu_stage_efficiency']}; stages {t})")
+              f"{res['gpu_stage_efficiency']}; after the last tile {res['after_last_tile_s']} s; "
+              f"output {res['output_mb']} MB; stages {t})")
     print(json.dumps({"image": f"{side}x{side}", "tiles": tiles, "workers": args.workers,
                       "caption_latency_s": args.caption_latency,
                       "refine_latency_s": args.refine_latency, "colour_fix": args.colour_fix,
