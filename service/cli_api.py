@@ -12,6 +12,7 @@ Both refuse to listen beyond loopback without ``AAT_API_TOKEN``.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -79,6 +80,7 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
     from service.storage.db import preflight
 
     check_bind(settings.host, settings)
+    _check_port_free(settings.host, settings.port)
     preflight(settings.effective_database_url)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
@@ -92,6 +94,19 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
         stop.set()
         if watcher is not None:
             watcher.join(timeout=10)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line when another program already listens on HOST:PORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); stop the "
+                              "program using that port or pick another with --port or AAT_PORT",
+                              code="port_in_use") from exc
 
 
 def _configure_logging(level: str) -> None:

@@ -149,3 +149,15 @@ def test_an_unreachable_job_store_is_one_line_not_a_crash(tmp_path: Path, comman
     assert "aat_missing" in last and "does not exist" in last and "AAT_DATABASE_URL" in last
     assert "Traceback" not in out.stdout + out.stderr
     assert "pw-9q2" not in out.stdout + out.stderr  # the password is not shown
+
+
+def test_a_port_already_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = aat(_env(tmp_path / "data", AAT_PORT=str(port)), "up")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"error [port_in_use]: cannot listen on 127.0.0.1:{port} ")
+    assert "--port" in out.stderr and "Traceback" not in out.stdout + out.stderr
