@@ -4,6 +4,7 @@ RunPod endpoints: concurrency bound, cache, remote ids, cancellation and failure
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,36 @@ def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
     assert stats["submitted"] == 7 and stats["max_running"] == 3
     assert sorted(i for i, _ in submitted) == list(range(7))
     assert sorted(done) == sorted([(i, False) for i in range(7)] + [(i, True) for i in range(7)])
+
+
+def test_after_processes_each_tile_as_it_arrives_and_the_cache_keeps_it_raw() -> None:
+    """``after`` (a job's per-tile colour fix) runs in a worker thread for fresh and cached
+    tiles alike; its result is returned, the cache keeps what the worker sent."""
+    with emulator(workers=2, latency_s=0.1) as emu:
+        work, cache = _work(4), MemoryCache()
+        seen: list[tuple[int, str]] = []
+
+        def invert(index: int, tile: np.ndarray) -> np.ndarray:
+            seen.append((index, threading.current_thread().name))
+            return 255 - tile
+
+        async def run() -> dict[int, np.ndarray]:
+            backend = _backend(emu)
+            try:
+                return await refine_tiles(backend, work, RefineOptions(), cache, after=invert)
+            finally:
+                await backend.aclose()
+
+        fresh, cached = asyncio.run(run()), asyncio.run(run())
+    main = threading.main_thread().name
+    assert sorted(i for i, _ in seen) == sorted(list(range(4)) * 2)
+    assert all(name != main for _, name in seen)  # never on the event loop's thread
+    for item in work:
+        raw = tint(item.image, item.seed)
+        assert np.array_equal(fresh[item.index], 255 - raw)
+        assert np.array_equal(cached[item.index], 255 - raw)
+    assert all(any(np.array_equal(v, tint(w.image, w.seed)) for v in cache.arrays.values())
+               for w in work)
 
 
 def test_cancellation_stops_the_loop_and_cancels_remote_jobs() -> None:
