@@ -36,8 +36,38 @@ def _assemble() -> typer.Typer:
     return app
 
 
+# Top-level modules of the optional extras in pyproject.toml -> the extra that installs them.
+_EXTRA_OF = {
+    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "sqlalchemy",
+                     "alembic", "psycopg", "celery", "kombu", "redis", "prometheus_client"),
+                    "service"),
+    "watchdog": "watcher",
+    **dict.fromkeys(("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
+                     "compel", "runpod"), "gpu"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """'the 'X' extra (module is not installed); install it with: ...' when ``exc`` is a
+    module of an optional extra, else None."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return (f"the '{extra}' extra ({top} is not installed); install it with: "
+            f"pip install 'ai-assets-toolbox[{extra}]' (from a clone: "
+            f".venv/bin/pip install -e '.[{extra}]')")
+
+
 def main() -> None:
-    _assemble()()
+    try:
+        _assemble()()
+    except ModuleNotFoundError as exc:
+        needs = missing_extra(exc)
+        if needs is None:
+            raise
+        typer.echo(f"error [missing_extra]: this command needs {needs}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

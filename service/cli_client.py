@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
@@ -228,7 +229,8 @@ def doctor() -> None:
     failed = 0
     for check in run_checks():
         mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
-        _out.print(f"{mark:>14}  {check.name:<10} {check.detail}", soft_wrap=True)
+        _out.print(f"{mark:>14}  {check.name:<10} {escape(check.detail)}", soft_wrap=True,
+                   highlight=False)
         failed += not check.ok
     if failed:
         raise typer.Exit(1)

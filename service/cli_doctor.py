@@ -37,6 +37,13 @@ def check_store(settings: Settings) -> Check:
         finally:
             engine.dispose()
         return Check("store", True, shown)
+    except ModuleNotFoundError as exc:
+        from service.cli import missing_extra
+
+        needs = missing_extra(exc)
+        if needs is None:
+            raise
+        return Check("store", False, f"{shown}: needs {needs}")
     except Exception as exc:  # report, do not crash
         return Check("store", False, f"{shown}: {str(exc).splitlines()[0][:200]}; fix "
                      "AAT_DATABASE_URL or start the database")

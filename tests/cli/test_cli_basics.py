@@ -161,3 +161,42 @@ def test_a_port_already_in_use_is_one_line(tmp_path: Path) -> None:
     assert out.stderr.strip().splitlines()[-1].startswith(
         f"error [port_in_use]: cannot listen on 127.0.0.1:{port} ")
     assert "--port" in out.stderr and "Traceback" not in out.stdout + out.stderr
+
+
+def _aat_without(env: dict[str, str], blocked: list[str], *args: str
+                 ) -> subprocess.CompletedProcess[str]:
+    """`aat ARGS` in a Python where the modules in ``blocked`` are not installed (what a user
+    who installed only the README's `.[sr]` extra has)."""
+    code = ("import sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
+            f"sys.argv = ['aat', *{list(args)!r}]\n"
+            "from service.cli import main\n"
+            "main()\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("blocked", "command", "extra"), [
+    (["uvicorn"], ["up"], "service"),
+    (["celery"], ["runner"], "service"),
+    (["sqlalchemy"], ["gc"], "service"),
+    (["watchdog"], ["watch"], "watcher"),
+])
+def test_a_missing_extra_names_the_install_command(tmp_path: Path, blocked: list[str],
+                                                   command: list[str], extra: str) -> None:
+    out = _aat_without(_env(tmp_path / "data"), blocked, *command)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip() == (
+        f"error [missing_extra]: this command needs the '{extra}' extra ({blocked[0]} is not "
+        f"installed); install it with: pip install 'ai-assets-toolbox[{extra}]' "
+        f"(from a clone: .venv/bin/pip install -e '.[{extra}]')")
+
+
+def test_doctor_without_the_service_extra_says_which_to_install(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    out = _aat_without(_env(data), ["sqlalchemy"], "doctor")
+    store = next(line for line in out.stdout.splitlines() if line.split()[1:2] == ["store"])
+    assert store.split()[0] == "FAIL"
+    assert "pip install 'ai-assets-toolbox[service]'" in store, store
