@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -59,11 +60,21 @@ def _start_watcher(settings: Settings, server: Any, stop: threading.Event,
         raise ConfigError(f"AAT_WATCH_FOLDERS is set but the watcher cannot load ({exc}); "
                           "install ai-assets-toolbox[watcher]") from exc
 
+    for folder in settings.watch_folders:  # refuse before anything starts, in one line
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"watch folder {root} does not exist; create it or fix "
+                              "AAT_WATCH_FOLDERS")
+
     def run() -> None:
         while not server.started and not stop.is_set():
             time.sleep(0.05)  # the watcher submits over REST: wait until we listen
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        try:
             run_watcher(settings, stop)
+        except AatError as exc:  # the API keeps serving; say why the watcher stopped
+            log.error("watcher stopped: error [%s]: %s", exc.code, exc.message)
 
     thread = threading.Thread(target=run, name="aat-watcher", daemon=True)
     thread.start()

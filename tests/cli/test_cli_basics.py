@@ -200,3 +200,14 @@ def test_doctor_without_the_service_extra_says_which_to_install(tmp_path: Path) 
     store = next(line for line in out.stdout.splitlines() if line.split()[1:2] == ["store"])
     assert store.split()[0] == "FAIL"
     assert "pip install 'ai-assets-toolbox[service]'" in store, store
+
+
+def test_aat_up_with_a_missing_watch_folder_stops_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "art" / "inbox"
+    out = aat(_env(tmp_path / "data", AAT_PORT=str(_free_port()),
+                   AAT_WATCH_FOLDERS=f'["{missing}"]'), "up")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error [config_invalid]: watch folder {missing} does not exist; create it or fix "
+        "AAT_WATCH_FOLDERS")
+    assert "Traceback" not in out.stdout + out.stderr
