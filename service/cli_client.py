@@ -100,6 +100,8 @@ def submit(
                "prompt": prompt, "seam_fix": seam_fix, "tileable": tileable,
                "target_repo": target_repo, "target_path": target_path, "naming": naming}
     with _client() as client:
+        if wait and output is not None:
+            _check_output(output)  # before the job runs, not after
         job, created = client.submit(file, _query(options, param, lora), idempotency_key)
         _err.print(f"{'submitted' if created else 'already submitted'}: {job['id']} "
                    f"({job['status']})", highlight=False)
@@ -118,6 +120,15 @@ def submit(
 
         atomic_write(target, data)
         _out.print(str(target), highlight=False)
+
+
+def _check_output(output: Path) -> None:
+    if output.is_dir():
+        raise ApiCallError(f"output {output} is a folder; give a file name",
+                           code="path_forbidden", status=400)
+    if not output.parent.is_dir():
+        raise ApiCallError(f"output folder {output.parent} does not exist; create it first",
+                           code="path_not_found", status=400)
 
 
 def _default_output(file: Path, job: dict[str, Any], ctype: str) -> Path:

@@ -155,6 +155,13 @@ def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
     assert bad.stderr.startswith("error [image_corrupt]: ")
     assert not (tmp_path / "notes_x2.png").exists()
 
+    lost = aat(env, "submit", str(_png(tmp_path / "b.png")), "--wait", "-o",
+               str(tmp_path / "missing" / "b2.png"), cwd=tmp_path)
+    assert lost.returncode == 2
+    assert lost.stderr.startswith("error [path_not_found]: output folder "), lost.stderr
+    assert json.loads(aat(env, "jobs", "--json", cwd=tmp_path).stdout)["items"] == [], \
+        "refused before submitting: no job ran for a result with nowhere to go"
+
     params = aat(env, "submit", str(_png(tmp_path / "a.png")), "--scale", "40", cwd=tmp_path)
     assert params.returncode == 2 and params.stderr.startswith("error [invalid_params]: ")
 
