@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -81,7 +82,7 @@ class ApiClient:
         return resp.json(), resp.status_code == 202
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.call("GET", f"/v1/jobs/{job_id}").json())
+        return dict(self.call("GET", f"/v1/jobs/{_seg(job_id)}").json())
 
     def jobs(self, status: str | None, limit: int) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -90,10 +91,10 @@ class ApiClient:
         return dict(self.call("GET", "/v1/jobs", params=params).json())
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return dict(self.call("POST", f"/v1/jobs/{job_id}/cancel").json())
+        return dict(self.call("POST", f"/v1/jobs/{_seg(job_id)}/cancel").json())
 
     def result(self, job_id: str) -> tuple[bytes, str]:
-        resp = self.call("GET", f"/v1/jobs/{job_id}/result")
+        resp = self.call("GET", f"/v1/jobs/{_seg(job_id)}/result")
         return resp.content, resp.headers.get("content-type", "application/octet-stream")
 
     def events(self, job_id: str, *, retries: int = 5) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -103,7 +104,7 @@ class ApiClient:
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                with self.http.stream("GET", f"/v1/jobs/{_seg(job_id)}/events", headers=headers,
                                       timeout=httpx.Timeout(30.0, read=60.0)) as resp:
                     if resp.status_code >= 400:
                         resp.read()
@@ -136,7 +137,16 @@ class ApiClient:
         return dict(resp.json())
 
     def delete_model(self, name: str) -> None:
-        self.call("DELETE", f"/v1/models/{name}")
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ApiCallError(f"LoRA name {name!r} must be a file name such as "
+                               "style.safetensors (see `aat models list`)",
+                               code="path_forbidden", status=400)
+        self.call("DELETE", f"/v1/models/{_seg(name)}")
+
+
+def _seg(value: str) -> str:
+    """``value`` as one URL path segment: a `/` or `..` in an id can never reach another route."""
+    return quote(value, safe="")
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:

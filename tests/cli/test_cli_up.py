@@ -167,6 +167,11 @@ def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
 
     missing = aat(env, "status", "j_000000000000000000000000", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error [not_found]: ")
+    for args in (["status", "../../metrics"], ["cancel", "../../v1/health"]):
+        sneaky = aat(env, *args, cwd=tmp_path)  # an id never reaches another route
+        assert sneaky.returncode == 2 and sneaky.stderr.startswith("error [not_found]: ")
+    escape = aat(env, "models", "delete", "../x", cwd=tmp_path)
+    assert escape.returncode == 2 and escape.stderr.startswith("error [path_forbidden]: ")
 
     models = aat(env, "models", "list", cwd=tmp_path)
     assert models.returncode == 1
