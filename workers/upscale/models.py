@@ -5,7 +5,8 @@ are accepted: a name is reduced to its basename, must match a conservative chara
 end in ``.safetensors``; an upload must parse as safetensors (8-byte little-endian header
 length, then a JSON header whose tensor offsets fit the file) and stay under
 ``$AAT_LORA_MAX_BYTES`` (default 2 GiB). Chunks are staged in a hidden ``.partial`` file inside
-the folder and only renamed into place (``os.replace``) once the last chunk arrived and the
+the folder (with a ``.partial.json`` note of the chunk sizes so far: chunks must arrive in
+order, a resent chunk replaces its earlier copy) and only renamed into place (``os.replace``) once the last chunk arrived and the
 file checked out, so a failed upload never leaves a half-written LoRA behind. Nothing is ever
 written outside the folder.
 """
@@ -125,6 +126,7 @@ def check_safetensors(path: Path) -> None:
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_len):
             raise bad
 
@@ -144,24 +146,54 @@ def upload(req: UploadModelRequest, folder: Path | None = None) -> UploadModelRe
         raise ParamsError("file_b64 is not valid base64; re-encode the file", code="invalid_params") from exc
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.partial"
-    if req.chunk_index == 0:
-        partial.unlink(missing_ok=True)
-    elif not partial.exists():
-        raise ParamsError(
-            f"chunk {req.chunk_index} of {name} arrived without chunk 0; restart the upload",
-            code="invalid_params",
-        )
-    current = partial.stat().st_size if partial.exists() else 0
+    state = folder / f".{name}.partial.json"
+    sizes = _received(req, name, partial, state)
+    current = sum(sizes)
     if current + len(data) > max_bytes():
-        partial.unlink(missing_ok=True)
+        _discard(partial, state)
         raise ParamsError(
             f"LoRA {name} is larger than the {max_bytes()} byte limit", code="lora_too_large"
         )
-    with partial.open("ab") as fh:
+    with partial.open("r+b" if partial.exists() else "wb") as fh:
+        fh.truncate(current)  # a resent chunk replaces what it sent before
+        fh.seek(current)
         fh.write(data)
     if req.chunk_index + 1 < req.total_chunks:
+        state.write_text(json.dumps({"total": req.total_chunks, "sizes": [*sizes, len(data)]}))
         return UploadModelResponse(status="partial", name=name, size_bytes=current + len(data))
+    state.unlink(missing_ok=True)
     return _finish(partial, folder / name, req.sha256)
+
+
+def _received(req: UploadModelRequest, name: str, partial: Path, state: Path) -> list[int]:
+    """Sizes of the chunks before ``req.chunk_index`` already in ``partial``; chunks must come
+    in order, a resent chunk (index already received) replaces that chunk and the ones after."""
+    if req.chunk_index == 0:
+        _discard(partial, state)
+        return []
+    try:
+        known = json.loads(state.read_text())
+        total, sizes = int(known["total"]), [int(n) for n in known["sizes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        total, sizes = 0, []
+    if total != req.total_chunks or not partial.exists() or not sizes:
+        raise ParamsError(
+            f"chunk {req.chunk_index} of {name} does not belong to an upload in progress "
+            "(chunk 0 missing or total_chunks changed); restart the upload",
+            code="invalid_params",
+        )
+    if req.chunk_index > len(sizes):
+        raise ParamsError(
+            f"chunk {req.chunk_index} of {name} arrived before chunk {len(sizes)}; send the "
+            "chunks in order",
+            code="invalid_params",
+        )
+    return sizes[: req.chunk_index]
+
+
+def _discard(partial: Path, state: Path) -> None:
+    partial.unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
 
 
 def _finish(partial: Path, final: Path, sha256: str | None) -> UploadModelResponse:
