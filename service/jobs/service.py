@@ -24,7 +24,7 @@ from service.jobs.intake import INPUT_EXT, limits_for, probe_image
 from service.jobs.model import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.jobs.view import to_public
 from service.settings import Settings
-from service.storage.artifacts import ArtifactStore
+from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
 
@@ -83,6 +83,9 @@ class JobService:
                               "first (JobService.add_style_image / the API's style upload)")
         if target is not None:
             resolve_target(self.settings, target, ext=info.output_ext)  # raises PathError
+        key = dedupe_key(sha256_bytes(data), params, target)
+        if idempotency_key:
+            self._refuse_key_reuse(idempotency_key, key)
         input_sha = self.artifacts.put_bytes("inputs", data, info.ext)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**32)
         row, created = self.store.insert({
@@ -91,13 +94,25 @@ class JobService:
             "input_height": info.height, "input_format": info.format,
             "params": params.model_dump(mode="json"), "seed": seed,
             "target": target.model_dump(mode="json") if target else None,
-            "dedupe_key": dedupe_key(input_sha, params, target),
+            "dedupe_key": key,
             "idempotency_key": idempotency_key,
         })
         if created:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self._dispatch(row.id)
         return to_public(row), created
+
+    def _refuse_key_reuse(self, idempotency_key: str, key: str) -> None:
+        """Same ``Idempotency-Key`` with another image, params or target: refused (422, as the
+        IETF Idempotency-Key draft asks), never answered with the other request's job."""
+        row = self.store.by_idempotency_key(idempotency_key)
+        if row is None:
+            return
+        target = TargetSpec.model_validate(row.target) if row.target else None
+        if dedupe_key(row.input_sha256, UpscaleParams.model_validate(row.params), target) != key:
+            raise ParamsError(f"Idempotency-Key {idempotency_key!r} was already used for another "
+                              f"image or other parameters (job {row.id}); send a new key",
+                              code="idempotency_key_reused")
 
     def add_style_image(self, data: bytes) -> str:
         """Store an IP-Adapter style image; returns the sha256 to put in

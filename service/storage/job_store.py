@@ -162,6 +162,12 @@ class SqlJobStore:
         raise JobError("could not create the job (conflicting submissions); try again",
                        retryable=True)
 
+    def by_idempotency_key(self, key: str) -> JobRow | None:
+        """The job submitted with this ``Idempotency-Key``, if any."""
+        with self.engine.connect() as conn:
+            m = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).mappings().first()
+        return _row(m) if m is not None else None
+
     def _existing(self, idem: str | None, dedupe: str | None) -> JobRow | None:
         with self.engine.begin() as conn:
             if idem:

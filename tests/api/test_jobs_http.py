@@ -84,6 +84,10 @@ def test_duplicates_return_the_existing_job(queued_server) -> None:
                           headers={"Content-Type": "image/png", "Idempotency-Key": "k-1"})
         assert (keyed.status_code, retry.status_code) == (202, 200)
         assert retry.json()["id"] == keyed.json()["id"] != first.json()["id"]
+        reused = http.post("/v1/jobs", params=SMALL, content=png_bytes(40, 40, seed=5),
+                           headers={"Content-Type": "image/png", "Idempotency-Key": "k-1"})
+        assert reused.status_code == 422
+        assert reused.json()["code"] == "idempotency_key_reused"
         page = http.get("/v1/jobs").json()
         assert len(page["items"]) == 2
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jobs_helpers import png, small_params, wait_until
 
-from service.core.errors import ImageError, JobError, PathError
+from service.core.errors import ImageError, JobError, ParamsError, PathError
 from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.service import JobService, build_job_service
 
@@ -62,9 +62,22 @@ def test_same_input_and_params_twice_is_one_job_and_one_delivery(
     assert delivered.stat().st_mtime_ns == 10**9  # nothing rewritten
     keyed, _ = service.submit(png(seed=1), filename="b.png", params=small_params(),
                               idempotency_key="key-1")
-    same, created_keyed = service.submit(png(seed=2), filename="c.png", params=small_params(),
+    same, created_keyed = service.submit(png(seed=1), filename="c.png", params=small_params(),
                                          idempotency_key="key-1")
     assert same.id == keyed.id and not created_keyed
+
+
+def test_a_reused_idempotency_key_with_another_image_or_params_is_refused(
+        service: JobService) -> None:
+    keyed, _ = service.submit(png(seed=1), filename="b.png", params=small_params(),
+                              idempotency_key="key-2")
+    stored = service.artifacts.files()
+    for data, params in ((png(seed=2), small_params()), (png(seed=1), small_params(seed=8))):
+        with pytest.raises(ParamsError) as info:
+            service.submit(data, filename="b.png", params=params, idempotency_key="key-2")
+        assert info.value.code == "idempotency_key_reused" and "key-2" in info.value.message
+    assert [j.id for j in service.list(limit=10)[0]] == [keyed.id]
+    assert service.artifacts.files() == stored  # the refused image was not stored
 
 
 @pytest.mark.parametrize("data,code", [(b"", "image_empty"), (b"not an image", "image_corrupt"),
