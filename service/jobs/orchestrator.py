@@ -47,12 +47,18 @@ class JobRun:
         self.started = self._stage_started = time.monotonic()
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
-    def check(self) -> JobRow:
+    def owned(self) -> JobRow:
+        """The job row, or LeaseLost when this runner no longer owns it."""
         if self.lost.is_set():
             raise LeaseLost(f"job {self.job_id} lease lost")
         row = self.ctx.store.get(self.job_id)
         if row.owner != self.owner or row.status != JobStatus.running:
             raise LeaseLost(f"job {self.job_id} is no longer owned by this runner")
+        return row
+
+    def check(self) -> JobRow:
+        """:meth:`owned`, and stop here when the job was canceled or the runner is stopping."""
+        row = self.owned()
         if row.cancel_requested:
             raise JobCanceled(f"job {self.job_id} was canceled")
         if self.ctx.stopping.is_set():
@@ -161,7 +167,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
                        last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel))
         ctx.store.record_delivery(target.repo, done.rel, sha, job_id)
         output["delivered_path"] = done.rel
-    last = run.check()
+    last = run.owned()  # once the result is in the repo, a late cancel cannot undo it
     stages = {k: {"done": v["total"], "total": v["total"]} for k, v in last.stages.items()}
     timings = {**last.timings, "deliver": round(time.monotonic() - run._stage_started, 3),
                "total": round(time.monotonic() - run.started, 3)}

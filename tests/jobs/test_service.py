@@ -170,3 +170,23 @@ def test_a_result_edited_since_delivery_is_not_overwritten(
     third, _ = service.submit(png(), filename="rock.png", params=small_params(seed=9),
                               target=target)
     assert _finished(service, third.id).status == JobStatus.succeeded and delivered.exists()
+
+
+def test_a_cancel_that_arrives_while_the_result_is_written_does_not_hide_the_delivery(
+        service: JobService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.jobs import orchestrator
+
+    real_deliver = orchestrator.deliver
+
+    def deliver_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        done = real_deliver(*args, **kwargs)
+        service.store.request_cancel(kwargs["job_id"])  # the user clicks cancel just now
+        return done
+
+    monkeypatch.setattr(orchestrator, "deliver", deliver_then_cancel)
+    job, _ = service.submit(png(), filename="rock.png", params=small_params(),
+                            target=TargetSpec(repo="game", path="late/rock.png"))
+    done = _finished(service, job.id)
+    assert (tmp_path / "repo" / "late" / "rock_x2.png").exists()
+    assert done.status == JobStatus.succeeded  # the file landed: the job says so
+    assert done.output.delivered_path == "late/rock_x2.png"
