@@ -64,7 +64,7 @@ def resolve_target(settings: Settings, target: TargetSpec, *, ext: str, label: s
         if not target.mirror_dir:
             raise ParamsError("naming 'mirror' needs mirror_dir (the output folder in the repo)")
         dest_rel = _relative(target.mirror_dir, "mirror_dir") / rel.with_suffix(ext)
-    if dest_rel.suffix.lower() in SIDECARS or ".git" in dest_rel.parts:
+    if dest_rel.suffix.lower() in SIDECARS or ".git" in (p.lower() for p in dest_rel.parts):
         raise PathError(f"refusing to write {dest_rel}: engine sidecars and .git are never "
                         "touched", code="path_forbidden")
     dest = root / dest_rel
@@ -91,6 +91,10 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     since (someone edited it) is not overwritten (``delivery_conflict``)."""
     root, dest = resolve_target(settings, target, ext=ext, label=label)
     rel = dest.relative_to(root).as_posix()
+    if dest.is_dir():
+        raise DeliveryError(f"{rel} in repo {target.repo!r} is a folder; rename the folder or "
+                            "choose another target path", code="delivery_failed",
+                            retryable=False)
     current = sha256_file(dest)
     if current == hashlib.sha256(data).hexdigest():
         log.info("job %s: %s already holds these bytes; not rewritten", job_id, rel)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.core.errors import ParamsError, PathError
+from service.core.errors import DeliveryError, ParamsError, PathError
 from service.jobs.model import TargetSpec
 from service.storage import game_repo
 from service.storage.game_repo import deliver
@@ -40,6 +40,9 @@ def test_naming_modes(job_settings: Any, tmp_path: Path) -> None:
     ("tex/../../outside.png", {}),
     ("tex/rock.png", {"naming": "mirror", "mirror_dir": "../out"}),
     ("tex/rock.png", {"naming": "mirror", "mirror_dir": ".git"}),
+    ("tex/rock.png", {"naming": "mirror", "mirror_dir": ".GIT"}),  # case-insensitive disks
+    ("sub/.Git/rock.png", {"naming": "replace"}),
+    ("tex\\..\\..\\outside.png", {}),
 ])
 def test_path_escapes_are_refused(job_settings: Any, tmp_path: Path, path: str,
                                   extra: dict[str, str]) -> None:
@@ -152,3 +155,12 @@ def test_optional_git_commit_records_the_job(job_settings: Any, tmp_path: Path) 
                          text=True, check=True).stdout
     assert "Pipeline-Job: j_test" in log and "tex/rock_x2.png" in log
     assert "notes.txt" not in log  # the artist's staged file stays out of our commit
+
+
+def test_a_folder_where_the_result_goes_is_a_clear_delivery_error(
+        job_settings: Any, tmp_path: Path) -> None:
+    (tmp_path / "repo" / "tex" / "rock_x2.png").mkdir(parents=True)
+    with pytest.raises(DeliveryError) as info:
+        _deliver(job_settings(), "tex/rock.png", b"x")
+    assert "tex/rock_x2.png" in info.value.message and "folder" in info.value.message
+    assert list((tmp_path / "repo" / "tex" / "rock_x2.png").iterdir()) == []
