@@ -164,7 +164,8 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         target = TargetSpec.model_validate(row.target)
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=naming_label(params, row.input_width, row.input_height),
-                       last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel))
+                       last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel),
+                       input_sha256=row.input_sha256)
         ctx.store.record_delivery(target.repo, done.rel, sha, job_id)
         output["delivered_path"] = done.rel
     last = run.owned()  # once the result is in the repo, a late cancel cannot undo it

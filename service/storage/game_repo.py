@@ -83,12 +83,13 @@ def sha256_file(path: Path) -> str | None:
 
 
 def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, label: str,
-            job_id: str, last_delivered: Callable[[str], str | None] | None = None
-            ) -> Delivery:
+            job_id: str, last_delivered: Callable[[str], str | None] | None = None,
+            input_sha256: str | None = None) -> Delivery:
     """Write ``data`` to the target atomically; identical bytes are left alone (no mtime bump).
 
     ``last_delivered(rel)`` gives the sha256 this service last wrote there: a file that changed
-    since (someone edited it) is not overwritten (``delivery_conflict``)."""
+    since (someone edited it) is not overwritten (``delivery_conflict``), unless it holds the
+    job's own input (``input_sha256``: ``replace`` naming upscales an edited file in place)."""
     root, dest = resolve_target(settings, target, ext=ext, label=label)
     rel = dest.relative_to(root).as_posix()
     if dest.is_dir():
@@ -99,7 +100,8 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     if current == hashlib.sha256(data).hexdigest():
         log.info("job %s: %s already holds these bytes; not rewritten", job_id, rel)
         return Delivery(dest, rel, written=False)
-    previous = last_delivered(rel) if last_delivered and current else None
+    edited = current is not None and current != input_sha256
+    previous = last_delivered(rel) if last_delivered and edited else None
     if previous is not None and current != previous:
         raise DeliveryError(f"{rel} was edited after it was delivered; move the edited file "
                             "away (or delete it) and run the job again", code="delivery_conflict",

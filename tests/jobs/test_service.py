@@ -190,3 +190,20 @@ def test_a_cancel_that_arrives_while_the_result_is_written_does_not_hide_the_del
     assert (tmp_path / "repo" / "late" / "rock_x2.png").exists()
     assert done.status == JobStatus.succeeded  # the file landed: the job says so
     assert done.output.delivered_path == "late/rock_x2.png"
+
+
+def test_replace_naming_upscales_an_edited_file_in_place_again(
+        service: JobService, tmp_path: Path) -> None:
+    target = TargetSpec(repo="game", path="icons/gem.png", naming="replace")
+    source = tmp_path / "repo" / "icons" / "gem.png"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(png(seed=1))
+    first, _ = service.submit(source.read_bytes(), filename="gem.png", params=small_params(),
+                              target=target)
+    assert _finished(service, first.id).status == JobStatus.succeeded
+    source.write_bytes(png(seed=2))  # the artist repaints the file, which is the next input
+    second, _ = service.submit(source.read_bytes(), filename="gem.png", params=small_params(),
+                               target=target)
+    done = _finished(service, second.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert source.read_bytes() == service.result(second.id)[0].read_bytes()
