@@ -39,6 +39,9 @@ class Delivery:
 
 
 def _relative(value: str, what: str) -> PurePosixPath:
+    if any(ord(c) < 32 for c in value):
+        raise PathError(f"{what} {value!r} contains control characters; give a plain path",
+                        code="path_forbidden")
     rel = PurePosixPath(value.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].endswith(":"):
         raise PathError(f"{what} {value!r} must be a relative path inside the repo without '..'",

@@ -42,6 +42,8 @@ def test_naming_modes(job_settings: Any, tmp_path: Path) -> None:
     ("tex/rock.png", {"naming": "mirror", "mirror_dir": ".git"}),
     ("tex/rock.png", {"naming": "mirror", "mirror_dir": ".GIT"}),  # case-insensitive disks
     ("sub/.Git/rock.png", {"naming": "replace"}),
+    ("tex/ro\x00ck.png", {}),  # was a ValueError (HTTP 500)
+    ("tex/rock.png", {"naming": "mirror", "mirror_dir": "up\x00"}),
     ("tex\\..\\..\\outside.png", {}),
 ])
 def test_path_escapes_are_refused(job_settings: Any, tmp_path: Path, path: str,
