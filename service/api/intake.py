@@ -213,14 +213,18 @@ def confine_path(raw: str, settings: Settings) -> Path:
     path = Path(raw).expanduser()
     if not path.is_absolute():
         raise PathError(f"give an absolute path, not {raw!r}", code="path_forbidden")
-    resolved = path.resolve()
-    roots = [Path(r).expanduser().resolve() for r in settings.intake_roots]
-    roots += list(settings.repos.values())
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise PathError(f"{raw} is outside every intake root and repo; put it under one of "
-                        "AAT_INTAKE_ROOTS / AAT_REPOS or upload the file instead")
-    if not resolved.is_file():
-        raise PathError(f"no such file: {raw}", code="path_not_found")
+    try:
+        resolved = path.resolve()
+        roots = [Path(r).expanduser().resolve() for r in settings.intake_roots]
+        roots += list(settings.repos.values())
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise PathError(f"{raw} is outside every intake root and repo; put it under one of "
+                            "AAT_INTAKE_ROOTS / AAT_REPOS or upload the file instead")
+        if not resolved.is_file():
+            raise PathError(f"no such file: {raw}", code="path_not_found")
+    except OSError as exc:  # a name too long for the disk, a folder we may not read, ...
+        raise PathError(f"cannot read {raw} ({exc.strerror or exc}); check the path",
+                        code="path_not_found") from exc
     return resolved
 
 

@@ -125,11 +125,16 @@ class JobService:
                     ) -> tuple[JobPublic, bool]:
         """Submit a file that lies inside an intake root or a configured repo."""
         roots = [*self.settings.intake_roots, *self.settings.repos.values()]
-        real = confine(path, roots)
-        if not real.is_file():
-            raise PathError(f"{path} is not a file; give the path of an image",
-                            code="path_not_found")
-        return self.submit(real.read_bytes(), filename=filename or real.name, params=params,
+        try:
+            real = confine(path, roots)
+            if not real.is_file():
+                raise PathError(f"{path} is not a file; give the path of an image",
+                                code="path_not_found")
+            data = real.read_bytes()
+        except OSError as exc:  # a name too long for the disk, no permission, ...
+            raise PathError(f"cannot read {path} ({exc.strerror or exc}); check the path",
+                            code="path_not_found") from exc
+        return self.submit(data, filename=filename or real.name, params=params,
                            target=target, idempotency_key=idempotency_key)
 
     # ---- reading -----------------------------------------------------------------------------

@@ -176,6 +176,10 @@ def test_bad_input_is_refused_and_nothing_is_stored(queued_server, tmp_path: Pat
             (http.post("/v1/jobs", json={"path": "relative.png"}), 400, "path_forbidden"),
             (http.post("/v1/jobs", json={"path": str(inbox / "none.png")}), 400,
              "path_not_found"),
+            (http.post("/v1/jobs", json={"path": str(inbox / ("a" * 300 + ".png"))}), 400,
+             "path_not_found"),  # a name longer than the disk allows (was a 500)
+            (http.post("/v1/jobs", params={"target_repo": "game", "target_path": "a\x00.png"},
+                       content=png_bytes(), headers=raw), 400, "path_forbidden"),
             (http.post("/v1/jobs", json={"path": str(inbox / "huge.png")}), 413,
              "payload_too_large"),
             (http.post("/v1/jobs", content=b"{}", headers={"Content-Type": "text/plain"}), 415,

@@ -207,3 +207,13 @@ def test_replace_naming_upscales_an_edited_file_in_place_again(
     done = _finished(service, second.id)
     assert done.status == JobStatus.succeeded, done.error
     assert source.read_bytes() == service.result(second.id)[0].read_bytes()
+
+
+def test_submit_path_with_an_overlong_name_is_a_path_error(
+        job_settings: Any, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    svc = build_job_service(job_settings(intake_roots=[inbox]))
+    with pytest.raises(PathError) as info:  # was a raw OSError (File name too long)
+        svc.submit_path(inbox / ("a" * 300 + ".png"), params=small_params())
+    assert info.value.code == "path_not_found"
