@@ -53,7 +53,7 @@ def refine_prepared(prepared: Prepared, params: UpscaleParams, backend_name: str
     """Caption, refine and seam-fix the tiles of ``prepared`` on the named backend."""
     backend = open_backend(backend_name, settings)
     seed = params.seed if params.seed is not None else secrets.randbits(32)
-    if backend_name == "runpod" and not settings.runpod_caption_endpoint_id and params.caption:
+    if params.caption and not settings.can_caption(backend_name):
         log.warning("no RUNPOD_CAPTION_ENDPOINT_ID: tiles are refined without captions")
         params = params.model_copy(update={"caption": False})
     return asyncio.run(_stages(backend, prepared, params, seed, on_stage or (lambda _s: None)))

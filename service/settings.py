@@ -148,6 +148,10 @@ class Settings(BaseSettings):
             return "runpod"
         return "none"
 
+    def can_caption(self, backend: str) -> bool:
+        """Whether ``backend`` has a captioner: RunPod needs a caption endpoint of its own."""
+        return backend != "runpod" or bool(self.runpod_caption_endpoint_id)
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings once; a bad value raises :class:`ConfigError` naming the setting."""

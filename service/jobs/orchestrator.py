@@ -251,7 +251,7 @@ async def _gpu_stages(run: JobRun, backend: GpuBackend, prepared: Prepared,
     inputs = {r["idx"]: prepared.tile(r["idx"]) for r in rows}
     captions = {r["idx"]: r["caption"] for r in rows if r["caption"]}
     user_prompts = {r["idx"]: r["prompt"] for r in rows if r["prompt"]}
-    want = params.caption and _can_caption(run)
+    want = params.caption and run.ctx.settings.can_caption(run.ctx.settings.effective_backend)
     if want:
         run.stage("caption", len(captions), n)
     run.stage("refine", 0, n, finish_previous=False)
@@ -313,11 +313,6 @@ def _resumer(run: JobRun, rows: list[dict[str, Any]], inputs: dict[int, np.ndarr
         return RefineResult(str(index), found[0], -1, found[1])
 
     return resume
-
-
-def _can_caption(run: JobRun) -> bool:
-    s = run.ctx.settings
-    return s.effective_backend != "runpod" or bool(s.runpod_caption_endpoint_id)
 
 
 async def _seam_fix(run: JobRun, backend: GpuBackend, prepared: Prepared,
