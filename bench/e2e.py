@@ -1,7 +1,7 @@
 """End-to-end wall time of one large job vs the ideal from the GPU latencies, per executor.
 
 One 4096x4096 job (a 2048x2048 input at scale 2, 1024 px tiles with 128 px overlap: 25 tiles)
-is captioned and refined on emulated RunPod endpoints (``workers/emulator.py`` in its own
+is captioned and refined on emulated RunPod endpoints (``workers/emulator/__init__.py`` in its own
 process, echo worker, N workers per endpoint, fixed latencies), first with the embedded
 executor, then with a Celery runner (`aat runner`, real Redis). Each run starts from an empty
 data directory, so nothing comes from the tile cache.

@@ -66,7 +66,7 @@ def measure(pipe: UpscalePipeline, jobs: list[TileJob], settings: RefineSettings
 
 def load(tiny: bool, dtype: str | None = None) -> UpscalePipeline:
     if tiny:
-        from workers.upscale import tiny as tiny_parts
+        from workers.tiny import upscale as tiny_parts
 
         comps = tiny_parts.build_components(Path(tempfile.mkdtemp()))
         return UpscalePipeline.from_components(
@@ -80,7 +80,7 @@ def load(tiny: bool, dtype: str | None = None) -> UpscalePipeline:
 
 def lora_pair(pipe: UpscalePipeline, tiny: bool) -> tuple[tuple[str, float], ...]:
     if tiny:
-        from workers.upscale import tiny as tiny_parts
+        from workers.tiny import upscale as tiny_parts
 
         folder = Path(tempfile.mkdtemp())
         for seed in (1, 2):

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.backends.base import RefineOptions, TileTask  # noqa: E402
 from service.backends.runpod import RunPodBackend  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from workers.echo.handler import tint  # noqa: E402
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler  # noqa: E402
+from workers.emulator.echo import tint  # noqa: E402
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parents[1]

@@ -75,8 +75,8 @@ def runpod_emulator(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     serves ``handler`` (default: a fresh echo worker with LoRAs under ``tmp_path``).
     ``faults`` is a spec string or a ``Faults``; other keywords go to ``EndpointConfig``.
     """
-    from workers.echo.handler import make_handler
     from workers.emulator import EmulatorServer, EndpointConfig, Faults
+    from workers.emulator.echo import make_handler
 
     servers: list[Any] = []
 

@@ -1,6 +1,6 @@
 """The FastAPI app factory: ``create_app(settings, job_service=None, backend=None)``.
 
-Assembles the routers (jobs, events, models, health, metrics), the problem+json error
+Assembles the routers (jobs, events, loras, health, metrics), the problem+json error
 handlers, request metrics and, only when origins are configured, CORS. Collaborators live on
 ``app.state`` (``settings``, ``jobs``, ``backend``, ``metrics``). Without a ``job_service`` the
 factory builds one from the settings at start-up and starts its executor (embedded threads or
@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import events, health, jobs, metrics, models
+from service.api import events, health, jobs, loras, metrics
 from service.api.deps import JobServicePort
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -91,7 +91,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
     add_problem_schema(app)
-    for module in (health, jobs, events, models, metrics):
+    for module in (health, jobs, events, loras, metrics):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

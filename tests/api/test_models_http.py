@@ -76,7 +76,7 @@ def test_models_without_backend_is_503(queued_server) -> None:
 def test_doctor_checks_the_runpod_endpoints_and_the_api(
     live_server, runpod_emulator, runpod_settings, monkeypatch, tmp_path
 ) -> None:
-    from service.cli_doctor import run_checks
+    from service.cli.doctor import run_checks
 
     emulator = runpod_emulator(workers=1)
     server = live_server(runpod_settings(emulator))

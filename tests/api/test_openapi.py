@@ -56,8 +56,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     import redis
 
     from service.settings import load_settings
-    from workers.echo.handler import make_handler
     from workers.emulator import EmulatorServer, EndpointConfig
+    from workers.emulator.echo import make_handler
 
     root = tmp_path_factory.mktemp("fuzz")
     emulator = EmulatorServer({"upscale": EndpointConfig(

@@ -23,9 +23,9 @@ from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.refine import MemoryCache, TileWork, caption_tiles, refine_tiles
 from service.jobs.service import build_job_service
 from service.settings import Settings
-from workers.caption import tiny as tiny_caption
 from workers.caption.pipeline import CaptionPipeline
-from workers.upscale import tiny
+from workers.tiny import caption as tiny_caption
+from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import UpscalePipeline
 
 OPTIONS = RefineOptions(prompt="stone", steps=4, strength=0.5, scheduler="euler", cfg_scale=5.0)

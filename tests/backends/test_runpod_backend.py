@@ -24,7 +24,7 @@ from service.core.errors import (
     ParamsError,
     WorkerError,
 )
-from workers.echo.handler import tint
+from workers.emulator.echo import tint
 
 
 def _tile(tile_id: str = "t0", seed: int = 7, size: int = 32) -> TileTask:
@@ -310,7 +310,7 @@ def test_real_rate_limits_are_respected_and_every_tile_still_lands(
 
 
 def test_echo_without_tint_returns_tiles_unchanged(runpod_emulator, runpod_settings, tmp_path):
-    from workers.echo.handler import make_handler
+    from workers.emulator.echo import make_handler
 
     emu = runpod_emulator(handler=make_handler(tint_tiles=False, models_dir=tmp_path))
     backend = RunPodBackend(runpod_settings(emu))

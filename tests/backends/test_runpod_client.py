@@ -21,7 +21,7 @@ from service.backends.runpod_client import (
 )
 from service.core.contracts import WorkerErrorData
 from service.core.errors import BackendError, BackendUnavailable, ParamsError, WorkerError
-from workers.echo.handler import describe
+from workers.emulator.echo import describe
 
 
 def _run(backend: RunPodBackend, coro_fn: Any) -> Any:

@@ -15,8 +15,8 @@ from service.core.params import UpscaleParams
 from service.jobs.refine import derive_seed
 from service.render import finish, fix_tile, prepare
 from service.upscalers.registry import get_upscaler
-from workers.echo.handler import tint
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
+from workers.emulator.echo import tint
 
 
 def png(size: int = 48, seed: int = 0) -> bytes:

@@ -23,8 +23,8 @@ from service.jobs.refine import (
     refine_tiles,
 )
 from service.settings import load_settings
-from workers.echo.handler import tint
 from workers.emulator import Faults
+from workers.emulator.echo import tint
 
 
 def _work(n: int) -> list[TileWork]:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from service.core.errors import BackendUnavailable
-from workers.caption import tiny
 from workers.caption.pipeline import CaptionPipeline, _downscale, to_keywords
+from workers.tiny import caption as tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from service.core.errors import AatError
 from service.core.params import LoraSpec
 from service.settings import Settings
 from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
-from workers.upscale import tiny
+from workers.tiny import upscale as tiny
 
 OPTIONS = RefineOptions(prompt="stone", steps=4, strength=0.5, scheduler="euler", cfg_scale=5.0)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.upscale import tiny
+from workers.tiny import upscale as tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 from PIL import Image
 
 from service.core.errors import BackendUnavailable, NotFound, ParamsError
-from workers.upscale import tiny
+from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import (
     RefineSettings,
     TileJob,

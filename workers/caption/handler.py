@@ -39,7 +39,7 @@ def _load() -> Any:
     from workers.caption.pipeline import CaptionPipeline
 
     if os.environ.get("AAT_WORKER_TINY") == "1":
-        from workers.caption import tiny
+        from workers.tiny import caption as tiny
 
         log.warning("AAT_WORKER_TINY=1: random tiny Qwen3-VL, captions are random words")
         return CaptionPipeline.from_components(tiny.build_components(), device="cpu")

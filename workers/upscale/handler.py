@@ -71,7 +71,7 @@ def _load() -> Any:
     from workers.upscale.pipeline import UpscalePipeline
 
     if os.environ.get("AAT_WORKER_TINY") == "1":
-        from workers.upscale import tiny
+        from workers.tiny import upscale as tiny
 
         work = Path(tempfile.mkdtemp(prefix="aat-tiny-"))
         comps = tiny.build_components(work)

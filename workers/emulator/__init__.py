@@ -8,8 +8,8 @@ Use it to develop and test against the cloud's behaviour without a GPU or an acc
         emu.stats("upscale")            # submitted, by_status, request_keys, ...
 
 or from the shell: ``aat emulate --worker upscale=echo --worker caption=echo --port 8600``.
-The pieces: :mod:`workers.emulator_state` (jobs, queue, workers), :mod:`workers.emulator_app`
-(HTTP routes), :mod:`workers.emulator_faults` (fault injection). Handlers are imported lazily
+The pieces: :mod:`workers.emulator.state` (jobs, queue, workers), :mod:`workers.emulator.app`
+(HTTP routes), :mod:`workers.emulator.faults` (fault injection). Handlers are imported lazily
 by name (:func:`resolve_handler`): ``echo`` (cheap CPU stand-in), ``upscale``, ``caption`` (the
 real workers, which need their model weights). Binds 127.0.0.1 only.
 """
@@ -27,16 +27,16 @@ from typing import Any
 import httpx
 import uvicorn
 
-from workers.emulator_app import create_app
-from workers.emulator_faults import Faults
-from workers.emulator_state import EndpointConfig, Handler
+from workers.emulator.app import create_app
+from workers.emulator.faults import Faults
+from workers.emulator.state import EndpointConfig, Handler
 
 __all__ = ["EmulatorServer", "EndpointConfig", "Faults", "resolve_handler"]
 
 log = logging.getLogger(__name__)
 
 HANDLER_MODULES = {
-    "echo": "workers.echo.handler",
+    "echo": "workers.emulator.echo",
     "upscale": "workers.upscale.handler",
     "caption": "workers.caption.handler",
 }

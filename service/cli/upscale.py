@@ -184,7 +184,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     step("tiles")
     gpu = None
     if backend != "none":  # caption + refine (+ seam fix) tiles on a GPU backend
-        from service.cli_gpu import refine_prepared  # noqa: PLC0415
+        from service.cli.gpu import refine_prepared  # noqa: PLC0415
 
         gpu = refine_prepared(prepared, params, backend, settings)
     rendered = finish(prepared, gpu.refined if gpu else None, params,

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from workers.emulator_state import RUN_LIMIT, RUNSYNC_LIMIT, Endpoint, EndpointConfig, Job
+from workers.emulator.state import RUN_LIMIT, RUNSYNC_LIMIT, Endpoint, EndpointConfig, Job
 
 
 class _Reject(Exception):

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from service.cli_http import ApiCallError, ApiClient
+from service.cli.http import ApiCallError, ApiClient
 from service.core.errors import AatError
 from service.settings import load_settings
 
@@ -235,7 +235,7 @@ def models_delete(name: str = typer.Argument(..., help="LoRA file name.")) -> No
 
 def doctor() -> None:
     """Check settings, store, broker, RunPod endpoints and the API; say what to fix."""
-    from service.cli_doctor import run_checks
+    from service.cli.doctor import run_checks
 
     failed = 0
     for check in run_checks():

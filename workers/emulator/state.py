@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.contracts import WorkerErrorData
-from workers.emulator_faults import Faults, RateLimits
+from workers.emulator.faults import Faults, RateLimits
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def emulate(
 ) -> None:
     """Run a local RunPod serverless emulator until Ctrl-C."""
     from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
-    from workers.emulator_faults import RUNPOD_RATE_LIMITS
+    from workers.emulator.faults import RUNPOD_RATE_LIMITS
 
     key = api_key or os.environ.get("RUNPOD_API_KEY") or secrets.token_urlsafe(24)
     try:

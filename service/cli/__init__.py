@@ -21,12 +21,12 @@ app = typer.Typer(
 
 # Modules that add commands to `app` (each defines `register(app: typer.Typer) -> None`).
 COMMAND_MODULES: list[str] = [
-    "service.cli_upscale",
-    "service.cli_watch",
-    "service.cli_jobs",
-    "service.cli_api",
-    "service.cli_client",
-    "service.cli_emulate",
+    "service.cli.upscale",
+    "service.cli.watch",
+    "service.cli.jobs",
+    "service.cli.api",
+    "service.cli.client",
+    "service.cli.emulate",
 ]
 
 
