@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKERS = ["upscale", "caption"]
 
 
+def dockerfile(worker: str) -> Path:
+    """Everything that deploys lives under ``deploy/``; the build context is the repo root."""
+    return ROOT / "deploy" / "docker" / f"worker-{worker}.Dockerfile"
+
+
 def instructions(worker: str) -> list[tuple[str, str]]:
-    text = (ROOT / "workers" / worker / "Dockerfile").read_text().replace("\\\n", " ")
+    text = dockerfile(worker).read_text().replace("\\\n", " ")
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -41,7 +46,7 @@ def test_every_copy_source_exists_in_the_build_context(worker: str) -> None:
     for rest in copies:
         parts = [p for p in shlex.split(rest) if not p.startswith("--")]
         for src in parts[:-1]:
-            assert (ROOT / src).exists(), f"{worker}/Dockerfile copies missing {src}"
+            assert (ROOT / src).exists(), f"{dockerfile(worker).name} copies missing {src}"
 
 
 @pytest.mark.parametrize("worker", WORKERS)

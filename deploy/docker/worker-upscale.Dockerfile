@@ -1,6 +1,6 @@
 # Upscale worker: SDXL + ControlNet tile + IP-Adapter + LoRAs, weights baked in.
 # Build context is the repository root:
-#   docker build -f workers/upscale/Dockerfile -t <registry>/aat-upscale:<version> .
+#   docker build -f deploy/docker/worker-upscale.Dockerfile -t <registry>/aat-upscale:<version> .
 FROM pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 \

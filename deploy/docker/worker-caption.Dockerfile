@@ -1,6 +1,6 @@
 # Caption worker: a Qwen VL model (Qwen3-VL-8B-Instruct by default), weights baked in.
 # Build context is the repository root:
-#   docker build -f workers/caption/Dockerfile -t <registry>/aat-caption:<version> .
+#   docker build -f deploy/docker/worker-caption.Dockerfile -t <registry>/aat-caption:<version> .
 # Smaller GPU: --build-arg AAT_CAPTION_MODEL=Qwen/Qwen3-VL-4B-Instruct
 FROM pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime
 
