@@ -41,8 +41,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.core.jobs import TargetSpec  # noqa: E402
 from service.core.params import UpscaleParams  # noqa: E402
-from service.jobs.model import TargetSpec  # noqa: E402
 from service.jobs.service import build_job_service  # noqa: E402
 from service.settings import load_settings  # noqa: E402
 

@@ -74,3 +74,24 @@ def test_heavy_imports_only_in_worker_pipelines() -> None:
                         and not tiny:
                     offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+
+def test_storage_never_imports_jobs() -> None:
+    """The job store speaks the vocabulary of ``service.core.jobs``; importing every storage
+    module must not load the layer above it (``service.jobs``: runner, orchestrator, executors)."""
+    mods = ["service.storage"] + [
+        "service.storage." + info.name
+        for info in pkgutil.iter_modules([str(ROOT / "service" / "storage")])
+        if info.name != "migrations"
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {mods!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('service.jobs'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "service.storage.job_store" in mods and len(mods) > 5
+    assert out.stdout.strip() == "", f"storage loaded {out.stdout.strip()}"

@@ -16,8 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from service.api.auth import authorize, bearer_scheme
 from service.backends.base import GpuBackend
 from service.core.errors import BackendUnavailable
+from service.core.jobs import JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
-from service.jobs.model import JobPublic, JobStatus, TargetSpec
 from service.settings import Settings
 
 

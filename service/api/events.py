@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import JobServicePort, get_jobs, require_auth
 from service.api.jobs import JobId
 from service.api.problems import problem_responses
-from service.jobs.model import JobPublic
+from service.core.jobs import JobPublic
 
 WAIT_S = 10.0
 MAX_STREAMS = 256

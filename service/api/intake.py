@@ -25,8 +25,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from service.api.problems import ApiError
 from service.core.errors import ParamsError, PathError
 from service.core.imaging import ImageLimits, probe_image
+from service.core.jobs import TargetSpec
 from service.core.params import UpscaleParams
-from service.jobs.model import TargetSpec
 from service.settings import Settings
 
 MAX_JSON_BYTES = 1024 * 1024

@@ -19,8 +19,8 @@ from service.api.deps import JobServicePort, get_jobs, get_settings, require_aut
 from service.api.intake import JobFromPath, parse_submission
 from service.api.metrics import count_submission
 from service.api.problems import problem_responses
+from service.core.jobs import JobPublic, JobStatus
 from service.core.params import UpscaleParams
-from service.jobs.model import JobPublic, JobStatus
 from service.settings import Settings
 
 JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"

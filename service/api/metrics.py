@@ -72,7 +72,7 @@ class StoreCollector:
             log.warning("metrics: job store not readable", exc_info=True)
 
     def _collect(self, conn: Any) -> Iterator[Metric]:
-        from service.jobs.model import JobStatus
+        from service.core.jobs import JobStatus
         from service.storage.tables import jobs, tiles
 
         by_status = GaugeMetricFamily("aat_jobs", "jobs in the store by status", labels=["status"])

@@ -23,10 +23,10 @@ import numpy as np
 from service.backends.base import GpuBackend, RefineOptions, RefineResult
 from service.core.errors import JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, output_format_for
+from service.core.jobs import JobStatus, TargetSpec
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
 from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
-from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.pre_cache import cached_upscaler
 from service.jobs.refine import After, Resume, TileWork, caption_one, derive_seed, refine_tiles
 from service.jobs.runner import Interrupted, RunContext

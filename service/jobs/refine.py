@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult, TileTask
-from service.jobs.model import PIPELINE_VERSION
+from service.core.jobs import PIPELINE_VERSION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

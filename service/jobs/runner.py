@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from service.core.errors import AatError, JobCanceled, JobError
-from service.jobs.model import JobStatus
+from service.core.jobs import JobStatus
 from service.settings import Settings
 from service.storage.artifacts import ArtifactStore
 from service.storage.job_store import LeaseLost, SqlJobStore

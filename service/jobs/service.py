@@ -18,10 +18,10 @@ from typing import Any
 
 from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
+from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
 from service.jobs.executor import Executor
 from service.jobs.intake import INPUT_EXT, limits_for, probe_image
-from service.jobs.model import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.jobs.view import to_public
 from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes

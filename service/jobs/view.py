@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.params import UpscaleParams
-from service.jobs.model import (
+from service.core.jobs import (
     JobCost,
     JobErrorView,
     JobInput,
@@ -14,6 +13,7 @@ from service.jobs.model import (
     StageProgress,
     TargetSpec,
 )
+from service.core.params import UpscaleParams
 from service.storage.job_store import JobRow
 
 # Share of the whole job each stage stands for (progress is 0..1 over the job).

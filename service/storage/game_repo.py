@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from service.core.errors import DeliveryError, ParamsError, PathError
-from service.jobs.model import TargetSpec
+from service.core.jobs import TargetSpec
 from service.settings import Settings
 from service.storage.atomic import atomic_write
 

@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.core.errors import JobError, NotFound
-from service.jobs.model import JobStatus, check_transition
+from service.core.jobs import JobStatus, check_transition
 from service.storage.db import make_engine, migrate
 from service.storage.tables import deliveries, jobs, tiles
 

@@ -18,8 +18,8 @@ from PIL import Image
 from service.backends.base import RefineOptions, TileTask
 from service.backends.local import LocalBackend
 from service.core.errors import ConfigError, NotFound, ParamsError
+from service.core.jobs import JobStatus, TargetSpec
 from service.core.params import LoraSpec, UpscaleParams
-from service.jobs.model import JobStatus, TargetSpec
 from service.jobs.refine import MemoryCache, TileWork, caption_tiles, refine_tiles
 from service.jobs.service import build_job_service
 from service.settings import Settings

@@ -8,8 +8,8 @@ from typing import Any
 
 from jobs_helpers import png, small_params, wait_until
 
+from service.core.jobs import JobStatus
 from service.jobs.executor import CeleryDispatcher
-from service.jobs.model import JobStatus
 
 
 def test_ready_reports_the_broker(job_settings: Any, redis_queue: tuple[str, str]) -> None:

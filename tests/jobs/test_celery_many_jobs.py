@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from jobs_helpers import expected_echo_pixels, pixels, png, small_params, wait_until
 
-from service.jobs.model import JobStatus, TargetSpec
+from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from jobs_helpers import emulator, png, runpod_settings, small_params, wait_until
 
-from service.jobs.model import JobStatus, TargetSpec
+from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import build_job_service
 
 

@@ -25,7 +25,7 @@ from jobs_helpers import (
     wait_until,
 )
 
-from service.jobs.model import JobStatus, TargetSpec
+from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService, build_job_service
 from workers.emulator import EmulatorServer, Faults
 

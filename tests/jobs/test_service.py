@@ -11,7 +11,7 @@ import pytest
 from jobs_helpers import png, small_params, wait_until
 
 from service.core.errors import ImageError, JobError, ParamsError, PathError
-from service.jobs.model import JobStatus, TargetSpec
+from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService, build_job_service
 
 

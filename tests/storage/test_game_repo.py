@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.core.errors import DeliveryError, ParamsError, PathError
-from service.jobs.model import TargetSpec
+from service.core.jobs import TargetSpec
 from service.storage import game_repo
 from service.storage.game_repo import deliver
 

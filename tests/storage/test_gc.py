@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from service.core.errors import NotFound
+from service.core.jobs import JobStatus
 from service.core.params import UpscaleParams
-from service.jobs.model import JobStatus
 from service.jobs.service import build_job_service
 
 ROOT = Path(__file__).resolve().parents[2]

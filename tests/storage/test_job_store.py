@@ -8,7 +8,7 @@ import time
 import pytest
 
 from service.core.errors import IllegalTransition, NotFound
-from service.jobs.model import JobStatus
+from service.core.jobs import JobStatus
 from service.storage.db import HEAD_REVISION, current_revision
 from service.storage.job_store import LeaseLost, SqlJobStore
 

@@ -1,5 +1,9 @@
 """Job vocabulary: status lifecycle, stages, delivery target and the public job view.
 
+The lowest layer every job-aware module shares: the job store (``service.storage``), the job
+runner (``service.jobs``), the API and the CLI all speak these names, so none of them has to
+import another to agree on what a job is.
+
 Lifecycle (one function, :func:`check_transition`, refuses illegal moves)::
 
     queued ──► running ──► succeeded
