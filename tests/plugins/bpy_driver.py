@@ -160,9 +160,10 @@ def scenario_packed(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def scenario_material(cfg: dict[str, Any]) -> dict[str, Any]:
     mat = bpy.data.materials.new("Rock")
-    mat.use_nodes = True
     other = bpy.data.materials.new("RockCopy")
-    other.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # 5.0 gives every material nodes and deprecates the flag
+        mat.use_nodes = True
+        other.use_nodes = True
     names = []
     for index, path in enumerate(cfg["pngs"]):
         img = load_png(path, f"layer{index}")
@@ -238,6 +239,7 @@ def main() -> None:
     with open(cfg_path) as fh:
         cfg = json.load(fh)
     out = install(cfg)
+    out["bpy_version"] = bpy.app.version_string
     if cfg.get("online_access"):
         bpy.context.preferences.system.use_online_access = True
     out.update(SCENARIOS[name](cfg))

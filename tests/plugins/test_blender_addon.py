@@ -13,12 +13,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from blender_scenario import blender_rows, png, scenario
+from blender_scenario import BPY_PYTHONS, blender_rows, png, scenario
 from PIL import Image
 from plugin_service import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "plugins/blender/ai_assets_toolbox"
+
+
+@pytest.fixture(params=sorted(BPY_PYTHONS))
+def bpy(request: pytest.FixtureRequest) -> str:
+    """The add-on scenarios run on the oldest, the suite's and the newest supported Blender."""
+    return str(request.param)
 
 
 def test_extension_validates_builds_and_declares_network(ext_cli: Path, extension_zip: Path,
@@ -44,8 +50,8 @@ def test_extension_validates_builds_and_declares_network(ext_cli: Path, extensio
 
 
 def test_generated_image_is_replaced_in_place_with_the_result(
-        aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
-    out = scenario("generated", tmp_path, zip=str(extension_zip), url=aat_server.url,
+        bpy: str, aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
+    out = scenario("generated", tmp_path, bpy=bpy, zip=str(extension_zip), url=aat_server.url,
                    token=aat_server.token)
     assert out["token_subtype"] == "PASSWORD"
     assert out["op"] == ["FINISHED"] and out["timer_while_running"] is True
@@ -70,9 +76,9 @@ def test_generated_image_is_replaced_in_place_with_the_result(
 
 
 def test_unsaved_paint_edits_are_uploaded_and_kept_when_loading_as_new_image(
-        aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
+        bpy: str, aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
     source = png(tmp_path / "rock.png", (0, 0, 255, 255))
-    out = scenario("dirty_new", tmp_path, zip=str(extension_zip), url=aat_server.url,
+    out = scenario("dirty_new", tmp_path, bpy=bpy, zip=str(extension_zip), url=aat_server.url,
                    token=aat_server.token, mode="NEW", png=str(source))
     assert out["op"] == ["FINISHED"] and out["dirty_before"] is True
     [task] = out["tasks"]
@@ -90,10 +96,10 @@ def test_unsaved_paint_edits_are_uploaded_and_kept_when_loading_as_new_image(
     assert Image.open(io.BytesIO(sibling.read_bytes())).size == (16, 16)
 
 
-def test_packed_image_stays_packed_with_the_result(aat_server: Server, extension_zip: Path,
+def test_packed_image_stays_packed_with_the_result(bpy: str, aat_server: Server, extension_zip: Path,
                                                   tmp_path: Path) -> None:
     source = png(tmp_path / "decal.png", (255, 255, 0, 255))
-    out = scenario("packed", tmp_path, zip=str(extension_zip), url=aat_server.url,
+    out = scenario("packed", tmp_path, bpy=bpy, zip=str(extension_zip), url=aat_server.url,
                    token=aat_server.token, png=str(source))
     [task] = out["tasks"]
     assert task["state"] == "done", task
@@ -104,11 +110,11 @@ def test_packed_image_stays_packed_with_the_result(aat_server: Server, extension
 
 
 def test_every_image_of_the_material_is_upscaled_and_other_materials_follow(
-        aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
+        bpy: str, aat_server: Server, extension_zip: Path, tmp_path: Path) -> None:
     paths = [png(tmp_path / "albedo.png", (200, 50, 50, 255)),
              png(tmp_path / "normal.png", (128, 128, 255, 255))]
     before = [p.read_bytes() for p in paths]
-    out = scenario("material", tmp_path, zip=str(extension_zip), url=aat_server.url,
+    out = scenario("material", tmp_path, bpy=bpy, zip=str(extension_zip), url=aat_server.url,
                    token=aat_server.token, pngs=[str(p) for p in paths])
     assert out["op"] == ["FINISHED"]
     assert [t["state"] for t in out["tasks"]] == ["done", "done"], out["tasks"]

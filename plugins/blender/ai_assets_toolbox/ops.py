@@ -154,7 +154,9 @@ class AAT_OT_submit_image(bpy.types.Operator):
 
 
 def material_images(mat: bpy.types.Material) -> list[bpy.types.Image]:
-    if mat is None or not mat.use_nodes or mat.node_tree is None:
+    # Only the node tree is read: `Material.use_nodes` is deprecated in Blender 5.0 (every
+    # material has nodes there) and goes away in 6.0.
+    if mat is None or mat.node_tree is None:
         return []
     found: list[bpy.types.Image] = []
     for node in mat.node_tree.nodes:
