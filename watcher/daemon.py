@@ -11,6 +11,7 @@ thread; ``aat watch`` and ``python -m watcher`` in the main thread, stopping on 
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import threading
 import time
@@ -27,7 +28,14 @@ from watcher.events import Hints, start_observer, stop_observer
 from watcher.jobs import Backoff, JobFlow
 from watcher.ledger import Ledger
 from watcher.presets import Preset, PresetCache
-from watcher.scan import FileStat, scan_tree, stat_file
+from watcher.scan import (
+    FileStat,
+    LinkRefused,
+    link_message,
+    read_regular_file,
+    scan_tree,
+    stat_file,
+)
 from watcher.stability import StabilityTracker, check_image
 
 log = logging.getLogger(__name__)
@@ -131,12 +139,15 @@ class Watcher:
     def take(self, path: Path, now: float) -> None:
         """Record a stable file's version; a new version becomes ``pending``."""
         root = self._root_of(path)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return
         sig = stat_file(path)
         if root is None or sig is None:
+            return
+        try:
+            data = read_regular_file(path)
+        except LinkRefused:
+            self._refuse_link(path, root, sig)
+            return
+        except OSError:
             return
         sha = sha256_bytes(data)
         if self.ledger.is_output(path, sha):
@@ -166,6 +177,27 @@ class Watcher:
         expected = self.flow.expected_output(new, preset, size) if new else None
         if expected is not None and expected != path:
             self.ledger.remember_output(expected, None)
+
+    def _refuse_link(self, path: Path, root: Path, sig: FileStat) -> None:
+        """A symbolic link is never followed (anyone who can write into a shared inbox could
+        otherwise copy any image this host can read into the repo): it is recorded as failed
+        with ``path_escape``, which `aat watch --status` lists, and logged once per version."""
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = ""
+        sha = hashlib.sha256(f"link:{target}".encode()).hexdigest()
+        fp = self._fingerprint(root, path.parent)
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        version = hashlib.sha256(f"{sha}|{rel}|{fp}".encode()).hexdigest()
+        entry = self.ledger.get(path)
+        stat_pair = (sig.size, sig.mtime_ns)
+        if entry is not None and entry.version_key == version:
+            self.ledger.touch(path, stat_pair, fp)
+            return
+        self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
+                                          LinkRefused.code, link_message(path))
+        log.warning("%s not submitted: %s", path, link_message(path))
 
     def _looks_like_output(self, path: Path, preset: Preset, size: tuple[int, int]) -> bool:
         """A suffix-named result (``*_x2.png``) where results may land in a watched folder."""

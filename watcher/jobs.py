@@ -21,6 +21,7 @@ from watcher.client import ServiceClient
 from watcher.deliver import confined, relative_target, sha256_bytes, write_atomic
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
+from watcher.scan import LinkRefused, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,10 @@ class JobFlow:
 
     def _prepare(self, entry: Entry) -> _Work | None:
         try:
-            data = entry.path.read_bytes()
+            data = read_regular_file(entry.path)
+        except LinkRefused as exc:  # the file was swapped for a link after it was taken
+            self.ledger.mark_failed(entry.path, exc.code, str(exc))
+            return None
         except OSError:
             self.ledger.mark_missing(entry.path)
             return None

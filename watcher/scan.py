@@ -24,10 +24,38 @@ PRESET_NAME = ".aat.toml"
 
 @dataclass(frozen=True, slots=True)
 class FileStat:
-    """What a scan knows about one file: size in bytes and mtime in nanoseconds."""
+    """What a scan knows about one file: size in bytes and mtime in nanoseconds, and whether
+    the name is a symbolic link (whose own size and mtime these are; the target is never
+    read)."""
 
     size: int
     mtime_ns: int
+    link: bool = False
+
+
+class LinkRefused(OSError):
+    """A watched name is a symbolic link: the watcher never follows it (code ``path_escape``)."""
+
+    code = "path_escape"
+
+
+def link_message(path: Path) -> str:
+    """The one line a user reads for a refused link (status, log, ledger)."""
+    return (f"{path.name} is a symbolic link; the watcher never follows links out of the watch "
+            "folder: copy the file in instead")
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, refusing a symbolic link even if one replaced the file since the
+    scan (``O_NOFOLLOW``: no window between the check and the read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if path.is_symlink():
+            raise LinkRefused(link_message(path)) from exc
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def is_candidate_name(name: str) -> bool:
@@ -78,23 +106,31 @@ def _visit(
             if not entry.name.startswith("."):
                 stack.append(Path(entry.path))
             return
-        if not entry.is_file() or not is_candidate_name(entry.name):
+        # A link to a file is returned (as a link) so the daemon can refuse it out loud; a
+        # link to a folder is never walked.
+        link = entry.is_symlink()
+        if link and entry.is_dir():
+            return
+        if not (link or entry.is_file()) or not is_candidate_name(entry.name):
             return
         path = Path(entry.path)
         if is_excluded(path, excluded):
             return
-        st = entry.stat()
+        st = entry.stat(follow_symlinks=False)
     except OSError:  # vanished between listing and stat
         return
-    found[path] = FileStat(st.st_size, st.st_mtime_ns)
+    found[path] = FileStat(st.st_size, st.st_mtime_ns, link)
 
 
 def stat_file(path: Path) -> FileStat | None:
-    """The current signature of one file, or None when it is gone or not a regular file."""
+    """The current signature of one file (of the link itself for a symbolic link), or None
+    when it is gone or neither a regular file nor a link."""
     try:
-        st = path.stat()
+        st = path.lstat()
     except OSError:
         return None
+    if stat.S_ISLNK(st.st_mode):
+        return FileStat(st.st_size, st.st_mtime_ns, True)
     if not stat.S_ISREG(st.st_mode):
         return None
     return FileStat(st.st_size, st.st_mtime_ns)

@@ -3,6 +3,7 @@ port is closed, so submissions wait as they would during an outage)."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +159,45 @@ def test_a_dead_observer_is_restarted_and_followed_by_a_full_scan(watcher: Watch
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_symlinked_file_is_refused_as_path_escape_and_listed_in_status(
+        watcher: Watcher, tmp_path: Path) -> None:
+    """Anyone who can write into a shared inbox must not be able to feed it any image the
+    watcher's host can read: a link to a file is never followed, and says so."""
+    from watcher.commands import status_lines
+
+    art = watcher.roots[0]
+    secret = drop(tmp_path / "private" / "concept.png", png_bytes(7))  # outside the folder
+    link = art / "concept.png"
+    link.symlink_to(secret)
+    real = drop(art / "ok.png", png_bytes(8))
+    for now in (1000.0, 1000.3, 1000.6, 1000.9):
+        watcher.tick(now)
+    entry = watcher.ledger.get(link)
+    assert entry is not None and entry.state == "failed"
+    assert entry.error_code == "path_escape"
+    assert "symbolic link" in (entry.error_message or "")
+    assert entry.sha256 != hashlib.sha256(secret.read_bytes()).hexdigest()  # never read
+    ok = watcher.ledger.get(real)
+    assert ok is not None and ok.state == "pending"  # the real file next to it goes on
+    lines = status_lines(watcher.settings)
+    assert any(line.startswith("failed") and str(link) in line and "[path_escape]" in line
+               for line in lines), lines
+    for now in (1001.2, 1001.5):  # the refusal is recorded once, not re-logged every scan
+        watcher.full_scan(now)
+        watcher.tick(now)
+    again = watcher.ledger.get(link)
+    assert again is not None and again.updated_at == entry.updated_at
+
+
+def test_a_file_swapped_for_a_link_after_the_scan_is_not_read(tmp_path: Path) -> None:
+    from watcher.scan import LinkRefused, read_regular_file
+
+    target = drop(tmp_path / "outside.png", png_bytes(3))
+    path = tmp_path / "in.png"
+    path.symlink_to(target)
+    with pytest.raises(LinkRefused, match="symbolic link") as err:
+        read_regular_file(path)
+    assert err.value.code == "path_escape"
+    assert read_regular_file(target) == target.read_bytes()
