@@ -11,8 +11,8 @@ thread; ``aat watch`` and ``python -m watcher`` in the main thread, stopping on 
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import threading
 import time
 from pathlib import Path, PurePosixPath
