@@ -90,3 +90,29 @@ def split(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return pixels, None
     return np.ascontiguousarray(pixels[:, :, :3]), np.ascontiguousarray(pixels[:, :, 3])
 
+
+
+def parse_matte(text: str) -> tuple[int, int, int]:
+    """``#rrggbb``, ``rrggbb``, ``#rgb`` or a name (white, black, grey/gray, magenta) -> RGB."""
+    names = {"white": "ffffff", "black": "000000", "grey": "808080", "gray": "808080",
+             "magenta": "ff00ff"}
+    value = names.get(text.strip().lower(), text.strip().lstrip("#"))
+    if len(value) == 3:
+        value = "".join(c * 2 for c in value)
+    if len(value) != 6 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError(f"matte {text!r} is not a colour; give #rrggbb or white/black/grey")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def composite_on_matte(rgb: np.ndarray, alpha: np.ndarray,
+                       matte: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Colour over a solid ``matte`` through ``alpha`` (for formats without alpha, e.g. JPEG).
+
+    ``matte`` is 8-bit RGB; for ``uint16`` pixels it is widened (x257). Same dtype out.
+    """
+    top = float(np.iinfo(rgb.dtype).max)
+    scale = 257.0 if rgb.dtype == np.uint16 else 1.0
+    a = alpha.astype(np.float32)[:, :, None] / top
+    bg = np.asarray(matte, dtype=np.float32) * scale
+    out = rgb.astype(np.float32) * a + bg[None, None, :] * (1.0 - a)
+    return np.clip(np.rint(out), 0, top).astype(rgb.dtype)
