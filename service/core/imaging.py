@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from service.core.alpha import composite_on_matte, is_opaque
 from service.core.errors import ImageError
 
 #: Pillow format names we read, and the output formats we write.
@@ -287,6 +288,18 @@ def format_for_suffix(suffix: str) -> str | None:
     return _SUFFIXES.get(suffix.lower())
 
 
+#: Output formats that keep an alpha channel.
+ALPHA_FORMATS = ("png", "webp", "tga")
+
+
+def matte_warning(fmt: str, alpha: np.ndarray | None, matte: str = "#ffffff") -> str | None:
+    """The warning a job records when ``fmt`` cannot hold the image's transparency."""
+    if fmt in ALPHA_FORMATS or is_opaque(alpha):
+        return None
+    return (f"{fmt.upper()} has no transparency: transparent pixels were composited onto the "
+            f"matte {matte}; choose png or webp to keep alpha")
+
+
 def encode_image(
     rgb: np.ndarray,
     alpha: np.ndarray | None,
@@ -295,13 +308,20 @@ def encode_image(
     quality: int = 95,
     metadata: dict[str, str] | None = None,
     compress_level: int = PNG_COMPRESS_LEVEL,
+    matte: tuple[int, int, int] = (255, 255, 255),
 ) -> bytes:
-    """Encode to ``fmt`` (png/webp/jpeg/tga). Alpha is kept except for JPEG, which has none.
+    """Encode to ``fmt`` (png/webp/jpeg/tga). Alpha is kept except for JPEG, which has none:
+    there the colour is composited onto ``matte`` through the alpha (see :func:`matte_warning`),
+    so transparent areas show the matte instead of whatever colour hid under them.
 
     ``uint16`` colour is written as 16-bit greyscale PNG (the luma) when ``fmt`` is png and there
     is no alpha; otherwise it is reduced to 8 bits. ``metadata`` lands in the EXIF Software /
     ImageDescription tags (TGA: the image id field). ``compress_level`` (0-9) is PNG's zlib level.
     """
+    if fmt not in ALPHA_FORMATS and alpha is not None:
+        if not is_opaque(alpha):
+            rgb = composite_on_matte(rgb, alpha.astype(rgb.dtype), matte)
+        alpha = None
     im = _to_pil(rgb, alpha, fmt)
     buf = io.BytesIO()
     kwargs: dict[str, object] = {}

@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.core.alpha import parse_matte
+from service.core.assets import DETERMINISTIC, AssetTypeChoice, Detection
+from service.core.pixelart import PixelScaler
+from service.core.sheets import SheetParams, parse_sheet_spec
 
 MAX_OUTPUT_SIDE = 16384
 
@@ -63,8 +68,41 @@ class UpscaleParams(BaseModel):
     style_image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
 
+    # game assets (docs/guide/asset-types.md)
+    asset_type: AssetTypeChoice = Field(default="auto", description=(
+        "What kind of game art this is; decides the path. auto: detected at submit from the "
+        "file name (_n, _normal, _orm, _rough, _h, ...) and the pixels. normal, mask and "
+        "pixel_art never diffuse."))
+    sheet: SheetParams | None = Field(default=None, description=(
+        "Process a spritesheet cell by cell (tiles never cross a cell border). Also accepts "
+        "a string: '8x4' (COLSxROWS), 'cell=32x32,margin=1,spacing=2'."))
+    pixel_scaler: PixelScaler = Field(default="epx", description=(
+        "pixel_art only: epx (Scale2x/3x family; 2, 3, 4, 6, 8, 9x) or nearest (any integer "
+        "factor). The output uses only the input's colours."))
+    diffusion: bool | None = Field(default=None, description=(
+        "null: by asset type (sprite/texture/ui/illustration diffuse; normal, mask, pixel_art do "
+        "not). true on pixel_art diffuses, then locks the result to the input's palette. "
+        "false skips diffusion for any type."))
+    keep_game_size: bool = Field(default=True, description=(
+        "Unity: scale spritePixelsToUnits and 9-slice borders in the .meta by the factor, so "
+        "the sprite keeps its size in the game."))
+    matte: str = Field(default="#ffffff", max_length=16, description=(
+        "Background for transparent pixels when the output format has no alpha (JPEG): "
+        "#rrggbb, white, black or grey. A warning is recorded."))
+
     # output
     output_format: Literal["auto", "png", "webp", "jpeg", "tga"] = "auto"
+
+    @field_validator("sheet", mode="before")
+    @classmethod
+    def _sheet_text(cls, value: object) -> object:
+        return parse_sheet_spec(value) if isinstance(value, str) else value
+
+    @field_validator("matte")
+    @classmethod
+    def _matte_colour(cls, value: str) -> str:
+        parse_matte(value)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> UpscaleParams:
@@ -72,6 +110,9 @@ class UpscaleParams(BaseModel):
             self.scale = 2.0
         if self.scale is not None and (self.width is not None or self.height is not None):
             raise ValueError("give either scale or width/height, not both")
+        if self.asset_type in ("normal", "mask") and self.diffusion:
+            raise ValueError(f"{self.asset_type} maps are data and never diffused; drop "
+                             "diffusion=true or choose another asset_type")
         if self.overlap >= self.tile_size:
             raise ValueError(
                 f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})"
@@ -88,6 +129,25 @@ class UpscaleParams(BaseModel):
             return max(1, round(width * self.height / height)), self.height
         assert self.scale is not None
         return max(1, round(width * self.scale)), max(1, round(height * self.scale))
+
+    @property
+    def diffuses(self) -> bool:
+        """Whether this job's asset type takes the diffusion path (``auto`` counts as yes)."""
+        if self.diffusion is not None:
+            return self.diffusion and self.asset_type not in ("normal", "mask")
+        return self.asset_type not in DETERMINISTIC
+
+    def for_asset(self, detection: Detection) -> UpscaleParams:
+        """These params with ``asset_type`` resolved, and the defaults that suit the type for
+        every knob the user did not set: UI diffuses more gently, a wrapping texture is
+        tileable."""
+        changes: dict[str, object] = {"asset_type": detection.asset_type}
+        chosen = self.model_fields_set
+        if detection.asset_type == "ui" and "strength" not in chosen:
+            changes["strength"] = min(self.strength, 0.25)
+        if detection.hint("tileable") == "true" and "tileable" not in chosen:
+            changes["tileable"] = True
+        return self.model_copy(update=changes)
 
     def canonical_json(self) -> str:
         """Stable JSON (sorted keys, no whitespace) used in dedupe keys."""

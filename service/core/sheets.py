@@ -61,6 +61,21 @@ class SheetParams(BaseModel):
         return self
 
 
+def parse_sheet_spec(text: str) -> dict[str, Any]:
+    """``"8x4"`` (a grid) or ``"grid=8x4,margin=1,spacing=2"`` / ``"cell=32x32"`` -> fields."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            key, value = "grid", part
+        key = key.strip().lower()
+        if key not in ("grid", "cell", "margin", "spacing"):
+            raise ValueError(f"unknown sheet setting {key!r}; use grid=COLSxROWS or cell=WxH, "
+                             "margin=N, spacing=N")
+        out[key] = value.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class SheetLayout:
     """The cells of one sheet, in the sheet's pixels."""

@@ -31,17 +31,17 @@ _MAX_SIDE = 16384
 
 def _num(text: str, factor: float) -> str:
     value = float(text) * factor
-    return str(int(value)) if value == int(value) and "." not in text else f"{value:g}"
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
-def _scale_value(rest: str, factor: int) -> str:
+def _scale_value(rest: str, factor: float) -> str:
     match = _NUMBER.search(rest)
     if match is None:
         return rest
     return rest[:match.start()] + _num(match.group(0), factor) + rest[match.end():]
 
 
-def _scale_inline(rest: str, factor: int) -> str:
+def _scale_inline(rest: str, factor: float) -> str:
     return _INLINE.sub(lambda m: m.group(1) + _num(m.group(2), factor), rest)
 
 
@@ -58,9 +58,12 @@ def _ends(line: str, key_indent: int) -> bool:
     return indent < key_indent or (indent == key_indent and not line.lstrip().startswith("- "))
 
 
-def scale_meta(text: str, factor: int, *, max_side: int = 0) -> tuple[str, list[str]]:
+def scale_meta(text: str, factor: float, *, max_side: int = 0,
+               keep_game_size: bool = True) -> tuple[str, list[str]]:
     """``text`` with pixel quantities times ``factor``; ``(text, notes)``. ``max_side`` is the
-    new texture's longest side (raises a smaller ``maxTextureSize``)."""
+    new texture's longest side (raises a smaller ``maxTextureSize``). Sprite rects, borders and
+    outlines are texture pixels and always scale; ``spritePixelsToUnits`` scales only with
+    ``keep_game_size`` (else the sprite grows ``factor`` times in the world)."""
     lines = text.splitlines(keepends=True)
     notes: list[str] = []
     block: tuple[str, int] | None = None  # ("rect" | "points", indent of the key)
@@ -75,9 +78,7 @@ def scale_meta(text: str, factor: int, *, max_side: int = 0) -> tuple[str, list[
             continue
         key, rest = m.group("key"), m.group("rest")
         head = line[:m.start("rest")]
-        if block is not None and block[0] == "rect" and key in _RECT_KEYS:
-            lines[i] = head + _scale_value(rest, factor) + m.group("eol")
-        elif key == "spritePixelsToUnits":
+        if block is not None and block[0] == "rect" and key in _RECT_KEYS or key == "spritePixelsToUnits" and keep_game_size:
             lines[i] = head + _scale_value(rest, factor) + m.group("eol")
         elif key in ("spriteBorder", "border"):
             lines[i] = head + _scale_inline(rest, factor) + m.group("eol")

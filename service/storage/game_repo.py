@@ -23,6 +23,7 @@ from service.core.errors import DeliveryError, ParamsError, PathError
 from service.core.jobs import TargetSpec
 from service.settings import Settings
 from service.storage.atomic import atomic_write
+from service.storage.sidecars import Writeback, write_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,17 @@ class Delivery:
     rel: str  # relative to the repo root, posix style
     written: bool  # False when identical bytes were already there
     commit: str | None = None
+    sidecars: Writeback | None = None  # engine metadata carried over (see storage.sidecars)
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """How the source's engine metadata is carried over: the upscale factor, the result's
+    longest side and whether sprites keep their size in the game (Unity pixels-per-unit)."""
+
+    factor: float
+    max_side: int
+    keep_game_size: bool = True
 
 
 def _relative(value: str, what: str) -> PurePosixPath:
@@ -87,8 +99,11 @@ def sha256_file(path: Path) -> str | None:
 
 def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, label: str,
             job_id: str, last_delivered: Callable[[str], str | None] | None = None,
-            input_sha256: str | None = None) -> Delivery:
+            input_sha256: str | None = None, sidecars: SidecarSpec | None = None) -> Delivery:
     """Write ``data`` to the target atomically; identical bytes are left alone (no mtime bump).
+
+    With ``sidecars`` the source's Unity ``.meta`` and sheet JSON are carried over to the result
+    scaled, after the image, and Git LFS routing is reported (:mod:`service.storage.sidecars`).
 
     ``last_delivered(rel)`` gives the sha256 this service last wrote there: a file that changed
     since (someone edited it) is not overwritten (``delivery_conflict``), unless it holds the
@@ -117,9 +132,19 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     except OSError as exc:
         raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: {exc.strerror or exc}"
                             "; check permissions and free space") from exc
-    commit = _git_commit(root, rel, job_id) if settings.git_commit else None
-    log.info("job %s delivered %s", job_id, rel)
-    return Delivery(dest, rel, written=True, commit=commit)
+    extra: Writeback | None = None
+    if sidecars is not None:
+        try:
+            extra = write_sidecars(root, _relative(target.path, "target path").as_posix(), rel,
+                                   factor=sidecars.factor, max_side=sidecars.max_side,
+                                   keep_game_size=sidecars.keep_game_size)
+        except OSError as exc:
+            raise DeliveryError(f"{rel} was written but its engine metadata could not be: "
+                                f"{exc.strerror or exc}; check permissions") from exc
+    files = [rel, *(extra.written if extra else [])]
+    commit = _git_commit(root, files, job_id) if settings.git_commit else None
+    log.info("job %s delivered %s", job_id, ", ".join(files))
+    return Delivery(dest, rel, written=True, commit=commit, sidecars=extra)
 
 
 def _write_with_retry(dest: Path, data: bytes) -> None:
@@ -140,8 +165,9 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
-def _git_commit(root: Path, rel: str, job_id: str) -> str | None:
-    """Commit the delivered file alone, with a ``Pipeline-Job`` trailer; None if not a repo."""
+def _git_commit(root: Path, files: list[str], job_id: str) -> str | None:
+    """Commit the delivered files alone (the image first, then its sidecars), with a
+    ``Pipeline-Job`` trailer; None if not a repo."""
     if _git(root, "rev-parse", "--is-inside-work-tree").returncode != 0:
         log.warning("repo %s is not a git work tree; result not committed", root)
         return None
@@ -149,9 +175,10 @@ def _git_commit(root: Path, rel: str, job_id: str) -> str | None:
         if not (root / ".git" / "index.lock").exists():
             break
         time.sleep(0.2)
-    added = _git(root, "add", "--", rel)
+    rel = files[0]
+    added = _git(root, "add", "--", *files)
     done = _git(root, "commit", "--only", "-m", f"aat: upscale {rel}", "-m",
-                f"Pipeline-Job: {job_id}", "--", rel)
+                f"Pipeline-Job: {job_id}", "--", *files)
     if added.returncode or done.returncode:
         raise DeliveryError(f"the file was written but git commit failed: "
                             f"{(added.stderr or done.stderr or done.stdout).strip()[:200]}")

@@ -3,8 +3,6 @@ maps, pixel-art sprites, painted sprites, tileable textures, illustrations and U
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from service.core.normalmap import encode_normals, normals_from_height
@@ -103,8 +101,10 @@ def labelled_set() -> list[Asset]:
     """The labelled set for the auto-detection test: names that follow a convention and plain
     names whose content has to decide."""
     out: list[Asset] = []
-    add: Callable[[str, str, np.ndarray, np.ndarray | None], None] = \
-        lambda label, name, rgb, alpha=None: out.append((label, name, rgb, alpha))
+
+    def add(label: str, name: str, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:
+        out.append((label, name, rgb, alpha))
+
     for i in range(4):
         add("normal", f"rock_{i}.png", normal_map(96, i), None)
         add("normal", f"brick_{i}_normal_directx.png", normal_map(64, 10 + i, "directx"), None)

@@ -13,7 +13,7 @@ from service.core.normalmap import (
     upscale_channels,
     upscale_normals,
 )
-from tests.core.asset_factory import height_field, height16, normal_map
+from tests.core.asset_factory import height16, height_field, normal_map
 
 
 def _angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:

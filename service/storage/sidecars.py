@@ -1,0 +1,138 @@
+"""Engine-aware write-back: the files beside a delivered image that the engines read with it.
+
+After a result lands in a game repo (``service.storage.game_repo.deliver``), the metadata that
+describes the *source* image is carried over to the result, scaled by the upscale factor:
+
+* **Unity** ``<image>.meta``: with ``replace`` naming the source's own ``.meta`` is edited in
+  place (GUID kept, so every scene and prefab reference survives); sprite rects, borders and
+  outlines times the factor, and with ``keep_game_size`` (the default) ``spritePixelsToUnits``
+  too, so the sprite keeps its size in the game. A result under a new name gets its own
+  ``.meta``: the source's import settings, scaled the same way, under a new GUID (or the GUID
+  of the ``.meta`` already there from an earlier delivery). See :mod:`service.core.unity_meta`.
+* **Godot** ``<image>.import`` is never written: in ``replace`` mode its ``uid`` and import
+  settings stay, and Godot re-imports the changed image by its checksum; a new file gets its
+  ``.import`` from Godot itself.
+* **Spritesheet JSON** (Aseprite / TexturePacker) ``<stem>.json`` beside the source: written
+  beside the result (``<result stem>.json``) with every rectangle scaled and ``meta.image``
+  naming the result; in ``replace`` mode the source's JSON is updated in place.
+* **Git LFS**: when the repo's ``.gitattributes`` route the result to LFS
+  (``git check-attr filter`` says ``lfs``), the job says so, and warns when the LFS filter is
+  not installed here (a commit would then store the whole file in git).
+
+Sidecars are only written when the image itself was (identical bytes: nothing is touched), each
+atomically, after the image. Every path stays inside the repo root.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.core.sheets import detect_format, scale_metadata
+from service.core.unity_meta import guid_of, new_meta, scale_meta
+from service.storage.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Writeback:
+    """What the write-back did: sidecar files written (repo-relative) and notes for the job."""
+
+    written: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    lfs: bool = False
+
+
+def plan_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
+                  max_side: int, keep_game_size: bool = True) -> tuple[list[tuple[str, str]],
+                                                                        list[str]]:
+    """``([(repo-relative path, new text)], notes)`` for the result at ``dest_rel``."""
+    source, dest = root / source_rel, root / dest_rel
+    same = source.resolve() == dest.resolve()
+    out: list[tuple[str, str]] = []
+    notes: list[str] = []
+    meta = source.with_name(source.name + ".meta")
+    if meta.is_file():
+        text, extra = scale_meta(_read(meta), factor, max_side=max_side,
+                                 keep_game_size=keep_game_size)
+        notes += extra
+        if same:
+            notes.append(f"Unity {meta.name}: GUID kept, sprite rects and borders scaled x{factor:g}"
+                         + (", pixels-per-unit too (same size in game)" if keep_game_size else ""))
+        else:
+            dest_meta = dest.with_name(dest.name + ".meta")
+            old = _read(dest_meta) if dest_meta.is_file() else ""
+            text = new_meta(text, guid_of(old) if old else None)
+            notes.append(f"Unity {dest_meta.name}: the source's import settings scaled "
+                         f"x{factor:g}, {'its GUID kept' if old else 'a new GUID'}")
+        out.append((_rel(root, dest.with_name(dest.name + ".meta")), text))
+    if source.with_name(source.name + ".import").is_file() and same:
+        notes.append("Godot .import left as it was (uid kept); Godot re-imports the new pixels")
+    sheet = source.with_suffix(".json")
+    if sheet.is_file():
+        raw = _read(sheet)
+        fmt = detect_format(sheet.name, raw)
+        if fmt in ("aseprite", "texturepacker") and float(factor).is_integer():
+            text, _ = scale_metadata(fmt, raw, int(factor), image_name=dest.name)
+            out.append((_rel(root, dest.with_suffix(".json")), text))
+            notes.append(f"{fmt} sheet {dest.with_suffix('.json').name}: frames scaled "
+                         f"x{factor:g}")
+        elif fmt is not None:
+            notes.append(f"{sheet.name} was not rewritten: sheet metadata needs an integer scale")
+    return out, notes
+
+
+def write_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
+                   max_side: int, keep_game_size: bool = True) -> Writeback:
+    """Write the planned sidecars atomically; report what was written and LFS routing."""
+    planned, notes = plan_sidecars(root, source_rel, dest_rel, factor=factor,
+                                   max_side=max_side, keep_game_size=keep_game_size)
+    done = Writeback(notes=notes)
+    for rel, text in planned:
+        path = root / rel
+        if not path.resolve().is_relative_to(root.resolve()):
+            continue  # a symlinked sidecar leading out of the repo is never followed
+        current = _read(path) if path.is_file() else None
+        if current == text:
+            continue
+        atomic_write(path, text.encode("utf-8"))
+        done.written.append(rel)
+    lfs, note = lfs_status(root, dest_rel)
+    done.lfs = lfs
+    if note:
+        done.notes.append(note)
+    return done
+
+
+def lfs_status(root: Path, rel: str) -> tuple[bool, str | None]:
+    """Whether ``.gitattributes`` route ``rel`` to Git LFS, and a note for the job."""
+    attr = _git(root, "check-attr", "filter", "--", rel)
+    if attr is None or not attr.stdout.strip().endswith(": lfs"):
+        return False, None
+    clean = _git(root, "config", "--get", "filter.lfs.clean")
+    if clean is None or not clean.stdout.strip():
+        return True, (f"{rel} is routed to Git LFS by .gitattributes, but the LFS filter is not "
+                      "installed here (run `git lfs install`); a commit would store the whole "
+                      "file in git")
+    return True, f"{rel} is routed to Git LFS by .gitattributes; git add stores an LFS pointer"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc if proc.returncode == 0 else None
+
+
+def _read(path: Path) -> str:
+    with open(path, encoding="utf-8", newline="") as fh:  # keep \r\n exactly
+        return fh.read()
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
