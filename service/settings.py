@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite file in data_dir
     broker_url: str | None = None  # redis://...; None = embedded executor
 
+    # shared artifact store (several hosts)
+    artifacts_url: str | None = Field(  # s3://bucket/prefix; None = data_dir/artifacts
+        default=None, pattern=r"^s3://[^/]+(/.*)?$")
+    s3_endpoint_url: str | None = None  # MinIO, R2, ...; None = AWS
+    s3_region: str | None = None  # None = us-east-1 (R2: auto)
+    s3_access_key_id: str | None = Field(  # None = boto3's chain (instance role, ~/.aws)
+        default=None, validation_alias=AliasChoices("AAT_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"))
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AAT_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"))
+
     # HTTP API
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)

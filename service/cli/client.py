@@ -233,15 +233,27 @@ def models_delete(name: str = typer.Argument(..., help="LoRA file name.")) -> No
     _out.print(f"deleted {name}", highlight=False)
 
 
-def doctor() -> None:
-    """Check settings, store, broker, RunPod endpoints and the API; say what to fix."""
-    from service.cli.doctor import run_checks
+def doctor(
+    check: list[str] = typer.Option(
+        [], "--check", help="Run only this check (repeatable): store, broker, runners, "
+        "artifacts, gpu, api."),
+    this_host: bool = typer.Option(False, "--this-host", help="runners: only the ones on this "
+                                   "machine (a container's health check)."),
+) -> None:
+    """Check settings, store, broker, runners, artifact store, RunPod endpoints and the API;
+    say what to fix."""
+    from service.cli.doctor import CHECKS, run_checks
 
+    unknown = sorted(set(check) - set(CHECKS))
+    if unknown:
+        typer.echo(f"error [invalid_params]: unknown check {', '.join(unknown)}; choose from "
+                   f"{', '.join(CHECKS)}", err=True)
+        raise typer.Exit(2)
     failed = 0
-    for check in run_checks():
-        mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
-        _out.print(f"{mark:>14}  {check.name:<10} {escape(check.detail)}", soft_wrap=True,
+    for found in run_checks(check, this_host=this_host):
+        mark = "[green]ok[/]" if found.ok else "[red]FAIL[/]"
+        _out.print(f"{mark:>14}  {found.name:<10} {escape(found.detail)}", soft_wrap=True,
                    highlight=False)
-        failed += not check.ok
+        failed += not found.ok
     if failed:
         raise typer.Exit(1)

@@ -1,4 +1,5 @@
-"""`aat doctor`'s checks: settings, job store, broker, RunPod endpoints, the API.
+"""`aat doctor`'s checks: settings, job store, broker, job runners, artifact store, RunPod
+endpoints, the API.
 
 Each check returns a :class:`Check` whose ``detail`` says what was found or, on failure, what
 to change. Checks never raise: a broken dependency is a finding, not a crash.
@@ -7,12 +8,16 @@ to change. Checks never raise: a broken dependency is a finding, not a crash.
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
 from service.core.errors import AatError
 from service.settings import Settings, load_settings
+
+RUNNER_PING_S = 3.0
 
 
 @dataclass
@@ -124,14 +129,63 @@ def check_api(settings: Settings) -> Check:
     return Check("api", True, f"{url} v{version} ready")
 
 
-def run_checks() -> list[Check]:
-    """All checks in order; later checks are skipped when the settings do not load."""
+def check_runners(settings: Settings, *, this_host: bool = False) -> Check:
+    """Job runners answering a Celery ping through the broker (``this_host``: only runners
+    named after this machine's host name, the container health check)."""
+    if not settings.broker_url:
+        return Check("runners", True, "none needed: `aat up` runs jobs in-process")
+    try:
+        from service.jobs.celery_app import make_celery
+
+        app = make_celery(settings)
+        try:
+            replies = app.control.ping(timeout=RUNNER_PING_S) or []
+        finally:
+            app.close()
+    except Exception as exc:  # report, do not crash
+        return Check("runners", False, f"could not ask the broker: {exc}")
+    names = sorted(name for reply in replies for name in reply)
+    if this_host:
+        names = [n for n in names if n.rpartition("@")[2] == socket.gethostname()]
+    if not names:
+        where = f" on {socket.gethostname()}" if this_host else ""
+        return Check("runners", False, f"no job runner answered{where} within "
+                     f"{RUNNER_PING_S:g} s; start one with `aat runner`")
+    return Check("runners", True, f"{len(names)} alive: {', '.join(names)}"[:300])
+
+
+def check_artifacts(settings: Settings) -> Check:
+    """The artifact store accepts a write and gives it back (the bucket, when configured)."""
+    from service.storage.stores import open_artifacts
+
+    try:
+        artifacts = open_artifacts(settings)
+        return Check("artifacts", True, artifacts.probe())
+    except AatError as exc:
+        return Check("artifacts", False, exc.message)
+    except Exception as exc:  # report, do not crash
+        return Check("artifacts", False, f"{settings.artifacts_url or settings.data_dir}: "
+                     f"{str(exc).splitlines()[0][:200]}")
+
+
+CHECKS = ("store", "broker", "runners", "artifacts", "gpu", "api")
+
+
+def run_checks(only: list[str] | None = None, *, this_host: bool = False) -> list[Check]:
+    """The checks named in ``only`` (default all, in :data:`CHECKS` order); later checks are
+    skipped when the settings do not load."""
     try:
         settings = load_settings()
     except AatError as exc:
         return [Check("settings", False, exc.message)]
     token = "set" if settings.api_token else "not set (loopback only)"
     found = [Check("settings", True, f"data {settings.data_dir}, API token {token}")]
-    for check in (check_store, check_broker, check_gpu, check_api):
-        found.append(check(settings))
+    table: dict[str, Callable[[Settings], Check]] = {
+        "store": check_store, "broker": check_broker,
+        "runners": lambda s: check_runners(s, this_host=this_host),
+        "artifacts": check_artifacts, "gpu": check_gpu, "api": check_api,
+    }
+    for name in CHECKS:
+        if not only or name in only:
+            found.append(table[name](settings))
     return found

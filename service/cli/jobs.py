@@ -50,14 +50,14 @@ def gc(
 ) -> None:
     """Delete stored inputs, outputs and cached tiles of old finished jobs."""
     from service.settings import load_settings
-    from service.storage.artifacts import ArtifactStore
     from service.storage.gc import collect_garbage
     from service.storage.job_store import SqlJobStore
+    from service.storage.stores import open_artifacts
 
     try:
         settings = load_settings()
         report = collect_garbage(SqlJobStore(settings.effective_database_url),
-                                 ArtifactStore(settings.data_dir / "artifacts"),
+                                 open_artifacts(settings),
                                  days=settings.gc_days if days is None else days,
                                  dry_run=dry_run)
     except AatError as exc:

@@ -20,8 +20,8 @@ from celery import Celery, signals
 
 from service.jobs.runner import RunContext, run_one
 from service.settings import Settings, load_settings
-from service.storage.artifacts import ArtifactStore
 from service.storage.job_store import SqlJobStore
+from service.storage.stores import open_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def context() -> RunContext:
     if pid not in _ctx:
         settings = load_settings()
         _ctx[pid] = RunContext(settings, SqlJobStore(settings.effective_database_url),
-                               ArtifactStore(settings.data_dir / "artifacts"))
+                               open_artifacts(settings))
     return _ctx[pid]
 
 

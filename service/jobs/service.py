@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
+from service.storage.stores import open_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,8 @@ class JobService:
         if row.status != JobStatus.succeeded or not row.output_sha256:
             raise JobError(f"job {job_id} is {row.status.value}; the result exists once it "
                            "has succeeded", code="not_ready")
-        path = self.artifacts.path("outputs", row.output_sha256, row.output_ext)
-        if not path.exists():
+        path = self.artifacts.local_file("outputs", row.output_sha256, row.output_ext)
+        if path is None:
             raise NotFound(f"the result of job {job_id} was garbage-collected; submit it again")
         return path, MEDIA_TYPES.get(row.output_ext, "application/octet-stream")
 
@@ -230,5 +231,5 @@ def build_job_service(settings: Settings) -> JobService:
     from service.jobs.executor import make_executor
 
     store = SqlJobStore(settings.effective_database_url)
-    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    artifacts = open_artifacts(settings)
     return JobService(settings, store, artifacts, make_executor(settings, store, artifacts))

@@ -38,7 +38,7 @@ def collect_garbage(store: SqlJobStore, artifacts: ArtifactStore, *, days: float
         keep.update(k for k in (row.input_sha256, row.output_sha256) if k)
         keep.update(t["cache_key"] for t in store.get_tiles(row.id) if t["cache_key"])
     cutoff_ts = time.time() - days * 86400
-    young = {p.name.split(".", 1)[0] for p in artifacts.files() if p.stat().st_mtime >= cutoff_ts}
+    young = {e.key for e in artifacts.entries() if e.mtime >= cutoff_ts}
     files, size = artifacts.delete_unreferenced(keep | young, dry_run=dry_run)
     log.info("gc: %d old jobs, %d files (%d bytes) %s", len(old_ids), files, size,
              "would be deleted" if dry_run else "deleted")

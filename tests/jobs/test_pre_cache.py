@@ -12,7 +12,7 @@ from jobs_helpers import png, small_params, wait_until
 
 from service.jobs.pre_cache import CachedUpscaler, cached_upscaler
 from service.jobs.service import build_job_service
-from service.storage.artifacts import ArtifactStore
+from service.storage.artifacts import LocalArtifactStore
 from service.upscalers.registry import get_upscaler
 
 
@@ -36,7 +36,7 @@ class Counting:
 
 
 def test_a_model_upscale_runs_once_per_input_and_size(tmp_path: Path) -> None:
-    store, inner = ArtifactStore(tmp_path), Counting()
+    store, inner = LocalArtifactStore(tmp_path), Counting()
     cached = CachedUpscaler(inner, store)
     rgb = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     first = cached.upscale(rgb, 64, 64)
