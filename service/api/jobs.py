@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.intake import JobFromPath, parse_submission
+from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
 from service.api.problems import problem_responses
 from service.core.jobs import JobPublic, JobStatus
@@ -133,6 +134,7 @@ async def submit_job(
         alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
 ) -> JobPublic:
     sub = await parse_submission(request, settings)
+    await check_lora_names(request, sub.params)
     if sub.path is not None:
         job, created = await run_in_threadpool(
             jobs.submit_path, sub.path, params=sub.params, target=sub.target,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -24,6 +25,7 @@ from service.api.problems import ApiError, problem_responses
 from service.backends.base import GpuBackend
 from service.core.contracts import ModelInfo
 from service.core.errors import InputError, WorkerError
+from service.core.params import UpscaleParams
 from service.settings import Settings
 
 NAME_RE = r"^[A-Za-z0-9._ -]{1,200}$"
@@ -83,10 +85,73 @@ async def _worker_errors() -> AsyncIterator[None]:
         raise ApiError(status, exc.code, exc.message) from exc
 
 
+# How long the worker's LoRA list is trusted at submit (uploads and deletes here refresh it).
+LORA_LIST_TTL_S = 30.0
+
+
+class LoraCatalog:
+    """The upscale worker's LoRA names, cached for ``ttl_s``, so a submit naming LoRAs is
+    checked without a RunPod round trip each time. A name missing from the cached list
+    refreshes it once before it is refused (it may have been uploaded elsewhere)."""
+
+    def __init__(self, ttl_s: float = LORA_LIST_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._names: frozenset[str] = frozenset()
+        self._expires = 0.0
+
+    def invalidate(self) -> None:
+        self._expires = 0.0
+
+    def remember(self, models: list[ModelInfo]) -> None:
+        self._names = frozenset(m.name for m in models)
+        self._expires = time.monotonic() + self.ttl_s
+
+    async def names(self, backend: GpuBackend, *, fresh: bool = False) -> frozenset[str]:
+        if fresh or time.monotonic() >= self._expires:
+            async with _worker_errors():
+                self.remember(await backend.list_models())
+        return self._names
+
+
+def _catalog(request: Request) -> LoraCatalog:
+    catalog: LoraCatalog | None = getattr(request.app.state, "lora_catalog", None)
+    if catalog is None:
+        catalog = request.app.state.lora_catalog = LoraCatalog()
+    return catalog
+
+
+async def check_lora_names(request: Request, params: UpscaleParams) -> None:
+    """Refuse a job at submit whose LoRAs the upscale worker does not have (422
+    ``lora_not_found``), or that names LoRAs where no GPU backend can apply them (422
+    ``lora_unavailable``), instead of failing at refine time or succeeding without them."""
+    if not params.loras:
+        return
+    backend: GpuBackend | None = request.app.state.backend
+    if backend is None:
+        raise ApiError(422, "lora_unavailable",
+                       "LoRAs need a GPU backend and this service has none (it upscales on the "
+                       "CPU only); set RUNPOD_API_KEY and RUNPOD_UPSCALE_ENDPOINT_ID, or drop "
+                       "the loras parameter")
+    catalog = _catalog(request)
+    wanted = [lora.name for lora in params.loras]
+    known = await catalog.names(backend)
+    if not set(wanted) <= known:
+        known = await catalog.names(backend, fresh=True)
+    missing = [name for name in wanted if name not in known]
+    if missing:
+        have = ", ".join(sorted(known)[:10]) or "none"
+        raise ApiError(422, "lora_not_found",
+                       f"LoRA {missing[0]!r} is not on the upscale worker (available: {have}); "
+                       "upload it first with POST /v1/models or `aat models upload`")
+
+
 @router.get("", response_model=ModelList, summary="LoRAs on the upscale worker's volume")
-async def list_models(backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
+async def list_models(request: Request,
+                      backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
     async with _worker_errors():
-        return ModelList(models=await backend.list_models())
+        models = await backend.list_models()
+    _catalog(request).remember(models)
+    return ModelList(models=models)
 
 
 @router.post("", response_model=ModelInfo, status_code=201,
@@ -105,6 +170,7 @@ async def upload_model(
         raise _bad(f"{filename!r} is not a .safetensors name")
     data = await read_capped(request, settings.max_model_bytes)
     check_safetensors(data)
+    _catalog(request).invalidate()
     async with _worker_errors():
         return await backend.upload_model(filename, data)
 
@@ -112,9 +178,11 @@ async def upload_model(
 @router.delete("/{name}", status_code=204, response_class=Response,
                summary="Delete a LoRA", responses=problem_responses(404, 422))
 async def delete_model(
+    request: Request,
     name: Annotated[str, Path(pattern=NAME_RE)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> Response:
+    _catalog(request).invalidate()
     async with _worker_errors():
         await backend.delete_model(name)
     return Response(status_code=204)

@@ -96,3 +96,57 @@ def test_doctor_checks_the_runpod_endpoints_and_the_api(
     monkeypatch.setenv("RUNPOD_API_KEY", "not-the-key")
     gpu = {c.name: c for c in run_checks()}["gpu"]
     assert not gpu.ok and "RUNPOD_API_KEY" in gpu.detail
+
+
+def test_a_job_naming_an_unknown_lora_is_refused_at_submit(
+        live_server, runpod_emulator, runpod_settings) -> None:
+    """Checked against the worker's list when submitted (not at refine time on a paid GPU),
+    and a LoRA uploaded through the API is known at once."""
+    from apitest_helpers import png_bytes
+
+    emulator = runpod_emulator(workers=1)
+    server = live_server(runpod_settings(emulator))
+    octet = {"Content-Type": "application/octet-stream"}
+    with server.client() as http:
+        unknown = http.post("/v1/jobs", params={"filename": "a.png", "loras": "moss.safetensors"},
+                            content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert unknown.status_code == 422, unknown.text
+        assert unknown.json()["code"] == "lora_not_found"
+        assert "moss.safetensors" in unknown.json()["detail"]
+        assert "upload it first" in unknown.json()["detail"]
+        assert http.get("/v1/jobs").json()["items"] == []  # no job was created
+        assert http.post("/v1/models", params={"filename": "moss.safetensors"},
+                         content=safetensors_bytes(), headers=octet).status_code == 201
+        known = http.post("/v1/jobs", params={"filename": "a.png", "loras": "moss.safetensors:0.7"},
+                          content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert known.status_code == 202, known.text
+        assert known.json()["params"]["loras"] == [{"name": "moss.safetensors", "weight": 0.7}]
+
+
+def test_loras_without_a_gpu_backend_are_refused_at_submit(queued_server) -> None:
+    from apitest_helpers import png_bytes
+
+    with queued_server(backend="none").client() as http:
+        none = http.post("/v1/jobs", params={"filename": "a.png", "loras": "moss.safetensors"},
+                         content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert none.status_code == 422 and none.json()["code"] == "lora_unavailable", none.text
+        assert http.get("/v1/jobs").json()["items"] == []
+
+
+def test_the_emulated_worker_refuses_unknown_loras_like_the_real_one(runpod_emulator) -> None:
+    import httpx
+
+    from service.core.contracts import TileIn, UpscaleRequest
+    from service.core.params import LoraSpec
+    from workers.common.imageref import encode_image_ref
+
+    emulator = runpod_emulator(workers=1)
+    tile = TileIn(tile_id="0", image=encode_image_ref(np.zeros((8, 8, 3), np.uint8)), seed=1)
+    request = UpscaleRequest(tiles=[tile], loras=[LoraSpec(name="ghost.safetensors")])
+    resp = httpx.post(f"{emulator.url}/upscale/runsync",
+                      headers={"Authorization": f"Bearer {emulator.api_key}"},
+                      json={"input": request.model_dump(mode="json")}, timeout=30)
+    body = resp.json()
+    assert body["status"] == "FAILED", body
+    err = json.loads(body["error"])
+    assert err["code"] == "lora_not_found" and err["retryable"] is False, err

@@ -67,6 +67,8 @@ def make_handler(*, tint_tiles: bool = True, models_dir: Path | None = None
     folder = models_dir or Path(tempfile.mkdtemp(prefix="aat-echo-loras-"))
 
     def upscale(req: UpscaleRequest) -> UpscaleResponse:
+        for lora in req.loras:  # refused like the real worker: lora_not_found, not retryable
+            models.resolve(lora.name, folder)
         out = []
         for t in req.tiles:
             arr = decode_to_array(t.image)
