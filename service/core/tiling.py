@@ -36,7 +36,7 @@ from service.core.errors import ParamsError
 
 MAX_TILES = 65536  # a plan larger than this is a mistake (tiny tiles, huge overlap), not a job
 SeamFixMode = Literal["offset", "band"]
-PlanKind = Literal["grid", "offset", "band"]
+PlanKind = Literal["grid", "offset", "band", "cells"]  # cells: per spritesheet cell (core.cells)
 
 
 @dataclass(frozen=True)
