@@ -87,6 +87,11 @@ class Detection:
     def hint(self, key: str) -> str | None:
         return dict(self.hints).get(key)
 
+    def summary(self) -> str:
+        """One line for the job record: ``by name: file name ends in _n (green: opengl)``."""
+        extra = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in self.hints)
+        return f"{self.by}: {self.reason}" + (f" ({extra})" if extra else "")
+
 
 def name_words(filename: str) -> list[str]:
     """Lower-case words of a file name's stem, without trailing size/version words."""

@@ -111,7 +111,11 @@ def blend_sheet(sheet: SheetPlan, get_tile: Callable[[int], np.ndarray], base: n
     channels = 1 if base.ndim == 2 else base.shape[2]
     for cell in sheet.cells:
         x, y, w, h = cell.box
-        blended = blend_tiles(cell.plan, lambda j, c=cell: get_tile(c.first + j),
-                              channels=channels, dtype=base.dtype)
+        blended = blend_tiles(cell.plan, _offset(get_tile, cell.first), channels=channels,
+                              dtype=base.dtype)
         out[y:y + h, x:x + w] = blended if base.ndim == 3 else blended[:, :, 0]
     return out
+
+
+def _offset(get_tile: Callable[[int], np.ndarray], first: int) -> Callable[[int], np.ndarray]:
+    return lambda j: get_tile(first + j)

@@ -95,6 +95,16 @@ class JobOutput(BaseModel):
     upscaler: str
     backend: str
     delivered_path: str | None = None
+    warnings: list[str] = Field(default_factory=list, description=(
+        "What the user should know about the result, e.g. transparency composited onto a "
+        "matte for a format without alpha."))
+    notes: list[str] = Field(default_factory=list, description=(
+        "Engine write-back: Unity .meta kept/scaled, Godot .import left alone, sheet JSON "
+        "written, Git LFS routing."))
+    sidecars: list[str] = Field(default_factory=list, description=(
+        "Engine metadata files written beside the delivered image (repo-relative)."))
+    lfs: bool = Field(default=False, description=(
+        "The delivered path is routed to Git LFS by the repo's .gitattributes."))
 
 
 class JobErrorView(BaseModel):

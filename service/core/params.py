@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.core.alpha import parse_matte
-from service.core.assets import DETERMINISTIC, AssetTypeChoice, Detection
-from service.core.pixelart import PixelScaler
-from service.core.sheets import SheetParams, parse_sheet_spec
+from service.core.assets import DETERMINISTIC, AssetTypeChoice, Detection, detect_asset_type
+from service.core.errors import ParamsError
+from service.core.pixelart import PixelScaler, integer_factor
+from service.core.sheets import SheetParams, layout_for, parse_sheet_spec
 
 MAX_OUTPUT_SIDE = 16384
 
@@ -73,6 +75,9 @@ class UpscaleParams(BaseModel):
         "What kind of game art this is; decides the path. auto: detected at submit from the "
         "file name (_n, _normal, _orm, _rough, _h, ...) and the pixels. normal, mask and "
         "pixel_art never diffuse."))
+    asset_reason: str | None = Field(default=None, max_length=300, description=(
+        "Set by the service when the job is submitted: why this asset_type was used "
+        "(read-only; a value sent in is replaced)."))
     sheet: SheetParams | None = Field(default=None, description=(
         "Process a spritesheet cell by cell (tiles never cross a cell border). Also accepts "
         "a string: '8x4' (COLSxROWS), 'cell=32x32,margin=1,spacing=2'."))
@@ -141,13 +146,37 @@ class UpscaleParams(BaseModel):
         """These params with ``asset_type`` resolved, and the defaults that suit the type for
         every knob the user did not set: UI diffuses more gently, a wrapping texture is
         tileable."""
-        changes: dict[str, object] = {"asset_type": detection.asset_type}
+        changes: dict[str, object] = {"asset_type": detection.asset_type,
+                                      "asset_reason": detection.summary()}
         chosen = self.model_fields_set
         if detection.asset_type == "ui" and "strength" not in chosen:
             changes["strength"] = min(self.strength, 0.25)
         if detection.hint("tileable") == "true" and "tileable" not in chosen:
             changes["tileable"] = True
         return self.model_copy(update=changes)
+
+    def resolved_for(self, filename: str | None, rgb: np.ndarray,
+                     alpha: np.ndarray | None = None) -> UpscaleParams:
+        """These params for one decoded input: ``asset_type`` resolved (with its reason and the
+        type's defaults, :meth:`for_asset`), and the sheet and pixel-art geometry checked
+        (ParamsError with a clear message when a sheet does not fit or a scale is not an
+        integer where one is needed). Called once, when a job is submitted or `aat upscale`
+        starts, so a job never changes its mind later."""
+        height, width = rgb.shape[:2]
+        resolved = self.for_asset(detect_asset_type(filename, rgb, alpha,
+                                                    requested=self.asset_type))
+        out_w, out_h = resolved.target_size(width, height)
+        if resolved.sheet is not None:
+            layout_for(resolved.sheet, width, height)
+            if integer_factor((width, height), (out_w, out_h)) is None:
+                raise ParamsError(f"a spritesheet needs an integer scale (2, 3, 4...); "
+                                  f"{width}x{height} -> {out_w}x{out_h} is not one",
+                                  code="sheet_invalid")
+        if resolved.asset_type == "pixel_art" and \
+                integer_factor((width, height), (out_w, out_h)) is None:
+            raise ParamsError(f"pixel art needs an integer scale (2, 3, 4...); {width}x{height}"
+                              f" -> {out_w}x{out_h} is not one; or choose another asset_type")
+        return resolved
 
     def canonical_json(self) -> str:
         """Stable JSON (sorted keys, no whitespace) used in dedupe keys."""

@@ -28,6 +28,7 @@ class IntakeInfo:
     output_format: str
     output_ext: str
     label: str  # naming suffix for `suffix` delivery, e.g. "_x2"
+    params: UpscaleParams  # resolved for this input: asset type (and why), sheet checked
 
 
 def limits_for(settings: Settings) -> ImageLimits:
@@ -44,14 +45,18 @@ def naming_label(params: UpscaleParams, width: int, height: int) -> str:
     return f"_{out_w}x{out_h}"
 
 
-def probe_image(data: bytes, params: UpscaleParams, settings: Settings) -> IntakeInfo:
-    """Decode ``data`` fully (catching truncation) and check the output size; raises ImageError."""
+def probe_image(data: bytes, params: UpscaleParams, settings: Settings,
+                filename: str | None = None) -> IntakeInfo:
+    """Decode ``data`` fully (catching truncation), check the output size and resolve the
+    params for this input (:meth:`UpscaleParams.resolved_for`: ``asset_type`` from the file
+    name and pixels); raises ImageError/ParamsError."""
     limits = limits_for(settings)
     loaded = load_image(data, limits=limits)
+    params = params.resolved_for(filename, loaded.rgb, loaded.alpha)
     out_w, out_h = params.target_size(loaded.width, loaded.height)
     check_output_size(out_w, out_h, limits)
     fmt = output_format_for(loaded.format, params.output_format)
     return IntakeInfo(width=loaded.width, height=loaded.height, format=loaded.format,
                       ext=INPUT_EXT.get(loaded.format, ".img"), output_format=fmt,
                       output_ext=EXT_FOR_FORMAT[fmt],
-                      label=naming_label(params, loaded.width, loaded.height))
+                      label=naming_label(params, loaded.width, loaded.height), params=params)

@@ -32,7 +32,7 @@ from service.jobs.refine import After, Resume, TileWork, caption_one, derive_see
 from service.jobs.runner import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
 from service.render import Assembly, Prepared, Rendered, finish, fix_tile, prepare
-from service.storage.game_repo import deliver
+from service.storage.game_repo import SidecarSpec, deliver
 from service.storage.job_store import JobRow, LeaseLost
 from service.upscalers.registry import get_upscaler
 
@@ -165,9 +165,15 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=naming_label(params, row.input_width, row.input_height),
                        last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel),
-                       input_sha256=row.input_sha256)
+                       input_sha256=row.input_sha256,
+                       sidecars=SidecarSpec(factor=prepared.width / row.input_width,
+                                            max_side=max(prepared.width, prepared.height),
+                                            keep_game_size=params.keep_game_size))
         ctx.store.record_delivery(target.repo, done.rel, sha, job_id)
         output["delivered_path"] = done.rel
+        if done.sidecars is not None:
+            output.update(notes=done.sidecars.notes, sidecars=done.sidecars.written,
+                          lfs=done.sidecars.lfs)
     last = run.owned()  # once the result is in the repo, a late cancel cannot undo it
     stages = {k: {"done": v["total"], "total": v["total"]} for k, v in last.stages.items()}
     timings = {**last.timings, "deliver": round(time.monotonic() - run._stage_started, 3),

@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
+from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ class JobService:
                target: TargetSpec | None = None, idempotency_key: str | None = None
                ) -> tuple[JobPublic, bool]:
         """Validate, store and queue one job; ``(job, False)`` when it already existed."""
-        info = probe_image(data, params, self.settings)  # raises ImageError/ParamsError
+        if target is not None and params.sheet is None:
+            params = self._sheet_beside(target, params)
+        info = probe_image(data, params, self.settings, filename)  # raises ImageError/ParamsError
+        params = info.params  # asset type resolved here, stored, and part of the dedupe key
         if params.style_image_sha256 and not self.artifacts.find(
                 "inputs", params.style_image_sha256):
             raise ParamsError(f"no style image {params.style_image_sha256[:12]}…; upload it "
@@ -102,6 +106,15 @@ class JobService:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self._dispatch(row.id)
         return to_public(row), created
+
+    def _sheet_beside(self, target: TargetSpec, params: UpscaleParams) -> UpscaleParams:
+        """A source in a repo with sheet metadata beside it (``hero.json`` from Aseprite or
+        TexturePacker, or a Unity ``.meta`` with several sprites) is processed cell by cell."""
+        root = self.settings.repos.get(target.repo)
+        if root is None:
+            return params
+        found = sheet_beside(Path(root), target.path)
+        return params if found is None else params.model_copy(update={"sheet": found})
 
     def _refuse_key_reuse(self, idempotency_key: str, key: str) -> None:
         """Same ``Idempotency-Key`` with another image, params or target: refused (422, as the

@@ -30,7 +30,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.core.sheets import detect_format, scale_metadata
+from service.core.sheets import SheetParams, detect_format, read_cells, scale_metadata
 from service.core.unity_meta import guid_of, new_meta, scale_meta
 from service.storage.atomic import atomic_write
 
@@ -83,6 +83,29 @@ def plan_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
         elif fmt is not None:
             notes.append(f"{sheet.name} was not rewritten: sheet metadata needs an integer scale")
     return out, notes
+
+
+def sheet_beside(root: Path, source_rel: str) -> SheetParams | None:
+    """The cells of a spritesheet whose metadata sits beside ``source_rel`` in the repo: an
+    Aseprite/TexturePacker ``<stem>.json`` or a Unity ``<image>.meta`` with two or more sprite
+    rects; ``None`` when there is none (or it cannot be read)."""
+    from PIL import Image  # noqa: PLC0415 - only the header is read
+
+    source = root / source_rel.replace("\\", "/")
+    try:
+        if not source.resolve().is_relative_to(root.resolve()) or not source.is_file():
+            return None
+        with Image.open(source) as im:
+            height = im.size[1]
+        for meta in (source.with_suffix(".json"), source.with_name(source.name + ".meta")):
+            if not meta.is_file() or detect_format(meta.name, text := _read(meta)) is None:
+                continue
+            _, cells = read_cells(meta.name, text, height)
+            if len(cells) >= 2:
+                return SheetParams(cells=cells)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def write_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
