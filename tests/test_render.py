@@ -15,7 +15,8 @@ from service.core.imaging import ImageLimits, LoadedImage, encode_image, load_im
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
 from service.core.seams import lrs, tcd
-from service.render import Assembly, AssemblyAborted, blend, finish, fix_tile, prepare, render
+from service.pipeline.assembly import Assembly, AssemblyAborted, blend, finish, fix_tile, render
+from service.pipeline.prepare import prepare
 from service.upscalers.registry import get_upscaler
 
 ROOT = Path(__file__).resolve().parents[1]

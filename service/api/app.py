@@ -23,6 +23,7 @@ from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.problems import add_problem_schema, install_problem_handlers
 from service.backends.base import GpuBackend
+from service.backends.factory import make_backend
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,20 +34,6 @@ DESCRIPTION = (
     "<AAT_API_TOKEN>` on every route except `/v1/health`. Errors are application/problem+json "
     "with a stable `code`."
 )
-
-
-def build_backend(settings: Settings) -> GpuBackend | None:
-    """The GPU backend named by the settings, or ``None`` for ``none``."""
-    kind = settings.effective_backend
-    if kind == "runpod":
-        from service.backends.runpod import RunPodBackend
-
-        return RunPodBackend(settings)  # type: ignore[return-value]
-    if kind == "local":
-        from service.backends.local import LocalBackend
-
-        return LocalBackend(settings)  # type: ignore[return-value]
-    return None
 
 
 def _lifespan(job_service: JobServicePort | None, backend: GpuBackend | None,
@@ -79,7 +66,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     """The API for ``settings``; ``job_service``/``backend`` default to ones built from them."""
     owns_backend = backend is None
     if backend is None:
-        backend = build_backend(settings)
+        backend = make_backend(settings)
     app = FastAPI(
         title="AI Assets Toolbox API", version=package_version(), description=DESCRIPTION,
         lifespan=_lifespan(job_service, backend, owns_backend),

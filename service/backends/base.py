@@ -1,10 +1,11 @@
 """The `GpuBackend` port: what the orchestrator asks of a GPU (captions, refined tiles, LoRAs).
 
-Implementations: ``RunPodBackend`` (service/backends/runpod.py, remote serverless workers) and
-``LocalBackend`` (service/backends/local.py, the worker pipelines in-process on a local GPU).
-Without a GPU backend the orchestrator skips captioning and refining (backend ``none``).
+Implementations: ``RunPodBackend`` (``service/backends/runpod/``, remote serverless workers)
+and ``LocalBackend`` (``service/backends/local.py``, the worker pipelines in-process on a local
+GPU); :func:`service.backends.factory.make_backend` builds the configured one. Without a GPU
+backend the pipeline skips captioning and refining (backend ``none``).
 
-All calls are async and work on one tile at a time; the orchestrator runs up to
+All calls are async and work on one tile at a time; the pipeline runs up to
 ``max_concurrency()`` of them at once. Images are ``(H, W, 3) uint8`` RGB numpy arrays.
 Failures raise :class:`service.core.errors.BackendError` subclasses with ``code``/``retryable``.
 """
@@ -89,6 +90,13 @@ class GpuBackend(Protocol):
     async def refine(
         self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
     ) -> RefineResult: ...
+
+    async def resume(self, remote_id: str, tile: TileTask) -> RefineResult | None:
+        """The result of the refine of ``tile`` an earlier, interrupted attempt submitted as
+        ``remote_id`` (the id ``on_submitted`` reported), or None when this backend cannot pick
+        it up; the pipeline then refines the tile afresh. A backend without remote jobs
+        (``local``) always returns None."""
+        ...
 
     async def list_models(self) -> list[ModelInfo]: ...
 

@@ -157,6 +157,10 @@ class LocalBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def resume(self, remote_id: str, tile: TileTask) -> RefineResult | None:
+        """Nothing runs remotely here: an interrupted tile is refined again."""
+        return None
+
     async def list_models(self) -> list[ModelInfo]:
         from workers.upscale import models
 

@@ -89,9 +89,9 @@ def check_gpu(settings: Settings) -> Check:
     if kind == "none":
         return Check("gpu", True, _no_gpu_hint(settings))
     try:
-        from service.api.app import build_backend
+        from service.backends.factory import make_backend
 
-        backend = build_backend(settings)
+        backend = make_backend(settings)
         assert backend is not None
 
         async def probe() -> dict[str, object]:

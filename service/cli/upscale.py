@@ -1,7 +1,12 @@
 """`aat upscale` and `aat upscalers`: upscale one image file locally, write it atomically.
 
-Backend ``none`` runs the base upscale (best installed CPU upscaler, alpha kept) through the same
-tile/blend/finish pipeline the job runners use, without a GPU refine. Exit status 0 on success;
+The image goes through the same pipeline as a job (:mod:`service.pipeline`: prepare, then
+caption → refine → seam fix → blend on the chosen GPU backend); backend ``none`` runs the base
+upscale (best installed CPU upscaler, alpha kept) without a GPU refine. With the same input,
+parameters and ``--seed``, `aat upscale --backend runpod` and a job give the same pixels.
+Refined tiles and captions are cached in the data directory's artifact store, as a job's are,
+so running the same command again after an interruption pays only for the tiles that were not
+finished. Exit status 0 on success;
 on any failure one line ``error [code]: message`` on stderr, a non-zero status (2 for bad input,
 1 otherwise) and OUTPUT left exactly as it was (the file is written to a hidden temp name in the
 same folder, fsynced and renamed into place only when complete).
@@ -10,9 +15,12 @@ same folder, fsynced and renamed into place only when complete).
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
@@ -28,6 +36,9 @@ from service.core.errors import (
     PathError,
 )
 from service.core.params import UpscaleParams
+
+if TYPE_CHECKING:
+    from service.backends.base import CallAccounting
 
 log = logging.getLogger(__name__)
 _UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".dds", ".ico", ".hdr", ".avif")
@@ -55,6 +66,9 @@ def upscale(
     tile_size: int = typer.Option(1024, "--tile-size", help="Tile size in output px."),
     overlap: int = typer.Option(128, "--overlap", help="Overlap between tiles in px."),
     seam_fix: str = typer.Option("none", "--seam-fix", help="none, band or offset."),
+    colour_fix: str = typer.Option("wavelet", "--colour-fix", help="wavelet, adain or none: "
+                                   "pull each refined tile's colour back to the base upscale "
+                                   "(GPU backends)."),
     tileable: bool = typer.Option(False, "--tileable", help="Treat the input as a seamless "
                                   "texture: it stays seamless."),
     backend: str = typer.Option("none", "--backend", help="GPU backend for the diffusion "
@@ -81,6 +95,7 @@ def upscale(
     try:
         params = _params(scale=scale, width=width, height=height, upscaler=upscaler,
                          tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
+                         colour_fix=colour_fix,
                          tileable=tileable, output_format=output_format, prompt=prompt,
                          negative_prompt=negative_prompt, strength=strength, steps=steps,
                          cfg_scale=cfg_scale, seed=seed, caption=caption,
@@ -140,6 +155,7 @@ def _params(**values: object) -> UpscaleParams:
 def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, quality: int,
          step: _Step) -> str:
     """Read, upscale, encode and write; returns the one-line summary."""
+    from service.backends.factory import make_backend  # noqa: PLC0415
     from service.core.imaging import (  # noqa: PLC0415 - keep `aat --help` fast
         ImageLimits,
         encode_image,
@@ -147,8 +163,10 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
         load_image,
         output_format_for,
     )
-    from service.render import finish, prepare  # noqa: PLC0415
+    from service.pipeline.prepare import prepare  # noqa: PLC0415
+    from service.pipeline.stages import run_stages, stage_plan  # noqa: PLC0415
     from service.settings import load_settings  # noqa: PLC0415
+    from service.storage.stores import open_artifacts  # noqa: PLC0415
     from service.upscalers.base import tile_progress  # noqa: PLC0415
     from service.upscalers.realesrgan import hide_native_progress  # noqa: PLC0415
     from service.upscalers.registry import get_upscaler  # noqa: PLC0415
@@ -182,18 +200,20 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     finally:
         tile_progress.reset(token)
     step("tiles")
-    gpu = None
-    if backend != "none":  # caption + refine (+ seam fix) tiles on a GPU backend
-        from service.cli.gpu import refine_prepared  # noqa: PLC0415
-
-        gpu = refine_prepared(prepared, params, backend, settings)
-    rendered = finish(prepared, gpu.refined if gpu else None, params,
-                      seam_refined=gpu.seam_refined if gpu else None)
+    plan = stage_plan(params, can_caption=settings.can_caption(backend))
+    if backend != "none" and params.caption and not plan.runs("caption"):
+        _err_console.print("warning: no RUNPOD_CAPTION_ENDPOINT_ID: tiles are refined without "
+                           "captions", markup=False, highlight=False)
+    gpu = make_backend(settings, backend) if backend != "none" and plan.diffuses else None
+    seed = params.seed if params.seed is not None else secrets.randbits(32)
+    report = _Report(step)
+    rendered = run_stages(prepared, gpu, plan, seed=seed, observer=report,
+                          cache=open_artifacts(settings))
     step("encode")
     meta = {"upscaler": rendered.model, "backend": backend, "size":
             f"{prepared.width}x{prepared.height}"}
     if gpu is not None:
-        meta["seed"] = str(gpu.seed)
+        meta["seed"] = str(seed)
     encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta)
     step("write")
     _write(output, encoded)
@@ -203,8 +223,9 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
         _err_console.print("warning: JPEG has no alpha; transparency was dropped",
                            markup=False, highlight=False)
     alpha = "with alpha" if rendered.alpha is not None and fmt != "jpeg" else "no alpha"
+    gpu_note = f", seed {seed}{report.summary()}" if gpu is not None else ""
     return (f"wrote {output} ({prepared.width}x{prepared.height} {fmt}, {alpha}, "
-            f"upscaler {rendered.model})")
+            f"upscaler {rendered.model}{gpu_note})")
 
 
 def _check_runpod_settings(settings: object) -> None:
@@ -236,6 +257,62 @@ def _write(output: Path, encoded: bytes) -> None:
     except OSError as exc:
         raise DeliveryError(f"could not write {output}: {exc.strerror or exc}; check the "
                             "folder's permissions and free space", retryable=False) from exc
+
+
+class _Report:
+    """What `aat upscale` hears from the pipeline (a ``PipelineObserver``): each stage's tile
+    count on the progress bar, and the tiles taken from the cache, RunPod jobs and cost summed
+    for the summary line (a job records the same sums in its row)."""
+
+    def __init__(self, step: _Step) -> None:
+        self._step = step
+        self._lock = threading.Lock()
+        self._stages: dict[str, list[int]] = {}  # name -> [done, total]
+        self.cached = self.remote_jobs = 0
+        self.cost_usd = 0.0
+
+    def stage(self, name: str, done: int, total: int, *, concurrent: bool = False) -> None:
+        with self._lock:
+            self._stages[name] = [done, total]
+        self._show(name)
+
+    def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
+        self._count("caption", cost)
+
+    def refined(self, stage: str, index: int, key: str, seed: int,
+                cost: CallAccounting | None) -> None:
+        self._count(stage, cost)
+
+    def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+        return None  # a run that stops cancels its remote jobs; finished tiles are cached
+
+    def check(self) -> None:
+        return None  # Ctrl-C stops the run
+
+    def summary(self) -> str:
+        """e.g. ``, 4 tiles from the cache, 12 RunPod jobs ~$0.0123`` (parts that are zero are
+        left out)."""
+        parts = []
+        if self.cached:
+            parts.append(f"{self.cached} tiles from the cache")
+        if self.remote_jobs:
+            parts.append(f"{self.remote_jobs} RunPod jobs ~${self.cost_usd:.4f}")
+        return "".join(", " + part for part in parts)
+
+    def _count(self, stage: str, cost: CallAccounting | None) -> None:
+        with self._lock:
+            counts = self._stages.setdefault(stage, [0, 0])
+            counts[0] += 1
+            if cost is None:
+                self.cached += stage != "caption"
+            else:
+                self.remote_jobs += len(cost.remote_job_ids)
+                self.cost_usd += cost.cost_usd
+        self._show(stage)
+
+    def _show(self, stage: str) -> None:
+        done, total = self._stages.get(stage, [0, 0])
+        self._step.detail(f"{stage} {done}/{total}" if total else stage)
 
 
 class _Step:

@@ -13,32 +13,16 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, field
 
 from service.core.errors import AatError, JobCanceled, JobError
 from service.core.jobs import JobStatus
-from service.settings import Settings
-from service.storage.artifacts import ArtifactStore
-from service.storage.job_store import LeaseLost, SqlJobStore
+from service.jobs.context import Interrupted, RunContext
+from service.jobs.orchestrator import run_job
+from service.storage.job_store import LeaseLost
 
 log = logging.getLogger(__name__)
 
-
-class Interrupted(JobError):
-    """The runner is shutting down; the job goes back to the queue."""
-
-    code = "runner_stopping"
-    drain = True  # tiles already in flight are finished and cached before stopping
-
-
-@dataclass
-class RunContext:
-    """Everything a runner needs, built once per process."""
-
-    settings: Settings
-    store: SqlJobStore
-    artifacts: ArtifactStore
-    stopping: threading.Event = field(default_factory=threading.Event)
+__all__ = ["Heartbeat", "Interrupted", "RunContext", "new_owner", "run_one"]
 
 
 def new_owner() -> str:
@@ -76,8 +60,6 @@ class Heartbeat:
 
 def run_one(ctx: RunContext, job_id: str) -> str:
     """Claim and run ``job_id``; returns the outcome (a status value, ``skipped``, ``lost``)."""
-    from service.jobs.orchestrator import run_job
-
     owner = new_owner()
     row = ctx.store.claim(job_id, owner, ctx.settings.lease_s)
     if row is None:

@@ -20,8 +20,8 @@ from service.backends.local import LocalBackend
 from service.core.errors import ConfigError, NotFound, ParamsError
 from service.core.jobs import JobStatus, TargetSpec
 from service.core.params import LoraSpec, UpscaleParams
-from service.jobs.refine import MemoryCache, TileWork, caption_tiles, refine_tiles
 from service.jobs.service import build_job_service
+from service.pipeline.refine import MemoryCache, TileWork, caption_tiles, refine_tiles
 from service.settings import Settings
 from workers.caption.pipeline import CaptionPipeline
 from workers.tiny import caption as tiny_caption

@@ -322,7 +322,7 @@ def test_the_in_flight_limit_grows_when_the_endpoint_scales_up(
         runpod_emulator, runpod_settings, monkeypatch):
     import httpx
 
-    from service.backends import runpod_limits
+    from service.backends.runpod import limits as runpod_limits
 
     monkeypatch.setattr(runpod_limits, "REFRESH_S", 0.2)
     emu = runpod_emulator(workers=0, latency_s=0.2)  # idle endpoint, scaled to zero

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from service.backends.runpod import RunPodBackend
-from service.backends.runpod_client import (
+from service.backends.runpod.client import (
     PollPolicy,
     RetryPolicy,
     RunPodClient,
@@ -129,7 +129,7 @@ def _safetensors(payload: bytes) -> bytes:
 
 
 def test_lora_upload_list_delete_round_trip(runpod_emulator, runpod_settings, monkeypatch):
-    import service.backends.runpod as rp
+    import service.backends.runpod.backend as rp
 
     monkeypatch.setattr(rp, "UPLOAD_CHUNK_BYTES", 1000)  # several chunks, several RunPod jobs
     emu = runpod_emulator()
@@ -169,7 +169,7 @@ def test_deleting_a_missing_lora_is_a_clear_worker_error(runpod_emulator, runpod
 
 def test_list_models_uses_runsync_and_polls_when_it_returns_early(
         runpod_emulator, runpod_settings, monkeypatch):
-    import service.backends.runpod as rp
+    import service.backends.runpod.backend as rp
 
     monkeypatch.setattr(rp, "RUNSYNC_WAIT_MS", 1000)  # the shortest wait RunPod allows
     emu = runpod_emulator(latency_s=1.4)

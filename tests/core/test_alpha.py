@@ -14,7 +14,7 @@ from PIL import Image
 from service.core.alpha import bleed_colour, is_opaque, recombine, split
 from service.core.imaging import ImageLimits, encode_image, load_image
 from service.core.params import UpscaleParams
-from service.render import render
+from service.pipeline.assembly import render
 from service.upscalers.registry import get_upscaler
 
 

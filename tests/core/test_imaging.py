@@ -214,7 +214,7 @@ def test_32_bit_integer_out_of_range() -> None:
 
 
 def test_truncated_loading_stays_off_after_imports() -> None:
-    import service.render  # noqa: F401
+    import service.pipeline.assembly  # noqa: F401
     import service.upscalers.registry  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False

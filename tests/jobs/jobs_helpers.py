@@ -12,8 +12,9 @@ from PIL import Image
 
 from service.core.imaging import ImageLimits, encode_image, load_image
 from service.core.params import UpscaleParams
-from service.jobs.refine import derive_seed
-from service.render import finish, fix_tile, prepare
+from service.pipeline.assembly import finish, fix_tile
+from service.pipeline.prepare import prepare
+from service.pipeline.refine import derive_seed
 from service.upscalers.registry import get_upscaler
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
 from workers.emulator.echo import tint

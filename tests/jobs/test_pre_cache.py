@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jobs_helpers import png, small_params, wait_until
 
-from service.jobs.pre_cache import CachedUpscaler, cached_upscaler
 from service.jobs.service import build_job_service
+from service.pipeline.pre_cache import CachedUpscaler, cached_upscaler
 from service.storage.artifacts import LocalArtifactStore
 from service.upscalers.registry import get_upscaler
 
@@ -49,7 +49,7 @@ def test_a_model_upscale_runs_once_per_input_and_size(tmp_path: Path) -> None:
 
 def test_a_rerun_job_reuses_the_pre_upscale(job_settings: Any,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="service.jobs.pre_cache")
+    caplog.set_level(logging.INFO, logger="service.pipeline.pre_cache")
     svc = build_job_service(job_settings())
     svc.start()
     job, _ = svc.submit(png(32), filename="a.png", params=small_params(upscaler="anime4k"))

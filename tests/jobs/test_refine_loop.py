@@ -14,7 +14,8 @@ from jobs_helpers import emulator, runpod_settings
 from service.backends.base import RefineOptions
 from service.backends.runpod import RunPodBackend
 from service.core.errors import JobCanceled, WorkerError
-from service.jobs.refine import (
+from service.pipeline.observer import Observer
+from service.pipeline.refine import (
     MemoryCache,
     TileWork,
     caption_input,
@@ -43,13 +44,18 @@ def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
         submitted: list[tuple[int, str]] = []
         done: list[tuple[int, bool]] = []
 
+        class Recorder(Observer):
+            def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+                submitted.append((index, remote_id))
+
+            def refined(self, stage: str, index: int, key: str, seed: int, cost: Any) -> None:
+                done.append((index, cost is None))
+
         async def run() -> dict[int, np.ndarray]:
             backend = _backend(emu)
             try:
-                return await refine_tiles(
-                    backend, work, RefineOptions(), cache,
-                    on_submitted=lambda i, _k, rid: submitted.append((i, rid)),
-                    on_done=lambda i, _k, res: done.append((i, res is None)))
+                return await refine_tiles(backend, work, RefineOptions(), cache,
+                                          observer=Recorder())
             finally:
                 await backend.aclose()
 
@@ -101,14 +107,15 @@ def test_cancellation_stops_the_loop_and_cancels_remote_jobs() -> None:
             backend = _backend(emu)
             calls = {"n": 0}
 
-            async def check() -> None:
-                calls["n"] += 1
-                if calls["n"] >= 3:
-                    raise JobCanceled("canceled by the user")
+            class Cancels(Observer):
+                def check(self) -> None:
+                    calls["n"] += 1
+                    if calls["n"] >= 3:
+                        raise JobCanceled("canceled by the user")
 
             try:
                 await refine_tiles(backend, _work(6), RefineOptions(), MemoryCache(),
-                                   check=check, poll_s=0.1)
+                                   observer=Cancels(), poll_s=0.1)
             finally:
                 await backend.aclose()
 

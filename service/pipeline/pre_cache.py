@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from service.jobs.refine import digest
+from service.pipeline.refine import digest
 from service.storage.artifacts import ArtifactStore
 from service.upscalers.base import Upscaler
 

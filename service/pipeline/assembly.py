@@ -1,29 +1,24 @@
-"""The local, synchronous image pipeline around the GPU refine step.
+"""Assembly: blend refined tiles back into one image, colour-fix it, put alpha back.
 
-``prepare`` pre-upscales a :class:`~service.core.imaging.LoadedImage` to the target size (colour
-on a bled matte with the chosen base upscaler, alpha separately as a grey image with the same
-upscaler) and plans the tiles. A GPU backend may then refine tiles
-(``Prepared.tile(i)`` gives the input of tile ``i``). ``finish`` blends the refined tiles (the
-pre-upscaled pixels stand in for any tile not refined), applies the colour fix against the
-pre-upscaled reference, composites an optional seam-fix pass and puts alpha back.
+``finish`` blends the refined tiles (the pre-upscaled pixels stand in for any tile not refined),
+applies the colour fix against the pre-upscaled reference, composites an optional seam-fix pass
+and puts alpha back.
 
 The colour fix runs either once over the blended image, or per tile with :func:`fix_tile` as
-each refined tile arrives (the job orchestrator does this in a worker thread while other tiles
-are still on the GPU, then calls ``finish(..., colour_fixed=True)``): every tile's low
+each refined tile arrives (the pipeline's stages do this in a worker thread while other tiles
+are still on the GPU, then call ``finish(..., colour_fixed=True)``): every tile's low
 frequencies are pulled to the reference region under it, so the blend of fixed tiles carries the
 reference's colour and the whole-image pass is not needed.
 
-:class:`Assembly` goes one step further for the job orchestrator: a thread blends the fixed
-tiles as they arrive and hands every finished band of rows to a row consumer (a PNG stream), so
-after the last tile only its own band is left to blend and compress.
+:class:`Assembly` goes one step further: a thread blends the fixed tiles as they arrive and
+hands every finished band of rows to a row consumer (a PNG stream), so after the last tile only
+its own band is left to blend and compress.
 
-Used by `aat upscale` (backend ``none``: no tile is refined, so the result is the base upscale)
-and by the job orchestrator. No I/O here: arrays in, arrays out.
+No I/O here: arrays in, arrays out.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -31,62 +26,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.alpha import bleed_colour, is_opaque, recombine
+from service.core.alpha import recombine
 from service.core.blending import blend_seam_fix, blend_tiles
 from service.core.colour import colour_fix
-from service.core.imaging import ImageLimits, LoadedImage, check_output_size
+from service.core.imaging import ImageLimits, LoadedImage
 from service.core.params import UpscaleParams
-from service.core.tiling import TilePlan, extract_tile, plan_seam_fix, plan_tiles
+from service.core.tiling import extract_tile
+from service.pipeline.prepare import Prepared, prepare, widen
 from service.upscalers.base import Upscaler
-from service.upscalers.lanczos import LanczosUpscaler, resize_lanczos
 
 log = logging.getLogger(__name__)
-
-_RESAMPLERS = ("lanczos", "nearest")
-
-
-@dataclass
-class Prepared:
-    """An image pre-upscaled to its target size, with its tile plan."""
-
-    image: LoadedImage
-    params: UpscaleParams
-    base: np.ndarray  # (H, W, 3) colour at the target size: tile source and colour reference
-    alpha: np.ndarray | None  # (H, W) alpha at the target size, or None
-    plan: TilePlan
-    upscaler: str  # registry name of the base upscaler that ran
-    model: str  # what exactly ran (recorded in the output's metadata)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def width(self) -> int:
-        return self.plan.width
-
-    @property
-    def height(self) -> int:
-        return self.plan.height
-
-    def tile(self, index: int) -> np.ndarray:
-        """Input of tile ``index`` for a GPU refine: ``(h, w, 3)`` ``uint8`` (16-bit bases are
-        reduced; refined tiles come back as ``uint8`` and :func:`finish` widens them)."""
-        return to_uint8(extract_tile(self.base, self.plan.tiles[index]))
-
-    def seam_tile(self, blended: np.ndarray, index: int) -> np.ndarray:
-        """Input of seam-fix tile ``index``, cut from :func:`blend`'s result, as ``uint8``."""
-        plan = self.seam_fix_plan()
-        if plan is None:
-            raise ValueError("seam fix is off for this image; there are no seam tiles")
-        return to_uint8(extract_tile(blended, plan.tiles[index]))
-
-    def seam_fix_plan(self) -> TilePlan | None:
-        """The seam-fix tiles to refine after blending, or None when seam fix is off."""
-        return self._seam_plan
-
-    @functools.cached_property
-    def _seam_plan(self) -> TilePlan | None:
-        if self.params.seam_fix == "none":
-            return None
-        return plan_seam_fix(self.plan, self.params.seam_fix)
 
 
 @dataclass
@@ -105,50 +54,6 @@ class Rendered:
         return recombine(self.rgb, self.alpha)
 
 
-def prepare(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
-            limits: ImageLimits | None = None) -> Prepared:
-    """Pre-upscale colour (on a matte) and alpha to the target size and plan the tiles."""
-    width, height = params.target_size(image.width, image.height)
-    check_output_size(width, height, limits or ImageLimits())
-    notes = list(image.warnings)
-    if image.rgb.dtype != np.uint8 and upscaler.name not in _RESAMPLERS:
-        notes.append(f"{upscaler.name} works on 8-bit colour; lanczos was used to keep the "
-                     "16-bit precision")
-        upscaler = LanczosUpscaler()
-    opaque = is_opaque(image.alpha)
-    colour = image.rgb if opaque else bleed_colour(image.rgb, image.alpha)  # type: ignore[arg-type]
-    base = upscaler.upscale(colour, width, height, tileable=params.tileable)
-    alpha = _upscale_alpha(image, width, height, upscaler, params.tileable, opaque)
-    plan = plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
-    log.debug("prepared %dx%d -> %dx%d with %s, %d tiles", image.width, image.height, width,
-              height, upscaler.model, len(plan.tiles))
-    return Prepared(image, params, base, alpha, plan, upscaler.name, upscaler.model, notes)
-
-
-def _upscale_alpha(image: LoadedImage, width: int, height: int, upscaler: Upscaler,
-                   tileable: bool, opaque: bool) -> np.ndarray | None:
-    """Alpha at the target size: the colour's model on alpha as grey (sharp edges, as
-    Real-ESRGAN's own alpha upsampler does), Lanczos for 16-bit, nearest for ``nearest``."""
-    if image.alpha is None:
-        return None
-    if opaque:
-        return np.full((height, width), np.iinfo(image.alpha.dtype).max, image.alpha.dtype)
-    if upscaler.name == "nearest":
-        from PIL import Image  # noqa: PLC0415 - only this branch needs the enum
-
-        return resize_lanczos(image.alpha, width, height, resample=Image.Resampling.NEAREST)
-    smooth = resize_lanczos(image.alpha, width, height, wrap=tileable)
-    if upscaler.name == "lanczos" or image.alpha.dtype != np.uint8:
-        return smooth
-    grey = upscaler.upscale(np.repeat(image.alpha[:, :, None], 3, axis=2), width, height,
-                            tileable=tileable)
-    sharp = grey.mean(axis=2).round().astype(np.uint8)
-    # models drift by a level or two on flat areas: keep solid interiors exactly solid
-    sharp[(smooth == 255) & (sharp >= 248)] = 255
-    sharp[(smooth == 0) & (sharp <= 7)] = 0
-    return sharp
-
-
 def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """Blend refined tiles over the plan; missing tiles use the pre-upscaled pixels.
 
@@ -160,22 +65,8 @@ def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -
     base, tiles = prepared.base, prepared.plan.tiles
     return blend_tiles(
         prepared.plan,
-        lambda i: _like(refined[i], base.dtype) if i in refined else extract_tile(base, tiles[i]),
+        lambda i: widen(refined[i], base.dtype) if i in refined else extract_tile(base, tiles[i]),
         channels=3, dtype=base.dtype)
-
-
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """``uint8`` view of 8- or 16-bit pixels (16-bit rounded to the nearest 8-bit level)."""
-    if arr.dtype == np.uint8:
-        return arr
-    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _like(tile: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A refined ``uint8`` tile widened to a 16-bit base (x257 maps 255 to 65535)."""
-    if tile.dtype == dtype or dtype != np.uint16:
-        return tile
-    return tile.astype(np.uint16) * 257
 
 
 def fix_tile(prepared: Prepared, index: int, tile: np.ndarray, *,
@@ -188,7 +79,7 @@ def fix_tile(prepared: Prepared, index: int, tile: np.ndarray, *,
     if plan is None:
         raise ValueError("seam fix is off for this image; there are no seam tiles")
     reference = extract_tile(prepared.base, plan.tiles[index])
-    return colour_fix(_like(tile, reference.dtype), reference, params.colour_fix)
+    return colour_fix(widen(tile, reference.dtype), reference, params.colour_fix)
 
 
 def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
@@ -215,7 +106,7 @@ def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
         source = out.copy() if seams else out
         out = blend_seam_fix(
             out, fix_plan,
-            lambda i: _like(seams[i], out.dtype) if i in seams
+            lambda i: widen(seams[i], out.dtype) if i in seams
             else extract_tile(source, fix_plan.tiles[i]),
             inplace=True)
     if (refined or seam_refined) and not colour_fixed:
@@ -299,7 +190,7 @@ class Assembly:
             tile, to_fix = self._tiles.pop(index)
         if to_fix:
             return fix_tile(self.prepared, index, tile)
-        return _like(tile, self.prepared.base.dtype)
+        return widen(tile, self.prepared.base.dtype)
 
     def _rows(self, out: np.ndarray, start: int, end: int) -> None:
         if self.sink is not None:

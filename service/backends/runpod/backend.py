@@ -5,7 +5,7 @@ sending, ``policy.executionTimeout`` and ``policy.ttl`` always set, our ``reques
 ``input`` so a duplicate submission is recognisable), at most ``max_concurrency()`` jobs in
 flight per endpoint, results fetched by :meth:`RunPodClient.wait` as soon as they are ready.
 
-Retries, second layer (the HTTP layer is in :mod:`service.backends.runpod_client`): a job that
+Retries, second layer (the HTTP layer is in :mod:`service.backends.runpod.client`): a job that
 ends FAILED with a retryable error, TIMED_OUT, COMPLETED without output, or whose result is
 gone (404) is resubmitted, up to ``runpod_tile_attempts`` RunPod jobs; then the last error is
 raised with ``retryable=False`` and the RunPod job ids in ``detail``. Cancelling a call (asyncio
@@ -37,13 +37,14 @@ from service.backends.base import (
     RefineResult,
     TileTask,
 )
-from service.backends.runpod_client import (
+from service.backends.runpod.client import (
     PollPolicy,
     RetryPolicy,
     RunPodClient,
     outcome,
 )
-from service.backends.runpod_limits import EndpointLimit
+from service.backends.runpod.limits import EndpointLimit
+from service.backends.runpod.resume import repoll
 from service.core.contracts import (
     CaptionRequest,
     CaptionResponse,
@@ -143,6 +144,18 @@ class RunPodBackend:
                 code="bad_worker_output",
             )
         return RefineResult(tile.tile_id, image, resp.tiles[0].seed_used, acct)
+
+    async def resume(self, remote_id: str, tile: TileTask) -> RefineResult | None:
+        """The refined ``tile`` of RunPod job ``remote_id``, which an earlier (killed) attempt
+        submitted and paid for; None when RunPod no longer has a usable result (see
+        :mod:`~service.backends.runpod.resume`): the caller then refines the tile afresh."""
+        found = await repoll(self._client("upscale"), remote_id, tile.image.shape)
+        if found is None:
+            return None
+        image, body = found
+        acct = CallAccounting(remote_job_ids=[remote_id], attempts=1)
+        self._account(acct, body)
+        return RefineResult(tile.tile_id, image, tile.seed, acct)
 
     async def caption(
         self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,
@@ -313,7 +326,7 @@ class RunPodBackend:
         return self._clients[kind]
 
     async def _limit(self, kind: str) -> EndpointLimit:
-        """The in-flight limit of endpoint ``kind`` (see :mod:`runpod_limits`), up to date."""
+        """The in-flight limit of endpoint ``kind`` (see :mod:`~service.backends.runpod.limits`), up to date."""
         client = self._client(kind)
         if kind not in self._limits:
             self._limits[kind] = EndpointLimit(self._s.runpod_max_concurrency, client.health)

@@ -1,14 +1,16 @@
-"""The concurrent GPU loop: caption and refine tiles through a ``GpuBackend``.
+"""The refine loop: caption and refine tiles concurrently through a ``GpuBackend``.
 
 Up to ``await backend.max_concurrency()`` tiles are in flight at once (asyncio). Every finished
 tile is written to a cache keyed by :func:`tile_key` (tile pixels + refine options + seed +
-prompt + pipeline version) *before* the loop moves on, and every remote job id is reported as
-soon as it is submitted, so a runner killed mid-job never pays twice for a finished tile.
-Cancellation is polled while tiles are in flight: the in-flight calls are cancelled (the
-backend cancels their remote jobs) and :class:`JobCanceled` is raised.
+prompt + pipeline version) *before* the loop moves on, and every remote job id is reported to
+the observer as soon as it is submitted, so a run killed mid-way never pays twice for a
+finished tile; a tile whose earlier remote job is known (:class:`RemoteRecord`) is picked up
+with ``backend.resume`` instead of being submitted again. The observer's ``check`` is polled
+while tiles are in flight: when it raises, the in-flight calls are cancelled (the backend
+cancels their remote jobs) and the exception propagates.
 
-Used by the job orchestrator (cache = the artifact store) and by `aat upscale --backend runpod`
-(cache = :class:`MemoryCache` or an artifact store in the data directory).
+Used by :mod:`service.pipeline.stages` (for jobs the cache is the artifact store; for
+`aat upscale` the artifact store in the data directory) and by tests on their own.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from service.backends.base import CaptionResult, GpuBackend, RefineOptions, RefineResult, TileTask
+from service.backends.base import GpuBackend, RefineOptions, TileTask
 from service.core.jobs import PIPELINE_VERSION
+from service.pipeline.observer import Observer, PipelineObserver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +76,15 @@ class TileWork:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A remote job an earlier attempt submitted for a tile: the request ``key`` (a tile whose
+    inputs changed since has another key and is not resumed) and the remote job id."""
+
+    key: str
+    remote_id: str
+
+
 def digest(*parts: Any) -> str:
     h = hashlib.sha256(PIPELINE_VERSION.encode())
     for part in parts:
@@ -109,17 +121,16 @@ def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-CancelCheck = Callable[[], Awaitable[None]]  # raises (JobCanceled, ...) to stop the loop
-Resume = Callable[[int, str], Awaitable[RefineResult | None]]
 Before = Callable[[TileWork], Awaitable[TileWork]]
 After = Callable[[int, np.ndarray], np.ndarray]
+_QUIET = Observer()
 
 
 async def _run_all(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
-                   check: CancelCheck | None, poll_s: float,
+                   observer: PipelineObserver, poll_s: float,
                    draining: asyncio.Event | None = None) -> None:
-    """Run ``fn`` over every item concurrently; stop all on the first error or when ``check``
-    raises (the in-flight calls are cancelled, so the backend cancels their remote jobs).
+    """Run ``fn`` over every item concurrently; stop all on the first error or when
+    ``observer.check`` raises (the in-flight calls are cancelled, so the backend cancels their remote jobs).
     An exception with ``drain = True`` (the runner is stopping) first sets ``draining`` and
     lets calls already in flight finish (up to ``DRAIN_S``), so their results are kept."""
     if not items:
@@ -132,9 +143,9 @@ async def _run_all(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
                                                return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # re-raise the first failure
-            if check is not None and pending:
+            if pending:
                 try:
-                    await check()
+                    await asyncio.to_thread(observer.check)
                 except Exception as exc:
                     if getattr(exc, "drain", False) and draining is not None:
                         draining.set()
@@ -159,41 +170,40 @@ def caption_input(image: np.ndarray, max_side: int = CAPTION_MAX_SIDE) -> np.nda
 
 
 async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache: TileCache,
-                      instruction: str | None = None) -> tuple[str, CaptionResult | None]:
-    """Caption one tile (cached by its pixels); the result is None for a cache hit."""
+                      observer: PipelineObserver = _QUIET, instruction: str | None = None) -> str:
+    """Caption one tile (cached by its pixels) and report it to ``observer.captioned``."""
     small = await asyncio.to_thread(caption_input, image)
     key = caption_key(small, backend.name, instruction)
     text = await asyncio.to_thread(cache.get_text, key)
     if text is not None:
-        return text, None
+        await asyncio.to_thread(observer.captioned, index, text, None)
+        return text
     result = await backend.caption(str(index), small, instruction=instruction)
     await asyncio.to_thread(cache.put_text, key, result.caption)
-    return result.caption, result
+    await asyncio.to_thread(observer.captioned, index, result.caption, result.accounting)
+    return result.caption
 
 
 async def refine_tiles(
     backend: GpuBackend, work: list[TileWork], options: RefineOptions, cache: TileCache, *,
-    before: Before | None = None,
-    on_submitted: Callable[[int, str, str], None] | None = None,
-    on_done: Callable[[int, str, RefineResult | None], None] | None = None,
-    resume: Resume | None = None,
-    after: After | None = None,
-    check: CancelCheck | None = None, poll_s: float = 0.25,
+    observer: PipelineObserver = _QUIET, stage: str = "refine",
+    earlier: Mapping[int, RemoteRecord] | None = None,
+    before: Before | None = None, after: After | None = None, poll_s: float = 0.25,
 ) -> dict[int, np.ndarray]:
     """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
 
-    ``before(tile)`` may complete a tile first (e.g. caption it: the orchestrator pipelines
-    caption → refine per tile, so refining starts with the first caption). Up to
-    ``max_concurrency()`` refine calls are in flight. ``on_submitted(index, key, remote_id)``
-    runs when a remote job is submitted; ``on_done(index, key, result)`` after the tile is
-    cached (``result`` is None for a cache hit); both run in a worker thread so slow storage
-    never stalls the loop. ``resume(index, key)`` may return the result of a remote job an
-    earlier attempt submitted (else None). ``after(index, pixels)`` post-processes each tile
-    (cache hit or fresh) in a worker thread as soon as it is in, while other tiles are still in
-    flight (e.g. its colour fix); the returned dict holds its results. The cache always holds
-    the tile as the backend returned it.
+    Reports to ``observer`` as ``stage``: ``submitted`` when a remote job is submitted (without
+    waiting for it), ``refined`` once the tile is cached (``cost`` None for a cache hit), and
+    polls ``check``. ``earlier`` holds remote jobs an interrupted attempt submitted: a tile
+    whose request key still matches is picked up with ``backend.resume`` (a new job only if
+    that finds nothing). ``before(tile)`` may complete a tile first (the stages caption it
+    there, so refining starts with the first caption). ``after(index, pixels)`` processes each
+    tile (cache hit or fresh) in a worker thread as soon as it is in, while other tiles are
+    still in flight (its colour fix); the returned dict holds its results. The cache always
+    holds the tile as the backend returned it.
     """
     out: dict[int, np.ndarray] = {}
+    earlier = earlier or {}
     sem = asyncio.Semaphore(max(1, await backend.max_concurrency()))
     draining = asyncio.Event()  # stopping: send nothing new, let in-flight calls finish
     loop = asyncio.get_running_loop()
@@ -211,47 +221,45 @@ async def refine_tiles(
         if cached is not None:
             hits += 1
             out[item.index] = await _after(item.index, cached)
-            if on_done:
-                await asyncio.to_thread(on_done, item.index, key, None)
+            await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed, None)
             return
 
         def submitted(remote_id: str) -> None:
-            if on_submitted:
-                loop.run_in_executor(None, on_submitted, item.index, key, remote_id)
+            loop.run_in_executor(None, observer.submitted, stage, item.index, key, remote_id)
 
         async with sem:
             if draining.is_set():
                 return
-            result = await resume(item.index, key) if resume is not None else None
+            task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
+                            seed=item.seed)
+            record = earlier.get(item.index)
+            result = None
+            if record is not None and record.key == key:
+                result = await backend.resume(record.remote_id, task)
             if result is None:
-                task = TileTask(tile_id=str(item.index), image=item.image, prompt=item.prompt,
-                                seed=item.seed)
                 result = await backend.refine(task, options, on_submitted=submitted)
         await asyncio.to_thread(cache.put_array, key, result.image)
         out[item.index] = await _after(item.index, result.image)
-        if on_done:
-            await asyncio.to_thread(on_done, item.index, key, result)
+        await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed,
+                                result.accounting)
 
-    await _run_all(work, one, check, poll_s, draining)
-    log.info("refined %d tiles (%d from the cache)", len(work), hits)
+    await _run_all(work, one, observer, poll_s, draining)
+    log.info("%s: %d tiles (%d from the cache)", stage, len(work), hits)
     return out
 
 
 async def caption_tiles(
     backend: GpuBackend, tiles: dict[int, np.ndarray], cache: TileCache, *,
-    instruction: str | None = None,
-    on_done: Callable[[int, str, CaptionResult | None], None] | None = None,
-    check: CancelCheck | None = None, poll_s: float = 0.25,
+    observer: PipelineObserver = _QUIET, instruction: str | None = None, poll_s: float = 0.25,
 ) -> dict[int, str]:
     """Caption tiles concurrently (cached by their pixels); returns ``{index: caption}``.
-    The backend bounds how many calls are in flight per endpoint."""
+    The backend bounds how many calls are in flight per endpoint; each caption is reported to
+    ``observer.captioned``."""
     out: dict[int, str] = {}
 
     async def one(index: int) -> None:
-        text, result = await caption_one(backend, index, tiles[index], cache, instruction)
-        out[index] = text
-        if on_done:
-            await asyncio.to_thread(on_done, index, text, result)
+        out[index] = await caption_one(backend, index, tiles[index], cache, observer,
+                                       instruction)
 
-    await _run_all(list(tiles), one, check, poll_s)
+    await _run_all(list(tiles), one, observer, poll_s)
     return out

@@ -1,0 +1,67 @@
+"""The pipeline's one observer: progress, resume records and cost, reported by named methods.
+
+Whoever runs the pipeline passes one :class:`PipelineObserver`: the job runner writes each call
+into the job row (progress, tile records, RunPod job ids for resuming, cost) and raises from
+:meth:`~PipelineObserver.check` to stop a canceled job; `aat upscale` draws a progress bar and
+sums the cost for its summary line. :class:`Observer` does nothing: subclass it and override
+what you report.
+
+Threads: the pipeline calls every method from a worker thread (never on its event loop), so a
+method may block on storage; calls for different tiles may run at the same time.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.backends.base import CallAccounting
+
+
+class PipelineObserver(Protocol):
+    def stage(self, name: str, done: int, total: int, *, concurrent: bool = False) -> None:
+        """Stage ``name`` starts with ``done`` of ``total`` units already done (by an earlier
+        attempt). ``concurrent``: the previous stage keeps running alongside this one (later
+        tiles are still captioned while earlier ones refine), so it is not finished yet."""
+        ...
+
+    def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+        """Tile ``index`` of ``stage`` went out as remote job ``remote_id`` for the request
+        ``key``: record both, so an interrupted run can resume that job instead of paying
+        twice (see ``TileMemory.remote``)."""
+        ...
+
+    def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
+        """Tile ``index`` has its caption; ``cost`` is None when it came from the cache."""
+        ...
+
+    def refined(self, stage: str, index: int, key: str, seed: int,
+                cost: CallAccounting | None) -> None:
+        """Tile ``index`` of ``stage`` (``refine`` or ``seam_fix``) is refined and cached under
+        ``key`` with ``seed``; ``cost`` is None when it came from the cache."""
+        ...
+
+    def check(self) -> None:
+        """Raise to stop the pipeline (a cancel, a lost lease, a stopping runner). Called
+        between stages and every poll interval while tiles are in flight; remote jobs still
+        in flight are then cancelled, unless the exception has ``drain = True``."""
+        ...
+
+
+class Observer:
+    """A :class:`PipelineObserver` that reports nothing and never stops the pipeline."""
+
+    def stage(self, name: str, done: int, total: int, *, concurrent: bool = False) -> None:
+        return None
+
+    def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+        return None
+
+    def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
+        return None
+
+    def refined(self, stage: str, index: int, key: str, seed: int,
+                cost: CallAccounting | None) -> None:
+        return None
+
+    def check(self) -> None:
+        return None
