@@ -9,6 +9,7 @@ field's trailing comment describes it. Types and defaults come from the pydantic
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -58,9 +59,9 @@ def _type(annotation: Any) -> str:
 
 def _default(field: Any) -> str:
     if field.default_factory is not None:
-        name = getattr(field.default_factory, "__name__", "")
-        return {"_default_data_dir": "`$XDG_DATA_HOME/ai-assets-toolbox`",
-                "list": "`[]`", "dict": "`{}`"}.get(name, f"`{name}()`")
+        if getattr(field.default_factory, "__name__", "") == "_default_data_dir":
+            return "`$XDG_DATA_HOME/ai-assets-toolbox`"
+        return f"`{json.dumps(field.default_factory())}`"
     if field.default is None:
         return "—"
     return f"`{field.default}`"

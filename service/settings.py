@@ -32,6 +32,11 @@ def _toml_path() -> Path:
     return Path(os.environ.get("AAT_CONFIG", "aat.toml"))
 
 
+def toml_path() -> Path:
+    """The ``aat.toml`` these settings read (``AAT_CONFIG``, else ``./aat.toml``)."""
+    return _toml_path()
+
+
 class Settings(BaseSettings):
     """All knobs of one deployable (API, job runner, watcher, CLI)."""
 
@@ -90,6 +95,22 @@ class Settings(BaseSettings):
     runpod_backoff_max_s: float = Field(default=10.0, gt=0)
     runpod_poll_min_s: float = Field(default=0.02, gt=0)  # /status polling interval bounds
     runpod_poll_max_s: float = Field(default=2.0, gt=0)
+
+    # RunPod provisioning (`aat deploy runpod`)
+    runpod_rest_url: str = "https://api.runpod.io/v2"  # management API (not the job API host)
+    deploy_name_prefix: str = Field(default="aat", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    deploy_upscale_image: str | None = None  # e.g. registry/aat-upscale:0.1.0
+    deploy_caption_image: str | None = None  # None = no caption endpoint
+    deploy_upscale_gpu_pools: list[str] = Field(  # RunPod GPU pool ids, first = preferred
+        default_factory=lambda: ["ADA_24", "AMPERE_48"])
+    deploy_caption_gpu_pools: list[str] = Field(
+        default_factory=lambda: ["ADA_24", "AMPERE_24"])
+    deploy_workers_min: int = Field(default=0, ge=0, le=100)  # always-on (billed) workers
+    deploy_workers_max: int = Field(default=3, ge=1, le=100)
+    deploy_idle_timeout_s: int = Field(default=5, ge=1, le=3600)
+    deploy_flashboot: bool = True
+    deploy_network_volume_id: str | None = None  # LoRAs for the upscale worker; pins its region
+    deploy_disk_gb: int = Field(default=20, ge=1, le=500)  # container disk per worker
 
     # input/output limits
     max_input_pixels: int = Field(default=64_000_000, ge=1)

@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "service.cli.api",
     "service.cli.client",
     "service.cli.emulate",
+    "service.cli.deploy",
 ]
 
 

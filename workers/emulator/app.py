@@ -5,6 +5,8 @@ Routes (as on ``https://api.runpod.ai/v2``): ``POST /run``, ``POST /runsync?wait
 ``GET /health``; bearer auth (constant-time compare; 401 otherwise), 10 MB ``/run`` and 20 MB
 ``/runsync`` body limits (413), per-route rate limits and injected 429/5xx, unknown or
 expired ids 404.
+Provisioning (RunPod's management REST API: templates, serverless endpoints) is in
+:mod:`workers.emulator.provision`, mounted on the same app.
 Test hooks outside the RunPod surface: ``GET /_emulator/stats`` (every endpoint's counters),
 ``GET /_emulator/stats/{endpoint_id}`` and ``POST /_emulator/scale/{endpoint_id}?workers=N``
 (autoscaling by hand; an endpoint may start at zero workers, like an idle one).
@@ -23,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from workers.emulator.provision import add_provisioning_routes
 from workers.emulator.state import RUN_LIMIT, RUNSYNC_LIMIT, Endpoint, EndpointConfig, Job
 
 
@@ -46,6 +49,20 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
 
     app = FastAPI(title="RunPod emulator", lifespan=lifespan, docs_url=None, redoc_url=None)
     expected = f"Bearer {api_key}".encode()
+
+    async def provisioned(endpoint_id: str) -> None:
+        """An endpoint created through the REST routes serves jobs with the echo worker."""
+        from workers.emulator.echo import handler
+
+        endpoints[endpoint_id] = Endpoint(endpoint_id, EndpointConfig(handler=handler))
+        endpoints[endpoint_id].start()
+
+    async def deprovisioned(endpoint_id: str) -> None:
+        ep = endpoints.pop(endpoint_id, None)
+        if ep is not None:
+            await ep.stop()
+
+    add_provisioning_routes(app, api_key, on_create=provisioned, on_delete=deprovisioned)
 
     @app.exception_handler(_Reject)
     async def _reject(_: Request, exc: _Reject) -> JSONResponse:
