@@ -3,9 +3,9 @@
 Layout (the same under a local root and under a bucket prefix):
 ``<root>/<kind>/<key[:2]>/<key><ext>``. Kinds: ``inputs`` and ``outputs`` (key = sha256 of the
 bytes), ``refined`` tiles (key = sha256 of tile pixels + refine options + seed + prompt, see
-``service.jobs.refine.tile_key``; stored as ``.npy``), ``captions`` (key = sha256 of tile pixels
+``service.pipeline.refine.tile_key``; stored as ``.npy``), ``captions`` (key = sha256 of tile pixels
 + caption settings; ``.txt``) and ``pre`` (images pre-upscaled by a model upscaler, see
-``service.jobs.pre_cache``; ``.npy``). A key names its bytes forever, so a file once written is
+``service.pipeline.pre_cache``; ``.npy``). A key names its bytes forever, so a file once written is
 never rewritten, and any host that finds a key finds the same bytes: that is what lets a job
 resumed on another host skip the tiles it already paid for.
 

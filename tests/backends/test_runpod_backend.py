@@ -357,3 +357,44 @@ def test_an_ambiguous_5xx_on_run_costs_one_visible_duplicate(runpod_emulator, ru
     assert result.accounting.attempts == 1  # the ghost's id was never known to us
     stats = emu.stats("upscale")
     assert stats["submitted"] == 2 and list(stats["request_keys"].values()) == [2]
+
+
+def test_resume_picks_up_a_paid_runpod_job_instead_of_submitting_again(
+        runpod_emulator, runpod_settings):
+    """What a re-claimed job does with a tile whose RunPod job an earlier, killed attempt
+    submitted: `resume` re-polls that job and returns its tile with its cost; nothing new is
+    submitted. A job RunPod no longer knows, or an output that does not fit the tile, gives
+    None (the pipeline then refines the tile afresh)."""
+    from service.backends.runpod.client import RunPodClient
+    from service.core.contracts import TileIn, UpscaleRequest
+    from workers.common.imageref import encode_image_ref
+
+    emu = runpod_emulator(latency_s=0.2)
+    settings = runpod_settings(emu, runpod_price_per_gpu_second=0.001)
+    tile = _tile("3", seed=9)
+    request = UpscaleRequest(tiles=[TileIn(tile_id="3", image=encode_image_ref(tile.image),
+                                           seed=tile.seed)])
+
+    async def go() -> Any:
+        earlier = RunPodClient(settings.runpod_base_url, "upscale", settings.runpod_api_key)
+        try:  # the killed attempt: submitted, never waited for
+            remote_id = await earlier.run(request.model_dump(mode="json", exclude_none=True))
+        finally:
+            await earlier.aclose()
+        backend = RunPodBackend(settings)
+        try:
+            found = await backend.resume(remote_id, tile)
+            gone = await backend.resume("no-such-job", tile)
+            other = TileTask("3", np.zeros((16, 16, 3), np.uint8), "", tile.seed)
+            misfit = await backend.resume(remote_id, other)
+            return remote_id, found, gone, misfit, backend.totals()
+        finally:
+            await backend.aclose()
+
+    remote_id, found, gone, misfit, totals = asyncio.run(go())
+    assert found is not None and np.array_equal(found.image, tint(tile.image, tile.seed))
+    assert found.accounting.remote_job_ids == [remote_id]
+    assert found.accounting.execution_ms > 0 and found.accounting.cost_usd > 0
+    assert totals["cost_usd"] > 0
+    assert gone is None and misfit is None
+    assert emu.stats("upscale")["submitted"] == 1  # only the earlier attempt's job

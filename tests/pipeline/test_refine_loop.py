@@ -1,15 +1,19 @@
-"""The refine loop on its own (as `aat upscale --backend runpod` uses it) against emulated
-RunPod endpoints: concurrency bound, cache, remote ids, cancellation and failure."""
+"""The refine loop on its own (`service.pipeline.refine`, under `aat upscale` and jobs alike)
+against emulated RunPod endpoints: concurrency bound, cache, remote ids, cancellation, failure."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from jobs_helpers import emulator, runpod_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+from jobs_helpers import emulator, runpod_settings  # noqa: E402
 
 from service.backends.base import RefineOptions
 from service.backends.runpod import RunPodBackend

@@ -1,4 +1,5 @@
-"""The local render pipeline: prepare (pre-upscale + plan), finish (blend, seams, colour, alpha)."""
+"""The pipeline's image work: prepare (pre-upscale + plan), finish (blend, seams, colour, alpha),
+the streaming Assembly."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from service.pipeline.assembly import Assembly, AssemblyAborted, blend, finish, 
 from service.pipeline.prepare import prepare
 from service.upscalers.registry import get_upscaler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STONE = np.asarray(Image.open(ROOT / "examples" / "stone-tileable.png").convert("RGB"))
 
 
