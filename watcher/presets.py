@@ -10,6 +10,9 @@ tree overrides the keys it sets. Keys::
     seam_fix = "band"                # none | band | offset
     tileable = true
     loras = ["stone_v2:0.8"]         # or [{name = "stone_v2", weight = 0.8}]
+    asset_type = "sprite"            # auto | sprite | texture | ui | illustration | normal | mask | pixel_art
+    sheet = "cell=32x32,spacing=1"   # or "8x4", or a [sheet] table (grid, cell, margin, spacing)
+    matte = "#ffffff"                # background for transparency in JPEG outputs
     # ...any other UpscaleParams field (steps, seed, output_format, ...)
     repo = "game"                    # target repo, a name from AAT_REPOS
     target_dir = "textures"          # where the watched tree is mirrored inside the repo

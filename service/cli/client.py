@@ -84,6 +84,15 @@ def submit(
     tileable: bool | None = typer.Option(None, "--tileable/--no-tileable", help="Seamless "
                                          "texture."),
     lora: list[str] = typer.Option([], "--lora", help="LoRA as name:weight (repeatable)."),
+    asset_type: str | None = typer.Option(None, "--asset-type", help="auto, sprite, texture, "
+                                          "ui, illustration, normal, mask or pixel_art."),
+    sheet: str | None = typer.Option(None, "--sheet", help="Spritesheet cells: COLSxROWS, "
+                                     "cell=WxH[,margin=N,spacing=N], or an Aseprite/"
+                                     "TexturePacker .json, Godot .tres or Unity .meta file "
+                                     "(with --wait its scaled copy is written beside the "
+                                     "result)."),
+    matte: str | None = typer.Option(None, "--matte", help="Background for transparency in "
+                                     "formats without alpha (JPEG), e.g. '#ffffff'."),
     param: list[str] = typer.Option([], "--param", "-p", help="Any job parameter as KEY=VALUE "
                                     "(repeatable), e.g. -p steps=20 -p strength=0.3."),
     target_repo: str | None = typer.Option(None, "--target-repo", help="Deliver into this "
@@ -96,10 +105,14 @@ def submit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Submit FILE as a job; with --wait show progress and write the result atomically."""
-    options = {"scale": scale, "width": width, "height": height, "upscaler": upscaler,
-               "prompt": prompt, "seam_fix": seam_fix, "tileable": tileable,
-               "target_repo": target_repo, "target_path": target_path, "naming": naming}
     with _client() as client:
+        from service.cli.sheets import sheet_option, write_beside
+
+        sheet_value, sheet_file = sheet_option(sheet, file)
+        options = {"scale": scale, "width": width, "height": height, "upscaler": upscaler,
+                   "prompt": prompt, "seam_fix": seam_fix, "tileable": tileable,
+                   "asset_type": asset_type, "sheet": sheet_value, "matte": matte,
+                   "target_repo": target_repo, "target_path": target_path, "naming": naming}
         if wait and output is not None:
             _check_output(output)  # before the job runs, not after
         job, created = client.submit(file, _query(options, param, lora), idempotency_key)
@@ -120,6 +133,13 @@ def submit(
 
         atomic_write(target, data)
         _out.print(str(target), highlight=False)
+        for warning in (final.get("output") or {}).get("warnings") or []:
+            _err.print(f"warning: {warning}", markup=False, highlight=False)
+        if sheet_file is not None:
+            out = final["output"]
+            factor = out["width"] // final["input"]["width"]
+            written = write_beside(sheet_file, target, factor, max(out["width"], out["height"]))
+            _out.print(str(written), highlight=False)
 
 
 def _check_output(output: Path) -> None:

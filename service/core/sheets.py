@@ -62,7 +62,13 @@ class SheetParams(BaseModel):
 
 
 def parse_sheet_spec(text: str) -> dict[str, Any]:
-    """``"8x4"`` (a grid) or ``"grid=8x4,margin=1,spacing=2"`` / ``"cell=32x32"`` -> fields."""
+    """``"8x4"`` (a grid), ``"grid=8x4,margin=1,spacing=2"`` / ``"cell=32x32"``, or the fields
+    as a JSON object (``'{"cells": [[0, 0, 16, 16], ...]}'``) -> fields."""
+    if text.strip().startswith("{"):
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("sheet JSON must be an object")
+        return value
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
         key, sep, value = part.partition("=")
