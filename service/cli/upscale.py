@@ -39,6 +39,7 @@ from service.core.params import UpscaleParams
 
 if TYPE_CHECKING:
     from service.backends.base import CallAccounting
+    from service.cli.sheets import SheetFile
 
 log = logging.getLogger(__name__)
 _UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".dds", ".ico", ".hdr", ".avif")
@@ -89,11 +90,28 @@ def upscale(
                                       "else the input's format), png, webp, jpeg or tga."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
                                 "100 = lossless WebP."),
+    asset_type: str = typer.Option("auto", "--asset-type", help="auto (from the file name and "
+                                   "pixels), sprite, texture, ui, illustration, normal, mask or "
+                                   "pixel_art; normal, mask and pixel_art never diffuse."),
+    sheet: str | None = typer.Option(None, "--sheet", help="Process a spritesheet cell by "
+                                     "cell: COLSxROWS, cell=WxH[,margin=N,spacing=N], or an "
+                                     "Aseprite/TexturePacker .json, Godot .tres or Unity .meta "
+                                     "file (its scaled copy is written beside OUTPUT)."),
+    pixel_scaler: str = typer.Option("epx", "--pixel-scaler", help="pixel_art: epx or nearest."),
+    diffusion: bool | None = typer.Option(None, "--diffusion/--no-diffusion", help="Override "
+                                          "the asset type's choice (pixel art diffuses then "
+                                          "keeps its palette)."),
+    matte: str = typer.Option("#ffffff", "--matte", help="Background for transparency when "
+                              "OUTPUT has no alpha (JPEG)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Upscale INPUT into OUTPUT; alpha is kept, OUTPUT is only written when everything worked."""
     try:
-        params = _params(scale=scale, width=width, height=height, upscaler=upscaler,
+        from service.cli.sheets import sheet_option  # noqa: PLC0415
+
+        sheet_value, sheet_file = sheet_option(sheet, input_path)
+        params = _params(asset_type=asset_type, sheet=sheet_value, pixel_scaler=pixel_scaler,
+                         diffusion=diffusion, matte=matte,scale=scale, width=width, height=height, upscaler=upscaler,
                          tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
                          colour_fix=colour_fix,
                          tileable=tileable, output_format=output_format, prompt=prompt,
@@ -101,7 +119,7 @@ def upscale(
                          cfg_scale=cfg_scale, seed=seed, caption=caption,
                          loras=_loras(lora))
         with _progress(quiet) as step:
-            summary = _run(input_path, output, params, backend, quality, step)
+            summary = _run(input_path, output, params, backend, quality, step, sheet_file)
     except AatError as exc:
         raise _fail(exc.code, exc.message, 2 if isinstance(exc, InputError) else 1) from None
     except KeyboardInterrupt:
@@ -153,14 +171,18 @@ def _params(**values: object) -> UpscaleParams:
 
 
 def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, quality: int,
-         step: _Step) -> str:
+         step: _Step, sheet_file: SheetFile | None = None) -> str:
     """Read, upscale, encode and write; returns the one-line summary."""
     from service.backends.factory import make_backend  # noqa: PLC0415
+    from service.cli.sheets import write_beside  # noqa: PLC0415
+    from service.core.alpha import parse_matte  # noqa: PLC0415
     from service.core.imaging import (  # noqa: PLC0415 - keep `aat --help` fast
+        ALPHA_FORMATS,
         ImageLimits,
         encode_image,
         format_for_suffix,
         load_image,
+        matte_warning,
         output_format_for,
     )
     from service.pipeline.prepare import prepare  # noqa: PLC0415
@@ -185,6 +207,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     data = input_path.read_bytes()
     step("decode")
     image = load_image(data, limits=limits, filename=input_path.name)
+    params = params.resolved_for(input_path.name, image.rgb, image.alpha)
     chosen = get_upscaler(params.upscaler)
     requested: str = params.output_format
     if requested == "auto":
@@ -214,18 +237,22 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
             f"{prepared.width}x{prepared.height}"}
     if gpu is not None:
         meta["seed"] = str(seed)
-    encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta)
+    encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta,
+                           matte=parse_matte(params.matte))
     step("write")
     _write(output, encoded)
-    for note in rendered.warnings:
-        _err_console.print(f"warning: {note}", markup=False, highlight=False)
-    if rendered.alpha is not None and fmt == "jpeg":
-        _err_console.print("warning: JPEG has no alpha; transparency was dropped",
-                           markup=False, highlight=False)
-    alpha = "with alpha" if rendered.alpha is not None and fmt != "jpeg" else "no alpha"
+    matte = matte_warning(fmt, rendered.alpha, params.matte)
+    for note in [*rendered.warnings, *([matte] if matte else [])]:
+        _err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    if sheet_file is not None:
+        written = write_beside(sheet_file, output, prepared.width // image.width,
+                               max(prepared.width, prepared.height))
+        _err_console.print(f"wrote {written} (sheet metadata, scaled)", markup=False,
+                           highlight=False, soft_wrap=True)
+    alpha = "with alpha" if rendered.alpha is not None and fmt in ALPHA_FORMATS else "no alpha"
     gpu_note = f", seed {seed}{report.summary()}" if gpu is not None else ""
     return (f"wrote {output} ({prepared.width}x{prepared.height} {fmt}, {alpha}, "
-            f"upscaler {rendered.model}{gpu_note})")
+            f"{params.asset_type} ({params.asset_reason}), upscaler {rendered.model}{gpu_note})")
 
 
 def _check_runpod_settings(settings: object) -> None:

@@ -20,8 +20,9 @@ import numpy as np
 
 from service.backends.base import CallAccounting
 from service.backends.factory import make_backend
+from service.core.alpha import parse_matte
 from service.core.errors import JobCanceled, ParamsError
-from service.core.imaging import encode_image, load_image, output_format_for
+from service.core.imaging import encode_image, load_image, matte_warning, output_format_for
 from service.core.jobs import JobStatus, TargetSpec
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
@@ -153,11 +154,14 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
                           sink=stream.add if stream is not None else None)
     run.stage("encode")
     out = stream.finish() if stream is not None else encode_image(
-        rendered.rgb, rendered.alpha, fmt, metadata=meta, compress_level=level)
+        rendered.rgb, rendered.alpha, fmt, metadata=meta, compress_level=level,
+        matte=parse_matte(params.matte))
     sha = ctx.artifacts.put_bytes("outputs", out, ext)
+    matte = matte_warning(fmt, rendered.alpha, params.matte)
     output: dict[str, Any] = {
         "width": prepared.width, "height": prepared.height, "format": fmt, "sha256": sha,
-        "upscaler": rendered.upscaler, "backend": backend.name if backend else "none"}
+        "upscaler": rendered.upscaler, "backend": backend.name if backend else "none",
+        "warnings": [*rendered.warnings, *([matte] if matte else [])]}
     run.stage("deliver")
     run.check()  # last chance to cancel: nothing has been written into a repo yet
     if row.target:

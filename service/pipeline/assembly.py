@@ -28,10 +28,12 @@ import numpy as np
 
 from service.core.alpha import recombine
 from service.core.blending import blend_seam_fix, blend_tiles
+from service.core.cells import blend_sheet
 from service.core.colour import colour_fix
 from service.core.imaging import ImageLimits, LoadedImage
 from service.core.params import UpscaleParams
 from service.core.tiling import extract_tile
+from service.pipeline.assets import lock_to_input
 from service.pipeline.prepare import Prepared, prepare, widen
 from service.upscalers.base import Upscaler
 
@@ -63,10 +65,13 @@ def blend(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None) -
     if not refined:
         return prepared.base.copy()
     base, tiles = prepared.base, prepared.plan.tiles
-    return blend_tiles(
-        prepared.plan,
-        lambda i: widen(refined[i], base.dtype) if i in refined else extract_tile(base, tiles[i]),
-        channels=3, dtype=base.dtype)
+
+    def tile(i: int) -> np.ndarray:
+        return widen(refined[i], base.dtype) if i in refined else extract_tile(base, tiles[i])
+
+    if prepared.sheet is not None:  # each cell blended on its own, gutters kept
+        return blend_sheet(prepared.sheet, tile, base)
+    return blend_tiles(prepared.plan, tile, channels=3, dtype=base.dtype)
 
 
 def fix_tile(prepared: Prepared, index: int, tile: np.ndarray, *,
@@ -111,8 +116,10 @@ def finish(prepared: Prepared, refined: Mapping[int, np.ndarray] | None = None,
             inplace=True)
     if (refined or seam_refined) and not colour_fixed:
         out = colour_fix(out, prepared.base, params.colour_fix)
-    return Rendered(out, prepared.alpha, prepared.upscaler, prepared.model,
-                    list(prepared.warnings))
+    alpha = prepared.alpha
+    if (refined or seam_refined) and params.asset_type == "pixel_art":
+        out, alpha = lock_to_input(prepared.image, out, alpha)  # diffused on request
+    return Rendered(out, alpha, prepared.upscaler, prepared.model, list(prepared.warnings))
 
 
 def render(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
@@ -155,7 +162,8 @@ class Assembly:
 
     @staticmethod
     def supports(prepared: Prepared) -> bool:
-        return prepared.seam_fix_plan() is None and not prepared.params.tileable
+        return prepared.seam_fix_plan() is None and not prepared.params.tileable \
+            and prepared.sheet is None and prepared.params.asset_type != "pixel_art"
 
     def put(self, index: int, tile: np.ndarray, *, refined: bool = True) -> None:
         with self._cond:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core.alpha import bleed_colour, is_opaque
+from service.core.cells import SheetPlan
 from service.core.imaging import ImageLimits, LoadedImage, check_output_size
 from service.core.params import UpscaleParams
 from service.core.tiling import TilePlan, extract_tile, plan_seam_fix, plan_tiles
+from service.pipeline.assets import upscale_base
 from service.upscalers.base import Upscaler
 from service.upscalers.lanczos import LanczosUpscaler, resize_lanczos
 
@@ -39,6 +41,7 @@ class Prepared:
     upscaler: str  # registry name of the base upscaler that ran
     model: str  # what exactly ran (recorded in the output's metadata)
     warnings: list[str] = field(default_factory=list)
+    sheet: SheetPlan | None = None  # tiles planned per spritesheet cell (service.core.cells)
 
     @property
     def width(self) -> int:
@@ -60,13 +63,18 @@ class Prepared:
             raise ValueError("seam fix is off for this image; there are no seam tiles")
         return to_uint8(extract_tile(blended, plan.tiles[index]))
 
+    def seed_slot(self, index: int) -> int:
+        """The seed slot of tile ``index``: itself, or on a sheet its index inside its cell, so
+        every frame is refined with the same seeds."""
+        return self.sheet.seed_slot(index) if self.sheet is not None else index
+
     def seam_fix_plan(self) -> TilePlan | None:
         """The seam-fix tiles to refine after blending, or None when seam fix is off."""
         return self._seam_plan
 
     @functools.cached_property
     def _seam_plan(self) -> TilePlan | None:
-        if self.params.seam_fix == "none":
+        if self.params.seam_fix == "none" or self.sheet is not None:
             return None
         return plan_seam_fix(self.plan, self.params.seam_fix)
 
@@ -81,14 +89,23 @@ def prepare(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
         notes.append(f"{upscaler.name} works on 8-bit colour; lanczos was used to keep the "
                      "16-bit precision")
         upscaler = LanczosUpscaler()
-    opaque = is_opaque(image.alpha)
-    colour = image.rgb if opaque else bleed_colour(image.rgb, image.alpha)  # type: ignore[arg-type]
-    base = upscaler.upscale(colour, width, height, tileable=params.tileable)
-    alpha = _upscale_alpha(image, width, height, upscaler, params.tileable, opaque)
-    plan = plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
+    tileable = params.tileable and params.sheet is None
+
+    def colour_path(img: LoadedImage, w: int, h: int) -> tuple[np.ndarray, np.ndarray | None]:
+        opaque = is_opaque(img.alpha)
+        colour = img.rgb if opaque else bleed_colour(img.rgb, img.alpha)  # type: ignore[arg-type]
+        base = upscaler.upscale(colour, w, h, tileable=tileable)
+        return base, _upscale_alpha(img, w, h, upscaler, tileable, opaque)
+
+    done = upscale_base(image, params, width, height, colour_path,
+                        (upscaler.name, upscaler.model))
+    notes += done.notes
+    plan = done.sheet.plan if done.sheet is not None else plan_tiles(
+        width, height, params.tile_size, params.overlap, tileable=tileable)
     log.debug("prepared %dx%d -> %dx%d with %s, %d tiles", image.width, image.height, width,
-              height, upscaler.model, len(plan.tiles))
-    return Prepared(image, params, base, alpha, plan, upscaler.name, upscaler.model, notes)
+              height, done.model, len(plan.tiles))
+    return Prepared(image, params, done.rgb, done.alpha, plan, done.upscaler, done.model, notes,
+                    sheet=done.sheet)
 
 
 def _upscale_alpha(image: LoadedImage, width: int, height: int, upscaler: Upscaler,

@@ -84,6 +84,8 @@ def stage_plan(params: UpscaleParams, *, can_caption: bool = True) -> StagePlan:
     tiles are planned per cell. Both `aat upscale` and the job runner call this function, so a
     new branch reaches both.
     """
+    if not params.diffuses:  # normal maps, masks, pixel art: their own deterministic path
+        return StagePlan(params.asset_type, ())
     stages: list[Stage] = []
     if params.caption and can_caption:
         stages.append("caption")
@@ -198,9 +200,11 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
     memory = {i: known.get(i, TileMemory()) for i in range(n)}
     captions = {i: m.caption for i, m in memory.items() if m.caption}
     want = plan.runs("caption")
+    shared = want and prepared.sheet is not None  # a sheet: one caption for every frame
     if want:
-        await asyncio.to_thread(observer.stage, "caption", len(captions), n)
-    await asyncio.to_thread(observer.stage, "refine", 0, n, concurrent=want)
+        total = 1 if shared else n
+        await asyncio.to_thread(observer.stage, "caption", min(len(captions), total), total)
+    await asyncio.to_thread(observer.stage, "refine", 0, n, concurrent=want and not shared)
 
     async def caption_first(item: TileWork) -> TileWork:
         if not want or item.prompt:
@@ -208,8 +212,14 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
         text = await caption_one(backend, item.index, item.image, cache, observer)
         return dataclasses.replace(item, prompt=text)
 
+    if shared:  # the first cell's caption for all frames, so an animation does not flicker
+        text = captions.get(0) or memory[0].prompt or await caption_one(
+            backend, 0, prepared.tile(0), cache, observer)
+        memory = {i: dataclasses.replace(m, caption=text) for i, m in memory.items()}
+        want = False
     work = [TileWork(i, prepared.tile(i), m.prompt or m.caption,
-                     derive_seed(seed, i, m.rerun)) for i, m in memory.items()]
+                     derive_seed(seed, prepared.seed_slot(i), m.rerun))
+            for i, m in memory.items()]
     earlier = {i: m.remote for i, m in memory.items() if m.remote is not None}
     return await refine_tiles(backend, work, options, cache, observer=observer,
                               earlier=earlier, before=caption_first, after=after)

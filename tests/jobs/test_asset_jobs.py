@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobs_helpers import small_params, wait_until
+from jobs_helpers import emulator, runpod_settings, small_params, wait_until
 from PIL import Image
 
+from service.core.assets import green_convention
 from service.core.errors import ParamsError
 from service.core.jobs import JobStatus, TargetSpec
+from service.core.normalmap import decode_normals
 from service.jobs.service import JobService, build_job_service
-from tests.core.asset_factory import normal_map, pixel_sprite
+from tests.core.asset_factory import normal_map, painted_sprite, pixel_sprite
 from tests.core.test_sheets import _aseprite
 
 
@@ -83,3 +85,115 @@ def test_sheet_json_beside_a_repo_source_is_used(service: JobService, tmp_path: 
     written = json.loads((art / "hero_x2.json").read_text())
     assert written["meta"]["image"] == "hero_x2.png"
     assert written["frames"]["hero 0.aseprite"]["frame"] == {"x": 2, "y": 2, "w": 32, "h": 32}
+
+
+def _result(svc: JobService, job_id: str) -> np.ndarray:
+    path, _ = svc.result(job_id)
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture
+def gpu_service(job_settings: Any) -> Iterator[tuple[JobService, Any]]:
+    """A job service whose GPU backend is RunPod, emulated with the echo worker (each tile's red
+    channel raised by an amount that depends on its seed)."""
+    with emulator(workers=4, latency_s=0.0) as emu:
+        svc = build_job_service(job_settings(**runpod_settings(emu)))
+        svc.start()
+        try:
+            yield svc, emu
+        finally:
+            svc.stop()
+
+
+@pytest.mark.parametrize("green", ["opengl", "directx"])
+def test_normal_map_job_never_diffuses_and_stays_unit_length(
+        gpu_service: tuple[JobService, Any], green: str) -> None:
+    svc, emu = gpu_service
+    job, _ = svc.submit(encode(normal_map(64, 5, green)), filename=f"hull_{green}.png",
+                        params=small_params(tile_size=64, overlap=16))
+    done = _finished(svc, job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.params.asset_type == "normal" and done.output.backend == "none"
+    assert emu.stats("upscale")["submitted"] == 0  # no RunPod job: nothing was diffused
+    out = _result(svc, job.id)
+    assert out.shape == (128, 128, 3)
+    assert float(np.abs(np.linalg.norm(decode_normals(out), axis=2) - 1).mean()) < 0.005
+    assert green_convention(out)[0] == green
+
+
+def test_pixel_art_job_keeps_exact_scale_and_palette(service: JobService) -> None:
+    rgb, alpha = pixel_sprite(20, 4)
+    sprite = np.dstack([rgb, alpha])
+    colours = {tuple(c) for c in sprite.reshape(-1, 4)}
+    for factor in (2, 3, 4):
+        job, _ = service.submit(encode(rgb, alpha), filename="slime.png",
+                                params=small_params(scale=factor))
+        done = _finished(service, job.id)
+        assert done.status == JobStatus.succeeded, done.error
+        assert done.params.asset_type == "pixel_art" and done.output.upscaler == "epx"
+        out = _result(service, job.id)
+        assert out.shape == (20 * factor, 20 * factor, 4)
+        assert {tuple(c) for c in out.reshape(-1, 4)} <= colours
+
+
+def _sheet(edit_cell: int | None = None) -> np.ndarray:
+    cells = [painted_sprite(40, 90 + i) for i in range(4)]
+    sheet = np.zeros((2 + 40 + 4 + 40 + 2, 2 + 4 * 40 + 3 * 4 + 2, 4), np.uint8)
+    for i, (rgb, alpha) in enumerate(cells):
+        x, y = 2 + i * 44, 2
+        sheet[y + 44:y + 84, x:x + 40] = np.dstack([rgb[::-1], alpha[::-1]])
+        if i == edit_cell:  # only this top-row cell changes
+            rgb = 255 - rgb
+        sheet[y:y + 40, x:x + 40] = np.dstack([rgb, alpha])
+    return sheet
+
+
+def test_changing_one_sheet_cell_changes_no_other_cell_on_the_diffusion_path(
+        gpu_service: tuple[JobService, Any]) -> None:
+    svc, emu = gpu_service
+    params = small_params(sheet="grid=4x2,margin=2,spacing=4", tile_size=64, overlap=16,
+                          caption=True, asset_type="sprite")
+    results = []
+    for edit in (None, 2):
+        sheet = _sheet(edit)
+        job, _ = svc.submit(encode(sheet[:, :, :3], sheet[:, :, 3]), filename="walk.png",
+                            params=params)
+        done = _finished(svc, job.id)
+        assert done.status == JobStatus.succeeded, done.error
+        assert done.output.backend == "runpod"
+        tiles = svc.tiles(job.id)
+        assert len(tiles) == 8 * 4  # four 64 px tiles inside each 80 px cell (2x)
+        for t in tiles:  # no tile crosses a cell border
+            col, row = (t["x"] - 4) // 88, (t["y"] - 4) // 88
+            x0, y0 = 4 + col * 88, 4 + row * 88
+            assert x0 <= t["x"] and t["x"] + t["w"] <= x0 + 80
+            assert y0 <= t["y"] and t["y"] + t["h"] <= y0 + 80
+        results.append(_result(svc, job.id))
+    first, second = results
+    # one caption (the first cell's) for every frame, so the unchanged cells of the second
+    # sheet are the same requests as before and come from the tile cache: only cell 2 is paid
+    assert emu.stats("caption")["submitted"] == 1
+    assert emu.stats("upscale")["submitted"] == 32 + 4
+    changed = (first != second).any(axis=2)
+    x, y, w, h = (2 + 2 * 44) * 2, 2 * 2, 80, 80  # cell 2 of the top row at 2x
+    inside = np.zeros_like(changed)
+    inside[y:y + h, x:x + w] = True
+    assert changed[inside].any() and not changed[~inside].any()
+    # the gutters stayed exactly transparent
+    assert (first[:4, :, 3] == 0).all() and (first[:, :4, 3] == 0).all()
+    assert (first[:, 84:92, 3] == 0).all() and (first[84:92, :, 3] == 0).all()
+
+
+def test_jpeg_of_a_transparent_sprite_is_on_the_matte_with_a_warning(
+        service: JobService) -> None:
+    rgb, alpha = painted_sprite(48, 3)
+    rgb[alpha == 0] = (160, 0, 200)  # the purple a new user saw through the background
+    for matte, colour in (("#ffffff", (255, 255, 255)), ("#000000", (0, 0, 0))):
+        job, _ = service.submit(encode(rgb, alpha), filename="hero.png",
+                                params=small_params(output_format="jpeg", matte=matte))
+        done = _finished(service, job.id)
+        assert done.status == JobStatus.succeeded, done.error
+        assert any("matte " + matte in w for w in done.output.warnings)
+        out = _result(service, job.id).astype(int)
+        assert np.abs(out[:6, :6] - colour).max() <= 6  # the corners show the matte
+        assert np.abs(out[48, 48] - rgb[24, 24]).max() <= 24  # the sprite itself
