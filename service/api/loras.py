@@ -25,10 +25,15 @@ from service.api.problems import ApiError, problem_responses
 from service.backends.base import GpuBackend
 from service.core.contracts import ModelInfo
 from service.core.errors import InputError, WorkerError
-from service.core.params import UpscaleParams
+from service.core.params import (
+    LORA_NAME_MAX,
+    LORA_NAME_PATTERN,
+    LORA_UPLOAD_PATTERN,
+    UpscaleParams,
+)
 from service.settings import Settings
 
-NAME_RE = r"^[A-Za-z0-9._ -]{1,200}$"
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_auth)],
@@ -162,7 +167,8 @@ async def list_models(request: Request,
              responses=problem_responses(413, 422))
 async def upload_model(
     request: Request,
-    filename: Annotated[str, Query(pattern=NAME_RE, description="name.safetensors")],
+    filename: Annotated[str, Query(pattern=LORA_UPLOAD_PATTERN, max_length=LORA_NAME_MAX,
+                                     description="name.safetensors")],
     settings: Annotated[Settings, Depends(get_settings)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> ModelInfo:
@@ -179,7 +185,7 @@ async def upload_model(
                summary="Delete a LoRA", responses=problem_responses(404, 422))
 async def delete_model(
     request: Request,
-    name: Annotated[str, Path(pattern=NAME_RE)],
+    name: Annotated[str, Path(pattern=LORA_NAME_PATTERN, max_length=LORA_NAME_MAX)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> Response:
     _catalog(request).invalidate()

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.core.errors import AatError
 
@@ -121,7 +122,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = str(exc.detail) if exc.detail else code.replace("_", " ")
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}; see /docs for the API"
-    return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
+    return problem_response(exc.status_code, code, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (RFC 9110: the ``Allow`` header
+    of a 405 lists them all, not only those of the first route that matched the path)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None) or set()
+        for method in route_methods:
+            match, _ = route.matches({**request.scope, "method": method})
+            if match is Match.FULL:
+                methods.add(method)
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

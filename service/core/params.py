@@ -28,11 +28,21 @@ ColourFix = Literal["none", "wavelet", "adain"]
 Scheduler = Literal["dpmpp_2m_sde_karras", "dpmpp_2m_karras", "euler", "euler_a", "unipc", "ddim"]
 
 
+# The one rule for a LoRA's name on the worker volume (the API's routes and job params, and
+# the worker itself): starts with a letter or digit, then letters, digits, ``_``, ``-``,
+# space, with single dots between parts (no ``..``, no leading or trailing dot). A name
+# without ``.safetensors`` gets it added by the worker. JSON-Schema-safe (no lookarounds).
+LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_ -]*(\.[A-Za-z0-9_ -]+)*$"
+LORA_NAME_MAX = 190
+# An uploaded file's name: the same rule, ending in ``.safetensors``.
+LORA_UPLOAD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_ -]*(\.[A-Za-z0-9_ -]+)*\.safetensors$"
+
+
 class LoraSpec(BaseModel):
     """One LoRA from the upscale worker's volume, stacked with a weight."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._ -]+$")
+    name: str = Field(min_length=1, max_length=LORA_NAME_MAX, pattern=LORA_NAME_PATTERN)
     weight: float = Field(default=1.0, ge=-4.0, le=4.0)
 
 

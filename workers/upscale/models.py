@@ -30,11 +30,12 @@ from service.core.contracts import (
     UploadModelResponse,
 )
 from service.core.errors import NotFound, ParamsError, PathError
+from service.core.params import LORA_NAME_MAX, LORA_NAME_PATTERN
 
 DEFAULT_LORA_DIR = "/runpod-volume/models/loras"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 SUFFIX = ".safetensors"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,190}$")
+_SAFE_NAME = re.compile(LORA_NAME_PATTERN)
 _MAX_HEADER = 100 * 1024 * 1024
 _REFUSED_EXT = {"ckpt", "pt", "pth", "bin", "pkl", "pickle", "zip", "gguf"}
 
@@ -66,7 +67,7 @@ def safe_filename(name: str) -> str:
         )
     if not name.endswith(SUFFIX):
         name = name + SUFFIX
-    if not _SAFE_NAME.match(name):
+    if not _SAFE_NAME.match(name) or len(name) > LORA_NAME_MAX + len(SUFFIX):
         raise PathError(
             f"LoRA name {name[:80]!r} has characters outside A-Z a-z 0-9 . _ - and space; rename it",
             code="path_forbidden",
