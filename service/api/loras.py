@@ -33,7 +33,6 @@ from service.core.params import (
 )
 from service.settings import Settings
 
-
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(require_auth)],

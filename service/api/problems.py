@@ -10,6 +10,7 @@ errors and unexpected exceptions into that shape.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from service.core.errors import AatError
 
@@ -131,16 +131,19 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this request's path (RFC 9110: the ``Allow`` header
-    of a 405 lists them all, not only those of the first route that matched the path)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        route_methods = getattr(route, "methods", None) or set()
-        for method in route_methods:
-            match, _ = route.matches({**request.scope, "method": method})
-            if match is Match.FULL:
-                methods.add(method)
-    return sorted(methods)
+    """Every method the API document lists for this request's path (RFC 9110: the ``Allow``
+    header of a 405 names them all, not only those of the first route that matched)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_table",
+                                                                   None)
+    if table is None:
+        table = []
+        for template, item in app.openapi().get("paths", {}).items():
+            regex = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            table.append((re.compile(f"^{regex}$"), sorted(m.upper() for m in item)))
+        app.state.allow_table = table
+    path = request.url.path
+    return next((methods for regex, methods in table if regex.match(path)), [])
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

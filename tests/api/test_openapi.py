@@ -85,3 +85,21 @@ def test_fuzz_every_operation(case: schemathesis.Case, fuzz_server: LiveServer) 
     case.call_and_validate(base_url=fuzz_server.url,
                            headers={"Authorization": f"Bearer {TOKEN}"},
                            timeout=30)
+
+
+def test_document_states_the_event_stream_and_allow_on_405(fuzz_server: LiveServer) -> None:
+    import json
+
+    import httpx
+
+    doc = json.loads(OPENAPI.read_text())
+    sse = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
+    stream = sse["content"]["text/event-stream"]
+    assert stream["x-sse-events"]["end"] == {"$ref": "#/components/schemas/JobPublic"}
+    assert "Last-Event-ID" in sse["description"] and "`end`" in sse["description"]
+    for path in ("/v1/models", "/v1/jobs"):
+        resp = httpx.put(fuzz_server.url + path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert resp.status_code == 405
+        methods = {m.upper() for m in doc["paths"][path]}
+        assert set(resp.headers["Allow"].split(", ")) >= methods, resp.headers["Allow"]
+        assert resp.json()["code"] == "method_not_allowed"
