@@ -197,3 +197,31 @@ def test_jpeg_of_a_transparent_sprite_is_on_the_matte_with_a_warning(
         out = _result(service, job.id).astype(int)
         assert np.abs(out[:6, :6] - colour).max() <= 6  # the corners show the matte
         assert np.abs(out[48, 48] - rgb[24, 24]).max() <= 24  # the sprite itself
+
+
+def test_replace_in_a_unity_and_godot_repo_keeps_guid_scales_ppu_and_leaves_import(
+        service: JobService, tmp_path: Path) -> None:
+    from tests.core.test_sheets import UNITY_META
+    from tests.storage.test_sidecars import GODOT_IMPORT
+
+    rgb, alpha = painted_sprite(32, 5)
+    art = tmp_path / "repo" / "art"
+    art.mkdir(parents=True)
+    (art / "hero.png").write_bytes(encode(rgb, alpha))
+    (art / "hero.png.meta").write_text(UNITY_META)
+    (art / "hero.png.import").write_text(GODOT_IMPORT)
+    job, _ = service.submit(encode(rgb, alpha), filename="hero.png",
+                            params=small_params(asset_type="sprite"),
+                            target=TargetSpec(repo="game", path="art/hero.png",
+                                              naming="replace"))
+    done = _finished(service, job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert Image.open(art / "hero.png").size == (64, 64)
+    meta = (art / "hero.png.meta").read_text()
+    assert "guid: 00000000000000001000000000000000\n" in meta
+    assert "  spritePixelsToUnits: 32\n" in meta  # 16 x 2: same size in the game
+    assert "  spriteBorder: {x: 4, y: 6, z: 8, w: 10}\n" in meta
+    assert (art / "hero.png.import").read_text() == GODOT_IMPORT
+    assert done.output.sidecars == ["art/hero.png.meta"]
+    assert any("GUID kept" in n for n in done.output.notes)
+    assert any("Godot .import left" in n for n in done.output.notes)
