@@ -71,7 +71,6 @@ def upscale_base(image: LoadedImage, params: UpscaleParams, width: int, height: 
     whole = upscale_cells(recombine(image.rgb, image.alpha), layout, factor, cell)
     rgb, alpha = split(whole) if image.alpha is not None else (whole, None)
     sheet = plan_sheet(layout.scaled(factor), params.tile_size, params.overlap)
-    notes.append(f"spritesheet: {len(sheet.cells)} cells processed one by one")
     if params.seam_fix != "none":
         notes.append("seam fix is off for spritesheets (each cell is blended on its own)")
     return AssetBase(rgb, alpha, name, model, sheet, notes)
