@@ -139,7 +139,20 @@ def test_an_sdk_crash_is_reported_with_its_exception_type(runpod_emulator, runpo
     assert info.value.code == "worker_crashed"
     assert "RuntimeError: injected crash" in info.value.message
     assert "Traceback" in info.value.detail["error_traceback"]
-    assert emu.stats("upscale")["submitted"] == 1
+    # an unexplained crash is retried (bounded) before the tile fails: 3 attempts by default
+    assert "failed after 3 RunPod job(s)" in info.value.message
+    assert emu.stats("upscale")["submitted"] == 3
+
+
+def test_one_worker_crash_does_not_fail_the_tile(runpod_emulator, runpod_settings):
+    """An acceptance run lost a 56-tile job to one crash on one tile: now the tile is sent
+    again (RunPod may pick another worker) and the job goes on."""
+    emu = runpod_emulator(faults="crash=1:1")  # the first job crashes, later ones work
+    backend = RunPodBackend(runpod_settings(emu))
+    result = _refine(backend, _tile())
+    assert result.image.shape == _tile().image.shape
+    assert len(result.accounting.remote_job_ids) == 2  # the crashed job is counted too
+    assert emu.stats("upscale")["submitted"] == 2
 
 
 def test_a_429_storm_is_ridden_out_without_duplicate_jobs(runpod_emulator, runpod_settings):

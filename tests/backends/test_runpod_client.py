@@ -57,6 +57,9 @@ def test_the_sdk_exception_shape_is_parsed():
                       "hostname": "h", "worker_id": "w1", "runpod_version": "1.12.0"})
     err = parse_worker_error(raw)
     assert err.code == "worker_crashed" and err.retryable  # OOM may pass on another worker
+    other = parse_worker_error(json.dumps({"error_type": "<class 'KeyError'>",
+                                           "error_message": "'unet'"}))
+    assert other.code == "worker_crashed" and other.retryable  # any unexplained crash
     assert err.message == "worker crashed: torch.OutOfMemoryError: CUDA out of memory"
     assert err.detail["worker_id"] == "w1"
 

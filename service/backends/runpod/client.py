@@ -325,11 +325,14 @@ def parse_worker_error(raw: Any) -> AatError:
         except ValueError:
             data = raw
     if isinstance(data, dict) and "error_type" in data and "error_message" in data:
+        # An exception our handler did not explain (its own refusals — bad input, unknown
+        # LoRA — arrive as structured errors with retryable=False): the worker, not the tile,
+        # may be at fault (a bad GPU, a half-loaded model), so the tile is resubmitted, to
+        # whichever worker RunPod picks, a bounded number of times (AAT_RUNPOD_TILE_ATTEMPTS).
         etype = str(data["error_type"])
-        transient = any(s in etype + str(data["error_message"]) for s in ("OutOfMemory", "CUDA"))
         return WorkerError(
             f"worker crashed: {_type_name(etype)}: {str(data['error_message'])[:300]}",
-            code="worker_crashed", retryable=transient,
+            code="worker_crashed", retryable=True,
             detail={k: data[k] for k in ("error_type", "error_message", "worker_id", "hostname",
                                          "error_traceback") if k in data},
         )
