@@ -1,7 +1,9 @@
 """The image pipeline shared by `aat upscale` and the job runner, one module per noun.
 
 - :mod:`~service.pipeline.prepare` — pre-upscale to the target size, plan the tiles
-  (``prepare``, ``Prepared``); :mod:`~service.pipeline.pre_cache` keeps slow pre-upscales.
+  (``prepare``, ``Prepared``); :mod:`~service.pipeline.pre_cache` keeps slow pre-upscales;
+  :mod:`~service.pipeline.assets` holds the asset types' own base paths (normal maps, masks,
+  pixel art, sheets cell by cell).
 - :mod:`~service.pipeline.stages` — the stage plan per image (``stage_plan``: the seam where
   asset types plug in) and ``run_stages``: caption → refine → seam fix → blend.
 - :mod:`~service.pipeline.refine` — the concurrent refine loop on a ``GpuBackend``, with its

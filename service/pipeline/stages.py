@@ -75,14 +75,15 @@ class StagePlan:
 
 def stage_plan(params: UpscaleParams, *, can_caption: bool = True) -> StagePlan:
     """The stage plan for an image with ``params`` — the one place the pipeline branches on
-    what kind of image it is.
+    what kind of image it is; `aat upscale` and the job runner both call it, so a branch here
+    reaches both.
 
-    Today every image takes the diffusion plan (caption → refine → seam fix, each when its
-    parameter asks for it; captions also need a backend that ``can_caption``). Asset types
-    (issue 15) plug in here: a branch on the job's asset type returns a plan without GPU stages
-    for normal maps, masks and pixel art (they never diffuse), and a spritesheet plan whose
-    tiles are planned per cell. Both `aat upscale` and the job runner call this function, so a
-    new branch reaches both.
+    Asset types that never diffuse (normal maps, masks, pixel art unless ``diffusion`` is on:
+    ``params.diffuses``) get a plan without GPU stages; their own deterministic path runs in
+    :func:`~service.pipeline.prepare.prepare`. Every other image gets the diffusion plan:
+    caption → refine → seam fix, each when its parameter asks for it (captions also need a
+    backend that ``can_caption``). A spritesheet takes the same plan; its tiles are planned
+    per cell by ``prepare``.
     """
     if not params.diffuses:  # normal maps, masks, pixel art: their own deterministic path
         return StagePlan(params.asset_type, ())
