@@ -8,6 +8,7 @@ one stalled), this runner stops writing and leaves the job to the new owner.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -77,7 +78,13 @@ def run_one(ctx: RunContext, job_id: str) -> str:
         except LeaseLost:
             log.warning("job %s: lease lost; another runner owns it now", job_id)
             return "lost"
-        except Interrupted:
+        except (Interrupted, asyncio.CancelledError) as exc:
+            # A CancelledError that escapes the GPU loop is not the user's cancel (that is
+            # JobCanceled): the loop was torn down under the job. Put it back in the queue at
+            # once instead of leaving it `running` until its lease runs out; the attempt
+            # count (job_max_attempts) bounds a job that keeps ending this way.
+            if isinstance(exc, asyncio.CancelledError):
+                log.warning("job %s: its GPU loop was cancelled; back in the queue", job_id)
             store.transition(job_id, JobStatus.queued, owner=owner, stage="queued",
                              lease_until=None)
             return JobStatus.queued.value

@@ -49,3 +49,30 @@ def test_a_job_that_keeps_crashing_its_runner_is_failed(job_settings: Any) -> No
     svc.stop()
     assert done.status == JobStatus.failed and done.attempts == 3
     assert done.error.code == "too_many_attempts" and "interrupted 2 times" in done.error.message
+
+
+def test_a_gpu_loop_cancelled_under_the_job_requeues_it_at_once(
+        job_settings: Any, monkeypatch: Any) -> None:
+    """An ``asyncio.CancelledError`` escaping the GPU loop used to leave the job `running`
+    until its lease expired (minutes); now the job is queued again at once."""
+    import asyncio
+
+    from service.jobs import runner
+
+    settings = job_settings(lease_s=600)
+    svc = build_job_service(settings)
+    job, _ = svc.submit(png(), filename="a.png", params=small_params())
+
+    def torn_down(*_args: Any, **_kw: Any) -> None:
+        raise asyncio.CancelledError()
+
+    monkeypatch.setattr(runner, "run_job", torn_down)
+    assert runner.run_one(svc.executor.ctx, job.id) == JobStatus.queued.value
+    row = svc.store.get(job.id)
+    assert row is not None and row.status == JobStatus.queued.value
+    assert row.lease_until is None
+    monkeypatch.undo()
+    svc.start()  # and a runner can take it again and finish it
+    done = wait_until(lambda: (j := svc.get(job.id)).status.terminal and j, 30, "end")
+    svc.stop()
+    assert done.status == JobStatus.succeeded and done.attempts == 2
