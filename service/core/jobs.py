@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +62,16 @@ Stage = Literal[
     "queued", "load", "pre_upscale", "plan", "caption", "refine", "blend", "seam_fix",
     "encode", "deliver", "done",
 ]
+
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+
+def stage_name(name: str) -> Stage:
+    """``name`` as a :data:`Stage`; a name outside the list is a programming error."""
+    for stage in STAGES:
+        if stage == name:
+            return stage
+    raise ValueError(f"unknown job stage {name!r}; stages are {', '.join(STAGES)}")
 
 
 class TargetSpec(BaseModel):

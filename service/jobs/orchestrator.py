@@ -23,7 +23,7 @@ from service.backends.factory import make_backend
 from service.core.alpha import parse_matte
 from service.core.errors import JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, matte_warning, output_format_for
-from service.core.jobs import JobStatus, TargetSpec
+from service.core.jobs import JobStatus, TargetSpec, stage_name
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
 from service.jobs.context import Interrupted, RunContext
@@ -34,7 +34,8 @@ from service.pipeline.prepare import Prepared, prepare
 from service.pipeline.refine import RemoteRecord
 from service.pipeline.stages import TileMemory, run_stages, stage_plan, streams
 from service.storage.game_repo import SidecarSpec, deliver
-from service.storage.job_store import JobRow, LeaseLost
+from service.storage.job_store import LeaseLost
+from service.storage.records import JobRecord, JobUpdate, NewTile, StageCount
 from service.upscalers.registry import get_upscaler
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class JobRun:
         self.ctx, self.job_id, self.owner, self.lost = ctx, job_id, owner, lost
         self.started = self._stage_started = time.monotonic()
 
-    def owned(self) -> JobRow:
+    def owned(self) -> JobRecord:
         """The job row, or LeaseLost when this runner no longer owns it."""
         if self.lost.is_set():
             raise LeaseLost(f"job {self.job_id} lease lost")
@@ -56,7 +57,7 @@ class JobRun:
             raise LeaseLost(f"job {self.job_id} is no longer owned by this runner")
         return row
 
-    def checked(self) -> JobRow:
+    def checked(self) -> JobRecord:
         """:meth:`owned`, and stop here when the job was canceled or the runner is stopping."""
         row = self.owned()
         if row.cancel_requested:
@@ -69,21 +70,22 @@ class JobRun:
         """:meth:`checked` without the row (the observer's stop check)."""
         self.checked()
 
-    def stage(self, name: str, done: int = 0, total: int = 1, *, concurrent: bool = False,
-              **extra: Any) -> None:
+    def stage(self, name: str, done: int = 0, total: int = 1, *,
+              concurrent: bool = False) -> None:
         """Stage ``name`` starts; the previous one ends unless it runs ``concurrent``ly."""
+        stage = stage_name(name)
         now = time.monotonic()
         elapsed, self._stage_started = now - self._stage_started, now
 
-        def fn(row: JobRow) -> dict[str, Any]:
-            stages, timings = dict(row.stages or {}), dict(row.timings or {})
+        def fn(row: JobRecord) -> JobUpdate:
+            stages, timings = dict(row.stages), dict(row.timings)
             previous = stages.get(row.stage)
             if previous and row.stage != name and not concurrent:  # the previous one ended
                 stages[row.stage] = {"done": previous["total"], "total": previous["total"]}
                 timings[row.stage] = round(timings.get(row.stage, 0.0) + elapsed, 3)
             stages[name] = {"done": done, "total": total}
-            return {"stage": name, "stages": stages, "timings": timings,
-                    "progress": overall_progress(stages, False), **extra}
+            return {"stage": stage, "stages": stages, "timings": timings,
+                    "progress": overall_progress(stages, False)}
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
 
@@ -93,7 +95,7 @@ class JobRun:
         if stage == "refine":  # remember which request the id belongs to, for resuming
             self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id, cache_key=key)
         self.ctx.store.mutate(self.job_id, lambda row: {"remote_jobs": [
-            *(row.remote_jobs or []), {"tile": index, "kind": stage, "id": remote_id}]},
+            *row.remote_jobs, {"tile": index, "kind": stage, "id": remote_id}]},
             owner=self.owner)
 
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
@@ -109,16 +111,15 @@ class JobRun:
 
     def _tile_done(self, stage: str, acct: CallAccounting | None) -> None:
         """One more unit of ``stage`` done, and what it cost, in one write."""
-        def fn(row: JobRow) -> dict[str, Any]:
-            stages = dict(row.stages or {})
+        def fn(row: JobRecord) -> JobUpdate:
+            stages = dict(row.stages)
             st = stages.get(stage, {"done": 0, "total": 1})
             stages[stage] = {"done": min(st["total"], st["done"] + 1), "total": st["total"]}
-            changes: dict[str, Any] = {"stages": stages,
-                                       "progress": overall_progress(stages, False)}
+            changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
             if acct is not None:
-                changes.update(cost_runpod_jobs=row.cost_runpod_jobs + len(acct.remote_job_ids),
-                               cost_execution_s=row.cost_execution_s + acct.execution_ms / 1000,
-                               cost_usd=row.cost_usd + acct.cost_usd)
+                changes["cost_runpod_jobs"] = row.cost_runpod_jobs + len(acct.remote_job_ids)
+                changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
+                changes["cost_usd"] = row.cost_usd + acct.cost_usd
             return changes
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
@@ -137,7 +138,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     upscaler = cached_upscaler(get_upscaler(params.upscaler), ctx.artifacts)
     prepared = prepare(image, params, upscaler, limits=limits)
     run.stage("plan")
-    ctx.store.put_tiles(job_id, [{"idx": i, "x": t.x, "y": t.y, "w": t.w, "h": t.h}
+    ctx.store.put_tiles(job_id, [NewTile(i, t.x, t.y, t.w, t.h)
                                  for i, t in enumerate(prepared.plan.tiles)])
     run.check()
     plan = stage_plan(params, can_caption=ctx.settings.can_caption(ctx.settings.effective_backend))
@@ -168,7 +169,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         target = TargetSpec.model_validate(row.target)
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=naming_label(params, row.input_width, row.input_height),
-                       last_delivered=lambda rel: ctx.store.last_delivery(target.repo, rel),
+                       last_delivered=lambda rel: _delivered_sha(ctx, target.repo, rel),
                        input_sha256=row.input_sha256,
                        sidecars=SidecarSpec(factor=prepared.width / row.input_width,
                                             max_side=max(prepared.width, prepared.height),
@@ -179,13 +180,19 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
             output.update(notes=done.sidecars.notes, sidecars=done.sidecars.written,
                           lfs=done.sidecars.lfs)
     last = run.owned()  # once the result is in the repo, a late cancel cannot undo it
-    stages = {k: {"done": v["total"], "total": v["total"]} for k, v in last.stages.items()}
+    stages: dict[str, StageCount] = {k: {"done": v["total"], "total": v["total"]}
+                                     for k, v in last.stages.items()}
     timings = {**last.timings, "deliver": round(time.monotonic() - run._stage_started, 3),
                "total": round(time.monotonic() - run.started, 3)}
     ctx.store.transition(job_id, JobStatus.succeeded, owner=owner, output=output, stages=stages,
                          output_sha256=sha, output_ext=ext, stage="done", progress=1.0,
                          timings=timings)
     log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
+
+
+def _delivered_sha(ctx: RunContext, repo: str, rel: str) -> str | None:
+    found = ctx.store.last_delivery(repo, rel)
+    return found.sha256 if found is not None else None
 
 
 def _png_stream(prepared: Prepared, fmt: str, meta: dict[str, str], level: int
@@ -214,8 +221,8 @@ def _known(run: JobRun) -> dict[int, TileMemory]:
     known = {}
     for r in run.ctx.store.get_tiles(run.job_id):
         remote = None
-        if r["remote_job_id"] and r["status"] != "refined" and r["cache_key"]:
-            remote = RemoteRecord(r["cache_key"], r["remote_job_id"])
-        known[r["idx"]] = TileMemory(caption=r["caption"] or "", prompt=r["prompt"] or "",
-                                     rerun=int(r["rerun"] or 0), remote=remote)
+        if r.remote_job_id and r.status != "refined" and r.cache_key:
+            remote = RemoteRecord(r.cache_key, r.remote_job_id)
+        known[r.idx] = TileMemory(caption=r.caption or "", prompt=r.prompt or "",
+                                  rerun=r.rerun, remote=remote)
     return known

@@ -20,6 +20,7 @@ from service.core.jobs import JobStatus
 from service.jobs.context import Interrupted, RunContext
 from service.jobs.orchestrator import run_job
 from service.storage.job_store import LeaseLost
+from service.storage.records import StoredError
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,11 @@ def run_one(ctx: RunContext, job_id: str) -> str:
                            "see the runner log"})
 
 
-def _fail(ctx: RunContext, job_id: str, owner: str, error: dict[str, object]) -> str:
-    error = {k: error[k] for k in ("code", "message", "retryable") if k in error}
-    error["message"] = " ".join(str(error.get("message", "")).split())[:500]  # one line
+def _fail(ctx: RunContext, job_id: str, owner: str, found: dict[str, object]) -> str:
+    error: StoredError = {
+        "code": str(found.get("code", "internal_error")),
+        "message": " ".join(str(found.get("message", "")).split())[:500],  # one line
+        "retryable": bool(found.get("retryable", False))}
     try:
         ctx.store.transition(job_id, JobStatus.failed, owner=owner, error=error)
     except LeaseLost:

@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
+from service.storage.records import NewJob, NewTile, TileRecord
 from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
@@ -93,15 +94,13 @@ class JobService:
             self._refuse_key_reuse(idempotency_key, key)
         input_sha = self.artifacts.put_bytes("inputs", data, info.ext)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**32)
-        row, created = self.store.insert({
-            "id": new_job_id(), "filename": Path(filename).name[:255] or "image",
-            "input_sha256": input_sha, "input_ext": info.ext, "input_width": info.width,
-            "input_height": info.height, "input_format": info.format,
-            "params": params.model_dump(mode="json"), "seed": seed,
-            "target": target.model_dump(mode="json") if target else None,
-            "dedupe_key": key,
-            "idempotency_key": idempotency_key,
-        })
+        row, created = self.store.insert(NewJob(
+            id=new_job_id(), filename=Path(filename).name[:255] or "image",
+            input_sha256=input_sha, input_ext=info.ext, input_width=info.width,
+            input_height=info.height, input_format=info.format,
+            params=params.model_dump(mode="json"), seed=seed,
+            target=target.model_dump(mode="json") if target else None,
+            dedupe_key=key, idempotency_key=idempotency_key))
         if created:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self._dispatch(row.id)
@@ -163,7 +162,7 @@ class JobService:
 
     def result(self, job_id: str) -> tuple[Path, str]:
         row = self.store.get(job_id)
-        if row.status != JobStatus.succeeded or not row.output_sha256:
+        if row.status != JobStatus.succeeded or not row.output_sha256 or not row.output_ext:
             raise JobError(f"job {job_id} is {row.status.value}; the result exists once it "
                            "has succeeded", code="not_ready")
         path = self.artifacts.local_file("outputs", row.output_sha256, row.output_ext)
@@ -205,18 +204,18 @@ class JobService:
             raise JobError(f"job {job_id} is {row.status.value}; re-run it once it has finished",
                            code="not_ready")
         plan = self.store.get_tiles(job_id)
-        known = {t["idx"] for t in plan}
+        known = {t.idx for t in plan}
         missing = sorted(set(tiles) - known)
         if not plan or missing:
             raise NotFound(f"job {job_id} has no tile(s) {missing or tiles}; see GET .../tiles")
-        values = {k: row[k] for k in ("filename", "input_sha256", "input_ext", "input_width",
-                                      "input_height", "input_format", "params", "seed",
-                                      "target")}
-        new_row, _ = self.store.insert({"id": new_job_id(), **values})
+        new_row, _ = self.store.insert(NewJob(
+            id=new_job_id(), filename=row.filename, input_sha256=row.input_sha256,
+            input_ext=row.input_ext, input_width=row.input_width, input_height=row.input_height,
+            input_format=row.input_format, params=row.params, seed=row.seed, target=row.target))
         chosen = set(tiles)
         self.store.put_tiles(new_row.id, [
-            {k: t[k] for k in ("idx", "x", "y", "w", "h", "caption", "prompt")}
-            | {"rerun": t["rerun"] + (1 if t["idx"] in chosen else 0)} for t in plan])
+            NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
+                    rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan])
         self._dispatch(new_row.id)
         return to_public(new_row)
 
@@ -233,9 +232,9 @@ class JobService:
         return {"store": self.store.ping(), "broker": self.executor.ready()}
 
 
-def _tile_view(t: dict[str, Any]) -> dict[str, Any]:
-    return {"index": t["idx"], "x": t["x"], "y": t["y"], "w": t["w"], "h": t["h"],
-            "caption": t["caption"], "prompt": t["prompt"], "status": t["status"]}
+def _tile_view(t: TileRecord) -> dict[str, Any]:
+    return {"index": t.idx, "x": t.x, "y": t.y, "w": t.w, "h": t.h,
+            "caption": t.caption, "prompt": t.prompt, "status": t.status}
 
 
 def build_job_service(settings: Settings) -> JobService:

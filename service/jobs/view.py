@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.core.jobs import (
     JobCost,
     JobErrorView,
@@ -14,7 +12,7 @@ from service.core.jobs import (
     TargetSpec,
 )
 from service.core.params import UpscaleParams
-from service.storage.job_store import JobRow
+from service.storage.records import JobRecord, StageCount
 
 # Share of the whole job each stage stands for (progress is 0..1 over the job).
 STAGE_WEIGHTS: dict[str, float] = {
@@ -23,32 +21,32 @@ STAGE_WEIGHTS: dict[str, float] = {
 }
 
 
-def overall_progress(stages: dict[str, Any], finished: bool) -> float:
+def overall_progress(stages: dict[str, StageCount], finished: bool) -> float:
     if finished:
         return 1.0
     total = 0.0
     for name, weight in STAGE_WEIGHTS.items():
         st = stages.get(name)
-        if st and st.get("total"):
+        if st and st["total"]:
             total += weight * min(1.0, st["done"] / st["total"])
     return round(min(total, 0.99), 4)
 
 
-def job_params(row: JobRow) -> UpscaleParams:
+def job_params(row: JobRecord) -> UpscaleParams:
     """The job's parameters with its concrete seed filled in."""
     params = UpscaleParams.model_validate(row.params)
     if params.seed is None and row.seed is not None:
-        params = params.model_copy(update={"seed": int(row.seed)})
+        params = params.model_copy(update={"seed": row.seed})
     return params
 
 
-def to_public(row: JobRow) -> JobPublic:
+def to_public(row: JobRecord) -> JobPublic:
     return JobPublic(
         id=row.id,
         status=row.status,
         stage=row.stage,
         progress=1.0 if row.status.value == "succeeded" else float(row.progress),
-        stages={k: StageProgress(**v) for k, v in (row.stages or {}).items()},
+        stages={k: StageProgress(**v) for k, v in row.stages.items()},
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,

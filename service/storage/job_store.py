@@ -6,17 +6,21 @@ hosts never lose an update. Status changes go through :meth:`SqlJobStore.transit
 ``check_transition`` and refuses illegal moves. A runner owns a running job through a lease
 (``owner``, ``lease_until``); writes fenced by ``owner`` fail with :class:`LeaseLost` once another
 runner has re-claimed the job.
+
+Reads return typed, frozen records and writes take typed changes (``service.storage.records``):
+``JobRecord``/``JobUpdate``, ``TileRecord``/``NewTile``/``TileUpdate``, ``DeliveryRecord``.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +28,15 @@ from sqlalchemy.exc import IntegrityError
 from service.core.errors import JobError, NotFound
 from service.core.jobs import JobStatus, check_transition
 from service.storage.db import make_engine, migrate
+from service.storage.records import (
+    DeliveryRecord,
+    JobRecord,
+    JobUpdate,
+    NewJob,
+    NewTile,
+    TileRecord,
+    TileUpdate,
+)
 from service.storage.tables import deliveries, jobs, tiles
 
 log = logging.getLogger(__name__)
@@ -37,31 +50,21 @@ class LeaseLost(JobError):
     code = "lease_lost"
 
 
-class JobRow(dict[str, Any]):
-    """One ``jobs`` row as a dict with attribute access (``row.status`` is a JobStatus)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _row(mapping: Any) -> JobRow:
-    row = JobRow(mapping)
-    row["status"] = JobStatus(row["status"])
-    for key in ("created_at", "updated_at", "started_at", "finished_at"):
-        value = row.get(key)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            row[key] = value.replace(tzinfo=UTC)
-    return row
+class _Changes(JobUpdate, total=False):
+    """What the store itself writes besides a caller's :class:`JobUpdate`."""
+
+    status: JobStatus
+    owner: str | None
+    attempts: int
+    started_at: datetime | None
+    cancel_requested: bool
 
 
-Mutation = Callable[[JobRow], dict[str, Any] | None]
+Mutation = Callable[[JobRecord], JobUpdate | None]
 
 
 class SqlJobStore:
@@ -83,12 +86,12 @@ class SqlJobStore:
             log.warning("job store not reachable", exc_info=True)
             return False
 
-    def get(self, job_id: str) -> JobRow:
+    def get(self, job_id: str) -> JobRecord:
         with self.engine.connect() as conn:
             found = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if found is None:
             raise NotFound(f"no job {job_id!r}; list jobs with GET /v1/jobs or `aat jobs`")
-        return _row(found)
+        return JobRecord.from_row(found)
 
     def version(self, job_id: str) -> int:
         with self.engine.connect() as conn:
@@ -99,7 +102,7 @@ class SqlJobStore:
 
     def list(
         self, *, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
-    ) -> tuple[builtins.list[JobRow], str | None]:
+    ) -> tuple[builtins.list[JobRecord], str | None]:
         """Newest first; ``cursor`` is the last id of the previous page."""
         query = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
         if status is not None:
@@ -107,7 +110,7 @@ class SqlJobStore:
         if cursor:
             query = query.where(jobs.c.id < cursor)
         with self.engine.connect() as conn:
-            found = [_row(m) for m in conn.execute(query).mappings()]
+            found = [JobRecord.from_row(m) for m in conn.execute(query).mappings()]
         next_cursor = found[limit - 1].id if len(found) > limit else None
         return found[:limit], next_cursor
 
@@ -130,60 +133,61 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def finished_before(self, cutoff: datetime) -> builtins.list[JobRow]:
+    def finished_before(self, cutoff: datetime) -> builtins.list[JobRecord]:
         done = [s.value for s in JobStatus if s.terminal]
         query = select(jobs).where(jobs.c.status.in_(done), jobs.c.finished_at < cutoff)
         with self.engine.connect() as conn:
-            return [_row(m) for m in conn.execute(query).mappings()]
+            return [JobRecord.from_row(m) for m in conn.execute(query).mappings()]
 
-    def all_rows(self) -> builtins.list[JobRow]:
+    def all_rows(self) -> builtins.list[JobRecord]:
         with self.engine.connect() as conn:
-            return [_row(m) for m in conn.execute(select(jobs)).mappings()]
+            return [JobRecord.from_row(m) for m in conn.execute(select(jobs)).mappings()]
 
     # ---- creation ----------------------------------------------------------------------------
-    def insert(self, values: dict[str, Any]) -> tuple[JobRow, bool]:
+    def insert(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Insert a new queued job, or return the existing one for the same idempotency or
         dedupe key (``(row, False)``). A failed/canceled duplicate gives way to a new job."""
         for _ in range(3):
-            existing = self._existing(values.get("idempotency_key"), values.get("dedupe_key"))
+            existing = self._existing(new.idempotency_key, new.dedupe_key)
             if existing is not None:
                 return existing, False
             now = utcnow()
             row = {"status": JobStatus.queued.value, "stage": "queued", "progress": 0.0,
                    "stages": {}, "version": 1, "created_at": now, "updated_at": now,
                    "attempts": 0, "cancel_requested": False, "remote_jobs": [], "timings": {},
-                   "cost_runpod_jobs": 0, "cost_execution_s": 0.0, "cost_usd": 0.0, **values}
+                   "cost_runpod_jobs": 0, "cost_execution_s": 0.0, "cost_usd": 0.0,
+                   **dataclasses.asdict(new)}
             try:
                 with self.engine.begin() as conn:
                     conn.execute(insert(jobs).values(**row))
-                return self.get(row["id"]), True
+                return self.get(new.id), True
             except IntegrityError:
                 log.debug("concurrent insert with the same key; re-reading")
         raise JobError("could not create the job (conflicting submissions); try again",
                        retryable=True)
 
-    def by_idempotency_key(self, key: str) -> JobRow | None:
+    def by_idempotency_key(self, key: str) -> JobRecord | None:
         """The job submitted with this ``Idempotency-Key``, if any."""
         with self.engine.connect() as conn:
             m = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).mappings().first()
-        return _row(m) if m is not None else None
+        return JobRecord.from_row(m) if m is not None else None
 
-    def _existing(self, idem: str | None, dedupe: str | None) -> JobRow | None:
+    def _existing(self, idem: str | None, dedupe: str | None) -> JobRecord | None:
         with self.engine.begin() as conn:
             if idem:
                 m = conn.execute(select(jobs).where(jobs.c.idempotency_key == idem)).mappings().first()
                 if m is not None:
-                    return _row(m)
+                    return JobRecord.from_row(m)
             if dedupe:
                 m = conn.execute(select(jobs).where(jobs.c.dedupe_key == dedupe)).mappings().first()
                 if m is not None:
                     if JobStatus(m["status"]) not in REUSABLE:
-                        return _row(m)
+                        return JobRecord.from_row(m)
                     conn.execute(update(jobs).where(jobs.c.id == m["id"]).values(dedupe_key=None))
         return None
 
     # ---- changes -----------------------------------------------------------------------------
-    def mutate(self, job_id: str, fn: Mutation, *, owner: str | None = None) -> JobRow:
+    def mutate(self, job_id: str, fn: Mutation, *, owner: str | None = None) -> JobRecord:
         """Apply ``fn(row) -> changes`` with compare-and-set on ``version``; ``None`` = no change.
         With ``owner``, refuse (LeaseLost) when the row is no longer owned by it."""
         deadline = time.monotonic() + 30.0
@@ -194,40 +198,43 @@ class SqlJobStore:
             changes = fn(row)
             if changes is None:
                 return row
-            changes = {**changes, "version": row.version + 1, "updated_at": utcnow()}
+            values: dict[str, Any] = {**changes, "version": row.version + 1,
+                                      "updated_at": utcnow()}
+            if "status" in values:
+                values["status"] = JobStatus(values["status"]).value
             with self.engine.begin() as conn:
                 res = conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, jobs.c.version == row.version).values(**changes))
+                    jobs.c.id == job_id, jobs.c.version == row.version).values(**values))
             if res.rowcount == 1:
-                row.update(changes)
-                return _row(row)
+                return row.changed(values)
             time.sleep(random.uniform(0.001, 0.01))  # lost the race: jittered retry
         raise JobError(f"job {job_id} is too busy to update; try again", retryable=True)
 
-    def update(self, job_id: str, *, owner: str | None = None, **fields: Any) -> JobRow:
-        return self.mutate(job_id, lambda _row: dict(fields), owner=owner)
+    def update(self, job_id: str, *, owner: str | None = None,
+               **fields: Unpack[JobUpdate]) -> JobRecord:
+        return self.mutate(job_id, lambda _: fields, owner=owner)
 
-    def transition(
-        self, job_id: str, new: JobStatus, *, owner: str | None = None, **fields: Any
-    ) -> JobRow:
+    def transition(self, job_id: str, new: JobStatus, *, owner: str | None = None,
+                   **fields: Unpack[JobUpdate]) -> JobRecord:
         """The one function that changes a job's status (illegal moves raise IllegalTransition)."""
 
-        def fn(row: JobRow) -> dict[str, Any]:
+        def fn(row: JobRecord) -> _Changes:
             check_transition(row.status, new)
-            changes = {"status": new.value, **fields}
+            changes: _Changes = {**fields, "status": new}
             if new.terminal:
                 changes.setdefault("finished_at", utcnow())
-                changes.update(owner=None, lease_until=None)
+                changes["owner"] = None
+                changes["lease_until"] = None
             return changes
 
         return self.mutate(job_id, fn, owner=owner)
 
-    def claim(self, job_id: str, owner: str, lease_s: float) -> JobRow | None:
+    def claim(self, job_id: str, owner: str, lease_s: float) -> JobRecord | None:
         """Take a queued job, or a running one whose lease expired (re-claim after a crash).
         Returns the claimed row, or None when the job is not claimable now."""
         claimed: builtins.list[bool] = []
 
-        def fn(row: JobRow) -> dict[str, Any] | None:
+        def fn(row: JobRecord) -> _Changes | None:
             claimed.clear()
             now = time.time()
             if row.status == JobStatus.running and (row.lease_until or 0) < now:
@@ -236,7 +243,7 @@ class SqlJobStore:
                 return None
             check_transition(JobStatus.queued, JobStatus.running)
             claimed.append(True)
-            return {"status": JobStatus.running.value, "owner": owner,
+            return {"status": JobStatus.running, "owner": owner,
                     "lease_until": now + lease_s, "attempts": row.attempts + 1,
                     "started_at": row.started_at or utcnow()}
 
@@ -248,27 +255,27 @@ class SqlJobStore:
         True only for the one caller that made the change."""
         changed: builtins.list[bool] = []
 
-        def fn(row: JobRow) -> dict[str, Any] | None:
+        def fn(row: JobRecord) -> _Changes | None:
             changed.clear()
             if row.status != JobStatus.running or (row.lease_until or 0) >= time.time():
                 return None
             check_transition(row.status, JobStatus.queued)
             changed.append(True)
-            return {"status": JobStatus.queued.value, "owner": None, "lease_until": None}
+            return {"status": JobStatus.queued, "owner": None, "lease_until": None}
 
         self.mutate(job_id, fn)
         return bool(changed)
 
-    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> JobRow:
+    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> JobRecord:
         return self.update(job_id, owner=owner, lease_until=time.time() + lease_s)
 
-    def request_cancel(self, job_id: str) -> JobRow:
+    def request_cancel(self, job_id: str) -> JobRecord:
         """Queued → canceled at once; running → flag for the runner; terminal → unchanged."""
 
-        def fn(row: JobRow) -> dict[str, Any] | None:
+        def fn(row: JobRecord) -> _Changes | None:
             if row.status == JobStatus.queued:
                 check_transition(row.status, JobStatus.canceled)
-                return {"status": JobStatus.canceled.value, "cancel_requested": True,
+                return {"status": JobStatus.canceled, "cancel_requested": True,
                         "finished_at": utcnow(), "stage": "done"}
             if row.status == JobStatus.running and not row.cancel_requested:
                 return {"cancel_requested": True}
@@ -282,21 +289,21 @@ class SqlJobStore:
             conn.execute(delete(jobs).where(jobs.c.id.in_(job_ids)))
 
     # ---- tiles -------------------------------------------------------------------------------
-    def put_tiles(self, job_id: str, rows: builtins.list[dict[str, Any]]) -> None:
+    def put_tiles(self, job_id: str, plan: builtins.list[NewTile]) -> None:
         """Record the tile plan once (a resumed job keeps its captions, seeds and prompts)."""
         with self.engine.begin() as conn:
             have = set(conn.execute(select(tiles.c.idx).where(tiles.c.job_id == job_id)).scalars())
-            new = [{"job_id": job_id, "status": "pending", "rerun": 0, **r}
-                   for r in rows if r["idx"] not in have]
+            new = [{"job_id": job_id, "status": "pending", **dataclasses.asdict(t)}
+                   for t in plan if t.idx not in have]
             if new:
                 conn.execute(insert(tiles), new)
 
-    def get_tiles(self, job_id: str) -> builtins.list[dict[str, Any]]:
+    def get_tiles(self, job_id: str) -> builtins.list[TileRecord]:
         query = select(tiles).where(tiles.c.job_id == job_id).order_by(tiles.c.idx)
         with self.engine.connect() as conn:
-            return [dict(m) for m in conn.execute(query).mappings()]
+            return [TileRecord.from_row(m) for m in conn.execute(query).mappings()]
 
-    def update_tile(self, job_id: str, idx: int, **fields: Any) -> dict[str, Any]:
+    def update_tile(self, job_id: str, idx: int, **fields: Unpack[TileUpdate]) -> TileRecord:
         with self.engine.begin() as conn:
             res = conn.execute(update(tiles).where(
                 tiles.c.job_id == job_id, tiles.c.idx == idx).values(**fields))
@@ -304,19 +311,19 @@ class SqlJobStore:
                 raise NotFound(f"job {job_id} has no tile {idx}; list tiles with GET .../tiles")
             found = conn.execute(select(tiles).where(
                 tiles.c.job_id == job_id, tiles.c.idx == idx)).mappings().one()
-        return dict(found)
+        return TileRecord.from_row(found)
 
     def tile_keys(self) -> set[str]:
         with self.engine.connect() as conn:
             return {k for k in conn.execute(select(tiles.c.cache_key)).scalars() if k}
 
     # ---- deliveries --------------------------------------------------------------------------
-    def last_delivery(self, repo: str, path: str) -> str | None:
-        """sha256 of the last file this service wrote to ``repo``/``path``, if any."""
-        query = select(deliveries.c.sha256).where(deliveries.c.repo == repo,
-                                                  deliveries.c.path == path)
+    def last_delivery(self, repo: str, path: str) -> DeliveryRecord | None:
+        """The last file this service wrote to ``repo``/``path``, if any."""
+        query = select(deliveries).where(deliveries.c.repo == repo, deliveries.c.path == path)
         with self.engine.connect() as conn:
-            return conn.execute(query).scalar()
+            found = conn.execute(query).mappings().first()
+        return DeliveryRecord.from_row(found) if found is not None else None
 
     def record_delivery(self, repo: str, path: str, sha256: str, job_id: str) -> None:
         values = {"sha256": sha256, "job_id": job_id, "delivered_at": utcnow()}

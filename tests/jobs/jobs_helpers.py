@@ -86,5 +86,5 @@ def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> b
     stage = svc.get(job_id).stages.get("refine")
     if not stage or stage.done < min_done:
         return False
-    recorded = sum(1 for t in svc.store.get_tiles(job_id) if t["remote_job_id"])
+    recorded = sum(1 for t in svc.store.get_tiles(job_id) if t.remote_job_id)
     return recorded == emu.stats("upscale")["submitted"]

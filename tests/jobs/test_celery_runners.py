@@ -32,7 +32,7 @@ def test_runner_killed_mid_job_the_job_still_succeeds_without_paying_twice(
     mid = svc.get(job.id)
     assert mid.status == JobStatus.running and mid.stages["refine"].done < 16
     in_flight = [t for t in svc.store.get_tiles(job.id)
-                 if t["remote_job_id"] and t["status"] != "refined"]
+                 if t.remote_job_id and t.status != "refined"]
     assert in_flight  # paid-for RunPod jobs the next attempt must pick up, not resubmit
     runners.start(1)
     done = _finished(svc, job.id, 90)

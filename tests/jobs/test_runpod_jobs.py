@@ -155,7 +155,7 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         mid = submitter.get(job.id)
         assert mid.status == JobStatus.running and mid.stages["refine"].done < n_tiles
         in_flight = [t for t in submitter.store.get_tiles(job.id)
-                     if t["remote_job_id"] and t["status"] != "refined"]
+                     if t.remote_job_id and t.status != "refined"]
         assert in_flight  # paid-for RunPod jobs the next attempt must pick up, not resubmit
         second = _embedded_process(env)
         try:

@@ -11,12 +11,14 @@ from service.core.errors import IllegalTransition, NotFound
 from service.core.jobs import JobStatus
 from service.storage.db import HEAD_REVISION, current_revision
 from service.storage.job_store import LeaseLost, SqlJobStore
+from service.storage.records import NewJob, NewTile
 
 
-def _values(job_id: str, **extra: object) -> dict[str, object]:
-    return {"id": job_id, "filename": "rock.png", "input_sha256": "a" * 64, "input_ext": ".png",
-            "input_width": 8, "input_height": 8, "input_format": "PNG",
-            "params": {"scale": 2.0}, "seed": 2**32 - 1, **extra}
+def _values(job_id: str, dedupe_key: str | None = None,
+            idempotency_key: str | None = None) -> NewJob:
+    return NewJob(id=job_id, filename="rock.png", input_sha256="a" * 64, input_ext=".png",
+                  input_width=8, input_height=8, input_format="PNG", params={"scale": 2.0},
+                  seed=2**32 - 1, dedupe_key=dedupe_key, idempotency_key=idempotency_key)
 
 
 def test_migrations_run_at_start_and_are_idempotent(db_url: str) -> None:
@@ -142,12 +144,12 @@ def test_list_pages_newest_first(db_url: str) -> None:
 def test_tiles_are_recorded_once_and_keep_prompts(db_url: str) -> None:
     store = SqlJobStore(db_url)
     store.insert(_values("j_1"))
-    plan = [{"idx": i, "x": i * 8, "y": 0, "w": 8, "h": 8} for i in range(3)]
+    plan = [NewTile(i, x=i * 8, y=0, w=8, h=8) for i in range(3)]
     store.put_tiles("j_1", plan)
     store.update_tile("j_1", 1, prompt="mossy stone")
     store.put_tiles("j_1", plan)  # a resumed job re-plans: nothing is overwritten
     tiles = store.get_tiles("j_1")
-    assert [t["idx"] for t in tiles] == [0, 1, 2] and tiles[1]["prompt"] == "mossy stone"
+    assert [t.idx for t in tiles] == [0, 1, 2] and tiles[1].prompt == "mossy stone"
     with pytest.raises(NotFound):
         store.update_tile("j_1", 9, prompt="x")
 
@@ -172,4 +174,7 @@ def test_an_older_database_is_upgraded_in_place(db_url: str) -> None:
     assert store.get("j_old").filename == "rock.png"
     store.record_delivery("game", "tex/a_x2.png", "b" * 64, "j_old")
     store.record_delivery("game", "tex/a_x2.png", "c" * 64, "j_new")
-    assert store.last_delivery("game", "tex/a_x2.png") == "c" * 64
+    last = store.last_delivery("game", "tex/a_x2.png")
+    assert last is not None and last.sha256 == "c" * 64 and last.job_id == "j_new"
+    assert last.delivered_at.tzinfo is not None
+    assert store.last_delivery("game", "tex/other.png") is None
