@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.core.params import LoraSpec
 from workers.upscale import models
 from workers.upscale.pipeline import RefineSettings, TileJob, UpscalePipeline
 
@@ -78,7 +79,7 @@ def load(tiny: bool, dtype: str | None = None) -> UpscalePipeline:
     return UpscalePipeline.from_weights(device="cuda")
 
 
-def lora_pair(pipe: UpscalePipeline, tiny: bool) -> tuple[tuple[str, float], ...]:
+def lora_pair(pipe: UpscalePipeline, tiny: bool) -> list[LoraSpec]:
     if tiny:
         from workers.tiny import upscale as tiny_parts
 
@@ -88,7 +89,7 @@ def lora_pair(pipe: UpscalePipeline, tiny: bool) -> tuple[tuple[str, float], ...
                                   folder / f"l{seed}.safetensors", seed)
         pipe.lora_dir = folder
     names = [m.name for m in models.list_models(pipe.lora_dir).models][:2]
-    return tuple((n, 0.8) for n in names) if len(names) == 2 else ()
+    return [LoraSpec(name=n, weight=0.8) for n in names] if len(names) == 2 else []
 
 
 def run(tiny: bool, repeats: int) -> list[Row]:
@@ -105,15 +106,15 @@ def run(tiny: bool, repeats: int) -> list[Row]:
         rows.append(Row(name, s, peak, note))
 
     add("baseline (CN on, fp16/fp32 eager, SDPA)", base)
-    add("ControlNet off", dataclasses.replace(base, controlnet_scale=0.0))
-    add("+ IP-Adapter style image", dataclasses.replace(base, ip_adapter_image=style,
-                                                        ip_adapter_scale=0.6))
+    add("ControlNet off", base.model_copy(update={"controlnet_scale": 0.0}))
+    add("+ IP-Adapter style image", base.model_copy(update={"ip_adapter_image": style,
+                                                                "ip_adapter_scale": 0.6}))
     loras = lora_pair(pipe, tiny)
     if loras:
-        add("+ two LoRAs", dataclasses.replace(base, loras=loras))
+        add("+ two LoRAs", base.model_copy(update={"loras": loras}))
     else:
         rows.append(Row("+ two LoRAs", float("nan"), None, "skipped: <2 LoRAs in the folder"))
-    add("tile batch 4", dataclasses.replace(base, batch_size=4))
+    add("tile batch 4", base.model_copy(update={"batch_size": 4}))
     _variants(pipe, jobs, base, repeats, tiny, rows)
     return rows
 

@@ -17,26 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ConfigDict
 
 from service.core.contracts import ModelInfo
-from service.core.params import LoraSpec, Scheduler
+from service.core.params import DiffusionSettings
 
 
-@dataclass(frozen=True)
-class RefineOptions:
-    """Job-wide diffusion settings (per-tile prompt and seed travel with the tile)."""
+class RefineOptions(DiffusionSettings):
+    """Job-wide diffusion settings plus the decoded style image (per-tile prompt and seed
+    travel with the tile)."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    strength: float = 0.35
-    steps: int = 30
-    cfg_scale: float = 7.0
-    scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    clip_skip: int = 0
-    controlnet_scale: float = 0.7
-    ip_adapter_image: np.ndarray | None = None
-    ip_adapter_scale: float = 0.0
-    loras: tuple[LoraSpec, ...] = ()
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    ip_adapter_image: np.ndarray | None = None  # (H, W, 3) uint8
 
 
 @dataclass(frozen=True)

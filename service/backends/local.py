@@ -198,13 +198,8 @@ def _settings(options: RefineOptions, batch_size: int) -> Any:
 
     style = options.ip_adapter_image
     return RefineSettings(
-        prompt=options.prompt, negative_prompt=options.negative_prompt,
-        strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
-        scheduler=options.scheduler, clip_skip=options.clip_skip,
-        controlnet_scale=options.controlnet_scale,
+        **options.diffusion_kwargs(),
         ip_adapter_image=Image.fromarray(style) if style is not None else None,
-        ip_adapter_scale=options.ip_adapter_scale,
-        loras=tuple((lora.name, lora.weight) for lora in options.loras),
         batch_size=batch_size,
     )
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from service.core.params import LoraSpec, Scheduler
+from service.core.params import DiffusionSettings
 
 CONTRACT_VERSION: Final = 1  # Final: typed as Literal[1], the models' version field
 MAX_TILES_PER_CALL = 16
@@ -61,21 +61,14 @@ class TileIn(_Strict):
     seed: int = Field(ge=0, le=2**32 - 1)
 
 
-class UpscaleRequest(_Strict):
+class UpscaleRequest(DiffusionSettings):
+    """Refine tiles; the job-wide knobs (prompt, strength, steps, ...) are DiffusionSettings'."""
+
+    model_config = ConfigDict(extra="forbid")
     action: Literal["upscale"] = "upscale"
     version: Literal[1] = CONTRACT_VERSION
     tiles: list[TileIn] = Field(min_length=1, max_length=MAX_TILES_PER_CALL)
-    prompt: str = Field(default="", max_length=4000)  # global style prompt
-    negative_prompt: str = Field(default="", max_length=4000)
-    strength: float = Field(default=0.35, ge=0.0, le=1.0)
-    steps: int = Field(default=30, ge=1, le=100)
-    cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
-    scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    clip_skip: int = Field(default=0, ge=0, le=4)
-    controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
     ip_adapter_image: ImageRef | None = None
-    ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
-    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
     output_format: Literal["png", "webp"] = "png"
     batch_size: int = Field(default=1, ge=1, le=MAX_TILES_PER_CALL)  # tiles per diffusion call
     # the caller's idempotency key: the same work always carries the same key

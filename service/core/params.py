@@ -3,13 +3,19 @@
 ``UpscaleParams`` is the single typed description of a job's knobs, shared by the CLI, the REST
 API, the watcher presets, the orchestrator and (translated by the backends) the GPU workers.
 ``canonical_json`` gives the stable form hashed into a job's dedupe key.
+
+``DiffusionSettings`` declares the job-wide diffusion knobs (names, defaults, limits) ONCE; the
+job parameters, the worker contract (``contracts.UpscaleRequest``), the backends' options
+(``backends.base.RefineOptions``) and the worker pipeline (``RefineSettings``) all subclass it,
+so a knob added or re-limited here reaches every layer, and ``diffusion_kwargs`` hands the same
+values from one layer to the next without a hand-written field list.
 Pure: no I/O, no settings.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,13 +52,36 @@ class LoraSpec(BaseModel):
     weight: float = Field(default=1.0, ge=-4.0, le=4.0)
 
 
-class UpscaleParams(BaseModel):
-    """Everything that changes the pixels of a job's output.
+class DiffusionSettings(BaseModel):
+    """The job-wide SDXL refine knobs, declared once for every layer that carries them.
 
-    Size: give ``scale`` or ``width``/``height`` (one side keeps the aspect ratio).
+    Per-tile values (the caption appended to ``prompt``, the tile's seed) travel with the tile.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(default="", max_length=4000)  # global style prompt
+    negative_prompt: str = Field(default="", max_length=4000)
+    strength: float = Field(default=0.35, ge=0.0, le=1.0)
+    steps: int = Field(default=30, ge=1, le=100)
+    cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
+    scheduler: Scheduler = "dpmpp_2m_sde_karras"
+    clip_skip: int = Field(default=0, ge=0, le=4)
+    controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
+    ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+
+    def diffusion_kwargs(self) -> dict[str, Any]:
+        """This object's diffusion knobs as keyword arguments for another layer's model."""
+        return {name: getattr(self, name) for name in DiffusionSettings.model_fields}
+
+
+class UpscaleParams(DiffusionSettings):
+    """Everything that changes the pixels of a job's output.
+
+    Size: give ``scale`` or ``width``/``height`` (one side keeps the aspect ratio).
+    The diffusion knobs come from :class:`DiffusionSettings` (ignored by the ``none`` backend).
+    """
 
     scale: float | None = Field(default=None, gt=0.0, le=8.0)
     width: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_SIDE)
@@ -65,20 +94,10 @@ class UpscaleParams(BaseModel):
     tileable: bool = False
     colour_fix: ColourFix = "wavelet"
 
-    # diffusion refine (ignored by the `none` backend)
-    prompt: str = Field(default="", max_length=4000)
-    negative_prompt: str = Field(default="", max_length=4000)
+    # diffusion refine beyond the shared knobs
     caption: bool = True
-    strength: float = Field(default=0.35, ge=0.0, le=1.0)
-    steps: int = Field(default=30, ge=1, le=100)
-    cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    clip_skip: int = Field(default=0, ge=0, le=4)
-    controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
-    ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
     style_image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
 
     # game assets (docs/guide/asset-types.md)
     asset_type: AssetTypeChoice = Field(default="auto", description=(

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -97,10 +97,8 @@ def digest(*parts: Any) -> str:
 
 
 def options_fingerprint(options: RefineOptions) -> str:
-    data = asdict(options)
-    ip = data.pop("ip_adapter_image")
-    data["loras"] = [dict(lora) if isinstance(lora, dict) else lora.model_dump()
-                     for lora in data["loras"]]
+    data = options.model_dump(exclude={"ip_adapter_image"})
+    ip = options.ip_adapter_image
     data["ip_adapter_image"] = digest(ip) if ip is not None else None
     return json.dumps(data, sort_keys=True, default=str)
 

@@ -111,12 +111,7 @@ class TileMemory:
 
 def refine_options(params: UpscaleParams, style: np.ndarray | None = None) -> RefineOptions:
     """Job-wide diffusion settings; ``style`` is the IP-Adapter image, if any."""
-    return RefineOptions(
-        ip_adapter_image=style,
-        prompt=params.prompt, negative_prompt=params.negative_prompt, strength=params.strength,
-        steps=params.steps, cfg_scale=params.cfg_scale, scheduler=params.scheduler,
-        clip_skip=params.clip_skip, controlnet_scale=params.controlnet_scale,
-        ip_adapter_scale=params.ip_adapter_scale, loras=tuple(params.loras))
+    return RefineOptions(**params.diffusion_kwargs(), ip_adapter_image=style)
 
 
 def run_stages(prepared: Prepared, backend: GpuBackend | None, plan: StagePlan, *, seed: int,
@@ -240,7 +235,7 @@ async def _seam_fix(backend: GpuBackend, prepared: Prepared, plan: StagePlan, se
         lambda: finish(no_seam, refined, no_seam.params, colour_fixed=True).rgb)
     n = len(seams.tiles)
     await asyncio.to_thread(observer.stage, "seam_fix", 0, n)
-    seam_options = dataclasses.replace(options, strength=prepared.params.seam_fix_strength)
+    seam_options = options.model_copy(update={"strength": prepared.params.seam_fix_strength})
     work = [TileWork(i, prepared.seam_tile(blended, i), "",
                      derive_seed(seed, SEAM_SEED_OFFSET + i)) for i in range(n)]
     return await refine_tiles(backend, work, seam_options, cache, observer=observer,

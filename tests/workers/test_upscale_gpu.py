@@ -57,13 +57,15 @@ def test_controlnet_ip_adapter_and_long_prompts_each_change_the_tile(pipe, tile)
 
 
 def test_two_loras_from_the_volume_change_the_tile(pipe, tile) -> None:
+    from service.core.params import LoraSpec
     from workers.upscale import models
 
     names = [m.name for m in models.list_models(pipe.lora_dir).models][:2]
     if len(names) < 2:
         pytest.fail(f"put two SDXL LoRAs in {models.lora_dir()} to run this test")
     base = refine(pipe, tile)
-    assert np.abs(base - refine(pipe, tile, loras=((names[0], 0.8), (names[1], 0.5)))).mean() > 0.5
+    assert np.abs(base - refine(pipe, tile, loras=[LoraSpec(name=names[0], weight=0.8),
+                                                         LoraSpec(name=names[1], weight=0.5)])).mean() > 0.5
 
 
 def test_caption_model_answers_with_keywords() -> None:

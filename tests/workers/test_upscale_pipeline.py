@@ -7,16 +7,20 @@ prompts must not be cut at 77 tokens, and out-of-memory must come back as a retr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 from PIL import Image
+from pydantic import ValidationError
 
 from service.core.errors import BackendUnavailable, NotFound, ParamsError
+from service.core.params import LoraSpec, Scheduler
 from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import (
+    SCHEDULERS,
     RefineSettings,
     TileJob,
     UpscalePipeline,
@@ -54,6 +58,10 @@ def run(pipe: UpscalePipeline, tile: Image.Image, seed: int = 7, prompt: str = "
     return np.asarray(out, dtype=np.int16)
 
 
+def lora(name: str, weight: float) -> LoraSpec:
+    return LoraSpec(name=name, weight=weight)
+
+
 def differs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
@@ -68,9 +76,9 @@ def test_controlnet_is_built_and_its_scale_changes_the_output(pipe, tile) -> Non
 
 def test_stacked_lora_weights_change_the_output_and_unload_cleanly(pipe, tile) -> None:
     plain = run(pipe, tile)
-    both = run(pipe, tile, loras=(("detail", 1.0), ("style.safetensors", 0.5)))
-    heavier = run(pipe, tile, loras=(("detail", 1.0), ("style.safetensors", 1.5)))
-    only_detail = run(pipe, tile, loras=(("detail", 1.0),))
+    both = run(pipe, tile, loras=[lora("detail", 1.0), lora("style.safetensors", 0.5)])
+    heavier = run(pipe, tile, loras=[lora("detail", 1.0), lora("style.safetensors", 1.5)])
+    only_detail = run(pipe, tile, loras=[lora("detail", 1.0)])
     assert differs(plain, both) > 1.0
     assert differs(both, heavier) > 1.0  # the second LoRA's own weight is applied
     assert differs(both, only_detail) > 1.0  # both LoRAs are active at once
@@ -79,7 +87,7 @@ def test_stacked_lora_weights_change_the_output_and_unload_cleanly(pipe, tile) -
 
 def test_unknown_lora_is_a_clear_not_found(pipe, tile) -> None:
     with pytest.raises(NotFound) as info:
-        run(pipe, tile, loras=(("missing", 1.0),))
+        run(pipe, tile, loras=[lora("missing", 1.0)])
     assert info.value.code == "lora_not_found"
     assert "detail.safetensors" in info.value.message  # tells what is available
 
@@ -131,8 +139,11 @@ def test_every_scheduler_runs_and_matters(pipe, tile) -> None:
     outs = {name: run(pipe, tile, scheduler=name)
             for name in ("dpmpp_2m_sde_karras", "dpmpp_2m_karras", "euler", "euler_a", "unipc", "ddim")}
     assert differs(outs["euler"], outs["ddim"]) > 0.5
-    with pytest.raises(ParamsError):
-        run(pipe, tile, scheduler="plms")
+    assert set(SCHEDULERS) == set(get_args(Scheduler))  # the worker runs every declared name
+    with pytest.raises(ValidationError, match="scheduler"):
+        run(pipe, tile, scheduler="plms")  # refused where the settings are built
+    with pytest.raises(ParamsError):  # and by the pipeline, for settings built unvalidated
+        pipe.refine([TileJob("0_0", tile, "", 1)], BASE.model_copy(update={"scheduler": "plms"}))
 
 
 def test_zero_strength_returns_the_tile_untouched(pipe, tile) -> None:
@@ -154,12 +165,12 @@ def test_out_of_memory_becomes_a_retryable_error(pipe, tile) -> None:
 
 
 def test_lora_replaced_on_disk_is_reloaded(pipe, tile, tmp_path: Path) -> None:
-    before = run(pipe, tile, loras=(("style", 1.0),))
+    before = run(pipe, tile, loras=[lora("style", 1.0)])
     path = pipe.lora_dir / "style.safetensors"
     original = path.read_bytes()
     try:
         tiny.write_lora(tiny.build_components(tmp_path)["unet"], path, seed=99)
-        assert differs(before, run(pipe, tile, loras=(("style", 1.0),))) > 0.5
+        assert differs(before, run(pipe, tile, loras=[lora("style", 1.0)])) > 0.5
     finally:
         path.write_bytes(original)
 
@@ -167,12 +178,12 @@ def test_lora_replaced_on_disk_is_reloaded(pipe, tile, tmp_path: Path) -> None:
 def test_least_recently_used_loras_are_unloaded(pipe, tile) -> None:
     pipe.max_loaded_loras = 1
     try:
-        run(pipe, tile, loras=(("detail", 1.0),))
-        alone = run(pipe, tile, loras=(("style", 1.0),))
+        run(pipe, tile, loras=[lora("detail", 1.0)])
+        alone = run(pipe, tile, loras=[lora("style", 1.0)])
         assert list(pipe._adapters) == ["style.safetensors"]
         loaded = {a for names in pipe.pipe.get_list_adapters().values() for a in names}
         assert len(loaded) == 1
-        both = run(pipe, tile, loras=(("detail", 1.0), ("style", 1.0)))  # both still usable
+        both = run(pipe, tile, loras=[lora("detail", 1.0), lora("style", 1.0)])  # both still usable
         assert differs(alone, both) > 1.0
     finally:
         pipe.max_loaded_loras = 8

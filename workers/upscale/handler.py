@@ -87,14 +87,8 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
     tiles = [TileJob(t.tile_id, decode_image_ref(t.image).convert("RGB"), t.prompt, t.seed)
              for t in req.tiles]
     style = decode_image_ref(req.ip_adapter_image) if req.ip_adapter_image else None
-    settings = RefineSettings(
-        prompt=req.prompt, negative_prompt=req.negative_prompt, strength=req.strength,
-        steps=req.steps, cfg_scale=req.cfg_scale, scheduler=req.scheduler,
-        clip_skip=req.clip_skip, controlnet_scale=req.controlnet_scale,
-        ip_adapter_image=style, ip_adapter_scale=req.ip_adapter_scale,
-        loras=tuple((lora.name, lora.weight) for lora in req.loras),
-        batch_size=req.batch_size,
-    )
+    settings = RefineSettings(**req.diffusion_kwargs(), ip_adapter_image=style,
+                              batch_size=req.batch_size)
     images = get_pipeline().refine(tiles, settings)
     out = UpscaleResponse(tiles=[
         TileOut(tile_id=t.tile_id, image=encode_image_ref(img, req.output_format),

@@ -37,9 +37,12 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from PIL import Image
+from pydantic import ConfigDict, Field
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from service.core.contracts import MAX_TILES_PER_CALL
 from service.core.errors import AatError, BackendUnavailable, ParamsError
+from service.core.params import DiffusionSettings, LoraSpec
 from workers.upscale import models, weights
 
 log = logging.getLogger(__name__)
@@ -68,22 +71,13 @@ class TileJob:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class RefineSettings:
-    """Job-wide knobs of one call (mirrors ``UpscaleRequest`` minus the tiles)."""
+class RefineSettings(DiffusionSettings):
+    """Job-wide knobs of one call: the shared ``DiffusionSettings`` (prompt, strength, steps,
+    scheduler, LoRAs, ...) plus the decoded style image and the diffusion batch size."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    strength: float = 0.35
-    steps: int = 30
-    cfg_scale: float = 7.0
-    scheduler: str = "dpmpp_2m_sde_karras"
-    clip_skip: int = 0
-    controlnet_scale: float = 0.7
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     ip_adapter_image: Image.Image | None = None
-    ip_adapter_scale: float = 0.0
-    loras: tuple[tuple[str, float], ...] = ()
-    batch_size: int = 1
+    batch_size: int = Field(default=1, ge=1, le=MAX_TILES_PER_CALL)
 
 
 def effective_prompt(global_prompt: str, tile_prompt: str) -> str:
@@ -236,11 +230,11 @@ class UpscalePipeline:
 
     # ---- LoRAs and IP-Adapter --------------------------------------------------------------
 
-    def _apply_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+    def _apply_loras(self, loras: list[LoraSpec]) -> None:
         names, weights_ = [], []
-        for name, weight in loras:
-            names.append(self._ensure_lora(name))
-            weights_.append(weight)
+        for lora in loras:
+            names.append(self._ensure_lora(lora.name))
+            weights_.append(lora.weight)
         self._evict_loras(keep=set(names))
         if names:
             self.pipe.enable_lora()

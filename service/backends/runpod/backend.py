@@ -123,12 +123,8 @@ class RunPodBackend:
             return UpscaleRequest(
                 tiles=[TileIn(tile_id=tile.tile_id, image=await _encode(tile.image),
                               prompt=tile.prompt, seed=tile.seed)],
-                prompt=options.prompt, negative_prompt=options.negative_prompt,
-                strength=options.strength, steps=options.steps, cfg_scale=options.cfg_scale,
-                scheduler=options.scheduler, clip_skip=options.clip_skip,
-                controlnet_scale=options.controlnet_scale,
+                **options.diffusion_kwargs(),
                 ip_adapter_image=await _encode(style) if style is not None else None,
-                ip_adapter_scale=options.ip_adapter_scale, loras=list(options.loras),
             )
 
         label = f"tile {tile.tile_id}"
