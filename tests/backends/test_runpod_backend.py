@@ -261,6 +261,36 @@ def test_missing_settings_are_a_config_error(runpod_settings, runpod_emulator):
         RunPodBackend(runpod_settings(emu, runpod_upscale_endpoint_id=None))
 
 
+def test_a_tile_cancelled_while_its_run_post_is_in_flight_cancels_that_job(
+        runpod_emulator, runpod_settings):
+    """The job exists before its id arrives (a slow /run reply): cancelling the tile then
+    used to leave that RunPod job running and billing; now it is cancelled once its id comes."""
+    emu = runpod_emulator(latency_s=30.0, run_reply_delay_s=1.0)
+    backend = RunPodBackend(runpod_settings(emu))
+    seen: list[str] = []
+
+    async def go() -> None:
+        task = asyncio.create_task(backend.refine(_tile(), RefineOptions(),
+                                                  on_submitted=seen.append))
+        for _ in range(500):  # the job is created upstream; its /run reply is still coming
+            await asyncio.sleep(0.01)
+            if emu.stats("upscale")["submitted"] == 1:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.aclose()
+
+    started = time.monotonic()
+    asyncio.run(go())
+    assert time.monotonic() - started < 20  # did not wait for the 30 s job
+    assert seen == []  # the tile never got as far as recording the id
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 1 and stats["canceled"] == 1
+    assert stats["by_status"] == {"CANCELLED": 1}
+    assert backend.totals()["runpod_jobs"] == 1  # counted, though cancelled before it ran
+
+
 def test_a_failing_on_submitted_callback_cancels_the_runpod_job(runpod_emulator, runpod_settings):
     emu = runpod_emulator(latency_s=30.0)
     backend = RunPodBackend(runpod_settings(emu))

@@ -119,6 +119,8 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
     async def run(endpoint_id: str, request: Request) -> dict[str, Any]:
         ep = gate(request, endpoint_id, "run")
         job = ep.submit(await read_body(request, ep, RUN_LIMIT), sync=False)
+        if ep.config.run_reply_delay_s:  # a slow network: the job exists before its id arrives
+            await asyncio.sleep(ep.config.run_reply_delay_s)
         if ep.faults.draw("ghost"):  # queued, but the client is told otherwise
             ep.counts["rej_5xx"] += 1
             raise _Reject(502, "Bad Gateway")

@@ -51,6 +51,7 @@ class EndpointConfig:
     sweep_s: float = 5.0  # how often results past retention/TTL are dropped unasked
     rate_limits: dict[str, int] | None = None  # requests per route per window; None = no limit
     rate_window_s: float = 10.0
+    run_reply_delay_s: float = 0.0  # /run creates the job at once, then answers this much later
 
 
 @dataclass

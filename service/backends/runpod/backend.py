@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_BYTES = 6 * 1024 * 1024  # base64 grows it to 8 MB: under the /run limit
 RUNSYNC_WAIT_MS = 30_000  # /runsync holds the request this long, then we poll /status
+LATE_ID_WAIT_S = 30.0  # how long a cancelled tile waits for its /run reply, to cancel that job
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -270,7 +271,7 @@ class RunPodBackend:
             first = await client.runsync(payload, wait_ms=RUNSYNC_WAIT_MS)
             job_id = str(first["id"])
         else:
-            first, job_id = None, await client.run(payload, self._policy)
+            first, job_id = None, await self._submit(client, payload)
         acct.remote_job_ids.append(job_id)
         acct.attempts += 1
         self._totals.runpod_jobs += 1
@@ -291,6 +292,27 @@ class RunPodBackend:
             raise
         self._account(acct, body)
         return body
+
+    async def _submit(self, client: RunPodClient, payload: dict[str, Any]) -> str:
+        """``POST /run``. Cancelled while the POST is in flight, the job may exist anyway (RunPod
+        created it; its id is on the way): wait for the id, bounded, and cancel that RunPod job
+        at once rather than leave it running and billing."""
+        post = asyncio.ensure_future(client.run(payload, self._policy))
+        try:
+            return await asyncio.shield(post)
+        except asyncio.CancelledError:
+            await self._cancel_late(client, post)
+            raise
+
+    async def _cancel_late(self, client: RunPodClient, post: asyncio.Future[str]) -> None:
+        try:
+            job_id = await asyncio.wait_for(asyncio.shield(post), LATE_ID_WAIT_S)
+        except Exception:  # no id came back (refused, timed out): nothing to cancel
+            post.cancel()
+            return
+        self._totals.runpod_jobs += 1  # it was created: count it (cancelled before it ran)
+        log.info("RunPod job %s was created after its tile was cancelled; cancelling it", job_id)
+        await _cancel_quietly(client, job_id)
 
     def _account(self, acct: CallAccounting, body: dict[str, Any]) -> None:
         delay, execution = int(body.get("delayTime") or 0), int(body.get("executionTime") or 0)
