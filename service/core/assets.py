@@ -177,16 +177,22 @@ def pixel_art_score(rgb: np.ndarray, alpha: np.ndarray | None = None,
     height, width = rgb.shape[:2]
     if rgb.dtype != np.uint8:
         return False, "16-bit"
+    if max(height, width) > max_side * 16:
+        return False, f"{width}x{height} is too large for pixel art"
     block = native_pixel_size(rgb, alpha)
     if max(height, width) // block > max_side:
         return False, f"{width}x{height} is too large for pixel art"
-    packed = _pack(rgb, alpha)
-    colours = int(np.unique(packed).size)
+    small = rgb[::block, ::block]  # one pixel per drawn pixel
+    small_alpha = None if alpha is None else alpha[::block, ::block]
+    probe = _pack(_sample(small, 128), None if small_alpha is None else _sample(small_alpha, 128))
+    if int(np.unique(probe).size) > max_colours:  # cheap refusal on a sample first
+        return False, f"more than {max_colours} colours"
+    colours = int(np.unique(_pack(small, small_alpha)).size)
     if colours > max_colours:
         return False, f"{colours} colours"
     # hard edges: neighbouring pixels are either identical or clearly different
-    dx = np.abs(np.diff(rgb.astype(np.int16), axis=1)).max(axis=2)
-    dy = np.abs(np.diff(rgb.astype(np.int16), axis=0)).max(axis=2)
+    dx = np.abs(np.diff(small.astype(np.int16), axis=1)).max(axis=2)
+    dy = np.abs(np.diff(small.astype(np.int16), axis=0)).max(axis=2)
     steps = np.concatenate([dx.ravel(), dy.ravel()])
     changed = steps[steps > 0]
     soft = float((changed < 24).mean()) if changed.size else 0.0
@@ -206,28 +212,41 @@ def _pack(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 def native_pixel_size(rgb: np.ndarray, alpha: np.ndarray | None = None) -> int:
     """Largest ``k`` (up to 16) such that the image is made of ``k x k`` solid blocks."""
-    packed = _pack(rgb, alpha) if rgb.dtype == np.uint8 else None
-    if packed is None:
+    if rgb.dtype != np.uint8:
         return 1
-    height, width = packed.shape
+    height, width = rgb.shape[:2]
+    arrays = [rgb] if alpha is None else [rgb, alpha]
     for k in range(16, 1, -1):
         if height % k or width % k:
             continue
-        blocks = packed.reshape(height // k, k, width // k, k)
-        if (blocks == blocks[:, :1, :, :1]).all():
+        head = k * min(8, height // k)  # a few block rows first: most k fail there, cheaply
+        if all(_blocky(a[:head], k) for a in arrays) and all(_blocky(a, k) for a in arrays):
             return k
     return 1
 
 
+def _blocky(arr: np.ndarray, k: int) -> bool:
+    height, width = arr.shape[:2]
+    blocks = arr.reshape(height // k, k, width // k, k, *arr.shape[2:])
+    return bool((blocks == blocks[:, :1, :, :1]).all())
+
+
 def wraps(rgb: np.ndarray) -> bool:
     """True when opposite edges continue each other (a seamless, tileable texture)."""
-    img = _unit(rgb).mean(axis=2) if rgb.ndim == 3 else _unit(rgb)
-    if min(img.shape) < 8:
+    height, width = rgb.shape[:2]
+    if min(height, width) < 8:
         return False
-    inner_x = float(np.abs(np.diff(img, axis=1)).mean())
-    inner_y = float(np.abs(np.diff(img, axis=0)).mean())
-    edge_x = float(np.abs(img[:, 0] - img[:, -1]).mean())
-    edge_y = float(np.abs(img[0] - img[-1]).mean())
+
+    def grey(arr: np.ndarray) -> np.ndarray:
+        unit = _unit(arr)
+        return unit.mean(axis=-1) if rgb.ndim == 3 else unit
+
+    cols = np.linspace(0, width - 2, min(64, width - 1)).astype(int)
+    rows = np.linspace(0, height - 2, min(64, height - 1)).astype(int)
+    inner_x = float(np.abs(grey(rgb[:, cols + 1]) - grey(rgb[:, cols])).mean())
+    inner_y = float(np.abs(grey(rgb[rows + 1]) - grey(rgb[rows])).mean())
+    edge_x = float(np.abs(grey(rgb[:, 0]) - grey(rgb[:, -1])).mean())
+    edge_y = float(np.abs(grey(rgb[0]) - grey(rgb[-1])).mean())
     return edge_x <= 1.5 * inner_x + 1e-4 and edge_y <= 1.5 * inner_y + 1e-4
 
 
