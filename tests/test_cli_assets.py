@@ -107,3 +107,25 @@ def test_jpeg_of_a_transparent_sprite_on_the_matte(tmp_path: Path,
     assert "composited onto the matte #000000" in result.stderr
     out = np.asarray(Image.open(io.BytesIO((tmp_path / "hero.jpg").read_bytes()))).astype(int)
     assert out[:8, :8].max() <= 6  # black matte, not purple
+
+
+def test_dds_in_and_block_compressed_dds_out(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    rgb, alpha = painted_sprite(64, 2)
+    src = tmp_path / "hero.dds"
+    Image.fromarray(np.dstack([rgb, alpha])).save(src, "DDS")  # uncompressed RGBA DDS
+    result = run("upscale", src, "-o", tmp_path / "hero_x2.dds", "--upscaler", "lanczos", "-q",
+                 cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    data = (tmp_path / "hero_x2.dds").read_bytes()
+    assert data[:4] == b"DDS " and data[84:88] == b"DXT5"  # BC3: alpha kept, compressed
+    assert len(data) == 128 + 128 * 128  # 1 byte per pixel, a quarter of RGBA
+    out = np.asarray(Image.open(tmp_path / "hero_x2.dds").convert("RGBA")).astype(int)
+    assert out.shape == (128, 128, 4)
+    assert out[0, 0, 3] == 0 and out[64, 64, 3] == 255
+    assert np.abs(out[60:68, 60:68, :3] - rgb[30:34, 30:34].mean(axis=(0, 1))).mean() < 20
+    flat = save(tmp_path / "splash.png", rgb)
+    opaque = run("upscale", flat, "-o", tmp_path / "splash.dds", "--upscaler", "lanczos", "-q",
+                 cwd=tmp_path, monkeypatch=monkeypatch)
+    assert opaque.exit_code == 0, opaque.stderr
+    assert (tmp_path / "splash.dds").read_bytes()[84:88] == b"DXT1"  # BC1 when opaque

@@ -176,7 +176,7 @@ def get_job(job_id: JobId, response: Response,
             response_class=FileResponse,
             responses={200: {"description": "the image bytes",
                              "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
-                                         "image/x-tga": {}}},
+                                         "image/x-tga": {}, "image/vnd-ms.dds": {}}},
                        **problem_responses(404, 409, 422)})
 def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)],
                ) -> FileResponse:

@@ -26,7 +26,8 @@ from service.settings import load_settings
 
 _out = Console(soft_wrap=True)
 _err = Console(stderr=True, soft_wrap=True)
-_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/x-tga": ".tga"}
+_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/x-tga": ".tga",
+        "image/vnd-ms.dds": ".dds"}
 
 models_app = typer.Typer(help="LoRAs on the upscale worker's volume.", no_args_is_help=True)
 

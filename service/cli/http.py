@@ -21,7 +21,7 @@ from service.settings import Settings
 
 RAW_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
              ".webp": "image/webp", ".tga": "image/x-tga", ".bmp": "image/bmp",
-             ".gif": "image/gif"}
+             ".gif": "image/gif", ".dds": "image/vnd-ms.dds"}
 
 
 class ApiCallError(AatError):

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from service.cli.sheets import SheetFile
 
 log = logging.getLogger(__name__)
-_UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".dds", ".ico", ".hdr", ".avif")
+_UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".ico", ".hdr", ".avif")
 _OPTION_NAMES = {"output_format": "--format", "parameters": "parameters"}
 _STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
 _err_console = Console(stderr=True)
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
 def upscale(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="Image to upscale (PNG, JPEG, "
-                                      "WebP, TGA, BMP, GIF)."),
+                                      "WebP, TGA, BMP, GIF, DDS)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the result."),
     scale: float | None = typer.Option(None, "--scale", "-s", help="Scale factor, up to 8 "
                                        "(default 2 when no size is given)."),
@@ -87,7 +87,8 @@ def upscale(
     caption: bool = typer.Option(True, "--caption/--no-caption", help="Caption each tile "
                                  "with the VLM and use it as the tile's prompt."),
     output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix, "
-                                      "else the input's format), png, webp, jpeg or tga."),
+                                      "else the input's format), png, webp, jpeg, tga or "
+                                      "dds (BC1/BC3)."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
                                 "100 = lossless WebP."),
     asset_type: str = typer.Option("auto", "--asset-type", help="auto (from the file name and "

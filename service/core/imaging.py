@@ -32,11 +32,12 @@ from service.core.alpha import composite_on_matte, is_opaque
 from service.core.errors import ImageError
 
 #: Pillow format names we read, and the output formats we write.
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TGA", "BMP", "GIF")
-OUTPUT_FORMATS = ("png", "webp", "jpeg", "tga")
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TGA", "BMP", "GIF", "DDS")
+OUTPUT_FORMATS = ("png", "webp", "jpeg", "tga", "dds")
 _AUTO_OUTPUT = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "TGA": "tga", "BMP": "png",
-                "GIF": "png"}
-_SUFFIXES = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga"}
+                "GIF": "png", "DDS": "dds"}
+_SUFFIXES = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga",
+             ".dds": "dds"}
 #: zlib level of PNG outputs unless the caller says otherwise (``AAT_PNG_COMPRESS_LEVEL``).
 PNG_COMPRESS_LEVEL = 3
 #: Decompressed bytes per compressed byte above which an oversize file counts as a bomb.
@@ -107,9 +108,9 @@ def _open(data: bytes) -> Image.Image:
         other = _identify_other(data)
         if other:
             raise _err("image_unsupported", f"{other} files are not supported; export PNG, "
-                       "JPEG, WebP, TGA, BMP or GIF") from exc
+                       "JPEG, WebP, TGA, BMP, GIF or DDS") from exc
         raise _err("image_corrupt", "not a readable image (supported: PNG, JPEG, WebP, TGA, "
-                   "BMP, GIF); check the file is not damaged or mislabelled") from exc
+                   "BMP, GIF, DDS); check the file is not damaged or mislabelled") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise _err("image_corrupt", f"the image header is damaged ({exc}); re-export the "
                    "file") from exc
@@ -289,7 +290,7 @@ def format_for_suffix(suffix: str) -> str | None:
 
 
 #: Output formats that keep an alpha channel.
-ALPHA_FORMATS = ("png", "webp", "tga")
+ALPHA_FORMATS = ("png", "webp", "tga", "dds")
 
 
 def matte_warning(fmt: str, alpha: np.ndarray | None, matte: str = "#ffffff") -> str | None:
@@ -310,7 +311,8 @@ def encode_image(
     compress_level: int = PNG_COMPRESS_LEVEL,
     matte: tuple[int, int, int] = (255, 255, 255),
 ) -> bytes:
-    """Encode to ``fmt`` (png/webp/jpeg/tga). Alpha is kept except for JPEG, which has none:
+    """Encode to ``fmt`` (png/webp/jpeg/tga/dds). DDS is block-compressed by Pillow: BC1
+    (DXT1) when opaque, BC3 (DXT5) with alpha. Alpha is kept except for JPEG, which has none:
     there the colour is composited onto ``matte`` through the alpha (see :func:`matte_warning`),
     so transparent areas show the matte instead of whatever colour hid under them.
 
@@ -336,6 +338,8 @@ def encode_image(
         kwargs.update(quality=min(quality, 100), subsampling=0)
     elif fmt == "tga":
         kwargs.update(compression="tga_rle", id_section=text.encode()[:255])
+    elif fmt == "dds":  # block-compressed: BC1 (DXT1) opaque, BC3 (DXT5) with alpha
+        kwargs = {"pixel_format": "DXT5" if im.mode == "RGBA" else "DXT1"}
     else:
         raise _err("image_unsupported", f"cannot write {fmt}; choose one of "
                    f"{', '.join(OUTPUT_FORMATS)}")

@@ -125,7 +125,7 @@ class UpscaleParams(DiffusionSettings):
         "#rrggbb, white, black or grey. A warning is recorded."))
 
     # output
-    output_format: Literal["auto", "png", "webp", "jpeg", "tga"] = "auto"
+    output_format: Literal["auto", "png", "webp", "jpeg", "tga", "dds"] = "auto"
 
     @field_validator("sheet", mode="before")
     @classmethod

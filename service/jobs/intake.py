@@ -14,9 +14,9 @@ from service.core.imaging import (
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
-EXT_FOR_FORMAT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "tga": ".tga"}
-INPUT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TGA": ".tga", "BMP": ".bmp",
-             "GIF": ".gif"}
+EXT_FOR_FORMAT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "tga": ".tga", "dds": ".dds"}
+INPUT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TGA": ".tga", "DDS": ".dds",
+             "BMP": ".bmp", "GIF": ".gif"}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from service.storage.stores import open_artifacts
 log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg",
-               ".jpeg": "image/jpeg", ".tga": "image/x-tga"}
+               ".jpeg": "image/jpeg", ".tga": "image/x-tga", ".dds": "image/vnd-ms.dds"}
 
 
 def new_job_id() -> str:
