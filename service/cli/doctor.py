@@ -130,8 +130,9 @@ def check_api(settings: Settings) -> Check:
 
 
 def check_runners(settings: Settings, *, this_host: bool = False) -> Check:
-    """Job runners answering a Celery ping through the broker (``this_host``: only runners
-    named after this machine's host name, the container health check)."""
+    """Job runners consuming ``settings.celery_queue``, asked through the broker (Celery's
+    remote control); ``this_host``: only those named after this machine's host name (the
+    container health check)."""
     if not settings.broker_url:
         return Check("runners", True, "none needed: `aat up` runs jobs in-process")
     try:
@@ -139,18 +140,19 @@ def check_runners(settings: Settings, *, this_host: bool = False) -> Check:
 
         app = make_celery(settings)
         try:
-            replies = app.control.ping(timeout=RUNNER_PING_S) or []
+            queues = app.control.inspect(timeout=RUNNER_PING_S).active_queues() or {}
         finally:
             app.close()
     except Exception as exc:  # report, do not crash
         return Check("runners", False, f"could not ask the broker: {exc}")
-    names = sorted(name for reply in replies for name in reply)
+    names = sorted(worker for worker, consumed in queues.items()
+                   if any(q.get("name") == settings.celery_queue for q in consumed or []))
     if this_host:
         names = [n for n in names if n.rpartition("@")[2] == socket.gethostname()]
     if not names:
         where = f" on {socket.gethostname()}" if this_host else ""
-        return Check("runners", False, f"no job runner answered{where} within "
-                     f"{RUNNER_PING_S:g} s; start one with `aat runner`")
+        return Check("runners", False, f"no job runner on queue {settings.celery_queue} "
+                     f"answered{where} within {RUNNER_PING_S:g} s; start one with `aat runner`")
     return Check("runners", True, f"{len(names)} alive: {', '.join(names)}"[:300])
 
 
