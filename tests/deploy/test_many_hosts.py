@@ -149,8 +149,9 @@ def test_three_hosts_kill_a_runner_host_mid_job(studio: dict[str, Any], tmp_path
 
     def running_on() -> dict[str, str]:
         """Running job id -> host name of its runner (owner = host:pid:nonce)."""
-        return {j: (store.get(j).owner or "").split(":")[0] for j in ids
-                if store.get(j).status == JobStatus.running}
+        rows = {j: store.get(j) for j in ids}  # one read per job: status and owner agree
+        return {j: (r.owner or "").split(":")[0] for j, r in rows.items()
+                if r.status == JobStatus.running and r.owner}
 
     # both runner hosts take a job
     wait_until(lambda: set(running_on().values()) == {"run1", "run2"}, 60, "a job per host")
