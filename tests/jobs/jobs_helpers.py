@@ -69,9 +69,13 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int) -> np.ndarray:
-    """What a job must produce when every tile is refined by the echo worker (tint by seed)."""
+def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int,
+                         filename: str | None = None) -> np.ndarray:
+    """What a job must produce when every tile is refined by the echo worker (tint by seed).
+    The params are resolved for the input as the service does at submit (a noise square with
+    no type given reads as a tileable texture, so it is upscaled as one)."""
     image = load_image(data, limits=ImageLimits())
+    params = params.resolved_for(filename, image.rgb, image.alpha)
     prepared = prepare(image, params, get_upscaler(params.upscaler))
     refined = {i: fix_tile(prepared, i, tint(prepared.tile(i), derive_seed(seed, i)))
                for i in range(len(prepared.plan.tiles))}  # each tile colour-fixed as it arrives
