@@ -43,6 +43,7 @@ _EXTRA_OF = {
                      "alembic", "psycopg", "celery", "kombu", "redis", "prometheus_client"),
                     "service"),
     "watchdog": "watcher",
+    **dict.fromkeys(("boto3", "botocore", "s3transfer"), "s3"),
     **dict.fromkeys(("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
                      "compel", "runpod"), "gpu"),
 }

@@ -82,6 +82,7 @@ def emulate(
     base = f"http://127.0.0.1:{port}/v2"
     typer.echo(f"RunPod emulator: {', '.join(f'{e} ({n})' for e, n in mounts.items())}")
     typer.echo(f"  export AAT_RUNPOD_BASE_URL={base}")
+    typer.echo(f"  export AAT_RUNPOD_REST_URL={base}   # provisioning: aat deploy runpod")
     if not (api_key or os.environ.get("RUNPOD_API_KEY")):
         typer.echo(f"  export RUNPOD_API_KEY={key}")
     for kind, endpoint_id in _endpoint_ids(mounts).items():

@@ -84,7 +84,8 @@ class LocalArtifactStore:
     def path(self, kind: str, key: str, ext: str = "") -> Path:
         return self.root / relative_name(kind, key, ext)
 
-    def _write(self, dest: Path, data: bytes) -> None:
+    def write_once(self, dest: Path, data: bytes) -> None:
+        """Write ``data`` to ``dest`` atomically unless it exists (same key, same bytes)."""
         if dest.exists():
             return  # content-addressed: the same key holds the same bytes
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ class LocalArtifactStore:
     # ---- whole files (inputs, outputs) -------------------------------------------------------
     def put_bytes(self, kind: str, data: bytes, ext: str) -> str:
         key = sha256_bytes(data)
-        self._write(self.path(kind, key, ext), data)
+        self.write_once(self.path(kind, key, ext), data)
         return key
 
     def get_bytes(self, kind: str, key: str, ext: str) -> bytes:
@@ -117,13 +118,13 @@ class LocalArtifactStore:
 
     # ---- tile cache --------------------------------------------------------------------------
     def put_array(self, key: str, array: np.ndarray, kind: str = "refined") -> None:
-        self._write(self.path(kind, key, ".npy"), npy_bytes(array))
+        self.write_once(self.path(kind, key, ".npy"), npy_bytes(array))
 
     def get_array(self, key: str, kind: str = "refined") -> np.ndarray | None:
         return load_npy(self.path(kind, key, ".npy"))
 
     def put_text(self, key: str, text: str) -> None:
-        self._write(self.path("captions", key, ".txt"), text.encode("utf-8"))
+        self.write_once(self.path("captions", key, ".txt"), text.encode("utf-8"))
 
     def get_text(self, key: str) -> str | None:
         try:

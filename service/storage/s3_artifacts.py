@@ -123,7 +123,7 @@ class S3ArtifactStore:
 
     def _put_file(self, kind: str, key: str, ext: str, data: bytes) -> None:
         path = self.cache.path(kind, key, ext)
-        self.cache._write(path, data)
+        self.cache.write_once(path, data)
         self._upload(relative_name(kind, key, ext), path)
 
     # ---- the ArtifactStore port ----------------------------------------------------------------
