@@ -20,8 +20,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.core.alpha import parse_matte
-from service.core.assets import DETERMINISTIC, AssetTypeChoice, Detection, detect_asset_type
+from service.core.alpha import is_opaque, parse_matte
+from service.core.assets import (
+    DETERMINISTIC,
+    AssetType,
+    AssetTypeChoice,
+    Detection,
+    detect_asset_type,
+)
 from service.core.errors import ParamsError
 from service.core.pixelart import PixelScaler, integer_factor
 from service.core.sheets import SheetParams, layout_for, parse_sheet_spec
@@ -192,9 +198,17 @@ class UpscaleParams(DiffusionSettings):
         integer where one is needed). Called once, when a job is submitted or `aat upscale`
         starts, so a job never changes its mind later."""
         height, width = rgb.shape[:2]
-        resolved = self.for_asset(detect_asset_type(filename, rgb, alpha,
-                                                    requested=self.asset_type))
-        out_w, out_h = resolved.target_size(width, height)
+        detection = detect_asset_type(filename, rgb, alpha, requested=self.asset_type)
+        out_w, out_h = self.target_size(width, height)
+        integer = integer_factor((width, height), (out_w, out_h)) is not None
+        if detection.asset_type == "pixel_art" and detection.by != "user" and not integer:
+            # detected, not asked for: a size pixel art cannot take falls back to the colour path
+            kind: AssetType = "sprite" if alpha is not None and not is_opaque(alpha) \
+                else "illustration"
+            detection = Detection(kind, detection.by, f"looks like pixel art ({detection.reason})"
+                                  f" but {width}x{height} -> {out_w}x{out_h} is not an integer "
+                                  f"scale, so {kind}")
+        resolved = self.for_asset(detection)
         if resolved.sheet is not None:
             layout_for(resolved.sheet, width, height)
             if integer_factor((width, height), (out_w, out_h)) is None:

@@ -109,3 +109,15 @@ def test_content_rules_say_why() -> None:
     # a smooth painted sprite with the same size is not pixel art
     rgb, alpha = painted_sprite(24, 2)
     assert content_type(rgb, alpha)[0] == "sprite"
+
+
+def test_the_guide_lists_every_naming_rule() -> None:
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[2] / "docs/guide/asset-types.md").read_text()
+    rows = {line.split("|")[1].strip(): line.strip() for line in guide.splitlines()
+            if line.strip().startswith("| ") and line.count("|") == 3}
+    for rule in NAME_RULES:
+        row = rows[rule.asset_type]
+        listed = {w.strip("`") for w in row.split("|")[2].split()}
+        assert listed == set(rule.suffixes), rule.asset_type

@@ -62,7 +62,8 @@ def test_asset_type_is_resolved_at_submit_with_its_reason_and_keys_dedupe(
 def test_pixel_art_and_sheets_need_an_integer_scale_at_submit(service: JobService) -> None:
     rgb, alpha = pixel_sprite(16, 1)
     with pytest.raises(ParamsError, match="integer scale"):
-        service.submit(encode(rgb, alpha), filename="hero.png", params=small_params(scale=1.5))
+        service.submit(encode(rgb, alpha), filename="hero.png",
+                       params=small_params(scale=1.5, asset_type="pixel_art"))
     with pytest.raises(ParamsError, match="does not divide") as info:
         service.submit(encode(rgb, alpha), filename="hero.png",
                        params=small_params(sheet="3x1", asset_type="sprite"))
@@ -225,3 +226,12 @@ def test_replace_in_a_unity_and_godot_repo_keeps_guid_scales_ppu_and_leaves_impo
     assert done.output.sidecars == ["art/hero.png.meta"]
     assert any("GUID kept" in n for n in done.output.notes)
     assert any("Godot .import left" in n for n in done.output.notes)
+
+
+def test_detected_pixel_art_at_a_fractional_scale_falls_back_with_its_reason(
+        service: JobService) -> None:
+    rgb, alpha = pixel_sprite(16, 2)
+    job, _ = service.submit(encode(rgb, alpha), filename="gem.png",
+                            params=small_params(scale=1.5))
+    assert job.params.asset_type == "sprite"
+    assert "not an integer scale" in (job.params.asset_reason or "")

@@ -152,3 +152,19 @@ def test_lfs_route_without_the_filter_installed_warns(job_settings: Any, lfs_rep
     done = _deliver(job_settings())
     assert done.sidecars.lfs
     assert any("git lfs install" in n for n in done.sidecars.notes)
+
+
+def test_a_unity_multi_sprite_meta_beside_the_source_gives_the_cells(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from service.storage.sidecars import sheet_beside
+
+    repo = tmp_path / "repo"
+    (repo / "art").mkdir(parents=True)
+    Image.new("RGBA", (32, 32)).save(repo / "art/hero.png")
+    (repo / "art/hero.png.meta").write_text(UNITY_META)
+    found = sheet_beside(repo, "art/hero.png")
+    assert found is not None and found.cells == [(0, 0, 16, 16), (16, 0, 16, 16)]  # y from top
+    assert sheet_beside(repo, "../outside.png") is None
+    (repo / "art/single.png").write_bytes((repo / "art/hero.png").read_bytes())
+    assert sheet_beside(repo, "art/single.png") is None  # no metadata: not a sheet
