@@ -187,6 +187,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
         output_format_for,
     )
     from service.pipeline.prepare import prepare  # noqa: PLC0415
+    from service.pipeline.refine import MemoryCache  # noqa: PLC0415
     from service.pipeline.stages import run_stages, stage_plan  # noqa: PLC0415
     from service.settings import load_settings  # noqa: PLC0415
     from service.storage.stores import open_artifacts  # noqa: PLC0415
@@ -231,8 +232,9 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     gpu = make_backend(settings, backend) if backend != "none" and plan.diffuses else None
     seed = params.seed if params.seed is not None else secrets.randbits(32)
     report = _Report(step)
-    rendered = run_stages(prepared, gpu, plan, seed=seed, observer=report,
-                          cache=open_artifacts(settings))
+    # the job runners' tile cache, so a repeated command pays nothing; no GPU, nothing to keep
+    cache = open_artifacts(settings) if gpu is not None else MemoryCache()
+    rendered = run_stages(prepared, gpu, plan, seed=seed, observer=report, cache=cache)
     step("encode")
     meta = {"upscaler": rendered.model, "backend": backend, "size":
             f"{prepared.width}x{prepared.height}"}
