@@ -1,7 +1,7 @@
 """The FastAPI app factory: ``create_app(settings, job_service=None, backend=None)``.
 
-Assembles the routers (jobs, events, loras, health, metrics), the problem+json error
-handlers, request metrics and, only when origins are configured, CORS. Collaborators live on
+Assembles the routers (jobs, events, previews, plan, loras, health, metrics), the studio
+page at ``/`` (:mod:`service.studio`), the problem+json error handlers, request metrics and, only when origins are configured, CORS. Collaborators live on
 ``app.state`` (``settings``, ``jobs``, ``backend``, ``metrics``). Without a ``job_service`` the
 factory builds one from the settings at start-up and starts its executor (embedded threads or
 the Celery dispatcher) and stops it at shutdown; a service passed in is the caller's to run.
@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import events, health, jobs, loras, metrics
+from service.api import events, health, jobs, loras, metrics, plan, previews
 from service.api.deps import JobServicePort
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Upscale game art with tiled SDXL diffusion. Submit an image, follow its progress, fetch "
     "the result; the contract is docs/api/contract.md. Auth: `Authorization: Bearer "
-    "<AAT_API_TOKEN>` on every route except `/v1/health`. Errors are application/problem+json "
-    "with a stable `code`."
+    "<AAT_API_TOKEN>` (or the studio's session cookie) on every route except `/v1/health`; "
+    "state-changing requests from another site's page are refused. Errors are "
+    "application/problem+json with a stable `code`."
 )
 
 
@@ -78,8 +79,11 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
     add_problem_schema(app)
-    for module in (health, jobs, events, loras, metrics):
+    for module in (health, jobs, events, previews, plan, loras, metrics):
         app.include_router(module.router)
+    from service.studio.routes import install as install_studio
+
+    install_studio(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],

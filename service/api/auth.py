@@ -1,16 +1,27 @@
-"""Bearer-token auth and the loopback-only rule for servers without a token.
+"""Who may use the API: bearer token or studio session, loopback-only without a token, and
+the Origin rule for state-changing requests.
 
 With ``AAT_API_TOKEN`` set, every route except ``GET /v1/health`` needs
-``Authorization: Bearer <token>``, compared in constant time (:func:`hmac.compare_digest`).
-Without a token the server must listen on loopback only (:func:`check_bind` refuses anything
-else at start) and answers only loopback clients that address it by a loopback name, which
-also shuts out DNS-rebinding pages in a browser.
+``Authorization: Bearer <token>`` (compared in constant time, :func:`hmac.compare_digest`) or
+the studio's session cookie (:data:`SESSION_COOKIE`, issued by the login form in exchange for
+the token: ``expiry.HMAC-SHA256(token, expiry)``, httpOnly, SameSite=Strict; changing the token
+ends every session). Without a token the server must listen on loopback only
+(:func:`check_bind` refuses anything else at start) and answers only loopback clients that
+address it by a loopback name, which also shuts out DNS-rebinding pages in a browser.
+
+A browser sends a cross-site form POST without a preflight, so in both modes a state-changing
+request (any method but GET/HEAD/OPTIONS) is refused when it says ``Sec-Fetch-Site:
+cross-site`` or carries an ``Origin`` other than the server's own (``Host``) or one listed in
+``AAT_CORS_ORIGINS``. Clients that send neither header (curl, scripts, the CLI) are unaffected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import time
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.security import HTTPBearer
@@ -21,7 +32,10 @@ from service.settings import Settings
 
 bearer_scheme = HTTPBearer(auto_error=False, description="AAT_API_TOKEN as a bearer token")
 
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+SESSION_COOKIE = "aat_session"
+SESSION_TTL_S = 7 * 24 * 3600
+MIN_TOKEN_CHARS = 16
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def is_loopback(host: str) -> bool:
@@ -36,15 +50,24 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, settings: Settings) -> None:
-    """Refuse to listen beyond loopback without a token (raises :class:`ConfigError`)."""
-    if is_loopback(host) or _token(settings):
+    """Refuse to listen beyond loopback without a strong token (raises :class:`ConfigError`)."""
+    if is_loopback(host):
         return
-    raise ConfigError(
-        f"refusing to listen on {host} without a token: anyone on the network could submit "
-        "jobs; set AAT_API_TOKEN (e.g. `export AAT_API_TOKEN=$(openssl rand -hex 32)`) or "
-        "listen on 127.0.0.1",
-        code="insecure_bind",
-    )
+    raw = settings.api_token.get_secret_value() if settings.api_token is not None else ""
+    if not raw:
+        raise ConfigError(
+            f"refusing to listen on {host} without a token: anyone on the network could submit "
+            "jobs; set AAT_API_TOKEN (e.g. `export AAT_API_TOKEN=$(openssl rand -hex 32)`) or "
+            "listen on 127.0.0.1",
+            code="insecure_bind",
+        )
+    if len(raw) < MIN_TOKEN_CHARS or any(c.isspace() for c in raw):
+        raise ConfigError(
+            f"refusing to listen on {host} with a weak AAT_API_TOKEN: it needs at least "
+            f"{MIN_TOKEN_CHARS} characters and no whitespace (e.g. `export "
+            "AAT_API_TOKEN=$(openssl rand -hex 32)`)",
+            code="weak_token",
+        )
 
 
 def _token(settings: Settings) -> bytes | None:
@@ -60,6 +83,63 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+# ---- sessions (the studio's login) -----------------------------------------------------------
+
+
+def _signature(token: bytes, expires: int) -> str:
+    return hmac.new(token, f"aat-session:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def token_matches(settings: Settings, given: str) -> bool:
+    """Whether ``given`` is the server's token (constant time; False without a token)."""
+    token = _token(settings)
+    return token is not None and hmac.compare_digest(given.strip().encode(), token)
+
+
+def new_session(settings: Settings, now: float | None = None) -> str:
+    """A session cookie value for a user who has just shown the token."""
+    token = _token(settings)
+    if token is None:
+        raise ConfigError("sessions need AAT_API_TOKEN", code="config_invalid")
+    expires = int(now if now is not None else time.time()) + SESSION_TTL_S
+    return f"{expires}.{_signature(token, expires)}"
+
+
+def session_valid(settings: Settings, value: str, now: float | None = None) -> bool:
+    """True for an unexpired cookie made by :func:`new_session` with the current token."""
+    token = _token(settings)
+    stamp, _, sig = value.partition(".")
+    if token is None or not stamp.isdigit() or len(stamp) > 12:
+        return False
+    expires = int(stamp)
+    if expires < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(sig.encode(), _signature(token, expires).encode())
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+
+def check_origin(request: Request, settings: Settings) -> None:
+    """Refuse a state-changing request that a browser says came from another site (403)."""
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    allowed = set(settings.cors_origins)
+    if origin is not None:
+        if origin in allowed:
+            return
+        own = request.headers.get("host", "")
+        if origin == "null" or not own or urlsplit(origin).netloc.lower() != own.lower():
+            raise ApiError(403, "cross_origin",
+                           f"refusing a {request.method} from the web page at {origin}: only "
+                           "this server's own pages (or AAT_CORS_ORIGINS) may change things")
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise ApiError(403, "cross_origin",
+                       f"refusing a cross-site {request.method}: only this server's own pages "
+                       "(or AAT_CORS_ORIGINS) may change things")
+
+
 def authorize(request: Request, settings: Settings) -> None:
     """Raise a 401/403 :class:`ApiError` unless the request may use the API."""
     token = _token(settings)
@@ -70,12 +150,15 @@ def authorize(request: Request, settings: Settings) -> None:
             raise ApiError(403, "forbidden",
                            "this server has no AAT_API_TOKEN and answers only loopback "
                            "requests to 127.0.0.1 or localhost; set a token to serve others")
+        check_origin(request, settings)
         return
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    if scheme.lower() == "bearer" and given.strip():
+        if not token_matches(settings, given):
+            raise ApiError(401, "unauthorized",
+                           "wrong API token; use the value of AAT_API_TOKEN on the server")
+    elif not session_valid(settings, request.cookies.get(SESSION_COOKIE) or ""):
         raise ApiError(401, "unauthorized",
                        "missing bearer token; send 'Authorization: Bearer <AAT_API_TOKEN>'")
-    if not hmac.compare_digest(given.strip().encode(), token):
-        raise ApiError(401, "unauthorized",
-                       "wrong API token; use the value of AAT_API_TOKEN on the server")
+    check_origin(request, settings)

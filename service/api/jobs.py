@@ -8,7 +8,7 @@ request body is parsed by :mod:`service.api.intake`. Progress streaming lives in
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -20,7 +20,7 @@ from service.api.intake import JobFromPath, parse_submission
 from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
 from service.api.problems import problem_responses
-from service.core.jobs import JobPublic, JobStatus
+from service.core.jobs import JobPublic, JobStatus, tile_state
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
@@ -46,6 +46,10 @@ class TileView(BaseModel):
     caption: str | None = None
     prompt: str | None = None
     status: str | None = None
+    state: Literal["queued", "captioning", "refining", "done", "cached", "failed"] = Field(
+        default="queued", description="for display: queued, captioning, refining, done, "
+        "cached (refined earlier, from the cache) or failed")
+    seed: int | None = None
 
 
 class TileList(BaseModel):
@@ -185,6 +189,16 @@ def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]
                         filename=result_filename(jobs.get(job_id), path.suffix))
 
 
+@router.get("/{job_id}/input", summary="The job's input image, as it was submitted",
+            response_class=FileResponse,
+            responses={200: {"description": "the image bytes", "content": {"image/*": {}}},
+                       **problem_responses(404, 422)})
+def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> FileResponse:
+    job = jobs.get(job_id)
+    path = jobs.input_path(job_id)
+    return FileResponse(path, filename=PurePath(job.input.filename).name or "input")
+
+
 def result_filename(job: JobPublic, suffix: str) -> str:
     """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
     stem = PurePath(job.input.filename).stem or "result"
@@ -212,7 +226,14 @@ def cancel_job(job_id: JobId, response: Response,
 @router.get("/{job_id}/tiles", response_model=TileList, summary="The job's tiles",
             responses=problem_responses(404, 422))
 def list_tiles(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> TileList:
-    return TileList(tiles=[TileView.model_validate(t) for t in jobs.tiles(job_id)])
+    return TileList(tiles=tile_views(jobs, job_id))
+
+
+def tile_views(jobs: JobServicePort, job_id: str) -> list[TileView]:
+    """The job's tiles with their display state (also sent by the SSE stream)."""
+    status = jobs.get(job_id).status.value
+    return [TileView.model_validate({**t, "state": tile_state(t.get("status"), status)})
+            for t in jobs.tiles(job_id)]
 
 
 @router.patch("/{job_id}/tiles/{n}", response_model=TileView,

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 def _fail(exc: AatError) -> typer.Exit:
     _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False,
                soft_wrap=True)
-    return typer.Exit(2 if exc.code == "insecure_bind" else 1)
+    return typer.Exit(2 if exc.code in ("insecure_bind", "weak_token") else 1)
 
 
 def _settings(host: str | None, port: int | None, **extra: Any) -> Settings:

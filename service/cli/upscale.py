@@ -306,6 +306,9 @@ class _Report:
             self._stages[name] = [done, total]
         self._show(name)
 
+    def tile_started(self, stage: str, index: int) -> None:
+        return None  # the bar counts finished tiles
+
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
         self._count("caption", cost)
 

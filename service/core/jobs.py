@@ -154,3 +154,22 @@ class JobPublic(BaseModel):
         base = f"/v1/jobs/{job_id}"
         return {"self": base, "result": f"{base}/result", "events": f"{base}/events",
                 "cancel": f"{base}/cancel"}
+
+
+# A tile's state as clients see it (tile rows store pending/captioning/refining/refined/cached).
+TILE_STATES = ("queued", "captioning", "refining", "done", "cached", "failed")
+_TILE_STATE = {"pending": "queued", "captioning": "captioning", "refining": "refining",
+               "refined": "done", "cached": "cached"}
+
+
+def tile_state(status: str | None, job_status: str) -> str:
+    """``queued | captioning | refining | done | cached | failed`` for one tile of a job in
+    ``job_status``: unfinished tiles of a failed job are ``failed``, of a canceled job ``queued``."""
+    state = _TILE_STATE.get(status or "pending", "queued")
+    if state in ("done", "cached"):
+        return state
+    if job_status == "failed":
+        return "failed"
+    if job_status in ("canceled", "succeeded"):  # succeeded without a GPU: nothing to refine
+        return "queued" if job_status == "canceled" else "done"
+    return state

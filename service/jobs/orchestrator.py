@@ -98,6 +98,12 @@ class JobRun:
             *row.remote_jobs, {"tile": index, "kind": stage, "id": remote_id}]},
             owner=self.owner)
 
+    def tile_started(self, stage: str, index: int) -> None:
+        """Show the tile as captioning/refining and wake the job's event streams."""
+        self.ctx.store.update_tile(self.job_id, index,
+                                   status="captioning" if stage == "caption" else "refining")
+        self.ctx.store.mutate(self.job_id, lambda _row: {}, owner=self.owner)
+
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
         self.ctx.store.update_tile(self.job_id, index, caption=caption)
         self._tile_done("caption", cost)
@@ -105,8 +111,8 @@ class JobRun:
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
         if stage == "refine":
-            self.ctx.store.update_tile(self.job_id, index, status="refined", cache_key=key,
-                                       seed=seed)
+            self.ctx.store.update_tile(self.job_id, index, cache_key=key, seed=seed,
+                                       status="refined" if cost is not None else "cached")
         self._tile_done(stage, cost)
 
     def _tile_done(self, stage: str, acct: CallAccounting | None) -> None:
@@ -221,7 +227,7 @@ def _known(run: JobRun) -> dict[int, TileMemory]:
     known = {}
     for r in run.ctx.store.get_tiles(run.job_id):
         remote = None
-        if r.remote_job_id and r.status != "refined" and r.cache_key:
+        if r.remote_job_id and r.status not in ("refined", "cached") and r.cache_key:
             remote = RemoteRecord(r.cache_key, r.remote_job_id)
         known[r.idx] = TileMemory(caption=r.caption or "", prompt=r.prompt or "",
                                   rerun=r.rerun, remote=remote)

@@ -170,6 +170,14 @@ class JobService:
             raise NotFound(f"the result of job {job_id} was garbage-collected; submit it again")
         return path, MEDIA_TYPES.get(row.output_ext, "application/octet-stream")
 
+    def input_path(self, job_id: str) -> Path:
+        """The stored input file of a job (for previews)."""
+        row = self.store.get(job_id)
+        path = self.artifacts.find("inputs", row.input_sha256)
+        if path is None:
+            raise NotFound(f"the input of job {job_id} was garbage-collected; submit it again")
+        return path
+
     def wait_for_change(self, job_id: str, version: int | None, timeout: float
                         ) -> tuple[JobPublic, int]:
         """Block until the row's version differs from ``version`` (or ``timeout`` passes)."""
@@ -234,7 +242,7 @@ class JobService:
 
 def _tile_view(t: TileRecord) -> dict[str, Any]:
     return {"index": t.idx, "x": t.x, "y": t.y, "w": t.w, "h": t.h,
-            "caption": t.caption, "prompt": t.prompt, "status": t.status}
+            "caption": t.caption, "prompt": t.prompt, "status": t.status, "seed": t.seed}
 
 
 def build_job_service(settings: Settings) -> JobService:

@@ -61,3 +61,4 @@ def to_public(row: JobRecord) -> JobPublic:
         attempts=row.attempts,
         urls=JobPublic.urls_for(row.id),
     )
+

@@ -30,6 +30,10 @@ class PipelineObserver(Protocol):
         twice (see ``TileMemory.remote``)."""
         ...
 
+    def tile_started(self, stage: str, index: int) -> None:
+        """Tile ``index`` starts ``stage`` (``caption`` or ``refine``): for live displays."""
+        ...
+
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
         """Tile ``index`` has its caption; ``cost`` is None when it came from the cache."""
         ...
@@ -54,6 +58,9 @@ class Observer:
         return None
 
     def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+        return None
+
+    def tile_started(self, stage: str, index: int) -> None:
         return None
 
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:

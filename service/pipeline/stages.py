@@ -204,8 +204,11 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
 
     async def caption_first(item: TileWork) -> TileWork:
         if not want or item.prompt:
+            await asyncio.to_thread(observer.tile_started, "refine", item.index)
             return item
+        await asyncio.to_thread(observer.tile_started, "caption", item.index)
         text = await caption_one(backend, item.index, item.image, cache, observer)
+        await asyncio.to_thread(observer.tile_started, "refine", item.index)
         return dataclasses.replace(item, prompt=text)
 
     if shared:  # the first cell's caption for all frames, so an animation does not flicker

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypedDict
 
 from service.core.jobs import JobStatus, Stage
 
-TileStatus = Literal["pending", "refined"]
+TileStatus = Literal["pending", "captioning", "refining", "refined", "cached"]
 
 
 class StageCount(TypedDict):

@@ -119,3 +119,108 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
     assert refused.value.http_status == 401 and refused.value.code == "unauthorized"
     auth.authorize(request(TOKEN), settings)  # accepted, from a non-loopback client
     assert seen == [((TOKEN[:-1] + "y").encode(), TOKEN.encode()), (TOKEN.encode(),) * 2]
+
+
+# ---- cross-site requests, weak tokens, studio sessions ---------------------------------------
+
+
+def _jobs(http) -> int:
+    return len(http.get("/v1/jobs").json()["items"])
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://evil.example"},
+    {"Origin": "null"},
+    {"Origin": "http://127.0.0.1:1"},  # another port on loopback is another origin
+    {"Sec-Fetch-Site": "cross-site"},
+])
+def test_without_token_cross_site_writes_are_refused(queued_server, headers) -> None:
+    """A page on another site cannot make the artist's browser submit, cancel or delete."""
+    server = queued_server()
+    with server.client() as http:
+        resp = http.post("/v1/jobs", content=png_bytes(),
+                         headers={"Content-Type": "image/png", **headers})
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["code"] == "cross_origin"
+        form = http.post("/v1/jobs", files={"file": ("x.png", png_bytes(), "image/png")},
+                         data={"target": '{"repo": "game", "path": "a.png", '
+                                         '"naming": "replace"}'}, headers=headers)
+        assert form.status_code == 403
+        assert _jobs(http) == 0, "a refused request created a job"
+        assert http.get("/v1/jobs", headers=headers).status_code == 200, "reads stay allowed"
+
+
+def test_same_origin_and_header_less_writes_still_work(queued_server) -> None:
+    server = queued_server()
+    own = server.url  # the page's own origin, as the browser sends it
+    with server.client() as http:
+        for headers in ({}, {"Origin": own, "Sec-Fetch-Site": "same-origin"},
+                        {"Sec-Fetch-Site": "none"}):
+            resp = http.post("/v1/jobs", content=png_bytes(seed=len(headers)),
+                             headers={"Content-Type": "image/png", **headers})
+            assert resp.status_code == 202, resp.text
+    listed = queued_server(cors_origins=["http://editor.example"])
+    with listed.client() as http:
+        assert http.post("/v1/jobs", content=png_bytes(seed=9), headers={
+            "Content-Type": "image/png", "Origin": "http://editor.example"}).status_code == 202
+
+
+def test_weak_tokens_are_refused_for_public_binds() -> None:
+    from service.api.auth import check_bind
+    from service.core.errors import ConfigError
+    from service.settings import Settings
+
+    for weak in (" ", "x", "   x   ", "short-token", "a" * 20 + " " + "b" * 20, "\t" * 32):
+        with pytest.raises(ConfigError) as err:
+            check_bind("0.0.0.0", Settings(api_token=weak))
+        assert err.value.code in ("weak_token", "insecure_bind"), weak
+        check_bind("127.0.0.1", Settings(api_token=weak))  # loopback: the token is optional
+    with pytest.raises(ConfigError) as blank:
+        check_bind("0.0.0.0", Settings(api_token=""))
+    assert blank.value.code == "insecure_bind"
+    check_bind("0.0.0.0", Settings(api_token=TOKEN))
+
+
+def test_cli_refuses_a_one_character_token_on_a_public_bind(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AAT_")}
+    env.update(AAT_DATA_DIR=str(tmp_path), AAT_API_TOKEN="x")
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "up",
+                           "--host", "0.0.0.0", "--port", "0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error [weak_token]: refusing")
+
+
+def test_login_gives_a_session_cookie_the_api_accepts(queued_server) -> None:
+    server = queued_server(api_token=TOKEN)
+    with server.client(token=None, follow_redirects=False) as anon:
+        page = anon.get("/jobs")
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fjobs"
+        wrong = anon.post("/login", data={"token": "nope", "next": "/jobs"})
+        assert wrong.status_code == 401 and "not this server" in wrong.text
+        assert "aat_session" not in anon.cookies
+        foreign = anon.post("/login", data={"token": TOKEN},
+                            headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403
+        ok = anon.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        assert anon.get("/v1/jobs").status_code == 200, "the cookie works like the bearer token"
+        assert anon.get("/jobs").status_code == 200
+        assert anon.post("/v1/jobs", content=png_bytes(), headers={
+            "Content-Type": "image/png", "Origin": "http://evil.example"}).status_code == 403
+        anon.cookies.set("aat_session", "9999999999." + "0" * 64)
+        assert anon.get("/v1/jobs").status_code == 401, "a forged cookie is refused"
+
+
+def test_sessions_expire_and_end_with_the_token() -> None:
+    from service.api.auth import SESSION_TTL_S, new_session, session_valid
+    from service.settings import Settings
+
+    settings = Settings(api_token=TOKEN)
+    cookie = new_session(settings, now=1000.0)
+    assert session_valid(settings, cookie, now=1000.0 + SESSION_TTL_S - 1)
+    assert not session_valid(settings, cookie, now=1000.0 + SESSION_TTL_S + 1)
+    assert not session_valid(Settings(api_token=TOKEN + "2"), cookie, now=1000.0)
+    assert not session_valid(Settings(api_token=None), cookie, now=1000.0)

@@ -1,0 +1,99 @@
+"""The new-job form's fields, read from the public job-parameter schema (the one in OpenAPI).
+
+Every ``UpscaleParams`` field becomes a labelled control with its default and limits; enums
+become choices, so a parameter added to the API appears on the page without a template change.
+Fields the page draws by hand (size, LoRAs, the style image) are left out here. The plain-word
+labels and the order are the only things this module adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core.params import UpscaleParams
+
+# Drawn by the page itself: size choices, LoRAs with weights, the style image reference.
+HAND_DRAWN = {"scale", "width", "height", "loras", "style_image_sha256"}
+
+LABELS: dict[str, tuple[str, str]] = {
+    "upscaler": ("Base upscaler", "how the image is enlarged before diffusion (auto picks "
+                 "the best installed)"),
+    "tile_size": ("Tile size (px)", "each tile is refined on its own"),
+    "overlap": ("Tile overlap (px)", "blended between neighbours to hide seams"),
+    "seam_fix": ("Seam fix", "an extra pass over the seams"),
+    "seam_fix_strength": ("Seam fix strength", ""),
+    "tileable": ("Tileable texture", "wrap around the edges"),
+    "colour_fix": ("Colour fix", "keep the colours of the original"),
+    "prompt": ("Style prompt", "added to every tile's caption"),
+    "negative_prompt": ("Negative prompt", "what to avoid"),
+    "caption": ("Caption tiles", "describe each tile with a vision model first"),
+    "strength": ("Strength", "how much diffusion may change (0 = nothing)"),
+    "steps": ("Steps", ""),
+    "cfg_scale": ("CFG scale", "how closely to follow the prompt"),
+    "seed": ("Seed", "empty = random"),
+    "scheduler": ("Scheduler", ""),
+    "clip_skip": ("CLIP skip", ""),
+    "controlnet_scale": ("ControlNet tile scale", "how closely to keep the shapes"),
+    "ip_adapter_scale": ("IP-Adapter style scale", "0 = no style image"),
+    "output_format": ("Output format", "auto keeps the input's format"),
+    "asset_type": ("Asset type", "auto detects it"),
+}
+ADVANCED = {"seam_fix_strength", "colour_fix", "scheduler", "clip_skip", "ip_adapter_scale"}
+
+
+@dataclass
+class FormField:
+    """One control: ``kind`` is select, checkbox, number, text or textarea."""
+
+    name: str
+    label: str
+    hint: str
+    kind: str
+    default: Any = None
+    choices: list[str] = field(default_factory=list)
+    minimum: float | None = None
+    maximum: float | None = None
+    step: str = "any"
+    advanced: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain(schema: dict[str, Any]) -> dict[str, Any]:
+    """The non-null branch of an optional field."""
+    if "anyOf" in schema:
+        branch: dict[str, Any] = next(
+            (s for s in schema["anyOf"] if s.get("type") != "null"), {})
+        return {**branch, **{k: v for k, v in schema.items() if k != "anyOf"}}
+    return schema
+
+
+def _field(name: str, raw: dict[str, Any], defs: dict[str, Any]) -> FormField:
+    schema = _plain(raw)
+    if "$ref" in schema:
+        schema = {**defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), **schema}
+    label, hint = LABELS.get(name, (name.replace("_", " ").capitalize(), ""))
+    common: dict[str, Any] = {"name": name, "label": label,
+                              "hint": hint or schema.get("description", ""),
+              "default": schema.get("default"), "advanced": name in ADVANCED}
+    if "enum" in schema:
+        return FormField(kind="select", choices=[str(c) for c in schema["enum"]], **common)
+    kind = schema.get("type")
+    if kind == "boolean":
+        return FormField(kind="checkbox", **common)
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        return FormField(kind="number", minimum=low, maximum=schema.get("maximum"),
+                         step="1" if kind == "integer" else "any", **common)
+    if name in ("prompt", "negative_prompt"):
+        return FormField(kind="textarea", **common)
+    return FormField(kind="text", extra={"maxlength": schema.get("maxLength")}, **common)
+
+
+def form_fields() -> list[FormField]:
+    """The job-option controls, in the order of the schema (plain words first)."""
+    schema = UpscaleParams.model_json_schema()
+    defs = schema.get("$defs", {})
+    fields = [_field(name, raw, defs) for name, raw in schema["properties"].items()
+              if name not in HAND_DRAWN]
+    return sorted(fields, key=lambda f: f.advanced)

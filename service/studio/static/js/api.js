@@ -1,0 +1,96 @@
+// The studio's one way to talk to the service: the public REST API (same origin; the session
+// cookie or loopback rule authorises it) and a place to show errors.
+
+export class ApiError extends Error {
+  constructor(status, code, detail) {
+    super(detail);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export async function api(path, { method = "GET", json, body, headers = {} } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers },
+                 credentials: "same-origin" };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  } else if (body !== undefined) {
+    init.body = body;
+  }
+  const resp = await fetch(path, init);
+  if (resp.status === 401) {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+    throw new ApiError(401, "unauthorized", "please log in");
+  }
+  if (!resp.ok) throw await problem(resp);
+  if (resp.status === 204) return null;
+  const type = resp.headers.get("content-type") || "";
+  return type.includes("json") ? resp.json() : resp;
+}
+
+export async function problem(resp) {
+  try {
+    const p = await resp.json();
+    return new ApiError(resp.status, p.code || "error", p.detail || p.title || resp.statusText);
+  } catch {
+    return new ApiError(resp.status, "error", resp.statusText || "request failed");
+  }
+}
+
+const errorBox = () => document.getElementById("error-message");
+
+export function showError(err) {
+  const box = errorBox();
+  const code = err && err.code ? ` [${err.code}]` : "";
+  box.textContent = `error${code}: ${err && err.message ? err.message : String(err)}`;
+  box.hidden = false;
+}
+
+export function clearError() {
+  const box = errorBox();
+  box.textContent = "";
+  box.hidden = true;
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+export function bytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+export function usd(n) {
+  return n == null ? "" : `$${Number(n).toFixed(n < 0.1 ? 4 : 2)}`;
+}
+
+export function seconds(s) {
+  if (s == null || !isFinite(s)) return "";
+  if (s < 10) return `${Number(s.toFixed(1))} s`;
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+// Re-run something every `ms` while the page is visible (live lists).
+export function every(ms, fn) {
+  let timer = null;
+  const tick = async () => {
+    try { if (!document.hidden) await fn(); } finally { timer = setTimeout(tick, ms); }
+  };
+  tick();
+  return () => clearTimeout(timer);
+}

@@ -1,0 +1,320 @@
+// Job view: live tile grid from SSE, tile panel (before/after, caption, re-run), whole-image
+// compare slider with zoom and 1:1 pixels, download, cancel, retry.
+import "/static/vendor/img-comparison-slider-8.0.7.js";
+import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
+import { api, clearError, el, seconds, showError, usd } from "./api.js";
+
+const jobId = document.body.dataset.jobId;
+const statusEl = document.getElementById("job-status");
+const grid = document.getElementById("tile-grid");
+const gridImage = document.getElementById("grid-image");
+const selected = new Set();
+let job = null;
+let tiles = [];
+let lastFocus = 0;
+let events = null;
+let startedAt = null;
+
+const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
+const outputSize = () => job.output
+  ? { width: job.output.width, height: job.output.height } : plannedSize();
+
+function plannedSize() {
+  const p = job.params, w = job.input.width, h = job.input.height;
+  if (p.width && p.height) return { width: p.width, height: p.height };
+  if (p.width) return { width: p.width, height: Math.max(1, Math.round(h * p.width / w)) };
+  if (p.height) return { width: Math.max(1, Math.round(w * p.height / h)), height: p.height };
+  return { width: Math.round(w * p.scale), height: Math.round(h * p.scale) };
+}
+
+function preview(which, max, box) {
+  let url = `${base}/preview/${which}?max=${max}`;
+  if (box) url += `&x=${box.x}&y=${box.y}&w=${box.w}&h=${box.h}`;
+  return url;
+}
+
+// ---- status line -----------------------------------------------------------------------------
+
+function renderJob() {
+  statusEl.textContent = job.status;
+  statusEl.dataset.status = job.status;
+  statusEl.className = `badge ${job.status}`;
+  document.getElementById("job-title").replaceChildren("Job ", el("code", { text: job.input.filename }));
+  document.getElementById("job-stage").textContent = job.status === "running" ? job.stage : "";
+  const bar = document.getElementById("job-progress");
+  bar.value = job.progress;
+  bar.textContent = `${Math.round(job.progress * 100)}%`;
+  document.getElementById("job-eta").textContent = eta();
+  const size = outputSize();
+  const facts = [
+    ["Input", `${job.input.width}×${job.input.height} ${job.input.format}`],
+    ["Output", `${size.width}×${size.height}${job.output ? " " + job.output.format : ""}`],
+    ["Measured cost", `${usd(job.cost.usd)} · ${job.cost.execution_s.toFixed(1)} GPU s · ${job.cost.runpod_jobs} RunPod jobs`],
+    ["Seed", String(job.params.seed ?? "")],
+  ];
+  if (job.output && job.output.delivered_path) facts.push(["Delivered to", `${job.target.repo}: ${job.output.delivered_path}`]);
+  if (job.error) facts.push(["Error", `[${job.error.code}] ${job.error.message}`]);
+  document.getElementById("job-facts").replaceChildren(
+    ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  const done = job.status === "succeeded";
+  const download = document.getElementById("download-result");
+  download.hidden = !done;
+  if (done) download.href = `${base}/result`;
+  document.getElementById("cancel-job").hidden = ["succeeded", "failed", "canceled"].includes(job.status);
+  document.getElementById("retry-job").hidden = !["failed", "canceled"].includes(job.status);
+  if (job.error) showError({ code: job.error.code, message: job.error.message });
+}
+
+function eta() {
+  if (job.status !== "running" || !job.started_at || job.progress <= 0.02) return "";
+  const elapsed = (Date.now() - Date.parse(job.started_at)) / 1000;
+  return `about ${seconds(elapsed * (1 - job.progress) / job.progress)} left`;
+}
+
+// ---- tile grid -------------------------------------------------------------------------------
+
+function drawTiles() {
+  const size = outputSize();
+  const pct = (v, total) => `${(100 * v / total).toFixed(4)}%`;
+  grid.replaceChildren(...tiles.map((t) => {
+    const node = el("button", { type: "button", class: "tile", "data-testid": "tile",
+                                "data-index": t.index, "data-state": t.state,
+                                "aria-pressed": selected.has(t.index) ? "true" : "false",
+                                "aria-label": `Tile ${t.index}, ${t.state}`,
+                                tabindex: t.index === lastFocus ? "0" : "-1" });
+    node.style.left = pct(t.x, size.width);
+    node.style.top = pct(t.y, size.height);
+    node.style.width = pct(t.w, size.width);
+    node.style.height = pct(t.h, size.height);
+    return node;
+  }));
+}
+
+function setTileState(index, state) {
+  const t = tiles[index];
+  if (t) t.state = state;
+  const node = grid.querySelector(`[data-index="${index}"]`);
+  if (node && node.dataset.state !== state) {
+    node.dataset.state = state;
+    node.setAttribute("aria-label", `Tile ${index}, ${state}`);
+  }
+}
+
+function select(index, additive) {
+  if (!additive) selected.clear();
+  if (additive && selected.has(index)) selected.delete(index);
+  else selected.add(index);
+  lastFocus = index;
+  for (const node of grid.children) {
+    const i = Number(node.dataset.index);
+    node.setAttribute("aria-pressed", selected.has(i) ? "true" : "false");
+    node.tabIndex = i === lastFocus ? 0 : -1;
+  }
+  renderPanel();
+}
+
+function moveFocus(index, key) {
+  const size = outputSize();
+  const cols = new Set(tiles.map((t) => t.x)).size || 1;
+  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -cols, ArrowDown: cols }[key];
+  const next = Math.min(tiles.length - 1, Math.max(0, index + step));
+  lastFocus = next;
+  for (const node of grid.children) node.tabIndex = Number(node.dataset.index) === next ? 0 : -1;
+  grid.querySelector(`[data-index="${next}"]`).focus();
+  return size;
+}
+
+function renderPanel() {
+  const chosen = [...selected].sort((a, b) => a - b);
+  document.getElementById("panel-empty").hidden = chosen.length > 0;
+  document.getElementById("panel-body").hidden = chosen.length === 0;
+  if (!chosen.length) return;
+  const t = tiles[chosen[chosen.length - 1]];
+  document.getElementById("panel-which").textContent = chosen.length === 1
+    ? `Tile ${t.index} at ${t.x},${t.y} (${t.w}×${t.h} px)`
+    : `${chosen.length} tiles selected (${chosen.join(", ")}); showing tile ${t.index}`;
+  const box = { x: t.x, y: t.y, w: t.w, h: t.h };
+  document.getElementById("tile-before").src = preview("input", 512, box);
+  const after = document.getElementById("tile-after");
+  after.hidden = job.status !== "succeeded";
+  if (job.status === "succeeded") after.src = preview("output", 512, box);
+  document.getElementById("tile-caption").value = t.prompt || t.caption || "";
+  const timing = job.started_at && job.finished_at
+    ? `job ran ${seconds((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000)}` : "";
+  const facts = [["State", t.state], ["Seed", t.seed ?? "not yet"],
+                 ["Caption by the model", t.caption || "none"]];
+  if (t.prompt) facts.push(["Your caption", t.prompt]);
+  if (job.stages && job.stages.refine && job.cost.execution_s > 0) {
+    facts.push(["GPU time per tile (job mean)", seconds(job.cost.execution_s / Math.max(1, job.stages.refine.total))]);
+  }
+  if (timing) facts.push(["Timings", timing]);
+  document.getElementById("tile-facts").replaceChildren(
+    ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+  document.getElementById("rerun-tiles").disabled = !["succeeded", "failed", "canceled"].includes(job.status);
+}
+
+async function loadTiles() {
+  tiles = (await api(`${base}/tiles`)).tiles;
+  drawTiles();
+  renderPanel();
+}
+
+// ---- images ----------------------------------------------------------------------------------
+
+let panzoom = null;
+let detail = 0;
+
+function loadImages() {
+  const done = job.status === "succeeded";
+  const size = outputSize();
+  const stage = document.getElementById("tile-stage");
+  stage.style.maxWidth = `calc(65vh * ${size.width / size.height})`;
+  stage.classList.toggle("pixelated", Math.max(job.input.width, job.input.height) <= 256);
+  document.getElementById("compare-pan").style.setProperty("--fit-width", `calc(70vh * ${size.width / size.height})`);
+  gridImage.src = preview(done ? "output" : "input", 1600);
+  document.getElementById("compare-before").src = preview("input", 1600);
+  const after = document.getElementById("compare-after");
+  if (done) after.src = preview("output", 1600);
+  else after.src = preview("input", 1600);
+  detail = 1600;
+}
+
+function wireZoom() {
+  const pan = document.getElementById("compare-pan");
+  const slider = document.getElementById("compare-slider");
+  panzoom = Panzoom(pan, { maxScale: 64, minScale: 0.1, canvas: true, handleStartEvent: (e) => {
+    // Drag the divider with a plain drag; pan with Shift+drag or the middle button.
+    if (!(e.shiftKey || e.button === 1)) throw new Error("not panning");
+    e.preventDefault();
+  } });
+  document.getElementById("compare-frame").addEventListener("wheel", (e) => {
+    panzoom.zoomWithWheel(e);
+    moreDetail();
+  });
+  document.getElementById("zoom-in").addEventListener("click", () => { panzoom.zoomIn(); moreDetail(); });
+  document.getElementById("zoom-out").addEventListener("click", () => panzoom.zoomOut());
+  document.getElementById("zoom-fit").addEventListener("click", () => {
+    slider.classList.remove("pixels");
+    panzoom.reset();
+  });
+  document.getElementById("zoom-1to1").addEventListener("click", () => {
+    // 1:1 = one image pixel per screen pixel, nearest-neighbour (pixel art stays crisp).
+    const size = outputSize();
+    const shown = slider.getBoundingClientRect().width / panzoom.getScale();
+    slider.classList.add("pixels");
+    panzoom.zoom(size.width / shown / devicePixelRatio, { animate: false });
+    moreDetail(true);
+  });
+}
+
+function moreDetail(full = false) {
+  // Zooming in fetches a larger preview once (up to the full output size).
+  if (!job || job.status !== "succeeded") return;
+  const size = outputSize();
+  const want = full ? Math.max(size.width, size.height)
+    : Math.min(Math.max(size.width, size.height), Math.ceil(1600 * panzoom.getScale()));
+  if (want <= detail * 1.2) return;
+  detail = Math.min(16384, want);
+  document.getElementById("compare-before").src = preview("input", detail);
+  document.getElementById("compare-after").src = preview("output", detail);
+}
+
+// ---- live updates ----------------------------------------------------------------------------
+
+function follow() {
+  events = new EventSource(`${base}/events?tiles=true`);
+  events.addEventListener("progress", (e) => {
+    const before = job && job.status;
+    job = JSON.parse(e.data);
+    renderJob();
+    if (before !== job.status && job.status === "succeeded") { loadImages(); loadTiles(); }
+    else if (!tiles.length && job.stages && job.stages.plan) loadTiles();
+  });
+  events.addEventListener("tiles", (e) => {
+    const changed = JSON.parse(e.data).tiles;
+    if (changed.some((c) => !tiles[c.index])) { loadTiles(); return; }
+    for (const c of changed) setTileState(c.index, c.state);
+  });
+  events.addEventListener("end", (e) => {
+    job = JSON.parse(e.data);
+    renderJob();
+    events.close();
+    loadTiles();
+    renderPanel();
+  });
+}
+
+// ---- actions ---------------------------------------------------------------------------------
+
+async function saveCaption() {
+  const chosen = [...selected];
+  const prompt = document.getElementById("tile-caption").value;
+  try {
+    for (const i of chosen) {
+      const t = await api(`${base}/tiles/${i}`, { method: "PATCH", json: { prompt } });
+      tiles[i] = { ...tiles[i], ...t };
+    }
+    clearError();
+    renderPanel();
+  } catch (err) { showError(err); }
+}
+
+async function rerun() {
+  try {
+    await saveCaption();
+    const next = await api(`${base}/rerun`, { method: "POST", json: { tiles: [...selected] } });
+    location.href = `/jobs/${next.id}`;
+  } catch (err) { showError(err); }
+}
+
+async function cancel() {
+  try { job = await api(`${base}/cancel`, { method: "POST" }); renderJob(); } catch (err) { showError(err); }
+}
+
+async function retry() {
+  // A new job with the same input, params and target (the API returns the original file).
+  try {
+    const input = await api(`${base}/input`, { headers: { Accept: "*/*" } });
+    const body = new FormData();
+    body.append("file", await input.blob(), job.input.filename);
+    body.append("params", JSON.stringify(job.params));
+    if (job.target) body.append("target", JSON.stringify(job.target));
+    const created = await api("/v1/jobs", { method: "POST", body });
+    location.href = `/jobs/${created.id}`;
+  } catch (err) { showError(err); }
+}
+
+function wire() {
+  grid.addEventListener("click", (e) => {
+    const node = e.target.closest("[data-testid=tile]");
+    if (node) select(Number(node.dataset.index), e.shiftKey || e.ctrlKey || e.metaKey);
+  });
+  grid.addEventListener("keydown", (e) => {
+    const node = e.target.closest("[data-testid=tile]");
+    if (!node) return;
+    const index = Number(node.dataset.index);
+    if (e.key.startsWith("Arrow")) { e.preventDefault(); moveFocus(index, e.key); }
+    else if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      select(index, e.shiftKey || e.ctrlKey || e.metaKey);
+    }
+  });
+  document.getElementById("save-caption").addEventListener("click", saveCaption);
+  document.getElementById("rerun-tiles").addEventListener("click", rerun);
+  document.getElementById("cancel-job").addEventListener("click", cancel);
+  document.getElementById("retry-job").addEventListener("click", retry);
+}
+
+async function start() {
+  wire();
+  wireZoom();
+  try {
+    job = await api(base);
+    renderJob();
+    loadImages();
+    await loadTiles();
+    if (!["succeeded", "failed", "canceled"].includes(job.status)) follow();
+  } catch (err) { showError(err); }
+}
+
+start();

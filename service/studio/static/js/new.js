@@ -1,0 +1,205 @@
+// New job: pick images, see the planned tile grid and the estimate, submit, open the job.
+import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { readParams, readTarget, resetDefaults, restore, snapshot, store, toToml } from "./params.js";
+
+const form = document.getElementById("job-form");
+const fileInput = document.getElementById("file");
+const dropzone = document.getElementById("dropzone");
+const submit = document.getElementById("submit-job");
+const planImage = document.getElementById("plan-image");
+const planGrid = document.getElementById("plan-grid");
+const planStage = document.getElementById("plan-stage");
+let files = [];
+let inputSize = null;
+let availableLoras = [];
+let planTimer = null;
+
+function chosenLoras() {
+  return [...document.querySelectorAll("#lora-picks [data-lora]")]
+    .filter((row) => row.querySelector("input[type=checkbox]").checked)
+    .map((row) => ({ name: row.dataset.lora,
+                     weight: parseFloat(row.querySelector("input[type=number]").value) || 1 }));
+}
+
+function remember() {
+  const values = snapshot(form, chosenLoras());
+  store.saveLast(values);
+  document.getElementById("preset-toml").textContent = toToml(values, form);
+}
+
+function setFiles(list) {
+  files = [...list].filter((f) => f.size > 0);
+  const picked = document.getElementById("picked");
+  picked.replaceChildren(...files.map((f) => el("li", { text: `${f.name} (${Math.ceil(f.size / 1024)} KB)` })));
+  submit.disabled = files.length === 0;
+  inputSize = null;
+  if (!files.length) { planStage.hidden = true; return; }
+  const url = URL.createObjectURL(files[0]);
+  planImage.onload = () => {
+    inputSize = { width: planImage.naturalWidth, height: planImage.naturalHeight };
+    fitStage(planStage, inputSize);
+    planStage.hidden = false;
+    schedulePlan();
+  };
+  planImage.onerror = () => {  // the browser cannot draw it (e.g. TGA): plan without a picture
+    planStage.hidden = true;
+    document.getElementById("plan-summary").textContent = "No preview for this file type.";
+  };
+  planImage.src = url;
+}
+
+// The stage is as wide as fits 60% of the window's height; small images are drawn larger.
+export function fitStage(stage, size) {
+  stage.style.maxWidth = `calc(60vh * ${size.width / size.height})`;
+  stage.classList.toggle("pixelated", Math.max(size.width, size.height) <= 256);
+}
+
+function schedulePlan() {
+  clearTimeout(planTimer);
+  planTimer = setTimeout(plan, 150);
+}
+
+async function plan() {
+  remember();
+  if (!inputSize) return;
+  try {
+    const params = readParams(form, inputSize, chosenLoras());
+    const result = await api("/v1/plan", { method: "POST", json: {
+      input_width: inputSize.width, input_height: inputSize.height, params } });
+    drawPlan(result);
+    clearError();
+  } catch (err) {
+    planGrid.replaceChildren();
+    showError(err);
+  }
+}
+
+function drawPlan(result) {
+  const pct = (v, total) => `${(100 * v / total).toFixed(4)}%`;
+  planGrid.replaceChildren(...result.tiles.map((t) => {
+    const box = el("div", { class: "tile planned" });
+    box.style.left = pct(t.x, result.width);
+    box.style.top = pct(t.y, result.height);
+    box.style.width = pct(t.w, result.width);
+    box.style.height = pct(t.h, result.height);
+    return box;
+  }));
+  document.getElementById("plan-summary").textContent =
+    `${inputSize.width}×${inputSize.height} → ${result.width}×${result.height} px, ` +
+    `${result.tiles.length} tiles of ${result.tile_size} px (overlap ${result.overlap} px)` +
+    (files.length > 1 ? ` — grid shown for ${files[0].name}` : "");
+  const e = result.estimate;
+  document.getElementById("estimate").textContent = e.seconds_per_tile_source === "no_gpu"
+    ? "Estimate: no GPU backend is configured, so the job only pre-upscales (free)."
+    : `Estimate: ${e.tiles} GPU tiles × ${Number(e.seconds_per_tile.toPrecision(2))} s = ` +
+      `${seconds(e.gpu_seconds)} of GPU time ≈ ${usd(e.usd)} per image ` +
+      `(${e.seconds_per_tile_source === "recent_jobs" ? "from recent jobs" : "default per-tile time"}` +
+      `, $${e.price_per_gpu_second}/GPU-second)`;
+}
+
+async function loadLoras() {
+  const box = document.getElementById("lora-picks");
+  try {
+    availableLoras = (await api("/v1/models")).models;
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "muted", text: `No LoRAs: ${err.message}` }));
+    return;
+  }
+  if (!availableLoras.length) {
+    box.replaceChildren(el("p", { class: "muted" }, "None on the worker yet. ",
+                           el("a", { href: "/loras", text: "Upload one." })));
+    return;
+  }
+  const last = (store.last() || {}).loras || [];
+  const weights = Object.fromEntries(last.map((s) => [s.split(":")[0], s.split(":")[1]]));
+  box.replaceChildren(...availableLoras.map((m, i) => {
+    const id = `lora-${i}`;
+    return el("div", { class: "row", "data-lora": m.name },
+      el("input", { type: "checkbox", id, checked: m.name in weights }),
+      el("label", { for: id, text: m.name }),
+      el("label", { for: `${id}-w`, class: "sr-only", text: `Weight of ${m.name}` }),
+      el("input", { type: "number", id: `${id}-w`, min: "-4", max: "4", step: "0.05",
+                    value: weights[m.name] || "1" }));
+  }));
+}
+
+function loadPresetList() {
+  const select = document.getElementById("preset-select");
+  const names = Object.keys(store.presets()).sort();
+  select.replaceChildren(el("option", { value: "", text: "(last settings)" }),
+                         ...names.map((n) => el("option", { value: n, text: n })));
+}
+
+async function submitJobs(event) {
+  event.preventDefault();
+  if (!files.length) return;
+  clearError();
+  submit.disabled = true;
+  const created = [];
+  try {
+    for (const file of files) {
+      const size = files.length === 1 ? inputSize : null;
+      const params = readParams(form, size, chosenLoras());
+      const body = new FormData();
+      body.append("file", file, file.name);
+      body.append("params", JSON.stringify(params));
+      const target = readTarget(form);
+      if (target) {
+        if (!target.path) target.path = file.name;
+        body.append("target", JSON.stringify(target));
+      }
+      const job = await api("/v1/jobs", { method: "POST", body });
+      created.push(job);
+    }
+    remember();
+    location.href = created.length === 1 ? `/jobs/${created[0].id}` : "/jobs";
+  } catch (err) {
+    showError(err);
+    submit.disabled = false;
+  }
+}
+
+function wire() {
+  fileInput.addEventListener("change", () => setFiles(fileInput.files));
+  for (const name of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(name, (e) => { e.preventDefault(); dropzone.classList.add("over"); });
+  }
+  dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
+  dropzone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dropzone.classList.remove("over");
+    setFiles(e.dataTransfer.files);
+  });
+  form.addEventListener("input", schedulePlan);
+  form.addEventListener("change", (e) => {
+    if (e.target.id === "size-mode") {
+      document.getElementById("exact-size").hidden = e.target.value !== "exact";
+    }
+    schedulePlan();
+  });
+  form.addEventListener("submit", submitJobs);
+  document.getElementById("preset-save").addEventListener("click", () => {
+    const name = document.getElementById("preset-name").value.trim();
+    if (!name) { showError(new Error("give the preset a name first")); return; }
+    store.savePreset(name, snapshot(form, chosenLoras()));
+    loadPresetList();
+    document.getElementById("preset-select").value = name;
+  });
+  document.getElementById("preset-load").addEventListener("click", () => {
+    const name = document.getElementById("preset-select").value;
+    restore(form, name ? store.presets()[name] : store.last());
+    document.getElementById("exact-size").hidden = form.querySelector("#size-mode").value !== "exact";
+    schedulePlan();
+  });
+  document.getElementById("preset-delete").addEventListener("click", () => {
+    const name = document.getElementById("preset-select").value;
+    if (name && confirm(`Delete the preset "${name}"?`)) { store.deletePreset(name); loadPresetList(); }
+  });
+  document.getElementById("preset-reset").addEventListener("click", () => { resetDefaults(form); schedulePlan(); });
+}
+
+restore(form, store.last());
+document.getElementById("exact-size").hidden = form.querySelector("#size-mode").value !== "exact";
+wire();
+loadPresetList();
+loadLoras().then(remember);

@@ -1,0 +1,140 @@
+// Job options <-> the form, presets (the watch folders' .aat.toml keys) and the last settings.
+
+const LAST_KEY = "aat.studio.last";
+const PRESETS_KEY = "aat.studio.presets";
+const TARGET_KEYS = ["repo", "target_dir", "naming", "mirror_dir"];
+
+export function paramInputs(form) {
+  return [...form.querySelectorAll("[data-param]")];
+}
+
+function readInput(input) {
+  const kind = input.dataset.kind;
+  if (kind === "checkbox") return input.checked;
+  if (kind === "integer" || kind === "number") {
+    if (input.value.trim() === "") return null;
+    return kind === "integer" ? parseInt(input.value, 10) : parseFloat(input.value);
+  }
+  return input.value;
+}
+
+function writeInput(input, value) {
+  if (input.dataset.kind === "checkbox") input.checked = value === true || value === "true";
+  else input.value = value === null || value === undefined ? "" : String(value);
+}
+
+// The size part of UpscaleParams from the size controls (needs the input size for "long:").
+export function sizeParams(form, inputSize) {
+  const mode = form.querySelector("#size-mode").value;
+  if (mode.startsWith("scale:")) return { scale: parseFloat(mode.slice(6)) };
+  if (mode.startsWith("long:")) {
+    const side = parseInt(mode.slice(5), 10);
+    if (!inputSize) return { width: side };
+    return inputSize.width >= inputSize.height ? { width: side } : { height: side };
+  }
+  const w = parseInt(form.querySelector("#width").value, 10);
+  const h = parseInt(form.querySelector("#height").value, 10);
+  const out = {};
+  if (w > 0) out.width = w;
+  if (h > 0) out.height = h;
+  return Object.keys(out).length ? out : { scale: 2 };
+}
+
+// UpscaleParams from the form: only values that differ from the defaults are sent.
+export function readParams(form, inputSize, loras) {
+  const params = { ...sizeParams(form, inputSize) };
+  for (const input of paramInputs(form)) {
+    const value = readInput(input);
+    const dflt = input.dataset.default;
+    if (value === null || String(value) === dflt) continue;
+    params[input.dataset.param] = value;
+  }
+  if (loras.length) params.loras = loras;
+  return params;
+}
+
+export function readTarget(form) {
+  const repo = form.querySelector("#target_repo").value.trim();
+  if (!repo) return null;
+  const target = { repo, naming: form.querySelector("#naming").value };
+  const path = form.querySelector("#target_path").value.trim();
+  const mirror = form.querySelector("#mirror_dir").value.trim();
+  if (path) target.path = path;
+  if (mirror) target.mirror_dir = mirror;
+  return target;
+}
+
+// Everything the form holds, as one flat object with the watch-folder preset's keys.
+export function snapshot(form, loras) {
+  const out = { size_mode: form.querySelector("#size-mode").value };
+  const w = form.querySelector("#width").value, h = form.querySelector("#height").value;
+  if (w) out.width = parseInt(w, 10);
+  if (h) out.height = parseInt(h, 10);
+  for (const input of paramInputs(form)) out[input.dataset.param] = readInput(input);
+  out.loras = loras.map((l) => `${l.name}:${l.weight}`);
+  out.repo = form.querySelector("#target_repo").value.trim();
+  out.target_path = form.querySelector("#target_path").value.trim();
+  out.naming = form.querySelector("#naming").value;
+  out.mirror_dir = form.querySelector("#mirror_dir").value.trim();
+  return out;
+}
+
+export function restore(form, values) {
+  if (!values) return;
+  const set = (sel, v) => { const n = form.querySelector(sel); if (n && v !== undefined) n.value = v; };
+  set("#size-mode", values.size_mode);
+  set("#width", values.width);
+  set("#height", values.height);
+  for (const input of paramInputs(form)) {
+    if (input.dataset.param in values) writeInput(input, values[input.dataset.param]);
+  }
+  set("#target_repo", values.repo);
+  set("#target_path", values.target_path);
+  set("#naming", values.naming);
+  set("#mirror_dir", values.mirror_dir);
+}
+
+export function resetDefaults(form) {
+  form.querySelector("#size-mode").value = "scale:2";
+  for (const input of paramInputs(form)) writeInput(input, input.dataset.default);
+}
+
+// A .aat.toml body for a watch folder with these settings (non-default values only).
+export function toToml(values, form) {
+  const lines = [];
+  const mode = values.size_mode || "scale:2";
+  if (mode.startsWith("scale:")) lines.push(`scale = ${mode.slice(6)}`);
+  else if (mode.startsWith("long:")) lines.push(`width = ${mode.slice(5)}  # long side; use height = for portrait images`);
+  else {
+    if (values.width) lines.push(`width = ${values.width}`);
+    if (values.height) lines.push(`height = ${values.height}`);
+  }
+  for (const input of paramInputs(form)) {
+    const key = input.dataset.param, value = values[key];
+    if (value === null || value === undefined || String(value) === input.dataset.default) continue;
+    lines.push(`${key} = ${typeof value === "string" ? JSON.stringify(value) : value}`);
+  }
+  if (values.loras && values.loras.length) lines.push(`loras = ${JSON.stringify(values.loras)}`);
+  if (values.repo) lines.push(`repo = ${JSON.stringify(values.repo)}`);
+  if (values.naming && values.naming !== "suffix") lines.push(`naming = ${JSON.stringify(values.naming)}`);
+  if (values.mirror_dir) lines.push(`mirror_dir = ${JSON.stringify(values.mirror_dir)}`);
+  return lines.join("\n") + "\n";
+}
+
+export const store = {
+  last: () => JSON.parse(localStorage.getItem(LAST_KEY) || "null"),
+  saveLast: (values) => localStorage.setItem(LAST_KEY, JSON.stringify(values)),
+  presets: () => JSON.parse(localStorage.getItem(PRESETS_KEY) || "{}"),
+  savePreset(name, values) {
+    const all = this.presets();
+    all[name] = values;
+    localStorage.setItem(PRESETS_KEY, JSON.stringify(all));
+  },
+  deletePreset(name) {
+    const all = this.presets();
+    delete all[name];
+    localStorage.setItem(PRESETS_KEY, JSON.stringify(all));
+  },
+};
+
+export { TARGET_KEYS };

@@ -1,0 +1,85 @@
+"""Fixtures for the studio's browser tests: `aat up` as a real process on emulated RunPod
+endpoints, and Debian's Chromium driven by Playwright for Python.
+
+Screenshots go to ``build/screenshots/`` (or ``$AAT_SCREENSHOTS``); look at them after a run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from studiotest_helpers import Studio, start_studio, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("AAT_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("AAT_SCREENSHOTS", ROOT / "build" / "screenshots"))
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One emulated RunPod (upscale + caption endpoints, echo worker) for the module."""
+    from workers.emulator import EmulatorServer, EndpointConfig, Faults
+    from workers.emulator.echo import make_handler
+
+    handler = make_handler(models_dir=tmp_path_factory.mktemp("loras"))
+    configs = {eid: EndpointConfig(handler=handler, workers=4, latency_s=0.15,
+                                   faults=Faults.parse("", retry_after_s=0.01))
+               for eid in ("upscale", "caption")}
+    server = EmulatorServer(configs, api_key="test-" + secrets.token_hex(8))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory, emulator: Any) -> Iterator[Studio]:
+    """`aat up` without a token (loopback only) on the module's emulator."""
+    running, proc = start_studio(tmp_path_factory.mktemp("studio"), emulator)
+    yield running
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (Playwright's own browser download is not used)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies, no storage) at 1280x800; script errors and CSP
+    violations are collected in ``page.problems`` (tests assert it stays empty)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text)
+            if m.type == "error" and "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.problems = problems  # type: ignore[attr-defined]
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shot() -> Callable[[Any, str], Path]:
+    """``shot(page, name)`` saves a full-page screenshot to the screenshots folder."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page: Any, name: str) -> Path:
+        path = SHOTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take

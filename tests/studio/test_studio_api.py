@@ -1,0 +1,130 @@
+"""The public API the studio stands on, over real HTTP against `aat up` on the emulator:
+tile planning and the estimate, WebP previews (whole, region, never enlarged, cached), tile
+states in the tile list and the SSE stream, the original input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from service.core.tiling import plan_tiles
+
+SMALL = {"tile_size": 64, "overlap": 16}
+
+
+def _png(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _smooth(width: int, height: int) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.dstack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _finished(http, data: bytes, **params) -> dict:
+    job = http.post("/v1/jobs", content=data, params={**SMALL, **params},
+                    headers={"Content-Type": "image/png"}).json()
+    with http.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+        for _ in stream.iter_lines():
+            pass
+    return dict(http.get(f"/v1/jobs/{job['id']}").json())
+
+
+def test_plan_draws_the_runner_s_tiles_and_prices_them(studio) -> None:
+    with studio.client() as http:
+        first = http.post("/v1/plan", json={"input_width": 100, "input_height": 70,
+                                            "params": {**SMALL, "scale": 3}})
+        assert first.status_code == 200, first.text
+        plan = first.json()
+        expected = plan_tiles(300, 210, 64, 16)
+        assert (plan["width"], plan["height"]) == (300, 210)
+        assert [(t["x"], t["y"], t["w"], t["h"]) for t in plan["tiles"]] == \
+            [(t.x, t.y, t.w, t.h) for t in expected.tiles]
+        est = plan["estimate"]
+        assert est["tiles"] == len(expected.tiles)
+        assert est["usd"] == round(est["gpu_seconds"] * est["price_per_gpu_second"], 4)
+        seam = http.post("/v1/plan", json={"input_width": 100, "input_height": 70,
+                                           "params": {**SMALL, "scale": 3, "seam_fix": "band"}})
+        assert seam.json()["estimate"]["tiles"] > est["tiles"], "seam-fix tiles are counted"
+        bad = http.post("/v1/plan", json={"input_width": 100, "input_height": 70,
+                                          "params": {"tile_size": 64, "overlap": 64}})
+        assert bad.status_code == 422 and "overlap" in bad.text
+        huge = http.post("/v1/plan", json={"input_width": 9000, "input_height": 10,
+                                           "params": {"scale": 4}})
+        assert huge.status_code == 422 and huge.json()["code"] == "output_too_large"
+        _finished(http, _png(64, 48, seed=11))
+        measured = http.post("/v1/plan", json={"input_width": 100, "input_height": 70,
+                                               "params": SMALL}).json()["estimate"]
+        assert measured["seconds_per_tile_source"] == "recent_jobs"
+        assert measured["seconds_per_tile"] > 0
+
+
+def test_previews_are_small_webp_regions_never_enlarged(studio) -> None:
+    with studio.client() as http:
+        job = _finished(http, _smooth(200, 120))
+        assert job["status"] == "succeeded"
+        base = f"/v1/jobs/{job['id']}/preview"
+        whole = http.get(f"{base}/output", params={"max": 100})
+        assert whole.status_code == 200 and whole.headers["content-type"] == "image/webp"
+        assert Image.open(io.BytesIO(whole.content)).size == (100, 60)
+        full = http.get(f"{base}/output", params={"max": 4096})
+        assert Image.open(io.BytesIO(full.content)).size == (400, 240), "never enlarged"
+        box = {"x": 64, "y": 32, "w": 128, "h": 96}
+        after = Image.open(io.BytesIO(http.get(f"{base}/output", params=box).content))
+        before = Image.open(io.BytesIO(http.get(f"{base}/input", params=box).content))
+        assert after.size == (128, 96) and before.size == (64, 48), "input box = output / 2"
+        result = Image.open(io.BytesIO(http.get(f"/v1/jobs/{job['id']}/result").content))
+        crop = np.asarray(result.convert("RGB").crop((64, 32, 192, 128))).astype(int)
+        assert np.abs(np.asarray(after.convert("RGB")).astype(int) - crop).mean() < 6
+        assert http.get(f"{base}/output", params={"x": 1}).json()["code"] == "invalid_params"
+        outside = http.get(f"{base}/output", params={"x": 390, "y": 0, "w": 20, "h": 5})
+        assert outside.status_code == 422 and "outside" in outside.json()["detail"]
+        assert http.get(f"{base}/thumbnail").status_code == 422
+        original = http.get(f"/v1/jobs/{job['id']}/input")
+        assert original.content == _smooth(200, 120)
+    cached = list((studio.data_dir / "previews").rglob("*.webp"))
+    assert len(cached) >= 4
+
+
+def test_tile_states_in_the_list_and_the_event_stream(studio) -> None:
+    with studio.client() as http:
+        job = http.post("/v1/jobs", content=_png(96, 64, seed=13), params=SMALL,
+                        headers={"Content-Type": "image/png"}).json()
+        seen: dict[int, list[str]] = {}
+        event = None
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events", params={"tiles": "true"}) as s:
+            for line in s.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "tiles":
+                    for t in json.loads(line[6:])["tiles"]:
+                        seen.setdefault(t["index"], []).append(t["state"])
+        listed = http.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+    assert seen and sorted(seen) == [t["index"] for t in listed]
+    assert all(states[-1] == "done" for states in seen.values()), seen
+    assert any({"captioning", "refining"} & set(states) for states in seen.values())
+    for states in seen.values():
+        assert len(states) == len(set(states)), "a state is sent once per change"
+    assert {t["state"] for t in listed} == {"done"}
+    assert all(isinstance(t["seed"], int) for t in listed)
+
+
+def test_plain_event_streams_carry_only_job_frames(studio) -> None:
+    """Clients that read every frame as a job (CLI, watcher, plugins) are unaffected."""
+    with studio.client() as http:
+        job = http.post("/v1/jobs", content=_png(64, 64, seed=14), params=SMALL,
+                        headers={"Content-Type": "image/png"}).json()
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+            names = [line[7:] for line in stream.iter_lines() if line.startswith("event: ")]
+    assert set(names) == {"progress", "end"}
+
+

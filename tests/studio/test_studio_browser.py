@@ -1,0 +1,271 @@
+"""The studio in a real Chromium against `aat up` on emulated RunPod endpoints: submit and
+watch every tile, download; edit a caption and re-run one tile; LoRA upload, list and delete;
+cancel; a corrupt file's error; the CSP. Screenshots of each view go to build/screenshots/."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from playwright.sync_api import expect
+from studiotest_helpers import start_studio, stop
+
+from service.pipeline.refine import derive_seed
+from workers.emulator.echo import tint_amount
+
+SMALL = {"tile_size": 64, "overlap": 16}
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Records every data-state / data-status change with its time, for "did it change live".
+RECORDER = """
+window.__changes = [];
+new MutationObserver((records) => {
+  for (const r of records) {
+    window.__changes.push({attr: r.attributeName, value: r.target.getAttribute(r.attributeName),
+                           index: r.target.dataset.index, t: performance.now()});
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state", "data-status"]});
+document.addEventListener("securitypolicyviolation",
+  (e) => console.error("Content Security Policy violation: " + e.violatedDirective));
+"""
+
+
+def png(path: Path, width: int = 128, height: int = 96, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8)).save(path)
+    return path
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")).astype(np.int16)
+
+
+def submit(studio: Any, data: bytes, **params: Any) -> dict[str, Any]:
+    with studio.client() as http:
+        resp = http.post("/v1/jobs", content=data, params={**SMALL, **params},
+                         headers={"Content-Type": "image/png"})
+        assert resp.status_code in (200, 202), resp.text
+        return dict(resp.json())
+
+
+def wait_status(page: Any, status: str, timeout: float = 60_000) -> None:
+    page.wait_for_selector(f"[data-testid=job-status][data-status={status}]", timeout=timeout)
+
+
+def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path) -> None:
+    page.add_init_script(RECORDER)
+    image = tmp_path / "stone.png"
+    image.write_bytes((EXAMPLES / "stone-tileable.png").read_bytes())
+    page.goto(studio.url + "/")
+    page.get_by_test_id("new-job-file").set_input_files(str(image))
+    page.get_by_label("Tile size (px)").fill("64")
+    page.get_by_label("Tile overlap (px)").fill("16")
+    with studio.client() as http:
+        planned = http.post("/v1/plan", json={"input_width": 128, "input_height": 128,
+                                              "params": SMALL}).json()
+    expect(page.locator("#plan-grid .tile")).to_have_count(len(planned["tiles"]))
+    estimate = page.get_by_test_id("estimate")
+    assert re.search(rf"{planned['estimate']['tiles']} GPU tiles", estimate.inner_text())
+    shot(page, "new-job")
+
+    page.get_by_test_id("submit-job").click()
+    page.wait_for_url(re.compile(r".*/jobs/j_[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    wait_status(page, "succeeded")
+    tiles = page.get_by_test_id("tile")
+    assert tiles.count() == len(planned["tiles"])
+    expect(page.locator("[data-testid=tile]:not([data-state=done])")).to_have_count(0)
+    changes = page.evaluate("window.__changes")
+    seen = {c["value"] for c in changes if c["attr"] == "data-state"}
+    assert "done" in seen and seen & {"captioning", "refining"}, \
+        f"tile states did not change live from SSE: {seen}"
+    statuses = [c["value"] for c in changes if c["attr"] == "data-status"]
+    assert "running" in statuses and statuses[-1] == "succeeded"
+
+    tiles.nth(6).click()
+    assert page.get_by_test_id("tile-caption").input_value().startswith("a 64x64 tile")
+    assert tiles.nth(6).get_attribute("aria-pressed") == "true"
+    tiles.nth(7).click(modifiers=["Shift"])
+    assert page.locator("[data-testid=tile][aria-pressed=true]").count() == 2
+    shot(page, "job-view")
+
+    with page.expect_download() as info:
+        page.get_by_test_id("download-result").click()
+    download = info.value
+    with studio.client() as http:
+        result = http.get(f"/v1/jobs/{job_id}/result")
+    assert Path(download.path()).read_bytes() == result.content
+    assert download.suggested_filename == "stone_x2.png"
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def _seed_that_changes_tile(index: int) -> int:
+    """A job seed for which re-running ``index`` tints it differently (echo worker)."""
+    return next(s for s in range(1, 1000)
+                if tint_amount(derive_seed(s, index, 1)) != tint_amount(derive_seed(s, index, 0)))
+
+
+def test_edit_one_caption_and_rerun_only_that_tile(studio, page, shot) -> None:
+    chosen = 4
+    data = png(Path(studio.data_dir.parent) / "wall.png", seed=7).read_bytes()
+    first = submit(studio, data, seed=_seed_that_changes_tile(chosen), colour_fix="none")
+    page.goto(f"{studio.url}/jobs/{first['id']}")
+    wait_status(page, "succeeded")
+    tile = page.locator(f"[data-testid=tile][data-index='{chosen}']")
+    tile.click()
+    page.get_by_test_id("tile-caption").fill("mossy bricks, hand painted")
+    page.get_by_test_id("save-caption").click()
+    with studio.client() as http:
+        deadline_tiles = http.get(f"/v1/jobs/{first['id']}/tiles").json()["tiles"]
+    assert deadline_tiles[chosen]["prompt"] in (None, "mossy bricks, hand painted")
+    page.get_by_test_id("rerun-tiles").click()
+    page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(first["id"]))
+    second_id = page.url.rsplit("/", 1)[1]
+    wait_status(page, "succeeded")
+    page.get_by_test_id("tile").first.wait_for()
+    states = page.eval_on_selector_all("[data-testid=tile]",
+                                       "ns => ns.map(n => [Number(n.dataset.index), n.dataset.state])")
+    assert dict(states)[chosen] == "done"
+    assert {s for i, s in states if i != chosen} == {"cached"}, states
+    shot(page, "job-view-rerun")
+
+    with studio.client() as http:
+        tiles = http.get(f"/v1/jobs/{second_id}/tiles").json()["tiles"]
+        before = pixels(http.get(f"/v1/jobs/{first['id']}/result").content)
+        after = pixels(http.get(f"/v1/jobs/{second_id}/result").content)
+    assert tiles[chosen]["prompt"] == "mossy bricks, hand painted"
+    t = tiles[chosen]
+    changed = np.argwhere(np.any(before != after, axis=-1))
+    assert len(changed), "the re-run tile did not change"
+    ys, xs = changed[:, 0], changed[:, 1]
+    assert xs.min() >= t["x"] and xs.max() < t["x"] + t["w"], "pixels outside the tile changed"
+    assert ys.min() >= t["y"] and ys.max() < t["y"] + t["h"], "pixels outside the tile changed"
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def safetensors_bytes(values: int = 4) -> bytes:
+    header = json.dumps({"lora_up.weight": {"dtype": "F32", "shape": [values],
+                                            "data_offsets": [0, 4 * values]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * (4 * values)
+
+
+def test_lora_upload_list_refusal_and_delete(studio, page, shot, tmp_path) -> None:
+    lora = tmp_path / "moss_style.safetensors"
+    lora.write_bytes(safetensors_bytes())
+    fake = tmp_path / "evil.safetensors"
+    fake.write_bytes(b"\x80\x04 pickle pretending to be safetensors")
+    page.add_init_script(RECORDER)
+    page.goto(studio.url + "/loras")
+    page.get_by_test_id("lora-file").set_input_files(str(lora))
+    row = page.locator("[data-testid=lora-row][data-name='moss_style.safetensors']")
+    row.wait_for()
+    assert "B" in row.inner_text()
+    with studio.client() as http:
+        names = [m["name"] for m in http.get("/v1/models").json()["models"]]
+    assert "moss_style.safetensors" in names
+    shot(page, "loras")
+
+    page.get_by_test_id("lora-file").set_input_files(str(fake))
+    error = page.get_by_test_id("error-message")
+    error.wait_for(state="visible")
+    assert "model_invalid" in error.inner_text()
+    assert page.locator("[data-testid=lora-row][data-name='evil.safetensors']").count() == 0
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_test_id("lora-delete").click()
+    row.wait_for(state="detached")
+    with studio.client() as http:
+        names = [m["name"] for m in http.get("/v1/models").json()["models"]]
+    assert "moss_style.safetensors" not in names
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_cancel_a_running_job(studio, page, shot) -> None:
+    data = png(Path(studio.data_dir.parent) / "big.png", 256, 256, seed=3).read_bytes()
+    job = submit(studio, data)
+    page.goto(f"{studio.url}/jobs/{job['id']}")
+    wait_status(page, "running")
+    page.get_by_test_id("cancel-job").click()
+    wait_status(page, "canceled")
+    assert page.get_by_test_id("cancel-job").is_hidden()
+    with studio.client() as http:
+        assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+    page.goto(f"{studio.url}/jobs")
+    row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "canceled"
+    shot(page, "queue")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_corrupt_file_shows_its_error_and_creates_no_job(studio, page, tmp_path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    with studio.client() as http:
+        before = len(http.get("/v1/jobs", params={"limit": 500}).json()["items"])
+    page.goto(studio.url + "/")
+    page.get_by_test_id("new-job-file").set_input_files(str(broken))
+    page.get_by_test_id("submit-job").click()
+    error = page.get_by_test_id("error-message")
+    error.wait_for(state="visible")
+    assert re.search(r"error \[image_\w+\]", error.inner_text()), error.inner_text()
+    assert page.url.rstrip("/") == studio.url
+    with studio.client() as http:
+        assert len(http.get("/v1/jobs", params={"limit": 500}).json()["items"]) == before
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_every_view_works_under_a_strict_csp(studio, page, shot) -> None:
+    with studio.client() as http:
+        resp = http.get("/")
+    csp = resp.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp and resp.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in resp.text and " style=" not in resp.text
+    page.add_init_script(RECORDER)
+    page.goto(studio.url + "/system")
+    page.locator("[data-check=store][data-ok=true]").wait_for()
+    page.locator("[data-check=gpu][data-ok=true]").wait_for()
+    shot(page, "system")
+    for path in ("/", "/jobs", "/loras", "/system"):
+        page.goto(studio.url + path)
+        page.wait_for_load_state("networkidle")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_login_with_the_token_and_refusal_without_it(tmp_path_factory, emulator, page,
+                                                     shot) -> None:
+    token = "studio-" + "k" * 32
+    studio, proc = start_studio(tmp_path_factory.mktemp("locked"), emulator,
+                                AAT_API_TOKEN=token)
+    try:
+        page.goto(studio.url + "/jobs")
+        assert "/login?next=%2Fjobs" in page.url
+        shot(page, "login")
+        page.get_by_label("API token").fill("not-the-token")
+        page.get_by_test_id("login-submit").click()
+        assert page.get_by_test_id("error-message").inner_text().startswith("That is not")
+        assert "/login" in page.url
+        anon = page.context.request.get(studio.url + "/v1/jobs")
+        assert anon.status == 401, "no session, no API"
+        page.get_by_label("API token").fill(token)
+        page.get_by_test_id("login-submit").click()
+        page.wait_for_url(studio.url + "/jobs")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "aat_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == "", "scripts cannot read the session"
+        with studio.client() as http:
+            http.post("/v1/jobs", content=png(tmp_path_factory.mktemp("img") / "a.png")
+                      .read_bytes(), params=SMALL, headers={"Content-Type": "image/png"})
+        page.get_by_test_id("job-row").first.wait_for()
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url(re.compile(r".*/login$"))
+        assert page.context.request.get(studio.url + "/v1/jobs").status == 401
+        assert page.problems == []  # type: ignore[attr-defined]
+    finally:
+        stop(proc)
