@@ -82,9 +82,14 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 @settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_fuzz_every_operation(case: schemathesis.Case, fuzz_server: LiveServer) -> None:
+    from schemathesis.checks import positive_data_acceptance
+
+    # Planning answers 422 for schema-valid parameters that JSON Schema cannot rule out (scale
+    # with width, overlap >= tile_size, an output over the size limit): its 422 is the answer.
+    excluded = [positive_data_acceptance] if case.path == "/v1/plan" else None
     case.call_and_validate(base_url=fuzz_server.url,
                            headers={"Authorization": f"Bearer {TOKEN}"},
-                           timeout=30)
+                           excluded_checks=excluded, timeout=30)
 
 
 def test_document_states_the_event_stream_and_allow_on_405(fuzz_server: LiveServer) -> None:
