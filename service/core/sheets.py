@@ -280,3 +280,50 @@ def _scale_json(text: str, factor: int, image_name: str | None) -> str:
     indent = 1 if text.lstrip().startswith("{ \"frames\"") else 2
     out = json.dumps(data, indent=indent, ensure_ascii=False)
     return out + ("\n" if text.endswith("\n") else "")
+
+
+# ---- Godot resources that point at one image ------------------------------------------------
+
+_EXT = re.compile(r'^\[ext_resource\b[^\]]*\bpath="(?P<path>[^"]+)"[^\]]*\bid="(?P<id>[^"]+)"',
+                  re.MULTILINE)
+_EXT_ID_FIRST = re.compile(
+    r'^\[ext_resource\b[^\]]*\bid="(?P<id>[^"]+)"[^\]]*\bpath="(?P<path>[^"]+)"', re.MULTILINE)
+_ATLAS = re.compile(r'^\s*atlas\s*=\s*ExtResource\(\s*"(?P<id>[^"]+)"\s*\)', re.MULTILINE)
+
+
+def godot_ids_for(text: str, res_path: str) -> set[str]:
+    """The ``ext_resource`` ids under which a Godot resource loads ``res_path``."""
+    return {m.group("id") for rx in (_EXT, _EXT_ID_FIRST) for m in rx.finditer(text)
+            if m.group("path") == res_path}
+
+
+def _godot_sections(text: str, ids: set[str]) -> list[tuple[str, bool]]:
+    """``text`` cut at section headers; each part flagged when its ``atlas`` is one of ``ids``."""
+    parts = re.split(r"(?m)^(?=\[)", text)
+    out = []
+    for part in parts:
+        atlas = _ATLAS.search(part)
+        out.append((part, atlas is not None and atlas.group("id") in ids))
+    return out
+
+
+def godot_cells(text: str, res_path: str) -> list[Rect]:
+    """``region`` rectangles of the AtlasTextures in ``text`` that cut ``res_path``."""
+    ids = godot_ids_for(text, res_path)
+    return [_ints(m.group(2)) for part, ours in _godot_sections(text, ids) if ours
+            for m in _RECT2.finditer(part) if m.group(1) == "region"]
+
+
+def scale_godot_regions(text: str, res_path: str, factor: int) -> tuple[str, int]:
+    """``text`` with the ``region``/``margin`` of every AtlasTexture cutting ``res_path`` times
+    ``factor`` (regions of other atlases untouched); returns ``(text, regions scaled)``."""
+    ids = godot_ids_for(text, res_path)
+    count = 0
+    out = []
+    for part, ours in _godot_sections(text, ids):
+        if ours:
+            part, n = _RECT2.subn(
+                lambda m: f"{m.group(1)} = Rect2({_scaled_list(m.group(2), factor)})", part)
+            count += n
+        out.append(part)
+    return "".join(out), count

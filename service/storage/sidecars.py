@@ -12,6 +12,10 @@ describes the *source* image is carried over to the result, scaled by the upscal
 * **Godot** ``<image>.import`` is never written: in ``replace`` mode its ``uid`` and import
   settings stay, and Godot re-imports the changed image by its checksum; a new file gets its
   ``.import`` from Godot itself.
+* **Godot** ``SpriteFrames``/``AtlasTexture`` resources (``.tres`` beside the image, inside the
+  project that ``project.godot`` marks) that cut the image: with ``replace`` naming their
+  ``region``/``margin`` rectangles for this image are scaled (regions of other atlases and every
+  uid untouched); a new file leaves them alone (they still point at the source).
 * **Spritesheet JSON** (Aseprite / TexturePacker) ``<stem>.json`` beside the source: written
   beside the result (``<result stem>.json``) with every rectangle scaled and ``meta.image``
   naming the result; in ``replace`` mode the source's JSON is updated in place.
@@ -30,7 +34,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.core.sheets import SheetParams, detect_format, read_cells, scale_metadata
+from service.core.sheets import (
+    SheetParams,
+    detect_format,
+    godot_cells,
+    read_cells,
+    scale_godot_regions,
+    scale_metadata,
+)
 from service.core.unity_meta import guid_of, new_meta, scale_meta
 from service.storage.atomic import atomic_write
 
@@ -71,6 +82,7 @@ def plan_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
         out.append((_rel(root, dest.with_name(dest.name + ".meta")), text))
     if source.with_name(source.name + ".import").is_file() and same:
         notes.append("Godot .import left as it was (uid kept); Godot re-imports the new pixels")
+    out += _godot_resources(root, source, factor, same, notes)
     sheet = source.with_suffix(".json")
     if sheet.is_file():
         raw = _read(sheet)
@@ -103,9 +115,61 @@ def sheet_beside(root: Path, source_rel: str) -> SheetParams | None:
             _, cells = read_cells(meta.name, text, height)
             if len(cells) >= 2:
                 return SheetParams(cells=cells)
+        for _, text, res in _resources_cutting(root.resolve(), source.resolve()):
+            cells = list(dict.fromkeys(godot_cells(text, res)))
+            if len(cells) >= 2:
+                return SheetParams(cells=cells)
     except (OSError, ValueError):
         return None
     return None
+
+
+_MAX_RESOURCE_BYTES = 4 << 20
+
+
+def godot_res_path(root: Path, source: Path) -> str | None:
+    """``res://...`` of ``source`` in the Godot project (``project.godot``) that holds it."""
+    folder = source.parent
+    while folder.is_relative_to(root):
+        if (folder / "project.godot").is_file():
+            return "res://" + source.relative_to(folder).as_posix()
+        if folder == root:
+            break
+        folder = folder.parent
+    return None
+
+
+def _resources_cutting(root: Path, source: Path) -> list[tuple[Path, str, str]]:
+    """``(file, text, res path)`` of the ``.tres`` beside ``source`` whose AtlasTextures cut it."""
+    res = godot_res_path(root, source)
+    if res is None:
+        return []
+    found = []
+    for tres in sorted(source.parent.glob("*.tres"))[:200]:
+        if not tres.is_file() or tres.stat().st_size > _MAX_RESOURCE_BYTES:
+            continue
+        text = _read(tres)
+        if godot_cells(text, res):
+            found.append((tres, text, res))
+    return found
+
+
+def _godot_resources(root: Path, source: Path, factor: float, same: bool,
+                     notes: list[str]) -> list[tuple[str, str]]:
+    """SpriteFrames/AtlasTexture resources beside the source: their regions scaled when the
+    image is replaced (uids kept), a note when the result is a new file."""
+    out = []
+    for tres, text, res in _resources_cutting(root, source):
+        if not same:
+            notes.append(f"Godot {tres.name} cuts {source.name}, not the new file; it was left "
+                         "as it was")
+        elif not float(factor).is_integer():
+            notes.append(f"Godot {tres.name} was not rewritten: regions need an integer scale")
+        else:
+            scaled, n = scale_godot_regions(text, res, int(factor))
+            out.append((_rel(root, tres), scaled))
+            notes.append(f"Godot {tres.name}: {n} atlas regions scaled x{factor:g} (uids kept)")
+    return out
 
 
 def write_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,

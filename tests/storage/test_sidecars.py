@@ -168,3 +168,51 @@ def test_a_unity_multi_sprite_meta_beside_the_source_gives_the_cells(tmp_path: P
     assert sheet_beside(repo, "../outside.png") is None
     (repo / "art/single.png").write_bytes((repo / "art/hero.png").read_bytes())
     assert sheet_beside(repo, "art/single.png") is None  # no metadata: not a sheet
+
+
+FRAMES_TRES = """[gd_resource type="SpriteFrames" load_steps=5 format=3 uid="uid://djfre4iy8jd0k"]
+
+[ext_resource type="Texture2D" uid="uid://c0opc2hociaip" path="res://art/hero.png" id="1_a0oxm"]
+[ext_resource type="Texture2D" uid="uid://bbbbbbbbbbbbb" path="res://art/other.png" id="2_other"]
+
+[sub_resource type="AtlasTexture" id="AtlasTexture_a"]
+atlas = ExtResource("1_a0oxm")
+region = Rect2(0, 0, 16, 16)
+
+[sub_resource type="AtlasTexture" id="AtlasTexture_b"]
+atlas = ExtResource("1_a0oxm")
+region = Rect2(16, 0, 16, 16)
+
+[sub_resource type="AtlasTexture" id="AtlasTexture_c"]
+atlas = ExtResource("2_other")
+region = Rect2(8, 8, 8, 8)
+
+[resource]
+animations = [{"frames": [{"duration": 1.0, "texture": SubResource("AtlasTexture_a")}], "loop": true, "name": &"walk", "speed": 5.0}]
+"""
+
+
+def test_godot_sprite_frames_of_a_replaced_sheet_are_scaled_other_atlases_kept(
+        job_settings: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from service.storage.sidecars import sheet_beside
+
+    repo = _repo(tmp_path)
+    (repo / "project.godot").write_text("[application]\n")
+    Image.new("RGBA", (32, 16)).save(repo / "art/hero.png")
+    (repo / "art/walk.tres").write_text(FRAMES_TRES)
+    found = sheet_beside(repo, "art/hero.png")
+    assert found is not None and found.cells == [(0, 0, 16, 16), (16, 0, 16, 16)]
+    done = _deliver(job_settings(), factor=2)
+    text = (repo / "art/walk.tres").read_text()
+    assert "region = Rect2(32, 0, 32, 32)" in text and "region = Rect2(0, 0, 32, 32)" in text
+    assert "region = Rect2(8, 8, 8, 8)" in text  # another image's atlas: untouched
+    assert 'uid="uid://djfre4iy8jd0k"' in text and text.count("\n") == FRAMES_TRES.count("\n")
+    assert "art/walk.tres" in done.sidecars.written
+    assert any("2 atlas regions scaled x2" in n for n in done.sidecars.notes)
+    # a new file beside the source: the resource keeps pointing at the source, untouched
+    (repo / "art/walk.tres").write_text(FRAMES_TRES)
+    done = _deliver(job_settings(), naming="suffix", factor=2)
+    assert (repo / "art/walk.tres").read_text() == FRAMES_TRES
+    assert any("walk.tres cuts hero.png" in n for n in done.sidecars.notes)
