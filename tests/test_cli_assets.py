@@ -129,3 +129,19 @@ def test_dds_in_and_block_compressed_dds_out(tmp_path: Path,
                  cwd=tmp_path, monkeypatch=monkeypatch)
     assert opaque.exit_code == 0, opaque.stderr
     assert (tmp_path / "splash.dds").read_bytes()[84:88] == b"DXT1"  # BC1 when opaque
+
+
+def test_bc5_normal_map_dds_stays_bc5_and_two_channel(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "wall_n.dds"
+    Image.fromarray(normal_map(64, 4)).save(src, "DDS", pixel_format="BC5")
+    result = run("upscale", src, "-o", tmp_path / "wall_n_x2.dds", "-q", cwd=tmp_path,
+                 monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    assert "normal (name" in result.stdout
+    data = (tmp_path / "wall_n_x2.dds").read_bytes()
+    assert data[84:88] in (b"ATI2", b"BC5U", b"DX10")
+    out = Image.open(tmp_path / "wall_n_x2.dds")
+    assert out.pixel_format == "BC5" and out.size == (128, 128)
+    xy = decode_normals(np.asarray(out.convert("RGB")))[:, :, :2]
+    assert float((xy ** 2).sum(axis=2).max()) <= 1.05  # still inside the unit disc

@@ -241,7 +241,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     if gpu is not None:
         meta["seed"] = str(seed)
     encoded = encode_image(rendered.rgb, rendered.alpha, fmt, quality=quality, metadata=meta,
-                           matte=parse_matte(params.matte))
+                           matte=parse_matte(params.matte), dds_format=image.pixel_format)
     step("write")
     _write(output, encoded)
     matte = matte_warning(fmt, rendered.alpha, params.matte)

@@ -63,6 +63,7 @@ class LoadedImage:
     mode: str  # Pillow mode of the input before normalisation, e.g. "P", "LA", "I;16"
     icc_converted: bool = False
     warnings: list[str] = field(default_factory=list)
+    pixel_format: str | None = None  # a DDS input's block format, e.g. "DXT5", "BC5"
 
     @property
     def width(self) -> int:
@@ -156,6 +157,7 @@ def load_image(data: bytes, *, limits: ImageLimits, filename: str | None = None)
     im = _open(data)
     _check_header(im, data, limits)
     fmt, mode = str(im.format), im.mode
+    pixel_format = getattr(im, "pixel_format", None) if fmt == "DDS" else None
     notes: list[str] = []
     frames = int(getattr(im, "n_frames", 1))
     if frames > 1:
@@ -167,6 +169,7 @@ def load_image(data: bytes, *, limits: ImageLimits, filename: str | None = None)
     im, converted = _to_srgb(im, notes)
     rgb, alpha = normalise(im)
     return LoadedImage(rgb=rgb, alpha=alpha, format=fmt, mode=mode, icc_converted=converted,
+                       pixel_format=str(pixel_format) if pixel_format else None,
                        warnings=notes)
 
 
@@ -289,6 +292,8 @@ def format_for_suffix(suffix: str) -> str | None:
     return _SUFFIXES.get(suffix.lower())
 
 
+#: DDS block formats Pillow writes (a DDS input in one of these keeps it).
+DDS_WRITABLE = ("DXT1", "DXT3", "DXT5", "BC2", "BC3", "BC5")
 #: Output formats that keep an alpha channel.
 ALPHA_FORMATS = ("png", "webp", "tga", "dds")
 
@@ -310,9 +315,11 @@ def encode_image(
     metadata: dict[str, str] | None = None,
     compress_level: int = PNG_COMPRESS_LEVEL,
     matte: tuple[int, int, int] = (255, 255, 255),
+    dds_format: str | None = None,
 ) -> bytes:
-    """Encode to ``fmt`` (png/webp/jpeg/tga/dds). DDS is block-compressed by Pillow: BC1
-    (DXT1) when opaque, BC3 (DXT5) with alpha. Alpha is kept except for JPEG, which has none:
+    """Encode to ``fmt`` (png/webp/jpeg/tga/dds). DDS is block-compressed by Pillow: in
+    ``dds_format`` (a DDS input's own format, kept when Pillow can write it: DXT1/3/5, BC2/3/5),
+    else BC1 (DXT1) when opaque, BC3 (DXT5) with alpha. Alpha is kept except for JPEG, which has none:
     there the colour is composited onto ``matte`` through the alpha (see :func:`matte_warning`),
     so transparent areas show the matte instead of whatever colour hid under them.
 
@@ -338,8 +345,11 @@ def encode_image(
         kwargs.update(quality=min(quality, 100), subsampling=0)
     elif fmt == "tga":
         kwargs.update(compression="tga_rle", id_section=text.encode()[:255])
-    elif fmt == "dds":  # block-compressed: BC1 (DXT1) opaque, BC3 (DXT5) with alpha
-        kwargs = {"pixel_format": "DXT5" if im.mode == "RGBA" else "DXT1"}
+    elif fmt == "dds":
+        chosen = dds_format if dds_format in DDS_WRITABLE else None
+        if chosen == "BC5" and im.mode == "RGBA":  # two channels: alpha cannot ride along
+            im = im.convert("RGB")
+        kwargs = {"pixel_format": chosen or ("DXT5" if im.mode == "RGBA" else "DXT1")}
     else:
         raise _err("image_unsupported", f"cannot write {fmt}; choose one of "
                    f"{', '.join(OUTPUT_FORMATS)}")

@@ -162,7 +162,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     run.stage("encode")
     out = stream.finish() if stream is not None else encode_image(
         rendered.rgb, rendered.alpha, fmt, metadata=meta, compress_level=level,
-        matte=parse_matte(params.matte))
+        matte=parse_matte(params.matte), dds_format=image.pixel_format)
     sha = ctx.artifacts.put_bytes("outputs", out, ext)
     matte = matte_warning(fmt, rendered.alpha, params.matte)
     output: dict[str, Any] = {
