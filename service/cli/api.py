@@ -93,6 +93,8 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
     check_bind(settings.host, settings)
     _check_port_free(settings.host, settings.port)
     preflight(settings.effective_database_url)
+    if not settings.broker_url:  # this process will run jobs: not those of a Celery fleet
+        _refuse_celery_store(settings)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=5)
@@ -105,6 +107,17 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
         stop.set()
         if watcher is not None:
             watcher.join(timeout=10)
+
+
+def _refuse_celery_store(settings: Settings) -> None:
+    from service.jobs.executor import refuse_celery_store
+    from service.storage.job_store import SqlJobStore
+
+    store = SqlJobStore(settings.effective_database_url, run_migrations=False)
+    try:
+        refuse_celery_store(settings, store)
+    finally:
+        store.engine.dispose()
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -18,6 +18,7 @@ same thing again may succeed) and, where known, ``retry_after`` seconds.
     ├── JobError                  job lifecycle errors
     │   ├── IllegalTransition     a status change the lifecycle forbids
     │   ├── JobCanceled           the job was canceled while running
+    │   ├── InputMissing          the job's stored input is not in this runner's artifact store
     │   └── NotFound              no such job / model / tile
     └── DeliveryError             writing into a game repository failed
 
@@ -140,6 +141,14 @@ class IllegalTransition(JobError):
 
 class JobCanceled(JobError):
     code = "job_canceled"
+
+
+class InputMissing(JobError):
+    """The job's input is not in the artifact store this runner reads (another data directory,
+    or garbage-collected): submitting the file again stores it anew, hence retryable."""
+
+    code = "input_missing"
+    retryable = True
 
 
 class NotFound(JobError):

@@ -141,6 +141,9 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     params: UpscaleParams
+    backend: str | None = Field(default=None, description=(
+        "The GPU backend the job runs on (none, runpod, local), resolved when it was submitted "
+        "like every `auto` in params; null for jobs stored by an older version."))
     input: JobInput
     target: TargetSpec | None = None
     output: JobOutput | None = None

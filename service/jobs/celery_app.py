@@ -96,7 +96,7 @@ class Reaper:
         last_sweep = time.monotonic()
         while not self.stop.wait(period):
             try:
-                for job_id in store.reclaimable():
+                for job_id in store.reclaimable(queue="celery"):
                     if store.requeue(job_id):
                         log.warning("job %s: its runner stopped heart-beating; re-queued", job_id)
                         self._send(job_id)
@@ -108,7 +108,7 @@ class Reaper:
 
     def _resend_queued(self, store: SqlJobStore, older_than_s: float) -> None:
         try:
-            for job_id in store.queued_since(older_than_s):
+            for job_id in store.queued_since(older_than_s, queue="celery"):
                 self._send(job_id)
         except Exception:
             log.warning("could not re-send queued jobs", exc_info=True)

@@ -14,15 +14,19 @@ import queue
 import threading
 from typing import Protocol
 
+from service.core.errors import ConfigError
 from service.jobs.runner import RunContext, run_one
 from service.settings import Settings
 from service.storage.artifacts import ArtifactStore
 from service.storage.job_store import SqlJobStore
+from service.storage.records import Queue
 
 log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
+    queue: Queue  # the jobs this executor runs: those submitted through it
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -37,6 +41,8 @@ class Executor(Protocol):
 class EmbeddedExecutor:
     """Runs jobs in ``settings.job_threads`` threads of this process (see module docstring)."""
 
+    queue: Queue = "embedded"
+
     def __init__(self, settings: Settings, store: SqlJobStore, artifacts: ArtifactStore) -> None:
         self.ctx = RunContext(settings, store, artifacts)
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -47,6 +53,7 @@ class EmbeddedExecutor:
     def start(self) -> None:
         if self._threads:
             return
+        refuse_celery_store(self.ctx.settings, self.ctx.store)
         self.ctx.stopping.clear()
         n = self.ctx.settings.job_threads
         self._threads = [threading.Thread(target=self._work, name=f"aat-job-{i}", daemon=True)
@@ -96,7 +103,7 @@ class EmbeddedExecutor:
         period = max(0.5, self.ctx.settings.lease_s / 2)
         while not self.ctx.stopping.is_set():
             try:
-                for job_id in self.ctx.store.reclaimable():
+                for job_id in self.ctx.store.reclaimable(queue=self.queue):
                     self.submit(job_id)
             except Exception:
                 log.warning("re-claim scan failed", exc_info=True)
@@ -105,6 +112,8 @@ class EmbeddedExecutor:
 
 class CeleryDispatcher:
     """Queues job ids on the Celery broker; `aat runner` processes execute them."""
+
+    queue: Queue = "celery"
 
     def __init__(self, settings: Settings) -> None:
         from service.jobs.celery_app import make_celery
@@ -134,6 +143,19 @@ class CeleryDispatcher:
         except Exception:
             log.warning("broker not reachable", exc_info=True)
             return False
+
+
+def refuse_celery_store(settings: Settings, store: SqlJobStore) -> None:
+    """Refuse to run an embedded executor on a job store whose unfinished jobs were sent to
+    Celery runners: it would take work meant for the fleet (and, with another data directory,
+    fail it). Jobs sent to Celery later are never taken either (``reclaimable(queue=...)``)."""
+    waiting = store.unfinished_on("celery")
+    if waiting:
+        raise ConfigError(
+            f"the job store {store.shown_url} holds {waiting} unfinished job(s) sent to Celery "
+            "runners; an embedded executor would take them: set AAT_BROKER_URL to that fleet's "
+            "broker to submit through it, or use a job store of your own (AAT_DATABASE_URL, "
+            "AAT_DATA_DIR)", code="store_in_use")
 
 
 def make_executor(settings: Settings, store: SqlJobStore, artifacts: ArtifactStore) -> Executor:

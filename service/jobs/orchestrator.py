@@ -21,7 +21,7 @@ import numpy as np
 from service.backends.base import CallAccounting
 from service.backends.factory import make_backend
 from service.core.alpha import parse_matte
-from service.core.errors import JobCanceled, ParamsError
+from service.core.errors import InputMissing, JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, matte_warning, output_format_for
 from service.core.jobs import JobStatus, TargetSpec, stage_name
 from service.core.params import UpscaleParams
@@ -138,7 +138,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     params = job_params(row)
     limits = limits_for(ctx.settings)
     run.stage("load")
-    data = ctx.artifacts.get_bytes("inputs", row.input_sha256, row.input_ext)
+    data = _input_bytes(ctx, row)
     image = load_image(data, limits=limits, filename=row.filename)
     run.stage("pre_upscale")
     upscaler = cached_upscaler(get_upscaler(params.upscaler), ctx.artifacts)
@@ -147,8 +147,9 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     ctx.store.put_tiles(job_id, [NewTile(i, t.x, t.y, t.w, t.h)
                                  for i, t in enumerate(prepared.plan.tiles)])
     run.check()
-    plan = stage_plan(params, can_caption=ctx.settings.can_caption(ctx.settings.effective_backend))
-    backend = make_backend(ctx.settings) if plan.diffuses else None
+    backend_name = row.backend or ctx.settings.effective_backend  # resolved at submit
+    plan = stage_plan(params, can_caption=ctx.settings.can_caption(backend_name))
+    backend = make_backend(ctx.settings, backend_name) if plan.diffuses else None
     fmt = output_format_for(image.format, params.output_format)
     ext = EXT_FOR_FORMAT[fmt]
     meta = {"upscaler": prepared.model,  # no job id: same pixels, same bytes
@@ -194,6 +195,19 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
                          output_sha256=sha, output_ext=ext, stage="done", progress=1.0,
                          timings=timings)
     log.info("job %s succeeded (%dx%d %s)", job_id, prepared.width, prepared.height, fmt)
+
+
+def _input_bytes(ctx: RunContext, row: JobRecord) -> bytes:
+    """The job's input image; a clear, retryable error when this runner's artifact store does
+    not hold it (a runner with another data directory, or the input was garbage-collected)."""
+    try:
+        return ctx.artifacts.get_bytes("inputs", row.input_sha256, row.input_ext)
+    except FileNotFoundError as exc:
+        raise InputMissing(
+            f"the job's input image ({row.input_sha256[:12]}…) is not in this runner's artifact "
+            f"store ({ctx.settings.artifacts_url or ctx.settings.data_dir / 'artifacts'}); the "
+            "API and every runner must share AAT_DATA_DIR or AAT_ARTIFACTS_URL; submit "
+            f"{row.filename} again") from exc
 
 
 def _delivered_sha(ctx: RunContext, repo: str, rel: str) -> str | None:

@@ -42,9 +42,12 @@ def new_job_id() -> str:
     return f"j_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
-def dedupe_key(input_sha256: str, params: UpscaleParams, target: TargetSpec | None) -> str:
+def dedupe_key(input_sha256: str, params: UpscaleParams, target: TargetSpec | None,
+               backend: str | None) -> str:
+    """The same input, resolved params (no ``auto`` left), pipeline version, target and GPU
+    backend make the same job."""
     parts = [input_sha256, params.canonical_json(), PIPELINE_VERSION,
-             target.model_dump_json() if target else ""]
+             target.model_dump_json() if target else "", backend or ""]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -82,14 +85,14 @@ class JobService:
         if target is not None and params.sheet is None:
             params = self._sheet_beside(target, params)
         info = probe_image(data, params, self.settings, filename)  # raises ImageError/ParamsError
-        params = info.params  # asset type resolved here, stored, and part of the dedupe key
+        params = info.params  # every `auto` resolved here, stored, and part of the dedupe key
         if params.style_image_sha256 and not self.artifacts.find(
                 "inputs", params.style_image_sha256):
             raise ParamsError(f"no style image {params.style_image_sha256[:12]}…; upload it "
                               "first (JobService.add_style_image / the API's style upload)")
         if target is not None:
             resolve_target(self.settings, target, ext=info.output_ext)  # raises PathError
-        key = dedupe_key(sha256_bytes(data), params, target)
+        key = dedupe_key(sha256_bytes(data), params, target, info.backend)
         if idempotency_key:
             self._refuse_key_reuse(idempotency_key, key)
         input_sha = self.artifacts.put_bytes("inputs", data, info.ext)
@@ -100,7 +103,8 @@ class JobService:
             input_height=info.height, input_format=info.format,
             params=params.model_dump(mode="json"), seed=seed,
             target=target.model_dump(mode="json") if target else None,
-            dedupe_key=key, idempotency_key=idempotency_key))
+            dedupe_key=key, idempotency_key=idempotency_key, backend=info.backend,
+            queue=self.executor.queue))
         if created:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self._dispatch(row.id)
@@ -122,7 +126,8 @@ class JobService:
         if row is None:
             return
         target = TargetSpec.model_validate(row.target) if row.target else None
-        if dedupe_key(row.input_sha256, UpscaleParams.model_validate(row.params), target) != key:
+        if dedupe_key(row.input_sha256, UpscaleParams.model_validate(row.params), target,
+                      row.backend) != key:
             raise ParamsError(f"Idempotency-Key {idempotency_key!r} was already used for another "
                               f"image or other parameters (job {row.id}); send a new key",
                               code="idempotency_key_reused")
@@ -219,7 +224,8 @@ class JobService:
         new_row, _ = self.store.insert(NewJob(
             id=new_job_id(), filename=row.filename, input_sha256=row.input_sha256,
             input_ext=row.input_ext, input_width=row.input_width, input_height=row.input_height,
-            input_format=row.input_format, params=row.params, seed=row.seed, target=row.target))
+            input_format=row.input_format, params=row.params, seed=row.seed, target=row.target,
+            backend=row.backend, queue=self.executor.queue))
         chosen = set(tiles)
         self.store.put_tiles(new_row.id, [
             NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,

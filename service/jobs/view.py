@@ -51,6 +51,7 @@ def to_public(row: JobRecord) -> JobPublic:
         started_at=row.started_at,
         finished_at=row.finished_at,
         params=job_params(row),
+        backend=row.backend,
         input=JobInput(filename=row.filename, sha256=row.input_sha256, width=row.input_width,
                        height=row.input_height, format=row.input_format),
         target=TargetSpec.model_validate(row.target) if row.target else None,

@@ -22,18 +22,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Unpack
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.core.errors import JobError, NotFound
 from service.core.jobs import JobStatus, check_transition
-from service.storage.db import make_engine, migrate
+from service.storage.db import make_engine, migrate, shown_url
 from service.storage.records import (
     DeliveryRecord,
     JobRecord,
     JobUpdate,
     NewJob,
     NewTile,
+    Queue,
     TileRecord,
     TileUpdate,
 )
@@ -52,6 +53,13 @@ class LeaseLost(JobError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _on_queue(queue: Queue | None) -> builtins.list[ColumnElement[bool]]:
+    """``queue``'s jobs and jobs stored before jobs had a queue; nothing when ``queue`` is None."""
+    if queue is None:
+        return []
+    return [or_(jobs.c.queue == queue, jobs.c.queue.is_(None))]
 
 
 class _Changes(JobUpdate, total=False):
@@ -75,6 +83,11 @@ class SqlJobStore:
         self.engine = make_engine(url)
         if run_migrations:
             migrate(self.engine)
+
+    @property
+    def shown_url(self) -> str:
+        """The store's URL without its password, for messages."""
+        return shown_url(self.engine)
 
     # ---- reads -------------------------------------------------------------------------------
     def ping(self) -> bool:
@@ -114,24 +127,37 @@ class SqlJobStore:
         next_cursor = found[limit - 1].id if len(found) > limit else None
         return found[:limit], next_cursor
 
-    def reclaimable(self, now: float | None = None) -> builtins.list[str]:
-        """Ids of queued jobs and running jobs whose lease has expired (oldest first)."""
+    def reclaimable(self, now: float | None = None, *, queue: Queue | None = None
+                    ) -> builtins.list[str]:
+        """Ids of queued jobs and running jobs whose lease has expired (oldest first); with
+        ``queue``, only jobs sent to that queue (and jobs older than the ``queue`` column)."""
         now = time.time() if now is None else now
         cond = or_(
             jobs.c.status == JobStatus.queued.value,
             and_(jobs.c.status == JobStatus.running.value,
                  or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now)),
         )
+        query = select(jobs.c.id).where(cond, *_on_queue(queue)).order_by(jobs.c.id)
         with self.engine.connect() as conn:
-            return list(conn.execute(select(jobs.c.id).where(cond).order_by(jobs.c.id)).scalars())
+            return list(conn.execute(query).scalars())
 
-    def queued_since(self, older_than_s: float) -> builtins.list[str]:
+    def queued_since(self, older_than_s: float, *, queue: Queue | None = None
+                     ) -> builtins.list[str]:
         """Ids of queued jobs untouched for ``older_than_s`` seconds (oldest first)."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         query = select(jobs.c.id).where(jobs.c.status == JobStatus.queued.value,
-                                        jobs.c.updated_at <= cutoff).order_by(jobs.c.id)
+                                        jobs.c.updated_at <= cutoff, *_on_queue(queue)
+                                        ).order_by(jobs.c.id)
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
+
+    def unfinished_on(self, queue: Queue) -> int:
+        """How many queued or running jobs were sent to ``queue``."""
+        query = select(func.count()).select_from(jobs).where(
+            jobs.c.queue == queue,
+            jobs.c.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def finished_before(self, cutoff: datetime) -> builtins.list[JobRecord]:
         done = [s.value for s in JobStatus if s.terminal]
@@ -156,7 +182,7 @@ class SqlJobStore:
                    "stages": {}, "version": 1, "created_at": now, "updated_at": now,
                    "attempts": 0, "cancel_requested": False, "remote_jobs": [], "timings": {},
                    "cost_runpod_jobs": 0, "cost_execution_s": 0.0, "cost_usd": 0.0,
-                   **dataclasses.asdict(new)}
+                   **{k: v for k, v in dataclasses.asdict(new).items() if v is not None}}
             try:
                 with self.engine.begin() as conn:
                     conn.execute(insert(jobs).values(**row))

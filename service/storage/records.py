@@ -24,6 +24,7 @@ from typing import Any, Literal, TypedDict
 from service.core.jobs import JobStatus, Stage
 
 TileStatus = Literal["pending", "captioning", "refining", "refined", "cached"]
+Queue = Literal["embedded", "celery"]
 
 
 class StageCount(TypedDict):
@@ -65,6 +66,8 @@ class NewJob:
     target: dict[str, Any] | None = None
     dedupe_key: str | None = None
     idempotency_key: str | None = None
+    backend: str | None = None
+    queue: Queue | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ class JobRecord:
     output_sha256: str | None
     output_ext: str | None
     error: StoredError | None
+    backend: str | None  # the GPU backend resolved at submit ("none", "runpod", "local")
+    queue: Queue | None  # which executor runs it; None for jobs older than revision 0003
 
     @classmethod
     def from_row(cls, mapping: Mapping[Any, Any]) -> JobRecord:

@@ -60,6 +60,8 @@ jobs = Table(
     Column("output_sha256", String(64)),
     Column("output_ext", String(8)),
     Column("error", JSON),
+    Column("backend", String(16)),  # resolved at submit (migration 0003)
+    Column("queue", String(16)),  # "embedded" | "celery": which executor runs it (0003)
 )
 
 tiles = Table(

@@ -45,6 +45,12 @@ def get_upscaler(name: str = "auto") -> Upscaler:
     return upscaler
 
 
+def resolve_upscaler(name: str) -> str:
+    """The concrete name ``name`` stands for here (``auto`` → the best available one);
+    raises ``ParamsError`` like :func:`get_upscaler`."""
+    return get_upscaler(name).name
+
+
 def describe() -> list[tuple[str, bool, str]]:
     """(name, available, reason) for every upscaler, for `aat upscalers` and health checks."""
     return [(n, _instance(n).available(), _instance(n).unavailable_reason()) for n in _FACTORIES]

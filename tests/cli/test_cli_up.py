@@ -221,3 +221,41 @@ def test_up_runs_the_watcher_when_folders_are_set(aat_up, tmp_path: Path) -> Non
     with Image.open(io.BytesIO(found[0].read_bytes())) as im:
         assert im.size == (64, 64)
     assert env["AAT_WATCH_FOLDERS"]
+
+
+def test_up_refuses_a_job_store_whose_jobs_celery_runners_take(
+        tmp_path: Path, redis_queue: tuple[str, str], job_settings: Callable[..., object]) -> None:
+    """`aat up` (embedded executor, another data directory) pointed at a Celery fleet's job
+    store used to claim the fleet's queued jobs and fail them as internal_error."""
+    from service.core.params import UpscaleParams
+    from service.jobs.service import build_job_service
+
+    broker, queue = redis_queue
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    fleet = build_job_service(job_settings(database_url=db, broker_url=broker,
+                                           celery_queue=queue))  # type: ignore[attr-defined]
+    art = _png(tmp_path / "a.png")
+    job, _ = fleet.submit(art.read_bytes(), filename="a.png",
+                          params=UpscaleParams(caption=False, tile_size=64, overlap=16))
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    env = _env(laptop, _free_port(), AAT_DATABASE_URL=db)
+    proc = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "up"],
+                            cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if fleet.store.get(job.id).attempts:  # it took the fleet's job: the old behaviour
+            break
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    row = fleet.store.get(job.id)
+    assert row.status.value == "queued" and row.attempts == 0, row.error
+    assert proc.returncode not in (0, None), out
+    errors = [line for line in out.splitlines() if line.startswith("error [")]
+    assert errors and errors[0].startswith("error [store_in_use]:"), out
+    assert "AAT_BROKER_URL" in errors[0] and "1 unfinished job" in errors[0]
+    assert "Traceback" not in out
+    fleet.stop()

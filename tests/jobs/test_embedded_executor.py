@@ -76,3 +76,21 @@ def test_a_gpu_loop_cancelled_under_the_job_requeues_it_at_once(
     done = wait_until(lambda: (j := svc.get(job.id)).status.terminal and j, 30, "end")
     svc.stop()
     assert done.status == JobStatus.succeeded and done.attempts == 2
+
+
+def test_a_job_whose_input_this_runner_cannot_read_fails_in_one_clear_line(
+        job_settings: Any, tmp_path: Path) -> None:
+    """A runner with another data directory used to fail the job as internal_error with a raw
+    FileNotFoundError; now the error names the cause and says the file may be sent again."""
+    api = build_job_service(job_settings())  # the host that took the submission
+    job, _ = api.submit(png(), filename="a.png", params=small_params())
+    runner = build_job_service(job_settings(data_dir=tmp_path / "elsewhere",
+                                            database_url=api.settings.effective_database_url))
+    runner.start()
+    done = wait_until(lambda: (j := runner.get(job.id)).status.terminal and j, 30, "end")
+    runner.stop()
+    assert done.status == JobStatus.failed and done.error is not None
+    assert done.error.code == "input_missing" and done.error.retryable
+    message = done.error.message
+    assert "AAT_DATA_DIR" in message and "a.png again" in message
+    assert "\n" not in message and "Errno" not in message and "internal" not in message

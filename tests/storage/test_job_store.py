@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import insert
 
 from service.core.errors import IllegalTransition, NotFound
 from service.core.jobs import JobStatus
 from service.storage.db import HEAD_REVISION, current_revision
 from service.storage.job_store import LeaseLost, SqlJobStore
-from service.storage.records import NewJob, NewTile
+from service.storage.records import NewJob, NewTile, Queue
+from service.storage.tables import jobs
 
 
-def _values(job_id: str, dedupe_key: str | None = None,
-            idempotency_key: str | None = None) -> NewJob:
+def _values(job_id: str, dedupe_key: str | None = None, idempotency_key: str | None = None,
+            queue: Queue | None = None) -> NewJob:
     return NewJob(id=job_id, filename="rock.png", input_sha256="a" * 64, input_ext=".png",
                   input_width=8, input_height=8, input_format="PNG", params={"scale": 2.0},
-                  seed=2**32 - 1, dedupe_key=dedupe_key, idempotency_key=idempotency_key)
+                  seed=2**32 - 1, dedupe_key=dedupe_key, idempotency_key=idempotency_key,
+                  queue=queue)
 
 
 def test_migrations_run_at_start_and_are_idempotent(db_url: str) -> None:
@@ -166,15 +170,36 @@ def test_an_older_database_is_upgraded_in_place(db_url: str) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")  # a database from the first release
-    old = SqlJobStore(db_url, run_migrations=False)
-    old.insert(_values("j_old"))
+    with engine.begin() as conn:  # a job as the first release wrote it (its columns only)
+        now = datetime.now(UTC)
+        conn.execute(insert(jobs).values(
+            id="j_old", status="queued", created_at=now, updated_at=now, filename="rock.png",
+            input_sha256="a" * 64, input_ext=".png", input_width=8, input_height=8,
+            input_format="PNG", params={"scale": 2.0}, seed=1))
     assert current_revision(engine) == "0001"
     store = SqlJobStore(db_url)  # starting the new version migrates it
     assert current_revision(store.engine) == HEAD_REVISION
-    assert store.get("j_old").filename == "rock.png"
+    old = store.get("j_old")
+    assert old.filename == "rock.png" and old.backend is None and old.queue is None
+    assert store.reclaimable(queue="embedded") == store.reclaimable(queue="celery") == ["j_old"]
     store.record_delivery("game", "tex/a_x2.png", "b" * 64, "j_old")
     store.record_delivery("game", "tex/a_x2.png", "c" * 64, "j_new")
     last = store.last_delivery("game", "tex/a_x2.png")
     assert last is not None and last.sha256 == "c" * 64 and last.job_id == "j_new"
     assert last.delivered_at.tzinfo is not None
     assert store.last_delivery("game", "tex/other.png") is None
+
+
+def test_each_executor_takes_only_the_jobs_sent_to_its_queue(db_url: str) -> None:
+    """An `aat up` on a Celery fleet's store must not run the fleet's jobs (nor the other way)."""
+    store = SqlJobStore(db_url)
+    store.insert(_values("j_1", queue="celery"))
+    store.insert(_values("j_2", queue="embedded"))
+    store.insert(_values("j_3"))  # stored before jobs had a queue: anyone may run it
+    assert store.reclaimable(queue="embedded") == ["j_2", "j_3"]
+    assert store.reclaimable(queue="celery") == ["j_1", "j_3"]
+    assert store.queued_since(0.0, queue="celery") == ["j_1", "j_3"]
+    assert store.unfinished_on("celery") == 1 and store.unfinished_on("embedded") == 1
+    store.claim("j_1", "r", 30)
+    store.transition("j_1", JobStatus.succeeded, owner="r")
+    assert store.unfinished_on("celery") == 0
