@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -224,7 +225,7 @@ def test_up_runs_the_watcher_when_folders_are_set(aat_up, tmp_path: Path) -> Non
 
 
 def test_up_refuses_a_job_store_whose_jobs_celery_runners_take(
-        tmp_path: Path, redis_queue: tuple[str, str], job_settings: Callable[..., object]) -> None:
+        tmp_path: Path, redis_queue: tuple[str, str], job_settings: Callable[..., Any]) -> None:
     """`aat up` (embedded executor, another data directory) pointed at a Celery fleet's job
     store used to claim the fleet's queued jobs and fail them as internal_error."""
     from service.core.params import UpscaleParams
@@ -233,7 +234,7 @@ def test_up_refuses_a_job_store_whose_jobs_celery_runners_take(
     broker, queue = redis_queue
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     fleet = build_job_service(job_settings(database_url=db, broker_url=broker,
-                                           celery_queue=queue))  # type: ignore[attr-defined]
+                                           celery_queue=queue))
     art = _png(tmp_path / "a.png")
     job, _ = fleet.submit(art.read_bytes(), filename="a.png",
                           params=UpscaleParams(caption=False, tile_size=64, overlap=16))
