@@ -118,7 +118,8 @@ def submit(
             _check_output(output)  # before the job runs, not after
         job, created = client.submit(file, _query(options, param, lora), idempotency_key)
         _err.print(f"{'submitted' if created else 'already submitted'}: {job['id']} "
-                   f"({job['status']})", highlight=False)
+                   f"({job['status']}); watch it at {client.base_url}/jobs/{job['id']}",
+                   highlight=False, soft_wrap=True)
         if not wait:
             _out.print(job["id"], highlight=False)
             return

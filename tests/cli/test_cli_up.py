@@ -120,6 +120,10 @@ def test_submit_wait_writes_the_result_next_to_the_file(aat_up, tmp_path: Path) 
     with Image.open(out) as im:
         assert im.size == (80, 48) and im.mode == "RGBA"
     assert "submitted: j_" in done.stderr and "100%" in done.stderr
+    job_id = done.stderr.split("submitted: ", 1)[1].split()[0]
+    page = f"{env['AAT_SERVER_URL']}/jobs/{job_id}"
+    assert f"watch it at {page}" in done.stderr, "aat submit names the job's studio page"
+    assert httpx.get(page).status_code == 200
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".aat-tmp")]
 
     again = aat(env, "submit", str(art), "--wait", "--scale", "2", *SMALL, "-o",

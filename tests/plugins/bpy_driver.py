@@ -60,6 +60,19 @@ def describe(img: bpy.types.Image) -> dict[str, Any]:
             "pixels": [round(v, 4) for v in img.pixels[:]]}
 
 
+class OperatorProps:
+    """What ``layout.operator()`` returns: setting a property the operator lacks fails; the
+    values set are appended to the drawn entry as ``name=value``."""
+
+    def __init__(self, rna: Any, entry: list[str]) -> None:
+        object.__setattr__(self, "_rna", rna)
+        object.__setattr__(self, "_entry", entry)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        assert name in self._rna.properties, f"operator has no property {name}"
+        self._entry.append(f"{name}={value}")
+
+
 class RecordingLayout:
     """Stands in for ``bpy.types.UILayout``, which cannot be created without a window: records
     what the panel's real ``draw()`` puts on screen and fails on any property, operator or icon
@@ -83,10 +96,12 @@ class RecordingLayout:
         assert name in data.bl_rna.properties, f"no property {name} on {data}"
         self.drawn.append(["prop", name, text or ""])
 
-    def operator(self, idname: str, text: str | None = None, icon: str = "NONE") -> None:
+    def operator(self, idname: str, text: str | None = None, icon: str = "NONE") -> Any:
         group, name = idname.split(".")
-        getattr(getattr(bpy.ops, group), name).get_rna_type()  # raises if it does not exist
-        self.drawn.append(["operator", idname, self._icon(icon)])
+        rna = getattr(getattr(bpy.ops, group), name).get_rna_type()  # raises if it is unknown
+        entry = ["operator", idname, self._icon(icon)]
+        self.drawn.append(entry)
+        return OperatorProps(rna, entry)
 
     def label(self, text: str = "", icon: str = "NONE") -> None:
         self.drawn.append(["label", text, self._icon(icon)])
@@ -110,7 +125,7 @@ def state() -> dict[str, Any]:
     pump = mod("pump")
     return {
         "tasks": [{"label": t.label, "state": t.state, "status": t.status, "job_id": t.job_id,
-                   "result_path": t.result_path, "result_image": t.result_image}
+                   "page_url": t.page_url, "result_path": t.result_path, "result_image": t.result_image}
                   for t in pump.tasks],
         "panel": [text for _icon, text in mod("ui").panel_lines(bpy.context)],
         "history": HISTORY,

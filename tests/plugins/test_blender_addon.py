@@ -73,6 +73,9 @@ def test_generated_image_is_replaced_in_place_with_the_result(
     assert {d[1] for d in drawn if d[0] == "operator"} >= {"aat.submit_image", "aat.cancel",
                                                           "aat.submit_material"}
     assert ["label", "tex: Done: tex_x2.png", "CHECKMARK"] in drawn
+    page = f"{aat_server.url}/jobs/{task['job_id']}"
+    assert task["page_url"] == page, "the job's studio page is known to the panel"
+    assert ["operator", "wm.url_open", "URL", f"url={page}"] in drawn
 
 
 def test_unsaved_paint_edits_are_uploaded_and_kept_when_loading_as_new_image(

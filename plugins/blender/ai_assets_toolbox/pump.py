@@ -37,6 +37,7 @@ class Task:
     status: str = "Submitting..."
     progress: float = 0.0
     job_id: str = ""
+    page_url: str = ""  # the job's page in the studio (``<server>/jobs/<id>``)
     result_path: str = ""
     result_image: str = ""
     staged: list[str] = field(default_factory=list)  # temp files to remove when finished
@@ -117,6 +118,10 @@ def _handle(task: Task, kind: str, value: Any) -> None:
         return  # canceled locally (e.g. its .blend was closed): never touch images for it
     if kind == "submitted":
         task.job_id, task.status = str(value), "Queued"
+        client = getattr(task.runner, "client", None)
+        if client is not None:
+            task.page_url = f"{client.base_url}/jobs/{task.job_id}"
+            print(f"AI Assets Toolbox: {task.label} is job {task.job_id}: {task.page_url}")
     elif kind == "progress":
         fraction, stage = value
         task.progress = max(0.0, min(1.0, float(fraction)))

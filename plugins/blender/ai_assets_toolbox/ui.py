@@ -72,6 +72,8 @@ class AAT_PT_upscale(bpy.types.Panel):
                 box.progress(factor=task.progress, text=text)
             else:
                 box.label(text=text, icon=icon)
+            if task.page_url:  # the job's page in the studio (tile grid, captions, compare)
+                box.operator("wm.url_open", text="Open in studio", icon="URL").url = task.page_url
         box.operator("aat.clear_finished", icon="TRASH")
 
 

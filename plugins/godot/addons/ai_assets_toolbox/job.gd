@@ -22,6 +22,7 @@ var state := "pending"
 var status_text := "Waiting"
 var progress := 0.0
 var job_id := ""
+var page_url := ""  # the job's page in the studio: <server>/jobs/<id>
 var api: ApiClient
 var _cancel_requested := false
 
@@ -40,6 +41,8 @@ func start() -> void:
 		_fail(reply["error"])
 		return
 	job_id = str(reply["json"].get("id", ""))
+	page_url = "%s/jobs/%s" % [api.base_url.rstrip("/"), job_id.uri_encode()]
+	print("AI Assets Toolbox: %s is job %s, watch it at %s" % [source_path, job_id, page_url])
 	await _poll(reply["json"])
 
 
