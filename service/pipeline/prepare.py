@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core.alpha import bleed_colour, is_opaque
+from service.core.assets import DETERMINISTIC
 from service.core.cells import SheetPlan
 from service.core.imaging import ImageLimits, LoadedImage, check_output_size
 from service.core.params import UpscaleParams
@@ -85,7 +86,8 @@ def prepare(image: LoadedImage, params: UpscaleParams, upscaler: Upscaler, *,
     width, height = params.target_size(image.width, image.height)
     check_output_size(width, height, limits or ImageLimits())
     notes = list(image.warnings)
-    if image.rgb.dtype != np.uint8 and upscaler.name not in _RESAMPLERS:
+    if image.rgb.dtype != np.uint8 and upscaler.name not in _RESAMPLERS \
+            and params.asset_type not in DETERMINISTIC:  # those paths never use the model
         notes.append(f"{upscaler.name} works on 8-bit colour; lanczos was used to keep the "
                      "16-bit precision")
         upscaler = LanczosUpscaler()

@@ -235,3 +235,24 @@ def test_detected_pixel_art_at_a_fractional_scale_falls_back_with_its_reason(
                             params=small_params(scale=1.5))
     assert job.params.asset_type == "sprite"
     assert "not an integer scale" in (job.params.asset_reason or "")
+
+
+def test_sixteen_bit_height_map_job_stays_sixteen_bit_and_never_diffuses(
+        gpu_service: tuple[JobService, Any]) -> None:
+    from tests.core.asset_factory import height16
+
+    svc, emu = gpu_service
+    grey = height16(48, 6)[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG")  # mode I;16
+    job, _ = svc.submit(buf.getvalue(), filename="cliff_height.png", params=small_params())
+    done = _finished(svc, job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.params.asset_type == "mask" and done.output.backend == "none"
+    assert emu.stats("upscale")["submitted"] == 0
+    path, _ = svc.result(job.id)
+    out = Image.open(path)
+    assert out.mode.startswith("I;16") and out.size == (96, 96)
+    values = np.asarray(out)
+    assert len(np.unique(values)) > 256  # 16-bit precision, not 8-bit steps
+    assert not any("reduced" in w or "lanczos was used" in w for w in done.output.warnings)
