@@ -161,6 +161,10 @@ class LocalBackend:
         """Nothing runs remotely here: an interrupted tile is refined again."""
         return None
 
+    async def resume_caption(self, remote_id: str, tile_id: str) -> CaptionResult | None:
+        """Nothing runs remotely here: an interrupted caption is made again."""
+        return None
+
     async def list_models(self) -> list[ModelInfo]:
         from workers.upscale import models
 

@@ -35,7 +35,7 @@ from service.pipeline.refine import RemoteRecord
 from service.pipeline.stages import TileMemory, run_stages, stage_plan, streams
 from service.storage.game_repo import SidecarSpec, deliver
 from service.storage.job_store import LeaseLost
-from service.storage.records import JobRecord, JobUpdate, NewTile, StageCount
+from service.storage.records import JobRecord, JobUpdate, NewTile, RemoteJob, StageCount
 from service.upscalers.registry import get_upscaler
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,21 @@ class JobRun:
     # ---- PipelineObserver (service.pipeline.observer), called from worker threads ----------
 
     def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+        """Every RunPod job the job causes is recorded, and counted, the moment it exists, so a
+        crash before the tile finishes neither loses its cost nor pays for it twice (a resumed
+        attempt picks the job up by this id: a refine through the tile row, a caption through
+        ``remote_jobs``, which keeps the request key)."""
         if stage == "refine":  # remember which request the id belongs to, for resuming
             self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id, cache_key=key)
-        self.ctx.store.mutate(self.job_id, lambda row: {"remote_jobs": [
-            *row.remote_jobs, {"tile": index, "kind": stage, "id": remote_id}]},
-            owner=self.owner)
+
+        def fn(row: JobRecord) -> JobUpdate | None:
+            if any(r["id"] == remote_id for r in row.remote_jobs):
+                return None
+            entry: RemoteJob = {"tile": index, "kind": stage, "id": remote_id, "key": key}
+            return {"remote_jobs": [*row.remote_jobs, entry],
+                    "cost_runpod_jobs": row.cost_runpod_jobs + 1}
+
+        self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
 
     def tile_started(self, stage: str, index: int) -> None:
         """Show the tile as captioning/refining and wake the job's event streams."""
@@ -122,8 +132,7 @@ class JobRun:
             st = stages.get(stage, {"done": 0, "total": 1})
             stages[stage] = {"done": min(st["total"], st["done"] + 1), "total": st["total"]}
             changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
-            if acct is not None:
-                changes["cost_runpod_jobs"] = row.cost_runpod_jobs + len(acct.remote_job_ids)
+            if acct is not None:  # its RunPod jobs were counted when submitted
                 changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
                 changes["cost_usd"] = row.cost_usd + acct.cost_usd
             return changes
@@ -238,11 +247,16 @@ def _known(run: JobRun) -> dict[int, TileMemory]:
     """What the job's tile rows say before the stages run: captions an earlier attempt stored,
     the user's per-tile prompts and re-runs, and RunPod jobs a killed attempt submitted for a
     tile it never finished (the backend may resume them)."""
+    captions: dict[int, RemoteRecord] = {}
+    for entry in run.owned().remote_jobs:  # the last caption job submitted for each tile
+        if entry["kind"] == "caption" and entry.get("key"):
+            captions[entry["tile"]] = RemoteRecord(entry["key"], entry["id"])
     known = {}
     for r in run.ctx.store.get_tiles(run.job_id):
         remote = None
         if r.remote_job_id and r.status not in ("refined", "cached") and r.cache_key:
             remote = RemoteRecord(r.cache_key, r.remote_job_id)
         known[r.idx] = TileMemory(caption=r.caption or "", prompt=r.prompt or "",
-                                  rerun=r.rerun, remote=remote)
+                                  rerun=r.rerun, remote=remote,
+                                  caption_remote=None if r.caption else captions.get(r.idx))
     return known

@@ -168,15 +168,30 @@ def caption_input(image: np.ndarray, max_side: int = CAPTION_MAX_SIDE) -> np.nda
 
 
 async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache: TileCache,
-                      observer: PipelineObserver = _QUIET, instruction: str | None = None) -> str:
-    """Caption one tile (cached by its pixels) and report it to ``observer.captioned``."""
+                      observer: PipelineObserver = _QUIET, instruction: str | None = None,
+                      earlier: RemoteRecord | None = None) -> str:
+    """Caption one tile (cached by its pixels) and report it to ``observer.captioned``.
+
+    Like a refine, the caption's remote job is reported to ``observer.submitted`` as soon as
+    it is submitted, and a caption job an interrupted attempt submitted (``earlier``, same
+    request key) is picked up with ``backend.resume_caption`` instead of being paid again."""
     small = await asyncio.to_thread(caption_input, image)
     key = caption_key(small, backend.name, instruction)
     text = await asyncio.to_thread(cache.get_text, key)
     if text is not None:
         await asyncio.to_thread(observer.captioned, index, text, None)
         return text
-    result = await backend.caption(str(index), small, instruction=instruction)
+    loop = asyncio.get_running_loop()
+
+    def submitted(remote_id: str) -> None:
+        loop.run_in_executor(None, observer.submitted, "caption", index, key, remote_id)
+
+    result = None
+    if earlier is not None and earlier.key == key:
+        result = await backend.resume_caption(earlier.remote_id, str(index))
+    if result is None:
+        result = await backend.caption(str(index), small, instruction=instruction,
+                                       on_submitted=submitted)
     await asyncio.to_thread(cache.put_text, key, result.caption)
     await asyncio.to_thread(observer.captioned, index, result.caption, result.accounting)
     return result.caption

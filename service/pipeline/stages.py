@@ -100,13 +100,14 @@ def stage_plan(params: UpscaleParams, *, can_caption: bool = True) -> StagePlan:
 class TileMemory:
     """What is already known about a tile before the stages run: a caption an earlier attempt
     stored, a prompt the user set for this tile (used instead of a caption), how often the
-    user asked to re-run it (a fresh seed each time), and the remote job an interrupted attempt
-    submitted for it."""
+    user asked to re-run it (a fresh seed each time), and the remote jobs an interrupted attempt
+    submitted for it: its refine (``remote``) and its caption (``caption_remote``)."""
 
     caption: str = ""
     prompt: str = ""
     rerun: int = 0
     remote: RemoteRecord | None = None
+    caption_remote: RemoteRecord | None = None
 
 
 def refine_options(params: UpscaleParams, style: np.ndarray | None = None) -> RefineOptions:
@@ -207,13 +208,14 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
             await asyncio.to_thread(observer.tile_started, "refine", item.index)
             return item
         await asyncio.to_thread(observer.tile_started, "caption", item.index)
-        text = await caption_one(backend, item.index, item.image, cache, observer)
+        text = await caption_one(backend, item.index, item.image, cache, observer,
+                                 earlier=memory[item.index].caption_remote)
         await asyncio.to_thread(observer.tile_started, "refine", item.index)
         return dataclasses.replace(item, prompt=text)
 
     if shared:  # the first cell's caption for all frames, so an animation does not flicker
         text = captions.get(0) or memory[0].prompt or await caption_one(
-            backend, 0, prepared.tile(0), cache, observer)
+            backend, 0, prepared.tile(0), cache, observer, earlier=memory[0].caption_remote)
         memory = {i: dataclasses.replace(m, caption=text) for i, m in memory.items()}
         want = False
     work = [TileWork(i, prepared.tile(i), m.prompt or m.caption,

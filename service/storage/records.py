@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from service.core.jobs import JobStatus, Stage
 
@@ -38,8 +38,9 @@ class RemoteJob(TypedDict):
     """A RunPod job this job caused, as stored in ``jobs.remote_jobs``."""
 
     tile: int
-    kind: str  # "caption" | "refine"
+    kind: str  # "caption" | "refine" | "seam_fix"
     id: str
+    key: NotRequired[str]  # the request key (a resumed attempt only picks up the same request)
 
 
 class StoredError(TypedDict, total=False):

@@ -34,11 +34,12 @@ def small_params(**extra: Any) -> UpscaleParams:
     return UpscaleParams(**values)
 
 
-def emulator(workers: int = 4, latency_s: float = 0.05, faults: Faults | None = None
-             ) -> EmulatorServer:
+def emulator(workers: int = 4, latency_s: float = 0.05, faults: Faults | None = None,
+             caption_latency_s: float = 0.01) -> EmulatorServer:
     upscale = EndpointConfig(handler=resolve_handler("echo"), workers=workers,
                              latency_s=latency_s, faults=faults or Faults())
-    caption = EndpointConfig(handler=resolve_handler("echo"), workers=workers, latency_s=0.01)
+    caption = EndpointConfig(handler=resolve_handler("echo"), workers=workers,
+                             latency_s=caption_latency_s)
     return EmulatorServer({"upscale": upscale, "caption": caption})
 
 

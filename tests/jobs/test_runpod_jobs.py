@@ -172,6 +172,49 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
 
+def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_counted(
+        job_settings: Any, tmp_path: Path) -> None:
+    """kill -9 while captions are on the GPU: the next attempt picks them up by their RunPod
+    ids (an acceptance run paid 6 of 81 twice), and the job's cost counts every RunPod job the
+    endpoints saw (it counted 160 where they saw 168)."""
+    with emulator(workers=2, latency_s=0.05, caption_latency_s=1.0) as emu:
+        settings = job_settings(**runpod_settings(emu))
+        submitter = build_job_service(settings)  # not started: the subprocess runs the jobs
+        data, params = png(96), small_params().model_copy(update={"caption": True})
+        job, _ = submitter.submit(data, filename="rock.png", params=params)
+        n_tiles = 16
+        env = {**os.environ, **runpod_env(emu), "AAT_DATA_DIR": str(settings.data_dir),
+               "AAT_LEASE_S": "2"}
+
+        def captions_in_flight() -> bool:
+            row = submitter.store.get(job.id)
+            ids = [r["id"] for r in row.remote_jobs if r["kind"] == "caption"]
+            done = {t.idx for t in submitter.store.get_tiles(job.id) if t.caption}
+            waiting = [r for r in row.remote_jobs if r["kind"] == "caption"
+                       and r["tile"] not in done]
+            # every caption RunPod accepted has its id recorded, and some are not back yet
+            return bool(waiting) and len(ids) == emu.stats("caption")["submitted"] >= 3
+
+        first = _embedded_process(env)
+        try:
+            wait_until(captions_in_flight, 60, "captions in flight")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        second = _embedded_process(env)
+        try:
+            done = _finished(submitter, job.id, 90)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait()
+        captions, upscales = emu.stats("caption"), emu.stats("upscale")
+    assert done.status == JobStatus.succeeded and done.attempts == 2
+    assert captions["submitted"] == n_tiles  # no caption paid twice
+    assert max(captions["request_keys"].values()) == 1
+    assert upscales["submitted"] == n_tiles
+    assert done.cost.runpod_jobs == captions["submitted"] + upscales["submitted"]
+
+
 def test_a_style_image_travels_with_every_tile(job_settings: Any, emu: EmulatorServer) -> None:
     from service.core.errors import ParamsError
 

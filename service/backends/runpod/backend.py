@@ -44,7 +44,7 @@ from service.backends.runpod.client import (
     outcome,
 )
 from service.backends.runpod.limits import EndpointLimit
-from service.backends.runpod.resume import repoll
+from service.backends.runpod.resume import repoll, repoll_caption
 from service.core.contracts import (
     CaptionRequest,
     CaptionResponse,
@@ -153,6 +153,17 @@ class RunPodBackend:
         acct = CallAccounting(remote_job_ids=[remote_id], attempts=1)
         self._account(acct, body)
         return RefineResult(tile.tile_id, image, tile.seed, acct)
+
+    async def resume_caption(self, remote_id: str, tile_id: str) -> CaptionResult | None:
+        """The caption of RunPod job ``remote_id``, which an earlier (killed) attempt submitted
+        and paid for; None when RunPod no longer has it (the caller captions afresh)."""
+        found = await repoll_caption(self._client("caption"), remote_id)
+        if found is None:
+            return None
+        text, body = found
+        acct = CallAccounting(remote_job_ids=[remote_id], attempts=1)
+        self._account(acct, body)
+        return CaptionResult(tile_id, text, acct)
 
     async def caption(
         self, tile_id: str, image: np.ndarray, *, instruction: str | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from service.backends.runpod.client import RunPodClient, outcome
-from service.core.contracts import UpscaleResponse
+from service.core.contracts import CaptionResponse, UpscaleResponse
 from service.core.errors import AatError
 
 log = logging.getLogger(__name__)
@@ -47,3 +47,23 @@ async def repoll(client: RunPodClient, remote_id: str, shape: tuple[int, ...]
         return None
     log.info("resumed RunPod job %s from an earlier attempt", remote_id)
     return image, body
+
+
+async def repoll_caption(client: RunPodClient, remote_id: str
+                         ) -> tuple[str, dict[str, Any]] | None:
+    """Wait for caption job ``remote_id``; its caption and final status body, or None when
+    it cannot be used (caption afresh). Cancelling the wait cancels the RunPod job."""
+    try:
+        body = await client.wait(remote_id)
+        resp = CaptionResponse.model_validate(outcome(body))
+        text = resp.captions[0].caption
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(client.cancel(remote_id)), 10.0)
+        raise
+    except (AatError, ValueError, IndexError) as exc:
+        log.info("RunPod caption job %s cannot be resumed (%s); captioning again", remote_id,
+                 exc)
+        return None
+    log.info("resumed RunPod caption job %s from an earlier attempt", remote_id)
+    return text, body
