@@ -9,7 +9,10 @@ send to the GPU (plus seam-fix tiles) and prices them:
   (a 1024 px tile at 30 steps, caption included, on an A100-class worker);
 * price: ``AAT_RUNPOD_PRICE_PER_GPU_SECOND`` (USD).
 
-Without a GPU backend nothing is refined and the estimate is zero.
+Without a GPU backend, or for asset types that never diffuse (normal maps, masks, pixel art),
+nothing is refined and the estimate is zero (``no_gpu``). A spritesheet's tiles are planned per
+cell, as the runner plans them; ``asset_type=auto`` is estimated as diffusing (it is resolved
+from the pixels only at submit).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.problems import problem_responses
+from service.core.cells import integer_scale, plan_sheet
 from service.core.imaging import check_output_size
 from service.core.jobs import JobPublic, JobStatus
 from service.core.params import MAX_OUTPUT_SIDE, UpscaleParams
-from service.core.tiling import plan_seam_fix, plan_tiles
+from service.core.sheets import layout_for
+from service.core.tiling import TilePlan, plan_seam_fix, plan_tiles
 from service.jobs.intake import limits_for
+from service.pipeline.stages import stage_plan
 from service.settings import Settings
 
 DEFAULT_TILE_S = 8.0
@@ -74,6 +80,15 @@ def _gpu_tiles(job: JobPublic) -> int:
     return sum(job.stages[s].total for s in _GPU_STAGES if s in job.stages)
 
 
+def tile_grid(params: UpscaleParams, in_w: int, in_h: int, width: int, height: int) -> TilePlan:
+    """The tiles the runner will plan: per cell for a spritesheet, else one grid."""
+    if params.sheet is not None:
+        layout = layout_for(params.sheet, in_w, in_h)
+        factor = integer_scale(layout, width, height)
+        return plan_sheet(layout.scaled(factor), params.tile_size, params.overlap).plan
+    return plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
+
+
 def seconds_per_tile(recent: list[JobPublic], params: UpscaleParams) -> tuple[float, str]:
     """Measured GPU seconds per tile of recent jobs, else the documented default."""
     measured = [j for j in recent if j.cost.execution_s > 0 and _gpu_tiles(j) > 0]
@@ -91,12 +106,13 @@ async def plan(body: PlanRequest, settings: Annotated[Settings, Depends(get_sett
     params = body.params
     width, height = params.target_size(body.input_width, body.input_height)
     check_output_size(width, height, limits_for(settings))
-    grid = plan_tiles(width, height, params.tile_size, params.overlap, tileable=params.tileable)
+    grid = tile_grid(params, body.input_width, body.input_height, width, height)
+    stages = stage_plan(params)
     count = len(grid.tiles)
-    if params.seam_fix != "none":
+    if params.seam_fix != "none" and stages.runs("seam_fix") and params.sheet is None:
         count += len(plan_seam_fix(grid, params.seam_fix).tiles)
     price = settings.runpod_price_per_gpu_second
-    if settings.effective_backend == "none":
+    if settings.effective_backend == "none" or not stages.diffuses:
         per_tile, source, count_gpu = 0.0, "no_gpu", 0
     else:
         recent, _ = await run_in_threadpool(jobs.list, status=JobStatus.succeeded,

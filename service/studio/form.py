@@ -15,6 +15,7 @@ from service.core.params import UpscaleParams
 
 # Drawn by the page itself: size choices, LoRAs with weights, the style image reference.
 HAND_DRAWN = {"scale", "width", "height", "loras", "style_image_sha256"}
+READ_ONLY = {"asset_reason"}  # set by the service at submit
 
 LABELS: dict[str, tuple[str, str]] = {
     "upscaler": ("Base upscaler", "how the image is enlarged before diffusion (auto picks "
@@ -37,14 +38,22 @@ LABELS: dict[str, tuple[str, str]] = {
     "controlnet_scale": ("ControlNet tile scale", "how closely to keep the shapes"),
     "ip_adapter_scale": ("IP-Adapter style scale", "0 = no style image"),
     "output_format": ("Output format", "auto keeps the input's format"),
-    "asset_type": ("Asset type", "auto detects it"),
+    "asset_type": ("Asset type", ""),
+    "sheet": ("Spritesheet grid", "e.g. 8x4 (columns x rows) or cell=32x32,margin=1,spacing=2; "
+              "empty = not a sheet"),
+    "diffusion": ("Diffusion", "auto decides by asset type"),
+    "pixel_scaler": ("Pixel-art scaler", ""),
+    "matte": ("Matte", "background for transparency in formats without alpha"),
+    "keep_game_size": ("Keep game size (Unity)", ""),
 }
-ADVANCED = {"seam_fix_strength", "colour_fix", "scheduler", "clip_skip", "ip_adapter_scale"}
+ADVANCED = {"seam_fix_strength", "colour_fix", "scheduler", "clip_skip", "ip_adapter_scale",
+            "matte", "keep_game_size", "pixel_scaler", "diffusion"}
 
 
 @dataclass
 class FormField:
-    """One control: ``kind`` is select, checkbox, number, text or textarea."""
+    """One control: ``kind`` is select, tristate (auto/yes/no), checkbox, number, text or
+    textarea."""
 
     name: str
     label: str
@@ -79,6 +88,9 @@ def _field(name: str, raw: dict[str, Any], defs: dict[str, Any]) -> FormField:
     if "enum" in schema:
         return FormField(kind="select", choices=[str(c) for c in schema["enum"]], **common)
     kind = schema.get("type")
+    if kind == "boolean" and "anyOf" in raw:  # true / false / null (= decided by the service)
+        return FormField(kind="tristate", choices=["", "true", "false"],
+                         **{**common, "default": ""})
     if kind == "boolean":
         return FormField(kind="checkbox", **common)
     if kind in ("integer", "number"):
@@ -95,5 +107,5 @@ def form_fields() -> list[FormField]:
     schema = UpscaleParams.model_json_schema()
     defs = schema.get("$defs", {})
     fields = [_field(name, raw, defs) for name, raw in schema["properties"].items()
-              if name not in HAND_DRAWN]
+              if name not in HAND_DRAWN | READ_ONLY]
     return sorted(fields, key=lambda f: f.advanced)

@@ -128,3 +128,19 @@ def test_plain_event_streams_carry_only_job_frames(studio) -> None:
     assert set(names) == {"progress", "end"}
 
 
+
+
+def test_plan_follows_spritesheet_cells_and_non_diffusing_types(studio) -> None:
+    with studio.client() as http:
+        sheet = http.post("/v1/plan", json={"input_width": 128, "input_height": 64, "params": {
+            **SMALL, "scale": 2, "sheet": "2x1", "asset_type": "sprite"}}).json()
+        whole = http.post("/v1/plan", json={"input_width": 128, "input_height": 64,
+                                            "params": {**SMALL, "scale": 2}}).json()
+        normal = http.post("/v1/plan", json={"input_width": 128, "input_height": 64, "params": {
+            **SMALL, "asset_type": "normal"}}).json()
+    cell_w = 128  # two 64 px cells at scale 2
+    for t in sheet["tiles"]:
+        assert t["x"] // cell_w == (t["x"] + t["w"] - 1) // cell_w, f"tile crosses a cell: {t}"
+    assert len(sheet["tiles"]) != len(whole["tiles"])
+    assert normal["estimate"]["tiles"] == 0 and normal["estimate"]["usd"] == 0
+    assert normal["estimate"]["seconds_per_tile_source"] == "no_gpu"

@@ -203,6 +203,29 @@ def test_cancel_a_running_job(studio, page, shot) -> None:
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+def test_asset_type_and_spritesheet_grid_from_the_form(studio, page, tmp_path) -> None:
+    sheet = png(tmp_path / "walk_sheet.png", 128, 64, seed=5)
+    page.goto(studio.url + "/")
+    page.get_by_test_id("new-job-file").set_input_files(str(sheet))
+    page.get_by_label("Tile size (px)").fill("64")
+    page.get_by_label("Tile overlap (px)").fill("16")
+    page.get_by_label("Asset type").select_option("sprite")
+    page.get_by_label("Spritesheet grid").fill("2x1")
+    with studio.client() as http:
+        planned = http.post("/v1/plan", json={"input_width": 128, "input_height": 64, "params": {
+            **SMALL, "asset_type": "sprite", "sheet": "2x1"}}).json()
+    expect(page.locator("#plan-grid .tile")).to_have_count(len(planned["tiles"]))
+    page.get_by_test_id("submit-job").click()
+    page.wait_for_url(re.compile(r".*/jobs/j_[0-9a-f]+$"))
+    wait_status(page, "succeeded")
+    with studio.client() as http:
+        job = http.get(f"/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert job["params"]["asset_type"] == "sprite"
+    assert job["params"]["sheet"] is not None
+    expect(page.get_by_test_id("tile")).to_have_count(len(planned["tiles"]))
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def test_corrupt_file_shows_its_error_and_creates_no_job(studio, page, tmp_path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)

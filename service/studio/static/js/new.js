@@ -90,7 +90,7 @@ function drawPlan(result) {
     (files.length > 1 ? ` — grid shown for ${files[0].name}` : "");
   const e = result.estimate;
   document.getElementById("estimate").textContent = e.seconds_per_tile_source === "no_gpu"
-    ? "Estimate: no GPU backend is configured, so the job only pre-upscales (free)."
+    ? "Estimate: nothing is diffused (no GPU backend, or an asset type that never diffuses), so the job costs no GPU time."
     : `Estimate: ${e.tiles} GPU tiles × ${Number(e.seconds_per_tile.toPrecision(2))} s = ` +
       `${seconds(e.gpu_seconds)} of GPU time ≈ ${usd(e.usd)} per image ` +
       `(${e.seconds_per_tile_source === "recent_jobs" ? "from recent jobs" : "default per-tile time"}` +

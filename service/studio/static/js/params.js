@@ -11,6 +11,7 @@ export function paramInputs(form) {
 function readInput(input) {
   const kind = input.dataset.kind;
   if (kind === "checkbox") return input.checked;
+  if (kind === "tristate") return input.value === "" ? null : input.value === "true";
   if (kind === "integer" || kind === "number") {
     if (input.value.trim() === "") return null;
     return kind === "integer" ? parseInt(input.value, 10) : parseFloat(input.value);
@@ -20,6 +21,7 @@ function readInput(input) {
 
 function writeInput(input, value) {
   if (input.dataset.kind === "checkbox") input.checked = value === true || value === "true";
+  else if (input.dataset.kind === "tristate") input.value = value === null || value === undefined ? "" : String(value);
   else input.value = value === null || value === undefined ? "" : String(value);
 }
 
@@ -46,7 +48,7 @@ export function readParams(form, inputSize, loras) {
   for (const input of paramInputs(form)) {
     const value = readInput(input);
     const dflt = input.dataset.default;
-    if (value === null || String(value) === dflt) continue;
+    if (value === null || value === "" || String(value) === dflt) continue;
     params[input.dataset.param] = value;
   }
   if (loras.length) params.loras = loras;
