@@ -5,7 +5,7 @@
     aat deploy runpod --down            # delete the endpoints and templates it manages
 
 The rules (what is wanted, how existing ones are found, what counts as a change) live in
-:mod:`service.backends.runpod_deploy`; this module only prints and writes the config file.
+:mod:`service.backends.runpod.deploy`; this module only prints and writes the config file.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def runpod(
                                       "in aat.toml (AAT_CONFIG) after applying."),
 ) -> None:
     """Create or update the upscale and caption endpoints on RunPod (idempotent)."""
-    from service.backends import runpod_deploy as rd
+    from service.backends.runpod import deploy as rd
     from service.core.errors import ConfigError
     from service.settings import load_settings, toml_path
 

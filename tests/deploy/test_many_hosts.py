@@ -165,7 +165,7 @@ def test_three_hosts_kill_a_runner_host_mid_job(studio: dict[str, Any], tmp_path
         if row.status != JobStatus.running or not 4 <= refine.get("done", 0) <= 12:
             return False
         net.hosts["run2"].signal_all(signal.SIGSTOP)
-        recorded = sum(1 for j in ids for t in store.get_tiles(j) if t["remote_job_id"])
+        recorded = sum(1 for j in ids for t in store.get_tiles(j) if t.remote_job_id)
         if recorded == emu.stats("upscale")["submitted"]:
             return True
         net.hosts["run2"].signal_all(signal.SIGCONT)
@@ -179,7 +179,7 @@ def test_three_hosts_kill_a_runner_host_mid_job(studio: dict[str, Any], tmp_path
     wait_until(lambda: not net.hosts["run1"].pids(), 10, "run1's processes to die")
     mid = store.get(victim)
     assert mid.status == JobStatus.running
-    assert sum(1 for t in store.get_tiles(victim) if t["status"] == "refined") < 16
+    assert sum(1 for t in store.get_tiles(victim) if t.status == "refined") < 16
 
     # run2 alone finishes everything, the victim included (its owner is cleared at the end:
     # watch it while it runs)

@@ -7,6 +7,8 @@
   contracts, tile retries, cancel on abort, accounting.
 - :mod:`~service.backends.runpod.resume` — re-polling a RunPod job an earlier, killed attempt
   had already paid for (``RunPodBackend.resume``).
+- :mod:`~service.backends.runpod.deploy` — provisioning: templates and serverless endpoints
+  through the management REST API (``aat deploy runpod``).
 """
 
 from service.backends.runpod.backend import RunPodBackend, request_key
