@@ -16,7 +16,12 @@ import torch
 from PIL import Image
 
 from service.core.errors import BackendUnavailable
-from workers.caption.pipeline import CaptionPipeline, _downscale, to_keywords
+from workers.caption.pipeline import (
+    DEFAULT_INSTRUCTION,
+    CaptionPipeline,
+    _downscale,
+    to_keywords,
+)
 from workers.tiny import caption as tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,3 +144,63 @@ def test_runs_under_the_runpod_sdk_test_mode(tmp_path: Path) -> None:
 def test_run_on_sentences_are_cut_to_short_keywords() -> None:
     assert to_keywords("a very long sentence that never ends at all, moss") == (
         "a very long sentence that, moss")
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_image_patches_get_2d_rotary_positions(family: str) -> None:
+    """Qwen VL places each merged image patch at (row, column) of its grid in the multimodal
+    rotary positions; without ``mm_token_type_ids`` transformers silently numbers the patches
+    like text (one running index), and captions get worse on a real model."""
+    captioner = CaptionPipeline.from_components(tiny.build_components(family=family))
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(name: str):
+        def hook(_module: object, _args: object, kwargs: dict) -> None:
+            seen.setdefault(name, kwargs[name])  # the prefill call holds the whole prompt
+        return hook
+
+    model = captioner.model.model
+    hooks = [model.register_forward_pre_hook(grab("input_ids"), with_kwargs=True),
+             model.language_model.register_forward_pre_hook(grab("position_ids"),
+                                                             with_kwargs=True)]
+    try:
+        side = 2 * tiny.PATCH[family]  # one merged patch
+        captioner.caption([noise(4 * side, 2 * side, 10)], max_new_tokens=2)  # 2 x 4 patches
+    finally:
+        for hook in hooks:
+            hook.remove()
+    positions = seen["position_ids"][-3:, 0]  # (temporal, row, column) per prompt token
+    image = seen["input_ids"][0] == captioner.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    rows, cols = positions[1][image], positions[2][image]
+    assert (rows - rows.min()).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert (cols - cols.min()).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_instruction_example_shows_the_format_without_content_words() -> None:
+    """Models copy example keywords into answers on flat tiles; the example must hold none."""
+    example = DEFAULT_INSTRUCTION.rsplit(":", 1)[1]
+    assert set(example.replace(",", " ").split()) == {"keyword"}
+    for word in ("stone", "wall", "door", "moss", "lantern", "path"):
+        assert word not in DEFAULT_INSTRUCTION.lower()
+
+
+@pytest.mark.parametrize(("raw", "cut", "clean"), [
+    ("stone wall, moss, wooden do", True, "stone wall, moss"),
+    ("stone wall, moss, wooden door", False, "stone wall, moss, wooden door"),
+    ("stone wall, moss,", True, "stone wall, moss"),  # cut right after a separator: all whole
+    ("a long run on sentence", True, "a long run on sentence"),  # the only keyword stays
+])
+def test_a_keyword_cut_by_the_token_cap_is_dropped(raw: str, cut: bool, clean: str) -> None:
+    assert to_keywords(raw, cut_off=cut) == clean
+
+
+def test_answers_that_hit_the_token_cap_lose_their_last_keyword() -> None:
+    pipe = CaptionPipeline.from_components(tiny.build_components(seed=1))  # answers with a comma
+    tile = noise(64, 64, 1)
+    [(raw, cut)] = pipe._generate([tile], DEFAULT_INSTRUCTION, 16)
+    assert cut  # the tiny model never ends on its own
+    keywords = [k.strip() for k in raw.split(",") if k.strip()]
+    assert len(keywords) >= 2, raw
+    caption = pipe.caption([tile], max_new_tokens=16)[0]
+    assert caption == to_keywords(raw, cut_off=True)
+    assert caption.split(", ")[-1] == keywords[-2].lower() != keywords[-1].lower()

@@ -7,7 +7,11 @@ token cap and a mild repetition penalty, then clean the answers into keyword lis
 diffusion prompts (no preamble, no markdown, each keyword once, at most ``MAX_KEYWORDS``).
 
 The tokenizer and image processor are used directly rather than the combined processor, so the
-same code runs with the real Qwen3-VL/Qwen2.5-VL files and with the offline tiny parts.
+same code runs with the real Qwen3-VL/Qwen2.5-VL files and with the offline tiny parts. What the
+combined processor adds, ``mm_token_type_ids`` (0 text, 1 image, 2 video per token), is built
+here from the model's own token ids and passed to ``generate``: transformers lays image patches
+out on their 2-D grid in the multimodal rotary positions only when it is given; without it every
+patch gets a 1-D text position (no error, just worse captions).
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ MAX_SIDE = 448
 MAX_KEYWORDS = 15
 MAX_WORDS = 5  # per keyword
 REPETITION_PENALTY = 1.05  # the seed's 1.5 produced degenerate punctuation
+# The example shows the format only: on flat or ambiguous tiles models copy example keywords
+# ("stone wall, moss") into the answer, and those words then steer the diffusion.
 DEFAULT_INSTRUCTION = (
     "List the visible content of this image tile: objects, materials, elements and "
     "composition. Do not describe style or quality. Answer with one line of 8 to 15 "
     "comma-separated keywords, each keyword once, no sentences, no preamble, no markdown. "
-    "Example: stone wall, wooden door, moss, iron lantern, cobblestone path"
+    "Format: keyword, keyword, keyword"
 )
 _PREAMBLE = re.compile(r"^\s*(here (is|are)|sure|keywords|tags|the image (shows|contains))[^:\n]*:\s*",
                        re.IGNORECASE)
@@ -80,10 +86,11 @@ class CaptionPipeline:
                 raise
             except Exception as exc:
                 raise _translate(exc) from exc
-        return [to_keywords(text) for text in raw]
+        return [to_keywords(text, cut_off=cut) for text, cut in raw]
 
     def _generate(self, images: list[Image.Image], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int) -> list[tuple[str, bool]]:
+        """Per image: the answer, and whether the token cap cut it off (no end token)."""
         vision = self.image_processor(images=images, return_tensors="pt")
         grid = vision["image_grid_thw"]
         merge = int(getattr(self.image_processor, "merge_size", 2))
@@ -93,13 +100,18 @@ class CaptionPipeline:
             out = self.model.generate(
                 input_ids=text["input_ids"].to(self.device),
                 attention_mask=text["attention_mask"].to(self.device),
+                mm_token_type_ids=mm_token_types(text["input_ids"], self.model.config
+                                                 ).to(self.device),
                 pixel_values=vision["pixel_values"].to(self.device, self.model.dtype),
                 image_grid_thw=grid.to(self.device),
                 max_new_tokens=max_new_tokens, do_sample=False,
                 repetition_penalty=REPETITION_PENALTY,
             )
         new = out[:, text["input_ids"].shape[1]:]
-        return list(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        ends = _end_tokens(self.model.generation_config)
+        cut = [len(row) >= max_new_tokens and not any(int(t) in ends for t in row) for row in new]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return list(zip(texts, cut, strict=True))
 
     def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {"model_loaded": True, "device": self.device,
@@ -109,6 +121,16 @@ class CaptionPipeline:
             info.update(gpu=torch.cuda.get_device_name(), vram_total_gb=round(total / 1e9, 2),
                         vram_used_gb=round((total - free) / 1e9, 2))
         return info
+
+
+def mm_token_types(input_ids: torch.Tensor, config: Any) -> torch.Tensor:
+    """Per token: 0 text, 1 image patch, 2 video patch (what the Qwen VL processors return)."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == config.image_token_id] = 1
+    video = getattr(config, "video_token_id", None)
+    if video is not None:
+        types[input_ids == video] = 2
+    return types
 
 
 def _chat_prompt(image_tokens: int, instruction: str) -> str:
@@ -127,12 +149,24 @@ def _downscale(image: Image.Image, max_side: int | None = None) -> Image.Image:
     return img
 
 
-def to_keywords(text: str, limit: int = MAX_KEYWORDS) -> str:
-    """Clean a model answer into ``"kw1, kw2, ..."``: no preamble or markdown, no repeats."""
+def _end_tokens(config: Any) -> set[int]:
+    eos = config.eos_token_id
+    return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
+
+
+def to_keywords(text: str, limit: int = MAX_KEYWORDS, *, cut_off: bool = False) -> str:
+    """Clean a model answer into ``"kw1, kw2, ..."``: no preamble or markdown, no repeats.
+
+    ``cut_off``: the answer ended at the token cap, so its last keyword is probably a word cut
+    in half ("wooden do"); it is dropped unless it is the only one.
+    """
     text = _PREAMBLE.sub("", re.sub(r"[*#`_\"]", "", text).strip())
+    parts = re.split(r"[,;\n|]+|(?<![0-9])\.\s", text)
+    if cut_off and sum(1 for p in parts if p.strip()) > 1:
+        parts = parts[:-1] if parts[-1].strip() else parts
     seen: set[str] = set()
     out: list[str] = []
-    for part in re.split(r"[,;\n|]+|(?<![0-9])\.\s", text):
+    for part in parts:
         kw = re.sub(r"^\s*(\d+[.)]|[-•])\s*", "", part)
         kw = " ".join(kw.split()[:MAX_WORDS]).strip(" .:-'").lower()  # a keyword, not a sentence
         if kw and kw not in seen:
