@@ -16,7 +16,7 @@ from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 from PIL import Image
 from pydantic import ValidationError
 
-from service.core.errors import BackendUnavailable, NotFound, ParamsError
+from service.core.errors import AatError, BackendUnavailable, NotFound, ParamsError
 from service.core.params import LoraSpec, Scheduler
 from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import (
@@ -150,18 +150,75 @@ def test_zero_strength_returns_the_tile_untouched(pipe, tile) -> None:
     assert differs(run(pipe, tile, strength=0.0), np.asarray(tile, np.int16)) == 0.0
 
 
-def test_out_of_memory_becomes_a_retryable_error(pipe, tile) -> None:
-    def explode(*_args: object, **_kwargs: object) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+def oom_on(pipe: UpscalePipeline, when):
+    """Make the UNet raise CUDA's out-of-memory error on the calls where ``when(batch)``."""
+    def explode(_module: object, args: tuple) -> None:
+        if when(args[0].shape[0]):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    hook = pipe.pipe.unet.register_forward_pre_hook(explode)
+    return pipe.pipe.unet.register_forward_pre_hook(explode)
+
+
+def test_out_of_memory_on_a_batch_is_retried_one_tile_at_a_time(pipe, tile) -> None:
+    tiles = [TileJob("a", tile, "", 1), TileJob("b", tile, "", 2)]
+    batched = RefineSettings(**{**BASE.__dict__, "batch_size": 2})
+    alone = pipe.refine(tiles, BASE)
+    hook = oom_on(pipe, lambda rows: rows > 2)  # CFG doubles the rows: 2 tiles = 4 rows
     try:
-        with pytest.raises(BackendUnavailable) as info:
+        out = pipe.refine(tiles, batched)
+    finally:
+        hook.remove()
+    for x, y in zip(out, alone, strict=True):  # the same tiles as refined one by one
+        assert differs(np.asarray(x, np.int16), np.asarray(y, np.int16)) == 0.0
+
+
+def test_a_tile_that_never_fits_is_a_clear_final_failure(pipe, tile) -> None:
+    hook = oom_on(pipe, lambda rows: True)
+    try:
+        with pytest.raises(AatError) as info:
+            pipe.refine([TileJob("a", tile, "", 1), TileJob("b", tile, "", 2)],
+                        RefineSettings(**{**BASE.__dict__, "batch_size": 2}))
+    finally:
+        hook.remove()
+    assert info.value.code == "gpu_out_of_memory"
+    assert not info.value.retryable  # retrying the same tile on the same GPU fails again
+    assert "64x64 tile" in info.value.message and "tile_size" in info.value.message
+    assert run(pipe, tile).shape == (64, 64, 3)  # the worker keeps serving afterwards
+
+
+def test_a_bug_is_not_retried(pipe, tile) -> None:
+    def bug(*_args: object) -> None:
+        raise ValueError("Adapter name(s) {'x'} not in the list of present adapters")
+
+    hook = pipe.pipe.unet.register_forward_pre_hook(bug)
+    try:
+        with pytest.raises(AatError) as info:
             run(pipe, tile)
     finally:
         hook.remove()
-    assert info.value.code == "gpu_out_of_memory" and info.value.retryable
-    assert run(pipe, tile).shape == (64, 64, 3)  # the worker keeps serving afterwards
+    assert info.value.code == "worker_internal" and not info.value.retryable
+
+
+def test_controlnet_is_skipped_entirely_at_scale_0(pipe, tile) -> None:
+    calls: list[int] = []
+    hook = pipe.pipe.controlnet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        skipped = run(pipe, tile, controlnet_scale=0.0)
+        assert calls == []  # no ControlNet pass at all
+        run(pipe, tile, controlnet_scale=0.5)
+        assert len(calls) == 2  # strength 0.5 of 4 steps: one pass per step
+    finally:
+        hook.remove()
+    # the same pixels as diffusers' ControlNet pipeline computing a zero contribution
+    embeds, pooled, neg, neg_pooled = pipe.encode_prompts(["stone wall"], "", 0)
+    with torch.inference_mode():
+        [ref] = pipe.pipe(image=[tile], control_image=[tile], strength=0.5, num_inference_steps=4,
+                          guidance_scale=5.0, controlnet_conditioning_scale=0.0,
+                          prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                          negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled,
+                          ip_adapter_image=Image.new("RGB", (224, 224)),
+                          generator=[torch.Generator("cpu").manual_seed(7)]).images
+    assert np.abs(skipped - np.asarray(ref, np.int16)).max() <= 2
 
 
 def test_lora_replaced_on_disk_is_reloaded(pipe, tile, tmp_path: Path) -> None:
@@ -200,3 +257,35 @@ def test_channels_last_speed_option_keeps_the_output(tmp_path: Path, monkeypatch
     a = np.asarray(fast.refine([TileJob("0", tile, "", 1)], BASE)[0], np.int16)
     b = np.asarray(plain.refine([TileJob("0", tile, "", 1)], BASE)[0], np.int16)
     assert np.abs(a - b).max() <= 3  # same model, same seed: same pixels up to float noise
+
+
+@pytest.mark.slow
+def test_compiled_unet_serves_and_hot_swaps_lora_requests(tmp_path: Path, monkeypatch,
+                                                           tile) -> None:
+    """AAT_COMPILE=1 used to wrap the UNet, so every LoRA request failed (retried for nothing).
+    The UNet is compiled by the ``eager`` backend: the same graph capture, no C compiler."""
+    from diffusers import UNet2DConditionModel
+
+    monkeypatch.setenv("AAT_COMPILE", "1")
+    monkeypatch.setenv("AAT_COMPILE_BACKEND", "eager")
+    loras = tmp_path / "loras"
+    comps = tiny.build_components(tmp_path)
+    tiny.write_lora(comps["unet"], loras / "detail.safetensors", seed=1)
+    compiled = UpscalePipeline.from_components(comps, lora_dir=loras)
+    monkeypatch.delenv("AAT_COMPILE")
+    assert isinstance(compiled.pipe.unet, UNet2DConditionModel)  # compiled in place
+    assert compiled.compiled
+
+    def fresh(name: str) -> np.ndarray:  # an uncompiled pipeline with only this LoRA
+        plain = UpscalePipeline.from_components(tiny.build_components(tmp_path / name),
+                                                lora_dir=loras)
+        return run(plain, tile, loras=[lora("detail", 1.0)])
+
+    with_lora = run(compiled, tile, loras=[lora("detail", 1.0)])
+    assert differs(with_lora, fresh("a")) <= 0.05
+    assert differs(with_lora, run(compiled, tile)) > 1.0  # the LoRA is really applied
+    tiny.write_lora(tiny.build_components(tmp_path / "x")["unet"], loras / "detail.safetensors",
+                    seed=42)  # replaced on the volume: hot-swapped into its adapter
+    swapped = run(compiled, tile, loras=[lora("detail", 1.0)])
+    assert differs(with_lora, swapped) > 0.5
+    assert differs(swapped, fresh("b")) <= 0.05

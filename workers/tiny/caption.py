@@ -67,7 +67,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0,
     return model.eval()
 
 
-def _tokens(ids: Any) -> dict[str, int]:
+def _tokens(ids: Any) -> dict[str, Any]:
     return {"image_token_id": ids("<|image_pad|>"), "video_token_id": ids("<|video_pad|>"),
             "vision_start_token_id": ids("<|vision_start|>"),
             "vision_end_token_id": ids("<|vision_end|>")}

@@ -4,16 +4,26 @@ Read top to bottom: load (baked weights named by ``weights.MANIFEST``, or inject
 components), encode prompts (own chunked encoding: no 77-token cut, CLIP skip applied here
 because diffusers ignores ``clip_skip`` when given embeddings), pick the scheduler, apply LoRAs
 and the IP-Adapter scale, run tiles in batches with one seed per tile, and map failures to
-structured errors (out-of-memory is retryable).
+structured errors. Out of memory frees the cache and retries the batch one tile at a time; a
+single tile that still does not fit is a clear, non-retryable ``gpu_out_of_memory``.
 
 The ControlNet is really wired: the pipeline class is
 ``StableDiffusionXLControlNetImg2ImgPipeline`` and every call passes the tile itself as the
-control image with ``controlnet_conditioning_scale``. Images are PIL RGB; tile sides are padded
-up to a multiple of 64 (edge pixels repeated) and cropped back, so any tile size works.
+control image with ``controlnet_conditioning_scale``. At scale 0 the ControlNet is skipped
+entirely: the same components run as ``StableDiffusionXLImg2ImgPipeline`` (no ControlNet
+forward per step, same pixels). Images are PIL RGB; tile sides are padded up to a multiple of
+64 (edge pixels repeated) and cropped back, so any tile size works.
+
+``AAT_COMPILE=1`` compiles the UNet in place (``nn.Module.compile``): the pipeline keeps its
+``UNet2DConditionModel``, so diffusers' LoRA functions still find their adapters (a
+``torch.compile`` wrapper hides them). LoRA hot-swapping is prepared before compiling (ranks
+padded up to ``AAT_LORA_MAX_RANK``), so a LoRA file replaced on the volume is swapped into its
+adapter without recompiling; a new LoRA set recompiles once.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
@@ -34,6 +44,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     UniPCMultistepScheduler,
 )
 from PIL import Image
@@ -60,6 +71,7 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
 }
 MAX_LOADED_LORAS = 8  # adapters kept in memory between requests
+LORA_MAX_RANK = 128  # hot-swap padding under AAT_COMPILE=1 (AAT_LORA_MAX_RANK overrides)
 RESIDENT_MIN_VRAM_GB = 16.0  # below this the models are offloaded to the CPU between calls
 
 
@@ -99,6 +111,15 @@ class UpscalePipeline:
         self._adapters: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
         self.max_loaded_loras = MAX_LOADED_LORAS
         self._base_scheduler = dict(pipe.scheduler.config)
+        self.compiled = bool(getattr(pipe.unet, "_compiled_call_impl", None))
+        # the same modules without the ControlNet, for controlnet_scale 0 (shares all weights)
+        plain: Any = StableDiffusionXLImg2ImgPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
+            tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, unet=pipe.unet,
+            scheduler=pipe.scheduler, image_encoder=pipe.image_encoder,
+            feature_extractor=pipe.feature_extractor, add_watermarker=False)
+        plain.set_progress_bar_config(disable=True)
+        self.plain = plain
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -109,6 +130,7 @@ class UpscalePipeline:
         """Build from in-memory components (tests, ``AAT_WORKER_TINY``)."""
         parts = dict(components)
         parts.setdefault("feature_extractor", CLIPImageProcessor())
+        parts.setdefault("add_watermarker", False)
         pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
         if ip_adapter is not None:
             pipe.load_ip_adapter(ip_adapter, subfolder="", weight_name="",
@@ -135,7 +157,8 @@ class UpscalePipeline:
         pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
             str(paths["base"] / weights.BASE_FILE), config=str(paths["sdxl_config"]),
             controlnet=controlnet, vae=vae, image_encoder=encoder,
-            feature_extractor=CLIPImageProcessor(), torch_dtype=dtype, local_files_only=True)
+            feature_extractor=CLIPImageProcessor(), torch_dtype=dtype, local_files_only=True,
+            add_watermarker=False)
         pipe.load_ip_adapter(str(paths["ip_adapter"]), subfolder=weights.IP_ADAPTER_SUBFOLDER,
                              weight_name=weights.IP_ADAPTER_FILE, image_encoder_folder=None)
         _place(pipe, device)
@@ -162,13 +185,36 @@ class UpscalePipeline:
 
     def _refine_locked(self, tiles: list[TileJob], settings: RefineSettings) -> list[Image.Image]:
         self.pipe.scheduler = _scheduler(settings.scheduler, self._base_scheduler)
+        self.plain.scheduler = self.pipe.scheduler
         self._apply_loras(settings.loras)
         self._apply_ip_scale(settings)
         out: dict[int, Image.Image] = {}
         for group in _batches(tiles, max(1, settings.batch_size)):
-            images = self._run_batch([tiles[i] for i in group], settings)
+            images = self._run_batch_fitting([tiles[i] for i in group], settings)
             out.update(zip(group, images, strict=True))
         return [out[i] for i in range(len(tiles))]
+
+    def _run_batch_fitting(self, batch: list[TileJob], s: RefineSettings) -> list[Image.Image]:
+        """Run a batch; out of memory frees the cache and retries one tile at a time once."""
+        try:
+            return self._run_batch(batch, s)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            _free_memory()
+            log.warning("out of memory on a batch of %d tiles; retrying one at a time",
+                        len(batch))
+        try:
+            return [image for tile in batch for image in self._run_batch([tile], s)]
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            _free_memory()
+            w, h = batch[0].image.size
+            raise AatError(
+                f"the GPU ran out of memory on a {w}x{h} tile even alone (batch 1, after "
+                "freeing memory); use a smaller tile_size or a GPU with more memory",
+                code="gpu_out_of_memory", retryable=False) from exc
 
     def _run_batch(self, batch: list[TileJob], s: RefineSettings) -> list[Image.Image]:
         padded = [_pad(t.image) for t in batch]
@@ -181,11 +227,15 @@ class UpscalePipeline:
         if self.has_ip_adapter:
             style = s.ip_adapter_image or Image.new("RGB", (224, 224))
             extra["ip_adapter_image"] = style.convert("RGB")
+        if s.controlnet_scale > 0:
+            pipe = self.pipe
+            extra.update(control_image=padded, controlnet_conditioning_scale=s.controlnet_scale)
+        else:
+            pipe = self.plain  # scale 0 adds nothing: skip the ControlNet's forward passes
         with torch.inference_mode():
-            result = self.pipe(
-                image=padded, control_image=padded, strength=s.strength,
+            result = pipe(
+                image=padded, strength=s.strength,
                 num_inference_steps=s.steps, guidance_scale=s.cfg_scale,
-                controlnet_conditioning_scale=s.controlnet_scale,
                 prompt_embeds=embeds, pooled_prompt_embeds=pooled,
                 negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled,
                 generator=generators, output_type="pil", **extra,
@@ -250,10 +300,13 @@ class UpscalePipeline:
         if self._adapters.get(path.name) == key:
             self._adapters.move_to_end(path.name)
             return adapter
+        models.check_safetensors(path)
         if path.name in self._adapters:
+            if self.compiled and self._hotswap(path, adapter):
+                self._adapters[path.name] = key
+                return adapter
             self.pipe.delete_adapters(adapter)
             del self._adapters[path.name]
-        models.check_safetensors(path)
         try:
             self.pipe.load_lora_weights(str(path), adapter_name=adapter)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
@@ -262,6 +315,16 @@ class UpscalePipeline:
         self._adapters[path.name] = key
         log.info("loaded LoRA %s as adapter %s", path.name, adapter)
         return adapter
+
+    def _hotswap(self, path: Path, adapter: str) -> bool:
+        """Swap a replaced LoRA file into its loaded adapter (compiled UNet: no recompile)."""
+        try:
+            self.pipe.load_lora_weights(str(path), adapter_name=adapter, hotswap=True)
+        except (ValueError, KeyError, RuntimeError) as exc:  # other rank/targets: reload
+            log.info("LoRA %s cannot be hot-swapped (%s); reloading it", path.name, exc)
+            return False
+        log.info("hot-swapped LoRA %s into adapter %s", path.name, adapter)
+        return True
 
     def _evict_loras(self, keep: set[str]) -> None:
         """Unload least recently used adapters beyond ``max_loaded_loras`` (VRAM is finite)."""
@@ -307,13 +370,27 @@ def _place(pipe: Any, device: str) -> None:
 
 def _speedups(pipe: Any) -> None:
     """Opt-in speed levers measured by ``bench/gpu_tile.py``: ``AAT_CHANNELS_LAST=1`` and
-    ``AAT_COMPILE=1`` (torch.compile of the UNet; the first call per tile size and LoRA set
+    ``AAT_COMPILE=1`` (see :func:`compile_unet`; the first call per tile size and LoRA set
     compiles, so it pays off only on long-lived workers)."""
     if os.environ.get("AAT_CHANNELS_LAST") == "1":
         for model in (pipe.unet, pipe.controlnet):
             model.to(memory_format=torch.channels_last)
     if os.environ.get("AAT_COMPILE") == "1":
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")
+        compile_unet(pipe, backend=os.environ.get("AAT_COMPILE_BACKEND", "inductor"))
+
+
+def compile_unet(pipe: Any, backend: str = "inductor") -> None:
+    """Compile the UNet in place, after preparing LoRA hot-swap (diffusers' documented order).
+
+    ``backend="eager"`` runs the same graph capture without generating code (tests on CPU);
+    ``inductor`` needs a C compiler in the image for its CPU-side kernels.
+    """
+    rank = int(os.environ.get("AAT_LORA_MAX_RANK", LORA_MAX_RANK))
+    pipe.enable_lora_hotswap(target_rank=rank, check_compiled="ignore")
+    options: dict[str, Any] = {"backend": backend}
+    if backend == "inductor":
+        options["mode"] = "max-autotune-no-cudagraphs"
+    pipe.unet.compile(**options)
 
 
 def _scheduler(name: str, base_config: dict[str, Any]) -> Any:
@@ -360,15 +437,28 @@ def _batches(tiles: list[TileJob], size: int) -> list[list[int]]:
     return [ids[j:j + size] for ids in by_shape.values() for j in range(0, len(ids), size)]
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# Failures that come from the request or the code, not the machine: a retry fails the same way.
+_NOT_RETRYABLE = (ValueError, TypeError, KeyError, AttributeError, NotImplementedError)
+
+
 def _translate(exc: Exception) -> AatError:
-    """Library failures as structured errors; out-of-memory is retryable."""
+    """Library failures as structured errors; only machine trouble is retryable."""
     text = str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    if _is_oom(exc):  # an out-of-memory the batch-1 retry did not see (e.g. prompt encoding)
+        _free_memory()
         return BackendUnavailable(
-            "the GPU ran out of memory on this tile; it will be retried (use smaller tiles or "
-            "a batch size of 1 if it keeps failing)", code="gpu_out_of_memory", retryable=True)
+            "the GPU ran out of memory on this tile; it will be retried (use smaller tiles if "
+            "it keeps failing)", code="gpu_out_of_memory", retryable=True)
     log.exception("refine failed")
     return AatError(f"refine failed: {type(exc).__name__}: {text}"[:400], code="worker_internal",
-                    retryable=True)
+                    retryable=not isinstance(exc, _NOT_RETRYABLE))
