@@ -242,7 +242,9 @@ def _load(kind: str, device: str, weights_dir: Path, lora_dir: Path) -> Any:
         from workers.upscale import weights
         from workers.upscale.pipeline import UpscalePipeline
 
-        _require(weights.local_path("base", weights_dir), "upscale", weights_dir)
+        baked = weights_dir / weights.DIFFUSERS_FOLDER  # or the single file, not yet converted
+        _require(baked if baked.is_dir() else weights.local_path("base", weights_dir),
+                 "upscale", weights_dir)
         return UpscalePipeline.from_weights(weights_dir, device=device, lora_dir=lora_dir)
     from workers.caption import weights as caption_weights
     from workers.caption.pipeline import CaptionPipeline

@@ -122,24 +122,32 @@ def test_weight_download_resolves_branches_and_locks_file_hashes(tmp_path, monke
     fetched: list[tuple[str, str]] = []
 
     def snapshot_download(repo_id: str, revision: str, allow_patterns: list[str],
-                          local_dir: str) -> str:
+                          local_dir: str, token: str | None) -> str:
         fetched.append((repo_id, revision))
         Path(local_dir, "sub").mkdir(parents=True, exist_ok=True)
         Path(local_dir, "sub", "w.safetensors").write_bytes(b"weights")
         return local_dir
 
     class Api:
+        def __init__(self, token: str | None) -> None:
+            pass
+
         def model_info(self, repo: str, revision: str) -> types.SimpleNamespace:
             return types.SimpleNamespace(sha="c" * 40)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     manifest = {"vae": Component("org/vae", "main", ("sub/*",), "vae")}
+    monkeypatch.delenv("AAT_ALLOW_UNPINNED", raising=False)
+    with pytest.raises(SystemExit, match="c" * 40):  # a branch: the build says what to pin
+        download(manifest, tmp_path)
+    assert fetched == []
+    monkeypatch.setenv("AAT_ALLOW_UNPINNED", "1")  # trying a model out
     lock = json.loads(download(manifest, tmp_path).read_text())
     assert fetched == [("org/vae", "c" * 40)]  # one consistent snapshot, not a moving branch
     assert lock["vae"]["commit"] == "c" * 40
     assert lock["vae"]["sha256"] == {"sub/w.safetensors": hashlib.sha256(b"weights").hexdigest()}
-    assert "pin it to commit" in caplog.text
+    assert "AAT_ALLOW_UNPINNED" in caplog.text
 
 
 def test_a_weight_file_with_the_wrong_hash_is_refused(tmp_path, monkeypatch) -> None:
@@ -150,7 +158,7 @@ def test_a_weight_file_with_the_wrong_hash_is_refused(tmp_path, monkeypatch) -> 
     from workers.common.hub import Component, download
 
     def snapshot_download(repo_id: str, revision: str, allow_patterns: list[str],
-                          local_dir: str) -> str:
+                          local_dir: str, token: str | None) -> str:
         Path(local_dir).mkdir(parents=True, exist_ok=True)
         Path(local_dir, "w.safetensors").write_bytes(b"tampered")
         return local_dir
@@ -160,7 +168,7 @@ def test_a_weight_file_with_the_wrong_hash_is_refused(tmp_path, monkeypatch) -> 
         return types.SimpleNamespace(sha=revision)
 
     monkeypatch.setattr(huggingface_hub, "HfApi",
-                        lambda: types.SimpleNamespace(model_info=model_info))
+                        lambda token: types.SimpleNamespace(model_info=model_info))
     comp = Component("org/vae", "a" * 40, ("w.safetensors",), "vae",
                      sha256=(("w.safetensors", "0" * 64),))
     with pytest.raises(SystemExit, match="refusing to bake it"):

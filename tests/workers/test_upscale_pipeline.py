@@ -289,3 +289,18 @@ def test_compiled_unet_serves_and_hot_swaps_lora_requests(tmp_path: Path, monkey
     swapped = run(compiled, tile, loras=[lora("detail", 1.0)])
     assert differs(with_lora, swapped) > 0.5
     assert differs(swapped, fresh("b")) <= 0.05
+
+
+def test_from_weights_loads_the_baked_layout(tmp_path: Path, tile) -> None:
+    """The real loading path (diffusers fp16 layout made at build, ControlNet, fp16-fix VAE,
+    IP-Adapter file and encoder) gives the same pixels as the same parts built in memory."""
+    comps = tiny.build_components(tmp_path / "parts")
+    ip = tiny.ip_adapter_state_dict(comps["unet"])
+    root = tiny.save_weights_layout(comps, tmp_path / "models", ip)
+    loaded = UpscalePipeline.from_weights(root, device="cpu")
+    assert loaded.has_ip_adapter
+    built = UpscalePipeline.from_components(tiny.build_components(tmp_path / "again"),
+                                            ip_adapter=ip)
+    style = Image.new("RGB", (64, 64), (240, 30, 30))
+    for changes in ({}, {"ip_adapter_image": style, "ip_adapter_scale": 0.8}):
+        assert differs(run(loaded, tile, **changes), run(built, tile, **changes)) < 0.01

@@ -174,3 +174,29 @@ def write_lora(unet: Any, path: Path, seed: int, rank: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def save_weights_layout(components: dict[str, Any], root: Path,
+                        ip_adapter: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Save tiny components in the folders ``workers.upscale.weights`` bakes (diffusers fp16
+    layout of the checkpoint, ControlNet, VAE, IP-Adapter file and image encoder), so
+    ``UpscalePipeline.from_weights`` runs its real loading path on them."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from workers.upscale import weights
+
+    base = StableDiffusionXLPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"],
+        text_encoder_2=components["text_encoder_2"], tokenizer=components["tokenizer"],
+        tokenizer_2=components["tokenizer_2"], unet=components["unet"],
+        scheduler=components["scheduler"], add_watermarker=False)
+    base.save_pretrained(str(root / weights.DIFFUSERS_FOLDER))
+    components["controlnet"].save_pretrained(str(weights.local_path("controlnet", root)))
+    components["vae"].save_pretrained(str(weights.local_path("vae", root)))
+    ip_root = weights.local_path("ip_adapter", root)
+    components["image_encoder"].save_pretrained(str(ip_root / weights.IP_ADAPTER_ENCODER))
+    flat = {f"{part}.{key}": value.contiguous() for part, tensors in ip_adapter.items()
+            for key, value in tensors.items()}
+    (ip_root / weights.IP_ADAPTER_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(ip_root / weights.IP_ADAPTER_SUBFOLDER / weights.IP_ADAPTER_FILE))
+    return root

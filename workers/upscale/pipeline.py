@@ -154,11 +154,17 @@ class UpscalePipeline:
         vae = AutoencoderKL.from_pretrained(paths["vae"], torch_dtype=dtype)  # fp16-safe VAE
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             paths["ip_adapter"] / weights.IP_ADAPTER_ENCODER, torch_dtype=dtype)
-        pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
-            str(paths["base"] / weights.BASE_FILE), config=str(paths["sdxl_config"]),
-            controlnet=controlnet, vae=vae, image_encoder=encoder,
-            feature_extractor=CLIPImageProcessor(), torch_dtype=dtype, local_files_only=True,
-            add_watermarker=False)
+        parts = {"controlnet": controlnet, "vae": vae, "image_encoder": encoder,
+                 "feature_extractor": CLIPImageProcessor(), "torch_dtype": dtype,
+                 "local_files_only": True, "add_watermarker": False}
+        baked = root / weights.DIFFUSERS_FOLDER
+        if (baked / "model_index.json").is_file():  # converted at build: ready tensors
+            pipe: Any = StableDiffusionXLControlNetImg2ImgPipeline.from_pretrained(
+                str(baked), **parts)
+        else:  # weights fetched without the build's conversion step (local backend)
+            pipe = StableDiffusionXLControlNetImg2ImgPipeline.from_single_file(
+                str(paths["base"] / weights.BASE_FILE), config=str(paths["sdxl_config"]),
+                **parts)
         pipe.load_ip_adapter(str(paths["ip_adapter"]), subfolder=weights.IP_ADAPTER_SUBFOLDER,
                              weight_name=weights.IP_ADAPTER_FILE, image_encoder_folder=None)
         _place(pipe, device)

@@ -1,13 +1,19 @@
 """The upscale worker's weight manifest; ``python -m workers.upscale.weights`` bakes it in.
 
 ``pipeline.UpscalePipeline.from_weights`` loads exactly these components from the same folders.
-Revisions are commits where known (the rest are resolved to one commit per build and written to
-the lock file; pin them here from a build log). Change one here and rebuild the image.
+Every revision is a commit (``workers.common.hub`` refuses branches). The base checkpoint and
+the ControlNet take theirs from ``AAT_BASE_REVISION`` / ``AAT_CONTROLNET_REVISION`` (Docker
+build args of the same names): no commit of those two repositories could be confirmed from
+here, so the first build prints the commit to pin. After download the single-file checkpoint
+is converted once into diffusers' fp16 folder layout (``DIFFUSERS_FOLDER``) and the 6.9 GB
+single file is dropped, so a cold start loads ready tensors instead of converting.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,16 +24,22 @@ BASE_FILE = "Illustrious-XL-v2.0.safetensors"
 IP_ADAPTER_SUBFOLDER = "sdxl_models"
 IP_ADAPTER_FILE = "ip-adapter-plus_sdxl_vit-h.safetensors"
 IP_ADAPTER_ENCODER = "models/image_encoder"
+DIFFUSERS_FOLDER = "base-diffusers"  # the checkpoint in diffusers fp16 layout, made at build
 
 MANIFEST: dict[str, Component] = {
     # single-file SDXL checkpoint (Illustrious-XL v2.0)
-    "base": Component("OnomaAIResearch/Illustrious-XL-v2.0", "main", (BASE_FILE,), "base"),
+    "base": Component("OnomaAIResearch/Illustrious-XL-v2.0",
+                      os.environ.get("AAT_BASE_REVISION", "main"), (BASE_FILE,), "base"),
     # diffusers configs and tokenizers of SDXL, so from_single_file needs no network
     "sdxl_config": Component(
         "stabilityai/stable-diffusion-xl-base-1.0", "91704abbae38a0e1f60d433fb08d7f7d99081d21",
-        ("model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*"),
-        "sdxl-config"),
-    "controlnet": Component("xinsir/controlnet-tile-sdxl-1.0", "main",
+        ("model_index.json", "unet/config.json", "text_encoder/config.json",
+         "text_encoder_2/config.json", "vae/config.json", "scheduler/scheduler_config.json",
+         "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer_2/vocab.json",
+         "tokenizer_2/merges.txt"),
+        "sdxl-config", extras=("tokenizer*/*",)),
+    "controlnet": Component("xinsir/controlnet-tile-sdxl-1.0",
+                            os.environ.get("AAT_CONTROLNET_REVISION", "main"),
                             ("config.json", "diffusion_pytorch_model.safetensors"),
                             "controlnet-tile"),
     # fp16-safe VAE: no NaNs and no fp32 upcast in half precision
@@ -51,7 +63,29 @@ def local_path(name: str, root: Path | None = None) -> Path:
     return _local_path(MANIFEST, name, root)
 
 
+def bake_diffusers_layout(root: Path, *, drop_single_file: bool = True) -> Path:
+    """Convert the single-file checkpoint into diffusers' fp16 layout (build time, CPU).
+
+    The UNet and both text encoders are kept (the VAE is the fp16-fix one, loaded from its own
+    folder); tokenizers and scheduler come from the baked SDXL configs.
+    """
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    base = local_path("base", root)
+    out = root / DIFFUSERS_FOLDER
+    pipe = StableDiffusionXLPipeline.from_single_file(
+        str(base / BASE_FILE), config=str(local_path("sdxl_config", root)),
+        torch_dtype=torch.float16, local_files_only=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    del pipe
+    if drop_single_file:
+        shutil.rmtree(base)  # the lock file keeps its sha256
+    return out
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else weights_root()
     logging.info("wrote %s", download(MANIFEST, target))
+    logging.info("converted the checkpoint into %s", bake_diffusers_layout(target))
