@@ -185,7 +185,7 @@ def save_weights_layout(components: dict[str, Any], root: Path,
 
     from workers.upscale import weights
 
-    base = StableDiffusionXLPipeline(
+    base: Any = StableDiffusionXLPipeline(
         vae=components["vae"], text_encoder=components["text_encoder"],
         text_encoder_2=components["text_encoder_2"], tokenizer=components["tokenizer"],
         tokenizer_2=components["tokenizer_2"], unet=components["unet"],
