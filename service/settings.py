@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     local_weights_dir: Path | None = None  # default: data_dir/weights
     local_lora_dir: Path | None = None  # default: data_dir/loras
     local_batch_size: int = Field(default=1, ge=1, le=16)  # tiles per diffusion call
+    local_vram_gb: float | None = Field(default=None, gt=0, le=1024)  # default: the card's total
 
     # job execution
     job_threads: int = Field(default=2, ge=1, le=64)

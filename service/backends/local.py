@@ -9,6 +9,11 @@ filled by ``python -m workers.upscale.weights <dir>`` and ``python -m workers.ca
 one at a time. With ``local_batch_size`` > 1, tiles of one job that are in flight together are
 refined in one batched pipeline call (``max_concurrency()`` keeps that many in flight).
 
+Models are placed by memory (``local_memory.plan``): when SDXL and the captioner do not fit on
+the card together (a 24 GB card with Qwen3-VL-8B), one is on the GPU at a time and the other is
+parked in CPU memory before each GPU call that needs the room; ``health()`` (and so
+``aat doctor``) says which placement this machine gets.
+
 Missing torch, a missing CUDA GPU or missing weights raise :class:`ConfigError` with the fix.
 Tests inject tiny pipelines (``upscale=``/``caption=``) on ``device="cpu"``; with
 ``AAT_WORKER_TINY=1`` and ``local_device=cpu`` the backend builds tiny random pipelines itself
@@ -37,6 +42,7 @@ from service.backends.base import (
     RefineResult,
     TileTask,
 )
+from service.backends.local_memory import Placement, plan, weights_on_disk_gb
 from service.core.contracts import ModelInfo, UploadModelRequest
 from service.core.errors import ConfigError
 from service.settings import Settings, load_settings
@@ -57,6 +63,7 @@ class LocalBackend:
         s = settings or load_settings()
         self.device = device or s.local_device
         self.batch_size = batch_size or s.local_batch_size
+        self.vram_gb = s.local_vram_gb
         self._pending: dict[int, tuple[RefineOptions, list[tuple[Any, asyncio.Future[Any]]]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
@@ -94,6 +101,7 @@ class LocalBackend:
         def run() -> list[str]:
             pipe = self._pipeline("caption")
             with self._gpu:
+                self._make_room("caption")
                 return pipe.caption([Image.fromarray(image)], instruction, max_new_tokens)
 
         start = time.monotonic()
@@ -119,7 +127,47 @@ class LocalBackend:
     def _refine_now(self, jobs: list[Any], options: RefineOptions) -> list[Any]:
         pipe = self._pipeline("upscale")
         with self._gpu:
+            self._make_room("upscale")
             return list(pipe.refine(jobs, _settings(options, len(jobs))))
+
+    # ---- memory ----------------------------------------------------------------------------
+
+    def _loaded(self, kind: str) -> Any:
+        """The pipeline of ``kind`` if it is loaded (never loads one)."""
+        pipe = self._upscale if kind == "upscale" else self._caption
+        return pipe or _shared.get((kind, self.device, str(self.weights_dir)))
+
+    def _total_gb(self) -> float | None:
+        if self.vram_gb is not None:
+            return self.vram_gb
+        if self.device.startswith("cuda"):
+            import torch
+
+            return float(torch.cuda.get_device_properties(self.device).total_memory) / 1e9
+        return None  # the CPU: nothing to plan
+
+    def placement(self) -> Placement | None:
+        """Where the models go: measured from the loaded ones, else from the baked files."""
+        total = self._total_gb()
+        if total is None:
+            return None
+        pipes = {k: self._loaded(k) for k in ("upscale", "caption")}
+        if all(p is not None for p in pipes.values()):
+            sizes = {k: p.weight_bytes() / 1e9 for k, p in pipes.items()}
+        else:
+            sizes = weights_on_disk_gb(self.weights_dir)
+        return plan(total, sizes) if sizes else None
+
+    def _make_room(self, kind: str) -> None:
+        """Before a GPU call: park the other model when both do not fit together."""
+        other = self._loaded("caption" if kind == "upscale" else "upscale")
+        if other is None:
+            return
+        placement = self.placement()
+        if placement is None or placement.together:
+            return
+        other.park()
+        self._loaded(kind).unpark()
 
     async def _refine_batched(self, job: Any, options: RefineOptions) -> Any:
         """Queue the tile; tiles of one job (same options object) arriving together share a
@@ -189,6 +237,9 @@ class LocalBackend:
             info.update(loaded.health())
         else:
             info["model_loaded"] = False
+        placement = self.placement()
+        if placement is not None:
+            info["placement"] = placement.describe()
         return info
 
     async def aclose(self) -> None:

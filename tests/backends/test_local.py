@@ -223,3 +223,33 @@ def test_without_the_gpu_packages_the_error_says_what_to_install(tmp_path: Path,
         LocalBackend(Settings(data_dir=tmp_path, local_device="cpu"))
     assert "diffusers is missing" in info.value.message
     assert "pip install 'ai-assets-toolbox[gpu]'" in info.value.message
+
+
+def test_models_that_do_not_fit_together_take_turns_on_the_gpu(parts, tmp_path: Path) -> None:
+    """A 24 GB card cannot hold SDXL and Qwen3-VL-8B at once: the captioner is parked in CPU
+    memory when SDXL needs the card and the other way round; results do not change."""
+    need = 3.0 + 1.5  # working memory of one call each (the tiny weights add a few MB)
+    settings = Settings(data_dir=tmp_path / "data", local_vram_gb=need)
+    backend = LocalBackend(settings, device="cpu", upscale=parts["upscale"],
+                           caption=parts["caption"], lora_dir=tmp_path / "loras")
+    roomy = LocalBackend(Settings(data_dir=tmp_path / "data", local_vram_gb=80), device="cpu",
+                         upscale=parts["upscale"], caption=parts["caption"],
+                         lora_dir=tmp_path / "loras")
+    health = asyncio.run(backend.health())
+    assert "one model on the GPU at a time" in health["placement"]
+    assert "both models stay on the GPU" in asyncio.run(roomy.health())["placement"]
+
+    async def caption_then_refine(b: LocalBackend) -> np.ndarray:
+        await b.caption("t", tile(1))
+        assert not parts["caption"].parked
+        return (await b.refine(TileTask("t", tile(2), "", 3), OPTIONS)).image
+
+    try:
+        shared = asyncio.run(caption_then_refine(backend))
+        assert parts["caption"].parked and not parts["upscale"].parked
+        asyncio.run(backend.caption("t", tile(1)))
+        assert parts["upscale"].parked and not parts["caption"].parked
+        assert np.array_equal(shared, asyncio.run(caption_then_refine(roomy)))
+    finally:
+        parts["caption"].unpark()
+        parts["upscale"].unpark()

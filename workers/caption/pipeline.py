@@ -113,6 +113,25 @@ class CaptionPipeline:
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return list(zip(texts, cut, strict=True))
 
+    parked = False
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def park(self) -> None:
+        """Move the model to CPU memory and free the GPU's copy (the local backend, when it
+        and SDXL do not fit on the card together)."""
+        if not self.parked:
+            self.model.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.parked = True
+
+    def unpark(self) -> None:
+        if self.parked:
+            self.model.to(self.device)
+        self.parked = False
+
     def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {"model_loaded": True, "device": self.device,
                                 "model": getattr(self.model.config, "_name_or_path", "") or None}

@@ -347,6 +347,26 @@ class UpscalePipeline:
             scale = s.ip_adapter_scale if s.ip_adapter_image is not None else 0.0
             self.pipe.set_ip_adapter_scale(scale)
 
+    # ---- memory (the local backend parks one model when two do not fit) -------------------
+
+    parked = False
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.pipe.components.values()
+                   if isinstance(m, torch.nn.Module) for p in m.parameters())
+
+    def park(self) -> None:
+        """Move the weights to CPU memory and free the GPU's copy (a no-op when offloaded)."""
+        if not self.parked and not _offloaded(self.pipe):
+            self.pipe.to("cpu")
+            _free_memory()
+        self.parked = True
+
+    def unpark(self) -> None:
+        if self.parked and not _offloaded(self.pipe):
+            self.pipe.to(self.device)
+        self.parked = False
+
     # ---- health ----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -372,6 +392,11 @@ def _place(pipe: Any, device: str) -> None:
             pipe.enable_model_cpu_offload()
             return
     pipe.to(device)
+
+
+def _offloaded(pipe: Any) -> bool:
+    """Model CPU offload already moves each model in and out by itself."""
+    return bool(getattr(pipe, "_all_hooks", None))
 
 
 def _speedups(pipe: Any) -> None:
