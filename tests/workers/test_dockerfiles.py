@@ -28,6 +28,21 @@ def dockerfile(worker: str) -> Path:
     return ROOT / "deploy" / "docker" / f"worker-{worker}.Dockerfile"
 
 
+def constraints() -> dict[str, str]:
+    """The one version set of the worker images (name -> version)."""
+    lines = (ROOT / "deploy/docker/worker-constraints.txt").read_text().splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert all(re.fullmatch(r"[\w.-]+==[\w.]+", p) for p in pins), pins
+    return dict(p.split("==") for p in pins)
+
+
+def requirement_names(worker: str) -> set[str]:
+    lines = (ROOT / "workers" / worker / "requirements.txt").read_text().splitlines()
+    names = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    assert all(re.fullmatch(r"[\w.-]+", n) for n in names), names  # versions live in one file
+    return names
+
+
 def instructions(worker: str) -> list[tuple[str, str]]:
     text = dockerfile(worker).read_text().replace("\\\n", " ")
     out = []
@@ -54,13 +69,20 @@ def test_base_image_and_packages_are_pinned(worker: str) -> None:
     froms = [rest for op, rest in instructions(worker) if op == "FROM"]
     assert len(froms) == 1
     assert re.fullmatch(r"[\w./-]+:\d[\w.-]*(@sha256:[0-9a-f]{64})?", froms[0]), froms[0]
-    reqs = (ROOT / "workers" / worker / "requirements.txt").read_text().splitlines()
-    pins = [r for r in reqs if r.strip() and not r.startswith("#")]
-    assert pins and all(re.fullmatch(r"[\w.-]+==[\w.]+", p) for p in pins), pins
-    runpod = next(p for p in pins if p.startswith("runpod=="))
+    pins = constraints()
+    runpod = next(f"runpod=={v}" for n, v in pins.items() if n == "runpod")
     version = tuple(int(x) for x in runpod.split("==")[1].split(".")[:3])
     assert version >= (1, 10, 1)  # older SDKs funnel every job to one worker
-    assert not any(p.startswith("torch==") for p in pins)  # the CUDA base image brings torch
+    names = requirement_names(worker)
+    assert "torch" not in names  # the CUDA base image brings torch
+    assert names <= set(pins), names - set(pins)  # every package has its one pinned version
+    install = next(rest for op, rest in instructions(worker)
+                   if op == "RUN" and f"workers/{worker}/requirements.txt" in rest)
+    assert "-c /app/constraints.txt" in install
+    copies = [rest for op, rest in instructions(worker) if op == "COPY"]
+    assert "deploy/docker/worker-constraints.txt /app/constraints.txt" in copies
+    base_torch = re.match(r"pytorch/pytorch:([\d.]+)-", froms[0])
+    assert base_torch and pins["torch"] == base_torch.group(1)  # the constraint names the real one
 
 
 @pytest.mark.parametrize("worker", WORKERS)

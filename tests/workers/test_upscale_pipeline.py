@@ -16,7 +16,7 @@ from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
 from PIL import Image
 from pydantic import ValidationError
 
-from service.core.errors import AatError, BackendUnavailable, NotFound, ParamsError
+from service.core.errors import AatError, NotFound, ParamsError
 from service.core.params import LoraSpec, Scheduler
 from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import (
