@@ -45,7 +45,7 @@ _EXTRA_OF = {
     "watchdog": "watcher",
     **dict.fromkeys(("boto3", "botocore", "s3transfer"), "s3"),
     **dict.fromkeys(("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
-                     "compel", "runpod"), "gpu"),
+                     "runpod"), "gpu"),
 }
 
 

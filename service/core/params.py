@@ -37,6 +37,7 @@ MAX_OUTPUT_SIDE = 16384
 SeamFix = Literal["none", "band", "offset"]
 NamingMode = Literal["suffix", "replace", "mirror"]
 ColourFix = Literal["none", "wavelet", "adain"]
+IpAdapterMode = Literal["full", "style"]
 Scheduler = Literal["dpmpp_2m_sde_karras", "dpmpp_2m_karras", "euler", "euler_a", "unipc", "ddim"]
 
 
@@ -72,9 +73,15 @@ class DiffusionSettings(BaseModel):
     steps: int = Field(default=30, ge=1, le=100)
     cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
     scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    clip_skip: int = Field(default=0, ge=0, le=4)
+    # counted the way A1111 and ComfyUI users know it: 1 = the text encoders' last layer,
+    # 2 = the penultimate one (SDXL's default, what "clip skip 2" means for Illustrious/Pony
+    # models), 3 = one layer earlier, ...
+    clip_skip: int = Field(default=2, ge=1, le=12)
     controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
     ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
+    # full: the style image reaches every attention block (style and content); style: only the
+    # block that carries style (InstantStyle), so its objects and layout do not bleed in
+    ip_adapter_mode: IpAdapterMode = "full"
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
 
     def diffusion_kwargs(self) -> dict[str, Any]:

@@ -97,8 +97,8 @@ def test_300_token_prompt_is_not_truncated(pipe, tile) -> None:
     first = head + "ab " * 37 + "z"  # 300 tokens; only tokens 226-300 differ
     second = head + "cd " * 37 + "z"
     assert len(pipe.pipe.tokenizer(first, add_special_tokens=False).input_ids) == 300
-    e1, _, neg, _ = pipe.encode_prompts([first], "", 0)
-    e2, _, _, _ = pipe.encode_prompts([second], "", 0)
+    e1, _, neg, _ = pipe.encode_prompts([first], "", 2)
+    e2, _, _, _ = pipe.encode_prompts([second], "", 2)
     assert e1.shape[1] == 4 * 77  # 300 tokens: 4 chunks of 75, none dropped
     assert neg.shape == e1.shape
     assert torch.equal(e1[:, :3 * 77], e2[:, :3 * 77])
@@ -112,7 +112,36 @@ def test_prompt_is_assembled_once_global_then_tile() -> None:
 
 
 def test_clip_skip_is_applied_with_embeddings(pipe, tile) -> None:
-    assert differs(run(pipe, tile, prompt="tree"), run(pipe, tile, prompt="tree", clip_skip=2)) > 0.5
+    assert differs(run(pipe, tile, prompt="tree"), run(pipe, tile, prompt="tree", clip_skip=1)) > 0.5
+
+
+def test_clip_skip_2_is_sdxls_own_encoding(pipe) -> None:
+    """Users' "clip skip 2" (A1111, ComfyUI) is SDXL's default penultimate layer: the default
+    encodes a prompt exactly as diffusers' own SDXL pipeline does; 1 is the last layer."""
+    assert RefineSettings().clip_skip == 2
+    ours, ours_pooled, _, _ = pipe.encode_prompts(["red door, stairs"], "blurry", 2)
+    theirs, _, theirs_pooled, _ = pipe.pipe.encode_prompt(
+        "red door, stairs", device="cpu", do_classifier_free_guidance=True,
+        negative_prompt="blurry")
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(ours_pooled, theirs_pooled, atol=1e-5)
+    last, _, _, _ = pipe.encode_prompts(["red door, stairs"], "blurry", 1)
+    assert not torch.allclose(last, theirs, atol=1e-3)
+
+
+def test_style_only_ip_adapter_reaches_one_block(pipe, tile) -> None:
+    """InstantStyle: only the style block of the UNet sees the style image, so the style
+    image's own objects do not bleed into the tile."""
+    style = Image.new("RGB", (96, 96), (250, 10, 10))
+    full = run(pipe, tile, ip_adapter_image=style, ip_adapter_scale=0.8)
+    styled = run(pipe, tile, ip_adapter_image=style, ip_adapter_scale=0.8,
+                 ip_adapter_mode="style")
+    scales = {name: proc.scale for name, proc in pipe.pipe.unet.attn_processors.items()
+              if hasattr(proc, "scale") and name.endswith("attn2.processor")}
+    seeing = {name.split(".transformer_blocks")[0] for name, scale in scales.items()
+              if any(s > 0 for s in scale)}
+    assert seeing == {"up_blocks.0.attentions.1"}
+    assert differs(styled, full) > 0.5 and differs(styled, run(pipe, tile)) > 0.1
 
 
 def test_ip_adapter_style_image_and_scale(pipe, tile) -> None:
@@ -210,7 +239,7 @@ def test_controlnet_is_skipped_entirely_at_scale_0(pipe, tile) -> None:
     finally:
         hook.remove()
     # the same pixels as diffusers' ControlNet pipeline computing a zero contribution
-    embeds, pooled, neg, neg_pooled = pipe.encode_prompts(["stone wall"], "", 0)
+    embeds, pooled, neg, neg_pooled = pipe.encode_prompts(["stone wall"], "", 2)
     with torch.inference_mode():
         [ref] = pipe.pipe(image=[tile], control_image=[tile], strength=0.5, num_inference_steps=4,
                           guidance_scale=5.0, controlnet_conditioning_scale=0.0,

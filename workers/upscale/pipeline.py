@@ -250,13 +250,14 @@ class UpscalePipeline:
 
     # ---- prompts ---------------------------------------------------------------------------
 
-    def encode_prompts(self, prompts: list[str], negative: str, clip_skip: int = 0
+    def encode_prompts(self, prompts: list[str], negative: str, clip_skip: int = 2
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """SDXL embeddings for any prompt length: 75-token chunks through both encoders.
 
-        ``clip_skip`` = k takes the hidden state k layers above SDXL's default penultimate
-        one (diffusers' meaning). Pooled embeddings come from encoder 2's first chunk. An
-        empty negative prompt gives zeros, as SDXL's ``force_zeros_for_empty_prompt``.
+        ``clip_skip`` counts as in A1111/ComfyUI: the hidden state ``clip_skip`` layers from
+        the end (1 = last layer, 2 = penultimate = SDXL's default). Pooled embeddings come from
+        encoder 2's first chunk. An empty negative prompt gives zeros, as SDXL's
+        ``force_zeros_for_empty_prompt``.
         """
         texts = [*prompts, negative]
         pipe = self.pipe
@@ -270,7 +271,8 @@ class UpscalePipeline:
                 batch = torch.stack([_chunked(tok, x, n_chunks) for x in per_text])  # B,n,77
                 flat = batch.reshape(-1, CHUNK + 2).to(self.device)
                 out = enc(flat, output_hidden_states=True)
-                states = out.hidden_states[-(clip_skip + 2)]
+                # never the token embeddings themselves (a tiny encoder has few layers)
+                states = out.hidden_states[-max(1, min(clip_skip, len(out.hidden_states) - 1))]
                 hidden.append(states.reshape(len(texts), n_chunks * (CHUNK + 2), -1))
                 if enc is pipe.text_encoder_2:
                     pooled = out[0].reshape(len(texts), n_chunks, -1)[:, 0]
@@ -345,7 +347,10 @@ class UpscalePipeline:
     def _apply_ip_scale(self, s: RefineSettings) -> None:
         if self.has_ip_adapter:
             scale = s.ip_adapter_scale if s.ip_adapter_image is not None else 0.0
-            self.pipe.set_ip_adapter_scale(scale)
+            if s.ip_adapter_mode == "style" and scale > 0:
+                self.pipe.set_ip_adapter_scale(style_only(scale))
+            else:
+                self.pipe.set_ip_adapter_scale(scale)
 
     # ---- memory (the local backend parks one model when two do not fit) -------------------
 
@@ -392,6 +397,13 @@ def _place(pipe: Any, device: str) -> None:
             pipe.enable_model_cpu_offload()
             return
     pipe.to(device)
+
+
+def style_only(scale: float) -> dict[str, Any]:
+    """IP-Adapter scale per block, InstantStyle's choice for SDXL: only the second attention
+    of the first up block sees the style image (it carries style; the others carry objects and
+    layout, which would bleed the style image's content into the tile)."""
+    return {"up": {"block_0": [0.0, scale, 0.0]}}
 
 
 def _offloaded(pipe: Any) -> bool:
