@@ -19,7 +19,8 @@ from service.api.deps import JobServicePort, get_jobs, get_settings, require_aut
 from service.api.intake import JobFromPath, parse_submission
 from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
-from service.api.problems import problem_responses
+from service.api.problems import ApiError, problem_responses
+from service.core.errors import ParamsError
 from service.core.jobs import JobPublic, JobStatus, tile_state
 from service.core.params import UpscaleParams
 from service.settings import Settings
@@ -139,6 +140,7 @@ async def submit_job(
 ) -> JobPublic:
     sub = await parse_submission(request, settings)
     await check_lora_names(request, sub.params)
+    check_payload_fits(request, sub.params)
     if sub.path is not None:
         job, created = await run_in_threadpool(
             jobs.submit_path, sub.path, params=sub.params, target=sub.target,
@@ -152,6 +154,19 @@ async def submit_job(
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return _with_urls(job)
+
+
+def check_payload_fits(request: Request, params: UpscaleParams) -> None:
+    """Refuse at submit a tile size the GPU backend cannot carry (RunPod's request limit)."""
+    backend = request.app.state.backend
+    if backend is None or backend.name != "runpod":
+        return
+    from service.backends.runpod.limits import check_tile_size
+
+    try:
+        check_tile_size(params.tile_size)
+    except ParamsError as exc:
+        raise ApiError(422, exc.code, exc.message) from exc
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first",

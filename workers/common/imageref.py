@@ -105,6 +105,13 @@ def encode_image_ref(
     return ImageRef(b64=base64.b64encode(buf.getvalue()).decode("ascii"))
 
 
+def encode_smallest(img: Image.Image | np.ndarray) -> ImageRef:
+    """Lossless PNG or lossless WebP, whichever is smaller (WebP usually, by 20-40% on art):
+    a tile that travels inline has to fit RunPod's request limit."""
+    png, webp = encode_image_ref(img, "png"), encode_image_ref(img, "webp")
+    return webp if len(webp.b64 or "") < len(png.b64 or "") else png
+
+
 def image_to_array(img: Image.Image) -> np.ndarray:
     """PIL image → ``(H, W, 3) uint8`` RGB array."""
     return np.asarray(img.convert("RGB"), dtype=np.uint8)

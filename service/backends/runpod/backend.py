@@ -68,7 +68,7 @@ from service.core.errors import (
     WorkerError,
 )
 from service.settings import Settings
-from workers.common.imageref import decode_to_array, encode_image_ref
+from workers.common.imageref import decode_to_array, encode_smallest
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class RunPodBackend:
                               prompt=tile.prompt, seed=tile.seed)],
                 **options.diffusion_kwargs(),
                 ip_adapter_image=await _encode(style) if style is not None else None,
+                output_format="webp",  # lossless, smaller than PNG: results have a limit too
             )
 
         label = f"tile {tile.tile_id}"
@@ -378,8 +379,8 @@ def request_key(payload: dict[str, Any]) -> str:
 
 
 async def _encode(image: np.ndarray) -> Any:
-    """PNG-encode off the event loop (a 1024² tile takes a while)."""
-    return await asyncio.to_thread(encode_image_ref, image)
+    """Encode off the event loop (a 1024² tile takes a while): lossless WebP or PNG, smaller."""
+    return await asyncio.to_thread(encode_smallest, image)
 
 
 def _bad_output(label: str, what: str) -> WorkerError:

@@ -1,5 +1,15 @@
-"""How many RunPod jobs one endpoint may have in flight, and the slots that enforce it.
+"""RunPod's limits: how many jobs one endpoint may have in flight, and what fits in one.
 
+**Payload.** A ``/run`` request over 10 MB is refused by RunPod. Tiles travel inline as
+base64 of lossless WebP or PNG, whichever is smaller (``imageref.encode_smallest``), but a
+detailed tile does not compress: its encoded size approaches the raw RGB bytes, and base64 adds
+a third. :func:`check_tile_size` refuses at submit a ``tile_size`` whose worst case does not
+fit (``MAX_INLINE_TILE_SIDE`` = 1536: 1536² x 3 bytes x 4/3 = 9.44 MB, under the 9.5 MB
+``client.MAX_RUN_BYTES``), instead of the job failing after its pre-upscale; the client still
+measures every request before sending it. The worker answers in lossless WebP for the same
+reason.
+
+**In flight.**
 :class:`EndpointLimit` sizes a growable slot pool: ``runpod_max_concurrency`` when set, else
 twice the workers ``/health`` reports (one running and one queued job per worker, so a worker
 that finishes starts its next tile at once), else :data:`DEFAULT_CONCURRENCY`. Serverless
@@ -17,9 +27,27 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from service.core.errors import AatError
+from service.backends.runpod.client import MAX_RUN_BYTES
+from service.core.errors import AatError, ParamsError
 
 DEFAULT_CONCURRENCY = 4
+MAX_INLINE_TILE_SIDE = 1536
+
+
+def worst_case_b64_bytes(side: int) -> int:
+    """Base64 size of an incompressible ``side`` x ``side`` RGB tile."""
+    return -(-side * side * 3 // 3) * 4
+
+
+def check_tile_size(tile_size: int) -> None:
+    """Refuse a tile size whose detailed tiles cannot travel in one RunPod request."""
+    if tile_size > MAX_INLINE_TILE_SIDE:
+        mb = worst_case_b64_bytes(tile_size) / 1e6
+        raise ParamsError(
+            f"tile_size {tile_size} does not fit a RunPod request: a detailed tile is up to "
+            f"{mb:.0f} MB of base64, over the {MAX_RUN_BYTES / 1e6:.1f} MB usable of RunPod's /run "
+            "limit; use "
+            f"tile_size {MAX_INLINE_TILE_SIDE} or less", code="tile_too_large")
 REFRESH_S = 60.0
 
 
