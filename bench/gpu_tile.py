@@ -1,21 +1,28 @@
-"""Seconds per 1024 px tile and peak VRAM of the upscale worker pipeline, side by side.
+"""Seconds per tile and peak VRAM of the upscale worker pipeline, configurations side by side.
 
-    python bench/gpu_tile.py                 # real weights (AAT_WEIGHTS_DIR), needs a CUDA GPU
-    python bench/gpu_tile.py --tiny          # the same harness on tiny random parts (CPU, 64 px)
+    python bench/gpu_tile.py --random-weights           # full-size SDXL, random weights, CUDA
+    python bench/gpu_tile.py --random-weights --device cpu --size 256 --steps 2   # CI proof
+    python bench/gpu_tile.py                            # the baked weights (AAT_WEIGHTS_DIR)
+    python bench/gpu_tile.py --tiny                     # tiny random parts (CPU, 64 px)
 
-Every configuration runs the real ``UpscalePipeline.refine`` on the same tiles after a warm-up,
-and the table reports each one's time per tile as a ratio to the baseline measured in the same
-run (fp16 eager, SDPA, ControlNet on, no IP-Adapter image, no LoRA, batch 1). Configurations:
-ControlNet off (scale 0), IP-Adapter style image, two LoRAs (the first two files in the LoRA
-folder; skipped when there are fewer), tile batches of 4, attention without the fused SDPA
-kernels, channels_last, torch.compile of the UNet, bf16. Without a CUDA GPU (and without ``--tiny``) it
-says so and exits 0.
+Timing depends on shapes, not weight values: ``--random-weights`` builds the full-size SDXL
+UNet, ControlNet and VAE from the configs in ``workers/tiny/sdxl_configs/`` with random
+weights (nothing to download; fits the no-network GPU host). Every configuration runs the real
+``UpscalePipeline.refine`` on the same tiles after a warm-up; each row reports seconds per tile,
+its ratio to the baseline measured in the same run (eager, SDPA, ControlNet on, batch 1,
+strength 0.35, ``--steps`` steps, CFG on), and peak VRAM. Rows: bf16, attention without the
+fused SDPA kernels, channels_last, torch.compile of the UNet, ControlNet off, batch 2 and 4,
+and the few-step mode (4 denoising steps, CFG 1: the cost of a distilled LoRA refine). On the
+CPU the compile and fp16/bf16 rows are skipped. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +37,9 @@ from PIL import Image
 from service.core.params import LoraSpec
 from workers.upscale import models
 from workers.upscale.pipeline import RefineSettings, TileJob, UpscalePipeline
+
+FEW_STEPS = 4  # denoising steps of the distilled (fast) refine
+GOALS = {"standard_s_per_1024_tile": 1.0, "fast_s_per_1024_tile": 0.35}  # one H100
 
 
 @dataclasses.dataclass
@@ -65,108 +75,122 @@ def measure(pipe: UpscalePipeline, jobs: list[TileJob], settings: RefineSettings
     return elapsed, peak
 
 
-def load(tiny: bool, dtype: str | None = None) -> UpscalePipeline:
-    if tiny:
+def load(kind: str, device: str, dtype: torch.dtype) -> UpscalePipeline:
+    if kind == "tiny":
         from workers.tiny import upscale as tiny_parts
 
         comps = tiny_parts.build_components(Path(tempfile.mkdtemp()))
         return UpscalePipeline.from_components(
             comps, ip_adapter=tiny_parts.ip_adapter_state_dict(comps["unet"]))
-    import os
+    if kind == "random":
+        from workers.tiny import full_size
 
-    if dtype:
-        os.environ["AAT_DTYPE"] = dtype
-    return UpscalePipeline.from_weights(device="cuda")
+        return UpscalePipeline.from_components(full_size.build_components(device, dtype),
+                                               device=device)
+    os.environ["AAT_DTYPE"] = "bf16" if dtype == torch.bfloat16 else "fp16"
+    return UpscalePipeline.from_weights(device=device)
 
 
-def lora_pair(pipe: UpscalePipeline, tiny: bool) -> list[LoraSpec]:
-    if tiny:
-        from workers.tiny import upscale as tiny_parts
-
-        folder = Path(tempfile.mkdtemp())
-        for seed in (1, 2):
-            tiny_parts.write_lora(tiny_parts.build_components(folder / "x")["unet"],
-                                  folder / f"l{seed}.safetensors", seed)
-        pipe.lora_dir = folder
+def lora_pair(pipe: UpscalePipeline) -> list[LoraSpec] | None:
     names = [m.name for m in models.list_models(pipe.lora_dir).models][:2]
-    return [LoraSpec(name=n, weight=0.8) for n in names] if len(names) == 2 else []
+    return [LoraSpec(name=n, weight=0.8) for n in names] if len(names) == 2 else None
 
 
-def run(tiny: bool, repeats: int) -> list[Row]:
-    size, steps = (64, 8) if tiny else (1024, 30)
-    pipe = load(tiny)
+def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[list[Row], dict]:
+    cuda = device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
+    pipe = load(kind, device, dtype)
+    strength = 0.35 if int(steps * 0.35) >= 1 else 1.0 / steps + 1e-6  # at least one step
     jobs = tiles(size, 4)
-    base = RefineSettings(prompt="detailed game art", steps=steps, strength=0.35,
+    base = RefineSettings(prompt="detailed game art", steps=steps, strength=strength,
                           scheduler="dpmpp_2m_sde_karras", controlnet_scale=0.7)
-    style = Image.fromarray(np.full((224, 224, 3), (200, 80, 40), np.uint8))
     rows: list[Row] = []
 
-    def add(name: str, settings: RefineSettings, note: str = "") -> None:
-        s, peak = measure(pipe, jobs, settings, repeats)
+    def add(name: str, settings: RefineSettings, note: str = "",
+            change: Callable[[], Any] | None = None, runs: list[TileJob] | None = None) -> None:
+        if change is not None:
+            change()
+        s, peak = measure(pipe, runs or jobs[:1], settings, repeats)
         rows.append(Row(name, s, peak, note))
 
-    add("baseline (CN on, fp16/fp32 eager, SDPA)", base)
-    add("ControlNet off", base.model_copy(update={"controlnet_scale": 0.0}))
-    add("+ IP-Adapter style image", base.model_copy(update={"ip_adapter_image": style,
-                                                                "ip_adapter_scale": 0.6}))
-    loras = lora_pair(pipe, tiny)
-    if loras:
-        add("+ two LoRAs", base.model_copy(update={"loras": loras}))
-    else:
-        rows.append(Row("+ two LoRAs", float("nan"), None, "skipped: <2 LoRAs in the folder"))
-    add("tile batch 4", base.model_copy(update={"batch_size": 4}))
-    _variants(pipe, jobs, base, repeats, tiny, rows)
-    return rows
-
-
-def _variants(pipe: UpscalePipeline, jobs: list[TileJob], base: RefineSettings, repeats: int,
-              tiny: bool, rows: list[Row]) -> None:
+    add("baseline (CN on, eager, SDPA, batch 1)", base)
+    add("ControlNet off (skipped)", base.model_copy(update={"controlnet_scale": 0.0}))
+    for batch in (2, 4):
+        add(f"tile batch {batch}", base.model_copy(update={"batch_size": batch}),
+            runs=jobs[:batch])
+    few = base.model_copy(update={"steps": math.ceil(FEW_STEPS / base.strength),
+                                  "cfg_scale": 1.0, "scheduler": "euler"})
+    add(f"few-step ({FEW_STEPS} steps, CFG 1)", few, "what a distilled LoRA refine costs")
+    if kind == "weights":
+        loras = lora_pair(pipe)
+        if loras:
+            add("+ two LoRAs", base.model_copy(update={"loras": loras}))
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def timed(name: str, change: Callable[[], Any], note: str = "") -> None:
-        change()
-        s, peak = measure(pipe, jobs, base, repeats)
-        rows.append(Row(name, s, peak, note))
-
     with sdpa_kernel(SDPBackend.MATH):  # what attention costs without fused SDPA kernels
-        s, peak = measure(pipe, jobs, base, repeats)
-        rows.append(Row("attention without fused SDPA kernels", s, peak))
-    timed("channels_last UNet + ControlNet",
-          lambda: [m.to(memory_format=torch.channels_last)
-                   for m in (pipe.pipe.unet, pipe.pipe.controlnet)])
-    if not tiny:
-        timed("+ torch.compile UNet (max-autotune)", lambda: setattr(
-            pipe.pipe, "unet", torch.compile(pipe.pipe.unet, mode="max-autotune")),
-            "includes channels_last")
+        add("attention without fused SDPA kernels", base)
+    add("channels_last UNet + ControlNet", base, change=lambda: [
+        m.to(memory_format=torch.channels_last) for m in (pipe.pipe.unet, pipe.pipe.controlnet)])
+    if cuda:
+        from workers.upscale.pipeline import compile_unet
+
+        add("+ torch.compile UNet (in place)", base, "includes channels_last",
+            change=lambda: compile_unet(pipe.pipe))
+        add("+ compiled, few-step", few, "the fast mode's target")
         del pipe
         torch.cuda.empty_cache()
-        bf16 = load(False, "bf16")
-        s, peak = measure(bf16, jobs, base, repeats)
-        rows.append(Row("bf16 instead of fp16", s, peak))
+        pipe = load(kind, device, torch.bfloat16)
+        add("bf16 instead of fp16 (eager)", base)
+    info = {"strength": round(strength, 4), "steps": steps, "size": size,
+            "dtype": str(dtype).removeprefix("torch.")}
+    return rows, info
 
 
-def report(rows: list[Row], tiny: bool) -> None:
+def report(rows: list[Row], kind: str, device: str, info: dict[str, Any]) -> dict[str, Any]:
     base = rows[0].s_per_tile
-    where = "tiny random parts on the CPU (ratios only exercise the harness)" if tiny else (
-        torch.cuda.get_device_name())
-    print(f"upscale worker, seconds per tile — {where}")
-    print(f"{'configuration':<40} {'s/tile':>8} {'x baseline':>11} {'peak GB':>8}  note")
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    weights = {"tiny": "tiny random parts", "random": "full-size SDXL, random weights",
+               "weights": "baked weights"}[kind]
+    print(f"upscale worker, seconds per {info['size']} px tile, {info['steps']} steps at "
+          f"strength {info['strength']} — {weights} on {where}")
+    print(f"{'configuration':<42} {'s/tile':>8} {'x baseline':>11} {'peak GB':>8}  note")
     for r in rows:
         peak = f"{r.peak_gb:8.2f}" if r.peak_gb is not None else f"{'-':>8}"
-        print(f"{r.name:<40} {r.s_per_tile:8.3f} {r.s_per_tile / base:11.2f} {peak}  {r.note}")
+        print(f"{r.name:<42} {r.s_per_tile:8.3f} {r.s_per_tile / base:11.2f} {peak}  {r.note}")
+    return {"bench": "gpu_tile", "device": where, "weights": kind, **info,
+            "goals": GOALS if info["size"] == 1024 else None,
+            "rows": [{"name": r.name, "s_per_tile": round(r.s_per_tile, 4),
+                      "x_baseline": round(r.s_per_tile / base, 3),
+                      "peak_gb": None if r.peak_gb is None else round(r.peak_gb, 2),
+                      "note": r.note} for r in rows]}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random parts on the CPU")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--random-weights", action="store_true",
+                        help="full-size SDXL from configs with random weights (no download)")
+    source.add_argument("--tiny", action="store_true", help="tiny random parts on the CPU")
+    parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    parser.add_argument("--size", type=int, default=1024, help="tile side in pixels")
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not args.tiny and not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing to measure (run on a GPU host, or pass --tiny to "
-              "check the harness on the CPU)")
+    kind = "random" if args.random_weights else "tiny" if args.tiny else "weights"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "tiny":
+        device, args.size, args.steps = "cpu", min(args.size, 64), min(args.steps, 8)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing to measure (run on a GPU host, or pass --device cpu "
+              "--random-weights --size 256 --steps 2 to check the harness on the CPU)")
+        return 0
+    if kind == "weights" and not device.startswith("cuda"):
+        print("no CUDA GPU here: nothing to measure with the baked weights (pass "
+              "--random-weights --device cpu --size 256 --steps 2 to check the harness)")
         return 0
     torch.manual_seed(0)
-    report(run(args.tiny, args.repeats), args.tiny)
+    rows, info = run(kind, device, args.size, args.steps, args.repeats)
+    print(json.dumps(report(rows, kind, device, info)))
     return 0
 
 

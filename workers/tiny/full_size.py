@@ -1,0 +1,88 @@
+"""Full-size SDXL UNet, ControlNet and VAE with random weights, for timing without downloads.
+
+Time per tile depends on shapes, not on weight values: these are the real layouts (configs in
+``sdxl_configs/``, copied from the published models) filled with small random numbers. Built on
+the meta device and then materialised on the target device in the target dtype, so a 2.6 B
+parameter UNet costs its memory once and no initialiser time. The two CLIP text encoders keep
+their real widths (768 and 1280, so the UNet gets 2048-wide embeddings and a 1280 pooled
+vector) but only one layer each: prompt encoding is about 1% of a tile's time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from workers.tiny.upscale import write_clip_tokenizer
+
+CONFIGS = Path(__file__).with_name("sdxl_configs")
+
+
+def config(name: str) -> dict[str, Any]:
+    data = json.loads((CONFIGS / f"{name}.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+POOL = 1 << 20  # random values drawn once and copied into every weight (drawing 4.5 B is slow)
+
+
+def _materialise(model: torch.nn.Module, device: str, dtype: torch.dtype,
+                 gen: torch.Generator) -> torch.nn.Module:
+    """Allocate ``model`` (built on the meta device) and fill it: weights ~ N(0, 1/fan_in)
+    (so activations stay finite in fp16), norm scales 1, biases 0."""
+    model = model.to_empty(device=device).to(dtype)
+    pool = torch.randn(2 * POOL, generator=gen, device=device).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                flat = p.view(-1)
+                start = int(torch.randint(POOL, (1,), generator=gen, device=device))
+                for i in range(0, flat.numel(), POOL):
+                    n = min(POOL, flat.numel() - i)
+                    flat[i:i + n].copy_(pool[start:start + n])
+                flat.mul_(1.0 / max(1, p[0].numel()) ** 0.5)
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model.eval()
+
+
+def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
+                     seed: int = 0) -> dict[str, Any]:
+    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` at full size."""
+    gen = torch.Generator(device).manual_seed(seed)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config("unet"))
+        controlnet = ControlNetModel(**config("controlnet"))
+        vae = AutoencoderKL(**config("vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+            num_hidden_layers=1, vocab_size=1000, projection_dim=768,
+            bos_token_id=0, eos_token_id=2, pad_token_id=1))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+            num_hidden_layers=1, vocab_size=1000, projection_dim=1280,
+            bos_token_id=0, eos_token_id=2, pad_token_id=1))
+    parts = {name: _materialise(model, device, dtype, gen) for name, model in (
+        ("unet", unet), ("controlnet", controlnet), ("vae", vae),
+        ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))}
+    for name in ("text_encoder", "text_encoder_2"):  # rotary/position ids live in buffers
+        model = parts[name]
+        ids = model.text_model.embeddings.position_ids
+        ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
+    tokenizer = write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
+    return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
+            "scheduler": EulerDiscreteScheduler.from_config(config("scheduler")),
+            "image_encoder": None}
+
+
+def parameter_count(components: dict[str, Any]) -> dict[str, int]:
+    return {name: sum(p.numel() for p in m.parameters())
+            for name, m in components.items() if isinstance(m, torch.nn.Module)}
