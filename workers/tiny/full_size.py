@@ -32,8 +32,7 @@ def config(name: str) -> dict[str, Any]:
 POOL = 1 << 20  # random values drawn once and copied into every weight (drawing 4.5 B is slow)
 
 
-def _materialise(model: torch.nn.Module, device: str, dtype: torch.dtype,
-                 gen: torch.Generator) -> torch.nn.Module:
+def _materialise(model: Any, device: str, dtype: torch.dtype, gen: torch.Generator) -> Any:
     """Allocate ``model`` (built on the meta device) and fill it: weights ~ N(0, 1/fan_in)
     (so activations stay finite in fp16), norm scales 1, biases 0."""
     model = model.to_empty(device=device).to(dtype)
@@ -70,7 +69,7 @@ def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
             hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
             num_hidden_layers=1, vocab_size=1000, projection_dim=1280,
             bos_token_id=0, eos_token_id=2, pad_token_id=1))
-    parts = {name: _materialise(model, device, dtype, gen) for name, model in (
+    parts: dict[str, Any] = {name: _materialise(model, device, dtype, gen) for name, model in (
         ("unet", unet), ("controlnet", controlnet), ("vae", vae),
         ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))}
     for name in ("text_encoder", "text_encoder_2"):  # rotary/position ids live in buffers
