@@ -144,3 +144,21 @@ def test_plan_follows_spritesheet_cells_and_non_diffusing_types(studio) -> None:
     assert len(sheet["tiles"]) != len(whole["tiles"])
     assert normal["estimate"]["tiles"] == 0 and normal["estimate"]["usd"] == 0
     assert normal["estimate"]["seconds_per_tile_source"] == "no_gpu"
+
+
+def test_style_images_are_stored_by_hash_and_checked(studio) -> None:
+    data = _png(32, 32, seed=21)
+    with studio.client() as http:
+        stored = http.post("/v1/styles", content=data, headers={"Content-Type": "image/png"})
+        assert stored.status_code == 201
+        sha = stored.json()["sha256"]
+        job = http.post("/v1/jobs", content=_png(64, 64, seed=22), headers={
+            "Content-Type": "image/png"}, params={**SMALL, "style_image_sha256": sha,
+                                                  "ip_adapter_scale": 0.4})
+        assert job.status_code == 202, job.text
+        bad = http.post("/v1/styles", content=b"GIF89a broken", headers={
+            "Content-Type": "image/gif"})
+        assert bad.status_code == 422 and bad.json()["code"].startswith("image_")
+    import hashlib
+
+    assert sha == hashlib.sha256(data).hexdigest()

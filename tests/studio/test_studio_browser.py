@@ -4,6 +4,7 @@ cancel; a corrupt file's error; the CSP. Screenshots of each view go to build/sc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -203,7 +204,7 @@ def test_cancel_a_running_job(studio, page, shot) -> None:
     assert page.problems == []  # type: ignore[attr-defined]
 
 
-def test_asset_type_and_spritesheet_grid_from_the_form(studio, page, tmp_path) -> None:
+def test_asset_type_spritesheet_grid_and_style_image_from_the_form(studio, page, tmp_path) -> None:
     sheet = png(tmp_path / "walk_sheet.png", 128, 64, seed=5)
     page.goto(studio.url + "/")
     page.get_by_test_id("new-job-file").set_input_files(str(sheet))
@@ -211,6 +212,9 @@ def test_asset_type_and_spritesheet_grid_from_the_form(studio, page, tmp_path) -
     page.get_by_label("Tile overlap (px)").fill("16")
     page.get_by_label("Asset type").select_option("sprite")
     page.get_by_label("Spritesheet grid").fill("2x1")
+    style = png(tmp_path / "moss_style.png", 32, 32, seed=9)
+    page.get_by_test_id("style-file").set_input_files(str(style))
+    expect(page.locator("#style-status")).to_contain_text("moss_style.png will guide")
     with studio.client() as http:
         planned = http.post("/v1/plan", json={"input_width": 128, "input_height": 64, "params": {
             **SMALL, "asset_type": "sprite", "sheet": "2x1"}}).json()
@@ -222,6 +226,8 @@ def test_asset_type_and_spritesheet_grid_from_the_form(studio, page, tmp_path) -
         job = http.get(f"/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert job["params"]["asset_type"] == "sprite"
     assert job["params"]["sheet"] is not None
+    assert job["params"]["style_image_sha256"] == hashlib.sha256(style.read_bytes()).hexdigest()
+    assert job["params"]["ip_adapter_scale"] == 0.5
     expect(page.get_by_test_id("tile")).to_have_count(len(planned["tiles"]))
     assert page.problems == []  # type: ignore[attr-defined]
 

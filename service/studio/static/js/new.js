@@ -123,6 +123,22 @@ async function loadLoras() {
   }));
 }
 
+async function pickStyle(file) {
+  const status = document.getElementById("style-status");
+  try {
+    const stored = await api("/v1/styles", { method: "POST", body: file,
+                                             headers: { "Content-Type": file.type || "application/octet-stream" } });
+    document.getElementById("style-sha").value = stored.sha256;
+    const scale = form.querySelector("[data-param=ip_adapter_scale]");
+    if (scale && !parseFloat(scale.value)) scale.value = "0.5";  // a style image needs a scale
+    status.textContent = `${file.name} will guide the style (IP-Adapter scale ${scale ? scale.value : ""}).`;
+    clearError();
+  } catch (err) {
+    document.getElementById("style-sha").value = "";
+    showError(err);
+  }
+}
+
 function loadPresetList() {
   const select = document.getElementById("preset-select");
   const names = Object.keys(store.presets()).sort();
@@ -140,6 +156,8 @@ async function submitJobs(event) {
     for (const file of files) {
       const size = files.length === 1 ? inputSize : null;
       const params = readParams(form, size, chosenLoras());
+      const style = document.getElementById("style-sha").value;
+      if (style) params.style_image_sha256 = style;
       const body = new FormData();
       body.append("file", file, file.name);
       body.append("params", JSON.stringify(params));
@@ -178,6 +196,15 @@ function wire() {
     schedulePlan();
   });
   form.addEventListener("submit", submitJobs);
+  document.getElementById("style-file").addEventListener("change", (e) => {
+    e.stopPropagation();
+    if (e.target.files[0]) pickStyle(e.target.files[0]);
+  });
+  document.getElementById("style-clear").addEventListener("click", () => {
+    document.getElementById("style-sha").value = "";
+    document.getElementById("style-file").value = "";
+    document.getElementById("style-status").textContent = "No style image.";
+  });
   document.getElementById("preset-save").addEventListener("click", () => {
     const name = document.getElementById("preset-name").value.trim();
     if (!name) { showError(new Error("give the preset a name first")); return; }
