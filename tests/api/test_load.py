@@ -22,14 +22,14 @@ import httpx
 import numpy as np
 import pytest
 from apitest_helpers import ROOT, env_for, start_runner, stop_process
-from conftest import REDIS_TEST_URL
-from PIL import Image
 from pg_helpers import throwaway_pg_database
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
 SUBMITTERS, POLLERS, SECONDS = 30, 10, 30.0
 TOKEN = "load-" + secrets.token_hex(16)
+REDIS_TEST_URL = os.environ.get("AAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def _png(n: int) -> bytes:
