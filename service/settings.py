@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("RUNPOD_CAPTION_ENDPOINT_ID", "AAT_RUNPOD_CAPTION_ENDPOINT_ID"),
     )
+    # animate: our own Qwen-Image-Edit worker, or RunPod's public endpoint (images by URL)
+    runpod_animate_endpoint_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RUNPOD_ANIMATE_ENDPOINT_ID", "AAT_RUNPOD_ANIMATE_ENDPOINT_ID"),
+    )
+    runpod_edit_public_slug: str = "qwen-image-edit"  # RunPod's public endpoint (by URL)
+    animate_backend: Literal["auto", "worker", "public"] = "auto"  # auto: worker if configured
+    animate_url_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)  # presigned GET
     runpod_base_url: str = "https://api.runpod.ai/v2"
     runpod_max_concurrency: int | None = Field(default=None, ge=1, le=256)
     runpod_price_per_gpu_second: float = Field(default=0.00076, ge=0.0)  # USD

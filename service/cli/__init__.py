@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "service.cli.client",
     "service.cli.emulate",
     "service.cli.deploy",
+    "service.cli.animate",
 ]
 
 

@@ -139,7 +139,7 @@ class HealthRequest(_Strict):
 class HealthResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Literal["ok", "degraded"]
-    worker: Literal["upscale", "caption", "echo"]
+    worker: Literal["upscale", "caption", "echo", "animate"]
     gpu: str | None = None
     vram_total_gb: float | None = None
     vram_used_gb: float | None = None
@@ -174,6 +174,45 @@ class CaptionResponse(_Strict):
     captions: list[Caption]
 
 
+# ---- animate worker (Qwen-Image-Edit) -------------------------------------------------------
+
+
+class AnimateRequest(_Strict):
+    """One frame: edit ``image`` (the sprite on its key colour) as ``prompt`` says."""
+
+    action: Literal["animate"] = "animate"
+    version: Literal[1] = CONTRACT_VERSION
+    frame_id: str = Field(min_length=1, max_length=64)
+    image: ImageRef
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str = Field(default="", max_length=4000)
+    seed: int = Field(ge=0, le=2**32 - 1)
+    steps: int = Field(default=30, ge=1, le=100)
+    true_cfg_scale: float = Field(default=4.0, ge=1.0, le=20.0)
+    output_format: Literal["png", "webp"] = "png"
+    # the caller's idempotency key: the same work always carries the same key
+    request_key: str | None = Field(default=None, max_length=128)
+
+
+class AnimateResponse(_Strict):
+    version: Literal[1] = CONTRACT_VERSION
+    frame_id: str
+    image: ImageRef
+    seed_used: int
+
+
+class PublicEditInput(_Strict):
+    """The ``input`` of RunPod's public ``qwen-image-edit`` endpoint (the image as a URL);
+    its output is ``{"image_url": ..., "cost": ...}`` (some models say ``result``)."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    image: str = Field(pattern=r"^https?://")
+    negative_prompt: str = Field(default="", max_length=4000)
+    seed: int = Field(default=-1, ge=-1, le=2**32 - 1)
+    output_format: Literal["png", "jpeg"] = "png"
+    enable_safety_checker: bool = True
+
+
 UpscaleWorkerRequest = Annotated[
     UpscaleRequest | ListModelsRequest | UploadModelRequest | DeleteModelRequest | HealthRequest,
     Field(discriminator="action"),
@@ -182,3 +221,5 @@ CaptionWorkerRequest = Annotated[CaptionRequest | HealthRequest, Field(discrimin
 
 upscale_worker_request: TypeAdapter[Any] = TypeAdapter(UpscaleWorkerRequest)
 caption_worker_request: TypeAdapter[Any] = TypeAdapter(CaptionWorkerRequest)
+AnimateWorkerRequest = Annotated[AnimateRequest | HealthRequest, Field(discriminator="action")]
+animate_worker_request: TypeAdapter[Any] = TypeAdapter(AnimateWorkerRequest)

@@ -147,6 +147,42 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     return Delivery(dest, rel, written=True, commit=commit, sidecars=extra)
 
 
+def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes], *,
+                label: str, job_id: str) -> list[Delivery]:
+    """Several results of one job beside the source (``{ext: bytes}``, e.g. an animation's
+    sheet, its Aseprite JSON, Godot ``.tres`` and preview): every destination is resolved and
+    checked before the first is written, then each is written atomically, image first."""
+    dests = {ext: resolve_target(settings, target, ext=ext, label=label) for ext in files}
+    for root, dest in dests.values():
+        if dest.is_dir():
+            raise DeliveryError(f"{dest.relative_to(root).as_posix()} in repo {target.repo!r} "
+                                "is a folder; choose another target path",
+                                code="delivery_failed", retryable=False)
+    out = []
+    for ext, data in files.items():
+        root, dest = dests[ext]
+        rel = dest.relative_to(root).as_posix()
+        if sha256_file(dest) == hashlib.sha256(data).hexdigest():
+            out.append(Delivery(dest, rel, written=False))
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.parent.resolve().is_relative_to(root):
+                raise PathError(f"{rel} leads outside the repo", code="path_escape")
+            _write_with_retry(dest, data)
+        except OSError as exc:
+            raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: "
+                                f"{exc.strerror or exc}; check permissions and free space"
+                                ) from exc
+        out.append(Delivery(dest, rel, written=True))
+    written = [d.rel for d in out if d.written]
+    if written and settings.git_commit:
+        commit = _git_commit(dests[next(iter(files))][0], written, job_id)
+        out = [Delivery(d.path, d.rel, d.written, commit) for d in out]
+    log.info("job %s delivered %s", job_id, ", ".join(d.rel for d in out))
+    return out
+
+
 def _write_with_retry(dest: Path, data: bytes) -> None:
     """Atomic write; ``PermissionError`` (target held open or locked) is retried with backoff."""
     for delay in (*RETRY_DELAYS_S, None):

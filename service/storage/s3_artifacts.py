@@ -132,6 +132,13 @@ class S3ArtifactStore:
         self._put_file(kind, key, ext, data)
         return key
 
+    def presigned_url(self, kind: str, key: str, ext: str, *, expires_s: int = 3600) -> str:
+        """A time-limited GET URL of a stored artifact (what a remote service fetches)."""
+        name = relative_name(kind, key, ext)
+        return str(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.object_key(name)},
+            ExpiresIn=expires_s))
+
     def get_bytes(self, kind: str, key: str, ext: str) -> bytes:
         path = self._cached(kind, key, ext)
         if path is None:

@@ -11,7 +11,8 @@ or from the shell: ``aat emulate --worker upscale=echo --worker caption=echo --p
 The pieces: :mod:`workers.emulator.state` (jobs, queue, workers), :mod:`workers.emulator.app`
 (HTTP routes), :mod:`workers.emulator.faults` (fault injection). Handlers are imported lazily
 by name (:func:`resolve_handler`): ``echo`` (cheap CPU stand-in), ``upscale``, ``caption`` (the
-real workers, which need their model weights). Binds 127.0.0.1 only.
+real workers, which need their model weights), ``animate-echo`` / ``qwen-edit-echo`` (our
+animate worker and RunPod's public Qwen-Image-Edit endpoint, on CPU). Binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ HANDLER_MODULES = {
     "echo": "workers.emulator.echo",
     "upscale": "workers.upscale.handler",
     "caption": "workers.caption.handler",
+    "animate-echo": "workers.emulator.animate_echo",  # our animate worker's stand-in
+    "qwen-edit-echo": "workers.emulator.animate_echo:public_handler",  # RunPod's public one
+    "animate": "workers.animate.handler",
 }
 
 
@@ -46,10 +50,11 @@ def resolve_handler(name: str, **echo_options: Any) -> Handler:
     """The ``handler(job)`` of worker ``name`` (imported only now: real workers load models)."""
     if name not in HANDLER_MODULES:
         raise ValueError(f"unknown worker {name!r}; choose one of {', '.join(HANDLER_MODULES)}")
-    module = importlib.import_module(HANDLER_MODULES[name])
+    module_name, _, attr = HANDLER_MODULES[name].partition(":")
+    module = importlib.import_module(module_name)
     if name == "echo" and echo_options:
         return module.make_handler(**echo_options)  # type: ignore[no-any-return]
-    return module.handler  # type: ignore[no-any-return]
+    return getattr(module, attr or "handler")  # type: ignore[no-any-return]
 
 
 class EmulatorServer:
@@ -97,6 +102,9 @@ class EmulatorServer:
             daemon=True,
         )
         self._thread.start()
+        from workers.emulator.files import SHELF
+
+        SHELF.base_url = self.root
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
@@ -113,6 +121,9 @@ class EmulatorServer:
 
     def serve_forever(self, *, access_log: bool = False) -> None:
         """Run in the calling thread until interrupted (what ``aat emulate`` does)."""
+        from workers.emulator.files import SHELF
+
+        SHELF.base_url = f"http://127.0.0.1:{self._port or 8600}"
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=self._port or 8600,
                                 log_level="info", access_log=access_log)
         uvicorn.Server(config).run()

@@ -8,7 +8,8 @@ expired ids 404.
 Provisioning (RunPod's management REST API: templates, serverless endpoints) is in
 :mod:`workers.emulator.provision`, mounted on the same app.
 Test hooks outside the RunPod surface: ``GET /_emulator/stats`` (every endpoint's counters),
-``GET /_emulator/stats/{endpoint_id}`` and ``POST /_emulator/scale/{endpoint_id}?workers=N``
+``GET /_emulator/stats/{endpoint_id}``, ``GET /_emulator/files/{name}`` (images the
+public-endpoint stand-in answers with) and ``POST /_emulator/scale/{endpoint_id}?workers=N``
 (autoscaling by hand; an endpoint may start at zero workers, like an idle one).
 """
 
@@ -23,8 +24,9 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from workers.emulator.files import SHELF
 from workers.emulator.provision import add_provisioning_routes
 from workers.emulator.state import RUN_LIMIT, RUNSYNC_LIMIT, Endpoint, EndpointConfig, Job
 
@@ -175,6 +177,13 @@ def create_app(configs: dict[str, EndpointConfig], api_key: str) -> FastAPI:
                           f"endpoint {endpoint_id} unknown or workers out of 0..1024")
         endpoints[endpoint_id].scale(workers)
         return endpoints[endpoint_id].health()
+
+    @app.get("/_emulator/files/{name}")
+    async def file(name: str) -> Response:  # the public-endpoint stand-in's output images
+        data = SHELF.get(name)
+        if data is None:
+            raise _Reject(404, f"file {name} not found")
+        return Response(data, media_type="image/png")
 
     @app.get("/_emulator/stats")
     async def all_stats() -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""The image-edit port of the ``animate`` job, and its two RunPod implementations.
+
+:class:`EditBackend` edits one frame: the sprite on its key colour (``(H, W, 3) uint8``) and a
+prompt in, an RGB image out (any size; the pipeline scales it to the cell). Implementations:
+
+* :class:`WorkerEditBackend` — our own worker (``workers/animate``, diffusers'
+  Qwen-Image-Edit) on a RunPod endpoint (``RUNPOD_ANIMATE_ENDPOINT_ID``); images inline.
+* :class:`PublicEditBackend` — RunPod's public ``qwen-image-edit`` endpoint, which takes the
+  image only as a URL: the canvas is put into the S3 artifact store and sent as a presigned
+  GET URL; the answer's ``image_url`` (or ``result``) is downloaded at once (it expires).
+  Without a bucket (``AAT_ARTIFACTS_URL=s3://...``) it refuses with ``edit_needs_url``.
+
+:func:`open_edit_backend` picks one from the settings. Both speak RunPod's job API through
+:class:`~service.backends.runpod.client.RunPodClient` (retries, polling, errors as data).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.backends.runpod.client import PollPolicy, RetryPolicy, RunPodClient, outcome
+from service.core.contracts import AnimateRequest, AnimateResponse, ImageRef, PublicEditInput
+from service.core.errors import BackendError, ConfigError, WorkerError
+from service.settings import Settings
+
+Publisher = Callable[[bytes], str]  # PNG bytes -> a URL the remote service can fetch
+
+
+class EditBackend(Protocol):
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        """The edited frame, ``(H, W, 3) uint8``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_rgb(data: bytes, what: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise WorkerError(f"{what} is not an image ({exc})", code="edit_bad_output",
+                          retryable=True) from exc
+
+
+def _client(s: Settings, endpoint_id: str) -> RunPodClient:
+    if s.runpod_api_key is None:
+        raise ConfigError("animate needs RUNPOD_API_KEY (the key of your RunPod account)")
+    return RunPodClient(
+        s.runpod_base_url, endpoint_id, s.runpod_api_key,
+        retry=RetryPolicy(s.runpod_http_attempts, s.runpod_backoff_base_s, s.runpod_backoff_max_s),
+        poll=PollPolicy(s.runpod_poll_min_s, s.runpod_poll_max_s, s.runpod_ttl_s + 60.0),
+        http=httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0)),
+    )
+
+
+async def _call(client: RunPodClient, payload: dict[str, Any]) -> Any:
+    first = await client.runsync(payload, wait_ms=60_000)
+    body = await client.wait(str(first.get("id")), first)
+    return outcome(body)
+
+
+class WorkerEditBackend:
+    """Our ``workers/animate`` on a RunPod endpoint: one frame per RunPod job."""
+
+    def __init__(self, client: RunPodClient, *, steps: int = 30) -> None:
+        self._client, self._steps = client, steps
+
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        req = AnimateRequest(frame_id=frame_id, prompt=prompt, seed=seed, steps=self._steps,
+                             image=ImageRef(b64=base64.b64encode(png_bytes(canvas)).decode()))
+        output = await _call(self._client, req.model_dump(mode="json", exclude_none=True))
+        try:
+            resp = AnimateResponse.model_validate(output)
+        except ValueError as exc:
+            raise WorkerError(f"the animate worker answered frame {frame_id} with an "
+                              "unexpected shape", code="edit_bad_output", retryable=True) from exc
+        return decode_rgb(base64.b64decode(resp.image.b64 or ""), f"frame {frame_id}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class PublicEditBackend:
+    """RunPod's public Qwen-Image-Edit endpoint: the canvas goes as a URL from ``publish``."""
+
+    def __init__(self, client: RunPodClient, publish: Publisher) -> None:
+        self._client, self._publish = client, publish
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0),
+                                       follow_redirects=True)
+
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        url = self._publish(png_bytes(canvas))
+        req = PublicEditInput(prompt=prompt, image=url, seed=seed, output_format="png")
+        output = await _call(self._client, req.model_dump(mode="json"))
+        link = output.get("image_url") or output.get("result") if isinstance(output, dict) else None
+        if not isinstance(link, str) or not link.startswith(("http://", "https://")):
+            raise WorkerError(f"the public edit endpoint returned no image URL for frame "
+                              f"{frame_id}", code="edit_bad_output", retryable=True)
+        try:
+            resp = await self._http.get(link)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise BackendError(f"could not download frame {frame_id} from the public endpoint "
+                               f"({type(exc).__name__})", code="edit_download_failed",
+                               retryable=True) from exc
+        return decode_rgb(resp.content, f"frame {frame_id}")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._client.aclose()
+
+
+def s3_publisher(settings: Settings) -> Publisher:
+    """Canvas -> presigned GET URL in the configured bucket; ``edit_needs_url`` without one."""
+    if not settings.artifacts_url:
+        raise ConfigError(
+            "RunPod's public edit endpoint fetches the sprite from a URL, and no object store "
+            "is configured: set AAT_ARTIFACTS_URL=s3://bucket/prefix (with AAT_S3_ENDPOINT_URL "
+            "and credentials for R2/MinIO), or use your own worker with "
+            "RUNPOD_ANIMATE_ENDPOINT_ID", code="edit_needs_url")
+    from service.storage.stores import open_artifacts  # noqa: PLC0415 - boto3 only when used
+
+    store: Any = open_artifacts(settings)
+
+    def publish(data: bytes) -> str:
+        key = store.put_bytes("inputs", data, ".png")
+        return str(store.presigned_url("inputs", key, ".png",
+                                       expires_s=settings.animate_url_expiry_s))
+
+    return publish
+
+
+def open_edit_backend(settings: Settings) -> EditBackend:
+    """The configured edit backend (``AAT_ANIMATE_BACKEND``; auto = our worker if its
+    endpoint is set, else the public endpoint)."""
+    kind = settings.animate_backend
+    if kind == "auto":
+        kind = "worker" if settings.runpod_animate_endpoint_id else "public"
+    if kind == "worker":
+        if not settings.runpod_animate_endpoint_id:
+            raise ConfigError("AAT_ANIMATE_BACKEND=worker needs RUNPOD_ANIMATE_ENDPOINT_ID "
+                              "(the endpoint running workers/animate)", code="config_missing")
+        return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id))
+    publish = s3_publisher(settings)
+    return PublicEditBackend(_client(settings, settings.runpod_edit_public_slug), publish)

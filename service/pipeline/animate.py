@@ -1,0 +1,176 @@
+"""The ``animate`` pipeline: one sprite -> frames -> an engine-ready spritesheet.
+
+Read top to bottom: :func:`prepare` fits the sprite into the cell (feet on the bottom row,
+centred) and paints it on the key colour, scaled up by whole pixels to about ``edit_side`` for
+the edit model; :func:`generate` asks the :class:`~service.backends.edit.EditBackend` for every
+frame (concurrently, each with its own prompt and seed; a retryable failure is tried again)
+and :func:`finish_frame` keys, scales and aligns each answer onto the source's anchor;
+:func:`outputs` renders the sheet, its Aseprite JSON and Godot ``SpriteFrames`` and the
+animated preview. :func:`regenerate` re-runs chosen frames of an existing sheet with new seeds
+and changes only their cells.
+
+A frame that fails fails the whole call with its error (``frame 3 of 8: ...``): callers
+write nothing until every frame is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from service.backends.edit import EditBackend
+from service.core import frames as fr
+from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse_size
+from service.core.errors import AatError
+from service.core.sheet_writers import aseprite_json, godot_sprite_frames
+
+log = logging.getLogger(__name__)
+
+FRAME_ATTEMPTS = 2  # a retryable frame failure is tried once more
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cell: tuple[int, int]  # (w, h)
+    placed: np.ndarray  # the source in its cell, (h, w, 4)
+    target: tuple[float, float]  # where every frame's anchor goes
+    canvas: np.ndarray  # what the edit model sees: (h*m, w*m, 3) on the key colour
+
+
+@dataclass
+class Animation:
+    params: AnimateParams
+    prepared: Prepared
+    frames: list[np.ndarray]  # aligned (h, w, 4) cells in order
+    seeds: list[int]
+    distances: list[float] = field(default_factory=list)  # palette drift from the source
+
+    @property
+    def loop_distance(self) -> float:
+        """How far the last frame is from the first (small for a clean loop)."""
+        return fr.histogram_distance(self.frames[-1], self.frames[0])
+
+
+def prepare(source: np.ndarray, params: AnimateParams, edit_side: int = 1024) -> Prepared:
+    """``source`` is ``(H, W, 4) uint8`` (a sprite with alpha)."""
+    cell = parse_size(params.frame_size) if params.frame_size else (source.shape[1],
+                                                                     source.shape[0])
+    placed = fr.place(source, cell)
+    target = fr.anchor_of(placed, params.anchor) or (cell[0] / 2, float(cell[1]))
+    scale = max(1, math.floor(edit_side / max(cell)))
+    canvas = fr.on_key(placed, params.key_rgb())
+    canvas = np.repeat(np.repeat(canvas, scale, axis=0), scale, axis=1)
+    return Prepared(cell, placed, target, canvas)
+
+
+def finish_frame(edited: np.ndarray, prep: Prepared, params: AnimateParams) -> np.ndarray:
+    """An edit model's answer -> an aligned ``(h, w, 4)`` cell."""
+    keyed = fr.key_to_alpha(edited, params.key_rgb())
+    return fr.align(fr.resize_rgba(keyed, prep.cell), prep.target, params.anchor)
+
+
+async def _one(backend: EditBackend, index: int, total: int, prep: Prepared, prompt: str,
+               seed: int) -> np.ndarray:
+    for attempt in range(FRAME_ATTEMPTS):
+        try:
+            return await backend.edit(f"frame-{index}", prep.canvas, prompt, seed)
+        except AatError as exc:
+            if not exc.retryable or attempt + 1 == FRAME_ATTEMPTS:
+                exc.message = f"frame {index + 1} of {total}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+            log.warning("frame %d failed (%s), trying again", index + 1, exc.code)
+    raise AssertionError("unreachable")
+
+
+async def generate(source: np.ndarray, params: AnimateParams, backend: EditBackend, *,
+                   edit_side: int = 1024, indices: Sequence[int] | None = None,
+                   attempt: int = 0, concurrency: int = 4,
+                   on_frame: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
+    """Aligned cells of frames ``indices`` (default: all), generated concurrently."""
+    prep = prepare(source, params, edit_side)
+    prompts = frame_prompts(params)
+    wanted = list(range(params.frames)) if indices is None else list(indices)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> tuple[int, np.ndarray]:
+        async with gate:
+            edited = await _one(backend, i, params.frames, prep, prompts[i],
+                                frame_seed(params.seed, i, attempt))
+        cell = finish_frame(edited, prep, params)
+        if on_frame is not None:
+            on_frame(i)
+        return i, cell
+
+    tasks = [asyncio.create_task(run(i)) for i in wanted]
+    try:
+        done = await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    return dict(done)
+
+
+async def animate(source: np.ndarray, params: AnimateParams, backend: EditBackend, *,
+                  edit_side: int = 1024, on_frame: Callable[[int], None] | None = None
+                  ) -> Animation:
+    cells = await generate(source, params, backend, edit_side=edit_side, on_frame=on_frame)
+    return measured(source, params, [cells[i] for i in range(params.frames)],
+                    [frame_seed(params.seed, i) for i in range(params.frames)], edit_side)
+
+
+def measured(source: np.ndarray, params: AnimateParams, cells: list[np.ndarray],
+             seeds: list[int], edit_side: int = 1024) -> Animation:
+    prep = prepare(source, params, edit_side)
+    return Animation(params, prep, cells, seeds,
+                     [fr.histogram_distance(c, prep.placed) for c in cells])
+
+
+async def regenerate(source: np.ndarray, params: AnimateParams, backend: EditBackend,
+                     cells: list[np.ndarray], indices: Sequence[int], *, attempt: int = 1,
+                     edit_side: int = 1024) -> Animation:
+    """``cells`` with frames ``indices`` generated again (seed of ``attempt``); others kept."""
+    bad = [i for i in indices if not 0 <= i < len(cells)]
+    if bad:
+        from service.core.errors import ParamsError  # noqa: PLC0415
+
+        raise ParamsError(f"frame {bad[0] + 1} does not exist; the sheet has {len(cells)} "
+                          "frames (numbered from 1)", code="frame_unknown")
+    new = await generate(source, params, backend, edit_side=edit_side, indices=indices,
+                         attempt=attempt)
+    out = [new.get(i, c) for i, c in enumerate(cells)]
+    seeds = [frame_seed(params.seed, i, attempt if i in new else 0) for i in range(len(cells))]
+    return measured(source, params, out, seeds, edit_side)
+
+
+def png(rgba: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def outputs(anim: Animation, stem: str, res_dir: str = "res://") -> dict[str, bytes]:
+    """File name -> bytes: ``<stem>.png`` sheet, ``.json`` (Aseprite), ``.tres`` (Godot
+    SpriteFrames loading the sheet from ``res_dir``), ``.webp`` animated preview."""
+    p = anim.params
+    sheet, rects = fr.assemble(anim.frames, p.layout)
+    size = (sheet.shape[1], sheet.shape[0])
+    name, fps, loop = p.animation_name(), p.cycle_fps(), p.loops()
+    res_path = res_dir.rstrip("/") + "/" + f"{stem}.png" if res_dir != "res://" else \
+        f"res://{stem}.png"
+    return {
+        f"{stem}.png": png(sheet),
+        f"{stem}.json": aseprite_json(f"{stem}.png", size, rects, name=name, fps=fps,
+                                      loop=loop).encode(),
+        f"{stem}.tres": godot_sprite_frames(res_path, rects, name=name, fps=fps,
+                                            loop=loop).encode(),
+        f"{stem}.webp": fr.encode_preview(anim.frames, fps, "webp", loop=loop),
+    }
