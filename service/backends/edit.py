@@ -105,7 +105,17 @@ class PublicEditBackend:
     async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
         url = self._publish(png_bytes(canvas))
         req = PublicEditInput(prompt=prompt, image=url, seed=seed, output_format="png")
-        output = await _call(self._client, req.model_dump(mode="json"))
+        try:
+            output = await _call(self._client, req.model_dump(mode="json"))
+        except WorkerError as exc:
+            if "image url" not in exc.message.lower():
+                raise
+            raise ConfigError(
+                f"RunPod's public endpoint could not fetch the sprite from "
+                f"{httpx.URL(url).host}: the object store must be reachable from the internet "
+                "(AWS S3 or R2, not a local MinIO); set AAT_S3_ENDPOINT_URL to a public "
+                "endpoint, or use your own worker with RUNPOD_ANIMATE_ENDPOINT_ID",
+                code="edit_url_unreachable") from exc
         link = output.get("image_url") or output.get("result") if isinstance(output, dict) else None
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise WorkerError(f"the public edit endpoint returned no image URL for frame "
@@ -135,6 +145,7 @@ def s3_publisher(settings: Settings) -> Publisher:
     from service.storage.stores import open_artifacts  # noqa: PLC0415 - boto3 only when used
 
     store: Any = open_artifacts(settings)
+    store.probe()  # an unreachable or refusing bucket fails here, before any frame
 
     def publish(data: bytes) -> str:
         key = store.put_bytes("inputs", data, ".png")

@@ -10,13 +10,15 @@ test can check the palette and the alignment a real model would only approximate
 * :data:`handler` speaks :class:`~service.core.contracts.AnimateRequest` (action ``animate``).
 * :data:`public_handler` speaks the public endpoint's input (``prompt``, ``image`` URL,
   ``seed``): it fetches the URL (``FAILED`` with ``Invalid image URL`` when that fails, as the
-  cloud does) and returns ``{"image_url", "cost"}`` on the emulator's own file shelf
+  cloud does; ``make_public_handler(cloud_network=True)`` also refuses loopback and private
+  hosts, which the cloud cannot reach) and returns ``{"image_url", "cost"}`` on the emulator's own file shelf
   (``GET /_emulator/files/{name}``, see :mod:`workers.emulator.files`).
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 from typing import Any
 
 import httpx
@@ -62,12 +64,34 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     })
 
 
-def public_handler(job: dict[str, Any]) -> dict[str, Any]:
-    """RunPod's public ``qwen-image-edit``: errors are plain strings there, not our JSON."""
+def make_public_handler(*, cloud_network: bool = False) -> Any:
+    """RunPod's public ``qwen-image-edit``: errors are plain strings there, not our JSON.
+
+    ``cloud_network=True`` sees the network as the cloud does: loopback and private
+    addresses (a MinIO on your machine) are out of reach, so their URLs are invalid.
+    """
+
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        try:
+            inp = PublicEditInput.model_validate(job.get("input"))
+        except ValidationError as exc:
+            return {"error": f"Invalid input: {exc.errors()[0].get('msg')}"}
+        if cloud_network and _private(inp.image):
+            return {"error": "Invalid image URL"}
+        return _public_edit(inp)
+
+    return handler
+
+
+def _private(url: str) -> bool:
+    host = httpx.URL(url).host
     try:
-        inp = PublicEditInput.model_validate(job.get("input"))
-    except ValidationError as exc:
-        return {"error": f"Invalid input: {exc.errors()[0].get('msg')}"}
+        return ipaddress.ip_address(host).is_private or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost",) or host.endswith((".local", ".internal"))
+
+
+def _public_edit(inp: PublicEditInput) -> dict[str, Any]:
     try:
         resp = httpx.get(inp.image, timeout=10, follow_redirects=True)
         resp.raise_for_status()
@@ -78,3 +102,6 @@ def public_handler(job: dict[str, Any]) -> dict[str, Any]:
     buf = io.BytesIO()
     Image.fromarray(pose(canvas, max(inp.seed, 0))).save(buf, format="PNG")
     return {"image_url": SHELF.put(buf.getvalue(), ".png"), "cost": 0.02}
+
+
+public_handler = make_public_handler()
