@@ -50,6 +50,11 @@ def _materialise(model: Any, device: str, dtype: torch.dtype, gen: torch.Generat
                 p.fill_(1.0)
             else:
                 p.zero_()
+        for name, buf in model.named_buffers():  # to_empty left them unset too
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
+            else:
+                buf.zero_()
     return model.eval()
 
 
@@ -72,10 +77,6 @@ def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
     parts: dict[str, Any] = {name: _materialise(model, device, dtype, gen) for name, model in (
         ("unet", unet), ("controlnet", controlnet), ("vae", vae),
         ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))}
-    for name in ("text_encoder", "text_encoder_2"):  # rotary/position ids live in buffers
-        model = parts[name]
-        ids = model.text_model.embeddings.position_ids
-        ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
     tokenizer = write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
     return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
             "scheduler": EulerDiscreteScheduler.from_config(config("scheduler")),
