@@ -4,10 +4,11 @@
 #   docker build -f deploy/docker/worker-upscale.Dockerfile -t <registry>/aat-upscale:<version> .
 FROM pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime
 
-# Commits of the two repositories not pinned in workers/upscale/weights.py (the first build
+# Commits of the three repositories not pinned in workers/upscale/weights.py (the first build
 # without them stops and prints the commit each branch points at; pass those here).
 ARG AAT_BASE_REVISION=main
 ARG AAT_CONTROLNET_REVISION=main
+ARG AAT_FAST_LORA_REVISION=main
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
@@ -15,6 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
     AAT_LORA_DIR=/runpod-volume/models/loras \
     AAT_BASE_REVISION=${AAT_BASE_REVISION} \
     AAT_CONTROLNET_REVISION=${AAT_CONTROLNET_REVISION} \
+    AAT_FAST_LORA_REVISION=${AAT_FAST_LORA_REVISION} \
     PIP_NO_CACHE_DIR=1
 
 # A C compiler: torch.compile's inductor builds CPU-side helpers with it (AAT_COMPILE=1).

@@ -26,13 +26,13 @@ LAYERS = [
 CHANGED: dict[str, Any] = {
     "prompt": "mossy stone", "negative_prompt": "blurry", "strength": 0.6, "steps": 12,
     "cfg_scale": 4.5, "scheduler": "euler_a", "clip_skip": 3, "controlnet_scale": 1.1,
-    "ip_adapter_scale": 0.4, "ip_adapter_mode": "style", "loras": [LoraSpec(name="detail", weight=0.5)],
+    "ip_adapter_scale": 0.4, "ip_adapter_mode": "style", "quality": "fast", "loras": [LoraSpec(name="detail", weight=0.5)],
 }
 # one value per knob just outside its limits
 OUTSIDE: dict[str, Any] = {
     "prompt": "x" * 4001, "negative_prompt": "x" * 4001, "strength": 1.01, "steps": 101,
     "cfg_scale": 0.5, "scheduler": "plms", "clip_skip": 13, "controlnet_scale": 2.5,
-    "ip_adapter_scale": -0.1, "ip_adapter_mode": "layout", "loras": [LoraSpec(name=f"l{i}") for i in range(9)],
+    "ip_adapter_scale": -0.1, "ip_adapter_mode": "layout", "quality": "turbo", "loras": [LoraSpec(name=f"l{i}") for i in range(9)],
 }
 
 

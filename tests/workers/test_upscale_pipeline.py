@@ -333,3 +333,27 @@ def test_from_weights_loads_the_baked_layout(tmp_path: Path, tile) -> None:
     style = Image.new("RGB", (64, 64), (240, 30, 30))
     for changes in ({}, {"ip_adapter_image": style, "ip_adapter_scale": 0.8}):
         assert differs(run(loaded, tile, **changes), run(built, tile, **changes)) < 0.01
+
+
+def test_fast_quality_runs_four_steps_without_cfg_through_the_baked_lora(tmp_path: Path,
+                                                                          tile) -> None:
+    comps = tiny.build_components(tmp_path)
+    fast_lora = tiny.write_lora(comps["unet"], tmp_path / "fast.safetensors", seed=11)
+    fast = UpscalePipeline.from_components(comps, fast_lora=fast_lora)
+    rows: list[int] = []
+    hook = fast.pipe.unet.register_forward_pre_hook(lambda _m, a: rows.append(a[0].shape[0]))
+    try:
+        quick = run(fast, tile, quality="fast", strength=0.35)
+        assert rows == [1, 1, 1, 1]  # 4 denoising steps, no CFG (one row per tile)
+        rows.clear()
+        standard = run(fast, tile, strength=0.35, steps=12)
+        assert rows == [2, 2, 2, 2]  # the same steps with CFG: twice the UNet work
+    finally:
+        hook.remove()
+    assert differs(quick, standard) > 1.0
+    # the few-step LoRA is active only for quality=fast: standard equals a worker without it
+    plain = UpscalePipeline.from_components(tiny.build_components(tmp_path / "plain"))
+    assert differs(standard, run(plain, tile, strength=0.35, steps=12)) < 0.05
+    with pytest.raises(ParamsError) as info:
+        run(plain, tile, quality="fast")
+    assert info.value.code == "fast_mode_unavailable"

@@ -55,7 +55,7 @@ def test_a_branch_revision_stops_the_build_with_the_commit_to_pin(monkeypatch) -
 def test_every_fixed_revision_in_the_manifests_is_a_commit() -> None:
     """The base checkpoint and ControlNet revisions come from build args (no commit of them
     could be confirmed offline); every other one is pinned here."""
-    from_args = {"base", "controlnet"}
+    from_args = {"base", "controlnet", "fast_lora"}
     for name, comp in upscale_weights.MANIFEST.items():
         assert hub.is_commit(comp.revision) or name in from_args, name
     assert hub.is_commit(caption_weights.MANIFEST["caption"].revision)

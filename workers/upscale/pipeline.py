@@ -71,6 +71,8 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
 }
 MAX_LOADED_LORAS = 8  # adapters kept in memory between requests
+FAST_ADAPTER = "aat_fast"  # the baked few-step LoRA (quality=fast)
+FAST_STEPS = 4  # denoising steps of quality=fast
 LORA_MAX_RANK = 128  # hot-swap padding under AAT_COMPILE=1 (AAT_LORA_MAX_RANK overrides)
 RESIDENT_MIN_VRAM_GB = 16.0  # below this the models are offloaded to the CPU between calls
 
@@ -100,12 +102,15 @@ def effective_prompt(global_prompt: str, tile_prompt: str) -> str:
 class UpscalePipeline:
     """One resident SDXL ControlNet img2img pipeline; ``refine`` is serialised by a lock."""
 
-    def __init__(self, pipe: Any, device: str,
-                 lora_dir: Path | None = None, has_ip_adapter: bool = False) -> None:
+    def __init__(self, pipe: Any, device: str, lora_dir: Path | None = None,
+                 has_ip_adapter: bool = False, fast_lora: Path | None = None) -> None:
         self.pipe: Any = pipe  # StableDiffusionXLControlNetImg2ImgPipeline
         self.device = device
         self.lora_dir = lora_dir
         self.has_ip_adapter = has_ip_adapter
+        self.has_fast = fast_lora is not None
+        if fast_lora is not None:  # the distilled few-step LoRA of quality=fast, always loaded
+            pipe.load_lora_weights(str(fast_lora), adapter_name=FAST_ADAPTER)
         self._lock = threading.Lock()
         # file name -> (adapter, mtime, size), least recently used first
         self._adapters: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
@@ -126,7 +131,8 @@ class UpscalePipeline:
     @classmethod
     def from_components(cls, components: dict[str, Any], *, device: str = "cpu",
                         ip_adapter: dict[str, Any] | None = None,
-                        lora_dir: Path | None = None) -> UpscalePipeline:
+                        lora_dir: Path | None = None,
+                        fast_lora: Path | None = None) -> UpscalePipeline:
         """Build from in-memory components (tests, ``AAT_WORKER_TINY``)."""
         parts = dict(components)
         parts.setdefault("feature_extractor", CLIPImageProcessor())
@@ -139,7 +145,8 @@ class UpscalePipeline:
             pipe.to(device)
         _speedups(pipe)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device, lora_dir, has_ip_adapter=ip_adapter is not None)
+        return cls(pipe, device, lora_dir, has_ip_adapter=ip_adapter is not None,
+                   fast_lora=fast_lora)
 
     @classmethod
     def from_weights(cls, root: Path | None = None, *, device: str = "cuda",
@@ -170,7 +177,9 @@ class UpscalePipeline:
         _place(pipe, device)
         _speedups(pipe)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device, lora_dir, has_ip_adapter=True)
+        fast = paths["fast_lora"] / weights.FAST_LORA_FILE
+        return cls(pipe, device, lora_dir, has_ip_adapter=True,
+                   fast_lora=fast if fast.is_file() else None)
 
     # ---- the call --------------------------------------------------------------------------
 
@@ -181,6 +190,11 @@ class UpscalePipeline:
         if settings.ip_adapter_image is not None and not self.has_ip_adapter:
             raise ParamsError("this worker has no IP-Adapter loaded; drop the style image",
                               code="ip_adapter_unavailable")
+        if settings.quality == "fast":
+            if not self.has_fast:
+                raise ParamsError("this worker image has no few-step LoRA baked in; use "
+                                  "quality=standard", code="fast_mode_unavailable")
+            settings = fast_settings(settings)
         with self._lock:
             try:
                 return self._refine_locked(tiles, settings)
@@ -190,9 +204,11 @@ class UpscalePipeline:
                 raise _translate(exc) from exc
 
     def _refine_locked(self, tiles: list[TileJob], settings: RefineSettings) -> list[Image.Image]:
-        self.pipe.scheduler = _scheduler(settings.scheduler, self._base_scheduler)
+        fast = settings.quality == "fast"
+        self.pipe.scheduler = (_fast_scheduler(self._base_scheduler) if fast
+                               else _scheduler(settings.scheduler, self._base_scheduler))
         self.plain.scheduler = self.pipe.scheduler
-        self._apply_loras(settings.loras)
+        self._apply_loras(settings.loras, fast=fast)
         self._apply_ip_scale(settings)
         out: dict[int, Image.Image] = {}
         for group in _batches(tiles, max(1, settings.batch_size)):
@@ -288,16 +304,19 @@ class UpscalePipeline:
 
     # ---- LoRAs and IP-Adapter --------------------------------------------------------------
 
-    def _apply_loras(self, loras: list[LoraSpec]) -> None:
+    def _apply_loras(self, loras: list[LoraSpec], fast: bool = False) -> None:
         names, weights_ = [], []
         for lora in loras:
             names.append(self._ensure_lora(lora.name))
             weights_.append(lora.weight)
         self._evict_loras(keep=set(names))
+        if fast:
+            names.append(FAST_ADAPTER)
+            weights_.append(1.0)
         if names:
             self.pipe.enable_lora()
             self.pipe.set_adapters(names, adapter_weights=weights_)
-        elif self._adapters:
+        elif self._adapters or self.has_fast:
             self.pipe.disable_lora()
 
     def _ensure_lora(self, name: str) -> str:
@@ -397,6 +416,21 @@ def _place(pipe: Any, device: str) -> None:
             pipe.enable_model_cpu_offload()
             return
     pipe.to(device)
+
+
+def fast_settings(s: RefineSettings) -> RefineSettings:
+    """quality=fast: ``FAST_STEPS`` denoising steps without CFG (the few-step LoRA's recipe).
+
+    img2img runs the last ``strength`` share of the schedule, so the schedule gets
+    ``FAST_STEPS / strength`` steps and exactly ``FAST_STEPS`` of them run.
+    """
+    steps = min(100, math.ceil(FAST_STEPS / max(s.strength, 1e-3) - 1e-9))
+    return s.model_copy(update={"steps": steps, "cfg_scale": 1.0})
+
+
+def _fast_scheduler(base_config: dict[str, Any]) -> Any:
+    """Euler with trailing timesteps, as the distilled SDXL LoRAs are sampled."""
+    return EulerDiscreteScheduler.from_config(base_config, timestep_spacing="trailing")
 
 
 def style_only(scale: float) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The upscale worker's weight manifest; ``python -m workers.upscale.weights`` bakes it in.
 
 ``pipeline.UpscalePipeline.from_weights`` loads exactly these components from the same folders.
-Every revision is a commit (``workers.common.hub`` refuses branches). The base checkpoint and
-the ControlNet take theirs from ``AAT_BASE_REVISION`` / ``AAT_CONTROLNET_REVISION`` (Docker
-build args of the same names): no commit of those two repositories could be confirmed from
-here, so the first build prints the commit to pin. After download the single-file checkpoint
+Every revision is a commit (``workers.common.hub`` refuses branches). The base checkpoint,
+the ControlNet and the few-step LoRA of ``quality=fast`` take theirs from
+``AAT_BASE_REVISION`` / ``AAT_CONTROLNET_REVISION`` / ``AAT_FAST_LORA_REVISION`` (Docker build
+args of the same names): no commit of those repositories could be confirmed from here, so the
+first build prints the commit to pin. After download the single-file checkpoint
 is converted once into diffusers' fp16 folder layout (``DIFFUSERS_FOLDER``) and the 6.9 GB
 single file is dropped, so a cold start loads ready tensors instead of converting.
 """
@@ -24,6 +25,7 @@ BASE_FILE = "Illustrious-XL-v2.0.safetensors"
 IP_ADAPTER_SUBFOLDER = "sdxl_models"
 IP_ADAPTER_FILE = "ip-adapter-plus_sdxl_vit-h.safetensors"
 IP_ADAPTER_ENCODER = "models/image_encoder"
+FAST_LORA_FILE = "sdxl_lightning_4step_lora.safetensors"  # quality=fast (openrail++ licence)
 DIFFUSERS_FOLDER = "base-diffusers"  # the checkpoint in diffusers fp16 layout, made at build
 
 MANIFEST: dict[str, Component] = {
@@ -56,6 +58,9 @@ MANIFEST: dict[str, Component] = {
         sha256=((f"{IP_ADAPTER_SUBFOLDER}/{IP_ADAPTER_FILE}",
                  "3f5062b8400c94b7159665b21ba5c62acdcd7682262743d7f2aefedef00e6581"),)),
 }
+MANIFEST["fast_lora"] = Component(  # distilled few-step SDXL LoRA for quality=fast
+    "ByteDance/SDXL-Lightning", os.environ.get("AAT_FAST_LORA_REVISION", "main"),
+    (FAST_LORA_FILE,), "fast-lora")
 UPSCALE_COMPONENTS = tuple(MANIFEST)
 
 
