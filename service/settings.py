@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -21,6 +21,9 @@ from pydantic_settings import (
 )
 
 from service.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from service.core.imaging import ImageLimits
 
 
 def _default_data_dir() -> Path:
@@ -188,6 +191,14 @@ class Settings(BaseSettings):
         if self.runpod_api_key and self.runpod_upscale_endpoint_id:
             return "runpod"
         return "none"
+
+    def image_limits(self) -> ImageLimits:
+        """The input and output size limits every intake and decode applies."""
+        from service.core.imaging import ImageLimits  # numpy/Pillow only when asked
+
+        return ImageLimits(max_input_pixels=self.max_input_pixels,
+                           max_input_side=self.max_input_side,
+                           max_output_side=self.max_output_side)
 
     def can_caption(self, backend: str) -> bool:
         """Whether ``backend`` has a captioner: RunPod needs a caption endpoint of its own."""

@@ -152,6 +152,22 @@ def test_output_suffix_we_cannot_write(tmp_path: Path, monkeypatch: pytest.Monke
     assert ".png" in result.stderr and not out.exists()
 
 
+@pytest.mark.parametrize(("name", "args", "words"), [
+    ("out.exe", [], "cannot write .exe files; name the output with one of .png, .webp, .jpg, .jpeg, .tga"),
+    ("out", [], "cannot write a file without a suffix"),
+    ("out.gif", [], "cannot write .gif files"),  # read, never written
+    ("out.jpg", ["--format", "png"], "--format png does not match the output name out.jpg"),
+])
+def test_an_output_name_that_would_lie_about_its_bytes_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, args: list[str],
+        words: str) -> None:
+    out = tmp_path / name
+    result = aat_inproc("upscale", SPRITE, "-o", out, *args, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 2 and result.stderr.startswith("error [invalid_params]")
+    assert words in result.stderr and "\n" not in result.stderr.strip()
+    assert os.listdir(tmp_path) == []  # nothing written, not even a temp file
+
+
 def test_output_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.png"
     result = aat_inproc("upscale", SPRITE, "-o", out, "--width", "16384", "--height", "20000",

@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 from watchdog.observers.api import BaseObserver
 
 from service.core.errors import AatError, ConfigError, ImageError, ParamsError
+from service.core.naming import size_tag
 from service.settings import Settings
 from watcher.client import ServiceClient
-from watcher.deliver import sha256_bytes, size_tag
+from watcher.deliver import sha256_bytes
 from watcher.events import Hints, start_observer, stop_observer
 from watcher.jobs import Backoff, JobFlow
 from watcher.ledger import Ledger
@@ -36,7 +37,7 @@ from watcher.scan import (
     scan_tree,
     stat_file,
 )
-from watcher.stability import StabilityTracker, check_image
+from watcher.stability import StabilityTracker, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,18 @@ class Watcher:
             self.flow.cancel_superseded(entry.job_id)  # an older result must not land last
         try:
             preset = self.presets.get(root, path.parent)
-            size = check_image(data, path.name)
+            image = inspect_image(data, path.name)
         except (ImageError, ParamsError) as exc:
             self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
                                               exc.code, exc.message)
             log.warning("%s not submitted: %s", path, exc.message)
             return
-        if self._looks_like_output(path, preset, size):
+        if self._looks_like_output(path, preset, image.size):
             return
         self.ledger.record_version(path, root, stat_pair, sha, version, fp)
         new = self.ledger.get(path)
-        expected = self.flow.expected_output(new, preset, size) if new else None
+        expected = (self.flow.expected_output(new, preset, image.size, image.format)
+                    if new else None)
         if expected is not None and expected != path:
             self.ledger.remember_output(expected, None)
 

@@ -1,86 +1,43 @@
-"""Where a watched file's result goes, and the atomic write the watcher does itself.
+"""Where a watched file's result goes, and the write the watcher does itself (``--download``).
 
-Naming (relative to the repo root; ``rel`` is the source's path below the watched folder,
-prefixed by the preset's ``target_dir``)::
-
-    suffix   props/crate.png  -> props/crate_x2.png   (``_x<scale>`` or ``_<W>x<H>``)
-    replace  props/crate.png  -> props/crate.png
-    mirror   props/crate.png  -> <mirror_dir>/props/crate.png
-
-The extension is the output format's (``.png``, ``.webp``, ``.jpg``, ``.tga``). Paths are confined
-to the repo root. :func:`write_atomic` is the recipe of reference §4: temp file with a name the
-engines ignore (``.<name>.<random>.tmp``) in the target folder, fsync, ``os.replace``, fsync of
-the folder; identical bytes are not rewritten; ``.import``/``.meta`` sidecars are never touched.
-It lives here rather than in ``service.storage`` because the watcher imports ``service.core``
-only.
+Both come from the service's own rules, so the watcher can never disagree with the service
+about a result's name: :mod:`service.core.naming` (suffix / replace / mirror, size tag,
+confinement, refused sidecars and ``.git``) and :mod:`service.core.atomic` (temp name the
+engines and the scan ignore, fsync, ``os.replace``). The source's path inside the repo is its
+path below the watched folder, prefixed by the preset's ``target_dir``, exactly what the
+watcher sends the service as the job's target path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import secrets
-import time
 from pathlib import Path, PurePosixPath
 
-from service.core.errors import DeliveryError, PathError
+from service.core import formats
+from service.core.atomic import atomic_write
+from service.core.errors import DeliveryError
+from service.core.naming import result_path, size_tag
 from service.core.params import UpscaleParams
 
-log = logging.getLogger(__name__)
 
-_EXT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "tga": ".tga"}
-_AUTO = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga"}
-SIDECARS = (".import", ".meta")
-
-
-def size_tag(params: UpscaleParams, src_size: tuple[int, int]) -> str:
-    """The ``_x2`` / ``_1024x512`` part of a suffix-named result (as the service names it)."""
-    if params.scale is not None:
-        return f"_x{params.scale:g}"
-    out_w, out_h = params.target_size(*src_size)
-    return f"_{out_w}x{out_h}"
-
-
-def output_format(source_suffix: str, params: UpscaleParams) -> str:
-    """The result's format: the requested one, else the source's (BMP and others become PNG)."""
-    if params.output_format != "auto":
-        return params.output_format
-    return _AUTO.get(source_suffix.lower(), "png")
+def source_path(rel: PurePosixPath, target_dir: str = "") -> PurePosixPath:
+    """The source's path inside the repo (the job's target path)."""
+    return PurePosixPath(target_dir) / rel if target_dir else rel
 
 
 def relative_target(rel: PurePosixPath, params: UpscaleParams, naming: str,
                     target_dir: str = "", mirror_dir: str | None = None,
-                    out_format: str | None = None,
-                    src_size: tuple[int, int] = (1, 1)) -> PurePosixPath:
-    """The result's path inside the repo for a source at ``rel`` below its watched folder."""
-    source = PurePosixPath(target_dir) / rel if target_dir else rel
-    fmt = (out_format or output_format(source.suffix, params)).lower()
-    suffix = _EXT.get(fmt, source.suffix)
-    if naming == "suffix":
-        return source.with_name(f"{source.stem}{size_tag(params, src_size)}{suffix}")
-    if naming == "replace":
-        return source.with_suffix(suffix)
-    if naming == "mirror":
-        if not mirror_dir:
-            raise PathError("naming 'mirror' needs mirror_dir in the preset", code="path_forbidden")
-        return PurePosixPath(mirror_dir) / source.with_suffix(suffix)
-    raise PathError(f"unknown naming {naming!r}; use suffix, replace or mirror",
-                    code="path_forbidden")
+                    out_format: str | None = None, src_size: tuple[int, int] = (1, 1), *,
+                    input_format: str = "PNG") -> PurePosixPath:
+    """The result's path inside the repo for a source at ``rel`` below its watched folder.
 
-
-def confined(repo_root: Path, rel: PurePosixPath) -> Path:
-    """``repo_root / rel``, refusing anything that escapes the root or names a sidecar."""
-    if rel.is_absolute() or ".." in rel.parts:
-        raise PathError(f"{rel} escapes the repo; use a relative path", code="path_escape")
-    if rel.suffix.lower() in SIDECARS:
-        raise PathError(f"{rel} is an engine sidecar and is never written",
-                        code="path_forbidden")
-    root = repo_root.resolve()
-    target = (root / rel).resolve()
-    if target != root and root not in target.parents:
-        raise PathError(f"{rel} escapes the repo through a link", code="path_escape")
-    return target
+    ``out_format`` is the result's format when the service has said it; else it is predicted
+    from ``params`` and the input's Pillow format, as the service decides it."""
+    fmt = out_format or (formats.auto_output(input_format) if params.output_format == "auto"
+                         else params.output_format)
+    return result_path(source_path(rel, target_dir).as_posix(), naming,
+                       ext=formats.suffix_for(fmt), tag=size_tag(params, src_size),
+                       mirror_dir=mirror_dir)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -93,7 +50,7 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def write_atomic(target: Path, data: bytes, attempts: int = 5) -> bool:
+def write_atomic(target: Path, data: bytes) -> bool:
     """Write ``data`` to ``target`` atomically; False when identical bytes were already there.
 
     Raises DeliveryError when the folder cannot be written or the target stays locked
@@ -103,38 +60,8 @@ def write_atomic(target: Path, data: bytes, attempts: int = 5) -> bool:
         if target.is_file() and sha256_file(target) == sha256_bytes(data):
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, data)
     except OSError as exc:
-        raise DeliveryError(f"cannot write into {target.parent}: {exc}") from exc
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _replace(tmp, target, attempts)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DeliveryError(f"could not write {target}: {exc}; check permissions") from exc
-    _fsync_dir(target.parent)
+        raise DeliveryError(f"could not write {target}: {exc.strerror or exc}; check "
+                            "permissions and free space") from exc
     return True
-
-
-def _replace(tmp: Path, target: Path, attempts: int) -> None:
-    for attempt in range(attempts):
-        try:
-            os.replace(tmp, target)
-            return
-        except PermissionError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * 2**attempt)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from service.core.errors import AatError, NotFound, ParamsError
+from service.core.naming import confine, relative
 from watcher.client import ServiceClient
-from watcher.deliver import confined, relative_target, sha256_bytes, write_atomic
+from watcher.deliver import relative_target, sha256_bytes, source_path, write_atomic
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
 from watcher.scan import LinkRefused, read_regular_file
@@ -147,19 +148,20 @@ class JobFlow:
     @staticmethod
     def _source_rel(entry: Entry, preset: Preset) -> PurePosixPath:
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
-        return PurePosixPath(preset.target_dir) / rel if preset.target_dir else rel
+        return source_path(rel, preset.target_dir)
 
-    def expected_output(self, entry: Entry, preset: Preset,
-                        src_size: tuple[int, int]) -> Path | None:
-        """Where the result of ``entry`` will land on this machine, when we can know it."""
+    def expected_output(self, entry: Entry, preset: Preset, src_size: tuple[int, int],
+                        input_format: str = "PNG") -> Path | None:
+        """Where the service will deliver the result of ``entry`` on this machine, when we can
+        know it (the service's own naming rule, :mod:`service.core.naming`)."""
         root = self.repos.get(preset.repo or "")
         if root is None:
             return None
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
         try:
-            return confined(root, relative_target(rel, preset.params, preset.naming,
-                                                  preset.target_dir, preset.mirror_dir,
-                                                  src_size=src_size))
+            return confine(root, relative_target(rel, preset.params, preset.naming,
+                                                 preset.target_dir, preset.mirror_dir,
+                                                 src_size=src_size, input_format=input_format))
         except AatError:
             return None
 
@@ -239,7 +241,7 @@ class JobFlow:
         if not self.download:
             delivered = output.get("delivered_path")
             root = self.repos.get(preset.repo or "")
-            abs_path = confined(root, PurePosixPath(delivered)) if root and delivered else None
+            abs_path = confine(root, relative(delivered)) if root and delivered else None
             self.ledger.mark_submitted(entry.path, job_id, 0)
             self.ledger.mark_done(entry.path, delivered, output.get("sha256"), abs_path)
             return
@@ -266,7 +268,7 @@ class JobFlow:
         size = (int(job["input"]["width"]), int(job["input"]["height"]))
         target_rel = relative_target(rel, preset.params, preset.naming, preset.target_dir,
                                      preset.mirror_dir, output.get("format"), size)
-        target = confined(root, target_rel)
+        target = confine(root, target_rel)
         digest = sha256_bytes(data)
         self.ledger.remember_output(target, digest)  # before the write: never an input
         written = write_atomic(target, data)

@@ -14,9 +14,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core import formats
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tga", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = formats.INPUT_SUFFIXES  # exactly what the service takes (GIF too, no TIFF)
 TEMP_SUFFIXES = (".part", ".tmp", ".temp", ".crdownload", ".partial", ".download", "~")
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 PRESET_NAME = ".aat.toml"

@@ -64,16 +64,31 @@ class StabilityTracker:
         self._seen.pop(path, None)
 
 
+@dataclass(frozen=True, slots=True)
+class ImageCheck:
+    """What the watcher learns from decoding a file: the size the service will see (after
+    EXIF orientation, as ``service.core.imaging`` decodes it) and Pillow's format name."""
+
+    size: tuple[int, int]
+    format: str
+
+
 def check_image(data: bytes, name: str) -> tuple[int, int]:
     """Return ``(width, height)`` when ``data`` is a complete image, else raise ImageError."""
+    return inspect_image(data, name).size
+
+
+def inspect_image(data: bytes, name: str) -> ImageCheck:
+    """Size and format of ``data`` when it is a complete image, else raise ImageError."""
     if not data:
         raise ImageError(f"{name} is empty; save the image again", code="image_empty")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            size = img.size
+            size, fmt = img.size, str(img.format)
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # verify() misses truncated pixel data in some formats
+            turned = img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"{name} is not an image Pillow can read; re-export it as PNG", code="image_corrupt"
@@ -84,4 +99,7 @@ def check_image(data: bytes, name: str) -> tuple[int, int]:
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely", code="image_bomb") from exc
-    return size
+    return ImageCheck((size[1], size[0]) if turned else size, fmt)
+
+
+_ORIENTATION = 0x0112  # EXIF: 5-8 mean the image is stored turned by 90 degrees

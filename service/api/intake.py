@@ -24,7 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.problems import ApiError
 from service.core.errors import ParamsError, PathError
-from service.core.imaging import ImageLimits, probe_image
+from service.core.imaging import probe_image
 from service.core.jobs import TargetSpec
 from service.core.params import UpscaleParams
 from service.settings import Settings
@@ -33,7 +33,7 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 _FILENAME_RE = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
 _TARGET_QUERY = {"target_repo": "repo", "target_path": "path", "naming": "naming",
-                 "mirror_dir": "mirror_dir"}
+                 "mirror_dir": "mirror_dir", "overwrite": "overwrite"}
 
 
 class JobFromPath(BaseModel):
@@ -158,12 +158,6 @@ def _json_part(text: str | None, what: str) -> dict[str, Any] | None:
 # ---- the three forms ------------------------------------------------------------------------
 
 
-def image_limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(max_input_pixels=settings.max_input_pixels,
-                       max_input_side=settings.max_input_side,
-                       max_output_side=settings.max_output_side)
-
-
 async def _raw(request: Request, settings: Settings) -> Submission:
     filename, params, target = _from_query(request)
     data = await read_capped(request, settings.max_upload_bytes)
@@ -242,5 +236,5 @@ async def parse_submission(request: Request, settings: Settings) -> Submission:
                        f"unsupported Content-Type {ctype or '(none)'}; send image/*, "
                        "multipart/form-data or application/json")
     assert sub.data is not None
-    probe_image(sub.data, image_limits(settings))  # bombs and oversize refused before storing
+    probe_image(sub.data, settings.image_limits())  # bombs and oversize refused before storing
     return sub

@@ -20,8 +20,10 @@ from service.api.intake import JobFromPath, parse_submission
 from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
 from service.api.problems import ApiError, problem_responses
+from service.core import formats
 from service.core.errors import ParamsError
 from service.core.jobs import JobPublic, JobStatus, tile_state
+from service.core.naming import NAMING_MODES, size_tag
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
@@ -90,7 +92,10 @@ def _query_parameters() -> list[dict[str, Any]]:
         params.append({"name": name, "in": "query", "required": False,
                        "schema": {"type": "string", "maxLength": 1000}})
     params.append({"name": "naming", "in": "query", "required": False,
-                   "schema": {"type": "string", "enum": ["suffix", "replace", "mirror"]}})
+                   "schema": {"type": "string", "enum": list(NAMING_MODES)}})
+    params.append({"name": "overwrite", "in": "query", "required": False,
+                   "schema": {"type": "boolean"}, "description": (
+                       "replace a file at the result path that this service did not deliver")})
     return params
 
 
@@ -105,12 +110,12 @@ def _submit_openapi() -> dict[str, Any]:
     multipart = {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"},
         "params": {"type": "string", "description": "JSON object of UpscaleParams"},
-        "target": {"type": "string", "description": "JSON object {repo, path, naming}"},
+        "target": {"type": "string", "description": "JSON object {repo, path, naming, mirror_dir, overwrite}"},
     }}}
     return {
         "parameters": _query_parameters(),
         "requestBody": {"required": True, "content": {
-            "image/png": binary, "image/jpeg": binary, "image/webp": binary,
+            **{f.media_type: binary for f in formats.FORMATS},
             "multipart/form-data": multipart,
             "application/json": {"schema": _path_schema()},
         }},
@@ -194,8 +199,8 @@ def get_job(job_id: JobId, response: Response,
 @router.get("/{job_id}/result", summary="The result image",
             response_class=FileResponse,
             responses={200: {"description": "the image bytes",
-                             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
-                                         "image/x-tga": {}, "image/vnd-ms.dds": {}}},
+                             "content": {f.media_type: {} for f in formats.FORMATS
+                                         if f.writable}},
                        **problem_responses(404, 409, 422)})
 def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)],
                ) -> FileResponse:
@@ -217,11 +222,7 @@ def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)])
 def result_filename(job: JobPublic, suffix: str) -> str:
     """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
     stem = PurePath(job.input.filename).stem or "result"
-    if job.params.scale is not None:
-        label = f"_x{job.params.scale:g}"
-    else:
-        label = f"_{job.output.width}x{job.output.height}" if job.output else "_upscaled"
-    return f"{stem}{label}{suffix}"
+    return f"{stem}{size_tag(job.params, (job.input.width, job.input.height))}{suffix}"
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, status_code=202,

@@ -31,7 +31,6 @@ from service.core.jobs import JobPublic, JobStatus
 from service.core.params import MAX_OUTPUT_SIDE, UpscaleParams
 from service.core.sheets import layout_for
 from service.core.tiling import TilePlan, plan_seam_fix, plan_tiles
-from service.jobs.intake import limits_for
 from service.pipeline.stages import stage_plan
 from service.settings import Settings
 
@@ -105,7 +104,7 @@ async def plan(body: PlanRequest, settings: Annotated[Settings, Depends(get_sett
                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> Plan:
     params = body.params
     width, height = params.target_size(body.input_width, body.input_height)
-    check_output_size(width, height, limits_for(settings))
+    check_output_size(width, height, settings.image_limits())
     grid = tile_grid(params, body.input_width, body.input_height, width, height)
     stages = stage_plan(params)
     count = len(grid.tiles)

@@ -25,13 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.jobs import JobId
 from service.api.problems import problem_responses
+from service.core.atomic import atomic_write
 from service.core.errors import ParamsError
 from service.core.imaging import ImageLimits, load_image
 from service.core.jobs import JobPublic
 from service.core.params import MAX_OUTPUT_SIDE
 from service.pipeline.prepare import to_uint8
 from service.settings import Settings
-from service.storage.atomic import atomic_write
 
 WEBP_QUALITY = 82
 # Outputs may be larger than the input limits allow; previews read them with the output limit.

@@ -21,13 +21,12 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Column, Table
 
 from service.cli.http import ApiCallError, ApiClient
+from service.core import formats
 from service.core.errors import AatError
 from service.settings import load_settings
 
 _out = Console(soft_wrap=True)
 _err = Console(stderr=True, soft_wrap=True)
-_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/x-tga": ".tga",
-        "image/vnd-ms.dds": ".dds"}
 
 models_app = typer.Typer(help="LoRAs on the upscale worker's volume.", no_args_is_help=True)
 
@@ -131,7 +130,7 @@ def submit(
             raise ApiCallError(message, code=code)
         data, ctype = client.result(job["id"])
         target = output or _default_output(file, final, ctype)
-        from service.storage.atomic import atomic_write
+        from service.core.atomic import atomic_write
 
         atomic_write(target, data)
         _out.print(str(target), highlight=False)
@@ -160,7 +159,8 @@ def _default_output(file: Path, job: dict[str, Any], ctype: str) -> Path:
         label = f"_x{float(params['scale']):g}"
     else:
         label = f"_{out.get('width')}x{out.get('height')}"
-    ext = _EXT.get(ctype.split(";")[0].strip(), file.suffix)
+    fmt = formats.by_media_type(ctype)
+    ext = fmt.suffix if fmt is not None else file.suffix
     return file.with_name(f"{file.stem}{label}{ext}")
 
 

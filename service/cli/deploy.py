@@ -35,7 +35,7 @@ def write_endpoint_ids(path: Path, ids: dict[str, str | None]) -> None:
     ``path``, keeping its other lines and comments; written atomically."""
     import tomlkit
 
-    from service.storage.atomic import atomic_write
+    from service.core.atomic import atomic_write
 
     doc = tomlkit.parse(path.read_text("utf-8")) if path.exists() else tomlkit.document()
     for kind, value in ids.items():

@@ -16,12 +16,9 @@ from urllib.parse import quote
 
 import httpx
 
+from service.core import formats
 from service.core.errors import AatError
 from service.settings import Settings
-
-RAW_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-             ".webp": "image/webp", ".tga": "image/x-tga", ".bmp": "image/bmp",
-             ".gif": "image/gif", ".dds": "image/vnd-ms.dds"}
 
 
 class ApiCallError(AatError):
@@ -72,7 +69,8 @@ class ApiClient:
     # ---- jobs --------------------------------------------------------------------------------
     def submit(self, file: Path, query: dict[str, str], idempotency_key: str | None = None,
                ) -> tuple[dict[str, Any], bool]:
-        ctype = RAW_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0]
+        fmt = formats.by_suffix(file.suffix)
+        ctype = fmt.media_type if fmt is not None else mimetypes.guess_type(file.name)[0]
         headers = {"Content-Type": ctype or "application/octet-stream"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key

@@ -56,9 +56,9 @@ def sheet_option(value: str | None, image: Path) -> tuple[str | None, SheetFile 
 
 def write_beside(sheet: SheetFile, output: Path, factor: int, max_side: int = 0) -> Path:
     """Write ``sheet`` scaled by ``factor`` beside ``output``; returns the path written."""
+    from service.core.atomic import atomic_write  # noqa: PLC0415
     from service.core.sheets import scale_metadata  # noqa: PLC0415
     from service.core.unity_meta import new_meta  # noqa: PLC0415
-    from service.storage.atomic import atomic_write  # noqa: PLC0415
 
     if sheet.format == "unity":
         dest = output.with_name(output.name + ".meta")

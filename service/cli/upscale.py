@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from service.cli.sheets import SheetFile
 
 log = logging.getLogger(__name__)
-_UNWRITABLE = (".bmp", ".gif", ".tif", ".tiff", ".psd", ".exr", ".ico", ".hdr", ".avif")
 _OPTION_NAMES = {"output_format": "--format", "parameters": "parameters"}
 _STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
 _err_console = Console(stderr=True)
@@ -179,9 +178,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     from service.core.alpha import parse_matte  # noqa: PLC0415
     from service.core.imaging import (  # noqa: PLC0415 - keep `aat --help` fast
         ALPHA_FORMATS,
-        ImageLimits,
         encode_image,
-        format_for_suffix,
         load_image,
         matte_warning,
         output_format_for,
@@ -198,25 +195,19 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     hide_native_progress(True)
 
     _check_paths(input_path, output)
+    requested = _format_of_output(output, params.output_format)
     if backend not in ("none", "local", "runpod"):
         raise ParamsError(f"unknown backend {backend!r}; use --backend none, runpod or local")
     settings = load_settings()
     if backend == "runpod":
         _check_runpod_settings(settings)
-    limits = ImageLimits(settings.max_input_pixels, settings.max_input_side,
-                         settings.max_output_side)
+    limits = settings.image_limits()
     step("read")
     data = input_path.read_bytes()
     step("decode")
     image = load_image(data, limits=limits, filename=input_path.name)
     params = params.resolved_for(input_path.name, image.rgb, image.alpha)
     chosen = get_upscaler(params.upscaler)
-    requested: str = params.output_format
-    if requested == "auto":
-        requested = format_for_suffix(output.suffix) or "auto"
-        if requested == "auto" and output.suffix.lower() in _UNWRITABLE:
-            raise ParamsError(f"cannot write {output.suffix} files; name the output .png, "
-                              ".webp, .jpg or .tga")
     fmt = output_format_for(image.format, requested)
     step("pre-upscale")
     token = tile_progress.set(lambda done, total: step.detail(f"pre-upscale {done}/{total}"))
@@ -258,6 +249,22 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
             f"{params.asset_type} ({params.asset_reason}), upscaler {rendered.model}{gpu_note})")
 
 
+def _format_of_output(output: Path, requested: str) -> str:
+    """The format the ``-o`` name asks for; a suffix we cannot write, or one that contradicts
+    ``--format``, is refused (the bytes would not be what the name says)."""
+    from service.core import formats  # noqa: PLC0415
+
+    known = ", ".join(formats.OUTPUT_SUFFIXES)
+    named = formats.by_suffix(output.suffix)
+    if named is None or not named.writable:
+        what = f"{output.suffix} files" if output.suffix else "a file without a suffix"
+        raise ParamsError(f"cannot write {what}; name the output with one of {known}")
+    if requested not in ("auto", named.name):
+        raise ParamsError(f"--format {requested} does not match the output name {output.name}; "
+                          f"name it {output.stem}{formats.suffix_for(requested)} or drop --format")
+    return named.name
+
+
 def _check_runpod_settings(settings: object) -> None:
     missing = [env for env, value in (
         ("RUNPOD_API_KEY", getattr(settings, "runpod_api_key", None)),
@@ -280,7 +287,7 @@ def _check_paths(input_path: Path, output: Path) -> None:
 
 
 def _write(output: Path, encoded: bytes) -> None:
-    from service.storage.atomic import atomic_write  # noqa: PLC0415
+    from service.core.atomic import atomic_write  # noqa: PLC0415
 
     try:
         atomic_write(output, encoded)

@@ -28,16 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from service.core import formats
 from service.core.alpha import composite_on_matte, is_opaque
 from service.core.errors import ImageError
 
-#: Pillow format names we read, and the output formats we write.
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TGA", "BMP", "GIF", "DDS")
-OUTPUT_FORMATS = ("png", "webp", "jpeg", "tga", "dds")
-_AUTO_OUTPUT = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "TGA": "tga", "BMP": "png",
-                "GIF": "png", "DDS": "dds"}
-_SUFFIXES = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg", ".tga": "tga",
-             ".dds": "dds"}
+#: Pillow format names we read, and the output formats we write (``service.core.formats``).
+INPUT_FORMATS = formats.INPUT_FORMATS
+OUTPUT_FORMATS = formats.OUTPUT_FORMATS
 #: zlib level of PNG outputs unless the caller says otherwise (``AAT_PNG_COMPRESS_LEVEL``).
 PNG_COMPRESS_LEVEL = 3
 #: Decompressed bytes per compressed byte above which an oversize file counts as a bomb.
@@ -284,12 +281,14 @@ def output_format_for(input_format: str, requested: str = "auto") -> str:
             raise _err("image_unsupported", f"cannot write {requested}; choose one of "
                        f"{', '.join(OUTPUT_FORMATS)}")
         return requested
-    return _AUTO_OUTPUT.get(input_format.upper(), "png")
+    return formats.auto_output(input_format)
 
 
 def format_for_suffix(suffix: str) -> str | None:
-    """Output format named by a file suffix (``.png`` -> ``png``), ``None`` if unknown."""
-    return _SUFFIXES.get(suffix.lower())
+    """Output format named by a file suffix (``.png`` -> ``png``), ``None`` if we cannot write
+    that suffix (unknown, or an input-only format such as ``.gif``)."""
+    fmt = formats.by_suffix(suffix)
+    return fmt.name if fmt is not None and fmt.writable else None
 
 
 #: DDS block formats Pillow writes (a DDS input in one of these keeps it).

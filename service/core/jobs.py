@@ -82,6 +82,10 @@ class TargetSpec(BaseModel):
     path: str = Field(min_length=1, max_length=1000)  # the source's place, relative to the repo
     naming: NamingMode = "suffix"
     mirror_dir: str | None = Field(default=None, max_length=1000)  # for naming="mirror"
+    overwrite: bool = Field(default=False, description=(
+        "Replace a file at the result path that this service did not deliver (or that was "
+        "edited since); without it such a file is kept and the job fails with "
+        "delivery_conflict."))
 
 
 class StageProgress(BaseModel):

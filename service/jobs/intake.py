@@ -6,20 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.core.imaging import (
-    ImageLimits,
-    LoadedImage,
-    check_output_size,
-    load_image,
-    output_format_for,
-)
+from service.core import formats
+from service.core.imaging import LoadedImage, check_output_size, load_image, output_format_for
+from service.core.naming import size_tag
 from service.core.params import UpscaleParams
 from service.settings import Settings
 from service.upscalers.registry import resolve_upscaler
-
-EXT_FOR_FORMAT = {"png": ".png", "webp": ".webp", "jpeg": ".jpg", "tga": ".tga", "dds": ".dds"}
-INPUT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TGA": ".tga", "DDS": ".dds",
-             "BMP": ".bmp", "GIF": ".gif"}
 
 
 @dataclass(frozen=True)
@@ -35,34 +27,20 @@ class IntakeInfo:
     backend: str  # the GPU backend the job runs on: "none", "runpod" or "local"
 
 
-def limits_for(settings: Settings) -> ImageLimits:
-    return ImageLimits(max_input_pixels=settings.max_input_pixels,
-                       max_input_side=settings.max_input_side,
-                       max_output_side=settings.max_output_side)
-
-
-def naming_label(params: UpscaleParams, width: int, height: int) -> str:
-    """``_x2`` for a scale, ``_<w>x<h>`` for an explicit size."""
-    if params.scale is not None:
-        return f"_x{params.scale:g}"
-    out_w, out_h = params.target_size(width, height)
-    return f"_{out_w}x{out_h}"
-
-
 def probe_image(data: bytes, params: UpscaleParams, settings: Settings,
                 filename: str | None = None) -> IntakeInfo:
     """Decode ``data`` fully (catching truncation), check the output size and resolve every
     ``auto`` (:func:`resolve_at_submit`); raises ImageError/ParamsError."""
-    limits = limits_for(settings)
+    limits = settings.image_limits()
     loaded = load_image(data, limits=limits)
     params, backend = resolve_at_submit(params, settings, filename, loaded)
     out_w, out_h = params.target_size(loaded.width, loaded.height)
     check_output_size(out_w, out_h, limits)
     fmt = output_format_for(loaded.format, params.output_format)
     return IntakeInfo(width=loaded.width, height=loaded.height, format=loaded.format,
-                      ext=INPUT_EXT.get(loaded.format, ".img"), output_format=fmt,
-                      output_ext=EXT_FOR_FORMAT[fmt],
-                      label=naming_label(params, loaded.width, loaded.height), params=params,
+                      ext=formats.input_suffix(loaded.format), output_format=fmt,
+                      output_ext=formats.suffix_for(fmt),
+                      label=size_tag(params, (loaded.width, loaded.height)), params=params,
                       backend=backend)
 
 

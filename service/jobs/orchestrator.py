@@ -20,14 +20,15 @@ import numpy as np
 
 from service.backends.base import CallAccounting
 from service.backends.factory import make_backend
+from service.core import formats
 from service.core.alpha import parse_matte
 from service.core.errors import InputMissing, JobCanceled, ParamsError
 from service.core.imaging import encode_image, load_image, matte_warning, output_format_for
 from service.core.jobs import JobStatus, TargetSpec, stage_name
+from service.core.naming import size_tag
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
 from service.jobs.context import Interrupted, RunContext
-from service.jobs.intake import EXT_FOR_FORMAT, limits_for, naming_label
 from service.jobs.view import job_params, overall_progress
 from service.pipeline.pre_cache import cached_upscaler
 from service.pipeline.prepare import Prepared, prepare
@@ -145,7 +146,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     run = JobRun(ctx, job_id, owner, lost)
     row = run.checked()
     params = job_params(row)
-    limits = limits_for(ctx.settings)
+    limits = ctx.settings.image_limits()
     run.stage("load")
     data = _input_bytes(ctx, row)
     image = load_image(data, limits=limits, filename=row.filename)
@@ -160,7 +161,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     plan = stage_plan(params, can_caption=ctx.settings.can_caption(backend_name))
     backend = make_backend(ctx.settings, backend_name) if plan.diffuses else None
     fmt = output_format_for(image.format, params.output_format)
-    ext = EXT_FOR_FORMAT[fmt]
+    ext = formats.suffix_for(fmt)
     meta = {"upscaler": prepared.model,  # no job id: same pixels, same bytes
             "backend": backend.name if backend else "none"}
     level = ctx.settings.png_compress_level
@@ -184,7 +185,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     if row.target:
         target = TargetSpec.model_validate(row.target)
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
-                       label=naming_label(params, row.input_width, row.input_height),
+                       label=size_tag(params, (row.input_width, row.input_height)),
                        last_delivered=lambda rel: _delivered_sha(ctx, target.repo, rel),
                        input_sha256=row.input_sha256,
                        sidecars=SidecarSpec(factor=prepared.width / row.input_width,
@@ -239,7 +240,7 @@ def _style_image(run: JobRun, params: UpscaleParams) -> np.ndarray | None:
     path = run.ctx.artifacts.find("inputs", params.style_image_sha256)
     if path is None:
         raise ParamsError("the job's style image is gone (garbage-collected?); upload it again")
-    loaded = load_image(path.read_bytes(), limits=limits_for(run.ctx.settings))
+    loaded = load_image(path.read_bytes(), limits=run.ctx.settings.image_limits())
     return loaded.rgb if loaded.rgb.dtype == np.uint8 else (loaded.rgb >> 8).astype(np.uint8)
 
 

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.core import formats
 from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
 from service.jobs.executor import Executor
-from service.jobs.intake import INPUT_EXT, limits_for, probe_image
+from service.jobs.intake import probe_image
 from service.jobs.view import to_public
 from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
@@ -32,9 +33,6 @@ from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
 log = logging.getLogger(__name__)
-
-MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg",
-               ".jpeg": "image/jpeg", ".tga": "image/x-tga", ".dds": "image/vnd-ms.dds"}
 
 
 def new_job_id() -> str:
@@ -135,8 +133,8 @@ class JobService:
     def add_style_image(self, data: bytes) -> str:
         """Store an IP-Adapter style image; returns the sha256 to put in
         ``UpscaleParams.style_image_sha256``."""
-        loaded = load_image(data, limits=limits_for(self.settings))
-        return self.artifacts.put_bytes("inputs", data, INPUT_EXT.get(loaded.format, ".img"))
+        loaded = load_image(data, limits=self.settings.image_limits())
+        return self.artifacts.put_bytes("inputs", data, formats.input_suffix(loaded.format))
 
     def submit_path(self, path: Path, *, filename: str | None = None, params: UpscaleParams,
                     target: TargetSpec | None = None, idempotency_key: str | None = None
@@ -173,7 +171,7 @@ class JobService:
         path = self.artifacts.local_file("outputs", row.output_sha256, row.output_ext)
         if path is None:
             raise NotFound(f"the result of job {job_id} was garbage-collected; submit it again")
-        return path, MEDIA_TYPES.get(row.output_ext, "application/octet-stream")
+        return path, formats.media_type_for_suffix(row.output_ext)
 
     def input_path(self, job_id: str) -> Path:
         """The stored input file of a job (for previews)."""

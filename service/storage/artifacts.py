@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.storage.atomic import atomic_write, temp_path_for
+from service.core.atomic import atomic_write, temp_path_for
 
 log = logging.getLogger(__name__)
 

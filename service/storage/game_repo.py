@@ -1,12 +1,12 @@
 """Delivery of a job's result into a game repository.
 
 Repos are named in settings (``AAT_REPOS='{"game": "/path"}'`` or ``aat.toml``); a job's target
-is a repo name and the source's path inside it (``TargetSpec``). Naming modes: ``suffix``
-(``<stem>_x2.<ext>`` beside the source), ``replace`` (the source's own name) and ``mirror``
-(the same relative path under ``mirror_dir``). Every path is confined to the repo root (no
-``..``, no absolute paths, no symlink escape) and never names a ``.import``/``.meta`` sidecar or
-anything under ``.git``. Writes are atomic (``service.storage.atomic``), skipped when the bytes
-are already identical; a git commit of the result is optional.
+is a repo name and the source's path inside it (``TargetSpec``). Where the result goes
+(``suffix``/``replace``/``mirror``, confinement to the repo root, no sidecar, nothing under
+``.git``) is :mod:`service.core.naming`, the rule the watcher predicts with too. Writes are
+atomic (:mod:`service.core.atomic`), skipped when the bytes are already identical. A file
+there that this service did not write is never overwritten (``delivery_conflict``) unless it
+is the job's own input (``replace``) or ``force`` is set; a git commit is optional.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from service.core.errors import DeliveryError, ParamsError, PathError
+from service.core.atomic import atomic_write
+from service.core.errors import DeliveryError, PathError
 from service.core.jobs import TargetSpec
+from service.core.naming import confine, relative, result_path
 from service.settings import Settings
-from service.storage.atomic import atomic_write
 from service.storage.sidecars import Writeback, write_sidecars
 
 log = logging.getLogger(__name__)
 
-SIDECARS = (".import", ".meta")
-RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # a file held open (Windows importers)
 
 
 @dataclass(frozen=True)
@@ -50,17 +49,6 @@ class SidecarSpec:
     keep_game_size: bool = True
 
 
-def _relative(value: str, what: str) -> PurePosixPath:
-    if any(ord(c) < 32 for c in value):
-        raise PathError(f"{what} {value!r} contains control characters; give a plain path",
-                        code="path_forbidden")
-    rel = PurePosixPath(value.replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].endswith(":"):
-        raise PathError(f"{what} {value!r} must be a relative path inside the repo without '..'",
-                        code="path_escape")
-    return rel
-
-
 def resolve_target(settings: Settings, target: TargetSpec, *, ext: str, label: str = "_x2"
                    ) -> tuple[Path, Path]:
     """``(repo_root, destination)`` for ``target``; raises PathError/ParamsError when refused."""
@@ -69,24 +57,10 @@ def resolve_target(settings: Settings, target: TargetSpec, *, ext: str, label: s
         names = ", ".join(sorted(settings.repos)) or "none configured"
         raise PathError(f"unknown repo {target.repo!r} (known: {names}); add it to AAT_REPOS",
                         code="path_not_found")
-    root = Path(root).resolve()
-    rel = _relative(target.path, "target path")
-    if target.naming == "suffix":
-        dest_rel = rel.with_name(f"{rel.stem}{label}{ext}")
-    elif target.naming == "replace":
-        dest_rel = rel.with_suffix(ext)
-    else:
-        if not target.mirror_dir:
-            raise ParamsError("naming 'mirror' needs mirror_dir (the output folder in the repo)")
-        dest_rel = _relative(target.mirror_dir, "mirror_dir") / rel.with_suffix(ext)
-    if dest_rel.suffix.lower() in SIDECARS or ".git" in (p.lower() for p in dest_rel.parts):
-        raise PathError(f"refusing to write {dest_rel}: engine sidecars and .git are never "
-                        "touched", code="path_forbidden")
-    dest = root / dest_rel
-    if not dest.resolve().is_relative_to(root):
-        raise PathError(f"{dest_rel} leads outside the repo {target.repo!r} (through a "
-                        "symlink); choose a path inside it", code="path_escape")
-    return root, dest
+    dest_rel = result_path(target.path, target.naming, ext=ext, tag=label,
+                           mirror_dir=target.mirror_dir)
+    dest = confine(Path(root), dest_rel, repo=target.repo)
+    return Path(root).resolve(), dest
 
 
 def sha256_file(path: Path) -> str | None:
@@ -105,9 +79,12 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     With ``sidecars`` the source's Unity ``.meta`` and sheet JSON are carried over to the result
     scaled, after the image, and Git LFS routing is reported (:mod:`service.storage.sidecars`).
 
-    ``last_delivered(rel)`` gives the sha256 this service last wrote there: a file that changed
-    since (someone edited it) is not overwritten (``delivery_conflict``), unless it holds the
-    job's own input (``input_sha256``: ``replace`` naming upscales an edited file in place)."""
+    ``last_delivered(rel)`` gives the sha256 this service last wrote there. With it, a file
+    already at the result path is not overwritten (``delivery_conflict``) when it changed since
+    our delivery (someone edited it) or, in ``suffix`` and ``mirror`` naming, when we never
+    delivered it (an artist's own ``rock_x2.png``); unless it holds the job's own input
+    (``input_sha256``: ``replace`` naming upscales an edited file in place) or the target says
+    ``overwrite``."""
     root, dest = resolve_target(settings, target, ext=ext, label=label)
     rel = dest.relative_to(root).as_posix()
     if dest.is_dir():
@@ -118,24 +95,21 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
     if current == hashlib.sha256(data).hexdigest():
         log.info("job %s: %s already holds these bytes; not rewritten", job_id, rel)
         return Delivery(dest, rel, written=False)
-    edited = current is not None and current != input_sha256
-    previous = last_delivered(rel) if last_delivered and edited else None
-    if previous is not None and current != previous:
-        raise DeliveryError(f"{rel} was edited after it was delivered; move the edited file "
-                            "away (or delete it) and run the job again", code="delivery_conflict",
-                            retryable=False)
+    if current is not None and current != input_sha256 and last_delivered is not None \
+            and not target.overwrite:
+        _refuse_foreign(target, rel, current, last_delivered(rel))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.parent.resolve().is_relative_to(root):
             raise PathError(f"{rel} leads outside the repo", code="path_escape")
-        _write_with_retry(dest, data)
+        atomic_write(dest, data)
     except OSError as exc:
         raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: {exc.strerror or exc}"
                             "; check permissions and free space") from exc
     extra: Writeback | None = None
     if sidecars is not None:
         try:
-            extra = write_sidecars(root, _relative(target.path, "target path").as_posix(), rel,
+            extra = write_sidecars(root, relative(target.path).as_posix(), rel,
                                    factor=sidecars.factor, max_side=sidecars.max_side,
                                    keep_game_size=sidecars.keep_game_size)
         except OSError as exc:
@@ -169,7 +143,7 @@ def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes],
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.parent.resolve().is_relative_to(root):
                 raise PathError(f"{rel} leads outside the repo", code="path_escape")
-            _write_with_retry(dest, data)
+            atomic_write(dest, data)
         except OSError as exc:
             raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: "
                                 f"{exc.strerror or exc}; check permissions and free space"
@@ -183,17 +157,17 @@ def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes],
     return out
 
 
-def _write_with_retry(dest: Path, data: bytes) -> None:
-    """Atomic write; ``PermissionError`` (target held open or locked) is retried with backoff."""
-    for delay in (*RETRY_DELAYS_S, None):
-        try:
-            atomic_write(dest, data)
-            return
-        except PermissionError:
-            if delay is None:
-                raise
-            log.info("%s is held open; retrying in %.2f s", dest, delay)
-            time.sleep(delay)
+def _refuse_foreign(target: TargetSpec, rel: str, current: str, previous: str | None) -> None:
+    """Refuse to overwrite a file at ``rel`` that is not our last delivery there."""
+    force = ("move it away (or delete it) and run the job again, or submit with "
+             "target overwrite=true to replace it")
+    if previous is not None and current != previous:
+        raise DeliveryError(f"{rel} was edited after it was delivered; {force}",
+                            code="delivery_conflict", retryable=False)
+    if previous is None and target.naming != "replace":
+        raise DeliveryError(f"{rel} already exists in repo {target.repo!r} and was not written "
+                            f"by AI Assets Toolbox; {force}", code="delivery_conflict",
+                            retryable=False)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

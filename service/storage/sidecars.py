@@ -34,6 +34,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.core.atomic import atomic_write
 from service.core.sheets import (
     SheetParams,
     detect_format,
@@ -43,7 +44,6 @@ from service.core.sheets import (
     scale_metadata,
 )
 from service.core.unity_meta import guid_of, new_meta, scale_meta
-from service.storage.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -172,6 +172,23 @@ def test_a_result_edited_since_delivery_is_not_overwritten(
     assert _finished(service, third.id).status == JobStatus.succeeded and delivered.exists()
 
 
+def test_a_hand_made_file_where_the_result_goes_is_kept_unless_forced(
+        service: JobService, tmp_path: Path) -> None:
+    handmade = tmp_path / "repo" / "art" / "rock_x2.png"
+    handmade.parent.mkdir(parents=True)
+    handmade.write_bytes(b"the artist's own 2x version")
+    target = TargetSpec(repo="game", path="art/rock.png")
+    job, _ = service.submit(png(), filename="rock.png", params=small_params(), target=target)
+    done = _finished(service, job.id)
+    assert done.status == JobStatus.failed and done.error.code == "delivery_conflict"
+    assert "overwrite" in done.error.message
+    assert handmade.read_bytes() == b"the artist's own 2x version"
+    forced, _ = service.submit(png(), filename="rock.png", params=small_params(),
+                               target=target.model_copy(update={"overwrite": True}))
+    assert _finished(service, forced.id).status == JobStatus.succeeded
+    assert handmade.read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_cancel_that_arrives_while_the_result_is_written_does_not_hide_the_delivery(
         service: JobService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.jobs import orchestrator

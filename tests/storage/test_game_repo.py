@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.core import atomic
 from service.core.errors import DeliveryError, ParamsError, PathError
 from service.core.jobs import TargetSpec
 from service.storage import game_repo
@@ -131,7 +132,7 @@ def test_a_file_held_open_is_retried(job_settings: Any, tmp_path: Path,
             raise PermissionError(32, "The process cannot access the file")
         real_replace(src, dst)
 
-    monkeypatch.setattr(game_repo, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(atomic, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
     monkeypatch.setattr(os, "replace", held_open)
     done = _deliver(job_settings(), "tex/rock.png", b"pixels")
     assert done.path.read_bytes() == b"pixels" and calls["n"] == 3
@@ -166,3 +167,41 @@ def test_a_folder_where_the_result_goes_is_a_clear_delivery_error(
         _deliver(job_settings(), "tex/rock.png", b"x")
     assert "tex/rock_x2.png" in info.value.message and "folder" in info.value.message
     assert list((tmp_path / "repo" / "tex" / "rock_x2.png").iterdir()) == []
+
+
+@pytest.mark.parametrize("naming,extra,rel", [
+    ("suffix", {}, "tex/rock_x2.png"),
+    ("mirror", {"mirror_dir": "hd"}, "hd/tex/rock.png"),
+])
+def test_a_file_the_artist_made_is_never_overwritten(job_settings: Any, tmp_path: Path,
+                                                    naming: str, extra: dict[str, str],
+                                                    rel: str) -> None:
+    s = job_settings()
+    handmade = tmp_path / "repo" / rel
+    handmade.parent.mkdir(parents=True, exist_ok=True)
+    handmade.write_bytes(b"painted by hand")
+    ours: dict[str, str] = {}  # the delivery record: what this service wrote, by path
+
+    def send(data: bytes, **more: Any) -> game_repo.Delivery:
+        done = deliver(s, TargetSpec(repo="game", path="tex/rock.png", naming=naming,
+                                     **extra, **more),
+                       data, ext=".png", label="_x2", job_id="j_test",
+                       last_delivered=ours.get, input_sha256="0" * 64)
+        ours[done.rel] = game_repo.sha256_file(done.path) or ""
+        return done
+
+    with pytest.raises(DeliveryError) as info:
+        send(b"upscaled")
+    assert info.value.code == "delivery_conflict" and not info.value.retryable
+    assert "not written by AI Assets Toolbox" in info.value.message
+    assert "overwrite=true" in info.value.message  # says how to force it
+    assert handmade.read_bytes() == b"painted by hand"
+    assert sorted(p.name for p in handmade.parent.iterdir()) == [handmade.name]
+    assert send(b"upscaled", overwrite=True).written  # forced
+    assert handmade.read_bytes() == b"upscaled"
+    assert send(b"upscaled again").written  # now it is our delivery: replaced freely
+    handmade.write_bytes(b"painted over")  # edited after our delivery: kept again
+    with pytest.raises(DeliveryError, match="edited after it was delivered"):
+        send(b"upscaled a third time")
+    assert handmade.read_bytes() == b"painted over"
+    assert send(b"painted over").written is False  # byte-identical: nothing to refuse

@@ -7,9 +7,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from service.core import formats
 from service.core.errors import PathError
+from service.core.naming import confine, result_path
 from service.core.params import UpscaleParams
-from watcher.deliver import confined, relative_target, write_atomic
+from watcher.deliver import relative_target, write_atomic
 
 P2 = UpscaleParams(scale=2)
 
@@ -30,22 +32,24 @@ P2 = UpscaleParams(scale=2)
 )
 def test_result_names(rel: str, params: UpscaleParams, naming: str, target_dir: str,
                       mirror: str | None, fmt: str | None, expected: str) -> None:
+    found = formats.by_suffix(PurePosixPath(rel).suffix)
+    assert found is not None
     got = relative_target(PurePosixPath(rel), params, naming, target_dir, mirror, fmt,
-                          src_size=(256, 128))
+                          src_size=(256, 128), input_format=found.pillow)
     assert got.as_posix() == expected
 
 
 def test_paths_stay_inside_the_repo(tmp_path: Path) -> None:
-    assert confined(tmp_path, PurePosixPath("a/b.png")) == tmp_path.resolve() / "a" / "b.png"
+    assert confine(tmp_path, PurePosixPath("a/b.png")) == tmp_path.resolve() / "a" / "b.png"
     with pytest.raises(PathError) as exc:
-        confined(tmp_path, PurePosixPath("../x.png"))
+        result_path("../x.png", "replace", ext=".png", tag="")
     assert exc.value.code == "path_escape"
     with pytest.raises(PathError) as exc:
-        confined(tmp_path, PurePosixPath("a/b.png.import"))
+        result_path("a/b.png", "suffix", ext=".import", tag="_x2")
     assert exc.value.code == "path_forbidden"
     (tmp_path / "link").symlink_to("/tmp")
     with pytest.raises(PathError):
-        confined(tmp_path, PurePosixPath("link/x.png"))
+        confine(tmp_path, PurePosixPath("link/x.png"))
 
 
 def test_atomic_write_replaces_skips_identical_and_leaves_no_temp(tmp_path: Path) -> None:

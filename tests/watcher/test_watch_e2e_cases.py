@@ -94,6 +94,18 @@ def test_slow_writer_gives_one_job_after_the_last_chunk(rig: Rig) -> None:
     assert _size(rig.game / "slow" / "cliff_x2.png") == (96, 96)
 
 
+def test_a_gif_is_taken_like_rest_takes_it(rig: Rig) -> None:
+    src = rig.art / "anim" / "spin.gif"
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(21, size=10))).convert("P").save(buf, format="GIF")
+    drop(src, buf.getvalue())
+    rig.done(src)
+    [job] = rig.jobs_for("spin.gif")
+    assert job["input"]["format"] == "GIF"
+    out = rig.game / "anim" / "spin_x2.png"  # GIF is read, the result is PNG
+    assert _size(out) == (20, 20) and rig.ledger.get(src).output_path == "anim/spin_x2.png"
+
+
 def test_save_by_rename_overwrite_change_and_delete(rig: Rig) -> None:
     src = rig.art / "props" / "crate.png"
     out = rig.game / "props" / "crate_x2.png"

@@ -17,12 +17,21 @@ from watcher.stability import StabilityTracker, check_image
 @pytest.mark.parametrize(
     ("name", "taken"),
     [("rock.png", True), ("Rock.JPG", True), ("a.webp", True), ("t.tga", True),
+     ("spin.gif", True), ("OLD.BMP", True), ("scan.tiff", False), ("rock.psd", False),
      ("rock.png.part", False), ("rock.png~", False), ("rock.tmp", False), (".rock.png", False),
      ("~$rock.png", False), ("Thumbs.db", False), ("notes.txt", False), ("x.png.crdownload", False),
      (".aat.toml", False)],
 )
 def test_candidate_names(name: str, taken: bool) -> None:
     assert is_candidate_name(name) is taken
+
+
+def test_the_watcher_takes_every_file_the_service_takes_and_no_other() -> None:
+    from service.core import formats
+
+    for suffix in formats.INPUT_SUFFIXES:
+        assert is_candidate_name(f"art{suffix}") and is_candidate_name(f"ART{suffix.upper()}")
+    assert not any(is_candidate_name(f"x{s}") for s in (".tif", ".psd", ".exr", ".dds"))
 
 
 def test_scan_finds_nested_images_and_skips_hidden_temp_and_excluded(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.storage.atomic import TEMP_SUFFIX, atomic_write, temp_path_for
+from service.core.atomic import TEMP_SUFFIX, atomic_write, temp_path_for
 
 
 def test_creates_and_replaces_without_leftovers(tmp_path: Path) -> None:
