@@ -31,7 +31,7 @@ def test_the_watcher_takes_every_file_the_service_takes_and_no_other() -> None:
 
     for suffix in formats.INPUT_SUFFIXES:
         assert is_candidate_name(f"art{suffix}") and is_candidate_name(f"ART{suffix.upper()}")
-    assert not any(is_candidate_name(f"x{s}") for s in (".tif", ".psd", ".exr", ".dds"))
+    assert not any(is_candidate_name(f"x{s}") for s in (".tif", ".psd", ".exr", ".ico"))
 
 
 def test_scan_finds_nested_images_and_skips_hidden_temp_and_excluded(tmp_path: Path) -> None:
