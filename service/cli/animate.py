@@ -137,13 +137,11 @@ def _load(path: Path, settings: Settings) -> np.ndarray:
     import numpy as np  # noqa: PLC0415
 
     from service.core.errors import PathError  # noqa: PLC0415
-    from service.core.imaging import ImageLimits, load_image  # noqa: PLC0415
+    from service.core.imaging import load_image  # noqa: PLC0415
 
     if not path.is_file():
         raise PathError(f"sprite {path} does not exist or is not a file", code="path_not_found")
-    limits = ImageLimits(settings.max_input_pixels, settings.max_input_side,
-                         settings.max_output_side)
-    image = load_image(path.read_bytes(), limits=limits, filename=path.name)
+    image = load_image(path.read_bytes(), limits=settings.image_limits(), filename=path.name)
     rgb = image.rgb if image.rgb.dtype == np.uint8 else (image.rgb >> 8).astype(np.uint8)
     if image.alpha is None:
         alpha = np.full(rgb.shape[:2], 255, np.uint8)
@@ -179,9 +177,9 @@ def _existing_cells(output: Path | None, params: AnimateParams) -> list[np.ndarr
 
 
 def _write(output: Path, anim: Animation) -> list[str]:
+    from service.core.atomic import atomic_write  # noqa: PLC0415
     from service.core.errors import DeliveryError, PathError  # noqa: PLC0415
     from service.pipeline.animate import outputs  # noqa: PLC0415
-    from service.storage.atomic import atomic_write  # noqa: PLC0415
 
     if not output.parent.is_dir():
         raise PathError(f"output folder {output.parent} does not exist; create it first",
