@@ -17,7 +17,17 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import events, health, jobs, loras, metrics, plan, previews, styles
+from service.api import (
+    events,
+    health,
+    jobs,
+    lora_uploads,
+    loras,
+    metrics,
+    plan,
+    previews,
+    styles,
+)
 from service.api.deps import JobServicePort
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -79,7 +89,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
     add_problem_schema(app)
-    for module in (health, jobs, events, previews, plan, styles, loras, metrics):
+    for module in (health, jobs, events, previews, plan, styles, lora_uploads, loras, metrics):
         app.include_router(module.router)
     from service.studio.routes import install as install_studio
 

@@ -43,23 +43,23 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-def _bad(message: str) -> InputError:
+def bad_model(message: str) -> InputError:
     return InputError(message + "; upload a .safetensors LoRA file", code="model_invalid")
 
 
 def check_safetensors(data: bytes) -> None:
     """Raise ``model_invalid`` unless ``data`` is a well-formed safetensors file."""
     if len(data) < 10:
-        raise _bad("the file is too small to be safetensors")
+        raise bad_model("the file is too small to be safetensors")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len < 2 or header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
-        raise _bad("not a safetensors file (bad header length)")
+        raise bad_model("not a safetensors file (bad header length)")
     try:
         header = json.loads(data[8:8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad("not a safetensors file (header is not JSON)") from exc
+        raise bad_model("not a safetensors file (header is not JSON)") from exc
     if not isinstance(header, dict):
-        raise _bad("not a safetensors file (header is not an object)")
+        raise bad_model("not a safetensors file (header is not an object)")
     end = 0
     for name, entry in header.items():
         if name == "__metadata__":
@@ -67,10 +67,10 @@ def check_safetensors(data: bytes) -> None:
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) for o in offsets) or offsets[0] > offsets[1]):
-            raise _bad(f"tensor {name!r} has no valid data_offsets")
+            raise bad_model(f"tensor {name!r} has no valid data_offsets")
         end = max(end, offsets[1])
     if end != len(data) - 8 - header_len:
-        raise _bad("the tensor data does not match the file length (truncated?)")
+        raise bad_model("the tensor data does not match the file length (truncated?)")
 
 
 _WORKER_STATUS = {"lora_not_found": 404, "lora_invalid": 422, "lora_too_large": 413,
@@ -78,7 +78,7 @@ _WORKER_STATUS = {"lora_not_found": 404, "lora_invalid": 422, "lora_too_large": 
 
 
 @asynccontextmanager
-async def _worker_errors() -> AsyncIterator[None]:
+async def worker_errors() -> AsyncIterator[None]:
     """Worker refusals about the user's LoRA are the user's errors (404/413/422), not 502."""
     try:
         yield
@@ -112,7 +112,7 @@ class LoraCatalog:
 
     async def names(self, backend: GpuBackend, *, fresh: bool = False) -> frozenset[str]:
         if fresh or time.monotonic() >= self._expires:
-            async with _worker_errors():
+            async with worker_errors():
                 self.remember(await backend.list_models())
         return self._names
 
@@ -152,7 +152,7 @@ async def check_lora_names(request: Request, params: UpscaleParams) -> None:
 @router.get("", response_model=ModelList, summary="LoRAs on the upscale worker's volume")
 async def list_models(request: Request,
                       backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
-    async with _worker_errors():
+    async with worker_errors():
         models = await backend.list_models()
     _catalog(request).remember(models)
     return ModelList(models=models)
@@ -172,11 +172,11 @@ async def upload_model(
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> ModelInfo:
     if not filename.lower().endswith(".safetensors") or filename.startswith("."):
-        raise _bad(f"{filename!r} is not a .safetensors name")
+        raise bad_model(f"{filename!r} is not a .safetensors name")
     data = await read_capped(request, settings.max_model_bytes)
     check_safetensors(data)
     _catalog(request).invalidate()
-    async with _worker_errors():
+    async with worker_errors():
         return await backend.upload_model(filename, data)
 
 
@@ -188,6 +188,6 @@ async def delete_model(
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> Response:
     _catalog(request).invalidate()
-    async with _worker_errors():
+    async with worker_errors():
         await backend.delete_model(name)
     return Response(status_code=204)

@@ -162,3 +162,50 @@ def test_style_images_are_stored_by_hash_and_checked(studio) -> None:
     import hashlib
 
     assert sha == hashlib.sha256(data).hexdigest()
+
+
+def _lora(values: int) -> bytes:
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [values],
+                               "data_offsets": [0, 4 * values]}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(range(256)) * (values // 64)
+
+
+def test_chunked_lora_upload_refuses_gaps_ignores_resends_and_checks_the_file(studio) -> None:
+    data = _lora(64 * 1024)  # 256 KiB of tensor data
+    half = len(data) // 2
+    with studio.client() as http:
+        start = http.post("/v1/models/uploads", json={"filename": "stone.safetensors",
+                                                      "size": len(data)})
+        assert start.status_code == 201, start.text
+        up = start.json()["id"]
+        put = f"/v1/models/uploads/{up}"
+        assert http.put(put, params={"offset": 0}, content=data[:half]).json()["received"] == half
+        again = http.put(put, params={"offset": 0}, content=data[:half])
+        assert again.json()["received"] == half, "a resent chunk is not written twice"
+        gap = http.put(put, params={"offset": half + 10}, content=data[half + 10:])
+        assert gap.status_code == 409 and gap.json()["code"] == "upload_offset"
+        early = http.post(f"{put}/finish")
+        assert early.status_code == 409 and early.json()["code"] == "upload_incomplete"
+        http.put(put, params={"offset": half}, content=data[half:])
+        done = http.post(f"{put}/finish")
+        assert done.status_code == 201, done.text
+        listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        assert listed["stone.safetensors"]["size_bytes"] == len(data)
+        assert http.post(f"{put}/finish").status_code == 404, "an upload finishes once"
+
+        fake = b"\x80\x04 not safetensors at all" * 4
+        bad = http.post("/v1/models/uploads", json={"filename": "evil.safetensors",
+                                                    "size": len(fake)}).json()["id"]
+        http.put(f"/v1/models/uploads/{bad}", params={"offset": 0}, content=fake)
+        refused = http.post(f"/v1/models/uploads/{bad}/finish")
+        assert refused.status_code == 422 and refused.json()["code"] == "model_invalid"
+        assert "evil.safetensors" not in {m["name"] for m in http.get("/v1/models").json()[
+            "models"]}
+        name = http.post("/v1/models/uploads", json={"filename": "x.ckpt", "size": 100})
+        assert name.status_code == 422
+        huge = http.post("/v1/models/uploads", json={"filename": "big.safetensors",
+                                                     "size": 2**40})
+        assert huge.status_code == 413
+    assert not list((studio.data_dir / "uploads").glob(f"{bad}.*")), "refused files removed"

@@ -155,9 +155,12 @@ def safetensors_bytes(values: int = 4) -> bytes:
     return struct.pack("<Q", len(header)) + header + b"\0" * (4 * values)
 
 
-def test_lora_upload_list_refusal_and_delete(studio, page, shot, tmp_path) -> None:
+def test_lora_chunked_upload_list_refusal_and_delete(studio, page, shot, tmp_path) -> None:
     lora = tmp_path / "moss_style.safetensors"
-    lora.write_bytes(safetensors_bytes())
+    lora.write_bytes(safetensors_bytes(640 * 1024))  # 2.5 MiB: three 1 MiB chunks
+    chunks: list[str] = []
+    page.on("request", lambda r: chunks.append(r.url)
+            if r.method == "PUT" and "/v1/models/uploads/" in r.url else None)
     fake = tmp_path / "evil.safetensors"
     fake.write_bytes(b"\x80\x04 pickle pretending to be safetensors")
     page.add_init_script(RECORDER)
@@ -169,6 +172,8 @@ def test_lora_upload_list_refusal_and_delete(studio, page, shot, tmp_path) -> No
     with studio.client() as http:
         names = [m["name"] for m in http.get("/v1/models").json()["models"]]
     assert "moss_style.safetensors" in names
+    assert len(chunks) == 3, chunks
+    assert [c.rsplit("offset=", 1)[1] for c in chunks] == ["0", "1048576", "2097152"]
     shot(page, "loras")
 
     page.get_by_test_id("lora-file").set_input_files(str(fake))

@@ -1,5 +1,5 @@
-// LoRA manager: list, upload (drag and drop, progress, safetensors only), delete with a
-// confirmation.
+// LoRA manager: list, chunked upload (drag and drop, progress, safetensors only), delete with
+// a confirmation.
 import { api, bytes, clearError, el, showError } from "./api.js";
 
 const rowsEl = document.getElementById("lora-rows");
@@ -22,7 +22,9 @@ async function refresh() {
   } catch (err) { showError(err); }
 }
 
-function upload(file) {
+const CHUNK = 1024 * 1024;  // bytes per request; the API accepts up to chunk_bytes
+
+async function upload(file) {
   clearError();
   if (!file.name.toLowerCase().endsWith(".safetensors")) {
     showError({ code: "model_invalid", message: `${file.name} is not a .safetensors file; only safetensors LoRAs can be uploaded` });
@@ -31,25 +33,27 @@ function upload(file) {
   bar.hidden = false;
   bar.value = 0;
   status.textContent = `Uploading ${file.name}…`;
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", `/v1/models?filename=${encodeURIComponent(file.name)}`);
-  xhr.setRequestHeader("Content-Type", "application/octet-stream");
-  xhr.setRequestHeader("Accept", "application/json");
-  xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; });
-  xhr.addEventListener("load", () => {
-    bar.hidden = true;
-    if (xhr.status >= 200 && xhr.status < 300) {
-      status.textContent = `Uploaded ${file.name}.`;
-      refresh();
-      return;
+  try {
+    const started = await api("/v1/models/uploads", { method: "POST", json: { filename: file.name, size: file.size } });
+    let offset = started.received;
+    const step = Math.min(CHUNK, started.chunk_bytes);
+    while (offset < file.size) {
+      const chunk = file.slice(offset, offset + step);
+      const state = await api(`/v1/models/uploads/${started.id}?offset=${offset}`, {
+        method: "PUT", body: chunk, headers: { "Content-Type": "application/octet-stream" } });
+      offset = state.received;
+      bar.value = offset / file.size;
     }
-    let p = {};
-    try { p = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+    status.textContent = `Checking ${file.name} and copying it to the worker…`;
+    await api(`/v1/models/uploads/${started.id}/finish`, { method: "POST" });
+    status.textContent = `Uploaded ${file.name}.`;
+    refresh();
+  } catch (err) {
     status.textContent = "";
-    showError({ code: p.code || String(xhr.status), message: p.detail || xhr.statusText });
-  });
-  xhr.addEventListener("error", () => { bar.hidden = true; showError(new Error("the upload was interrupted")); });
-  xhr.send(file);
+    showError(err);
+  } finally {
+    bar.hidden = true;
+  }
 }
 
 input.addEventListener("change", () => { if (input.files[0]) upload(input.files[0]); input.value = ""; });
