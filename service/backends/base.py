@@ -48,6 +48,9 @@ class CallAccounting:
     execution_ms: int = 0
     attempts: int = 0
     cost_usd: float = 0.0
+    # ``/run`` attempts that failed after RunPod may have queued the job (a 5xx or a lost
+    # reply): possibly billed, with no id to cancel or count (docs/architecture/03-runpod.md)
+    possibly_billed: int = 0
 
 
 @dataclass

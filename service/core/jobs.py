@@ -128,7 +128,11 @@ class JobErrorView(BaseModel):
 
 
 class JobCost(BaseModel):
-    runpod_jobs: int = 0
+    runpod_jobs: int = Field(default=0, description="RunPod jobs this job caused, counted the "
+                             "moment each was submitted (re-sent and resumed ones included)")
+    possibly_billed: int = Field(default=0, description="/run submissions that failed after "
+                                 "RunPod may have queued them anyway (a 5xx or a lost reply): "
+                                 "possibly billed, not in runpod_jobs")
     execution_s: float = 0.0
     usd: float = 0.0
 

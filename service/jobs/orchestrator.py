@@ -133,6 +133,10 @@ class JobRun:
             st = stages.get(stage, {"done": 0, "total": 1})
             stages[stage] = {"done": min(st["total"], st["done"] + 1), "total": st["total"]}
             changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
+            if acct is not None and acct.possibly_billed:
+                changes["remote_jobs"] = [*row.remote_jobs, *(
+                    RemoteJob(tile=-1, kind=stage, id="", ambiguous=True)
+                    for _ in range(acct.possibly_billed))]
             if acct is not None:  # its RunPod jobs were counted when submitted
                 changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
                 changes["cost_usd"] = row.cost_usd + acct.cost_usd

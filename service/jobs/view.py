@@ -58,7 +58,8 @@ def to_public(row: JobRecord) -> JobPublic:
         output=JobOutput.model_validate(row.output) if row.output else None,
         error=JobErrorView.model_validate(row.error) if row.error else None,
         cost=JobCost(runpod_jobs=row.cost_runpod_jobs, execution_s=row.cost_execution_s,
-                     usd=row.cost_usd),
+                     usd=row.cost_usd,
+                     possibly_billed=sum(1 for r in row.remote_jobs if r.get("ambiguous"))),
         attempts=row.attempts,
         urls=JobPublic.urls_for(row.id),
     )

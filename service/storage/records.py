@@ -41,6 +41,7 @@ class RemoteJob(TypedDict):
     kind: str  # "caption" | "refine" | "seam_fix"
     id: str
     key: NotRequired[str]  # the request key (a resumed attempt only picks up the same request)
+    ambiguous: NotRequired[bool]  # a /run that failed after RunPod may have queued it (no id)
 
 
 class StoredError(TypedDict, total=False):

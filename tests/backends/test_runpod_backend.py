@@ -398,6 +398,8 @@ def test_an_ambiguous_5xx_on_run_costs_one_visible_duplicate(runpod_emulator, ru
     result = _refine(backend, tile)
     assert np.array_equal(result.image, tint(tile.image, 5))
     assert result.accounting.attempts == 1  # the ghost's id was never known to us
+    assert result.accounting.possibly_billed == 1  # but it is counted as possibly billed
+    assert backend.totals()["possibly_billed"] == 1
     stats = emu.stats("upscale")
     assert stats["submitted"] == 2 and list(stats["request_keys"].values()) == [2]
 

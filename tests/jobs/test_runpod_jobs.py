@@ -246,3 +246,17 @@ def test_seam_fix_tiles_are_refined_after_the_blend(job_settings: Any,
     seam = done.stages["seam_fix"]
     assert seam.total > 0 and seam.done == seam.total
     assert emu.stats("upscale")["submitted"] == done.stages["refine"].total + seam.total
+
+
+def test_ambiguous_submissions_are_counted_as_possibly_billed(job_settings: Any) -> None:
+    """RunPod queued the job but answered 502: the retry is a second job. The job's record
+    shows it: every job the endpoints saw is either counted or possibly billed."""
+    with emulator(workers=2, faults=Faults.parse("ghost=1:2", retry_after_s=0.01)) as emu:
+        svc = _service(job_settings, emu)
+        job, _ = svc.submit(png(64), filename="a.png", params=small_params())
+        done = _finished(svc, job.id)
+        svc.stop()
+        seen = emu.stats("upscale")["submitted"] + emu.stats("caption")["submitted"]
+    assert done.status == JobStatus.succeeded
+    assert done.cost.possibly_billed == 2
+    assert done.cost.runpod_jobs + done.cost.possibly_billed == seen

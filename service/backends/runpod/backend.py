@@ -87,6 +87,7 @@ class Totals:
     delay_ms: int = 0
     execution_ms: int = 0
     cost_usd: float = 0.0
+    possibly_billed: int = 0
 
 
 class RunPodBackend:
@@ -222,7 +223,8 @@ class RunPodBackend:
     def totals(self) -> dict[str, Any]:
         t = self._totals
         return {"calls": t.calls, "runpod_jobs": t.runpod_jobs, "delay_ms": t.delay_ms,
-                "execution_ms": t.execution_ms, "cost_usd": round(t.cost_usd, 6)}
+                "execution_ms": t.execution_ms, "cost_usd": round(t.cost_usd, 6),
+                "possibly_billed": t.possibly_billed}
 
     # ---- one call, tile-level retries -------------------------------------------------------
 
@@ -283,7 +285,7 @@ class RunPodBackend:
             first = await client.runsync(payload, wait_ms=RUNSYNC_WAIT_MS)
             job_id = str(first["id"])
         else:
-            first, job_id = None, await self._submit(client, payload)
+            first, job_id = None, await self._submit(client, payload, acct)
         acct.remote_job_ids.append(job_id)
         acct.attempts += 1
         self._totals.runpod_jobs += 1
@@ -305,11 +307,16 @@ class RunPodBackend:
         self._account(acct, body)
         return body
 
-    async def _submit(self, client: RunPodClient, payload: dict[str, Any]) -> str:
+    async def _submit(self, client: RunPodClient, payload: dict[str, Any],
+                      acct: CallAccounting) -> str:
         """``POST /run``. Cancelled while the POST is in flight, the job may exist anyway (RunPod
         created it; its id is on the way): wait for the id, bounded, and cancel that RunPod job
         at once rather than leave it running and billing."""
-        post = asyncio.ensure_future(client.run(payload, self._policy))
+        def ambiguous() -> None:
+            acct.possibly_billed += 1
+            self._totals.possibly_billed += 1
+
+        post = asyncio.ensure_future(client.run(payload, self._policy, on_ambiguous=ambiguous))
         try:
             return await asyncio.shield(post)
         except asyncio.CancelledError:

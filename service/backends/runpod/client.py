@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,11 +107,14 @@ class RunPodClient:
 
     # ---- operations -------------------------------------------------------------------------
 
-    async def run(self, payload: dict[str, Any], policy: dict[str, int] | None = None) -> str:
-        """Submit a job with ``/run``; returns the RunPod job id."""
+    async def run(self, payload: dict[str, Any], policy: dict[str, int] | None = None, *,
+                  on_ambiguous: Callable[[], None] | None = None) -> str:
+        """Submit a job with ``/run``; returns the RunPod job id. ``on_ambiguous`` is called for
+        each failed attempt after which RunPod may still have queued the job (a 5xx, 408, or a
+        reply lost after the request went out): the retry may then be a second job."""
         body = _encode({"input": payload, **({"policy": policy} if policy else {})},
                        MAX_RUN_BYTES, "/run")
-        resp = await self._request("POST", "/run", content=body)
+        resp = await self._request("POST", "/run", content=body, on_ambiguous=on_ambiguous)
         return str(_json(resp, "/run", "id")["id"])
 
     async def runsync(self, payload: dict[str, Any], *, wait_ms: int = 60_000) -> dict[str, Any]:
@@ -193,6 +197,7 @@ class RunPodClient:
     async def _request(
         self, method: str, path: str, *, content: bytes | None = None,
         params: dict[str, Any] | None = None, missing: Exception | None = None,
+        on_ambiguous: Callable[[], None] | None = None,
     ) -> httpx.Response:
         headers = {"authorization": f"Bearer {self._key.get_secret_value()}"}
         if content is not None:
@@ -204,6 +209,9 @@ class RunPodClient:
                 resp = await self._http.request(method, self.url + path, content=content,
                                                 params=params, headers=headers)
             except httpx.TransportError as exc:
+                if on_ambiguous is not None and not isinstance(
+                        exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+                    on_ambiguous()  # the request may have reached RunPod
                 last = BackendUnavailable(
                     f"could not reach RunPod at {self.url} ({type(exc).__name__}); "
                     "check the network or runpod_base_url",
@@ -211,6 +219,9 @@ class RunPodClient:
             else:
                 if resp.status_code < 400:
                     return resp
+                if on_ambiguous is not None and (resp.status_code >= 500
+                                                 or resp.status_code == 408):
+                    on_ambiguous()
                 last, wait = self._classify(resp, path, missing, wait)
             if attempt + 1 < self.retry.attempts:
                 log.info("RunPod %s %s: %s; retry in %.2f s", method, path, last.message, wait)
