@@ -27,7 +27,7 @@ from watcher.client import ServiceClient
 from watcher.deliver import sha256_bytes
 from watcher.events import Hints, start_observer, stop_observer
 from watcher.jobs import Backoff, JobFlow
-from watcher.ledger import Ledger
+from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
 from watcher.scan import (
     FileStat,
@@ -153,14 +153,11 @@ class Watcher:
         sha = sha256_bytes(data)
         if self.ledger.is_output(path, sha):
             return
-        fp = self._fingerprint(root, path.parent)
-        rel = PurePosixPath(path.relative_to(root).as_posix())
-        version = hashlib.sha256(f"{sha}|{rel}|{fp}".encode()).hexdigest()
-        entry = self.ledger.get(path)
+        known = self._version(path, root, sig, sha)
+        if known is None:
+            return  # same bytes re-saved: not a new version
+        version, fp, entry = known
         stat_pair = (sig.size, sig.mtime_ns)
-        if entry is not None and entry.version_key == version:
-            self.ledger.touch(path, stat_pair, fp)  # same bytes re-saved: not a new version
-            return
         if entry is not None and entry.state == "submitted" and entry.job_id:
             self.flow.cancel_superseded(entry.job_id)  # an older result must not land last
         try:
@@ -180,6 +177,20 @@ class Watcher:
         if expected is not None and expected != path:
             self.ledger.remember_output(expected, None)
 
+    def _version(self, path: Path, root: Path, sig: FileStat, sha: str
+                 ) -> tuple[str, str, Entry | None] | None:
+        """The version key of ``path``'s content ``sha`` under its preset, with the preset's
+        fingerprint and the ledger entry; None when the ledger already has this version (its
+        stat signature is refreshed: the same bytes saved again are not a new version)."""
+        fp = self._fingerprint(root, path.parent)
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        version = hashlib.sha256(f"{sha}|{rel}|{fp}".encode()).hexdigest()
+        entry = self.ledger.get(path)
+        if entry is not None and entry.version_key == version:
+            self.ledger.touch(path, (sig.size, sig.mtime_ns), fp)
+            return None
+        return version, fp, entry
+
     def _refuse_link(self, path: Path, root: Path, sig: FileStat) -> None:
         """A symbolic link is never followed (anyone who can write into a shared inbox could
         otherwise copy any image this host can read into the repo): it is recorded as failed
@@ -189,15 +200,11 @@ class Watcher:
         except OSError:
             target = ""
         sha = hashlib.sha256(f"link:{target}".encode()).hexdigest()
-        fp = self._fingerprint(root, path.parent)
-        rel = PurePosixPath(path.relative_to(root).as_posix())
-        version = hashlib.sha256(f"{sha}|{rel}|{fp}".encode()).hexdigest()
-        entry = self.ledger.get(path)
-        stat_pair = (sig.size, sig.mtime_ns)
-        if entry is not None and entry.version_key == version:
-            self.ledger.touch(path, stat_pair, fp)
+        known = self._version(path, root, sig, sha)
+        if known is None:
             return
-        self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
+        version, fp, _entry = known
+        self.ledger.record_failed_version(path, root, (sig.size, sig.mtime_ns), sha, version, fp,
                                           LinkRefused.code, link_message(path))
         log.warning("%s not submitted: %s", path, link_message(path))
 
