@@ -88,6 +88,14 @@ def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path) -> N
     statuses = [c["value"] for c in changes if c["attr"] == "data-status"]
     assert "running" in statuses and statuses[-1] == "succeeded"
 
+    slider = page.get_by_test_id("compare-slider")
+    page.get_by_role("button", name="1:1 pixels").click()
+    assert slider.evaluate("s => getComputedStyle(s.querySelector('img')).imageRendering") \
+        == "pixelated", "1:1 shows pixels with nearest-neighbour, not smoothed"
+    after = page.locator("#compare-after")
+    assert after.evaluate("i => i.naturalWidth") == 256, "1:1 shows every output pixel"
+    page.get_by_role("button", name="Fit").click()
+    assert "pixels" not in (slider.get_attribute("class") or "")
     tiles.nth(6).click()
     assert page.get_by_test_id("tile-caption").input_value().startswith("a 64x64 tile")
     assert tiles.nth(6).get_attribute("aria-pressed") == "true"
@@ -201,6 +209,15 @@ def test_cancel_a_running_job(studio, page, shot) -> None:
     assert page.get_by_test_id("cancel-job").is_hidden()
     with studio.client() as http:
         assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+    page.get_by_test_id("retry-job").click()  # a new job, same input and params
+    page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(job["id"]))
+    retried = page.url.rsplit("/", 1)[1]
+    with studio.client() as http:
+        again = http.get(f"/v1/jobs/{retried}").json()
+        assert again["input"]["sha256"] == job["input"]["sha256"]
+        same = {k: v for k, v in job["params"].items() if k != "asset_reason"}
+        assert {k: again["params"][k] for k in same} == same
+        http.post(f"/v1/jobs/{retried}/cancel")
     page.goto(f"{studio.url}/jobs")
     row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
     row.wait_for()

@@ -277,7 +277,8 @@ async function retry() {
     const input = await api(`${base}/input`, { headers: { Accept: "*/*" } });
     const body = new FormData();
     body.append("file", await input.blob(), job.input.filename);
-    body.append("params", JSON.stringify(job.params));
+    const { asset_reason: _reason, ...params } = job.params;  // set by the service, not sent
+    body.append("params", JSON.stringify(params));
     if (job.target) body.append("target", JSON.stringify(job.target));
     const created = await api("/v1/jobs", { method: "POST", body });
     location.href = `/jobs/${created.id}`;
