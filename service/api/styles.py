@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.intake import read_capped
 from service.api.problems import problem_responses
+from service.core import formats
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/styles", tags=["jobs"], dependencies=[Depends(require_auth)],
@@ -25,9 +26,8 @@ class StyleImage(BaseModel):
 @router.post("", response_model=StyleImage, status_code=201,
              summary="Store an IP-Adapter style image (raw image body)",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "image/png": {"schema": {"type": "string", "format": "binary"}},
-                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                 "image/webp": {"schema": {"type": "string", "format": "binary"}}}}},
+                 f.media_type: {"schema": {"type": "string", "format": "binary"}}
+                 for f in formats.FORMATS}}},
              responses=problem_responses(400, 413, 422))
 async def add_style(request: Request, settings: Annotated[Settings, Depends(get_settings)],
                     jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> StyleImage:

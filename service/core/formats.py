@@ -46,6 +46,10 @@ INPUT_SUFFIXES: frozenset[str] = frozenset(s for f in FORMATS for s in f.suffixe
 #: The suffixes ``aat upscale -o`` can write, as a user reads them.
 OUTPUT_SUFFIXES: tuple[str, ...] = tuple(s for f in FORMATS if f.writable for s in f.suffixes)
 
+#: The input formats as a user reads them: "PNG, WebP, JPEG, TGA, DDS, BMP or GIF".
+INPUT_NAMES = ", ".join(f.pillow.replace("WEBP", "WebP") for f in FORMATS[:-1]) + \
+    f" or {FORMATS[-1].pillow}"
+
 _BY_NAME = {f.name: f for f in FORMATS}
 _BY_PILLOW = {f.pillow: f for f in FORMATS}
 _BY_SUFFIX = {s: f for f in FORMATS for s in f.suffixes}

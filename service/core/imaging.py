@@ -105,10 +105,10 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         other = _identify_other(data)
         if other:
-            raise _err("image_unsupported", f"{other} files are not supported; export PNG, "
-                       "JPEG, WebP, TGA, BMP, GIF or DDS") from exc
-        raise _err("image_corrupt", "not a readable image (supported: PNG, JPEG, WebP, TGA, "
-                   "BMP, GIF, DDS); check the file is not damaged or mislabelled") from exc
+            raise _err("image_unsupported", f"{other} files are not supported; export "
+                       f"{formats.INPUT_NAMES}") from exc
+        raise _err("image_corrupt", f"not a readable image (supported: {formats.INPUT_NAMES}); "
+                   "check the file is not damaged or mislabelled") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise _err("image_corrupt", f"the image header is damaged ({exc}); re-export the "
                    "file") from exc

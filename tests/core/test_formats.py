@@ -54,3 +54,12 @@ def test_every_row_is_true_to_pillow_and_to_our_decoder(fmt: formats.ImageFormat
     if fmt.writable:  # and we write what the row says
         out = encode_image(rgb, None, fmt.name)
         assert Image.open(io.BytesIO(out)).format == fmt.pillow
+
+
+def test_a_refused_file_names_every_format_we_take() -> None:
+    from service.core.errors import ImageError
+
+    with pytest.raises(ImageError) as info:
+        load_image(b"not an image at all, just text", limits=ImageLimits())
+    assert formats.INPUT_NAMES in info.value.message
+    assert all(f.pillow.lower() in formats.INPUT_NAMES.lower() for f in formats.FORMATS)
