@@ -32,6 +32,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                for eid in ("upscale", "caption")}
     server = EmulatorServer(configs, api_key="test-" + secrets.token_hex(8))
     server.start()
+    server.test_configs = configs  # type: ignore[attr-defined]  # tests may slow the GPUs down
     yield server
     server.stop()
 

@@ -9,10 +9,12 @@ import io
 import json
 import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from playwright.sync_api import expect
 from studiotest_helpers import start_studio, stop
@@ -58,7 +60,20 @@ def wait_status(page: Any, status: str, timeout: float = 60_000) -> None:
     page.wait_for_selector(f"[data-testid=job-status][data-status={status}]", timeout=timeout)
 
 
-def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path) -> None:
+@pytest.fixture
+def slow_gpus(emulator) -> Iterator[None]:
+    """GPU calls take 0.6 s for one test, so the page sees tiles change however loaded the
+    machine is."""
+    configs = emulator.test_configs
+    before = {eid: c.latency_s for eid, c in configs.items()}
+    for config in configs.values():
+        config.latency_s = 0.6
+    yield
+    for eid, config in configs.items():
+        config.latency_s = before[eid]
+
+
+def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow_gpus) -> None:
     page.add_init_script(RECORDER)
     image = tmp_path / "stone.png"
     image.write_bytes((EXAMPLES / "stone-tileable.png").read_bytes())
@@ -199,7 +214,7 @@ def test_lora_chunked_upload_list_refusal_and_delete(studio, page, shot, tmp_pat
     assert page.problems == []  # type: ignore[attr-defined]
 
 
-def test_cancel_a_running_job(studio, page, shot) -> None:
+def test_cancel_a_running_job(studio, page, shot, slow_gpus) -> None:
     data = png(Path(studio.data_dir.parent) / "big.png", 256, 256, seed=3).read_bytes()
     job = submit(studio, data)
     page.goto(f"{studio.url}/jobs/{job['id']}")
