@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from service.core import formats
 from service.core.errors import (
     AatError,
     ConfigError,
@@ -35,13 +36,14 @@ from service.core.errors import (
     ParamsError,
     PathError,
 )
-from service.core.params import UpscaleParams
+from service.core.params import DiffusionSettings, UpscaleParams
 
 if TYPE_CHECKING:
     from service.backends.base import CallAccounting
     from service.cli.sheets import SheetFile
 
 log = logging.getLogger(__name__)
+_KNOB = {name: field.default for name, field in DiffusionSettings.model_fields.items()}
 _OPTION_NAMES = {"output_format": "--format", "parameters": "parameters"}
 _STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
 _err_console = Console(stderr=True)
@@ -54,8 +56,8 @@ def register(app: typer.Typer) -> None:
 
 
 def upscale(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Image to upscale (PNG, JPEG, "
-                                      "WebP, TGA, BMP, GIF, DDS)."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Image to upscale "
+                                      f"({formats.INPUT_NAMES})."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the result."),
     scale: float | None = typer.Option(None, "--scale", "-s", help="Scale factor, up to 8 "
                                        "(default 2 when no size is given)."),
@@ -74,20 +76,23 @@ def upscale(
     backend: str = typer.Option("none", "--backend", help="GPU backend for the diffusion "
                                 "refine: none (base upscale only), runpod (RunPod serverless "
                                 "endpoints from RUNPOD_* settings) or local (this machine's GPU)."),
-    prompt: str = typer.Option("", "--prompt", help="Global style prompt (GPU backends)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt."),
-    strength: float = typer.Option(0.35, "--strength", help="Denoise strength 0-1."),
-    steps: int = typer.Option(30, "--steps", help="Diffusion steps (1-100)."),
-    cfg_scale: float = typer.Option(7.0, "--cfg", help="Classifier-free guidance scale."),
+    prompt: str = typer.Option(_KNOB["prompt"], "--prompt", help="Global style prompt (GPU "
+                               "backends)."),
+    negative_prompt: str = typer.Option(_KNOB["negative_prompt"], "--negative-prompt",
+                                        help="Negative prompt."),
+    strength: float = typer.Option(_KNOB["strength"], "--strength", help="Denoise strength 0-1."),
+    steps: int = typer.Option(_KNOB["steps"], "--steps", help="Diffusion steps (1-100)."),
+    cfg_scale: float = typer.Option(_KNOB["cfg_scale"], "--cfg", help="Classifier-free guidance "
+                                    "scale."),
     seed: int | None = typer.Option(None, "--seed", help="Job seed; each tile derives its own "
                                     "(random when omitted, printed in the output metadata)."),
     lora: list[str] = typer.Option([], "--lora", help="LoRA as NAME or NAME:WEIGHT; repeat "
                                    "to stack."),
     caption: bool = typer.Option(True, "--caption/--no-caption", help="Caption each tile "
                                  "with the VLM and use it as the tile's prompt."),
-    output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix, "
-                                      "else the input's format), png, webp, jpeg, tga or "
-                                      "dds (BC1/BC3)."),
+    output_format: str = typer.Option("auto", "--format", help="auto (from OUTPUT's suffix: "
+                                      f"{' '.join(formats.OUTPUT_SUFFIXES)}), png, webp, jpeg, "
+                                      "tga or dds (BC1/BC3)."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="WebP/JPEG quality; "
                                 "100 = lossless WebP."),
     asset_type: str = typer.Option("auto", "--asset-type", help="auto (from the file name and "
@@ -252,8 +257,6 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
 def _format_of_output(output: Path, requested: str) -> str:
     """The format the ``-o`` name asks for; a suffix we cannot write, or one that contradicts
     ``--format``, is refused (the bytes would not be what the name says)."""
-    from service.core import formats  # noqa: PLC0415
-
     known = ", ".join(formats.OUTPUT_SUFFIXES)
     named = formats.by_suffix(output.suffix)
     if named is None or not named.writable:

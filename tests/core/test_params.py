@@ -89,3 +89,13 @@ def test_a_jobs_knobs_reach_both_backends_requests_unchanged() -> None:
     assert wire.diffusion_kwargs() == CHANGED
     assert local_settings(options, 3).diffusion_kwargs() == CHANGED  # the local GPU's pipeline
 
+
+
+def test_aat_upscale_offers_the_declared_defaults() -> None:
+    import inspect
+
+    from service.cli.upscale import upscale
+
+    options = inspect.signature(upscale).parameters
+    for name in ("prompt", "negative_prompt", "strength", "steps", "cfg_scale"):
+        assert options[name].default.default == DiffusionSettings.model_fields[name].default
