@@ -238,6 +238,15 @@ def test_cancel_a_running_job(studio, page, shot, slow_gpus) -> None:
     row.wait_for()
     assert row.get_attribute("data-status") == "canceled"
     shot(page, "queue")
+    before = page.get_by_test_id("job-row").count()
+    row.get_by_role("button", name="Retry").click()
+    expect(page.get_by_test_id("job-row")).to_have_count(before + 1)
+    newest = page.get_by_test_id("job-row").first
+    assert newest.get_attribute("data-id") not in (job["id"], retried)
+    with studio.client() as http:
+        third = http.get(f"/v1/jobs/{newest.get_attribute('data-id')}").json()
+        assert third["input"]["sha256"] == job["input"]["sha256"]
+        http.post(f"/v1/jobs/{third['id']}/cancel")
     assert page.problems == []  # type: ignore[attr-defined]
 
 

@@ -2,7 +2,7 @@
 // compare slider with zoom and 1:1 pixels, download, cancel, retry.
 import "/static/vendor/img-comparison-slider-8.0.7.js";
 import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
-import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { api, clearError, el, retryJob, seconds, showError, usd } from "./api.js";
 
 const jobId = document.body.dataset.jobId;
 const statusEl = document.getElementById("job-status");
@@ -272,15 +272,8 @@ async function cancel() {
 }
 
 async function retry() {
-  // A new job with the same input, params and target (the API returns the original file).
   try {
-    const input = await api(`${base}/input`, { headers: { Accept: "*/*" } });
-    const body = new FormData();
-    body.append("file", await input.blob(), job.input.filename);
-    const { asset_reason: _reason, ...params } = job.params;  // set by the service, not sent
-    body.append("params", JSON.stringify(params));
-    if (job.target) body.append("target", JSON.stringify(job.target));
-    const created = await api("/v1/jobs", { method: "POST", body });
+    const created = await retryJob(job);
     location.href = `/jobs/${created.id}`;
   } catch (err) { showError(err); }
 }

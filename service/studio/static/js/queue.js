@@ -1,5 +1,5 @@
 // Queue and history: all jobs newest first, live, with filters, paging, cancel and retry.
-import { api, el, every, showError, clearError, usd } from "./api.js";
+import { api, el, every, retryJob, showError, clearError, usd } from "./api.js";
 
 const rows = document.getElementById("job-rows");
 const statusFilter = document.getElementById("status-filter");
@@ -7,6 +7,7 @@ const nameFilter = document.getElementById("name-filter");
 const PAGE = 25;
 let cursors = [null];  // cursor of each page seen; the last is the current page's
 let nextCursor = null;
+let shown = new Map();  // job id -> the job, for row actions
 
 function query() {
   const q = new URLSearchParams({ limit: String(PAGE) });
@@ -25,7 +26,8 @@ function row(job) {
     const b = el("button", { type: "button", "data-action": "cancel", "data-id": job.id, text: "Cancel" });
     actions.append(b);
   } else if (job.status !== "succeeded") {
-    actions.append(el("a", { href: `/jobs/${job.id}`, class: "button", text: "Open to retry" }));
+    actions.append(el("button", { type: "button", "data-action": "retry", "data-id": job.id,
+                                  "aria-label": `Retry ${job.input.filename}`, text: "Retry" }));
   }
   const progress = el("progress", { max: "1", value: String(job.progress), "aria-label": `Progress of ${job.input.filename}` });
   return el("tr", { "data-testid": "job-row", "data-id": job.id, "data-status": job.status },
@@ -44,6 +46,7 @@ async function refresh() {
     nextCursor = page.next_cursor;
     const needle = nameFilter.value.trim().toLowerCase();
     const items = page.items.filter((j) => !needle || j.input.filename.toLowerCase().includes(needle));
+    shown = new Map(items.map((j) => [j.id, j]));
     rows.replaceChildren(...items.map(row));
     document.getElementById("queue-empty").hidden = items.length > 0;
     document.getElementById("page-next").disabled = !nextCursor;
@@ -53,10 +56,15 @@ async function refresh() {
 }
 
 rows.addEventListener("click", async (e) => {
-  const button = e.target.closest("button[data-action=cancel]");
+  const button = e.target.closest("button[data-action]");
   if (!button) return;
   try {
-    await api(`/v1/jobs/${button.dataset.id}/cancel`, { method: "POST" });
+    if (button.dataset.action === "cancel") {
+      await api(`/v1/jobs/${button.dataset.id}/cancel`, { method: "POST" });
+    } else {
+      button.disabled = true;
+      await retryJob(shown.get(button.dataset.id));
+    }
     refresh();
   } catch (err) { showError(err); }
 });
