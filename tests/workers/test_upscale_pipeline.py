@@ -357,3 +357,29 @@ def test_fast_quality_runs_four_steps_without_cfg_through_the_baked_lora(tmp_pat
     with pytest.raises(ParamsError) as info:
         run(plain, tile, quality="fast")
     assert info.value.code == "fast_mode_unavailable"
+
+
+def test_the_controlnet_receives_the_tile_and_the_scale(pipe, tile) -> None:
+    seen: list[dict] = []
+    hook = pipe.pipe.controlnet.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        run(pipe, tile, controlnet_scale=0.6)
+    finally:
+        hook.remove()
+    assert seen and all(k["conditioning_scale"] == pytest.approx(0.6) for k in seen)
+    cond = seen[0]["controlnet_cond"]  # (2, 3, H, W) in [0, 1]: the tile itself, for both CFG rows
+    expected = torch.from_numpy(np.asarray(tile, np.float32) / 255).permute(2, 0, 1)
+    assert cond.shape == (2, 3, 64, 64)
+    assert torch.allclose(cond[0], expected, atol=1e-3) and torch.equal(cond[0], cond[1])
+
+
+def test_a_job_gets_only_its_own_lora_in_any_order(pipe, tile, tmp_path: Path) -> None:
+    """No adapter leaks from the job before: the pixels equal a fresh pipeline's with only
+    this LoRA, bit for bit, whatever ran first."""
+    fresh = UpscalePipeline.from_components(tiny.build_components(tmp_path),
+                                            lora_dir=pipe.lora_dir)
+    alone = {name: run(fresh, tile, loras=[lora(name, 0.9)]) for name in ("detail", "style")}
+    for first, second in (("detail", "style"), ("style", "detail")):
+        run(pipe, tile, loras=[lora(first, 1.3), lora(second, 0.4)])
+        assert differs(run(pipe, tile, loras=[lora(second, 0.9)]), alone[second]) == 0.0
