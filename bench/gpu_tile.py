@@ -113,6 +113,7 @@ def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[li
             change()
         s, peak = measure(pipe, runs or jobs[:1], settings, repeats)
         rows.append(Row(name, s, peak, note))
+        print(f"  {name}: {s:.3f} s/tile", file=sys.stderr, flush=True)  # progress
 
     add("baseline (CN on, eager, SDPA, batch 1)", base)
     add("ControlNet off (skipped)", base.model_copy(update={"controlnet_scale": 0.0}))
