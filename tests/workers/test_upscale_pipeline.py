@@ -383,3 +383,20 @@ def test_a_job_gets_only_its_own_lora_in_any_order(pipe, tile, tmp_path: Path) -
     for first, second in (("detail", "style"), ("style", "detail")):
         run(pipe, tile, loras=[lora(first, 1.3), lora(second, 0.4)])
         assert differs(run(pipe, tile, loras=[lora(second, 0.9)]), alone[second]) == 0.0
+
+
+def test_kohya_and_text_encoder_loras(pipe, tile) -> None:
+    """A kohya-ss file of the same weights gives the same pixels as the diffusers one; a LoRA
+    on the text encoder reaches our own prompt encoding."""
+    folder = pipe.lora_dir
+    tiny.to_kohya(folder / "detail.safetensors", folder / "detail_kohya.safetensors")
+    tiny.write_text_encoder_lora(tiny.build_components(folder / "te")["text_encoder"],
+                                 folder / "te_only.safetensors", seed=3)
+    try:
+        same = run(pipe, tile, loras=[lora("detail", 1.0)])
+        assert differs(run(pipe, tile, loras=[lora("detail_kohya", 1.0)]), same) < 0.05
+        plain = run(pipe, tile, prompt="tree")
+        assert differs(run(pipe, tile, prompt="tree", loras=[lora("te_only", 1.0)]), plain) > 0.3
+    finally:
+        for name in ("detail_kohya.safetensors", "te_only.safetensors"):
+            (folder / name).unlink()

@@ -200,3 +200,34 @@ def save_weights_layout(components: dict[str, Any], root: Path,
     (ip_root / weights.IP_ADAPTER_SUBFOLDER).mkdir(parents=True, exist_ok=True)
     save_file(flat, str(ip_root / weights.IP_ADAPTER_SUBFOLDER / weights.IP_ADAPTER_FILE))
     return root
+
+
+def write_text_encoder_lora(text_encoder: Any, path: Path, seed: int, rank: int = 4) -> Path:
+    """A random LoRA on the first text encoder's attention, in diffusers format
+    (``text_encoder`` is changed: pass a throwaway copy)."""
+    from peft import inject_adapter_in_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    adapter = f"tmp_te_{seed}"
+    inject_adapter_in_model(config, text_encoder, adapter_name=adapter)
+    state = get_peft_model_state_dict(text_encoder, adapter_name=adapter)
+    tensors = {f"text_encoder.{k}": v.detach().clone().contiguous() for k, v in state.items()}
+    save_file(tensors, str(path))
+    return path
+
+
+def to_kohya(diffusers_lora: Path, path: Path) -> Path:
+    """The same UNet LoRA in kohya-ss naming (``lora_unet_<module>.lora_down/up`` + alpha)."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in load_file(str(diffusers_lora)).items():
+        module, _, kind = key.removeprefix("unet.").rpartition(".lora_")
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        if kind.startswith("A"):
+            out[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))  # alpha = rank: scale 1
+    save_file(out, str(path))
+    return path
