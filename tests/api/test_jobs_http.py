@@ -124,7 +124,8 @@ def test_raw_submission_with_a_target_delivers_into_the_repo(celery_server) -> N
                          headers={"Content-Type": "image/png"})
         assert resp.status_code == 202, resp.text
         assert resp.json()["target"] == {"repo": "game", "path": "textures/rock.png",
-                                         "naming": "suffix", "mirror_dir": None}
+                                         "naming": "suffix", "mirror_dir": None,
+                                         "overwrite": False}
         done = wait_terminal(http, resp.json()["id"])
         assert done["status"] == "succeeded", done["error"]
         assert done["output"]["delivered_path"].endswith("textures/rock_x2.png")
