@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -68,9 +69,9 @@ def _client(s: Settings, endpoint_id: str) -> RunPodClient:
 
 
 async def _call(client: RunPodClient, payload: dict[str, Any]) -> Any:
-    first = await client.runsync(payload, wait_ms=60_000)
-    body = await client.wait(str(first.get("id")), first)
-    return outcome(body)
+    started = time.monotonic()
+    job_id = await client.run(payload)
+    return outcome(await client.wait(job_id, submitted_at=started))
 
 
 class WorkerEditBackend:

@@ -20,7 +20,7 @@ from workers.caption import weights as caption_weights
 from workers.upscale import weights as upscale_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKERS = ["upscale", "caption"]
+WORKERS = ["upscale", "caption", "animate"]
 
 
 def dockerfile(worker: str) -> Path:

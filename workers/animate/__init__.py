@@ -1,0 +1,1 @@
+"""The animate worker: Qwen-Image-Edit poses of a sprite (see docs/architecture/11-animate.md)."""
