@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.core.blending import blend_tiles  # noqa: E402
+from service.core.logs import configure_logging  # noqa: E402
 from service.core.tiling import TilePlan, plan_tiles  # noqa: E402
 
 log = logging.getLogger("bench.blend")
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging("INFO")
 
     size, channels = args.size, 4
     src = np.random.default_rng(0).integers(0, 256, (size, size, channels), dtype=np.uint8)

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import socket
 import subprocess
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.backends.base import RefineOptions, TileTask  # noqa: E402
 from service.backends.runpod import RunPodBackend  # noqa: E402
+from service.core.logs import configure_logging  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler  # noqa: E402
 from workers.emulator.echo import tint  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="run the emulator in a thread of this process")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)
+    configure_logging("ERROR")
 
     rng = np.random.default_rng(args.seed)
     tiles = [TileTask(f"t{i}", rng.integers(0, 250, (64, 64, 3), dtype=np.uint8), "", i)

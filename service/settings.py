@@ -8,15 +8,26 @@ Secrets are ``SecretStr`` and never appear in ``repr`` or logs.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -71,7 +82,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
     api_token: SecretStr | None = None
-    server_url: str = "http://127.0.0.1:8765"  # where CLI, watcher and plugins find the API
+    server_url: str = "http://127.0.0.1:8765"  # where clients find the API; default: AAT_HOST:AAT_PORT
     cors_origins: list[str] = Field(default_factory=list)
 
     # GPU backend
@@ -133,11 +144,13 @@ class Settings(BaseSettings):
 
     # delivery
     repos: dict[str, Path] = Field(default_factory=dict)
-    intake_roots: list[Path] = Field(default_factory=list)  # paths a JSON submission may name
+    intake_roots: Annotated[list[Path], NoDecode] = Field(  # paths a JSON submission may name
+        default_factory=list)
     git_commit: bool = False
 
     # watcher
-    watch_folders: list[Path] = Field(default_factory=list)
+    watch_folders: Annotated[list[Path], NoDecode] = Field(  # one path, a:b, or a JSON list
+        default_factory=list)
     watch_scan_interval_s: float = Field(default=30.0, gt=0)
     watch_stable_s: float = Field(default=2.0, ge=0)
     watch_polling: bool = False  # polling observer (network drives)
@@ -150,6 +163,9 @@ class Settings(BaseSettings):
     local_batch_size: int = Field(default=1, ge=1, le=16)  # tiles per diffusion call
     local_vram_gb: float | None = Field(default=None, gt=0, le=1024)  # default: the card's total
 
+    # logs
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, job id a field
+
     # job execution
     job_threads: int = Field(default=2, ge=1, le=64)
     lease_s: float = Field(default=60.0, gt=1)
@@ -157,6 +173,27 @@ class Settings(BaseSettings):
     celery_queue: str = "aat"
     visibility_timeout_s: int = Field(default=6 * 3600, ge=60)  # > longest job
     gc_days: float = Field(default=14.0, ge=0)  # `aat gc`: artifacts of jobs finished earlier
+
+    @field_validator("watch_folders", "intake_roots", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        """A JSON list, or one path, or paths joined by the OS path separator (``:``)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)  # a bad list is a ValueError naming the setting
+        return [p for p in text.split(os.pathsep) if p.strip()]
+
+    @model_validator(mode="after")
+    def _server_url_from_port(self) -> Settings:
+        """Clients on this machine find the API at AAT_HOST:AAT_PORT unless AAT_SERVER_URL
+        says otherwise (a wildcard bind is reached on loopback)."""
+        if "server_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+            host = f"[{host}]" if ":" in host else host
+            self.server_url = f"http://{host}:{self.port}"
+        return self
 
     @field_validator("repos")
     @classmethod
@@ -213,9 +250,22 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         env = "AAT_" + where.upper() if where != "settings" else where
-        raise ConfigError(
-            f"invalid setting {where} ({env}): {first.get('msg')}; fix it in the environment "
-            f"or in {_toml_path()}"
-        ) from exc
+        msg = str(first.get("msg")).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {where} ({env}): {msg}; fix it in the environment "
+                          f"or in {_toml_path()}") from exc
+    except SettingsError as exc:  # a value the environment or .env holds cannot be parsed
+        raise ConfigError(_settings_error(exc)) from exc
     except (OSError, ValueError) as exc:  # e.g. a malformed aat.toml
         raise ConfigError(f"could not read settings: {exc}; check {_toml_path()}") from exc
+
+
+def _settings_error(exc: SettingsError) -> str:
+    """Name the setting and where it came from (the environment, .env or aat.toml)."""
+    found = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    if found is None:
+        return f"could not read settings: {exc}; check the AAT_* variables and {_toml_path()}"
+    field, source = found.groups()
+    where = {"EnvSettingsSource": "the environment", "DotEnvSettingsSource": ".env"}.get(
+        source, str(_toml_path()))
+    return (f"invalid setting {field} (AAT_{field.upper()}) in {where}: not a valid value "
+            "for this setting (lists and tables are JSON, e.g. '[\"/path/a\", \"/path/b\"]')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,15 @@ def aat_inproc(*args: str | Path, cwd: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(key)
     monkeypatch.chdir(cwd)
     return CliRunner().invoke(cli._assemble(), [str(a) for a in args])
+
+
+PROGRESS_LINE = re.compile(r"^\S+(?: \d+/\d+)? +\d+%\s+[\d.]+s$")  # "decode  16%  0.1s"
+
+
+def without_progress(stderr: str) -> str:
+    """stderr without the plain progress lines `aat upscale` prints when it is not a
+    terminal: what is left must be the one error line."""
+    return "\n".join(ln for ln in stderr.splitlines() if not PROGRESS_LINE.match(ln)).strip()
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -106,8 +116,9 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path: Path, case: str,
     out = tmp_path / "out.png"
     result = aat_inproc("upscale", src, "-o", out, cwd=tmp_path, monkeypatch=monkeypatch)
     assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
+    lines = without_progress(result.stderr).splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error [{code}]: "), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == lines[0]  # the last thing said
     assert not out.exists() and leftovers(tmp_path) == []
 
 
@@ -140,7 +151,7 @@ def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
     result = aat_inproc("upscale", SPRITE, "-o", out, *args, cwd=tmp_path,
                         monkeypatch=monkeypatch)
     assert result.exit_code == 2
-    line = result.stderr.strip()
+    line = without_progress(result.stderr)
     assert line.startswith(f"error [{code}]") and words in line and "\n" not in line
     assert not out.exists()
 
@@ -148,7 +159,8 @@ def test_bad_options(tmp_path: Path, args: list[str], code: str, words: str,
 def test_output_suffix_we_cannot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.bmp"
     result = aat_inproc("upscale", SPRITE, "-o", out, cwd=tmp_path, monkeypatch=monkeypatch)
-    assert result.exit_code == 2 and result.stderr.startswith("error [invalid_params]")
+    assert result.exit_code == 2
+    assert without_progress(result.stderr).startswith("error [invalid_params]")
     assert ".png" in result.stderr and not out.exists()
 
 
@@ -176,7 +188,8 @@ def test_output_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     (tmp_path / "aat.toml").write_text("max_output_side = 150\n")
     result = aat_inproc("upscale", SPRITE, "-o", out, "--scale", "2", cwd=tmp_path,
                         monkeypatch=monkeypatch)
-    assert result.exit_code == 2 and result.stderr.startswith("error [output_too_large]")
+    assert result.exit_code == 2
+    assert without_progress(result.stderr).startswith("error [output_too_large]")
     assert not out.exists()
 
 

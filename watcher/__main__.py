@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry", metavar="PATH", type=Path,
                         help="submit failed files at PATH (file or folder) again and exit")
     args = parser.parse_args(argv)
-    configure_logging()
     try:
         settings = load_settings(**({"watch_polling": True} if args.polling else {}))
+        configure_logging(settings)
         if args.status:
             print("\n".join(status_lines(settings)))
             return 0

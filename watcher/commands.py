@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -18,10 +19,12 @@ from watcher.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log lines with time and source; one line per HTTP call would drown the useful ones."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def configure_logging(settings: Settings | None = None, level: str = "INFO") -> None:
+    """The one logging setup (:func:`service.core.logs.configure_logging`) in the settings'
+    format (``AAT_LOG_FORMAT``)."""
+    from service.core.logs import configure_logging as setup
+
+    setup(level, settings.log_format if settings is not None else "text")
 
 
 def serve(settings: Settings) -> None:
@@ -38,11 +41,15 @@ def serve(settings: Settings) -> None:
 
 
 def status_lines(settings: Settings, limit: int = 50) -> list[str]:
-    """Counts per state, then every failed file with its reason (one line each)."""
+    """Counts per state and full scans so far, then every failed file with its reason (one
+    line each)."""
     ledger = Ledger(ledger_path(settings))
     try:
         counts = ledger.counts()
-        lines = ["  ".join(f"{state}: {n}" for state, n in counts.items())]
+        scans, last = ledger.full_scans()
+        when = time.strftime("%H:%M:%S", time.localtime(last)) if last else "never"
+        lines = ["  ".join(f"{state}: {n}" for state, n in counts.items())
+                 + f"  full scans: {scans} (last {when})"]
         for entry in ledger.entries("pending"):
             if entry.error_code and entry.present:
                 lines.append(f"waiting  {entry.path}  [{entry.error_code}] {entry.error_message}")

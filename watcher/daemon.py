@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from watchdog.observers.api import BaseObserver
 
+from service.client import ServiceClient
 from service.core.errors import AatError, ConfigError, ImageError, ParamsError
 from service.core.naming import size_tag
 from service.settings import Settings
-from watcher.client import ServiceClient
 from watcher.deliver import sha256_bytes
 from watcher.events import Hints, start_observer, stop_observer
 from watcher.jobs import Backoff, JobFlow
@@ -72,8 +72,7 @@ class Watcher:
         self.presets = PresetCache()
         self.stability = StabilityTracker(settings.watch_stable_s)
         self.hints = Hints()
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self.client = client or ServiceClient(settings.server_url, token)
+        self.client = client or ServiceClient.from_settings(settings)
         self.flow = JobFlow(self.ledger, self.client, self.presets, dict(settings.repos),
                             downloads(settings), Backoff())
         self.excluded = tuple(p for p in (settings.data_dir.resolve(),) if p not in self.roots)
@@ -87,6 +86,7 @@ class Watcher:
         for root in self.roots:
             self.rescan(root, root, now)
         self._next_full_scan = now + self.settings.watch_scan_interval_s
+        self.ledger.note_full_scan(time.time())
 
     def rescan(self, folder: Path, root: Path, now: float) -> None:
         """Reconcile one subtree with the ledger: new/changed files become candidates."""

@@ -14,11 +14,11 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
 
+from service.client import UNAVAILABLE, JobPublic, ServiceClient
 from service.core.errors import AatError, NotFound, ParamsError
+from service.core.jobs import TargetSpec
 from service.core.naming import confine, relative
-from watcher.client import ServiceClient
 from watcher.deliver import relative_target, sha256_bytes, source_path, write_atomic
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
@@ -94,7 +94,7 @@ class JobFlow:
                     log.warning("%s failed: %s", entry.path, outcome.message)
                 continue
             self.backoff.ok()
-            log.info("submitted %s as job %s", entry.path, outcome.get("id"))
+            log.info("submitted %s as job %s", entry.path, outcome.id)
             self._follow(entry, outcome)
             sent += 1
         if down:
@@ -119,7 +119,7 @@ class JobFlow:
             return None
         return entry, data, preset
 
-    def _send(self, work: _Work) -> dict[str, Any] | AatError:
+    def _send(self, work: _Work) -> JobPublic | AatError:
         entry, data, preset = work
         try:
             return self.client.submit(data, entry.path.name, preset.params,
@@ -136,14 +136,12 @@ class JobFlow:
         log.warning("service not taking jobs (%s); %d file(s) wait, retrying in %.1f s",
                     down[0][1].message, len(down), until - now)
 
-    def _target(self, entry: Entry, preset: Preset) -> dict[str, Any] | None:
+    def _target(self, entry: Entry, preset: Preset) -> TargetSpec | None:
         if self.download or not preset.repo:
             return None
-        target: dict[str, Any] = {"repo": preset.repo, "path": str(self._source_rel(entry, preset)),
-                                  "naming": preset.naming}
-        if preset.mirror_dir:
-            target["mirror_dir"] = preset.mirror_dir
-        return target
+        return TargetSpec.model_validate({"repo": preset.repo, "naming": preset.naming,
+                                          "path": str(self._source_rel(entry, preset)),
+                                          "mirror_dir": preset.mirror_dir or None})
 
     @staticmethod
     def _source_rel(entry: Entry, preset: Preset) -> PurePosixPath:
@@ -201,63 +199,65 @@ class JobFlow:
                     self.ledger.mark_failed(entry.path, outcome.code, outcome.message)
                 else:
                     self.backoff.ok()
-                    backlog = backlog or outcome.get("status") == "queued"
+                    backlog = backlog or outcome.status.value == "queued"
                     self._follow(entry, outcome)
                     polled += 1
             if backlog:
                 break
         return polled
 
-    def _fetch(self, entry: Entry) -> dict[str, Any] | AatError:
+    def _fetch(self, entry: Entry) -> JobPublic | AatError:
         try:
             return self.client.job(entry.job_id or "")
         except AatError as exc:
             return exc
 
-    def _follow(self, entry: Entry, job: dict[str, Any]) -> None:
-        status = job.get("status")
-        job_id = str(job.get("id"))
+    def _follow(self, entry: Entry, job: JobPublic) -> None:
+        status = job.status.value
+        job_id = job.id
         if status == "succeeded":
             self._deliver(entry, job)
         elif status in ("failed", "canceled"):
-            err = job.get("error") or {}
+            err = job.error
             self.ledger.mark_submitted(entry.path, job_id, 0)
-            self.ledger.mark_failed(entry.path, str(err.get("code") or f"job_{status}"),
-                                    str(err.get("message") or f"job {job_id} was {status}"))
-            log.warning("%s: job %s %s: %s", entry.path, job_id, status, err.get("message"))
+            self.ledger.mark_failed(entry.path, err.code if err else f"job_{status}",
+                                    err.message if err else f"job {job_id} was {status}")
+            log.warning("%s: job %s %s: %s", entry.path, job_id, status,
+                        err.message if err else "")
         else:
             polls = entry.attempts if entry.state == "submitted" else 0
             delay = min(5.0, 0.5 * 1.3 ** polls)
             self.ledger.mark_submitted(entry.path, job_id, time.time() + delay)
 
-    def _deliver(self, entry: Entry, job: dict[str, Any]) -> None:
-        output = job.get("output") or {}
-        job_id = str(job["id"])
+    def _deliver(self, entry: Entry, job: JobPublic) -> None:
+        output = job.output
+        job_id = job.id
         try:
             preset = self.presets.get(entry.root, entry.path.parent)
         except ParamsError as exc:
             self.ledger.mark_failed(entry.path, exc.code, exc.message)
             return
         if not self.download:
-            delivered = output.get("delivered_path")
+            delivered = output.delivered_path if output else None
             root = self.repos.get(preset.repo or "")
             abs_path = confine(root, relative(delivered)) if root and delivered else None
             self.ledger.mark_submitted(entry.path, job_id, 0)
-            self.ledger.mark_done(entry.path, delivered, output.get("sha256"), abs_path)
+            self.ledger.mark_done(entry.path, delivered, output.sha256 if output else None,
+                                  abs_path)
             return
         try:
             self._download(entry, preset, job)
         except AatError as exc:
-            if exc.retryable and exc.code == "service_unavailable":
+            if exc.code == UNAVAILABLE:  # the service is down or busy: the file waits
                 self.backoff.fail(time.time(), exc.retry_after)
                 return
             self.ledger.mark_failed(entry.path, exc.code, exc.message)
 
-    def _download(self, entry: Entry, preset: Preset, job: dict[str, Any]) -> None:
-        job_id, output = str(job["id"]), job.get("output") or {}
+    def _download(self, entry: Entry, preset: Preset, job: JobPublic) -> None:
+        job_id, output = job.id, job.output
         self.ledger.mark_submitted(entry.path, job_id, 0)
         if not preset.repo:
-            self.ledger.mark_done(entry.path, None, output.get("sha256"), None)
+            self.ledger.mark_done(entry.path, None, output.sha256 if output else None, None)
             return
         root = self.repos.get(preset.repo)
         if root is None:
@@ -265,9 +265,9 @@ class JobFlow:
                            "to AAT_REPOS", code="config_invalid")
         data, _ctype = self.client.result(job_id)
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
-        size = (int(job["input"]["width"]), int(job["input"]["height"]))
+        size = (job.input.width, job.input.height)
         target_rel = relative_target(rel, preset.params, preset.naming, preset.target_dir,
-                                     preset.mirror_dir, output.get("format"), size)
+                                     preset.mirror_dir, output.format if output else None, size)
         target = confine(root, target_rel)
         digest = sha256_bytes(data)
         self.ledger.remember_output(target, digest)  # before the write: never an input

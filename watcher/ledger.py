@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS outputs (
     sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS outputs_sha ON outputs(sha256);
+CREATE TABLE IF NOT EXISTS scans (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    full_scans INTEGER NOT NULL,
+    last_at REAL NOT NULL
+);
 """
 
 STATES = ("pending", "submitted", "done", "failed")
@@ -137,6 +142,20 @@ class Ledger:
             "SELECT path FROM files WHERE present = 1 AND substr(path, 1, ?) = ?",
             (len(prefix), prefix)).fetchall()
         return [Path(r["path"]) for r in rows]
+
+    def note_full_scan(self, now: float) -> int:
+        """Count one finished full scan of every watched folder; returns the count so far
+        (kept across restarts: tests and `aat watch --status` read it)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO scans (id, full_scans, last_at) VALUES (1, 1, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET full_scans = full_scans + 1, "
+                       "last_at = excluded.last_at", (now,))
+        return self.full_scans()[0]
+
+    def full_scans(self) -> tuple[int, float | None]:
+        """How many full scans have finished, and when the last one did (epoch seconds)."""
+        row = self._db.execute("SELECT full_scans, last_at FROM scans WHERE id = 1").fetchone()
+        return (int(row["full_scans"]), float(row["last_at"])) if row else (0, None)
 
     def counts(self) -> dict[str, int]:
         rows = self._db.execute(

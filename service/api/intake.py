@@ -93,9 +93,14 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 def _params_error(exc: ValidationError, where: str) -> ParamsError:
+    """``invalid parameter scale: ...`` naming the field; a rule across fields (no field)
+    reads ``invalid parameters: ...``."""
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ())) or where
-    return ParamsError(f"invalid {where} {loc}: {first.get('msg')}; fix it and resubmit")
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    whole = {"parameter": "parameters", "field": "request body"}.get(where, where)
+    what = f"{where} {loc}" if loc else whole
+    msg = str(first.get("msg", "bad value")).removeprefix("Value error, ")
+    return ParamsError(f"invalid {what}: {msg}; fix it and resubmit")
 
 
 def parse_loras(text: str) -> list[dict[str, Any]]:
@@ -193,7 +198,7 @@ async def _json(request: Request, settings: Settings) -> Submission:
     try:
         req = JobFromPath.model_validate_json(body)
     except ValidationError as exc:
-        raise _params_error(exc, "field") from exc
+        raise _params_error(exc, "field") from exc  # "invalid field path: ..."
     path = confine_path(req.path, settings)
     if path.stat().st_size > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)

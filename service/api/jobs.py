@@ -21,8 +21,8 @@ from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
 from service.api.problems import ApiError, problem_responses
 from service.core import formats
-from service.core.errors import ParamsError
-from service.core.jobs import JobPublic, JobStatus, tile_state
+from service.core.errors import ParamsError, PathError
+from service.core.jobs import JOB_ID_PATTERN, JobList, JobPublic, JobStatus, is_job_id, tile_state
 from service.core.naming import NAMING_MODES, size_tag
 from service.core.params import UpscaleParams
 from service.settings import Settings
@@ -32,11 +32,6 @@ JobId = Annotated[str, Path(pattern=JOB_ID, description="job id, e.g. j_01J...")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_auth)],
                    responses=problem_responses(401, 403))
-
-
-class JobList(BaseModel):
-    items: list[JobPublic]
-    next_cursor: str | None = None
 
 
 class TileView(BaseModel):
@@ -175,13 +170,21 @@ def check_payload_fits(request: Request, params: UpscaleParams) -> None:
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first",
-            responses=problem_responses(422))
+            responses=problem_responses(400, 422))
 def list_jobs(
     jobs: Annotated[JobServicePort, Depends(get_jobs)],
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    # the pattern is documented (clients and fuzzers see it) and checked below, so a bad cursor
+    # is a 400 invalid_cursor rather than a generic validation error
+    cursor: Annotated[str | None, Query(max_length=200, json_schema_extra={
+        "pattern": JOB_ID_PATTERN.pattern,
+        "description": "next_cursor of the previous page"})] = None,
 ) -> JobList:
+    if cursor is not None and not is_job_id(cursor):
+        raise PathError(f"cursor {cursor[:80]!r} is not a job id; pass the next_cursor of the "
+                        "previous page, or no cursor for the first page",
+                        code="invalid_cursor")
     items, next_cursor = jobs.list(status=status, limit=limit, cursor=cursor)
     return JobList(items=[_with_urls(j) for j in items], next_cursor=next_cursor)
 

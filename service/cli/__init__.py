@@ -1,22 +1,78 @@
 """`aat`: the command line of AI Assets Toolbox.
 
 Each group of commands lives next to what it drives and registers itself here through a
-``register(app)`` function; this module only assembles them, so `aat --help` stays fast
-(heavy imports happen inside the commands).
+``register(app)`` function; this module only assembles them. `aat --help` must cost little more
+than starting Python: command modules import only typer and pure core tables at module level
+(settings, httpx and rich load inside the commands), and help is plain text (no rich).
+
+Errors: a command raises; :class:`AatGroup` turns whatever escapes (an ``AatError``, a usage
+error, Ctrl-C, a missing optional extra) into one line ``error [code]: message`` and the exit
+status of :mod:`service.cli.errors`, the one rule for every command.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+from service.cli.errors import missing_extra, report
+from service.core.errors import AatError
+
+
+class AatGroup(TyperGroup):
+    """The `aat` group: runs a command and maps what it raises to one line and a status."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                  windows_expand_args=windows_expand_args, **extra)
+            status = result if isinstance(result, int) else 0
+        except BaseException as exc:  # noqa: BLE001 - every exit goes through one rule
+            status = _status_for(exc)
+        if standalone_mode:
+            sys.exit(status)
+        return status
+
+
+def _status_for(exc: BaseException) -> int:
+    """Print the one line for ``exc`` and return its status; bugs keep their traceback."""
+    if isinstance(exc, SystemExit):
+        raise exc
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `aat` or `aat models` alone: the help
+        print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+        return 2
+    if type(exc).__name__ == "Abort":  # click's Ctrl-C / EOF at a prompt
+        exc = KeyboardInterrupt()
+    if isinstance(exc, ModuleNotFoundError):
+        needs = missing_extra(exc)
+        if needs is None:
+            raise exc
+        return report(AatError(f"this command needs {needs}", code="missing_extra"))
+    if isinstance(exc, AatError | KeyboardInterrupt | MemoryError) or _usage(exc):
+        return report(exc)
+    raise exc
+
+
+def _usage(exc: BaseException) -> bool:
+    return any(c.__name__ == "UsageError" for c in type(exc).__mro__)
+
 
 app = typer.Typer(
     name="aat",
+    cls=AatGroup,
     help="AI Assets Toolbox: upscale game art with tiled diffusion, deliver it into game repos.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no rich import, no boxes cut at 80 columns
+    context_settings={"max_content_width": 120},
 )
 
 # Modules that add commands to `app` (each defines `register(app: typer.Typer) -> None`).
@@ -25,7 +81,7 @@ COMMAND_MODULES: list[str] = [
     "service.cli.watch",
     "service.cli.jobs",
     "service.cli.api",
-    "service.cli.client",
+    "service.cli.remote",
     "service.cli.emulate",
     "service.cli.deploy",
     "service.cli.animate",
@@ -38,39 +94,9 @@ def _assemble() -> typer.Typer:
     return app
 
 
-# Top-level modules of the optional extras in pyproject.toml -> the extra that installs them.
-_EXTRA_OF = {
-    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "sqlalchemy",
-                     "alembic", "psycopg", "celery", "kombu", "redis", "prometheus_client"),
-                    "service"),
-    "watchdog": "watcher",
-    **dict.fromkeys(("boto3", "botocore", "s3transfer"), "s3"),
-    **dict.fromkeys(("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
-                     "runpod"), "gpu"),
-}
-
-
-def missing_extra(exc: ModuleNotFoundError) -> str | None:
-    """'the 'X' extra (module is not installed); install it with: ...' when ``exc`` is a
-    module of an optional extra, else None."""
-    top = (exc.name or "").split(".")[0]
-    extra = _EXTRA_OF.get(top)
-    if extra is None:
-        return None
-    return (f"the '{extra}' extra ({top} is not installed); install it with: "
-            f"pip install 'ai-assets-toolbox[{extra}]' (from a clone: "
-            f".venv/bin/pip install -e '.[{extra}]')")
-
-
 def main() -> None:
-    try:
-        _assemble()()
-    except ModuleNotFoundError as exc:
-        needs = missing_extra(exc)
-        if needs is None:
-            raise
-        typer.echo(f"error [missing_extra]: this command needs {needs}", err=True)
-        raise SystemExit(1) from None
+    """The `aat` entry point (exits with the status of :mod:`service.cli.errors`)."""
+    _assemble()(prog_name="aat")
 
 
 if __name__ == "__main__":

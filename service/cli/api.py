@@ -16,16 +16,17 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 
 from service.core.errors import AatError, ConfigError
-from service.settings import Settings, load_settings
+from service.core.logs import configure_logging
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
-_err = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,13 +35,9 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
-def _fail(exc: AatError) -> typer.Exit:
-    _err.print(f"error [{exc.code}]: {exc.message}", markup=False, highlight=False,
-               soft_wrap=True)
-    return typer.Exit(2 if exc.code in ("insecure_bind", "weak_token") else 1)
-
-
 def _settings(host: str | None, port: int | None, **extra: Any) -> Settings:
+    from service.settings import load_settings
+
     base = load_settings()
     host = host or base.host
     port = port or base.port
@@ -96,7 +93,9 @@ def run_server(settings: Settings, *, with_watcher: bool, log_level: str = "info
     if not settings.broker_url:  # this process will run jobs: not those of a Celery fleet
         _refuse_celery_store(settings)
     app = create_app(settings)
+    # log_config=None: uvicorn logs through our handler and format (configure_logging)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            log_config=None,
                             access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     stop = threading.Event()
@@ -133,29 +132,20 @@ def _check_port_free(host: str, port: int) -> None:
                               code="port_in_use") from exc
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level.upper() != "DEBUG":  # Alembic announces its plugins at INFO on every start
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def up(
     host: str | None = typer.Option(None, "--host", help="Listen address (default "
                                     "AAT_HOST, 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", help="Port (default AAT_PORT, 8765)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
-    """Run the API, an embedded job executor and the watcher (when folders are set) here.
+    """Run the API, the jobs and the watcher in this process.
 
+    The watcher starts when watch folders are set.
     No Redis needed; unfinished jobs resume at the next start.
     """
-    _configure_logging(log_level)
-    try:
-        settings = _settings(host, port, broker_url=None)
-        run_server(settings, with_watcher=True, log_level=log_level)
-    except AatError as exc:
-        raise _fail(exc) from None
+    settings = _settings(host, port, broker_url=None)
+    configure_logging(log_level, settings.log_format)
+    run_server(settings, with_watcher=True, log_level=log_level)
 
 
 def serve(
@@ -164,14 +154,14 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Port (default AAT_PORT, 8765)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
-    """Run the API only; jobs go to Celery runners (`aat runner`) through AAT_BROKER_URL."""
-    _configure_logging(log_level)
-    try:
-        settings = _settings(host, port)
-        if not settings.broker_url:
-            raise ConfigError("`aat serve` hands jobs to Celery runners: set AAT_BROKER_URL "
-                              "(e.g. redis://127.0.0.1:6379/0) and start `aat runner`, or use "
-                              "`aat up` to run jobs in this process")
-        run_server(settings, with_watcher=False, log_level=log_level)
-    except AatError as exc:
-        raise _fail(exc) from None
+    """Run the API only; Celery runners run the jobs.
+
+    Jobs go to `aat runner` processes through AAT_BROKER_URL.
+    """
+    settings = _settings(host, port)
+    configure_logging(log_level, settings.log_format)
+    if not settings.broker_url:
+        raise ConfigError("`aat serve` hands jobs to Celery runners: set AAT_BROKER_URL "
+                          "(e.g. redis://127.0.0.1:6379/0) and start `aat runner`, or use "
+                          "`aat up` to run jobs in this process")
+    run_server(settings, with_watcher=False, log_level=log_level)

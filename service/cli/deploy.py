@@ -15,19 +15,12 @@ from pathlib import Path
 
 import typer
 
-from service.core.errors import AatError
-
 deploy_app = typer.Typer(help="Provision what the service runs on (RunPod GPU endpoints).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(deploy_app, name="deploy")
-
-
-def _fail(exc: AatError) -> typer.Exit:
-    typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
-    return typer.Exit(2 if exc.code.startswith(("config", "invalid")) else 1)
 
 
 def write_endpoint_ids(path: Path, ids: dict[str, str | None]) -> None:
@@ -61,28 +54,24 @@ def runpod(
     from service.core.errors import ConfigError
     from service.settings import load_settings, toml_path
 
+    settings = load_settings()
+    if settings.runpod_api_key is None:
+        raise ConfigError("`aat deploy runpod` needs RUNPOD_API_KEY (a key with write "
+                          "access to serverless endpoints and templates)")
+    rest = rd.RunPodRest(settings.runpod_rest_url, settings.runpod_api_key.get_secret_value())
     try:
-        settings = load_settings()
-        if settings.runpod_api_key is None:
-            raise ConfigError("`aat deploy runpod` needs RUNPOD_API_KEY (a key with write "
-                              "access to serverless endpoints and templates)")
-        rest = rd.RunPodRest(settings.runpod_rest_url,
-                             settings.runpod_api_key.get_secret_value())
-        try:
-            actions = (rd.plan_down(rest, settings) if down
-                       else rd.plan(rest, rd.desired(settings), rd.known_ids(settings)))
-            for action in actions:
-                typer.echo(("would " if dry_run and action.verb != "keep" else "")
-                           + action.describe())
-            if not actions:
-                typer.echo("nothing to remove" if down else "nothing to do")
-            if dry_run:
-                return
-            ids = rd.apply(rest, actions)
-        finally:
-            rest.close()
-    except AatError as exc:
-        raise _fail(exc) from None
+        actions = (rd.plan_down(rest, settings) if down
+                   else rd.plan(rest, rd.desired(settings), rd.known_ids(settings)))
+        for action in actions:
+            typer.echo(("would " if dry_run and action.verb != "keep" else "")
+                       + action.describe())
+        if not actions:
+            typer.echo("nothing to remove" if down else "nothing to do")
+        if dry_run:
+            return
+        ids = rd.apply(rest, actions)
+    finally:
+        rest.close()
     if down:
         removed = {a.kind: None for a in actions if a.what == "endpoint"}
         if write_config and removed:

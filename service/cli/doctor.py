@@ -11,8 +11,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from typing import Any
 
 from service.core.errors import AatError
 from service.settings import Settings, load_settings
@@ -43,7 +42,7 @@ def check_store(settings: Settings) -> Check:
             engine.dispose()
         return Check("store", True, shown)
     except ModuleNotFoundError as exc:
-        from service.cli import missing_extra
+        from service.cli.errors import missing_extra
 
         needs = missing_extra(exc)
         if needs is None:
@@ -104,25 +103,52 @@ def check_gpu(settings: Settings) -> Check:
     except Exception as exc:  # report, do not crash
         return Check("gpu", False, f"{kind}: {exc}; check RUNPOD_API_KEY and the endpoint ids")
     ok = bool(info.get("ok", True))
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(info.items()) if k != "ok")
-    return Check("gpu", ok, f"{kind}: {shown}"[:300])
+    return Check("gpu", ok, f"{kind}: {describe_health(info)}")
+
+
+def describe_health(info: dict[str, Any]) -> str:
+    """A backend's ``health()`` in words: RunPod endpoints as ``upscale abc123: 2 workers
+    idle, 0 running; 0 jobs queued, 0 in progress``, other backends as ``key value`` pairs."""
+    endpoints = info.get("endpoints")
+    if isinstance(endpoints, dict):
+        if not endpoints:
+            return "no endpoints configured"
+        return "; ".join(_describe_endpoint(kind, ep) for kind, ep in endpoints.items()
+                         if isinstance(ep, dict))
+    flat = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(info.items())
+            if k not in ("ok", "backend", "status") and not isinstance(v, dict | list)]
+    return ", ".join(flat) or str(info.get("status", "ok"))
+
+
+def _describe_endpoint(kind: str, ep: dict[str, Any]) -> str:
+    workers, jobs = _dict(ep.get("workers")), _dict(ep.get("jobs"))
+    parts = [f"{kind} endpoint {ep.get('id', '?')}:"]
+    parts.append(f"workers {workers.get('idle', 0)} idle, {workers.get('running', 0)} running;")
+    parts.append(f"jobs {jobs.get('inQueue', 0)} queued, {jobs.get('inProgress', 0)} in "
+                 f"progress, {jobs.get('failed', 0)} failed")
+    return " ".join(parts)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def check_api(settings: Settings) -> Check:
+    from service.client import UNAVAILABLE, ServiceClient
+
     url = settings.server_url
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
-            version = http.get("/v1/health").json().get("version")
-            ready = http.get("/v1/ready")
-    except httpx.HTTPError as exc:
-        return Check("api", False, f"{url} not reachable ({exc.__class__.__name__}); start "
-                     "it with `aat up` or fix AAT_SERVER_URL")
-    if ready.status_code in (401, 403):
-        return Check("api", False, f"{url} refused the token; set AAT_API_TOKEN to the "
-                     "server's token")
-    body = ready.json()
+        with ServiceClient.from_settings(settings) as client:
+            version = client.health().get("version")
+            body = client.ready()
+    except AatError as exc:
+        if exc.code == UNAVAILABLE:
+            return Check("api", False, f"{url} not reachable; start it with `aat up` or fix "
+                         "AAT_SERVER_URL (AAT_PORT when it runs here)")
+        if getattr(exc, "http_status", 0) in (401, 403):
+            return Check("api", False, f"{url} refused the token; set AAT_API_TOKEN to the "
+                         "server's token")
+        return Check("api", False, f"{url}: {exc.message}")
     down = [k for k, c in (body.get("checks") or {}).items() if not c.get("ok")]
     if down:
         return Check("api", False, f"{url} v{version} is up but not ready: {', '.join(down)}")

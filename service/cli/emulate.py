@@ -77,8 +77,9 @@ def emulate(
             for endpoint_id, name in mounts.items()
         }
     except (ValueError, ImportError) as exc:
-        typer.echo(f"error [invalid_params]: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        from service.core.errors import ParamsError
+
+        raise ParamsError(str(exc)) from exc
     base = f"http://127.0.0.1:{port}/v2"
     typer.echo(f"RunPod emulator: {', '.join(f'{e} ({n})' for e, n in mounts.items())}")
     typer.echo(f"  export AAT_RUNPOD_BASE_URL={base}")

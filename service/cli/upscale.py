@@ -6,47 +6,35 @@ upscale (best installed CPU upscaler, alpha kept) without a GPU refine. With the
 parameters and ``--seed``, `aat upscale --backend runpod` and a job give the same pixels.
 Refined tiles and captions are cached in the data directory's artifact store, as a job's are,
 so running the same command again after an interruption pays only for the tiles that were not
-finished. Exit status 0 on success;
-on any failure one line ``error [code]: message`` on stderr, a non-zero status (2 for bad input,
-1 otherwise) and OUTPUT left exactly as it was (the file is written to a hidden temp name in the
-same folder, fsynced and renamed into place only when complete).
+finished. On any failure: one line ``error [code]: message`` on stderr, the exit status of
+:mod:`service.cli.errors`, and OUTPUT left exactly as it was (the file is written to a hidden
+temp name in the same folder, fsynced and renamed into place only when complete). Progress goes
+to stderr: a bar on a terminal, plain lines naming each step as it starts otherwise.
+
+Module level imports only typer (`aat --help` stays cheap).
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from service.cli.output import ProgressView, echo, progress_view
 from service.core import formats
-from service.core.errors import (
-    AatError,
-    ConfigError,
-    DeliveryError,
-    InputError,
-    ParamsError,
-    PathError,
-)
-from service.core.params import DiffusionSettings, UpscaleParams
+from service.core.params import DiffusionSettings
 
 if TYPE_CHECKING:
     from service.backends.base import CallAccounting
     from service.cli.sheets import SheetFile
+    from service.core.params import UpscaleParams
 
-log = logging.getLogger(__name__)
 _KNOB = {name: field.default for name, field in DiffusionSettings.model_fields.items()}
 _OPTION_NAMES = {"output_format": "--format", "parameters": "parameters"}
-_STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
-_err_console = Console(stderr=True)
+STAGES = ("read", "decode", "pre-upscale", "tiles", "encode", "write")
 
 
 def register(app: typer.Typer) -> None:
@@ -110,28 +98,29 @@ def upscale(
                               "OUTPUT has no alpha (JPEG)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Upscale INPUT into OUTPUT; alpha is kept, OUTPUT is only written when everything worked."""
-    try:
-        from service.cli.sheets import sheet_option  # noqa: PLC0415
+    """Upscale one image file on this machine.
 
-        sheet_value, sheet_file = sheet_option(sheet, input_path)
-        params = _params(asset_type=asset_type, sheet=sheet_value, pixel_scaler=pixel_scaler,
-                         diffusion=diffusion, matte=matte,scale=scale, width=width, height=height, upscaler=upscaler,
-                         tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
-                         colour_fix=colour_fix,
-                         tileable=tileable, output_format=output_format, prompt=prompt,
-                         negative_prompt=negative_prompt, strength=strength, steps=steps,
-                         cfg_scale=cfg_scale, seed=seed, caption=caption,
-                         loras=_loras(lora))
-        with _progress(quiet) as step:
+    Alpha is kept; OUTPUT is only written when everything worked.
+    """
+    from service.cli.errors import Interrupted
+    from service.cli.sheets import sheet_option
+
+    sheet_value, sheet_file = sheet_option(sheet, input_path)
+    params = _params(asset_type=asset_type, sheet=sheet_value, pixel_scaler=pixel_scaler,
+                     diffusion=diffusion, matte=matte, scale=scale, width=width, height=height, upscaler=upscaler,
+                     tile_size=tile_size, overlap=overlap, seam_fix=seam_fix,
+                     colour_fix=colour_fix, tileable=tileable, output_format=output_format,
+                     prompt=prompt, negative_prompt=negative_prompt, strength=strength,
+                     steps=steps, cfg_scale=cfg_scale, seed=seed, caption=caption,
+                     loras=_loras(lora))
+    try:
+        with progress_view(quiet=quiet, total=len(STAGES), transient=True) as view:
+            step = Step(view)
             summary = _run(input_path, output, params, backend, quality, step, sheet_file)
-    except AatError as exc:
-        raise _fail(exc.code, exc.message, 2 if isinstance(exc, InputError) else 1) from None
+            step.done()
     except KeyboardInterrupt:
-        raise _fail("interrupted", f"stopped; {output} was not written", 130) from None
-    except MemoryError:
-        raise _fail("out_of_memory", "not enough memory for this size; use a smaller scale", 1) from None
-    typer.echo(summary)
+        raise Interrupted(f"stopped; {output} was not written") from None
+    echo(summary)
 
 
 def upscalers() -> None:
@@ -146,13 +135,10 @@ def upscalers() -> None:
     typer.echo(f"auto -> {best}")
 
 
-def _fail(code: str, message: str, status: int) -> typer.Exit:
-    _err_console.print(f"error [{code}]: {message}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(status)
-
-
 def _loras(specs: list[str]) -> list[dict[str, object]]:
     """``name`` or ``name:weight`` → LoRA dicts (weight 1.0 by default)."""
+    from service.core.errors import ParamsError
+
     out: list[dict[str, object]] = []
     for spec in specs:
         name, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "1")
@@ -164,6 +150,11 @@ def _loras(specs: list[str]) -> list[dict[str, object]]:
 
 
 def _params(**values: object) -> UpscaleParams:
+    from pydantic import ValidationError
+
+    from service.core.errors import ParamsError
+    from service.core.params import UpscaleParams
+
     given = {k: v for k, v in values.items() if v is not None}
     try:
         return UpscaleParams(**given)  # type: ignore[arg-type]
@@ -176,11 +167,12 @@ def _params(**values: object) -> UpscaleParams:
 
 
 def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, quality: int,
-         step: _Step, sheet_file: SheetFile | None = None) -> str:
+         step: Step, sheet_file: SheetFile | None = None) -> str:
     """Read, upscale, encode and write; returns the one-line summary."""
     from service.backends.factory import make_backend  # noqa: PLC0415
     from service.cli.sheets import write_beside  # noqa: PLC0415
     from service.core.alpha import parse_matte  # noqa: PLC0415
+    from service.core.errors import ParamsError
     from service.core.imaging import (  # noqa: PLC0415 - keep `aat --help` fast
         ALPHA_FORMATS,
         encode_image,
@@ -223,8 +215,8 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     step("tiles")
     plan = stage_plan(params, can_caption=settings.can_caption(backend))
     if backend != "none" and params.caption and not plan.runs("caption"):
-        _err_console.print("warning: no RUNPOD_CAPTION_ENDPOINT_ID: tiles are refined without "
-                           "captions", markup=False, highlight=False)
+        echo("warning: no RUNPOD_CAPTION_ENDPOINT_ID: tiles are refined without captions",
+             err=True)
     gpu = make_backend(settings, backend) if backend != "none" and plan.diffuses else None
     seed = params.seed if params.seed is not None else secrets.randbits(32)
     report = _Report(step)
@@ -242,12 +234,11 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     _write(output, encoded)
     matte = matte_warning(fmt, rendered.alpha, params.matte)
     for note in [*rendered.warnings, *([matte] if matte else [])]:
-        _err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+        echo(f"warning: {note}", err=True)
     if sheet_file is not None:
         written = write_beside(sheet_file, output, prepared.width // image.width,
                                max(prepared.width, prepared.height))
-        _err_console.print(f"wrote {written} (sheet metadata, scaled)", markup=False,
-                           highlight=False, soft_wrap=True)
+        echo(f"wrote {written} (sheet metadata, scaled)", err=True)
     alpha = "with alpha" if rendered.alpha is not None and fmt in ALPHA_FORMATS else "no alpha"
     gpu_note = f", seed {seed}{report.summary()}" if gpu is not None else ""
     return (f"wrote {output} ({prepared.width}x{prepared.height} {fmt}, {alpha}, "
@@ -257,6 +248,8 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
 def _format_of_output(output: Path, requested: str) -> str:
     """The format the ``-o`` name asks for; a suffix we cannot write, or one that contradicts
     ``--format``, is refused (the bytes would not be what the name says)."""
+    from service.core.errors import ParamsError  # noqa: PLC0415
+
     known = ", ".join(formats.OUTPUT_SUFFIXES)
     named = formats.by_suffix(output.suffix)
     if named is None or not named.writable:
@@ -269,6 +262,8 @@ def _format_of_output(output: Path, requested: str) -> str:
 
 
 def _check_runpod_settings(settings: object) -> None:
+    from service.core.errors import ConfigError
+
     missing = [env for env, value in (
         ("RUNPOD_API_KEY", getattr(settings, "runpod_api_key", None)),
         ("RUNPOD_UPSCALE_ENDPOINT_ID", getattr(settings, "runpod_upscale_endpoint_id", None)),
@@ -279,6 +274,8 @@ def _check_runpod_settings(settings: object) -> None:
 
 
 def _check_paths(input_path: Path, output: Path) -> None:
+    from service.core.errors import PathError
+
     if not input_path.is_file():
         raise PathError(f"input {input_path} does not exist or is not a file",
                         code="path_not_found")
@@ -290,7 +287,8 @@ def _check_paths(input_path: Path, output: Path) -> None:
 
 
 def _write(output: Path, encoded: bytes) -> None:
-    from service.core.atomic import atomic_write  # noqa: PLC0415
+    from service.core.atomic import atomic_write
+    from service.core.errors import DeliveryError
 
     try:
         atomic_write(output, encoded)
@@ -304,7 +302,7 @@ class _Report:
     count on the progress bar, and the tiles taken from the cache, RunPod jobs and cost summed
     for the summary line (a job records the same sums in its row)."""
 
-    def __init__(self, step: _Step) -> None:
+    def __init__(self, step: Step) -> None:
         self._step = step
         self._lock = threading.Lock()
         self._stages: dict[str, list[int]] = {}  # name -> [done, total]
@@ -358,38 +356,21 @@ class _Report:
         self._step.detail(f"{stage} {done}/{total}" if total else stage)
 
 
-class _Step:
-    """Advance the progress bar to a named stage."""
+class Step:
+    """Progress of `aat upscale`: each call names the step that starts now, with the share of
+    steps finished before it (``decode`` at 1/6: ``read`` is done); :meth:`detail` relabels
+    the running step (``refine 3/16``) without moving it."""
 
-    def __init__(self, progress: Progress | None) -> None:
-        self._progress = progress
-        self._task = progress.add_task("upscale", total=len(_STAGES)) if progress else None
-        self._done = 0
+    def __init__(self, view: ProgressView) -> None:
+        self._view = view
+        self._current = STAGES[0]
 
     def __call__(self, stage: str) -> None:
-        if self._progress is None or self._task is None:
-            return
-        self._progress.update(self._task, completed=self._done, description=stage)
-        self._done += 1
+        self._current = stage
+        self._view.update(stage, STAGES.index(stage))
 
     def detail(self, description: str) -> None:
-        """Change the label of the current stage (e.g. ``pre-upscale 3/16``)."""
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=description)
+        self._view.update(description, STAGES.index(self._current))
 
-    def complete(self) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=len(_STAGES), description="done")
-
-
-@contextmanager
-def _progress(quiet: bool) -> Iterator[_Step]:
-    if quiet or not _err_console.is_terminal:
-        yield _Step(None)
-        return
-    columns = (TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=_err_console, transient=True) as progress:
-        step = _Step(progress)
-        yield step
-        step.complete()
+    def done(self) -> None:
+        self._view.update("done", len(STAGES))

@@ -294,7 +294,7 @@ def detect_asset_type(filename: str | None, rgb: np.ndarray, alpha: np.ndarray |
         if requested not in ASSET_TYPES:
             raise ValueError(f"unknown asset type {requested!r}; choose auto or one of "
                              f"{', '.join(ASSET_TYPES)}")
-        detection = Detection(requested, "user", f"asked for {requested}")  # type: ignore[arg-type]
+        detection = Detection(requested, "user", f"asked for {requested}")
     else:
         by_name = type_from_name(filename or "")
         if by_name is not None:

@@ -54,9 +54,9 @@ def _blur_axis(x: np.ndarray, d: int, axis: int) -> np.ndarray:
 
     if n <= 2 * d:  # tiny: every neighbour is clamped, index explicitly
         idx = np.arange(n)
-        lo = np.take(x, np.maximum(idx - d, 0), axis=axis)
-        hi = np.take(x, np.minimum(idx + d, n - 1), axis=axis)
-        return lo + hi + x + x
+        before = np.take(x, np.maximum(idx - d, 0), axis=axis)
+        after = np.take(x, np.minimum(idx + d, n - 1), axis=axis)
+        return before + after + x + x
     out = np.empty_like(x)
     dst = out.swapaxes(0, axis) if axis else out
     src = x.swapaxes(0, axis) if axis else x

@@ -182,6 +182,12 @@ for _code in ("path_forbidden", "path_not_found"):
     _BY_CODE[_code] = PathError
 
 
+def error_for_code(code: str, message: str, **kw: Any) -> AatError:
+    """An error of the class that owns ``code`` (``AatError`` for codes of no class here), e.g.
+    a code read from another process's reply: ``except NotFound`` still catches it."""
+    return _BY_CODE.get(code, AatError)(message, code=code, **kw)
+
+
 def error_from_dict(data: Any) -> AatError:
     """Rebuild an error from its data form. Unknown shapes are kept verbatim in ``detail``."""
     if isinstance(data, dict) and isinstance(data.get("code"), str) and "message" in data:

@@ -18,6 +18,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -27,6 +28,13 @@ from service.core.errors import IllegalTransition
 from service.core.params import NamingMode, UpscaleParams
 
 PIPELINE_VERSION = "1"
+# What ``service.jobs.service.new_job_id`` makes: "j_" + 12 hex of ms + 12 random hex.
+JOB_ID_PATTERN = re.compile(r"^j_[0-9a-f]{24}$")
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a job id (a paging cursor is one)."""
+    return bool(JOB_ID_PATTERN.match(value))
 
 
 class JobStatus(enum.StrEnum):
@@ -158,6 +166,7 @@ class JobPublic(BaseModel):
     error: JobErrorView | None = None
     cost: JobCost = Field(default_factory=JobCost)
     attempts: int = 0
+    cancel_requested: bool = False  # a running job asked to stop: it ends canceled soon
     urls: dict[str, str] = Field(default_factory=dict)
 
     @staticmethod
@@ -184,3 +193,10 @@ def tile_state(status: str | None, job_status: str) -> str:
     if job_status in ("canceled", "succeeded"):  # succeeded without a GPU: nothing to refine
         return "queued" if job_status == "canceled" else "done"
     return state
+
+
+class JobList(BaseModel):
+    """One page of jobs, newest first; ``next_cursor`` asks for the next page."""
+
+    items: list[JobPublic]
+    next_cursor: str | None = None

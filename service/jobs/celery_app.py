@@ -121,6 +121,9 @@ def run_worker(settings: Settings, *, concurrency: int, loglevel: str = "INFO",
     reaper = Reaper(app, settings)
     signals.worker_ready.connect(lambda **_: reaper.start(), weak=False)
     signals.worker_shutting_down.connect(lambda **_: reaper.stop.set(), weak=False)
+    # `aat runner` already called service.core.logs.configure_logging: a receiver here tells
+    # Celery not to install its own handlers and format
+    signals.setup_logging.connect(lambda **_: None, weak=False)
     app.worker_main(argv=["worker", "-Q", settings.celery_queue, "-c", str(concurrency),
                           "-P", pool, f"--loglevel={loglevel}", "-n", f"aat-runner-{os.getpid()}@%h",
                           "--without-gossip", "--without-mingle"])

@@ -17,6 +17,7 @@ import uuid
 
 from service.core.errors import AatError, JobCanceled, JobError
 from service.core.jobs import JobStatus
+from service.core.logs import job_context
 from service.jobs.context import Interrupted, RunContext
 from service.jobs.orchestrator import run_job
 from service.storage.job_store import LeaseLost
@@ -61,7 +62,13 @@ class Heartbeat:
 
 
 def run_one(ctx: RunContext, job_id: str) -> str:
-    """Claim and run ``job_id``; returns the outcome (a status value, ``skipped``, ``lost``)."""
+    """Claim and run ``job_id``; returns the outcome (a status value, ``skipped``, ``lost``).
+    Every record logged meanwhile carries the job id."""
+    with job_context(job_id):
+        return _run_one(ctx, job_id)
+
+
+def _run_one(ctx: RunContext, job_id: str) -> str:
     owner = new_owner()
     row = ctx.store.claim(job_id, owner, ctx.settings.lease_s)
     if row is None:

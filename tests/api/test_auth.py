@@ -71,7 +71,7 @@ def test_cli_refuses_to_listen_publicly_without_token(command: str, tmp_path) ->
     proc = subprocess.run([sys.executable, "-m", "service.cli", command, "--host", "0.0.0.0",
                            "--port", "0"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # setup: service.cli.errors.SETUP
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error [insecure_bind]: refusing to listen on 0.0.0.0")
     assert "AAT_API_TOKEN" in proc.stderr
@@ -187,7 +187,7 @@ def test_cli_refuses_a_one_character_token_on_a_public_bind(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "service.cli", "up",
                            "--host", "0.0.0.0", "--port", "0"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # setup: service.cli.errors.SETUP
     assert proc.stderr.strip().splitlines()[-1].startswith("error [weak_token]: refusing")
 
 

@@ -165,7 +165,7 @@ def test_aat_upscale_local_without_a_gpu_fails_cleanly(tmp_path: Path, monkeypat
     monkeypatch.setenv("AAT_CONFIG", str(tmp_path / "none.toml"))
     result = CliRunner().invoke(_assemble(), ["upscale", str(src), "-o", str(out),
                                               "--backend", "local", "-q"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # setup (service.cli.errors.SETUP): this machine has no GPU
     assert "error [backend_unavailable_local]" in result.output and "CUDA" in result.output
     assert not out.exists()
 

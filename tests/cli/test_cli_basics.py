@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from service.cli.errors import SETUP
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["upscale", "upscalers", "watch", "runner", "gc", "up", "serve", "submit", "jobs",
             "status", "cancel", "doctor", "emulate", "models"]
@@ -143,7 +145,7 @@ def test_an_unreachable_job_store_is_one_line_not_a_crash(tmp_path: Path, comman
                AAT_BROKER_URL="redis://127.0.0.1:6379/0", AAT_CELERY_QUEUE="aat-test-nostore",
                AAT_DATABASE_URL="postgresql+psycopg://postgres:pw-9q2@127.0.0.1:5432/aat_missing")
     out = aat(env, command)
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == SETUP, out.stdout + out.stderr  # fix the settings
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error [store_unavailable]: "), out.stderr
     assert "aat_missing" in last and "does not exist" in last and "AAT_DATABASE_URL" in last
@@ -157,7 +159,7 @@ def test_a_port_already_in_use_is_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         out = aat(_env(tmp_path / "data", AAT_PORT=str(port)), "up")
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == SETUP, out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(
         f"error [port_in_use]: cannot listen on 127.0.0.1:{port} ")
     assert "--port" in out.stderr and "Traceback" not in out.stdout + out.stderr
@@ -186,7 +188,7 @@ def _aat_without(env: dict[str, str], blocked: list[str], *args: str
 def test_a_missing_extra_names_the_install_command(tmp_path: Path, blocked: list[str],
                                                    command: list[str], extra: str) -> None:
     out = _aat_without(_env(tmp_path / "data"), blocked, *command)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == SETUP, out.stderr
     assert out.stderr.strip() == (
         f"error [missing_extra]: this command needs the '{extra}' extra ({blocked[0]} is not "
         f"installed); install it with: pip install 'ai-assets-toolbox[{extra}]' "
@@ -206,7 +208,7 @@ def test_aat_up_with_a_missing_watch_folder_stops_in_one_line(tmp_path: Path) ->
     missing = tmp_path / "art" / "inbox"
     out = aat(_env(tmp_path / "data", AAT_PORT=str(_free_port()),
                    AAT_WATCH_FOLDERS=f'["{missing}"]'), "up")
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == SETUP, out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
         f"error [config_invalid]: watch folder {missing} does not exist; create it or fix "
         "AAT_WATCH_FOLDERS")

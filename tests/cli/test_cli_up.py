@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,6 +151,23 @@ def test_submit_wait_writes_the_result_next_to_the_file(aat_up, tmp_path: Path) 
     assert "ready" in doctor.stdout and "FAIL" not in doctor.stdout
 
 
+def test_up_logs_json_lines_with_the_job_id_as_a_field(aat_up, tmp_path: Path) -> None:
+    env = aat_up(AAT_LOG_FORMAT="json")
+    done = aat(env, "submit", str(_png(tmp_path / "logged.png")), "--wait", "--scale", "2",
+               *SMALL, "-o", str(tmp_path / "logged_x2.png"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(aat(env, "jobs", "--json", cwd=tmp_path).stdout)["items"][0]["id"]
+    lines = [ln for ln in (tmp_path / "up.log").read_text().splitlines() if ln.strip()]
+    # every log line, uvicorn's included, is JSON; the only other output is ncnn's native
+    # per-tile progress (Real-ESRGAN writes "12.50%" to fd 2 itself, bypassing logging)
+    records = [json.loads(ln) for ln in lines if not re.fullmatch(r"\d+\.\d+%", ln)]
+    assert len(records) >= 3 and all(ln.startswith("{") or ln.endswith("%") for ln in lines)
+    assert {"ts", "level", "logger", "message"} <= set(records[0])
+    assert any(r["logger"].startswith("uvicorn") for r in records)
+    mine = [r for r in records if r.get("job_id") == job_id]
+    assert mine and any("claimed" in r["message"] for r in mine), records
+
+
 def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
     env = aat_up()
     bogus = tmp_path / "notes.png"
@@ -184,7 +202,8 @@ def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
 
     nowhere = {**env, "AAT_SERVER_URL": f"http://127.0.0.1:{_free_port()}"}
     down = aat(nowhere, "jobs", cwd=tmp_path)
-    assert down.returncode == 1 and down.stderr.startswith("error [api_unreachable]: ")
+    assert down.returncode == 1 and down.stderr.startswith("error [service_unavailable]: ")
+    assert "start it with `aat up`" in down.stderr
     doctor = aat(nowhere, "doctor", cwd=tmp_path)
     assert doctor.returncode == 1 and "start it with `aat up`" in doctor.stdout
 
@@ -206,7 +225,7 @@ def test_cancel_a_queued_job_and_token_auth(aat_up, tmp_path: Path) -> None:
 
     anon = {k: v for k, v in env.items() if k != "AAT_API_TOKEN"}
     refused = aat(anon, "jobs", cwd=tmp_path)
-    assert refused.returncode == 1 and refused.stderr.startswith("error [unauthorized]: ")
+    assert refused.returncode == 3 and refused.stderr.startswith("error [unauthorized]: ")
 
 
 def test_up_runs_the_watcher_when_folders_are_set(aat_up, tmp_path: Path) -> None:

@@ -139,10 +139,10 @@ def test_create_keep_update_down_cycle(emu: Any, tmp_path: Path) -> None:
 
 def test_errors_are_one_line_with_a_code(emu: Any, tmp_path: Path) -> None:
     no_image = aat(tmp_path, emu, AAT_DEPLOY_UPSCALE_IMAGE="", AAT_DEPLOY_CAPTION_IMAGE="")
-    assert no_image.returncode == 2
+    assert no_image.returncode == 3  # setup (service.cli.errors.SETUP)
     assert no_image.stderr.startswith("error [config_invalid]: nothing to deploy")
     bad_key = aat(tmp_path, emu, RUNPOD_API_KEY="wrong")
-    assert bad_key.returncode == 1 and bad_key.stderr.startswith("error [backend_auth]")
+    assert bad_key.returncode == 3 and bad_key.stderr.startswith("error [backend_auth]")
     assert len(bad_key.stderr.strip().splitlines()) == 1
 
 

@@ -126,12 +126,13 @@ def test_aat_watch_cli_explains_missing_folders_and_shows_status(tmp_path: Path)
     aat = str(Path(sys.executable).parent / "aat")
     run = subprocess.run([aat, "watch"], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
-    assert run.returncode == 2
+    assert run.returncode == 3  # setup: service.cli.errors.SETUP
     assert "AAT_WATCH_FOLDERS" in run.stderr
     status = subprocess.run([aat, "watch", "--status"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0
-    assert status.stdout.splitlines()[0] == "pending: 0  submitted: 0  done: 0  failed: 0"
+    assert status.stdout.splitlines()[0] == (
+        "pending: 0  submitted: 0  done: 0  failed: 0  full scans: 0 (last never)")
 
 
 def test_a_dead_observer_is_restarted_and_followed_by_a_full_scan(watcher: Watcher) -> None:

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from watch_helpers import drop, png_bytes
-from watch_service import Service, WatcherProcess, start_emulator, wait_until
+from watch_service import Service, WatcherProcess, start_emulator, wait_for_scans, wait_until
 
 from watcher.ledger import Ledger
+
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 @dataclass
@@ -121,7 +123,7 @@ def test_save_by_rename_overwrite_change_and_delete(rig: Rig) -> None:
 
     same = src.read_bytes()
     src.write_bytes(same)  # the same bytes saved again: new mtime, same content
-    time.sleep(2.5)  # a stable window and a full scan
+    wait_for_scans(rig.ledger, 2)  # two full scans (2 s apart): longer than the stable window
     assert len(rig.jobs_for("crate.png")) == 2
 
     src.unlink()
@@ -140,7 +142,11 @@ def test_a_file_changed_while_its_job_runs_ends_with_the_newest_result(rig: Rig)
     jobs = sorted(rig.jobs_for("barrel.png"), key=lambda j: j["created_at"])
     out = rig.game / "busy" / "barrel_x2.png"
     wait_until(lambda: out.is_file() and _size(out) == (40, 40), 10, "the newest result")
-    time.sleep(1.5)  # the superseded job, if it still ran, must not land afterwards
+    # the superseded job, if it still ran, must not land afterwards: wait until it has ended
+    # (the service delivers; an ended job writes nothing more) and one more full scan
+    wait_until(lambda: rig.service.job(jobs[0]["id"])["status"] in TERMINAL, 30,
+               "the superseded job ended")
+    wait_for_scans(rig.ledger, 1)
     assert _sha(out.read_bytes()) == rig.service.job(jobs[1]["id"])["output"]["sha256"]
 
 
@@ -153,7 +159,7 @@ def test_corrupt_image_fails_once_with_the_reason_and_is_retried_on_request(rig:
     status = rig.watcher.command("--status")
     assert status.returncode == 0
     assert "moss.png" in status.stdout and "image_corrupt" in status.stdout
-    time.sleep(4.5)  # two more full scans: never retried in a loop
+    wait_for_scans(rig.ledger, 2)  # two more full scans: never retried in a loop
     entry = rig.ledger.get(bad)
     assert entry is not None and entry.state == "failed" and entry.job_id is None
     assert rig.jobs_for("moss.png") == []
@@ -181,7 +187,7 @@ def test_suffix_results_beside_the_sources_are_never_taken_as_inputs(
         for i in range(3):
             drop(art / f"leaf_{i}.png", png_bytes(50 + i))
         wait_until(lambda: ledger.counts()["done"] == 3, 20, "3 sources done")
-        time.sleep(3)  # several scans with the results sitting in the watched folder
+        wait_for_scans(ledger, 3)  # several scans with the results in the watched folder
         names = sorted(p.name for p in art.glob("*.png"))
         assert names == ["leaf_0.png", "leaf_0_x2.png", "leaf_1.png", "leaf_1_x2.png",
                          "leaf_2.png", "leaf_2_x2.png"]
@@ -220,7 +226,8 @@ def test_service_down_for_a_while_loses_nothing(rig: Rig) -> None:
     for i, path in enumerate(files):
         drop(path, png_bytes(100 + i))
     wait_until(lambda: all(rig.state(p) == "pending" for p in files), 15, "20 files pending")
-    time.sleep(2)
+    wait_until(lambda: any((e := rig.ledger.get(p)) and e.error_code for p in files), 15,
+               "the outage recorded")
     status = rig.watcher.command("--status")
     assert "service_unavailable" in status.stdout
     rig.service.start()  # same port, same database

@@ -43,6 +43,14 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
+def wait_for_scans(ledger: Any, more: int, timeout: float = 30) -> int:
+    """Wait until the watcher owning ``ledger`` has finished ``more`` full scans after now (a
+    counted event, not a fixed sleep: "nothing happened" is asserted over whole scans)."""
+    start = ledger.full_scans()[0]
+    return int(wait_until(lambda: ledger.full_scans()[0] >= start + more and
+                          ledger.full_scans()[0], timeout, f"{more} more full scans"))
+
+
 def start_emulator(workers: int = 4) -> EmulatorServer:
     emu = EmulatorServer({"upscale": EndpointConfig(handler=resolve_handler("echo"),
                                                     workers=workers)})

@@ -91,30 +91,48 @@ def test_unknown_endpoint_and_unknown_job_are_404(runpod_emulator):
     assert Api(emu).get("/status/no-such-job").status_code == 404
 
 
+class HandClock:
+    """A clock the test moves (the emulator measures retention and TTL in it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_results_expire_after_retention_and_then_cannot_be_retried(runpod_emulator):
-    emu = runpod_emulator(handler=echo, retention_s=0.3)
+    clock = HandClock()
+    emu = runpod_emulator(handler=echo, retention_s=30.0, clock=clock)
     api = Api(emu)
     job_id = api.run({"raise": "boom"})
     assert api.wait(job_id)["status"] == "FAILED"
-    time.sleep(0.4)
+    clock.now += 29.0
+    assert api.get(f"/status/{job_id}").status_code == 200  # still within retention
+    clock.now += 2.0
     assert api.get(f"/status/{job_id}").status_code == 404
     assert api.post(f"/retry/{job_id}").status_code == 404
 
 
 def test_expired_results_are_dropped_without_being_asked_for(runpod_emulator):
-    emu = runpod_emulator(handler=echo, retention_s=0.3, sweep_s=0.1)
+    clock = HandClock()
+    emu = runpod_emulator(handler=echo, retention_s=30.0, sweep_s=0.05, clock=clock)
     Api(emu).run({})
     until(lambda: emu.stats("upscale")["by_status"] == {"COMPLETED": 1})
     assert emu.stats("upscale")["jobs_held"] == 1
+    clock.now += 31.0
     until(lambda: emu.stats("upscale")["jobs_held"] == 0, timeout=3)
     assert emu.stats("upscale")["status_polls"] == 0  # nobody asked
 
 
 def test_ttl_deletes_a_job_even_mid_run(runpod_emulator):
-    emu = runpod_emulator(handler=echo, latency_s=2.0)
+    clock = HandClock()
+    emu = runpod_emulator(handler=echo, latency_s=2.0, clock=clock)
     api = Api(emu)
-    job_id = api.run({}, policy={"ttl": 300})
-    time.sleep(0.5)
+    job_id = api.run({}, policy={"ttl": 300_000})  # ms
+    clock.now += 299.0
+    assert api.get(f"/status/{job_id}").json()["status"] in ("IN_QUEUE", "IN_PROGRESS")
+    clock.now += 2.0
     assert api.get(f"/status/{job_id}").status_code == 404
 
 

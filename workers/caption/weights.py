@@ -38,6 +38,8 @@ def local_path(name: str, root: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    from service.core.logs import configure_logging
+
+    configure_logging("INFO")
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else weights_root()
     logging.info("wrote %s", download(MANIFEST, target))

@@ -53,8 +53,8 @@ def resolve_handler(name: str, **echo_options: Any) -> Handler:
     module_name, _, attr = HANDLER_MODULES[name].partition(":")
     module = importlib.import_module(module_name)
     if name == "echo" and echo_options:
-        return module.make_handler(**echo_options)  # type: ignore[no-any-return]
-    return getattr(module, attr or "handler")  # type: ignore[no-any-return]
+        return module.make_handler(**echo_options)
+    return getattr(module, attr or "handler")
 
 
 class EmulatorServer:
@@ -132,7 +132,7 @@ class EmulatorServer:
         """The endpoint's counters, read over HTTP like any client would."""
         resp = httpx.get(f"{self.root}/_emulator/stats/{endpoint_id}", timeout=10)
         resp.raise_for_status()
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     def __enter__(self) -> EmulatorServer:
         self.start()

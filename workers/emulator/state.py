@@ -52,6 +52,7 @@ class EndpointConfig:
     rate_limits: dict[str, int] | None = None  # requests per route per window; None = no limit
     rate_window_s: float = 10.0
     run_reply_delay_s: float = 0.0  # /run creates the job at once, then answers this much later
+    clock: Callable[[], float] = time.monotonic  # seconds; retention and TTL are measured in it
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Endpoint:
             policy=body.get("policy") or {},
             sync=sync,
             extra={k: body[k] for k in ("s3Config",) if k in body},
+            submitted_at=self.config.clock(),
         )
         self.jobs[job.id] = job
         self.last_policy = job.policy
@@ -180,7 +182,7 @@ class Endpoint:
         job = self.jobs.get(job_id)
         if job is None:
             return None
-        now = time.monotonic()
+        now = self.config.clock()
         ttl = _ms(job.policy.get("ttl")) or self.config.ttl_s
         retention = self.config.sync_retention_s if job.sync else self.config.retention_s
         if now - job.submitted_at > ttl or (
@@ -271,7 +273,7 @@ class Endpoint:
 
     async def _execute(self, job: Job, worker_id: str) -> None:
         job.status, job.worker_id = "IN_PROGRESS", worker_id
-        job.started_at = time.monotonic()
+        job.started_at = self.config.clock()
         job.delay_ms = int((job.started_at - job.submitted_at) * 1000)
         self.counts["started"] += 1
         fault = self.faults.draw_job()
@@ -349,7 +351,7 @@ class Endpoint:
 
     def _finish(self, job: Job, status: str, *, error: str | None = None) -> None:
         job.status, job.error = status, error
-        job.finished_at = time.monotonic()
+        job.finished_at = self.config.clock()
         if job.started_at is not None:
             job.execution_ms = int((job.finished_at - job.started_at) * 1000)
         self.by_status[status] += 1

@@ -142,6 +142,8 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     import runpod
 
-    logging.basicConfig(level=logging.INFO)
+    from service.core.logs import configure_logging
+
+    configure_logging("INFO", os.environ.get("AAT_LOG_FORMAT", "text"))
     get_pipeline()  # load before taking jobs: a broken image fails fast, not per job
     runpod.serverless.start({"handler": handler})

@@ -90,7 +90,9 @@ def bake_diffusers_layout(root: Path, *, drop_single_file: bool = True) -> Path:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    from service.core.logs import configure_logging
+
+    configure_logging("INFO")
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else weights_root()
     logging.info("wrote %s", download(MANIFEST, target))
     logging.info("converted the checkpoint into %s", bake_diffusers_layout(target))

@@ -67,8 +67,8 @@ from service.core.errors import (
     ParamsError,
     WorkerError,
 )
+from service.core.imageref import decode_to_array, encode_smallest
 from service.settings import Settings
-from workers.common.imageref import decode_to_array, encode_smallest
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ async def repoll(client: RunPodClient, remote_id: str, shape: tuple[int, ...]
     """Wait for RunPod job ``remote_id`` on ``client``'s endpoint; its refined tile (of
     ``shape``) and final status body, or None when it cannot be used (resubmit instead).
     Cancelling the wait cancels the RunPod job, as a fresh call would."""
-    from workers.common.imageref import decode_to_array  # noqa: PLC0415 - lazy: PIL codec
+    from service.core.imageref import decode_to_array  # noqa: PLC0415 - lazy: PIL codec
 
     try:
         body = await client.wait(remote_id)
