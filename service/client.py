@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -31,6 +31,9 @@ from service.core.contracts import ModelInfo
 from service.core.errors import AatError, error_for_code
 from service.core.jobs import JobList, JobPublic, TargetSpec
 from service.core.params import UpscaleParams
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 UNAVAILABLE = "service_unavailable"
 
@@ -53,7 +56,7 @@ class ServiceClient:
                                   transport=transport)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ServiceClient:
+    def from_settings(cls, settings: Settings) -> ServiceClient:
         """A client for ``settings.server_url`` with ``settings.api_token``."""
         token = settings.api_token.get_secret_value() if settings.api_token else None
         return cls(settings.server_url, token)

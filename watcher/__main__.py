@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{retry(settings, args.retry)} file(s) will be submitted again")
             return 0
         serve(settings)
-    except AatError as exc:
-        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
-        return 2
+    except AatError as exc:  # the same one line and status as `aat watch`
+        from service.cli.errors import report
+
+        return report(exc)
     return 0
 
 

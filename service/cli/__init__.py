@@ -20,8 +20,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from service.cli.errors import missing_extra, report
-from service.core.errors import AatError
+from service.cli.errors import handle
 
 
 class AatGroup(TyperGroup):
@@ -35,33 +34,10 @@ class AatGroup(TyperGroup):
                                   windows_expand_args=windows_expand_args, **extra)
             status = result if isinstance(result, int) else 0
         except BaseException as exc:  # noqa: BLE001 - every exit goes through one rule
-            status = _status_for(exc)
+            status = handle(exc)
         if standalone_mode:
             sys.exit(status)
         return status
-
-
-def _status_for(exc: BaseException) -> int:
-    """Print the one line for ``exc`` and return its status; bugs keep their traceback."""
-    if isinstance(exc, SystemExit):
-        raise exc
-    if type(exc).__name__ == "NoArgsIsHelpError":  # `aat` or `aat models` alone: the help
-        print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
-        return 2
-    if type(exc).__name__ == "Abort":  # click's Ctrl-C / EOF at a prompt
-        exc = KeyboardInterrupt()
-    if isinstance(exc, ModuleNotFoundError):
-        needs = missing_extra(exc)
-        if needs is None:
-            raise exc
-        return report(AatError(f"this command needs {needs}", code="missing_extra"))
-    if isinstance(exc, AatError | KeyboardInterrupt | MemoryError) or _usage(exc):
-        return report(exc)
-    raise exc
-
-
-def _usage(exc: BaseException) -> bool:
-    return any(c.__name__ == "UsageError" for c in type(exc).__mro__)
 
 
 app = typer.Typer(

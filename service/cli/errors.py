@@ -54,6 +54,27 @@ def exit_status(exc: BaseException) -> int:
     return FAILED
 
 
+def handle(exc: BaseException) -> int:
+    """What the `aat` group does with anything a command raised: print the one line and
+    return the status; a bare ``aat`` / ``aat models`` prints the help (status 2); a missing
+    optional extra says which to install; ``SystemExit`` and bugs propagate (traceback)."""
+    if isinstance(exc, SystemExit):
+        raise exc
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        print(getattr(exc, "format_message", lambda: str(exc))(), file=sys.stderr)
+        return USAGE
+    if type(exc).__name__ == "Abort":  # click's Ctrl-C / EOF at a prompt
+        exc = KeyboardInterrupt()
+    if isinstance(exc, ModuleNotFoundError):
+        needs = missing_extra(exc)
+        if needs is None:
+            raise exc
+        return report(AatError(f"this command needs {needs}", code="missing_extra"))
+    if isinstance(exc, AatError | KeyboardInterrupt | MemoryError) or _is_usage(exc):
+        return report(exc)
+    raise exc
+
+
 def one_line(text: str) -> str:
     """``text`` on one line (a message never spans lines on the terminal)."""
     return " ".join(str(text).split())

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from apitest_helpers import bomb_png, png_bytes, wait_terminal
 from PIL import Image
 
@@ -34,6 +35,7 @@ def _sse_events(client: httpx.Client, job_id: str, last_id: str | None = None,
     return events
 
 
+@pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
     server = celery_server
     with server.client() as http:
@@ -92,6 +94,7 @@ def test_duplicates_return_the_existing_job(queued_server) -> None:
         assert len(page["items"]) == 2
 
 
+@pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_multipart_and_path_forms(celery_server) -> None:
     server = celery_server
     inbox = server.settings.intake_roots[0]
@@ -114,6 +117,7 @@ def test_multipart_and_path_forms(celery_server) -> None:
         assert out.size == (48, 48) and out.mode == "RGBA", "alpha survives the path form"
 
 
+@pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_raw_submission_with_a_target_delivers_into_the_repo(celery_server) -> None:
     repo = celery_server.settings.repos["game"]
     (repo / "textures").mkdir(exist_ok=True)
@@ -225,6 +229,7 @@ def test_cancel_list_filter_and_not_ready(queued_server) -> None:
         assert http.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
 
 
+@pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_tiles_prompt_edit_and_rerun(celery_server) -> None:
     server = celery_server
     with server.client() as http:
@@ -251,6 +256,7 @@ def _metric(text: str, series: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_health_ready_and_metrics(celery_server) -> None:
     series = ('aat_jobs{status="succeeded"}', 'aat_submissions_total{result="created"}',
               'aat_submissions_total{result="duplicate"}',

@@ -78,6 +78,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     client.close()
 
 
+@pytest.mark.slow  # every operation, positive and negative cases, over HTTP
 @schema.parametrize()
 @settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))

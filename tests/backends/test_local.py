@@ -28,6 +28,8 @@ from workers.tiny import caption as tiny_caption
 from workers.tiny import upscale as tiny
 from workers.upscale.pipeline import UpscalePipeline
 
+pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
+
 OPTIONS = RefineOptions(prompt="stone", steps=4, strength=0.5, scheduler="euler", cfg_scale=5.0)
 
 

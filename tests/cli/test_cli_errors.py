@@ -198,7 +198,7 @@ def test_readme_and_guides_write_plain_aat() -> None:
     spelled = [ln for ln in readme if ".venv/bin/aat" in ln and "activate" not in ln]
     assert len(spelled) == 1 and spelled[0].startswith("python3 -m venv .venv &&"), spelled
     assert any("`. .venv/bin/activate`" in ln for ln in readme)
-    for page in sorted((ROOT / "docs" / "guide").glob("*.md")):
+    for page in sorted((ROOT / "docs").rglob("*.md")):
         if page.name == "deploy-systemd.md":
             continue
         assert ".venv/bin/aat" not in page.read_text(), page.name

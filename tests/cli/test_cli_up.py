@@ -25,6 +25,8 @@ import pytest
 import typer
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # aat up as a real process per test
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["-p", "tile_size=64", "-p", "overlap=16"]
 

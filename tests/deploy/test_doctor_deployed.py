@@ -15,6 +15,8 @@ import pytest
 
 from service.cli.doctor import run_checks
 
+pytestmark = pytest.mark.slow  # a deployed stack: runners, moto_server, network namespaces
+
 ROOT = Path(__file__).resolve().parents[2]
 AAT = [sys.executable, "-c", "from service.cli import main; main()"]
 

@@ -40,6 +40,8 @@ from service.core.jobs import JobStatus
 from service.jobs.service import build_job_service
 from service.storage.job_store import SqlJobStore
 
+pytestmark = pytest.mark.slow  # a deployed stack: runners, moto_server, network namespaces
+
 ROOT = Path(__file__).resolve().parents[2]
 AAT = [sys.executable, "-c", "from service.cli import main; main()"]
 TOKEN = "many-hosts-token"

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from jobs_helpers import expected_echo_pixels, pixels, png, small_params, wait_until
 
 from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService
+
+pytestmark = pytest.mark.slow  # real Celery runner processes
 
 
 def _finished(svc: JobService, job_id: str, timeout: float) -> Any:

@@ -17,6 +17,8 @@ from blender_scenario import BPY_PYTHONS, blender_rows, png, scenario
 from PIL import Image
 from plugin_service import Server
 
+pytestmark = pytest.mark.slow  # real bpy (Blender as a module) in subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "plugins/blender/ai_assets_toolbox"
 

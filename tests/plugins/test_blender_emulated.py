@@ -7,8 +7,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from blender_scenario import safetensors_bytes, scenario
 from plugin_service import Server
+
+pytestmark = pytest.mark.slow  # real bpy (Blender as a module) in subprocesses
 
 
 def test_loras_are_listed_from_the_server_and_sent_with_the_job(

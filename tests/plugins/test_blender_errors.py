@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from blender_scenario import scenario
 from plugin_service import Server, free_port
+
+pytestmark = pytest.mark.slow  # real bpy (Blender as a module) in subprocesses
 
 
 def test_bad_token_is_shown_in_the_panel(aat_server: Server, extension_zip: Path,

@@ -17,6 +17,8 @@ from service.storage.artifacts import LocalArtifactStore, relative_name, sha256_
 from service.storage.s3_artifacts import S3ArtifactStore, parse_s3_url
 from service.storage.stores import open_artifacts
 
+pytestmark = pytest.mark.slow  # a moto_server process
+
 
 def store(s3_server: Any, bucket: str, cache: Path, prefix: str = "studio/aat") -> S3ArtifactStore:
     return S3ArtifactStore(f"s3://{bucket}/{prefix}", cache, endpoint_url=s3_server.endpoint_url,

@@ -22,6 +22,8 @@ from studiotest_helpers import start_studio, stop
 from service.pipeline.refine import derive_seed
 from workers.emulator.echo import tint_amount
 
+pytestmark = pytest.mark.slow  # a real browser (chromium) against aat up
+
 SMALL = {"tile_size": 64, "overlap": 16}
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Records every data-state / data-status change with its time, for "did it change live".

@@ -22,6 +22,8 @@ from watch_service import Service, WatcherProcess, start_emulator, wait_for_scan
 
 from watcher.ledger import Ledger
 
+pytestmark = pytest.mark.slow  # a service, the emulator and watcher processes per module
+
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

@@ -24,6 +24,8 @@ from workers.caption.pipeline import (
 )
 from workers.tiny import caption as tiny
 
+pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

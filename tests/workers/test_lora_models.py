@@ -13,6 +13,8 @@ from service.core.contracts import UploadModelRequest
 from service.core.errors import ParamsError
 from workers.upscale import models
 
+pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
+
 
 def _safetensors(payload: bytes = bytes(range(256)) * 4) -> bytes:
     header = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)],

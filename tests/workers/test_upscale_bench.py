@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # full-size SDXL components built on the CPU in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

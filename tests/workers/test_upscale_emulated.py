@@ -22,6 +22,8 @@ from service.settings import Settings
 from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
 from workers.tiny import upscale as tiny
 
+pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
+
 OPTIONS = RefineOptions(prompt="stone", steps=4, strength=0.5, scheduler="euler", cfg_scale=5.0)
 
 

@@ -27,6 +27,8 @@ from workers.upscale.pipeline import (
     effective_prompt,
 )
 
+pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
+
 BASE = RefineSettings(prompt="stone wall", steps=4, strength=0.5, scheduler="euler",
                       cfg_scale=5.0)
 
