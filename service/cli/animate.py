@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from service.core.errors import AatError, InputError
-
 if TYPE_CHECKING:
     import numpy as np
 
@@ -60,19 +58,16 @@ def animate(
     edit_side: int = typer.Option(1024, "--edit-side", help="Longest side of the image the "
                                   "edit model sees (the cell scaled by whole pixels)."),
 ) -> None:
-    """Animate SPRITE into a spritesheet; OUTPUT and its metadata are written only when every
-    frame worked."""
-    try:
-        from service.core.animate import AnimateParams  # noqa: PLC0415
+    """Animate SPRITE into a spritesheet.
 
-        params = _params(AnimateParams, motion=motion, motion_text=text, frames=frames,
-                         facing=facing, frame_size=size, layout=layout, fps=fps, loop=loop,
-                         name=name, anchor=anchor, key_colour=key, style=style, seed=seed)
-        summary = asyncio.run(_run(sprite, output, params, regenerate, attempt, repo,
-                                   edit_side))
-    except AatError as exc:
-        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
+    OUTPUT and its metadata are written only when every frame worked.
+    """
+    from service.core.animate import AnimateParams  # noqa: PLC0415
+
+    params = _params(AnimateParams, motion=motion, motion_text=text, frames=frames,
+                     facing=facing, frame_size=size, layout=layout, fps=fps, loop=loop,
+                     name=name, anchor=anchor, key_colour=key, style=style, seed=seed)
+    summary = asyncio.run(_run(sprite, output, params, regenerate, attempt, repo, edit_side))
     typer.echo(summary)
 
 

@@ -141,7 +141,7 @@ def test_public_endpoint_without_a_bucket_says_what_to_configure(
     sprite_png(tmp_path / "hero.png")
     env = env_for(emulator, tmp_path / "data", AAT_ANIMATE_BACKEND="public")
     done = aat(env, str(tmp_path / "hero.png"), "-o", str(tmp_path / "sheet.png"))
-    assert done.returncode == 1
+    assert done.returncode == 3  # setup (service.cli.errors)
     assert "error [edit_needs_url]" in done.stderr and "AAT_ARTIFACTS_URL" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hero.png"]
     assert emulator.stats("qwen-image-edit")["submitted"] == 0
@@ -158,14 +158,14 @@ def test_public_endpoint_without_a_reachable_image_url_fails_clearly(
                   AAT_S3_ENDPOINT_URL=s3_server.endpoint_url, **s3)
     done = aat(env, str(tmp_path / "hero.png"), "--frames", "4", "-o",
                str(tmp_path / "sheet.png"))
-    assert done.returncode == 1
+    assert done.returncode == 3  # setup (service.cli.errors)
     assert "error [edit_url_unreachable]" in done.stderr and "127.0.0.1" in done.stderr
     # a bucket nobody answers for: refused before any frame is sent
     env = env_for(emulator, tmp_path / "data", AAT_ANIMATE_BACKEND="public",
                   AAT_ARTIFACTS_URL="s3://no-such-bucket-aat/x",
                   AAT_S3_ENDPOINT_URL="http://127.0.0.1:9/", **s3)  # nothing listens there
     unreachable = aat(env, str(tmp_path / "hero.png"), "-o", str(tmp_path / "sheet.png"))
-    assert unreachable.returncode == 1
+    assert unreachable.returncode == 3  # setup (service.cli.errors)
     assert "error [config_invalid]" in unreachable.stderr and "Traceback" not in unreachable.stderr
     assert emulator.stats("qwen-image-edit")["submitted"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "hero.png"]
