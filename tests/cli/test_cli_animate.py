@@ -119,6 +119,17 @@ def test_walk_of_8_frames_from_our_worker(emulator: EmulatorServer, tmp_path: Pa
     assert out.with_suffix(".json").read_text() == meta_before
     check_sheet(out, 8, (24, 32))
 
+    # the upscale path takes the sheet with its cells and writes the metadata scaled
+    big = tmp_path / "big" / "hero_walk.png"
+    big.parent.mkdir()
+    up = subprocess.run([sys.executable, "-m", "service.cli", "upscale", str(out), "--sheet",
+                         str(out.with_suffix(".json")), "-s", "2", "--backend", "none",
+                         "--upscaler", "lanczos", "-o", str(big)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    _, scaled = read_cells("hero_walk.json", big.with_suffix(".json").read_text(), 64)
+    assert scaled == [(i * 48, 0, 48, 64) for i in range(8)]
+
 
 def test_public_endpoint_fetches_a_presigned_url(emulator: EmulatorServer, tmp_path: Path,
                                                  s3_server: Any) -> None:
