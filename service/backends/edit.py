@@ -16,6 +16,7 @@ prompt in, an RGB image out (any size; the pipeline scales it to the cell). Impl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -104,7 +105,7 @@ class PublicEditBackend:
                                        follow_redirects=True)
 
     async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
-        url = self._publish(png_bytes(canvas))
+        url = await asyncio.to_thread(self._publish, png_bytes(canvas))  # boto3 blocks
         req = PublicEditInput(prompt=prompt, image=url, seed=seed, output_format="png")
         try:
             output = await _call(self._client, req.model_dump(mode="json"))
