@@ -83,7 +83,7 @@ def test_aat_help_loads_neither_settings_nor_httpx() -> None:
             "from service.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
             "heavy = ('httpx', 'pydantic_settings', 'service.settings', 'rich', 'PIL',\n"
-            "         'sqlalchemy', 'fastapi', 'celery', 'torch')\n"
+            "         'numpy', 'sqlalchemy', 'fastapi', 'celery', 'torch')\n"
             "print(','.join(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stderr.strip() == "", f"`aat --help` loaded: {out.stderr.strip()}"

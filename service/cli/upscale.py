@@ -25,7 +25,7 @@ import typer
 
 from service.cli.output import ProgressView, echo, progress_view
 from service.core import formats
-from service.core.params import DiffusionSettings
+from service.core.diffusion import DiffusionSettings
 
 if TYPE_CHECKING:
     from service.backends.base import CallAccounting

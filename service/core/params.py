@@ -15,10 +15,10 @@ Pure: no I/O, no settings.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from service.core.alpha import is_opaque, parse_matte
 from service.core.assets import (
@@ -28,70 +28,45 @@ from service.core.assets import (
     Detection,
     detect_asset_type,
 )
+from service.core.diffusion import (  # re-exported: the knobs belong to the job parameters
+    LORA_NAME_MAX as LORA_NAME_MAX,
+)
+from service.core.diffusion import (
+    LORA_NAME_PATTERN as LORA_NAME_PATTERN,
+)
+from service.core.diffusion import (
+    LORA_UPLOAD_PATTERN as LORA_UPLOAD_PATTERN,
+)
+from service.core.diffusion import (
+    ColourFix as ColourFix,
+)
+from service.core.diffusion import (
+    DiffusionSettings as DiffusionSettings,
+)
+from service.core.diffusion import (
+    IpAdapterMode as IpAdapterMode,
+)
+from service.core.diffusion import (
+    LoraSpec as LoraSpec,
+)
+from service.core.diffusion import (
+    NamingMode as NamingMode,
+)
+from service.core.diffusion import (
+    Quality as Quality,
+)
+from service.core.diffusion import (
+    Scheduler as Scheduler,
+)
+from service.core.diffusion import (
+    SeamFix as SeamFix,
+)
 from service.core.errors import ParamsError
 from service.core.pixelart import PixelScaler, integer_factor
 from service.core.sheets import SheetParams, layout_for, parse_sheet_spec
 
 MAX_OUTPUT_SIDE = 16384
 
-SeamFix = Literal["none", "band", "offset"]
-NamingMode = Literal["suffix", "replace", "mirror"]
-ColourFix = Literal["none", "wavelet", "adain"]
-IpAdapterMode = Literal["full", "style"]
-Quality = Literal["standard", "fast"]
-Scheduler = Literal["dpmpp_2m_sde_karras", "dpmpp_2m_karras", "euler", "euler_a", "unipc", "ddim"]
-
-
-# The one rule for a LoRA's name on the worker volume (the API's routes and job params, and
-# the worker itself): starts with a letter or digit, then letters, digits, ``_``, ``-``,
-# space, with single dots between parts (no ``..``, no leading or trailing dot). A name
-# without ``.safetensors`` gets it added by the worker. JSON-Schema-safe (no lookarounds).
-LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_ -]*(\.[A-Za-z0-9_ -]+)*$"
-LORA_NAME_MAX = 190
-# An uploaded file's name: the same rule, ending in ``.safetensors``.
-LORA_UPLOAD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_ -]*(\.[A-Za-z0-9_ -]+)*\.safetensors$"
-
-
-class LoraSpec(BaseModel):
-    """One LoRA from the upscale worker's volume, stacked with a weight."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=LORA_NAME_MAX, pattern=LORA_NAME_PATTERN)
-    weight: float = Field(default=1.0, ge=-4.0, le=4.0)
-
-
-class DiffusionSettings(BaseModel):
-    """The job-wide SDXL refine knobs, declared once for every layer that carries them.
-
-    Per-tile values (the caption appended to ``prompt``, the tile's seed) travel with the tile.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(default="", max_length=4000)  # global style prompt
-    negative_prompt: str = Field(default="", max_length=4000)
-    strength: float = Field(default=0.35, ge=0.0, le=1.0)
-    steps: int = Field(default=30, ge=1, le=100)
-    cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
-    scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    # counted the way A1111 and ComfyUI users know it: 1 = the text encoders' last layer,
-    # 2 = the penultimate one (SDXL's default, what "clip skip 2" means for Illustrious/Pony
-    # models), 3 = one layer earlier, ...
-    clip_skip: int = Field(default=2, ge=1, le=12)
-    controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
-    ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
-    # full: the style image reaches every attention block (style and content); style: only the
-    # block that carries style (InstantStyle), so its objects and layout do not bleed in
-    ip_adapter_mode: IpAdapterMode = "full"
-    # standard: steps/cfg_scale/scheduler as given; fast: a distilled few-step LoRA baked into the
-    # worker, 4 denoising steps without CFG (about 5x less UNet work; the negative prompt and
-    # cfg_scale no longer apply and fine detail is flatter; see docs/guide)
-    quality: Quality = "standard"
-    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
-
-    def diffusion_kwargs(self) -> dict[str, Any]:
-        """This object's diffusion knobs as keyword arguments for another layer's model."""
-        return {name: getattr(self, name) for name in DiffusionSettings.model_fields}
 
 
 class UpscaleParams(DiffusionSettings):
