@@ -16,10 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from service.client import UNAVAILABLE, JobPublic, ServiceClient
-from service.core.errors import AatError, NotFound, ParamsError
+from service.core.errors import AatError, DeliveryError, NotFound, ParamsError
 from service.core.jobs import TargetSpec
 from service.core.naming import confine, relative
-from watcher.deliver import relative_target, sha256_bytes, source_path, write_atomic
+from watcher.deliver import (
+    relative_target,
+    sha256_bytes,
+    sha256_file,
+    source_path,
+    write_atomic,
+)
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
 from watcher.scan import LinkRefused, read_regular_file
@@ -253,6 +259,19 @@ class JobFlow:
                 return
             self.ledger.mark_failed(entry.path, exc.code, exc.message)
 
+    def _refuse_foreign(self, entry: Entry, preset: Preset, target: Path,
+                        target_rel: PurePosixPath, digest: str) -> None:
+        """As the service's delivery: in suffix and mirror naming a file this watcher never
+        wrote there (an artist's own ``rock_x2.png``) is kept, unless it already holds these
+        bytes."""
+        if preset.naming == "replace" or not target.is_file():
+            return
+        current = sha256_file(target)
+        if current != digest and not self.ledger.wrote(target, current):
+            raise DeliveryError(f"{target_rel} already exists and was not written by AI Assets "
+                                f"Toolbox; move it away, then run `aat watch --retry "
+                                f"{entry.path}`", code="delivery_conflict")
+
     def _download(self, entry: Entry, preset: Preset, job: JobPublic) -> None:
         job_id, output = job.id, job.output
         self.ledger.mark_submitted(entry.path, job_id, 0)
@@ -270,6 +289,7 @@ class JobFlow:
                                      preset.mirror_dir, output.format if output else None, size)
         target = confine(root, target_rel)
         digest = sha256_bytes(data)
+        self._refuse_foreign(entry, preset, target, target_rel, digest)
         self.ledger.remember_output(target, digest)  # before the write: never an input
         written = write_atomic(target, data)
         log.info("%s -> %s (%s)", entry.path, target, "written" if written else "unchanged")

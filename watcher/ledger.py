@@ -172,6 +172,12 @@ class Ledger:
                 "SELECT 1 FROM outputs WHERE sha256 = ?", (sha256,)).fetchone()
         return row is not None
 
+    def wrote(self, path: Path, sha256: str) -> bool:
+        """True when the bytes ``sha256`` at ``path`` are a result this watcher recorded."""
+        row = self._db.execute("SELECT 1 FROM outputs WHERE path = ? AND sha256 = ?",
+                               (str(path), sha256)).fetchone()
+        return row is not None
+
     # writes
     def record_version(self, path: Path, root: Path, sig: tuple[int, int], sha256: str,
                        version_key: str, preset_fp: str) -> None:
@@ -230,9 +236,11 @@ class Ledger:
                            (str(output_abs), output_sha256))
 
     def remember_output(self, output_abs: Path, sha256: str | None) -> None:
-        """Reserve a path (and content hash) as a result, before the result exists."""
+        """Reserve a path (and content hash) as a result, before the result exists; a path
+        reserved again without a hash keeps the hash of what was written there."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO outputs (path, sha256) VALUES (?, ?)",
+            db.execute("INSERT INTO outputs (path, sha256) VALUES (?, ?) ON CONFLICT(path) "
+                       "DO UPDATE SET sha256 = COALESCE(excluded.sha256, outputs.sha256)",
                        (str(output_abs), sha256))
 
     def mark_failed(self, path: Path, code: str, message: str) -> None:

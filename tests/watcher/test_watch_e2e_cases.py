@@ -217,6 +217,23 @@ def test_remote_service_results_are_downloaded_and_written_by_the_watcher(
         assert not (rig.game / "hd").exists()
         assert [p.name for p in out.parent.iterdir()] == ["brick.png"]  # no temp files left
         assert "observer: polling, delivery: download" in watcher.log.read_text()
+
+        first = out.read_bytes()
+        drop(art / "walls" / "brick.png", png_bytes(62))  # a new version: our result replaced
+        wait_until(lambda: out.read_bytes() != first and ledger.counts()["done"] == 1, 20,
+                   "brick.png's new result written")
+        [newer] = [j for j in rig.jobs_for("brick.png")
+                   if j["input"]["sha256"] == _sha(png_bytes(62))]
+        assert _sha(out.read_bytes()) == newer["output"]["sha256"]
+
+        handmade = local_repo / "hd" / "walls" / "stone.png"  # the artist's own HD version
+        handmade.write_bytes(b"painted by hand")
+        drop(art / "walls" / "stone.png", png_bytes(61))
+        wait_until(lambda: ledger.counts()["failed"] == 1, 20, "stone.png refused")
+        entry = ledger.get(art / "walls" / "stone.png")
+        assert entry is not None and entry.error_code == "delivery_conflict"
+        assert "--retry" in (entry.error_message or "")
+        assert handmade.read_bytes() == b"painted by hand"
     finally:
         ledger.close()
         watcher.stop()
