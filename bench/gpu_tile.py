@@ -59,9 +59,10 @@ def tiles(size: int, count: int) -> list[TileJob]:
 
 
 def measure(pipe: UpscalePipeline, jobs: list[TileJob], settings: RefineSettings,
-            repeats: int) -> tuple[float, float | None]:
+            repeats: int, warm_up: bool = True) -> tuple[float, float | None]:
     cuda = pipe.device.startswith("cuda")
-    pipe.refine(jobs[:settings.batch_size], settings)  # warm-up (and compile, if any)
+    if warm_up:
+        pipe.refine(jobs[:settings.batch_size], settings)  # warm-up (and compile, if any)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -111,7 +112,8 @@ def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[li
             change: Callable[[], Any] | None = None, runs: list[TileJob] | None = None) -> None:
         if change is not None:
             change()
-        s, peak = measure(pipe, runs or jobs[:1], settings, repeats)
+        # the CPU proof warms up once: no kernels to compile or autotune, half the run time
+        s, peak = measure(pipe, runs or jobs[:1], settings, repeats, warm_up=cuda or not rows)
         rows.append(Row(name, s, peak, note))
         print(f"  {name}: {s:.3f} s/tile", file=sys.stderr, flush=True)  # progress
 
