@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     )
     runpod_edit_public_slug: str = "qwen-image-edit"  # RunPod's public endpoint (by URL)
     animate_backend: Literal["auto", "worker", "public"] = "auto"  # auto: worker if configured
+    animate_edit_side: int = Field(default=1024, ge=64, le=2048)  # longest side the model sees
     animate_url_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)  # presigned GET
     runpod_base_url: str = "https://api.runpod.ai/v2"
     runpod_max_concurrency: int | None = Field(default=None, ge=1, le=256)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import (
+    animations,
     events,
     health,
     jobs,
@@ -89,7 +90,8 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
     add_problem_schema(app)
-    for module in (health, jobs, events, previews, plan, styles, lora_uploads, loras, metrics):
+    for module in (health, jobs, animations, events, previews, plan, styles, lora_uploads,
+                   loras, metrics):
         app.include_router(module.router)
     from service.studio.routes import install as install_studio
 

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from service.api.auth import authorize, bearer_scheme
 from service.backends.base import GpuBackend
+from service.core.animate import AnimateParams
 from service.core.errors import BackendUnavailable
 from service.core.jobs import JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
@@ -32,6 +33,10 @@ class JobServicePort(Protocol):
                     params: UpscaleParams, target: TargetSpec | None = None,
                     idempotency_key: str | None = None) -> tuple[JobPublic, bool]: ...
 
+    def submit_animation(self, data: bytes, *, filename: str, params: AnimateParams,
+                         target: TargetSpec | None = None, idempotency_key: str | None = None,
+                         ) -> tuple[JobPublic, bool]: ...
+
     def get(self, job_id: str) -> JobPublic: ...
 
     def list(self, *, status: JobStatus | None, limit: int, cursor: str | None,
@@ -42,6 +47,8 @@ class JobServicePort(Protocol):
     def result(self, job_id: str) -> tuple[Path, str]: ...
 
     def input_path(self, job_id: str) -> Path: ...
+
+    def companion(self, job_id: str, name: str) -> Path: ...
 
     def add_style_image(self, data: bytes) -> str: ...
 

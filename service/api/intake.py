@@ -92,7 +92,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
 # ---- parameters -----------------------------------------------------------------------------
 
 
-def _params_error(exc: ValidationError, where: str) -> ParamsError:
+def params_error(exc: ValidationError, where: str) -> ParamsError:
     """``invalid parameter scale: ...`` naming the field; a rule across fields (no field)
     reads ``invalid parameters: ...``."""
     first = exc.errors()[0]
@@ -119,7 +119,7 @@ def params_from_mapping(raw: dict[str, Any], where: str = "parameter") -> Upscal
     try:
         return UpscaleParams.model_validate(raw)
     except ValidationError as exc:
-        raise _params_error(exc, where) from exc
+        raise params_error(exc, where) from exc
 
 
 def target_from_mapping(raw: dict[str, Any] | None) -> TargetSpec | None:
@@ -128,16 +128,22 @@ def target_from_mapping(raw: dict[str, Any] | None) -> TargetSpec | None:
     try:
         return TargetSpec.model_validate(raw)
     except ValidationError as exc:
-        raise _params_error(exc, "target") from exc
+        raise params_error(exc, "target") from exc
+
+
+def split_query(request: Request) -> tuple[str, dict[str, str], TargetSpec | None]:
+    """The query string as ``(filename, the job's parameters, target)``."""
+    query = dict(request.query_params)
+    filename = _clean_filename(query.pop("filename", "upload.png"))
+    target = {_TARGET_QUERY[k]: query.pop(k) for k in list(query) if k in _TARGET_QUERY}
+    return filename, query, target_from_mapping(target)
 
 
 def _from_query(request: Request) -> tuple[str, UpscaleParams, TargetSpec | None]:
-    query = dict(request.query_params)
-    filename = query.pop("filename", "upload.png")
-    target = {_TARGET_QUERY[k]: query.pop(k) for k in list(query) if k in _TARGET_QUERY}
+    filename, query, target = split_query(request)
     if "loras" in query:
         query["loras"] = parse_loras(query["loras"])  # type: ignore[assignment]
-    return filename, params_from_mapping(query), target_from_mapping(target)
+    return filename, params_from_mapping(query), target
 
 
 def _clean_filename(name: str | None) -> str:
@@ -198,7 +204,7 @@ async def _json(request: Request, settings: Settings) -> Submission:
     try:
         req = JobFromPath.model_validate_json(body)
     except ValidationError as exc:
-        raise _params_error(exc, "field") from exc  # "invalid field path: ..."
+        raise params_error(exc, "field") from exc  # "invalid field path: ..."
     path = confine_path(req.path, settings)
     if path.stat().st_size > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)

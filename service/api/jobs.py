@@ -212,6 +212,17 @@ def get_result(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]
                         filename=result_filename(jobs.get(job_id), path.suffix))
 
 
+@router.get("/{job_id}/files/{name}", summary="A companion file of an animate job's sheet",
+            response_class=FileResponse,
+            responses={200: {"description": "the file (Aseprite .json, Godot .tres, .webp "
+                             "preview), as listed in output.files"},
+                       **problem_responses(404, 422)})
+def get_companion(job_id: JobId,
+                  name: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,300}$")],
+                  jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> FileResponse:
+    return FileResponse(jobs.companion(job_id, name), filename=name)
+
+
 @router.get("/{job_id}/input", summary="The job's input image, as it was submitted",
             response_class=FileResponse,
             responses={200: {"description": "the image bytes", "content": {"image/*": {}}},
@@ -225,6 +236,8 @@ def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)])
 def result_filename(job: JobPublic, suffix: str) -> str:
     """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
     stem = PurePath(job.input.filename).stem or "result"
+    if job.animation is not None:  # hero.png -> hero_walk.png, as delivered
+        return f"{stem}_{job.animation.animation_name()}{suffix}"
     return f"{stem}{size_tag(job.params, (job.input.width, job.input.height))}{suffix}"
 
 

@@ -129,21 +129,14 @@ async def _run(sprite: Path, output: Path | None, params: AnimateParams, regener
 
 
 def _load(path: Path, settings: Settings) -> np.ndarray:
-    import numpy as np  # noqa: PLC0415
-
     from service.core.errors import PathError  # noqa: PLC0415
     from service.core.imaging import load_image  # noqa: PLC0415
+    from service.pipeline.animate import sprite_rgba  # noqa: PLC0415
 
     if not path.is_file():
         raise PathError(f"sprite {path} does not exist or is not a file", code="path_not_found")
     image = load_image(path.read_bytes(), limits=settings.image_limits(), filename=path.name)
-    rgb = image.rgb if image.rgb.dtype == np.uint8 else (image.rgb >> 8).astype(np.uint8)
-    if image.alpha is None:
-        alpha = np.full(rgb.shape[:2], 255, np.uint8)
-    else:
-        alpha = image.alpha if image.alpha.dtype == np.uint8 else (image.alpha >> 8).astype(
-            np.uint8)
-    return np.dstack([rgb, alpha])
+    return sprite_rgba(image.rgb, image.alpha)
 
 
 def _existing_cells(output: Path | None, params: AnimateParams) -> list[np.ndarray]:
@@ -193,13 +186,11 @@ def _deliver(settings: Settings, repo: str, sprite: Path, anim: Animation, label
     from pathlib import PurePosixPath  # noqa: PLC0415
 
     from service.core.jobs import TargetSpec  # noqa: PLC0415
-    from service.pipeline.animate import outputs  # noqa: PLC0415
+    from service.pipeline.animate import outputs_beside  # noqa: PLC0415
     from service.storage.game_repo import deliver_set  # noqa: PLC0415
 
     rel = PurePosixPath(sprite.as_posix())
-    stem = f"{rel.stem}{label}"
-    res_dir = "res://" + (rel.parent.as_posix() + "/" if rel.parent.as_posix() != "." else "")
-    files = outputs(anim, stem, res_dir=res_dir)
+    files = outputs_beside(anim, rel.as_posix(), label)
     by_ext = {Path(name).suffix: data for name, data in files.items()}
     done = deliver_set(settings, TargetSpec(repo=repo, path=rel.as_posix()), by_ext,
                        label=label, job_id="cli")

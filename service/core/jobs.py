@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.core.animate import AnimateParams
 from service.core.errors import IllegalTransition
 from service.core.params import NamingMode, UpscaleParams
 
@@ -68,7 +69,7 @@ def check_transition(current: JobStatus, new: JobStatus) -> None:
 
 Stage = Literal[
     "queued", "load", "pre_upscale", "plan", "caption", "refine", "blend", "seam_fix",
-    "encode", "deliver", "done",
+    "encode", "deliver", "done", "animate",
 ]
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
@@ -127,6 +128,11 @@ class JobOutput(BaseModel):
         "Engine metadata files written beside the delivered image (repo-relative)."))
     lfs: bool = Field(default=False, description=(
         "The delivered path is routed to Git LFS by the repo's .gitattributes."))
+    frames: int | None = Field(default=None, description=(
+        "An animate job: the number of frames in the sheet."))
+    files: dict[str, str] = Field(default_factory=dict, description=(
+        "An animate job: the sheet's companion files (Aseprite .json, Godot .tres, .webp "
+        "preview) by file name -> sha256, downloadable from /v1/jobs/{id}/files/{name}."))
 
 
 class JobErrorView(BaseModel):
@@ -145,6 +151,9 @@ class JobCost(BaseModel):
     usd: float = 0.0
 
 
+JobKind = Literal["upscale", "animate"]
+
+
 class JobPublic(BaseModel):
     """The job as the REST API, CLI, watcher and plugins see it (docs/api/contract.md)."""
 
@@ -156,7 +165,13 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    params: UpscaleParams
+    kind: JobKind = Field(default="upscale", description=(
+        "upscale (params) or animate (animation: a sprite into a spritesheet)"))
+    params: UpscaleParams = Field(description=(
+        "The upscale parameters (an animate job keeps the defaults here and its own in "
+        "`animation`)."))
+    animation: AnimateParams | None = Field(default=None, description=(
+        "An animate job's parameters (null for upscale jobs)."))
     backend: str | None = Field(default=None, description=(
         "The GPU backend the job runs on (none, runpod, local), resolved when it was submitted "
         "like every `auto` in params; null for jobs stored by an older version."))

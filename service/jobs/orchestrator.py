@@ -28,6 +28,7 @@ from service.core.jobs import JobStatus, TargetSpec, stage_name
 from service.core.naming import size_tag
 from service.core.params import UpscaleParams
 from service.core.pngstream import PngStream
+from service.jobs.animation import run_animation
 from service.jobs.context import Interrupted, RunContext
 from service.jobs.view import job_params, overall_progress
 from service.pipeline.pre_cache import cached_upscaler
@@ -126,6 +127,10 @@ class JobRun:
                                        status="refined" if cost is not None else "cached")
         self._tile_done(stage, cost)
 
+    def frame_done(self) -> None:
+        """An animate job: one more frame of stage ``animate`` done."""
+        self._tile_done("animate", None)
+
     def _tile_done(self, stage: str, acct: CallAccounting | None) -> None:
         """One more unit of ``stage`` done, and what it cost, in one write."""
         def fn(row: JobRecord) -> JobUpdate:
@@ -149,10 +154,13 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
     """Run a job this runner has claimed (see module docstring)."""
     run = JobRun(ctx, job_id, owner, lost)
     row = run.checked()
-    params = job_params(row)
-    limits = ctx.settings.image_limits()
     run.stage("load")
     data = _input_bytes(ctx, row)
+    if row.kind == "animate":  # the second job kind: a sprite into a spritesheet
+        run_animation(run, row, data)
+        return
+    params = job_params(row)
+    limits = ctx.settings.image_limits()
     image = load_image(data, limits=limits, filename=row.filename)
     run.stage("pre_upscale")
     upscaler = cached_upscaler(get_upscaler(params.upscaler), ctx.artifacts)

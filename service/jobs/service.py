@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from service.core import formats
+from service.core.animate import AnimateParams
 from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
+from service.jobs.animation import sheet_label
 from service.jobs.executor import Executor
 from service.jobs.intake import probe_image
 from service.jobs.view import to_public
@@ -46,6 +48,14 @@ def dedupe_key(input_sha256: str, params: UpscaleParams, target: TargetSpec | No
     backend make the same job."""
     parts = [input_sha256, params.canonical_json(), PIPELINE_VERSION,
              target.model_dump_json() if target else "", backend or ""]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def animate_dedupe_key(input_sha256: str, params: AnimateParams, target: TargetSpec | None
+                       ) -> str:
+    """The same sprite, animate params and target make the same animate job."""
+    parts = ["animate", input_sha256, params.model_dump_json(), PIPELINE_VERSION,
+             target.model_dump_json() if target else ""]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -108,6 +118,35 @@ class JobService:
             self._dispatch(row.id)
         return to_public(row), created
 
+    def submit_animation(self, data: bytes, *, filename: str, params: AnimateParams,
+                         target: TargetSpec | None = None, idempotency_key: str | None = None
+                         ) -> tuple[JobPublic, bool]:
+        """Validate, store and queue one ``animate`` job (a sprite into a spritesheet, see
+        :mod:`service.jobs.animation`); ``(job, False)`` when it already existed."""
+        loaded = load_image(data, limits=self.settings.image_limits(), filename=filename)
+        if target is not None:  # every file of the set must have a place before we queue
+            label = sheet_label(params)
+            for ext in (".png", ".json", ".tres", ".webp"):
+                resolve_target(self.settings, target, ext=ext, label=label)  # raises PathError
+        key = animate_dedupe_key(sha256_bytes(data), params, target)
+        if idempotency_key:
+            self._refuse_key_reuse(idempotency_key, key)
+        ext = formats.input_suffix(loaded.format)
+        input_sha = self.artifacts.put_bytes("inputs", data, ext)
+        height, width = loaded.rgb.shape[:2]
+        row, created = self.store.insert(NewJob(
+            id=new_job_id(), filename=Path(filename).name[:255] or "sprite.png",
+            input_sha256=input_sha, input_ext=ext, input_width=width, input_height=height,
+            input_format=loaded.format, params=params.model_dump(mode="json"),
+            seed=params.seed, target=target.model_dump(mode="json") if target else None,
+            dedupe_key=key, idempotency_key=idempotency_key, backend="animate",
+            queue=self.executor.queue, kind="animate"))
+        if created:
+            log.info("animate job %s queued (%s, %s x%d)", row.id, row.filename, params.motion,
+                     params.frames)
+            self._dispatch(row.id)
+        return to_public(row), created
+
     def _sheet_beside(self, target: TargetSpec, params: UpscaleParams) -> UpscaleParams:
         """A source in a repo with sheet metadata beside it (``hero.json`` from Aseprite or
         TexturePacker, or a Unity ``.meta`` with several sprites) is processed cell by cell."""
@@ -124,8 +163,13 @@ class JobService:
         if row is None:
             return
         target = TargetSpec.model_validate(row.target) if row.target else None
-        if dedupe_key(row.input_sha256, UpscaleParams.model_validate(row.params), target,
-                      row.backend) != key:
+        if row.kind == "animate":
+            was = animate_dedupe_key(row.input_sha256, AnimateParams.model_validate(row.params),
+                                     target)
+        else:
+            was = dedupe_key(row.input_sha256, UpscaleParams.model_validate(row.params), target,
+                             row.backend)
+        if was != key:
             raise ParamsError(f"Idempotency-Key {idempotency_key!r} was already used for another "
                               f"image or other parameters (job {row.id}); send a new key",
                               code="idempotency_key_reused")
@@ -173,6 +217,18 @@ class JobService:
             raise NotFound(f"the result of job {job_id} was garbage-collected; submit it again")
         return path, formats.media_type_for_suffix(row.output_ext)
 
+    def companion(self, job_id: str, name: str) -> Path:
+        """One of a succeeded animate job's companion files (``output.files``) by name."""
+        row = self.store.get(job_id)
+        files = (row.output or {}).get("files") or {}
+        if row.status != JobStatus.succeeded or name not in files:
+            raise NotFound(f"job {job_id} has no file {name[:80]!r}; its files are listed in "
+                           "output.files once it has succeeded")
+        path = self.artifacts.local_file("outputs", files[name], Path(name).suffix)
+        if path is None:
+            raise NotFound(f"{name} of job {job_id} was garbage-collected; submit it again")
+        return path
+
     def input_path(self, job_id: str) -> Path:
         """The stored input file of a job (for previews)."""
         row = self.store.get(job_id)
@@ -211,6 +267,9 @@ class JobService:
         """A new job from the same input and tile plan: the chosen tiles are refined again
         (with a fresh seed and their current prompt), the others come from the cache."""
         row = self.store.get(job_id)
+        if row.kind != "upscale":
+            raise JobError(f"job {job_id} is an {row.kind} job; it has no tiles to re-run",
+                           code="not_tiled")
         if not row.status.terminal:
             raise JobError(f"job {job_id} is {row.status.value}; re-run it once it has finished",
                            code="not_ready")

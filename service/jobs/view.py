@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.core.animate import AnimateParams
 from service.core.jobs import (
     JobCost,
     JobErrorView,
@@ -18,6 +19,7 @@ from service.storage.records import JobRecord, StageCount
 STAGE_WEIGHTS: dict[str, float] = {
     "load": 0.02, "pre_upscale": 0.08, "plan": 0.01, "caption": 0.14, "refine": 0.6,
     "blend": 0.05, "seam_fix": 0.04, "encode": 0.04, "deliver": 0.02,
+    "animate": 0.9,  # an animate job: load, animate (one unit per frame), encode, deliver
 }
 
 
@@ -33,11 +35,19 @@ def overall_progress(stages: dict[str, StageCount], finished: bool) -> float:
 
 
 def job_params(row: JobRecord) -> UpscaleParams:
-    """The job's parameters with its concrete seed filled in."""
+    """The job's upscale parameters with its concrete seed filled in (an animate job: the
+    defaults, its own are :func:`animate_params`)."""
+    if row.kind == "animate":
+        return UpscaleParams()
     params = UpscaleParams.model_validate(row.params)
     if params.seed is None and row.seed is not None:
         params = params.model_copy(update={"seed": row.seed})
     return params
+
+
+def animate_params(row: JobRecord) -> AnimateParams | None:
+    """An animate job's parameters; None for an upscale job."""
+    return AnimateParams.model_validate(row.params) if row.kind == "animate" else None
 
 
 def to_public(row: JobRecord) -> JobPublic:
@@ -50,7 +60,9 @@ def to_public(row: JobRecord) -> JobPublic:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        kind=row.kind,
         params=job_params(row),
+        animation=animate_params(row),
         backend=row.backend,
         input=JobInput(filename=row.filename, sha256=row.input_sha256, width=row.input_width,
                        height=row.input_height, format=row.input_format),

@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -56,6 +57,15 @@ class Animation:
     def loop_distance(self) -> float:
         """How far the last frame is from the first (small for a clean loop)."""
         return fr.histogram_distance(self.frames[-1], self.frames[0])
+
+
+def sprite_rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """A loaded image (8- or 16-bit, alpha or not) as the ``(H, W, 4) uint8`` sprite."""
+    rgb8 = rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
+    if alpha is None:
+        return np.dstack([rgb8, np.full(rgb8.shape[:2], 255, np.uint8)])
+    a8 = alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
+    return np.dstack([rgb8, a8])
 
 
 def prepare(source: np.ndarray, params: AnimateParams, edit_side: int = 1024) -> Prepared:
@@ -174,3 +184,12 @@ def outputs(anim: Animation, stem: str, res_dir: str = "res://") -> dict[str, by
                                             loop=loop).encode(),
         f"{stem}.webp": fr.encode_preview(anim.frames, fps, "webp", loop=loop),
     }
+
+
+def outputs_beside(anim: Animation, source_rel: str, label: str) -> dict[str, bytes]:
+    """:func:`outputs` for delivery beside ``source_rel`` (a repo-relative path): stem
+    ``<source stem><label>``, the ``.tres`` loading the sheet from the source's folder."""
+    rel = PurePosixPath(source_rel)
+    folder = rel.parent.as_posix()
+    res_dir = "res://" + (folder + "/" if folder != "." else "")
+    return outputs(anim, f"{rel.stem}{label}", res_dir=res_dir)

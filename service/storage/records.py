@@ -8,7 +8,8 @@ are frozen: a change goes through the store, which returns the new record.
 ``JobUpdate`` has no ``status``: only :meth:`SqlJobStore.transition` (and the claim/cancel
 functions beside it) changes a job's status, through ``check_transition``.
 
-JSON columns keep their JSON shape (``params`` is an ``UpscaleParams`` dump, ``target`` a
+JSON columns keep their JSON shape (``params`` is an ``UpscaleParams`` dump, or an
+``AnimateParams`` dump for ``kind='animate'``, ``target`` a
 ``TargetSpec`` dump, ``output``/``error`` the public view's); ``service.jobs.view`` turns them
 into the public models.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
-from service.core.jobs import JobStatus, Stage
+from service.core.jobs import JobKind, JobStatus, Stage
 
 TileStatus = Literal["pending", "captioning", "refining", "refined", "cached"]
 Queue = Literal["embedded", "celery"]
@@ -70,6 +71,7 @@ class NewJob:
     idempotency_key: str | None = None
     backend: str | None = None
     queue: Queue | None = None
+    kind: JobKind = "upscale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class JobRecord:
     error: StoredError | None
     backend: str | None  # the GPU backend resolved at submit ("none", "runpod", "local")
     queue: Queue | None  # which executor runs it; None for jobs older than revision 0003
+    kind: JobKind  # "upscale" (params: UpscaleParams) or "animate" (params: AnimateParams)
 
     @classmethod
     def from_row(cls, mapping: Mapping[Any, Any]) -> JobRecord:

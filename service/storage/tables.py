@@ -62,6 +62,8 @@ jobs = Table(
     Column("error", JSON),
     Column("backend", String(16)),  # resolved at submit (migration 0003)
     Column("queue", String(16)),  # "embedded" | "celery": which executor runs it (0003)
+    # "upscale" | "animate": what params hold and which pipeline runs (0004)
+    Column("kind", String(16), nullable=False, server_default="upscale"),
 )
 
 tiles = Table(

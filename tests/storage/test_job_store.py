@@ -183,6 +183,7 @@ def test_an_older_database_is_upgraded_in_place(db_url: str) -> None:
     assert current_revision(store.engine) == HEAD_REVISION
     old = store.get("j_old")
     assert old.filename == "rock.png" and old.backend is None and old.queue is None
+    assert old.kind == "upscale"  # jobs stored before revision 0004 are upscale jobs
     assert store.reclaimable(queue="embedded") == store.reclaimable(queue="celery") == ["j_old"]
     store.record_delivery("game", "tex/a_x2.png", "b" * 64, "j_old")
     store.record_delivery("game", "tex/a_x2.png", "c" * 64, "j_new")

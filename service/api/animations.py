@@ -1,0 +1,77 @@
+"""``POST /v1/animations``: submit an ``animate`` job (one sprite into a spritesheet).
+
+The body is the sprite's bytes (PNG or WebP, alpha kept); the query string carries the
+:class:`~service.core.animate.AnimateParams` and an optional target in a repo
+(``target_repo``, ``target_path``: the sheet and its .json/.tres/.webp go beside the source).
+The job it makes is a job like any other: read, events, cancel and result live under
+``/v1/jobs/{id}``, and the sheet's companion files under ``/v1/jobs/{id}/files/{name}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
+from service.api.intake import params_error, read_capped, split_query
+from service.api.metrics import count_submission
+from service.api.problems import problem_responses
+from service.core.animate import AnimateParams
+from service.core.jobs import JobPublic, TargetSpec
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1/animations", tags=["animations"],
+                   dependencies=[Depends(require_auth)], responses=problem_responses(401, 403))
+
+_LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+
+
+def _openapi() -> dict[str, Any]:
+    params: list[dict[str, Any]] = [{"name": "filename", "in": "query", "required": False,
+                                     "schema": {"type": "string", "maxLength": 255}}]
+    for name, schema in AnimateParams.model_json_schema()["properties"].items():
+        if "anyOf" in schema:  # optional fields: query strings cannot be null
+            schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
+        params.append({"name": name, "in": "query", "required": False, "schema": schema})
+    target = TargetSpec.model_json_schema()["properties"]
+    for name, field in (("target_repo", "repo"), ("target_path", "path")):
+        params.append({"name": name, "in": "query", "required": False,
+                       "schema": {k: v for k, v in target[field].items() if k != "title"}})
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"parameters": params, "requestBody": {"required": True, "content": {
+        "image/png": binary, "image/webp": binary}}}
+
+
+@router.post(
+    "", status_code=202, response_model=JobPublic, openapi_extra=_openapi(),
+    summary="Animate a sprite into a spritesheet (raw image body, parameters in the query)",
+    responses={202: {"description": "job created", "headers": _LOCATION},
+               200: {"description": "the existing job (same sprite and params, or same "
+                     "Idempotency-Key)", "model": JobPublic, "headers": _LOCATION},
+               **problem_responses(400, 409, 413, 415, 422, 503)},
+)
+async def submit_animation(
+    request: Request, response: Response,
+    settings: Annotated[Settings, Depends(get_settings)],
+    jobs: Annotated[JobServicePort, Depends(get_jobs)],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+) -> JobPublic:
+    filename, query, target = split_query(request)
+    try:
+        params = AnimateParams.model_validate(query)  # a bad motion: motion_unknown (422)
+    except ValidationError as exc:
+        raise params_error(exc, "parameter") from exc
+    data = await read_capped(request, settings.max_upload_bytes)
+    job, created = await run_in_threadpool(
+        jobs.submit_animation, data, filename=filename, params=params, target=target,
+        idempotency_key=idempotency_key)
+    count_submission(request, created)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not job.urls:
+        job.urls = JobPublic.urls_for(job.id)
+    return job
