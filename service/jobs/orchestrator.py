@@ -118,33 +118,40 @@ class JobRun:
 
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
         self.ctx.store.update_tile(self.job_id, index, caption=caption)
-        self._tile_done("caption", cost)
+        self._tile_done("caption", cost, index)
 
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
         if stage == "refine":
             self.ctx.store.update_tile(self.job_id, index, cache_key=key, seed=seed,
                                        status="refined" if cost is not None else "cached")
-        self._tile_done(stage, cost)
+        self._tile_done(stage, cost, index)
 
     def frame_done(self) -> None:
         """An animate job: one more frame of stage ``animate`` done."""
         self._tile_done("animate", None)
 
-    def _tile_done(self, stage: str, acct: CallAccounting | None) -> None:
-        """One more unit of ``stage`` done, and what it cost, in one write."""
+    def _tile_done(self, stage: str, acct: CallAccounting | None, index: int = -1) -> None:
+        """One more unit of ``stage`` done, and what it cost, in one write. RunPod jobs are
+        counted when submitted (:meth:`submitted`); one whose record had not been written yet
+        (it is written from another thread) is counted here instead, never twice."""
         def fn(row: JobRecord) -> JobUpdate:
             stages = dict(row.stages)
             st = stages.get(stage, {"done": 0, "total": 1})
             stages[stage] = {"done": min(st["total"], st["done"] + 1), "total": st["total"]}
             changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
-            if acct is not None and acct.possibly_billed:
-                changes["remote_jobs"] = [*row.remote_jobs, *(
-                    RemoteJob(tile=-1, kind=stage, id="", ambiguous=True)
-                    for _ in range(acct.possibly_billed))]
-            if acct is not None:  # its RunPod jobs were counted when submitted
-                changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
-                changes["cost_usd"] = row.cost_usd + acct.cost_usd
+            if acct is None:
+                return changes
+            known = {r["id"] for r in row.remote_jobs}
+            missed = [RemoteJob(tile=index, kind=stage, id=rid)
+                      for rid in dict.fromkeys(acct.remote_job_ids) if rid not in known]
+            unsure = [RemoteJob(tile=index, kind=stage, id="", ambiguous=True)
+                      for _ in range(acct.possibly_billed)]
+            if missed or unsure:
+                changes["remote_jobs"] = [*row.remote_jobs, *missed, *unsure]
+                changes["cost_runpod_jobs"] = row.cost_runpod_jobs + len(missed)
+            changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
+            changes["cost_usd"] = row.cost_usd + acct.cost_usd
             return changes
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)

@@ -36,7 +36,9 @@ def test_thousand_files_with_a_killed_watcher_are_each_processed_once(tmp_path: 
     art, game = tmp_path / "art", tmp_path / "game"
     art.mkdir()
     game.mkdir()
-    (art / ".aat.toml").write_text('repo = "game"\ntarget_dir = "textures"\nscale = 2\n')
+    # asset_type: 8x8 noise would pass for pixel art, which never reaches the GPU endpoint
+    (art / ".aat.toml").write_text('repo = "game"\ntarget_dir = "textures"\nscale = 2\n'
+                                   'asset_type = "texture"\n')
     emu = start_emulator(workers=8)
     service = Service(tmp_path, {"game": game}, emu, job_threads=8).start()
     watcher = WatcherProcess(tmp_path, service.url, [art], {"game": game}, stable_s=0.3)
