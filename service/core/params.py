@@ -175,6 +175,11 @@ class UpscaleParams(DiffusionSettings):
             changes["strength"] = min(self.strength, 0.25)
         if detection.hint("tileable") == "true" and "tileable" not in chosen:
             changes["tileable"] = True
+        if detection.asset_type == "pixel_art" and self.asset_type == "auto" and self.loras \
+                and "diffusion" not in chosen:
+            # LoRAs only act in diffusion: a job naming them asks for it (palette-locked)
+            changes["diffusion"] = True
+            changes["asset_reason"] = f"{detection.summary()}; diffused because LoRAs are set"
         return self.model_copy(update=changes)
 
     def resolved_for(self, filename: str | None, rgb: np.ndarray,

@@ -99,3 +99,22 @@ def test_aat_upscale_offers_the_declared_defaults() -> None:
     options = inspect.signature(upscale).parameters
     for name in ("prompt", "negative_prompt", "strength", "steps", "cfg_scale"):
         assert options[name].default.default == DiffusionSettings.model_fields[name].default
+
+
+def test_detected_pixel_art_is_diffused_when_the_job_names_loras() -> None:
+    """LoRAs act only in diffusion: an auto-detected pixel-art sprite with LoRAs takes the
+    (palette-locked) diffusion path and says why; without LoRAs, or with the type or the
+    diffusion switch set by the user, detection decides as before."""
+    import numpy as np
+
+    sprite = np.zeros((8, 8, 3), np.uint8)
+    sprite[2:6, 2:6] = (200, 40, 40)
+    with_lora = UpscaleParams(scale=2, loras=[LoraSpec(name="moss")]).resolved_for(
+        "hero.png", sprite)
+    assert with_lora.asset_type == "pixel_art" and with_lora.diffuses
+    assert "LoRAs" in (with_lora.asset_reason or "")
+    plain = UpscaleParams(scale=2).resolved_for("hero.png", sprite)
+    assert plain.asset_type == "pixel_art" and not plain.diffuses
+    off = UpscaleParams(scale=2, loras=[LoraSpec(name="moss")], diffusion=False).resolved_for(
+        "hero.png", sprite)
+    assert not off.diffuses
