@@ -134,12 +134,12 @@ class LocalArtifactStore:
 
     # ---- garbage collection and health -------------------------------------------------------
     def files(self) -> list[Path]:
-        return [p for kind in KINDS for p in (self.root / kind).rglob("*") if p.is_file()]
+        """Every stored artifact (a writer's temp file, named with a leading dot, is not one)."""
+        return [p for kind in KINDS for p in (self.root / kind).rglob("*")
+                if p.is_file() and not p.name.startswith(".")]
 
     def entries(self) -> Iterator[Entry]:
         for path in self.files():
-            if path.name.startswith("."):
-                continue  # a writer's temp file
             st = path.stat()
             yield Entry(path.relative_to(self.root).as_posix(), path.name.split(".", 1)[0],
                         st.st_mtime, st.st_size)
