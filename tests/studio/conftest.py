@@ -45,9 +45,12 @@ def studio(tmp_path_factory: pytest.TempPathFactory, emulator: Any) -> Iterator[
     stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium under Playwright (Playwright's own browser download is not used)."""
+    """Debian's Chromium under Playwright (Playwright's own browser download is not used).
+
+    Module scope, not session: while Playwright's sync API is open it keeps an asyncio loop
+    running in the main thread, and every later test that calls ``asyncio.run`` would fail."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
