@@ -212,9 +212,10 @@ def scenario_refused(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def scenario_cancel(cfg: dict[str, Any]) -> dict[str, Any]:
-    img = bpy.data.images.new("tex", 8, 8)
-    bpy.ops.aat.submit_image(image_name="tex")
-    op = bpy.ops.aat.cancel(image_name="tex")
+    # named as a texture: a blank 8x8 would pass for pixel art, which never waits for a GPU
+    img = bpy.data.images.new("tex_albedo", 8, 8)
+    bpy.ops.aat.submit_image(image_name="tex_albedo")
+    op = bpy.ops.aat.cancel(image_name="tex_albedo")
     drive()
     return {"op": sorted(op), "image": describe(img), **state()}
 

@@ -42,6 +42,6 @@ def test_cancel_stops_a_running_job_and_leaves_the_image(
     [task] = out["tasks"]
     assert task["state"] == "canceled" and task["result_path"] == ""
     assert out["image"]["size"] == [8, 8] and out["image"]["source"] == "GENERATED"
-    assert any("tex: Canceled" in line for line in out["panel"]), out["panel"]
-    assert "Canceling..." in out["history"]["tex"]
+    assert any("tex_albedo: Canceled" in line for line in out["panel"]), out["panel"]
+    assert "Canceling..." in out["history"]["tex_albedo"]
     assert server.get_json(f"/v1/jobs/{task['job_id']}")["status"] == "canceled"
