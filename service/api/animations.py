@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.intake import params_error, read_capped, split_query
-from service.api.metrics import count_submission
+from service.api.jobs import IdempotencyKey, submit_responses, submitted_reply
 from service.api.problems import problem_responses
 from service.core.animate import AnimateParams
 from service.core.jobs import JobPublic, TargetSpec
@@ -26,7 +26,6 @@ from service.settings import Settings
 router = APIRouter(prefix="/v1/animations", tags=["animations"],
                    dependencies=[Depends(require_auth)], responses=problem_responses(401, 403))
 
-_LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
 
 
 def _openapi() -> dict[str, Any]:
@@ -48,17 +47,13 @@ def _openapi() -> dict[str, Any]:
 @router.post(
     "", status_code=202, response_model=JobPublic, openapi_extra=_openapi(),
     summary="Animate a sprite into a spritesheet (raw image body, parameters in the query)",
-    responses={202: {"description": "job created", "headers": _LOCATION},
-               200: {"description": "the existing job (same sprite and params, or same "
-                     "Idempotency-Key)", "model": JobPublic, "headers": _LOCATION},
-               **problem_responses(400, 409, 413, 415, 422, 503)},
+    responses=submit_responses("same sprite and params"),
 )
 async def submit_animation(
     request: Request, response: Response,
     settings: Annotated[Settings, Depends(get_settings)],
     jobs: Annotated[JobServicePort, Depends(get_jobs)],
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     filename, query, target = split_query(request)
     try:
@@ -69,9 +64,4 @@ async def submit_animation(
     job, created = await run_in_threadpool(
         jobs.submit_animation, data, filename=filename, params=params, target=target,
         idempotency_key=idempotency_key)
-    count_submission(request, created)
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not job.urls:
-        job.urls = JobPublic.urls_for(job.id)
-    return job
+    return submitted_reply(request, response, job, created)

@@ -118,6 +118,27 @@ def _submit_openapi() -> dict[str, Any]:
 
 
 _LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+# The submit routes' shared pieces (``POST /v1/jobs`` and ``POST /v1/animations``).
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                              pattern=r"^[\x21-\x7e]+$")]
+
+
+def submit_responses(same: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI replies of a submit route: 202 created, 200 the existing job (``same`` says
+    what makes a submission the same), and its problems."""
+    return {202: {"description": "job created", "headers": _LOCATION},
+            200: {"description": f"the existing job ({same}, or same Idempotency-Key)",
+                  "model": JobPublic, "headers": _LOCATION},
+            **problem_responses(400, 409, 413, 415, 422, 503)}
+
+
+def submitted_reply(request: Request, response: Response, job: JobPublic,
+                    created: bool) -> JobPublic:
+    """202 for a new job, 200 for the existing one, ``Location`` either way; counted."""
+    count_submission(request, created)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return _with_urls(job)
 
 
 # ---- routes ---------------------------------------------------------------------------------
@@ -126,17 +147,13 @@ _LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "st
 @router.post(
     "", status_code=202, response_model=JobPublic, openapi_extra=_submit_openapi(),
     summary="Submit an image (raw body, multipart or a server path)",
-    responses={202: {"description": "job created", "headers": _LOCATION},
-               200: {"description": "the existing job (same input and params, or same "
-                     "Idempotency-Key)", "model": JobPublic, "headers": _LOCATION},
-               **problem_responses(400, 409, 413, 415, 422, 503)},
+    responses=submit_responses("same input and params"),
 )
 async def submit_job(
     request: Request, response: Response,
     settings: Annotated[Settings, Depends(get_settings)],
     jobs: Annotated[JobServicePort, Depends(get_jobs)],
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     sub = await parse_submission(request, settings)
     await check_lora_names(request, sub.params)
@@ -150,10 +167,7 @@ async def submit_job(
         job, created = await run_in_threadpool(
             jobs.submit, sub.data, filename=sub.filename, params=sub.params,
             target=sub.target, idempotency_key=idempotency_key)
-    count_submission(request, created)
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return _with_urls(job)
+    return submitted_reply(request, response, job, created)
 
 
 def check_payload_fits(request: Request, params: UpscaleParams) -> None:
