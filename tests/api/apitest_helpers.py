@@ -141,3 +141,22 @@ def wait_terminal(client: httpx.Client, job_id: str, timeout: float = 60) -> dic
             return dict(job)
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def sse_events(client: httpx.Client, job_id: str, last_id: str | None = None,
+                ) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    name = "message"
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60,
+                       headers=headers) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+                if name == "end":
+                    break
+    return events

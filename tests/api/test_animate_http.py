@@ -7,7 +7,6 @@ count and its metadata, finds the set delivered beside the source; can cancel mi
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from apitest_helpers import LiveServer, running_app, wait_terminal
+from apitest_helpers import LiveServer, running_app, sse_events, wait_terminal
 from PIL import Image
 
 from service.core.sheets import read_cells
@@ -64,21 +63,6 @@ def _submit(client: httpx.Client, **query: str) -> httpx.Response:
         **query}, headers={"Content-Type": "image/png"})
 
 
-def _events(client: httpx.Client, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    name = "message"
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as resp:
-        assert resp.status_code == 200
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-                if name == "end":
-                    break
-    return events
-
-
 def test_animate_job_submit_follow_and_download(emulator: EmulatorServer,
                                                 tmp_path: Path) -> None:
     server: LiveServer
@@ -89,7 +73,7 @@ def test_animate_job_submit_follow_and_download(emulator: EmulatorServer,
         assert job["kind"] == "animate" and job["animation"]["frames"] == 8
         assert resp.headers["Location"] == f"/v1/jobs/{job['id']}"
 
-        events = _events(client, job["id"])
+        events = sse_events(client, job["id"])
         assert events[-1][0] == "end"
         final = wait_terminal(client, job["id"])
         assert final["status"] == "succeeded", final.get("error")

@@ -8,31 +8,11 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from apitest_helpers import bomb_png, png_bytes, wait_terminal
+from apitest_helpers import bomb_png, png_bytes, sse_events, wait_terminal
 from PIL import Image
 
 SMALL = {"scale": "2", "tile_size": "64", "overlap": "16"}
-
-
-def _sse_events(client: httpx.Client, job_id: str, last_id: str | None = None,
-                ) -> list[tuple[str, dict]]:
-    events: list[tuple[str, dict]] = []
-    name = "message"
-    headers = {"Last-Event-ID": last_id} if last_id else {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60,
-                       headers=headers) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-                if name == "end":
-                    break
-    return events
 
 
 @pytest.mark.slow  # a real Celery runner process (module fixture)
@@ -47,7 +27,7 @@ def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
         assert job["input"] == {**job["input"], "filename": "rock.png", "width": 96, "height": 64}
         assert job["urls"]["events"] == f"/v1/jobs/{job['id']}/events"
 
-        events = _sse_events(http, job["id"])
+        events = sse_events(http, job["id"])
         names = [n for n, _ in events]
         assert names[-1] == "end" and "progress" in names
         progress = [e["progress"] for n, e in events if n == "progress"]
@@ -63,7 +43,7 @@ def test_submit_follow_progress_and_fetch_result(celery_server) -> None:
 
         got = http.get(f"/v1/jobs/{job['id']}")
         assert got.status_code == 200 and "retry-after" not in got.headers
-        resumed = _sse_events(http, job["id"], last_id="1")
+        resumed = sse_events(http, job["id"], last_id="1")
         assert [n for n, _ in resumed] == ["progress", "end"], "a finished job ends at once"
         assert got.json()["output"]["width"] == 192
 
