@@ -62,16 +62,59 @@ def write_clip_tokenizer(folder: Path) -> CLIPTokenizer:
     )
 
 
-def _text_config() -> CLIPTextConfig:
+CLIP_VOCAB_SIZE = 49408  # 256 bytes, 256 word-final bytes, 48,894 merges, BOS, EOS
+CLIP_BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"  # in the open-clip-torch wheel
+
+
+def write_real_clip_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> CLIPTokenizer:
+    """SDXL's real 49,408-token CLIP tokenizer, built offline from the BPE merges file that the
+    ``open-clip-torch`` wheel ships (read from its installed files; ``open_clip`` itself is never
+    imported: it needs torchvision). ``pad="!"`` gives SDXL's second tokenizer.
+
+    The vocabulary is CLIP's construction: the 256 byte symbols, the same with the word-end
+    mark ``</w>``, one token per merge in file order, then the two special tokens.
+    """
+    import gzip
+    from importlib import metadata
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    try:
+        bpe = Path(str(metadata.distribution("open-clip-torch").locate_file(CLIP_BPE_FILE)))
+    except metadata.PackageNotFoundError as exc:
+        raise RuntimeError("the real CLIP tokenizer is built from open-clip-torch's BPE file: "
+                           "pip install --no-deps open-clip-torch (scripts/test does)") from exc
+    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
+    n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2
+    merges = [tuple(line.split()) for line in lines[1:1 + n_merges]]  # line 0: a version note
+    symbols = list(bytes_to_unicode().values())
+    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges),
+              "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"{bpe} gave {len(vocab)} CLIP tokens, not {CLIP_VOCAB_SIZE}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                         model_max_length=77, pad_token=pad)
+
+
+def _text_config(vocab_size: int = 1000) -> CLIPTextConfig:
     return CLIPTextConfig(
         bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
         layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=5, pad_token_id=1,
-        vocab_size=1000, hidden_act="gelu", projection_dim=32,
+        vocab_size=vocab_size, hidden_act="gelu", projection_dim=32,
     )
 
 
-def build_components(workdir: Path, seed: int = 0) -> dict[str, Any]:
-    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` plus an image encoder."""
+def build_components(workdir: Path, seed: int = 0,
+                     real_tokenizers: bool = False) -> dict[str, Any]:
+    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` plus an image encoder.
+
+    ``real_tokenizers``: SDXL's two real CLIP tokenizers (see :func:`write_real_clip_tokenizer`)
+    and text encoders sized for their 49,408 tokens, instead of the byte-level ones."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=32, out_channels=4,
@@ -90,8 +133,9 @@ def build_components(workdir: Path, seed: int = 0) -> dict[str, Any]:
         latent_channels=4, norm_num_groups=8, sample_size=64, force_upcast=False,
     )
     torch.manual_seed(seed + 3)
-    text_encoder = CLIPTextModel(_text_config())
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+    vocab_size = CLIP_VOCAB_SIZE if real_tokenizers else 1000
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size))
     torch.manual_seed(seed + 4)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, image_size=224, projection_dim=32, intermediate_size=37,
@@ -101,11 +145,15 @@ def build_components(workdir: Path, seed: int = 0) -> dict[str, Any]:
         beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
         timestep_spacing="leading",
     )
-    tokenizer = write_clip_tokenizer(workdir / "tokenizer")
+    if real_tokenizers:  # SDXL pads the first with EOS, the second with "!"
+        tokenizer = write_real_clip_tokenizer(workdir / "tokenizer")
+        tokenizer_2 = write_real_clip_tokenizer(workdir / "tokenizer_2", pad="!")
+    else:
+        tokenizer = tokenizer_2 = write_clip_tokenizer(workdir / "tokenizer")
     return {
         "unet": unet, "controlnet": controlnet, "vae": vae, "scheduler": scheduler,
         "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
-        "tokenizer": tokenizer, "tokenizer_2": tokenizer, "image_encoder": image_encoder,
+        "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "image_encoder": image_encoder,
     }
 
 
