@@ -195,6 +195,40 @@ def ip_adapter_state_dict(unet: Any, image_embed_dim: int = 32,
     return {"image_proj": proj, "ip_adapter": ip}
 
 
+def ip_adapter_plus_state_dict(unet: Any, image_hidden: int = 32, queries: int = 4,
+                               seed: int = 6) -> dict[str, dict[str, torch.Tensor]]:
+    """Random IP-Adapter Plus weights in the original checkpoints' key layout (what the baked
+    ``ip-adapter-plus_sdxl_vit-h`` file holds): a resampler of ``queries`` learned latents
+    reading the image encoder's penultimate hidden states (``image_hidden`` features per
+    patch), four blocks of one 64-wide head (the depth and head width diffusers' converter
+    assumes), and the same per-layer ``to_k_ip``/``to_v_ip`` as the plain adapter."""
+    gen = torch.Generator().manual_seed(seed)
+    cross, dim, inner, ff = unet.config.cross_attention_dim, 64, 64, 4 * 64
+
+    def rand(*shape: int, scale: float = 0.3) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
+
+    proj: dict[str, torch.Tensor] = {
+        "latents": rand(1, queries, dim, scale=dim ** -0.5),
+        "proj_in.weight": rand(dim, image_hidden), "proj_in.bias": torch.zeros(dim),
+        "proj_out.weight": rand(cross, dim), "proj_out.bias": torch.zeros(cross),
+        "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross),
+    }
+    for i in range(4):  # block i: perceiver attention (0) then a feed-forward (1)
+        for norm in ("norm1", "norm2"):
+            proj[f"layers.{i}.0.{norm}.weight"] = torch.ones(dim)
+            proj[f"layers.{i}.0.{norm}.bias"] = torch.zeros(dim)
+        proj[f"layers.{i}.0.to_q.weight"] = rand(inner, dim)
+        proj[f"layers.{i}.0.to_kv.weight"] = rand(2 * inner, dim)
+        proj[f"layers.{i}.0.to_out.weight"] = rand(dim, inner)
+        proj[f"layers.{i}.1.0.weight"] = torch.ones(dim)
+        proj[f"layers.{i}.1.0.bias"] = torch.zeros(dim)
+        proj[f"layers.{i}.1.1.weight"] = rand(ff, dim)
+        proj[f"layers.{i}.1.3.weight"] = rand(dim, ff)
+    ip = ip_adapter_state_dict(unet, seed=seed)["ip_adapter"]
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
 def _hidden_size(unet: Any, name: str) -> int:
     channels = list(unet.config.block_out_channels)
     if name.startswith("mid_block"):
