@@ -35,6 +35,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(requi
 
 
 class TileView(BaseModel):
+    """One tile of an upscale job, or one frame of an animate job (``index`` = frame number,
+    the box = its cell in the sheet, ``caption`` = the motion's edit prompt, ``prompt`` = the
+    user's replacement for the next rerun, ``seed`` = the frame's seed)."""
+
     model_config = ConfigDict(extra="allow")
     index: int
     x: int
@@ -269,7 +273,8 @@ def cancel_job(job_id: JobId, response: Response,
     return _with_urls(jobs.cancel(job_id))
 
 
-@router.get("/{job_id}/tiles", response_model=TileList, summary="The job's tiles",
+@router.get("/{job_id}/tiles", response_model=TileList,
+            summary="The job's tiles (an animate job: one per frame, in its sheet cell)",
             responses=problem_responses(404, 422))
 def list_tiles(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> TileList:
     return TileList(tiles=tile_views(jobs, job_id))
@@ -283,7 +288,8 @@ def tile_views(jobs: JobServicePort, job_id: str) -> list[TileView]:
 
 
 @router.patch("/{job_id}/tiles/{n}", response_model=TileView,
-              summary="Set one tile's prompt (used by the next rerun)",
+              summary="Set one tile's prompt (used by the next rerun); for an animate job, "
+              "one frame's edit prompt",
               responses=problem_responses(404, 409, 422))
 def set_tile_prompt(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)],
                     body: TilePrompt,
@@ -292,7 +298,13 @@ def set_tile_prompt(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)],
 
 
 @router.post("/{job_id}/rerun", response_model=JobPublic, status_code=202,
-             summary="Refine chosen tiles again and re-blend",
+             summary="Refine chosen tiles again and re-blend; for an animate job, generate "
+             "chosen frames again (new seeds) and rewrite the sheet: a new job",
+             description="A new job from the same input: the chosen tiles (an animate job: "
+             "frames, numbered from 0) get fresh seeds and their current prompt, every other "
+             "one comes from the cache unchanged, and the result is delivered again. The job "
+             "must have finished (409 `not_ready`); an unknown tile is 404, a frame outside "
+             "the animation 422 `frame_unknown`.",
              responses={202: {"headers": _LOCATION, "description": "rerun queued"},
                         **problem_responses(404, 409, 422)})
 def rerun_tiles(job_id: JobId, body: Rerun, response: Response,

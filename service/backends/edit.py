@@ -12,6 +12,13 @@ prompt in, an RGB image out (any size; the pipeline scales it to the cell). Impl
 
 :func:`open_edit_backend` picks one from the settings. Both speak RunPod's job API through
 :class:`~service.backends.runpod.client.RunPodClient` (retries, polling, errors as data).
+
+Every call fills the caller's :class:`~service.backends.base.CallAccounting` (RunPod job ids,
+queue and execution milliseconds, cost: execution seconds x ``runpod_price_per_gpu_second``, or
+the price the public endpoint reports in its output), failed calls included, and reports each
+RunPod job id to ``on_submitted`` as soon as ``/run`` answers. A call that is cancelled
+(asyncio cancellation: another frame failed, the job was canceled) cancels its RunPod job, so
+no GPU time is spent on a frame nobody will use.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.backends.runpod.client import PollPolicy, RetryPolicy, RunPodClient, outcome
+from service.backends.base import CallAccounting, OnSubmitted
+from service.backends.runpod.client import (
+    PollPolicy,
+    RetryPolicy,
+    RunPodClient,
+    cancel_quietly,
+    outcome,
+    submit_or_cancel,
+)
 from service.core.contracts import AnimateRequest, AnimateResponse, ImageRef, PublicEditInput
 from service.core.errors import BackendError, ConfigError, WorkerError
 from service.settings import Settings
@@ -36,8 +51,12 @@ Publisher = Callable[[bytes], str]  # PNG bytes -> a URL the remote service can 
 
 
 class EditBackend(Protocol):
-    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
-        """The edited frame, ``(H, W, 3) uint8``."""
+    name: str  # "worker" or "public": part of a cached frame's key
+
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int, *,
+                   acct: CallAccounting | None = None,
+                   on_submitted: OnSubmitted | None = None) -> np.ndarray:
+        """The edited frame, ``(H, W, 3) uint8``; what it cost is added to ``acct``."""
         ...
 
     async def aclose(self) -> None: ...
@@ -69,22 +88,51 @@ def _client(s: Settings, endpoint_id: str) -> RunPodClient:
     )
 
 
-async def _call(client: RunPodClient, payload: dict[str, Any]) -> Any:
+async def _call(client: RunPodClient, payload: dict[str, Any], price_per_s: float,
+                acct: CallAccounting | None, on_submitted: OnSubmitted | None) -> Any:
+    """One RunPod job: submit, wait, account; cancelled, it cancels the RunPod job."""
+    acct = acct if acct is not None else CallAccounting()
+
+    def ambiguous() -> None:
+        acct.possibly_billed += 1
+
     started = time.monotonic()
-    job_id = await client.run(payload)
-    return outcome(await client.wait(job_id, submitted_at=started))
+    job_id = await submit_or_cancel(client, payload, on_ambiguous=ambiguous)
+    acct.remote_job_ids.append(job_id)
+    acct.attempts += 1
+    try:
+        if on_submitted is not None:
+            on_submitted(job_id)
+        body = await client.wait(job_id, submitted_at=started)
+    except BaseException:  # cancelled (another frame failed, the job was canceled) or stuck
+        await cancel_quietly(client, job_id)
+        raise
+    execution_ms = int(body.get("executionTime") or 0)
+    acct.delay_ms += int(body.get("delayTime") or 0)
+    acct.execution_ms += execution_ms
+    output = body.get("output")
+    reported = output.get("cost") if isinstance(output, dict) else None
+    acct.cost_usd += (float(reported) if isinstance(reported, int | float)  # priced per image
+                      else execution_ms / 1000.0 * price_per_s)
+    return outcome(body)
 
 
 class WorkerEditBackend:
     """Our ``workers/animate`` on a RunPod endpoint: one frame per RunPod job."""
 
-    def __init__(self, client: RunPodClient, *, steps: int = 30) -> None:
-        self._client, self._steps = client, steps
+    name = "worker"
 
-    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+    def __init__(self, client: RunPodClient, *, steps: int = 30,
+                 price_per_s: float = 0.0) -> None:
+        self._client, self._steps, self._price = client, steps, price_per_s
+
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int, *,
+                   acct: CallAccounting | None = None,
+                   on_submitted: OnSubmitted | None = None) -> np.ndarray:
         req = AnimateRequest(frame_id=frame_id, prompt=prompt, seed=seed, steps=self._steps,
                              image=ImageRef(b64=base64.b64encode(png_bytes(canvas)).decode()))
-        output = await _call(self._client, req.model_dump(mode="json", exclude_none=True))
+        output = await _call(self._client, req.model_dump(mode="json", exclude_none=True),
+                             self._price, acct, on_submitted)
         try:
             resp = AnimateResponse.model_validate(output)
         except ValueError as exc:
@@ -99,16 +147,22 @@ class WorkerEditBackend:
 class PublicEditBackend:
     """RunPod's public Qwen-Image-Edit endpoint: the canvas goes as a URL from ``publish``."""
 
-    def __init__(self, client: RunPodClient, publish: Publisher) -> None:
-        self._client, self._publish = client, publish
+    name = "public"
+
+    def __init__(self, client: RunPodClient, publish: Publisher, *,
+                 price_per_s: float = 0.0) -> None:
+        self._client, self._publish, self._price = client, publish, price_per_s
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0),
                                        follow_redirects=True)
 
-    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+    async def edit(self, frame_id: str, canvas: np.ndarray, prompt: str, seed: int, *,
+                   acct: CallAccounting | None = None,
+                   on_submitted: OnSubmitted | None = None) -> np.ndarray:
         url = await asyncio.to_thread(self._publish, png_bytes(canvas))  # boto3 blocks
         req = PublicEditInput(prompt=prompt, image=url, seed=seed, output_format="png")
         try:
-            output = await _call(self._client, req.model_dump(mode="json"))
+            output = await _call(self._client, req.model_dump(mode="json"), self._price, acct,
+                                 on_submitted)
         except WorkerError as exc:
             if "image url" not in exc.message.lower():
                 raise
@@ -157,16 +211,23 @@ def s3_publisher(settings: Settings) -> Publisher:
     return publish
 
 
+def edit_backend_kind(settings: Settings) -> str:
+    """``worker`` or ``public``: what :func:`open_edit_backend` opens (its ``name``)."""
+    if settings.animate_backend != "auto":
+        return settings.animate_backend
+    return "worker" if settings.runpod_animate_endpoint_id else "public"
+
+
 def open_edit_backend(settings: Settings) -> EditBackend:
     """The configured edit backend (``AAT_ANIMATE_BACKEND``; auto = our worker if its
     endpoint is set, else the public endpoint)."""
-    kind = settings.animate_backend
-    if kind == "auto":
-        kind = "worker" if settings.runpod_animate_endpoint_id else "public"
+    kind = edit_backend_kind(settings)
     if kind == "worker":
         if not settings.runpod_animate_endpoint_id:
             raise ConfigError("AAT_ANIMATE_BACKEND=worker needs RUNPOD_ANIMATE_ENDPOINT_ID "
                               "(the endpoint running workers/animate)", code="config_missing")
-        return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id))
+        return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id),
+                                 price_per_s=settings.runpod_price_per_gpu_second)
     publish = s3_publisher(settings)
-    return PublicEditBackend(_client(settings, settings.runpod_edit_public_slug), publish)
+    return PublicEditBackend(_client(settings, settings.runpod_edit_public_slug), publish,
+                             price_per_s=settings.runpod_price_per_gpu_second)

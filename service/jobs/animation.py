@@ -2,12 +2,21 @@
 its companions, deliver them beside the source.
 
 The sibling of :func:`service.jobs.orchestrator.run_job` for the second job kind (the runner
-calls that, which hands ``kind='animate'`` rows here). Progress goes through the same
-:class:`~service.jobs.orchestrator.JobRun`: stage ``animate`` counts one unit per frame, and
-each finished frame is where a cancel (or a stopping runner, or a lost lease) stops the job:
-the frames still in flight are cancelled. A failed frame fails the job before anything is
-written into a repo; delivery writes the sheet, its Aseprite ``.json``, Godot ``.tres`` and
-``.webp`` preview beside the source with :func:`~service.storage.game_repo.deliver_set`.
+calls that, which hands ``kind='animate'`` rows here). Frames are the job's tiles: one
+``tiles`` row per frame (its cell in the sheet, the motion's prompt as ``caption``, a user's
+``prompt``, its ``rerun`` count and seed), so ``GET /v1/jobs/{id}/tiles``, the SSE ``tiles``
+events, per-frame prompts and ``POST /v1/jobs/{id}/rerun`` work as for upscale tiles. Each
+finished frame (its aligned cell) is cached by :func:`~service.pipeline.animate.frame_key`:
+a resumed job, or a rerun that keeps a frame, takes it from the cache, so only the frames
+chosen for a rerun (seed ``frame_seed(seed, i, rerun)``) change their cells.
+
+Progress goes through the same :class:`~service.jobs.orchestrator.JobRun`: stage ``animate``
+counts one unit per frame, RunPod jobs and their cost are recorded as for tiles, and a cancel
+(or a stopping runner, or a lost lease) stops the job within a quarter second: the frames in
+flight and their RunPod jobs are cancelled. A failed frame fails the job (after cancelling the
+others) before anything is written into a repo; delivery writes the sheet, its Aseprite
+``.json``, Godot ``.tres`` and ``.webp`` preview beside the source with
+:func:`~service.storage.game_repo.deliver_set`.
 """
 
 from __future__ import annotations
@@ -15,27 +24,77 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.backends.edit import open_edit_backend
-from service.core.animate import AnimateParams
-from service.core.frames import grid_shape
+import numpy as np
+
+from service.backends.base import CallAccounting
+from service.backends.edit import edit_backend_kind, open_edit_backend
+from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse_size
+from service.core.frames import cell_rects, grid_shape
 from service.core.imaging import load_image
 from service.core.jobs import JobStatus, TargetSpec
 from service.pipeline import animate as pipe
 from service.storage.game_repo import deliver_set
-from service.storage.records import JobRecord, StageCount
+from service.storage.records import JobRecord, NewTile, StageCount, TileRecord
 
 if TYPE_CHECKING:
     from service.jobs.orchestrator import JobRun
 
 log = logging.getLogger(__name__)
 
+CHECK_S = 0.25  # how often a job with frames in flight looks for a cancel
+
 
 def sheet_label(params: AnimateParams) -> str:
     """What the sheet's name adds to the source's: ``hero.png`` -> ``hero_walk.png``."""
     return f"_{params.animation_name()}"
+
+
+def frame_plan(params: AnimateParams, sprite_size: tuple[int, int],
+               rerun: Collection[int] = ()) -> list[NewTile]:
+    """One tile row per frame: its cell in the sheet (the cell is ``frame_size`` or the
+    sprite's ``(w, h)``), the motion's prompt as its caption; frames in ``rerun`` once re-run."""
+    cell = parse_size(params.frame_size) if params.frame_size else sprite_size
+    prompts = frame_prompts(params)
+    return [NewTile(i, x, y, w, h, caption=prompts[i], rerun=int(i in rerun))
+            for i, (x, y, w, h) in enumerate(cell_rects(params.frames, cell, params.layout))]
+
+
+def plan_frames(run: JobRun, params: AnimateParams, sprite_size: tuple[int, int]
+                ) -> list[TileRecord]:
+    """The job's frame rows, written once (a resumed job or a rerun keeps its own)."""
+    run.ctx.store.put_tiles(run.job_id, frame_plan(params, sprite_size))
+    return run.ctx.store.get_tiles(run.job_id)
+
+
+class _Frames:
+    """The pipeline's :class:`~service.pipeline.animate.FrameObserver` for one job: frame rows,
+    cached cells, progress and cost through :class:`JobRun`."""
+
+    def __init__(self, run: JobRun, keys: dict[int, str], seeds: dict[int, int]) -> None:
+        self.run, self.keys, self.seeds = run, keys, seeds
+
+    def frame_started(self, index: int) -> None:
+        self.run.tile_started("animate", index)
+
+    def frame_submitted(self, index: int, remote_id: str) -> None:
+        self.run.submitted("animate", index, self.keys[index], remote_id)
+
+    def frame_finished(self, index: int, cell: np.ndarray, acct: CallAccounting) -> None:
+        self.run.ctx.artifacts.put_array(self.keys[index], cell)
+        self.done(index, acct)
+        self.run.check()  # canceled, stopping or lease lost: the frames in flight are cancelled
+
+    def frame_failed(self, index: int, acct: CallAccounting) -> None:
+        self.run.spent("animate", index, acct)
+
+    def done(self, index: int, acct: CallAccounting | None) -> None:
+        self.run.ctx.store.update_tile(self.run.job_id, index, status="refined",
+                                       cache_key=self.keys[index], seed=self.seeds[index])
+        self.run.frame_done(index, acct)
 
 
 def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
@@ -44,22 +103,41 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
     params = AnimateParams.model_validate(row.params)
     image = load_image(data, limits=ctx.settings.image_limits(), filename=row.filename)
     source = pipe.sprite_rgba(image.rgb, image.alpha)
+    edit_side = ctx.settings.animate_edit_side
+    prepared = pipe.prepare(source, params, edit_side)
+    frames = plan_frames(run, params, (source.shape[1], source.shape[0]))
+    backend_name = edit_backend_kind(ctx.settings)
+    prompts = {t.idx: t.prompt or t.caption or "" for t in frames}
+    seeds = {t.idx: frame_seed(params.seed, t.idx, t.rerun) for t in frames}
+    keys = {i: pipe.frame_key(row.input_sha256, params, i, prompts[i], seeds[i], backend_name,
+                              edit_side) for i in prompts}
+    observer = _Frames(run, keys, seeds)
     run.stage("animate", 0, params.frames)
+    cells: dict[int, np.ndarray] = {}
+    cell_shape = (prepared.cell[1], prepared.cell[0], 4)
+    for i in sorted(keys):  # frames an earlier attempt (or the job a rerun came from) made
+        cached = ctx.artifacts.get_array(keys[i])
+        if cached is not None and cached.shape == cell_shape:
+            cells[i] = cached
+            observer.done(i, None)
+    todo = [i for i in sorted(keys) if i not in cells]
+    log.info("animate job %s: %d frames to generate, %d from the cache", job_id, len(todo),
+             len(cells))
 
-    def frame_done(_index: int) -> None:
-        run.frame_done()  # one more unit of stage `animate`
-        run.check()  # canceled, stopping or lease lost: the frames in flight are cancelled
-
-    async def generate() -> pipe.Animation:
+    async def generate() -> dict[int, np.ndarray]:
         backend = open_edit_backend(ctx.settings)
         try:
-            return await pipe.animate(source, params, backend,
-                                      edit_side=ctx.settings.animate_edit_side,
-                                      on_frame=frame_done)
+            work = asyncio.ensure_future(pipe.generate(
+                source, params, backend, edit_side=edit_side, indices=todo, prompts=prompts,
+                seeds=seeds, observer=observer))
+            return await _until_done(work, run)
         finally:
             await backend.aclose()
 
-    anim = asyncio.run(generate())
+    if todo:
+        cells.update(asyncio.run(generate()))
+    anim = pipe.measured(source, params, [cells[i] for i in range(params.frames)],
+                         [seeds[i] for i in range(params.frames)], edit_side)
     run.stage("encode")
     label = sheet_label(params)
     target = TargetSpec.model_validate(row.target) if row.target else None
@@ -94,3 +172,19 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
                          stage="done", progress=1.0, timings=timings)
     log.info("animate job %s succeeded (%d frames, %s)", job_id, params.frames,
              params.animation_name())
+
+
+async def _until_done(work: asyncio.Future[dict[int, np.ndarray]], run: JobRun
+                      ) -> dict[int, np.ndarray]:
+    """``work``'s result; a cancel (stop, lost lease) seen meanwhile cancels it (and so the
+    frames in flight and their RunPod jobs) and raises."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=CHECK_S)
+        if done:
+            return work.result()
+        try:
+            await asyncio.to_thread(run.check)
+        except BaseException:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise

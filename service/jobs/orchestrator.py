@@ -98,7 +98,7 @@ class JobRun:
         crash before the tile finishes neither loses its cost nor pays for it twice (a resumed
         attempt picks the job up by this id: a refine through the tile row, a caption through
         ``remote_jobs``, which keeps the request key)."""
-        if stage == "refine":  # remember which request the id belongs to, for resuming
+        if stage in ("refine", "animate"):  # which request the id belongs to, for resuming
             self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id, cache_key=key)
 
         def fn(row: JobRecord) -> JobUpdate | None:
@@ -127,18 +127,25 @@ class JobRun:
                                        status="refined" if cost is not None else "cached")
         self._tile_done(stage, cost, index)
 
-    def frame_done(self) -> None:
-        """An animate job: one more frame of stage ``animate`` done."""
-        self._tile_done("animate", None)
+    def frame_done(self, index: int = -1, acct: CallAccounting | None = None) -> None:
+        """An animate job: one more frame of stage ``animate`` done, and what it cost."""
+        self._tile_done("animate", acct, index)
 
-    def _tile_done(self, stage: str, acct: CallAccounting | None, index: int = -1) -> None:
-        """One more unit of ``stage`` done, and what it cost, in one write. RunPod jobs are
-        counted when submitted (:meth:`submitted`); one whose record had not been written yet
-        (it is written from another thread) is counted here instead, never twice."""
+    def spent(self, stage: str, index: int, acct: CallAccounting) -> None:
+        """What a call that did not finish its unit cost (a failed or cancelled frame)."""
+        self._tile_done(stage, acct, index, count=False)
+
+    def _tile_done(self, stage: str, acct: CallAccounting | None, index: int = -1, *,
+                   count: bool = True) -> None:
+        """One more unit of ``stage`` done (unless not ``count``), and what it cost, in one
+        write. RunPod jobs are counted when submitted (:meth:`submitted`); one whose record had
+        not been written yet (it is written from another thread) is counted here instead,
+        never twice."""
         def fn(row: JobRecord) -> JobUpdate:
             stages = dict(row.stages)
             st = stages.get(stage, {"done": 0, "total": 1})
-            stages[stage] = {"done": min(st["total"], st["done"] + 1), "total": st["total"]}
+            done = min(st["total"], st["done"] + 1) if count else st["done"]
+            stages[stage] = {"done": done, "total": st["total"]}
             changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
             if acct is None:
                 return changes

@@ -22,7 +22,7 @@ from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.params import UpscaleParams
-from service.jobs.animation import sheet_label
+from service.jobs.animation import frame_plan, sheet_label
 from service.jobs.executor import Executor
 from service.jobs.intake import probe_image
 from service.jobs.view import to_public
@@ -30,7 +30,7 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
-from service.storage.records import NewJob, NewTile, TileRecord
+from service.storage.records import JobRecord, NewJob, NewTile, TileRecord
 from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
@@ -265,28 +265,41 @@ class JobService:
 
     def rerun(self, job_id: str, tiles: builtins.list[int]) -> JobPublic:
         """A new job from the same input and tile plan: the chosen tiles are refined again
-        (with a fresh seed and their current prompt), the others come from the cache."""
+        (with a fresh seed and their current prompt), the others come from the cache. For an
+        animate job the tiles are its frames: the chosen frames are generated again with new
+        seeds, the others come from the cache, so only their cells of the sheet change."""
         row = self.store.get(job_id)
-        if row.kind != "upscale":
-            raise JobError(f"job {job_id} is an {row.kind} job; it has no tiles to re-run",
-                           code="not_tiled")
         if not row.status.terminal:
             raise JobError(f"job {job_id} is {row.status.value}; re-run it once it has finished",
                            code="not_ready")
         plan = self.store.get_tiles(job_id)
         known = {t.idx for t in plan}
         missing = sorted(set(tiles) - known)
-        if not plan or missing:
+        if row.kind == "animate":
+            frames = AnimateParams.model_validate(row.params).frames
+            bad = sorted(i for i in set(tiles) if not 0 <= i < frames)
+            if bad:
+                raise ParamsError(f"job {job_id} has no frame(s) {bad}; its {frames} frames are "
+                                  f"numbered 0 to {frames - 1}", code="frame_unknown")
+            if not plan:  # a job that failed before it wrote its frames: plan them here
+                return self._rerun_new(row, frame_plan(
+                    AnimateParams.model_validate(row.params),
+                    (row.input_width, row.input_height), rerun=set(tiles)))
+        elif not plan or missing:
             raise NotFound(f"job {job_id} has no tile(s) {missing or tiles}; see GET .../tiles")
+        chosen = set(tiles)
+        return self._rerun_new(row, [
+            NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
+                    rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan])
+
+    def _rerun_new(self, row: JobRecord, plan: builtins.list[NewTile]) -> JobPublic:
+        """The re-run job of ``row`` with tile rows ``plan``, queued."""
         new_row, _ = self.store.insert(NewJob(
             id=new_job_id(), filename=row.filename, input_sha256=row.input_sha256,
             input_ext=row.input_ext, input_width=row.input_width, input_height=row.input_height,
             input_format=row.input_format, params=row.params, seed=row.seed, target=row.target,
-            backend=row.backend, queue=self.executor.queue))
-        chosen = set(tiles)
-        self.store.put_tiles(new_row.id, [
-            NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
-                    rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan])
+            backend=row.backend, queue=self.executor.queue, kind=row.kind))
+        self.store.put_tiles(new_row.id, plan)
         self._dispatch(new_row.id)
         return to_public(new_row)
 

@@ -9,23 +9,29 @@ and :func:`finish_frame` keys, scales and aligns each answer onto the source's a
 animated preview. :func:`regenerate` re-runs chosen frames of an existing sheet with new seeds
 and changes only their cells.
 
-A frame that fails fails the whole call with its error (``frame 3 of 8: ...``): callers
-write nothing until every frame is in.
+A frame that fails fails the whole call with its error (``frame 3 of 8: ...``) once the
+frames still in flight are cancelled (their RunPod jobs too, see
+:mod:`service.backends.edit`): callers write nothing until every frame is in. A
+:class:`FrameObserver` (the job runner's ``JobRun``) hears of each frame as it starts, as its
+RunPod job is submitted and as it ends, with what it cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from service.backends.base import CallAccounting
 from service.backends.edit import EditBackend
 from service.core import frames as fr
 from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse_size
@@ -35,6 +41,23 @@ from service.core.sheet_writers import aseprite_json, godot_sprite_frames
 log = logging.getLogger(__name__)
 
 FRAME_ATTEMPTS = 2  # a retryable frame failure is tried once more
+
+
+class FrameObserver(Protocol):
+    """What the job runner hears of each frame (called from worker threads, except
+    ``frame_submitted``, which must not block: it is called on the event loop)."""
+
+    def frame_started(self, index: int) -> None: ...
+
+    def frame_submitted(self, index: int, remote_id: str) -> None: ...
+
+    def frame_finished(self, index: int, cell: np.ndarray, acct: CallAccounting) -> None:
+        """Frame ``index`` is in (aligned ``(h, w, 4)`` cell); may raise to stop the rest."""
+        ...
+
+    def frame_failed(self, index: int, acct: CallAccounting) -> None:
+        """Frame ``index`` failed or was cancelled; ``acct`` is what it cost anyway."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -87,10 +110,12 @@ def finish_frame(edited: np.ndarray, prep: Prepared, params: AnimateParams) -> n
 
 
 async def _one(backend: EditBackend, index: int, total: int, prep: Prepared, prompt: str,
-               seed: int) -> np.ndarray:
+               seed: int, acct: CallAccounting,
+               on_submitted: Callable[[str], None] | None = None) -> np.ndarray:
     for attempt in range(FRAME_ATTEMPTS):
         try:
-            return await backend.edit(f"frame-{index}", prep.canvas, prompt, seed)
+            return await backend.edit(f"frame-{index}", prep.canvas, prompt, seed, acct=acct,
+                                      on_submitted=on_submitted)
         except AatError as exc:
             if not exc.retryable or attempt + 1 == FRAME_ATTEMPTS:
                 exc.message = f"frame {index + 1} of {total}: {exc.message}"
@@ -100,21 +125,60 @@ async def _one(backend: EditBackend, index: int, total: int, prep: Prepared, pro
     raise AssertionError("unreachable")
 
 
+def frame_key(source_sha256: str, params: AnimateParams, index: int, prompt: str, seed: int,
+              backend: str, edit_side: int) -> str:
+    """Cache key of one generated frame (its aligned cell): the same key is the same paid-for
+    frame, so a resumed job or a rerun that keeps a frame takes it from the cache."""
+    parts = ["frame", source_sha256, params.model_dump_json(), str(index), prompt, str(seed),
+             backend, str(edit_side)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
 async def generate(source: np.ndarray, params: AnimateParams, backend: EditBackend, *,
                    edit_side: int = 1024, indices: Sequence[int] | None = None,
                    attempt: int = 0, concurrency: int = 4,
-                   on_frame: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
-    """Aligned cells of frames ``indices`` (default: all), generated concurrently."""
+                   on_frame: Callable[[int], None] | None = None,
+                   prompts: Mapping[int, str] | None = None,
+                   seeds: Mapping[int, int] | None = None,
+                   observer: FrameObserver | None = None) -> dict[int, np.ndarray]:
+    """Aligned cells of frames ``indices`` (default: all), generated concurrently.
+
+    Each frame's prompt and seed are ``prompts[i]`` / ``seeds[i]`` when given, else the
+    motion's (:func:`~service.core.animate.frame_prompts`) and ``frame_seed(seed, i, attempt)``.
+    The first frame that fails (or an ``on_frame`` / observer that raises) cancels the frames
+    still in flight, waits until they are cancelled, then raises."""
     prep = prepare(source, params, edit_side)
-    prompts = frame_prompts(params)
+    default = frame_prompts(params)
     wanted = list(range(params.frames)) if indices is None else list(indices)
     gate = asyncio.Semaphore(concurrency)
+    failed = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     async def run(i: int) -> tuple[int, np.ndarray]:
+        acct = CallAccounting()
+        prompt = (prompts or {}).get(i) or default[i]
+        seed = (seeds or {}).get(i, frame_seed(params.seed, i, attempt))
+
+        def submitted(remote_id: str) -> None:  # on the loop: hand the write to a thread
+            if observer is not None:
+                loop.run_in_executor(None, observer.frame_submitted, i, remote_id)
+
         async with gate:
-            edited = await _one(backend, i, params.frames, prep, prompts[i],
-                                frame_seed(params.seed, i, attempt))
+            if failed.is_set():  # a frame failed: start nothing new
+                raise asyncio.CancelledError
+            try:
+                if observer is not None:
+                    await asyncio.to_thread(observer.frame_started, i)
+                edited = await _one(backend, i, params.frames, prep, prompt, seed, acct,
+                                    submitted)
+            except BaseException:
+                failed.set()  # before the gate lets a waiting frame in
+                if observer is not None and (acct.remote_job_ids or acct.possibly_billed):
+                    await asyncio.shield(asyncio.to_thread(observer.frame_failed, i, acct))
+                raise
         cell = finish_frame(edited, prep, params)
+        if observer is not None:
+            await asyncio.to_thread(observer.frame_finished, i, cell, acct)
         if on_frame is not None:
             on_frame(i)
         return i, cell
@@ -125,6 +189,8 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
     except BaseException:
         for t in tasks:
             t.cancel()
+        # let every cancelled frame cancel its RunPod job before the backend is closed
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
     return dict(done)
 

@@ -143,13 +143,13 @@ def wait_terminal(client: httpx.Client, job_id: str, timeout: float = 60) -> dic
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
 
 
-def sse_events(client: httpx.Client, job_id: str, last_id: str | None = None,
-                ) -> list[tuple[str, dict]]:
+def sse_events(client: httpx.Client, job_id: str, last_id: str | None = None, *,
+               tiles: bool = False) -> list[tuple[str, dict]]:
     events: list[tuple[str, dict]] = []
     name = "message"
     headers = {"Last-Event-ID": last_id} if last_id else {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60,
-                       headers=headers) as resp:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60, headers=headers,
+                       params={"tiles": "true"} if tiles else None) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         for line in resp.iter_lines():

@@ -7,6 +7,7 @@ count and its metadata, finds the set delivered beside the source; can cancel mi
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ from apitest_helpers import LiveServer, running_app, sse_events, wait_terminal
 from PIL import Image
 
 from service.core.sheets import read_cells
-from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
+from service.settings import Settings
+from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
 
 KEY = "emu-key"
 W, H = 24, 32  # the sprite's (and so each cell's) size
@@ -41,6 +43,10 @@ def emulator() -> Iterator[EmulatorServer]:
         # one worker, 0.3 s per frame: a job is still generating when the user cancels
         "anim-slow": EndpointConfig(handler=resolve_handler("animate-echo"), workers=1,
                                     latency_s=0.3),
+        # the first frame fails for good after 0.2 s; the others would take 0.8 s each
+        "anim-fails": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
+                                     latency_s=0.2, faults=Faults.parse("fatal=1:1,slow=1"),
+                                     ),
     }, api_key=KEY) as emu:
         yield emu
 
@@ -137,3 +143,120 @@ def test_bad_motion_is_refused_at_submit(emulator: EmulatorServer, tmp_path: Pat
         frames = _submit(client, motion="walk", frames="40")
         assert frames.status_code == 422 and "frames" in frames.json()["detail"]
         assert client.get("/v1/jobs").json()["items"] == []  # nothing was queued
+
+
+def _cells(png: bytes, n: int) -> list[np.ndarray]:
+    sheet = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+    assert sheet.shape == (H, W * n, 4)
+    return [sheet[:, i * W:(i + 1) * W] for i in range(n)]
+
+
+def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
+        emulator: EmulatorServer, tmp_path: Path) -> None:
+    with _server(emulator, tmp_path, "anim") as server, server.client() as client:
+        job = _submit(client, motion="walk", frames="8").json()
+        first = wait_terminal(client, job["id"])
+        assert first["status"] == "succeeded", first.get("error")
+        # the frames are the job's tiles: one per frame, in its cell, with prompt and seed
+        tiles = client.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+        assert [t["index"] for t in tiles] == list(range(8))
+        assert [(t["x"], t["y"], t["w"], t["h"]) for t in tiles] == [
+            (i * W, 0, W, H) for i in range(8)]
+        assert {t["state"] for t in tiles} == {"done"}
+        assert all(t["seed"] is not None and "walking" in t["caption"] for t in tiles)
+        assert len({t["seed"] for t in tiles}) == 8
+        before = client.get(f"/v1/jobs/{job['id']}/result").content
+        repo = tmp_path / "repo" / "sprites"
+        assert (repo / "hero_walk.png").read_bytes() == before
+        webp_before = (repo / "hero_walk.webp").read_bytes()
+
+        # a frame takes a prompt for the next rerun, like a tile
+        patched = client.patch(f"/v1/jobs/{job['id']}/tiles/5",
+                               json={"prompt": "walking, arms raised high"})
+        assert patched.status_code == 200 and patched.json()["prompt"].endswith("raised high")
+        bad = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [3, 8]})
+        assert bad.status_code == 422 and bad.json()["code"] == "frame_unknown"
+        assert "8" in bad.json()["detail"]
+
+        rerun = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [3, 5]})
+        assert rerun.status_code == 202, rerun.text
+        again = rerun.json()
+        assert again["id"] != job["id"] and again["kind"] == "animate"
+        assert rerun.headers["Location"] == f"/v1/jobs/{again['id']}"
+        events = sse_events(client, again["id"], tiles=True)
+        states: dict[int, list[str]] = {}
+        for name, data in events:
+            if name == "tiles":
+                for t in data["tiles"]:
+                    states.setdefault(t["index"], []).append(t["state"])
+        assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+        assert sorted(states) == list(range(8))
+        assert all(s[-1] == "done" for s in states.values()), states
+        final = wait_terminal(client, again["id"])
+        assert final["stages"]["animate"] == {"done": 8, "total": 8}
+        assert final["cost"]["runpod_jobs"] == 2  # only the two chosen frames were generated
+
+        after = client.get(f"/v1/jobs/{again['id']}/result").content
+        old_cells, new_cells = _cells(before, 8), _cells(after, 8)
+        for i in range(8):  # pixel-wise: the chosen cells differ, the others are identical
+            same = np.array_equal(old_cells[i], new_cells[i])
+            assert same == (i not in (3, 5)), i
+        new_tiles = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]
+        assert [t["seed"] == o["seed"] for t, o in zip(new_tiles, tiles, strict=True)] == [
+            i not in (3, 5) for i in range(8)]
+        assert new_tiles[5]["prompt"].endswith("raised high")
+
+        # re-delivered beside the source: the sheet as served, metadata parsing and agreeing
+        assert (repo / "hero_walk.png").read_bytes() == after
+        fmt, rects = read_cells("hero_walk.json", (repo / "hero_walk.json").read_text(), H)
+        assert fmt == "aseprite" and rects == [(i * W, 0, W, H) for i in range(8)]
+        assert 'res://sprites/hero_walk.png' in (repo / "hero_walk.tres").read_text()
+        assert (repo / "hero_walk.webp").read_bytes() != webp_before  # the preview moved on
+        assert final["output"]["files"]["hero_walk.webp"] != first["output"]["files"][
+            "hero_walk.webp"]
+
+
+def test_rerun_of_a_running_animate_job_is_a_conflict(emulator: EmulatorServer,
+                                                      tmp_path: Path) -> None:
+    with _server(emulator, tmp_path, "anim-slow") as server, server.client() as client:
+        job = _submit(client, motion="run", frames="4").json()
+        busy = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [1]})
+        assert busy.status_code == 409 and busy.json()["code"] == "not_ready"
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert wait_terminal(client, job["id"])["status"] == "canceled"
+
+
+def test_a_failed_frame_cancels_the_frames_in_flight(emulator: EmulatorServer,
+                                                     tmp_path: Path) -> None:
+    with _server(emulator, tmp_path, "anim-fails") as server, server.client() as client:
+        job = _submit(client, motion="walk", frames="8").json()
+        final = wait_terminal(client, job["id"])
+        assert final["status"] == "failed"
+        assert final["error"]["code"] == "worker_fatal"
+        assert re.match(r"frame [1-4] of 8: injected permanent failure",
+                        final["error"]["message"])
+        stats = emulator.stats("anim-fails")
+        # four frames were in flight (the job's concurrency); the three still running when
+        # the first failed were cancelled on the endpoint: no GPU time spent on them
+        assert stats["submitted"] == 4, stats
+        assert stats["canceled"] == 3 and stats["by_status"] == {"FAILED": 1, "CANCELLED": 3}
+        assert final["cost"]["runpod_jobs"] == 4
+        tiles = client.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+        assert {t["state"] for t in tiles} == {"failed"}  # no frame finished
+        assert sorted(p.name for p in (tmp_path / "repo" / "sprites").iterdir()) == [
+            "hero.png"]
+
+
+def test_an_animate_job_costs_its_gpu_seconds(emulator: EmulatorServer, tmp_path: Path) -> None:
+    with _server(emulator, tmp_path, "anim-slow") as server, server.client() as client:
+        job = _submit(client, motion="idle", frames="4").json()
+        final = wait_terminal(client, job["id"])
+        assert final["status"] == "succeeded", final.get("error")
+        cost = final["cost"]
+        assert cost["runpod_jobs"] == 4 and cost["possibly_billed"] == 0
+        assert 4 * 0.3 <= cost["execution_s"] < 4 * 0.3 + 2  # 0.3 s of "GPU" per frame
+        price = Settings.model_fields["runpod_price_per_gpu_second"].default
+        assert cost["usd"] == pytest.approx(cost["execution_s"] * price, rel=1e-6)
+        assert cost["usd"] > 0
+        listed = client.get("/v1/jobs").json()["items"][0]  # shown like an upscale job's
+        assert listed["cost"] == cost

@@ -41,7 +41,9 @@ from service.backends.runpod.client import (
     PollPolicy,
     RetryPolicy,
     RunPodClient,
+    cancel_quietly,
     outcome,
+    submit_or_cancel,
 )
 from service.backends.runpod.limits import EndpointLimit
 from service.backends.runpod.resume import repoll, repoll_caption
@@ -74,7 +76,6 @@ log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_BYTES = 6 * 1024 * 1024  # base64 grows it to 8 MB: under the /run limit
 RUNSYNC_WAIT_MS = 30_000  # /runsync holds the request this long, then we poll /status
-LATE_ID_WAIT_S = 30.0  # how long a cancelled tile waits for its /run reply, to cancel that job
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -294,44 +295,32 @@ class RunPodBackend:
                 on_submitted(job_id)
             body = await client.wait(job_id, first, submitted_at)
         except asyncio.CancelledError:
-            await _cancel_quietly(client, job_id)
+            await cancel_quietly(client, job_id)
             raise
         except AatError as exc:
             if exc.code != "runpod_job_gone":
-                await _cancel_quietly(client, job_id)
+                await cancel_quietly(client, job_id)
                 raise
             body = {"id": job_id, "status": "FAILED", "error": json.dumps(exc.to_dict())}
         except Exception:  # e.g. on_submitted could not record the id: stop paying for it
-            await _cancel_quietly(client, job_id)
+            await cancel_quietly(client, job_id)
             raise
         self._account(acct, body)
         return body
 
     async def _submit(self, client: RunPodClient, payload: dict[str, Any],
                       acct: CallAccounting) -> str:
-        """``POST /run``. Cancelled while the POST is in flight, the job may exist anyway (RunPod
-        created it; its id is on the way): wait for the id, bounded, and cancel that RunPod job
-        at once rather than leave it running and billing."""
+        """``POST /run``, cancelling a job RunPod created after its tile was cancelled
+        (:func:`~service.backends.runpod.client.submit_or_cancel`)."""
         def ambiguous() -> None:
             acct.possibly_billed += 1
             self._totals.possibly_billed += 1
 
-        post = asyncio.ensure_future(client.run(payload, self._policy, on_ambiguous=ambiguous))
-        try:
-            return await asyncio.shield(post)
-        except asyncio.CancelledError:
-            await self._cancel_late(client, post)
-            raise
+        def late() -> None:  # it was created: count it (cancelled before it ran)
+            self._totals.runpod_jobs += 1
 
-    async def _cancel_late(self, client: RunPodClient, post: asyncio.Future[str]) -> None:
-        try:
-            job_id = await asyncio.wait_for(asyncio.shield(post), LATE_ID_WAIT_S)
-        except Exception:  # no id came back (refused, timed out): nothing to cancel
-            post.cancel()
-            return
-        self._totals.runpod_jobs += 1  # it was created: count it (cancelled before it ran)
-        log.info("RunPod job %s was created after its tile was cancelled; cancelling it", job_id)
-        await _cancel_quietly(client, job_id)
+        return await submit_or_cancel(client, payload, self._policy, on_ambiguous=ambiguous,
+                                      on_late=late)
 
     def _account(self, acct: CallAccounting, body: dict[str, Any]) -> None:
         delay, execution = int(body.get("delayTime") or 0), int(body.get("executionTime") or 0)
@@ -403,11 +392,3 @@ def _parse(model: type[M], output: Any, label: str) -> M:
         return model.model_validate(output)
     except ValidationError as exc:
         raise _bad_output(label, str(exc.errors()[0]["msg"])) from exc
-
-
-async def _cancel_quietly(client: RunPodClient, job_id: str) -> None:
-    """Best effort: cancel the RunPod job so it stops costing money."""
-    try:
-        await asyncio.wait_for(asyncio.shield(client.cancel(job_id)), timeout=10.0)
-    except (AatError, TimeoutError, asyncio.CancelledError) as exc:
-        log.warning("could not cancel RunPod job %s: %s", job_id, exc)

@@ -43,6 +43,7 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_RUN_BYTES = 9_500_000  # RunPod's /run limit is 10 MB; keep headroom
 MAX_RUNSYNC_BYTES = 19_000_000  # /runsync: 20 MB
 MAX_RETRY_AFTER_S = 60.0
+LATE_ID_WAIT_S = 30.0  # how long a cancelled call waits for its /run reply, to cancel that job
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,42 @@ class RunPodClient:
             "as is",
             code="runpod_bad_request", detail={"status": code},
         )
+
+
+async def cancel_quietly(client: RunPodClient, job_id: str) -> None:
+    """Best effort: cancel the RunPod job so it stops costing money."""
+    try:
+        await asyncio.wait_for(asyncio.shield(client.cancel(job_id)), timeout=10.0)
+    except (AatError, TimeoutError, asyncio.CancelledError) as exc:
+        log.warning("could not cancel RunPod job %s: %s", job_id, exc)
+
+
+async def submit_or_cancel(client: RunPodClient, payload: dict[str, Any],
+                           policy: dict[str, int] | None = None, *,
+                           on_ambiguous: Callable[[], None] | None = None,
+                           on_late: Callable[[], None] | None = None) -> str:
+    """``POST /run``; returns the RunPod job id. Cancelled while the POST is in flight, the job
+    may exist anyway (RunPod created it; its id is on the way): wait for the id, bounded, call
+    ``on_late`` and cancel that RunPod job at once rather than leave it running and billing."""
+    post = asyncio.ensure_future(client.run(payload, policy, on_ambiguous=on_ambiguous))
+    try:
+        return await asyncio.shield(post)
+    except asyncio.CancelledError:
+        await _cancel_late(client, post, on_late)
+        raise
+
+
+async def _cancel_late(client: RunPodClient, post: asyncio.Future[str],
+                       on_late: Callable[[], None] | None) -> None:
+    try:
+        job_id = await asyncio.wait_for(asyncio.shield(post), LATE_ID_WAIT_S)
+    except Exception:  # no id came back (refused, timed out): nothing to cancel
+        post.cancel()
+        return
+    if on_late is not None:
+        on_late()
+    log.info("RunPod job %s was created after its call was cancelled; cancelling it", job_id)
+    await cancel_quietly(client, job_id)
 
 
 class _Gone(Exception):
