@@ -52,6 +52,10 @@ class TileView(BaseModel):
         default="queued", description="for display: queued, captioning, refining, done, "
         "cached (refined earlier, from the cache) or failed")
     seed: int | None = None
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="seconds this tile spent, by stage: `caption` and "
+        "`refine` (wall time from start to answer, queueing included), `caption_gpu` and "
+        "`refine_gpu` (GPU time billed); absent for a stage not run or served from the cache")
 
 
 class TileList(BaseModel):

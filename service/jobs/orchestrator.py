@@ -37,7 +37,14 @@ from service.pipeline.refine import RemoteRecord
 from service.pipeline.stages import TileMemory, run_stages, stage_plan, streams
 from service.storage.game_repo import SidecarSpec, deliver
 from service.storage.job_store import LeaseLost
-from service.storage.records import JobRecord, JobUpdate, NewTile, RemoteJob, StageCount
+from service.storage.records import (
+    JobRecord,
+    JobUpdate,
+    NewTile,
+    RemoteJob,
+    StageCount,
+    TileUpdate,
+)
 from service.upscalers.registry import get_upscaler
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class JobRun:
     def __init__(self, ctx: RunContext, job_id: str, owner: str, lost: threading.Event) -> None:
         self.ctx, self.job_id, self.owner, self.lost = ctx, job_id, owner, lost
         self.started = self._stage_started = time.monotonic()
+        self._tile_started: dict[tuple[str, int], float] = {}  # (stage, tile) -> monotonic
 
     def owned(self) -> JobRecord:
         """The job row, or LeaseLost when this runner no longer owns it."""
@@ -112,19 +120,36 @@ class JobRun:
 
     def tile_started(self, stage: str, index: int) -> None:
         """Show the tile as captioning/refining and wake the job's event streams."""
+        self._tile_started[(stage, index)] = time.monotonic()
         self.ctx.store.update_tile(self.job_id, index,
                                    status="captioning" if stage == "caption" else "refining")
         self.ctx.store.mutate(self.job_id, lambda _row: {}, owner=self.owner)
 
+    def _tile_timings(self, stage: str, index: int, cost: CallAccounting | None
+                      ) -> dict[str, float]:
+        """What tile ``index`` spent in ``stage``: wall seconds since it started (queueing on
+        the GPU endpoint included) and the GPU seconds billed. None from the cache."""
+        started = self._tile_started.pop((stage, index), None)
+        if cost is None or started is None:
+            return {}
+        return {stage: round(time.monotonic() - started, 3),
+                f"{stage}_gpu": round(cost.execution_ms / 1000, 3)}
+
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:
-        self.ctx.store.update_tile(self.job_id, index, caption=caption)
+        changes: TileUpdate = {"caption": caption}
+        if timings := self._tile_timings("caption", index, cost):
+            changes["timings"] = timings
+        self.ctx.store.update_tile(self.job_id, index, **changes)
         self._tile_done("caption", cost, index)
 
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
         if stage == "refine":
-            self.ctx.store.update_tile(self.job_id, index, cache_key=key, seed=seed,
-                                       status="refined" if cost is not None else "cached")
+            changes: TileUpdate = {"cache_key": key, "seed": seed,
+                                   "status": "refined" if cost is not None else "cached"}
+            if timings := self._tile_timings(stage, index, cost):
+                changes["timings"] = timings
+            self.ctx.store.update_tile(self.job_id, index, **changes)
         self._tile_done(stage, cost, index)
 
     def frame_done(self, index: int = -1, acct: CallAccounting | None = None) -> None:

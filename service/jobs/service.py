@@ -318,7 +318,8 @@ class JobService:
 
 def _tile_view(t: TileRecord) -> dict[str, Any]:
     return {"index": t.idx, "x": t.x, "y": t.y, "w": t.w, "h": t.h,
-            "caption": t.caption, "prompt": t.prompt, "status": t.status, "seed": t.seed}
+            "caption": t.caption, "prompt": t.prompt, "status": t.status, "seed": t.seed,
+            "timings": t.timings or {}}
 
 
 def build_job_service(settings: Settings) -> JobService:

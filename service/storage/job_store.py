@@ -333,9 +333,14 @@ class SqlJobStore:
             return [TileRecord.from_row(m) for m in conn.execute(query).mappings()]
 
     def update_tile(self, job_id: str, idx: int, **fields: Unpack[TileUpdate]) -> TileRecord:
+        values: dict[str, Any] = dict(fields)
         with self.engine.begin() as conn:
+            if "timings" in fields:  # merged into the stored ones (see TileUpdate.timings)
+                stored = conn.execute(select(tiles.c.timings).where(
+                    tiles.c.job_id == job_id, tiles.c.idx == idx).with_for_update()).scalar()
+                values["timings"] = {**(stored or {}), **fields["timings"]}
             res = conn.execute(update(tiles).where(
-                tiles.c.job_id == job_id, tiles.c.idx == idx).values(**fields))
+                tiles.c.job_id == job_id, tiles.c.idx == idx).values(**values))
             if res.rowcount != 1:
                 raise NotFound(f"job {job_id} has no tile {idx}; list tiles with GET .../tiles")
             found = conn.execute(select(tiles).where(

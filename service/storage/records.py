@@ -190,6 +190,7 @@ class TileRecord:
     cache_key: str | None
     remote_job_id: str | None
     rerun: int
+    timings: dict[str, float] | None = None  # see TileUpdate.timings
 
     @classmethod
     def from_row(cls, mapping: Mapping[Any, Any]) -> TileRecord:
@@ -205,6 +206,9 @@ class TileUpdate(TypedDict, total=False):
     seed: int | None
     cache_key: str | None
     remote_job_id: str | None
+    # seconds by stage (``caption``, ``refine``: wall time; ``caption_gpu``, ``refine_gpu``:
+    # billed GPU time); merged key by key into the stored ones, so stages set theirs apart
+    timings: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,9 @@ tiles = Table(
     Column("cache_key", String(64)),
     Column("remote_job_id", String(200)),
     Column("rerun", Integer, nullable=False, default=0),
+    # {"caption": s, "caption_gpu": s, "refine": s, "refine_gpu": s}, each set when that stage
+    # of the tile finished (migration 0005)
+    Column("timings", JSON),
     UniqueConstraint("job_id", "idx", name="uq_tiles_job_idx"),
 )
 

@@ -116,6 +116,10 @@ def test_tile_states_in_the_list_and_the_event_stream(studio) -> None:
         assert len(states) == len(set(states)), "a state is sent once per change"
     assert {t["state"] for t in listed} == {"done"}
     assert all(isinstance(t["seed"], int) for t in listed)
+    for t in listed:  # each tile's own timings: wall time covers the GPU time it was billed
+        tm = t["timings"]
+        assert set(tm) == {"caption", "caption_gpu", "refine", "refine_gpu"}, tm
+        assert tm["refine"] >= tm["refine_gpu"] > 0 and tm["caption"] >= tm["caption_gpu"] > 0
 
 
 def test_plain_event_streams_carry_only_job_frames(studio) -> None:

@@ -115,6 +115,9 @@ def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow
     assert "pixels" not in (slider.get_attribute("class") or "")
     tiles.nth(6).click()
     assert page.get_by_test_id("tile-caption").input_value().startswith("a 64x64 tile")
+    facts = page.locator("#tile-facts").inner_text()
+    assert re.search(r"Captioning\s+[\d.]+ s \(GPU [\d.]+ s\)", facts), facts
+    assert re.search(r"Refining\s+[\d.]+ s \(GPU [\d.]+ s\)", facts), facts
     assert tiles.nth(6).get_attribute("aria-pressed") == "true"
     tiles.nth(7).click(modifiers=["Shift"])
     assert page.locator("[data-testid=tile][aria-pressed=true]").count() == 2

@@ -79,6 +79,7 @@ export function usd(n) {
 
 export function seconds(s) {
   if (s == null || !isFinite(s)) return "";
+  if (s < 1) return `${Number(s.toFixed(2))} s`;
   if (s < 10) return `${Number(s.toFixed(1))} s`;
   if (s < 90) return `${Math.round(s)} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;

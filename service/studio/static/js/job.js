@@ -139,15 +139,16 @@ function renderPanel() {
   after.hidden = job.status !== "succeeded";
   if (job.status === "succeeded") after.src = preview("output", 512, box);
   document.getElementById("tile-caption").value = t.prompt || t.caption || "";
-  const timing = job.started_at && job.finished_at
-    ? `job ran ${seconds((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000)}` : "";
   const facts = [["State", t.state], ["Seed", t.seed ?? "not yet"],
                  ["Caption by the model", t.caption || "none"]];
   if (t.prompt) facts.push(["Your caption", t.prompt]);
-  if (job.stages && job.stages.refine && job.cost.execution_s > 0) {
-    facts.push(["GPU time per tile (job mean)", seconds(job.cost.execution_s / Math.max(1, job.stages.refine.total))]);
+  const tm = t.timings || {};
+  for (const [stage, label] of [["caption", "Captioning"], ["refine", "Refining"]]) {
+    if (tm[stage] === undefined) continue;
+    const gpu = tm[`${stage}_gpu`] !== undefined ? ` (GPU ${seconds(tm[`${stage}_gpu`])})` : "";
+    facts.push([label, `${seconds(tm[stage])}${gpu}`]);
   }
-  if (timing) facts.push(["Timings", timing]);
+  if (t.state === "cached") facts.push(["Refining", "from the cache (no GPU time)"]);
   document.getElementById("tile-facts").replaceChildren(
     ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
   document.getElementById("rerun-tiles").disabled = !["succeeded", "failed", "canceled"].includes(job.status);
