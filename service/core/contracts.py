@@ -7,7 +7,8 @@ a dict would end COMPLETED without output). Unknown fields are rejected on both 
 misspelt knob is an error, never silently ignored (the seed's ControlNet bug).
 
 Action names keep the seed's: upscale worker ``upscale``, ``list_models``, ``upload_model``,
-``delete_model``, ``health``; caption worker ``caption``, ``health``.
+``delete_model``, ``health`` (plus ``import_model``, new); caption worker ``caption``,
+``health``.
 Images travel as :class:`ImageRef`: inline base64 PNG/WebP bytes, or an http(s) URL.
 """
 
@@ -96,6 +97,9 @@ class ModelInfo(_Strict):
     name: str
     size_bytes: int
     sha256: str | None = None
+    # words that switch the LoRA on: CivitAI's trainedWords (kept beside an imported file),
+    # else the file's own metadata (modelspec.trigger_phrase, kohya's most frequent tags)
+    trigger_words: list[str] = Field(default_factory=list)
 
 
 class ListModelsResponse(_Strict):
@@ -129,6 +133,41 @@ class DeleteModelRequest(_Strict):
 class DeleteModelResponse(_Strict):
     status: Literal["deleted"]
     name: str
+
+
+class ImportModelRequest(_Strict):
+    """Download a LoRA onto the worker's volume (import by URL). The service resolves the
+    user's URL (:mod:`service.core.lora_sources`); the worker fetches, checks and stores it,
+    reporting :class:`ImportProgress` as RunPod progress updates while it runs."""
+
+    action: Literal["import_model"] = "import_model"
+    version: Literal[1] = CONTRACT_VERSION
+    model_type: Literal["lora"] = "lora"
+    source: Literal["civitai", "huggingface"]
+    url: str = Field(min_length=1, max_length=2000)  # the user's URL without secrets
+    download_url: str = Field(pattern=r"^https?://", max_length=2000)
+    metadata_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    name: str | None = Field(default=None, min_length=1, max_length=200)  # default: the file's
+    max_bytes: int = Field(ge=1)
+    http_hosts: list[str] = Field(default_factory=list, max_length=20)  # plain http allowed
+    max_redirects: int = Field(default=5, ge=0, le=10)
+    # sent only to the site's own origin, never to a storage host it redirects to
+    civitai_token: str | None = Field(default=None, max_length=500, repr=False)
+    hf_token: str | None = Field(default=None, max_length=500, repr=False)
+
+
+class ImportProgress(_Strict):
+    """What a running import reports (the ``output`` of an IN_PROGRESS RunPod job)."""
+
+    stage: Literal["resolving", "downloading", "checking"]
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    name: str | None = None
+
+
+class ImportModelResponse(_Strict):
+    status: Literal["complete"] = "complete"
+    model: ModelInfo
 
 
 class HealthRequest(_Strict):
@@ -214,7 +253,8 @@ class PublicEditInput(_Strict):
 
 
 UpscaleWorkerRequest = Annotated[
-    UpscaleRequest | ListModelsRequest | UploadModelRequest | DeleteModelRequest | HealthRequest,
+    UpscaleRequest | ListModelsRequest | UploadModelRequest | DeleteModelRequest
+    | ImportModelRequest | HealthRequest,
     Field(discriminator="action"),
 ]
 CaptionWorkerRequest = Annotated[CaptionRequest | HealthRequest, Field(discriminator="action")]

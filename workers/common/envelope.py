@@ -21,6 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.core.contracts import WorkerErrorData
 from service.core.errors import AatError, ParamsError
+from workers.common import progress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def run_action(job: Mapping[str, Any], adapter: TypeAdapter[Any],
         if recent is not None and (hit := recent.get(key)) is not None:
             log.info("job %s repeats request %s: answered from memory", job.get("id"), key)
             return hit
-        output: dict[str, Any] = actions[request.action](request).model_dump(mode="json")
+        with progress.running(job):  # an action may report progress (workers.common.progress)
+            output: dict[str, Any] = actions[request.action](request).model_dump(mode="json")
         if recent is not None:
             recent.put(key, output)
         return output

@@ -7,8 +7,9 @@ a GPU worker except by the pixels:
   its seed (red channel + ``1 + seed % 4``, saturating) so a test can see every tile was
   processed, and by which seed; ``make_handler(tint=False)`` returns tiles unchanged.
 - ``caption`` returns a caption derived from the image (size and mean colour).
-- ``list_models`` / ``upload_model`` / ``delete_model`` manage safetensors LoRAs in a
-  temporary folder (the upscale worker's own rules from :mod:`workers.upscale.models`).
+- ``list_models`` / ``upload_model`` / ``delete_model`` / ``import_model`` manage safetensors
+  LoRAs in a temporary folder (the upscale worker's own code: :mod:`workers.upscale.models`,
+  :mod:`workers.upscale.lora_import`).
 - ``health`` reports ``worker="echo"``.
 
 Failures come back as structured errors through :func:`workers.common.envelope.run_action`.
@@ -37,7 +38,7 @@ from service.core.contracts import (
 )
 from workers.common.envelope import run_action
 from workers.common.imageref import decode_to_array, encode_image_ref
-from workers.upscale import models
+from workers.upscale import lora_import, models
 
 EchoRequest = UpscaleWorkerRequest | CaptionRequest
 _adapter: TypeAdapter[Any] = TypeAdapter(EchoRequest)
@@ -92,6 +93,7 @@ def make_handler(*, tint_tiles: bool = True, models_dir: Path | None = None
         "list_models": lambda _req: models.list_models(folder),
         "upload_model": lambda req: models.upload(req, folder),
         "delete_model": delete_model,
+        "import_model": lambda req: lora_import.import_model(req, folder),
         "health": lambda _req: HealthResponse(status="ok", worker="echo", model_loaded=True),
     }
 

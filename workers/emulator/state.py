@@ -6,8 +6,10 @@ from one FIFO queue; a handler (sync handlers run in a thread, async ones on the
 ``{"id", "input"}`` plus any ``s3Config``; its return value becomes ``output`` the way the
 runpod SDK does it (``"error"`` → FAILED, ``{}`` → no output, a non-string error or an output
 over the size limit → COMPLETED without output, an exception → FAILED with the SDK's JSON
-error string). ``policy.executionTimeout`` ends a run TIMED_OUT; ``policy.ttl`` deletes a job;
-results are deleted after the retention time. Everything lives on one asyncio loop.
+error string; ``workers.common.progress.report`` inside a handler shows on ``/status`` as
+an IN_PROGRESS job's ``output``, like RunPod's ``progress_update``).
+``policy.executionTimeout`` ends a run TIMED_OUT; ``policy.ttl`` deletes a job; results are
+deleted after the retention time. Everything lives on one asyncio loop.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.contracts import WorkerErrorData
+from workers.common import progress
 from workers.emulator.faults import Faults, RateLimits
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Job:
     delay_ms: int = 0
     execution_ms: int = 0
     cancel_requested: bool = False
+    progress: Any = None  # the handler's latest progress update (workers.common.progress)
     task: asyncio.Task[Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -86,6 +90,8 @@ class Job:
             body["executionTime"] = self.execution_ms
         if self.has_output:
             body["output"] = self.output
+        elif self.status == "IN_PROGRESS" and self.progress is not None:
+            body["output"] = self.progress  # as RunPod shows a progress_update
         if self.error is not None:
             body["error"] = self.error
         return body
@@ -206,6 +212,7 @@ class Endpoint:
         if job.status not in ("FAILED", "TIMED_OUT"):
             return False
         job.status, job.error, job.output, job.has_output = "IN_QUEUE", None, None, False
+        job.progress = None
         job.started_at = job.finished_at = None
         job.done = asyncio.Event()
         self.counts["retried"] += 1
@@ -306,9 +313,14 @@ class Endpoint:
             return None
         payload = {"id": job.id, "input": job.input, **job.extra}
         handler = self.config.handler
-        if inspect.iscoroutinefunction(handler):
-            return await handler(payload)
-        return await asyncio.to_thread(handler, payload)
+
+        def progressed(value: Any) -> None:
+            job.progress = value
+
+        with progress.listen(job.id, progressed):
+            if inspect.iscoroutinefunction(handler):
+                return await handler(payload)
+            return await asyncio.to_thread(handler, payload)
 
     def _apply(self, job: Job, fault: str | None, result: Any) -> None:
         """Turn a handler result (or an injected fault) into the job's terminal state."""

@@ -1,5 +1,5 @@
 """RunPod handler of the upscale worker: ``upscale``, ``list_models``, ``upload_model``,
-``delete_model``, ``health``. Thin: contracts in, pipeline/models call, contracts out.
+``delete_model``, ``import_model`` (download a LoRA by URL, reporting progress), ``health``. Thin: contracts in, pipeline/models call, contracts out.
 
 The pipeline loads once per container (before the first job when started as a script).
 ``AAT_WORKER_TINY=1`` builds tiny random components instead of loading weights, for the SDK's
@@ -22,6 +22,8 @@ from service.core.contracts import (
     DeleteModelRequest,
     DeleteModelResponse,
     HealthResponse,
+    ImportModelRequest,
+    ImportModelResponse,
     ListModelsRequest,
     ListModelsResponse,
     TileOut,
@@ -32,9 +34,10 @@ from service.core.contracts import (
     upscale_worker_request,
 )
 from service.core.errors import AatError, ImageError
+from workers.common import progress
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
-from workers.upscale import models
+from workers.upscale import lora_import, models
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -129,9 +132,14 @@ def delete_model(req: DeleteModelRequest) -> DeleteModelResponse:
     return models.delete(req.name)
 
 
+def import_model(req: ImportModelRequest) -> ImportModelResponse:
+    _recent.clear()
+    return lora_import.import_model(req)
+
+
 ACTIONS: dict[str, Callable[[Any], BaseModel]] = {
     "upscale": upscale, "list_models": list_models, "upload_model": upload_model,
-    "delete_model": delete_model, "health": health,
+    "delete_model": delete_model, "import_model": import_model, "health": health,
 }
 
 
@@ -145,5 +153,6 @@ if __name__ == "__main__":
     from service.core.logs import configure_logging
 
     configure_logging("INFO", os.environ.get("AAT_LOG_FORMAT", "text"))
+    progress.use_runpod()
     get_pipeline()  # load before taking jobs: a broken image fails fast, not per job
     runpod.serverless.start({"handler": handler})

@@ -8,7 +8,9 @@ length, then a JSON header whose tensor offsets fit the file) and stay under
 the folder (with a ``.partial.json`` note of the chunk sizes so far: chunks must arrive in
 order, a resent chunk replaces its earlier copy) and only renamed into place (``os.replace``) once the last chunk arrived and the
 file checked out, so a failed upload never leaves a half-written LoRA behind. Nothing is ever
-written outside the folder.
+written outside the folder. Each LoRA may have a ``<name>.meta.json`` sidecar (its sha256 and
+trigger words, :mod:`workers.upscale.lora_meta`); imports by URL are
+:mod:`workers.upscale.lora_import`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from service.core.contracts import (
 )
 from service.core.errors import NotFound, ParamsError, PathError
 from service.core.params import LORA_NAME_MAX, LORA_NAME_PATTERN
+from workers.upscale import lora_meta
 
 DEFAULT_LORA_DIR = "/runpod-volume/models/loras"
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -75,6 +78,16 @@ def safe_filename(name: str) -> str:
     return name
 
 
+def suggest_name(raw: str) -> str:
+    """A file name someone else chose (a CivitAI file, a URL's last part) made to fit the name
+    rule: odd characters become ``_``; the result still goes through :func:`safe_filename`."""
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base[: -len(SUFFIX)] if base.lower().endswith(SUFFIX) else base
+    stem = re.sub(r"[^A-Za-z0-9_ .-]", "_", stem)
+    stem = re.sub(r"\.{2,}", ".", stem).strip(" .-_")[:LORA_NAME_MAX - len(SUFFIX)]
+    return (stem or "lora") + SUFFIX
+
+
 def resolve(name: str, folder: Path | None = None) -> Path:
     """The path of an existing LoRA, or :class:`NotFound` naming what is available."""
     folder = folder or lora_dir()
@@ -92,11 +105,12 @@ def list_models(folder: Path | None = None) -> ListModelsResponse:
     folder = folder or lora_dir()
     if not folder.is_dir():
         return ListModelsResponse(models=[])
-    models = [
-        ModelInfo(name=p.name, size_bytes=p.stat().st_size)
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name.endswith(SUFFIX) and not p.name.startswith(".")
-    ]
+    models = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.endswith(SUFFIX) and not p.name.startswith("."):
+            sha256, words = lora_meta.describe(p)
+            models.append(ModelInfo(name=p.name, size_bytes=p.stat().st_size, sha256=sha256,
+                                    trigger_words=words))
     return ListModelsResponse(models=models)
 
 
@@ -207,6 +221,10 @@ def _finish(partial: Path, final: Path, sha256: str | None) -> UploadModelRespon
             )
         with partial.open("rb") as fh:
             os.fsync(fh.fileno())
+        if sha256 is not None:
+            lora_meta.write_sidecar(final, size_bytes=partial.stat().st_size, sha256=sha256)
+        else:  # what an earlier file of this name had is not this file's
+            lora_meta.remove_sidecar(final)
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
@@ -216,6 +234,7 @@ def _finish(partial: Path, final: Path, sha256: str | None) -> UploadModelRespon
 def delete(name: str, folder: Path | None = None) -> DeleteModelResponse:
     path = resolve(name, folder)
     path.unlink()
+    lora_meta.remove_sidecar(path)
     return DeleteModelResponse(status="deleted", name=path.name)
 
 
