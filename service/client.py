@@ -115,6 +115,15 @@ class ServiceClient:
     def cancel(self, job_id: str) -> JobPublic:
         return _model(JobPublic, self._call("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
 
+    def retry(self, job_id: str, idempotency_key: str | None = None
+              ) -> tuple[JobPublic, bool]:
+        """``POST /v1/jobs/{id}/retry``: a failed or canceled job as a new job (same input,
+        params, target and kind); returns it and whether it is new (202) rather than the job
+        an earlier retry made (200)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        resp = self._call("POST", f"/v1/jobs/{_seg(job_id)}/retry", headers=headers)
+        return _model(JobPublic, resp), resp.status_code == 202
+
     def result(self, job_id: str) -> tuple[bytes, str]:
         """The result image's bytes and content type."""
         resp = self._call("GET", f"/v1/jobs/{_seg(job_id)}/result")

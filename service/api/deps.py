@@ -58,6 +58,9 @@ class JobServicePort(Protocol):
 
     def rerun(self, job_id: str, tiles: builtins.list[int]) -> JobPublic: ...
 
+    def retry(self, job_id: str, *, idempotency_key: str | None = None
+              ) -> tuple[JobPublic, bool]: ...
+
     def wait_for_change(self, job_id: str, version: int | None, timeout: float,
                         ) -> tuple[JobPublic, int]: ...
 

@@ -316,3 +316,21 @@ def rerun_tiles(job_id: JobId, body: Rerun, response: Response,
     job = jobs.rerun(job_id, body.tiles)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return _with_urls(job)
+
+
+@router.post(
+    "/{job_id}/retry", response_model=JobPublic, status_code=202,
+    summary="Retry a failed or canceled job as a new job (same input, params, target, kind)",
+    description="Submits the job's stored input again with its parameters (and the seed it "
+    "ran with), target and kind (upscale or animate), as its submit route would: 202 with the "
+    "new job, or 200 with the job an earlier retry (same Idempotency-Key, or same input and "
+    "params while that job has not failed) made. A succeeded job is not retried (409 "
+    "`job_succeeded`: re-run chosen tiles or frames instead); a job that has not ended is 409 "
+    "`not_ready`; an input that was garbage-collected is 404.",
+    responses={**submit_responses("an earlier retry of this job"), **problem_responses(404)},
+)
+def retry_job(job_id: JobId, request: Request, response: Response,
+              jobs: Annotated[JobServicePort, Depends(get_jobs)],
+              idempotency_key: IdempotencyKey = None) -> JobPublic:
+    job, created = jobs.retry(job_id, idempotency_key=idempotency_key)
+    return submitted_reply(request, response, job, created)

@@ -1,6 +1,6 @@
 """Client commands of `aat` that talk HTTP to the API at ``AAT_SERVER_URL``.
 
-`aat submit FILE [--wait]`, `aat jobs`, `aat status ID`, `aat cancel ID`,
+`aat submit FILE [--wait]`, `aat jobs`, `aat status ID`, `aat cancel ID`, `aat retry ID`,
 `aat models list|upload|delete`, and `aat doctor` (checks settings, store, broker, RunPod
 endpoints and the API, and says what to fix). They all go through the one REST client,
 :class:`service.client.ServiceClient`, and raise on failure: the `aat` group prints the one
@@ -30,7 +30,7 @@ models_app = typer.Typer(help="LoRAs on the upscale worker's volume.", no_args_i
 def register(app: typer.Typer) -> None:
     """Add the client commands and the `models` group to the `aat` app."""
     for name, fn in (("submit", submit), ("jobs", jobs), ("status", status),
-                     ("cancel", cancel), ("doctor", doctor)):
+                     ("cancel", cancel), ("retry", retry), ("doctor", doctor)):
         app.command(name)(fn)
     app.add_typer(models_app, name="models")
 
@@ -224,6 +224,20 @@ def cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
     with _client() as client:
         job = client.cancel(job_id)
     echo(f"{job.id}  {shown_status(job)}")
+
+
+def retry(job_id: str = typer.Argument(..., help="Job id of a failed or canceled job."),
+          idempotency_key: str | None = typer.Option(None, "--idempotency-key",
+                                                     help="Same key, same new job.")) -> None:
+    """Retry a failed or canceled job as a new job.
+
+    Same input, parameters, target and kind (upscale or animate); prints the new job's id.
+    """
+    with _client() as client:
+        job, created = client.retry(job_id, idempotency_key)
+    echo(f"{'retried as' if created else 'already retried as'}: {job.id} ({job.status.value}); "
+         f"watch it at {client.base_url}/jobs/{job.id}", err=True)
+    echo(job.id)
 
 
 @models_app.command("list")

@@ -292,6 +292,37 @@ class JobService:
             NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
                     rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan])
 
+    def retry(self, job_id: str, *, idempotency_key: str | None = None
+              ) -> tuple[JobPublic, bool]:
+        """A failed or canceled job submitted again as a new job: the same input bytes, kind,
+        parameters (with the seed it ran with, so a canceled job's finished tiles or frames
+        come from the cache) and target, through the kind's submit (so everything is checked
+        again and the dedupe and ``Idempotency-Key`` rules are the submit's: retrying twice
+        answers the first retry's job while it has not failed)."""
+        row = self.store.get(job_id)
+        if row.status == JobStatus.succeeded:
+            raise JobError(f"job {job_id} succeeded; nothing to retry (re-run chosen "
+                           "tiles or frames with POST .../rerun, or submit with other "
+                           "parameters)", code="job_succeeded")
+        if not row.status.terminal:
+            raise JobError(f"job {job_id} is {row.status.value}; retry it once it has failed "
+                           "or been canceled", code="not_ready")
+        try:
+            data = self.artifacts.get_bytes("inputs", row.input_sha256, row.input_ext)
+        except FileNotFoundError:
+            raise NotFound(f"the input of job {job_id} was garbage-collected; submit the file "
+                           "again") from None
+        target = TargetSpec.model_validate(row.target) if row.target else None
+        if row.kind == "animate":
+            return self.submit_animation(
+                data, filename=row.filename, params=AnimateParams.model_validate(row.params),
+                target=target, idempotency_key=idempotency_key)
+        params = UpscaleParams.model_validate(row.params)
+        if params.seed is None and row.seed is not None:
+            params = params.model_copy(update={"seed": row.seed})
+        return self.submit(data, filename=row.filename, params=params, target=target,
+                           idempotency_key=idempotency_key)
+
     def _rerun_new(self, row: JobRecord, plan: builtins.list[NewTile]) -> JobPublic:
         """The re-run job of ``row`` with tile rows ``plan``, queued."""
         new_row, _ = self.store.insert(NewJob(

@@ -246,6 +246,19 @@ def test_a_failed_frame_cancels_the_frames_in_flight(emulator: EmulatorServer,
         assert sorted(p.name for p in (tmp_path / "repo" / "sprites").iterdir()) == [
             "hero.png"]
 
+        # retried on the server: a new animate job, same sprite, parameters and target
+        retried = client.post(f"/v1/jobs/{job['id']}/retry")
+        assert retried.status_code == 202, retried.text
+        new = retried.json()
+        assert new["id"] != job["id"] and new["kind"] == "animate"
+        assert new["animation"] == job["animation"] and new["target"] == job["target"]
+        assert new["input"]["sha256"] == job["input"]["sha256"]
+        done = wait_terminal(client, new["id"])
+        assert done["status"] == "succeeded", done.get("error")  # the fault fired only once
+        assert (tmp_path / "repo" / "sprites" / "hero_walk.png").is_file()
+        refused = client.post(f"/v1/jobs/{new['id']}/retry")
+        assert (refused.status_code, refused.json()["code"]) == (409, "job_succeeded")
+
 
 def test_an_animate_job_costs_its_gpu_seconds(emulator: EmulatorServer, tmp_path: Path) -> None:
     with _server(emulator, tmp_path, "anim-slow") as server, server.client() as client:

@@ -111,3 +111,26 @@ def test_client_refuses_a_lora_name_with_a_path_before_calling(queued_server) ->
     with _client(queued_server()) as client, pytest.raises(PathError) as refused:
         client.delete_model("../secrets.safetensors")
     assert refused.value.code == "path_forbidden" and refused.value.http_status == 400
+
+
+def test_aat_retry_makes_a_new_job_through_the_client(queued_server, tmp_path: Path) -> None:
+    server = queued_server()
+    with _client(server) as client:
+        job = client.submit(png_bytes(seed=9), "moss.png", UpscaleParams(scale=2), None, "m-1")
+        with pytest.raises(AatError) as early:  # still queued: nothing to retry yet
+            client.retry(job.id)
+        assert early.value.code == "not_ready" and early.value.http_status == 409
+        client.cancel(job.id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
+    env.update(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
+               AAT_CONFIG=str(tmp_path / "none.toml"))
+    out = subprocess.run([sys.executable, "-m", "service.cli", "retry", job.id], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    new_id = out.stdout.strip()
+    assert new_id != job.id and f"retried as: {new_id}" in out.stderr
+    with _client(server) as client:
+        new = client.job(new_id)
+        assert new.input.sha256 == job.input.sha256 and new.params.scale == 2
+        again, created = client.retry(job.id)  # the first retry has not failed: that job
+        assert again.id == new_id and not created

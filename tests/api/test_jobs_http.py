@@ -209,6 +209,41 @@ def test_cancel_list_filter_and_not_ready(queued_server) -> None:
         assert http.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
 
 
+def test_retry_makes_a_new_job_from_the_stored_input(queued_server, tmp_path: Path) -> None:
+    repo = tmp_path / "game"
+    (repo / "art").mkdir(parents=True)
+    server = queued_server(repos={"game": repo})  # no runner: jobs stay queued
+    target = {"target_repo": "game", "target_path": "art/rock.png"}
+    with server.client() as http:
+        job = http.post("/v1/jobs", params={"filename": "rock.png", **SMALL, **target},
+                        content=png_bytes(24, 24, seed=4),
+                        headers={"Content-Type": "image/png"}).json()
+        busy = http.post(f"/v1/jobs/{job['id']}/retry")
+        assert (busy.status_code, busy.json()["code"]) == (409, "not_ready")
+        http.post(f"/v1/jobs/{job['id']}/cancel")
+
+        retried = http.post(f"/v1/jobs/{job['id']}/retry")
+        assert retried.status_code == 202, retried.text
+        new = retried.json()
+        assert new["id"] != job["id"] and new["status"] == "queued"
+        assert retried.headers["location"] == f"/v1/jobs/{new['id']}"
+        assert new["kind"] == "upscale" and new["input"] == job["input"]
+        same = {k: v for k, v in job["params"].items() if k != "asset_reason"}  # says "user"
+        assert {k: new["params"][k] for k in same} == same and new["target"] == job["target"]
+        stored = http.get(f"/v1/jobs/{new['id']}/input").content
+        assert stored == png_bytes(24, 24, seed=4)  # the same bytes, sent by nobody again
+
+        again = http.post(f"/v1/jobs/{job['id']}/retry")  # the first retry is still queued
+        assert again.status_code == 200 and again.json()["id"] == new["id"]
+        http.post(f"/v1/jobs/{new['id']}/cancel")
+        keyed = http.post(f"/v1/jobs/{job['id']}/retry", headers={"Idempotency-Key": "r-1"})
+        same = http.post(f"/v1/jobs/{job['id']}/retry", headers={"Idempotency-Key": "r-1"})
+        assert (keyed.status_code, same.status_code) == (202, 200)
+        assert same.json()["id"] == keyed.json()["id"] not in (job["id"], new["id"])
+        missing = http.post("/v1/jobs/j_nope/retry")
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+
+
 @pytest.mark.slow  # a real Celery runner process (module fixture)
 def test_tiles_prompt_edit_and_rerun(celery_server) -> None:
     server = celery_server

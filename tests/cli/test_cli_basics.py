@@ -16,7 +16,7 @@ from service.cli.errors import SETUP
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["upscale", "upscalers", "watch", "runner", "gc", "up", "serve", "submit", "jobs",
-            "status", "cancel", "doctor", "emulate", "models", "animate"]
+            "status", "cancel", "retry", "doctor", "emulate", "models", "animate"]
 RUNPOD_KEY = "rpa_doctor_test_KEY_5f3a91"
 API_TOKEN = "tok_doctor_test_SECRET_8c2d"
 

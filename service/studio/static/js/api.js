@@ -96,14 +96,8 @@ export function every(ms, fn) {
   return () => clearTimeout(timer);
 }
 
-// Retry = a new job with the same input, params and target (the API returns the original
-// file); the service-set asset_reason is not sent. Returns the new job.
+// Retry = a new job with the same input, params, target and kind (upscale or animate), made by
+// the server (POST /v1/jobs/{id}/retry). Returns the new job.
 export async function retryJob(job) {
-  const input = await api(`/v1/jobs/${encodeURIComponent(job.id)}/input`, { headers: { Accept: "*/*" } });
-  const body = new FormData();
-  body.append("file", await input.blob(), job.input.filename);
-  const { asset_reason: _reason, ...params } = job.params;
-  body.append("params", JSON.stringify(params));
-  if (job.target) body.append("target", JSON.stringify(job.target));
-  return api("/v1/jobs", { method: "POST", body });
+  return api(`/v1/jobs/${encodeURIComponent(job.id)}/retry`, { method: "POST" });
 }
