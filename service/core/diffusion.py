@@ -52,19 +52,20 @@ class DiffusionSettings(BaseModel):
     steps: int = Field(default=30, ge=1, le=100)
     cfg_scale: float = Field(default=7.0, ge=1.0, le=20.0)
     scheduler: Scheduler = "dpmpp_2m_sde_karras"
-    # counted the way A1111 and ComfyUI users know it: 1 = the text encoders' last layer,
-    # 2 = the penultimate one (SDXL's default, what "clip skip 2" means for Illustrious/Pony
-    # models), 3 = one layer earlier, ...
-    clip_skip: int = Field(default=2, ge=1, le=12)
+    clip_skip: int = Field(default=2, ge=1, le=12, description=(
+        "counted the way A1111 and ComfyUI users know it: 1 = the text encoders' last layer, "
+        "2 = the penultimate one (SDXL's default; what \"clip skip 2\" means for Illustrious "
+        "and Pony models), 3 = one layer earlier, ..."))
     controlnet_scale: float = Field(default=0.7, ge=0.0, le=2.0)
     ip_adapter_scale: float = Field(default=0.0, ge=0.0, le=1.0)
-    # full: the style image reaches every attention block (style and content); style: only the
-    # block that carries style (InstantStyle), so its objects and layout do not bleed in
-    ip_adapter_mode: IpAdapterMode = "full"
-    # standard: steps/cfg_scale/scheduler as given; fast: a distilled few-step LoRA baked into the
-    # worker, 4 denoising steps without CFG (about 5x less UNet work; the negative prompt and
-    # cfg_scale no longer apply and fine detail is flatter; see docs/guide)
-    quality: Quality = "standard"
+    ip_adapter_mode: IpAdapterMode = Field(default="full", description=(
+        "full: the style image reaches every attention block (style and content); style: only "
+        "the block that carries style (InstantStyle-like), so its objects and layout do not "
+        "bleed in"))
+    quality: Quality = Field(default="standard", description=(
+        "standard: steps, cfg_scale and scheduler as given; fast: a distilled few-step LoRA "
+        "baked into the worker, 4 steps without CFG (about 5x less UNet work; the negative "
+        "prompt and cfg_scale no longer apply and fine detail is flatter)"))
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
 
     def diffusion_kwargs(self) -> dict[str, Any]:

@@ -213,3 +213,19 @@ def test_chunked_lora_upload_refuses_gaps_ignores_resends_and_checks_the_file(st
                                                      "size": 2**40})
         assert huge.status_code == 413
     assert not list((studio.data_dir / "uploads").glob(f"{bad}.*")), "refused files removed"
+
+
+def test_every_job_option_has_a_plain_label_and_an_explanation() -> None:
+    """A parameter added to the API shows on the form by itself; it must not show as its
+    field name ("Ip adapter mode") or without a word on what it does."""
+    from service.studio.form import LABELS, form_fields
+
+    fields = form_fields()
+    missing = [f.name for f in fields if f.name not in LABELS]
+    assert not missing, f"add a plain-word label to service/studio/form.py LABELS: {missing}"
+    unexplained = [f.name for f in fields if not f.hint and f.kind in ("select", "tristate")]
+    assert not unexplained, f"choices without a hint (LABELS or a Field description): " \
+        f"{unexplained}"
+    by_name = {f.name: f for f in fields}
+    assert by_name["quality"].label == "Quality" and "few-step" in by_name["quality"].hint
+    assert "clip skip 2" in by_name["clip_skip"].hint
