@@ -258,8 +258,9 @@ def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)])
 def result_filename(job: JobPublic, suffix: str) -> str:
     """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
     stem = PurePath(job.input.filename).stem or "result"
-    if job.animation is not None:  # hero.png -> hero_walk.png, as delivered
-        return f"{stem}_{job.animation.animation_name()}{suffix}"
+    if job.params is None:  # an animate job: hero.png -> hero_walk.png, as delivered
+        name = job.animation.animation_name() if job.animation is not None else "sheet"
+        return f"{stem}_{name}{suffix}"
     return f"{stem}{size_tag(job.params, (job.input.width, job.input.height))}{suffix}"
 
 

@@ -25,8 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.jobs import JobId
 from service.api.problems import problem_responses
+from service.core.animate import parse_size
 from service.core.atomic import atomic_write
 from service.core.errors import ParamsError
+from service.core.frames import grid_shape
 from service.core.imaging import ImageLimits, load_image
 from service.core.jobs import JobPublic
 from service.core.params import MAX_OUTPUT_SIDE
@@ -44,6 +46,20 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(requi
 Box = tuple[int, int, int, int]
 
 
+def output_size(job: JobPublic) -> tuple[int, int]:
+    """The result's size: measured once it exists, else planned (an animate job: its sheet)."""
+    if job.output is not None:
+        return job.output.width, job.output.height
+    if job.params is not None:
+        return job.params.target_size(job.input.width, job.input.height)
+    assert job.animation is not None  # the job's kind is animate
+    anim = job.animation
+    cell_w, cell_h = (parse_size(anim.frame_size) if anim.frame_size
+                      else (job.input.width, job.input.height))
+    cols, rows = grid_shape(anim.frames, anim.layout)
+    return cols * cell_w, rows * cell_h
+
+
 def _box(job: JobPublic, which: str, x: int | None, y: int | None, w: int | None,
          h: int | None) -> Box | None:
     """The requested region in the source's own pixels (None = the whole image)."""
@@ -53,10 +69,7 @@ def _box(job: JobPublic, which: str, x: int | None, y: int | None, w: int | None
         raise ParamsError("give all of x, y, w and h for a region, or none of them",
                           code="invalid_params")
     assert x is not None and y is not None and w is not None and h is not None
-    out_w = job.output.width if job.output else job.params.target_size(
-        job.input.width, job.input.height)[0]
-    out_h = job.output.height if job.output else job.params.target_size(
-        job.input.width, job.input.height)[1]
+    out_w, out_h = output_size(job)
     if x + w > out_w or y + h > out_h:
         raise ParamsError(f"the region {x},{y} {w}x{h} lies outside the {out_w}x{out_h} output",
                           code="invalid_params")

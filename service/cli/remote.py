@@ -152,7 +152,7 @@ def _check_output(output: Path) -> None:
 
 
 def _default_output(file: Path, job: JobPublic, ctype: str) -> Path:
-    if job.params.scale is not None:
+    if job.params is not None and job.params.scale is not None:
         label = f"_x{float(job.params.scale):g}"
     else:
         out = job.output

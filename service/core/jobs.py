@@ -167,9 +167,9 @@ class JobPublic(BaseModel):
     finished_at: datetime | None = None
     kind: JobKind = Field(default="upscale", description=(
         "upscale (params) or animate (animation: a sprite into a spritesheet)"))
-    params: UpscaleParams = Field(description=(
-        "The upscale parameters (an animate job keeps the defaults here and its own in "
-        "`animation`)."))
+    params: UpscaleParams | None = Field(default=None, description=(
+        "An upscale job's parameters, every `auto` resolved and the seed it runs with filled "
+        "in; null for an animate job (its parameters are in `animation`)."))
     animation: AnimateParams | None = Field(default=None, description=(
         "An animate job's parameters (null for upscale jobs)."))
     backend: str | None = Field(default=None, description=(

@@ -35,10 +35,10 @@ def overall_progress(stages: dict[str, StageCount], finished: bool) -> float:
 
 
 def job_params(row: JobRecord) -> UpscaleParams:
-    """The job's upscale parameters with its concrete seed filled in (an animate job: the
-    defaults, its own are :func:`animate_params`)."""
-    if row.kind == "animate":
-        return UpscaleParams()
+    """An upscale job's parameters with its concrete seed filled in (an animate job's are
+    :func:`animate_params`)."""
+    if row.kind != "upscale":
+        raise ValueError(f"job {row.id} is an {row.kind} job; it has no upscale parameters")
     params = UpscaleParams.model_validate(row.params)
     if params.seed is None and row.seed is not None:
         params = params.model_copy(update={"seed": row.seed})
@@ -61,7 +61,7 @@ def to_public(row: JobRecord) -> JobPublic:
         started_at=row.started_at,
         finished_at=row.finished_at,
         kind=row.kind,
-        params=job_params(row),
+        params=job_params(row) if row.kind == "upscale" else None,
         animation=animate_params(row),
         backend=row.backend,
         input=JobInput(filename=row.filename, sha256=row.input_sha256, width=row.input_width,

@@ -77,6 +77,7 @@ def test_animate_job_submit_follow_and_download(emulator: EmulatorServer,
         assert resp.status_code == 202, resp.text
         job = resp.json()
         assert job["kind"] == "animate" and job["animation"]["frames"] == 8
+        assert job["params"] is None  # no upscale parameters pretending to apply
         assert resp.headers["Location"] == f"/v1/jobs/{job['id']}"
 
         events = sse_events(client, job["id"])
