@@ -55,7 +55,8 @@ class TileView(BaseModel):
     timings: dict[str, float] = Field(
         default_factory=dict, description="seconds this tile spent, by stage: `caption` and "
         "`refine` (wall time from start to answer, queueing included), `caption_gpu` and "
-        "`refine_gpu` (GPU time billed); absent for a stage not run or served from the cache")
+        "`refine_gpu` (GPU time billed); an animate job's frame: `animate` and `animate_gpu`; "
+        "absent for a stage not run or served from the cache")
 
 
 class TileList(BaseModel):

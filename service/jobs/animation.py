@@ -92,9 +92,7 @@ class _Frames:
         self.run.spent("animate", index, acct)
 
     def done(self, index: int, acct: CallAccounting | None) -> None:
-        self.run.ctx.store.update_tile(self.run.job_id, index, status="refined",
-                                       cache_key=self.keys[index], seed=self.seeds[index])
-        self.run.frame_done(index, acct)
+        self.run.frame_done(index, self.keys[index], self.seeds[index], acct)
 
 
 def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:

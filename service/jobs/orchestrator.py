@@ -152,8 +152,13 @@ class JobRun:
             self.ctx.store.update_tile(self.job_id, index, **changes)
         self._tile_done(stage, cost, index)
 
-    def frame_done(self, index: int = -1, acct: CallAccounting | None = None) -> None:
-        """An animate job: one more frame of stage ``animate`` done, and what it cost."""
+    def frame_done(self, index: int, key: str, seed: int, acct: CallAccounting | None) -> None:
+        """An animate job: frame ``index`` is in (cached under ``key``; ``acct`` None when it
+        came from the cache), one more unit of stage ``animate``, and what it cost."""
+        changes: TileUpdate = {"cache_key": key, "seed": seed, "status": "refined"}
+        if timings := self._tile_timings("animate", index, acct):
+            changes["timings"] = timings
+        self.ctx.store.update_tile(self.job_id, index, **changes)
         self._tile_done("animate", acct, index)
 
     def spent(self, stage: str, index: int, acct: CallAccounting) -> None:

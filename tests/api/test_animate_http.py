@@ -165,6 +165,7 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
             (i * W, 0, W, H) for i in range(8)]
         assert {t["state"] for t in tiles} == {"done"}
         assert all(t["seed"] is not None and "walking" in t["caption"] for t in tiles)
+        assert all(t["timings"]["animate"] >= t["timings"]["animate_gpu"] >= 0 for t in tiles)
         assert len({t["seed"] for t in tiles}) == 8
         before = client.get(f"/v1/jobs/{job['id']}/result").content
         repo = tmp_path / "repo" / "sprites"
@@ -206,6 +207,7 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
         assert [t["seed"] == o["seed"] for t, o in zip(new_tiles, tiles, strict=True)] == [
             i not in (3, 5) for i in range(8)]
         assert new_tiles[5]["prompt"].endswith("raised high")
+        assert [bool(t["timings"]) for t in new_tiles] == [i in (3, 5) for i in range(8)]
 
         # re-delivered beside the source: the sheet as served, metadata parsing and agreeing
         assert (repo / "hero_walk.png").read_bytes() == after
