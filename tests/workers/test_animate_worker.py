@@ -49,7 +49,7 @@ def test_tiny_worker_edits_one_frame_through_the_emulator(monkeypatch: pytest.Mo
     assert frame.shape == (48, 32, 3) and frame.dtype == np.uint8
     assert frame.std() > 0  # the tiny model drew something (noise), not a blank
 
-    pipe: AnimatePipeline = worker.get_pipeline()  # the same loaded pipeline, called directly
+    pipe: AnimatePipeline = worker.pipeline.get()  # the same loaded pipeline, called directly
     again = pipe.edit(Image.fromarray(canvas()), "walking, left foot forward", seed=7, steps=1,
                       true_cfg_scale=4.0)
     buf = io.BytesIO()

@@ -104,9 +104,9 @@ def handler():
     mp.setenv("AAT_WORKER_TINY", "1")
     from workers.caption import handler as module
 
-    module._pipeline = None
+    module.pipeline.reset()
     yield module
-    module._pipeline = None
+    module.pipeline.reset()
     mp.undo()
 
 

@@ -36,7 +36,8 @@ def emulated(tmp_path_factory: pytest.TempPathFactory):
     from workers.caption import handler as caption_handler
     from workers.upscale import handler as upscale_handler
 
-    upscale_handler._pipeline = caption_handler._pipeline = None
+    upscale_handler.pipeline.reset()
+    caption_handler.pipeline.reset()
     endpoints = {"up": EndpointConfig(handler=resolve_handler("upscale"), workers=1),
                  "cap": EndpointConfig(handler=resolve_handler("caption"), workers=1)}
     with EmulatorServer(endpoints) as emu:
@@ -44,7 +45,8 @@ def emulated(tmp_path_factory: pytest.TempPathFactory):
                             runpod_base_url=emu.url, runpod_upscale_endpoint_id="up",
                             runpod_caption_endpoint_id="cap", data_dir=volume / "data")
         yield settings, volume / "loras"
-    upscale_handler._pipeline = caption_handler._pipeline = None
+    upscale_handler.pipeline.reset()
+    caption_handler.pipeline.reset()
     mp.undo()
 
 

@@ -35,9 +35,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("AAT_LORA_DIR", str(lora_dir))
     from workers.upscale import handler
 
-    handler._pipeline = None
+    handler.pipeline.reset()
     yield handler, lora_dir
-    handler._pipeline = None
+    handler.pipeline.reset()
     mp.undo()
 
 
@@ -191,7 +191,7 @@ def test_runs_under_the_runpod_sdk_test_mode(tmp_path: Path) -> None:
 
 def test_a_repeated_request_key_is_answered_without_running_the_gpu_again(worker) -> None:
     handler, _ = worker
-    unet = handler.get_pipeline().pipe.unet
+    unet = handler.pipeline.get().pipe.unet
     calls: list[int] = []
     hook = unet.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -218,7 +218,7 @@ def test_a_remembered_result_is_not_reused_once_its_lora_changed_on_the_volume(
     call(handler, {"action": "upload_model", "filename": "shared",
                    "file_b64": base64.b64encode(lora_bytes).decode()})
     calls: list[int] = []
-    hook = handler.get_pipeline().pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    hook = handler.pipeline.get().pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
     payload = upscale_input(request_key="k-lora", loras=[{"name": "shared", "weight": 1.0}])
     try:
         call(handler, payload)

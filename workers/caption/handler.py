@@ -7,8 +7,6 @@ container. ``AAT_WORKER_TINY=1`` builds a tiny random Qwen3-VL instead (smoke te
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 from service.core.contracts import (
@@ -20,41 +18,37 @@ from service.core.contracts import (
 )
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref
+from workers.common.resident import Resident, device, serve
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
-_pipeline: Any = None
 _recent = RecentResults(size=16)  # outputs by request_key (duplicate deliveries)
 
 
-def get_pipeline() -> Any:
-    global _pipeline
-    with _lock:
-        if _pipeline is None:
-            _pipeline = _load()
-        return _pipeline
-
-
-def _load() -> Any:
+def _real() -> Any:
     from workers.caption.pipeline import CaptionPipeline
 
-    if os.environ.get("AAT_WORKER_TINY") == "1":
-        from workers.tiny import caption as tiny
+    return CaptionPipeline.from_weights(device=device())
 
-        log.warning("AAT_WORKER_TINY=1: random tiny Qwen3-VL, captions are random words")
-        return CaptionPipeline.from_components(tiny.build_components(), device="cpu")
-    return CaptionPipeline.from_weights(device=os.environ.get("AAT_DEVICE", "cuda"))
+
+def _tiny() -> Any:
+    from workers.caption.pipeline import CaptionPipeline
+    from workers.tiny import caption as tiny
+
+    return CaptionPipeline.from_components(tiny.build_components(), device="cpu")
+
+
+pipeline: Resident[Any] = Resident(_real, _tiny, "random tiny Qwen3-VL, captions are random words")
 
 
 def caption(req: CaptionRequest) -> CaptionResponse:
     images = [decode_image_ref(t.image) for t in req.tiles]
-    texts = get_pipeline().caption(images, req.instruction, req.max_new_tokens)
+    texts = pipeline.get().caption(images, req.instruction, req.max_new_tokens)
     return CaptionResponse(captions=[Caption(tile_id=t.tile_id, caption=text)
                                      for t, text in zip(req.tiles, texts, strict=True)])
 
 
 def health(_req: Any) -> HealthResponse:
-    return HealthResponse(status="ok", worker="caption", **get_pipeline().health())
+    return HealthResponse(status="ok", worker="caption", **pipeline.get().health())
 
 
 ACTIONS = {"caption": caption, "health": health}
@@ -65,10 +59,4 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import runpod
-
-    from service.core.logs import configure_logging
-
-    configure_logging("INFO", os.environ.get("AAT_LOG_FORMAT", "text"))
-    get_pipeline()  # load before taking jobs: a broken image fails fast
-    runpod.serverless.start({"handler": handler})
+    serve(handler, pipeline)

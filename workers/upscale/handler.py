@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,12 @@ from service.core.contracts import (
     upscale_worker_request,
 )
 from service.core.errors import AatError, ImageError
-from workers.common import progress
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
+from workers.common.resident import Resident, device, serve
 from workers.upscale import lora_import, models
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
-_pipeline: Any = None
 MAX_OUTPUT_BYTES = 9_500_000  # RunPod drops results over 10 MB (/run) without an error
 
 
@@ -61,27 +58,22 @@ def _memory_key(request: Any) -> str | None:
 _recent = RecentResults(size=16, key_of=_memory_key)  # outputs of repeated requests
 
 
-def get_pipeline() -> Any:
-    """The container's one pipeline, built on first use."""
-    global _pipeline
-    with _lock:
-        if _pipeline is None:
-            _pipeline = _load()
-        return _pipeline
-
-
-def _load() -> Any:
+def _real() -> Any:
     from workers.upscale.pipeline import UpscalePipeline
 
-    if os.environ.get("AAT_WORKER_TINY") == "1":
-        from workers.tiny import upscale as tiny
+    return UpscalePipeline.from_weights(device=device())
 
-        work = Path(tempfile.mkdtemp(prefix="aat-tiny-"))
-        comps = tiny.build_components(work)
-        log.warning("AAT_WORKER_TINY=1: random tiny SDXL components, outputs are noise")
-        return UpscalePipeline.from_components(
-            comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), device="cpu")
-    return UpscalePipeline.from_weights(device=os.environ.get("AAT_DEVICE", "cuda"))
+
+def _tiny() -> Any:
+    from workers.tiny import upscale as tiny
+    from workers.upscale.pipeline import UpscalePipeline
+
+    comps = tiny.build_components(Path(tempfile.mkdtemp(prefix="aat-tiny-")))
+    return UpscalePipeline.from_components(
+        comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), device="cpu")
+
+
+pipeline: Resident[Any] = Resident(_real, _tiny, "random tiny SDXL components, outputs are noise")
 
 
 def upscale(req: UpscaleRequest) -> UpscaleResponse:
@@ -92,7 +84,7 @@ def upscale(req: UpscaleRequest) -> UpscaleResponse:
     style = decode_image_ref(req.ip_adapter_image) if req.ip_adapter_image else None
     settings = RefineSettings(**req.diffusion_kwargs(), ip_adapter_image=style,
                               batch_size=req.batch_size)
-    images = get_pipeline().refine(tiles, settings)
+    images = pipeline.get().refine(tiles, settings)
     out = UpscaleResponse(tiles=[
         TileOut(tile_id=t.tile_id, image=encode_image_ref(img, req.output_format),
                 seed_used=t.seed)
@@ -114,7 +106,7 @@ def _check_output_size(out: UpscaleResponse) -> None:
 
 
 def health(_req: Any) -> HealthResponse:
-    info = get_pipeline().health()
+    info = pipeline.get().health()
     return HealthResponse(status="ok", worker="upscale", **info)
 
 
@@ -148,11 +140,4 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import runpod
-
-    from service.core.logs import configure_logging
-
-    configure_logging("INFO", os.environ.get("AAT_LOG_FORMAT", "text"))
-    progress.use_runpod()
-    get_pipeline()  # load before taking jobs: a broken image fails fast, not per job
-    runpod.serverless.start({"handler": handler})
+    serve(handler, pipeline)
