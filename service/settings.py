@@ -140,8 +140,22 @@ class Settings(BaseSettings):
     max_input_side: int = Field(default=16384, ge=1)
     max_output_side: int = Field(default=16384, ge=1, le=65536)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
-    max_model_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # LoRA uploads
+    max_model_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # LoRA uploads and imports
+    upload_max_age_s: float = Field(default=24 * 3600.0, gt=0)  # unfinished chunked LoRA uploads are removed after
     png_compress_level: int = Field(default=3, ge=0, le=9)  # zlib level of PNG outputs
+
+    # LoRA import by URL (the upscale worker downloads onto its volume)
+    civitai_token: SecretStr | None = None  # CivitAI API key, sent as a bearer header to CivitAI only
+    hf_token: SecretStr | None = Field(  # Hugging Face read token (gated or private repos)
+        default=None, validation_alias=AliasChoices("AAT_HF_TOKEN", "HF_TOKEN"))
+    civitai_base_url: str = Field(  # where CivitAI's site and API are (tests: a stand-in)
+        default="https://civitai.com", pattern=r"^https?://[^?#]+$")
+    huggingface_base_url: str = Field(  # where Hugging Face is (tests: a stand-in)
+        default="https://huggingface.co", pattern=r"^https?://[^?#]+$")
+    lora_import_http_hosts: list[str] = Field(  # host:port allowed over plain http (local stand-ins only)
+        default_factory=list)
+    lora_import_timeout_s: int = Field(default=3600, ge=60)  # RunPod executionTimeout of one import
+    lora_import_max_redirects: int = Field(default=5, ge=0, le=10)  # hops followed per download
 
     # delivery
     repos: dict[str, Path] = Field(default_factory=dict)

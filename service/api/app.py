@@ -22,6 +22,7 @@ from service.api import (
     events,
     health,
     jobs,
+    lora_imports,
     lora_uploads,
     loras,
     metrics,
@@ -53,6 +54,7 @@ def _lifespan(job_service: JobServicePort | None, backend: GpuBackend | None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
+        lora_uploads.sweep_abandoned(settings)  # uploads a closed tab left behind
         owned = None
         if job_service is None:
             from service.jobs.service import build_job_service
@@ -91,7 +93,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     install_problem_handlers(app)
     add_problem_schema(app)
     for module in (health, jobs, animations, events, previews, plan, styles, lora_uploads,
-                   loras, metrics):
+                   lora_imports, loras, metrics):
         app.include_router(module.router)
     from service.studio.routes import install as install_studio
 

@@ -7,13 +7,17 @@ checked first: ``.safetensors`` only, at most ``AAT_MAX_MODEL_BYTES``); ``PUT
 writing twice; a gap is ``409 upload_offset``); ``POST /v1/models/uploads/{id}/finish`` checks
 that every byte arrived and that the file is well-formed safetensors, then hands it to the GPU
 backend exactly like ``POST /v1/models``. Partial files live in ``<data_dir>/uploads/`` and are
-removed when the upload finishes or is refused at the end.
+removed when the upload finishes or is refused at the end; an upload nobody finishes (a closed
+tab) is removed once untouched for ``AAT_UPLOAD_MAX_AGE_S`` (:func:`sweep_abandoned`, run at
+service start and whenever an upload starts).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +35,8 @@ from service.core.contracts import ModelInfo
 from service.core.errors import NotFound
 from service.core.params import LORA_NAME_MAX, LORA_UPLOAD_PATTERN
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 UPLOAD_ID = r"^[0-9a-f]{32}$"
@@ -61,6 +67,33 @@ def _dir(settings: Settings) -> Path:
     return folder
 
 
+def sweep_abandoned(settings: Settings, now: float | None = None) -> int:
+    """Remove uploads untouched for ``settings.upload_max_age_s``; returns how many."""
+    folder = settings.data_dir / "uploads"
+    if not folder.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - settings.upload_max_age_s
+    removed = 0
+    for meta in folder.glob("*.json"):
+        part = meta.with_suffix(".part")
+        try:
+            touched = max(p.stat().st_mtime for p in (meta, part) if p.exists())
+        except (OSError, ValueError):
+            continue
+        if touched < cutoff:
+            part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            removed += 1
+    for orphan in folder.glob("*.part"):  # its note is gone: nobody can finish it
+        if not orphan.with_suffix(".json").exists() and orphan.stat().st_mtime < cutoff:
+            orphan.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d abandoned LoRA upload(s) older than %.0f s", removed,
+                 settings.upload_max_age_s)
+    return removed
+
+
 def _load(settings: Settings, upload_id: str) -> tuple[dict[str, Any], Path]:
     meta = _dir(settings) / f"{upload_id}.json"
     part = meta.with_suffix(".part")
@@ -84,6 +117,7 @@ def start_upload(body: UploadStart, settings: Annotated[Settings, Depends(get_se
         raise ApiError(413, "payload_too_large",
                        f"{body.filename} is {body.size} bytes; the limit is "
                        f"{settings.max_model_bytes} (AAT_MAX_MODEL_BYTES)")
+    sweep_abandoned(settings)
     upload_id = secrets.token_hex(16)
     folder = _dir(settings)
     (folder / f"{upload_id}.part").write_bytes(b"")

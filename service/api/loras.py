@@ -74,7 +74,9 @@ def check_safetensors(data: bytes) -> None:
 
 
 _WORKER_STATUS = {"lora_not_found": 404, "lora_invalid": 422, "lora_too_large": 413,
-                  "lora_checksum": 422, "path_forbidden": 422, "invalid_params": 422}
+                  "lora_checksum": 422, "path_forbidden": 422, "invalid_params": 422,
+                  "import_url_unsupported": 422, "import_url_insecure": 422,
+                  "model_invalid": 422}
 
 
 @asynccontextmanager
@@ -117,7 +119,8 @@ class LoraCatalog:
         return self._names
 
 
-def _catalog(request: Request) -> LoraCatalog:
+def lora_catalog(request: Request) -> LoraCatalog:
+    """The app's one :class:`LoraCatalog` (made on first use)."""
     catalog: LoraCatalog | None = getattr(request.app.state, "lora_catalog", None)
     if catalog is None:
         catalog = request.app.state.lora_catalog = LoraCatalog()
@@ -136,7 +139,7 @@ async def check_lora_names(request: Request, params: UpscaleParams) -> None:
                        "LoRAs need a GPU backend and this service has none (it upscales on the "
                        "CPU only); set RUNPOD_API_KEY and RUNPOD_UPSCALE_ENDPOINT_ID, or drop "
                        "the loras parameter")
-    catalog = _catalog(request)
+    catalog = lora_catalog(request)
     wanted = [lora.name for lora in params.loras]
     known = await catalog.names(backend)
     if not set(wanted) <= known:
@@ -154,7 +157,7 @@ async def list_models(request: Request,
                       backend: Annotated[GpuBackend, Depends(get_backend)]) -> ModelList:
     async with worker_errors():
         models = await backend.list_models()
-    _catalog(request).remember(models)
+    lora_catalog(request).remember(models)
     return ModelList(models=models)
 
 
@@ -175,7 +178,7 @@ async def upload_model(
         raise bad_model(f"{filename!r} is not a .safetensors name")
     data = await read_capped(request, settings.max_model_bytes)
     check_safetensors(data)
-    _catalog(request).invalidate()
+    lora_catalog(request).invalidate()
     async with worker_errors():
         return await backend.upload_model(filename, data)
 
@@ -187,7 +190,7 @@ async def delete_model(
     name: Annotated[str, Path(pattern=LORA_NAME_PATTERN, max_length=LORA_NAME_MAX)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> Response:
-    _catalog(request).invalidate()
+    lora_catalog(request).invalidate()
     async with worker_errors():
         await backend.delete_model(name)
     return Response(status_code=204)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import ConfigDict
 
-from service.core.contracts import ModelInfo
+from service.core.contracts import ImportModelRequest, ImportProgress, ModelInfo
+from service.core.errors import AatError
 from service.core.params import DiffusionSettings
 
 
@@ -68,6 +69,16 @@ class CaptionResult:
     accounting: CallAccounting = field(default_factory=CallAccounting)
 
 
+@dataclass
+class RemoteImport:
+    """Where a LoRA import by URL running on the GPU side stands (``import_status``)."""
+
+    state: Literal["queued", "running", "done", "failed"]
+    progress: ImportProgress | None = None  # while running: what the worker last reported
+    model: ModelInfo | None = None  # done
+    error: AatError | None = None  # failed
+
+
 # Called with the remote job id as soon as a call is submitted, so a resumed job can re-poll.
 OnSubmitted = Callable[[str], None]
 
@@ -103,6 +114,13 @@ class GpuBackend(Protocol):
     async def upload_model(self, filename: str, data: bytes) -> ModelInfo: ...
 
     async def delete_model(self, name: str) -> None: ...
+
+    async def start_import(self, request: ImportModelRequest) -> str:
+        """Start the worker downloading a LoRA by URL onto its volume; returns at once with
+        the remote id to ask :meth:`import_status` about (the bytes never pass through here)."""
+        ...
+
+    async def import_status(self, remote_id: str) -> RemoteImport: ...
 
     async def health(self) -> dict[str, Any]: ...
 

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import logging
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -40,11 +41,17 @@ from service.backends.base import (
     OnSubmitted,
     RefineOptions,
     RefineResult,
+    RemoteImport,
     TileTask,
 )
 from service.backends.local_memory import Placement, plan, weights_on_disk_gb
-from service.core.contracts import ModelInfo, UploadModelRequest
-from service.core.errors import ConfigError
+from service.core.contracts import (
+    ImportModelRequest,
+    ImportProgress,
+    ModelInfo,
+    UploadModelRequest,
+)
+from service.core.errors import AatError, ConfigError, WorkerError
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ class LocalBackend:
         self.vram_gb = s.local_vram_gb
         self._pending: dict[int, tuple[RefineOptions, list[tuple[Any, asyncio.Future[Any]]]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self._imports: dict[str, RemoteImport] = {}  # LoRA imports by URL, by id
         self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
         self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
         self._upscale = upscale
@@ -229,6 +237,41 @@ class LocalBackend:
         from workers.upscale import models
 
         await asyncio.to_thread(models.delete, name, self.lora_dir)
+
+    async def start_import(self, request: ImportModelRequest) -> str:
+        """Download in a thread of this process (the worker's own code); ids live in memory."""
+        from workers.upscale import lora_import
+
+        import_id = secrets.token_hex(8)
+        state = self._imports[import_id] = RemoteImport("running")
+
+        def report(value: Any) -> None:
+            state.progress = ImportProgress.model_validate(value)
+
+        async def run() -> None:
+            try:
+                done = await asyncio.to_thread(lora_import.import_model, request,
+                                               self.lora_dir, report)
+                state.state, state.model = "done", done.model
+            except AatError as exc:
+                state.state, state.error = "failed", exc
+            except Exception as exc:  # a bug: still an answer for the poller
+                log.exception("LoRA import %s crashed", import_id)
+                state.state, state.error = "failed", WorkerError(
+                    f"the import crashed: {type(exc).__name__}", code="worker_internal")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return import_id
+
+    async def import_status(self, remote_id: str) -> RemoteImport:
+        state = self._imports.get(remote_id)
+        if state is None:
+            return RemoteImport("failed", error=WorkerError(
+                f"import {remote_id} is not known to this process (restarted?); look for the "
+                "LoRA in the list, else import it again", code="import_lost"))
+        return state
 
     async def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {"status": "ok", "backend": self.name, "device": self.device}

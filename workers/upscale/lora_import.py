@@ -49,7 +49,7 @@ from workers.upscale import lora_meta, models
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
-CHUNK_BYTES = 1024 * 1024
+SETTLE_S = 0.5  # quiet time between the last progress update and the result
 MAX_METADATA_BYTES = 4 * 1024 * 1024
 Report = Callable[[Any], None]
 
@@ -57,7 +57,14 @@ Report = Callable[[Any], None]
 def import_model(req: ImportModelRequest, folder: Path | None = None,
                  report: Report = progress.report) -> ImportModelResponse:
     """Download, check and keep the LoRA ``req`` names; see the module docstring."""
-    folder = folder or models.lora_dir()
+    reporter = _Reporter(report)
+    try:
+        return _import(req, folder or models.lora_dir(), reporter)
+    finally:
+        reporter.settle()
+
+
+def _import(req: ImportModelRequest, folder: Path, report: Report) -> ImportModelResponse:
     limit = min(req.max_bytes, models.max_bytes())
     if req.name is not None:
         models.safe_filename(req.name)  # a bad name is refused before any download
@@ -89,6 +96,24 @@ def import_model(req: ImportModelRequest, folder: Path | None = None,
     log.info("imported LoRA %s (%d bytes) from %s", name, size, req.source)
     return ImportModelResponse(model=ModelInfo(name=name, size_bytes=size, sha256=sha256,
                                                trigger_words=words))
+
+
+class _Reporter:
+    """Progress out, remembering when: RunPod's update travels on its own thread, and one
+    that lands after the result leaves the job looking IN_PROGRESS (runpod-python#250), so the
+    result waits until :data:`SETTLE_S` after the last update."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.last: float | None = None
+
+    def __call__(self, value: Any) -> None:
+        self.last = time.monotonic()
+        self.report(value)
+
+    def settle(self) -> None:
+        if self.last is not None:
+            time.sleep(max(0.0, SETTLE_S - (time.monotonic() - self.last)))
 
 
 # ---- resolve ---------------------------------------------------------------------------------
@@ -150,7 +175,7 @@ def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
             raise _too_large(name, total, limit)
         head = b""
         with tmp.open("wb") as out:
-            for chunk in resp.iter_bytes(CHUNK_BYTES):
+            for chunk in resp.iter_bytes():  # as it arrives: progress stays live
                 if len(head) < 9:
                     head += chunk[: 9 - len(head)]
                     if len(head) >= 9:

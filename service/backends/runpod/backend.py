@@ -35,9 +35,11 @@ from service.backends.base import (
     OnSubmitted,
     RefineOptions,
     RefineResult,
+    RemoteImport,
     TileTask,
 )
 from service.backends.runpod.client import (
+    TERMINAL,
     PollPolicy,
     RetryPolicy,
     RunPodClient,
@@ -53,6 +55,9 @@ from service.core.contracts import (
     CaptionTileIn,
     DeleteModelRequest,
     DeleteModelResponse,
+    ImportModelRequest,
+    ImportModelResponse,
+    ImportProgress,
     ListModelsRequest,
     ListModelsResponse,
     ModelInfo,
@@ -208,6 +213,41 @@ class RunPodBackend:
     async def delete_model(self, name: str) -> None:
         out, _ = await self._call("upscale", DeleteModelRequest(name=name), f"delete {name}")
         _parse(DeleteModelResponse, out, f"delete {name}")
+
+    async def start_import(self, request: ImportModelRequest) -> str:
+        """``/run`` the worker's ``import_model`` with its own execution timeout (a large file
+        takes longer than a tile); nothing waits for it here."""
+        timeout_s = self._s.lora_import_timeout_s
+        policy = {"executionTimeout": timeout_s * 1000,
+                  "ttl": max(self._s.runpod_ttl_s, timeout_s + 600) * 1000}
+        payload = request.model_dump(mode="json", exclude_none=True)
+        job_id = await self._client("upscale").run(payload, policy)
+        self._totals.runpod_jobs += 1
+        log.info("LoRA import from %s started as RunPod job %s", request.url, job_id)
+        return job_id
+
+    async def import_status(self, remote_id: str) -> RemoteImport:
+        """One ``/status`` of the import's RunPod job, read as a :class:`RemoteImport`."""
+        try:
+            body = await self._client("upscale").status(remote_id)
+        except AatError as exc:
+            if exc.code != "runpod_job_gone":
+                raise
+            return RemoteImport("failed", error=WorkerError(
+                f"the import's RunPod job {remote_id} is gone (its result expired); look for "
+                "the LoRA in the list, else import it again", code="import_lost"))
+        status = body.get("status")
+        if status not in TERMINAL:
+            try:
+                progress = ImportProgress.model_validate(body.get("output"))
+            except ValidationError:
+                progress = None
+            return RemoteImport("queued" if status == "IN_QUEUE" else "running", progress)
+        try:
+            out = outcome(body)
+        except AatError as exc:
+            return RemoteImport("failed", error=exc)
+        return RemoteImport("done", model=_parse(ImportModelResponse, out, "LoRA import").model)
 
     async def health(self) -> dict[str, Any]:
         endpoints = {}

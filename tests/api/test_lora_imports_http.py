@@ -1,0 +1,189 @@
+"""LoRA import by URL over the service's REST API (``/v1/models/imports``): the service starts
+the upscale worker's ``import_model`` on the RunPod emulator (the real worker handler), the
+worker downloads from a loopback CivitAI / Hugging Face stand-in, and the service reads its
+progress. Also: abandoned chunked uploads are swept."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lora_standin import TOKEN, StandIn
+
+IMPORTS = "/v1/models/imports"
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    server = StandIn(slow_bytes=3 * 1024 * 1024, slow_seconds=2.5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service(live_server: Any, runpod_emulator: Any, runpod_settings: Any, standin: StandIn,
+            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The API on an emulated upscale endpoint that runs the real upscale worker handler."""
+    from workers.upscale.handler import handler
+
+    monkeypatch.setenv("AAT_LORA_DIR", str(tmp_path / "volume"))
+    monkeypatch.delenv("AAT_CIVITAI_TOKEN", raising=False)
+
+    def start(**overrides: Any) -> Any:
+        emulator = runpod_emulator(workers=2, handler=handler, endpoints=("upscale",))
+        values = {"runpod_caption_endpoint_id": None,
+                  "civitai_base_url": standin.site + "/civitai",
+                  "huggingface_base_url": standin.site + "/hf",
+                  "lora_import_http_hosts": standin.http_hosts, **overrides}
+        settings = runpod_settings(emulator, **values)
+        return live_server(settings)
+
+    return start
+
+
+def follow(http: httpx.Client, import_id: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every state the API reported, polling like the studio does, until done or failed."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        resp = http.get(f"{IMPORTS}/{import_id}")
+        assert resp.status_code == 200, resp.text
+        seen.append(resp.json())
+        if seen[-1]["state"] in ("done", "failed"):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"import {import_id} did not finish: {seen[-1:]}")
+
+
+def test_a_civitai_import_reports_progress_then_lists_the_lora_with_its_trigger_words(
+        service: Any, standin: StandIn, tmp_path: Path) -> None:
+    server = service()
+    with server.client() as http:
+        url = f"{standin.site}/civitai/models/10/slow?modelVersionId=104"
+        start = http.post(IMPORTS, json={"url": url})
+        assert start.status_code == 202, start.text
+        item = start.json()
+        assert (item["state"], item["source"], item["url"]) == ("queued", "civitai", url)
+        assert start.headers["location"] == f"{IMPORTS}/{item['id']}"
+
+        seen = follow(http, item["id"])
+        size = len(standin.files["big_slow.safetensors"])
+        moving = [s for s in seen if s["state"] == "downloading" and 0 < s["bytes_done"] < size]
+        assert moving, [(s["state"], s["bytes_done"]) for s in seen]
+        assert all(s["bytes_total"] == size for s in moving)
+        assert [s["bytes_done"] for s in moving] == sorted(s["bytes_done"] for s in moving)
+        done = seen[-1]
+        assert done["state"] == "done", done
+        assert (done["bytes_done"], done["bytes_total"]) == (size, size)
+        assert done["model"]["name"] == "big_slow.safetensors"
+        assert done["model"]["trigger_words"] == ["slow words"]
+
+        models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        assert models["big_slow.safetensors"]["trigger_words"] == ["slow words"]
+        assert models["big_slow.safetensors"]["sha256"] == standin.sha256("big_slow.safetensors")
+        assert models["big_slow.safetensors"]["size_bytes"] == size
+        assert (tmp_path / "volume" / "big_slow.safetensors").stat().st_size == size
+
+        listed = http.get(IMPORTS).json()["imports"]
+        assert [(i["id"], i["state"]) for i in listed] == [(item["id"], "done")]
+    # the bytes went from the stand-in's storage host to the worker, not through the service
+    assert [h.path.split("?")[0] for h in standin.hits if h.server == "storage"] == [
+        "/files/big_slow.safetensors"]
+
+
+def test_bad_urls_are_refused_at_once_and_nothing_is_started(
+        service: Any, standin: StandIn) -> None:
+    server = service()
+    cases = [
+        ("https://example.com/x.safetensors", "import_url_unsupported", "neither"),
+        (f"{standin.site}/civitai/models/10", "import_url_unsupported", "modelVersionId"),
+        (f"{standin.site}/hf/a/b/resolve/main/model.ckpt", "model_invalid", "safetensors"),
+    ]
+    with server.client() as http:
+        for url, code, words in cases:
+            resp = http.post(IMPORTS, json={"url": url})
+            assert resp.status_code == 422, resp.text
+            assert resp.json()["code"] == code
+            assert words in resp.json()["detail"]
+        bad_name = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/"
+                                                   "models/101", "name": "../evil.safetensors"})
+        assert bad_name.status_code == 422
+        assert http.get(IMPORTS).json()["imports"] == []
+    assert standin.hits == [], "nothing was downloaded"
+
+
+def test_plain_http_needs_the_explicit_allow_list(service: Any, standin: StandIn) -> None:
+    server = service(lora_import_http_hosts=[])
+    with server.client() as http:
+        resp = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/models/101"})
+        assert resp.status_code == 422 and resp.json()["code"] == "import_url_insecure"
+        assert "AAT_LORA_IMPORT_HTTP_HOSTS" in resp.json()["detail"]
+
+
+def test_a_civitai_401_tells_which_setting_to_set_and_the_token_is_never_shown(
+        service: Any, standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        ) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"{standin.site}/civitai/api/download/models/103"
+    with service().client() as http:
+        failed = follow(http, http.post(IMPORTS, json={"url": url}).json()["id"])[-1]
+    assert failed["state"] == "failed"
+    assert failed["error"]["code"] == "import_unauthorized"
+    assert "set AAT_CIVITAI_TOKEN" in failed["error"]["message"]
+    assert not (tmp_path / "volume" / "private.safetensors").exists()
+
+    with service(civitai_token=TOKEN).client() as http:
+        start = http.post(IMPORTS, json={"url": url + f"?token={TOKEN}",
+                                         "name": "my private.safetensors"})
+        assert TOKEN not in start.text, "a token pasted into the URL is not kept"
+        done = follow(http, start.json()["id"])[-1]
+        assert done["state"] == "done", done
+        assert done["model"]["name"] == "my private.safetensors"
+        assert TOKEN not in http.get(IMPORTS).text
+    storage = [h for h in standin.hits if h.server == "storage"]
+    assert storage and all(h.auth is None for h in storage), "token sent to the storage host"
+    assert TOKEN not in caplog.text
+    records = list((tmp_path / "data" / "imports").iterdir())
+    assert records and all(TOKEN not in p.read_text() for p in records)
+
+
+def test_imports_need_a_gpu_backend(queued_server: Any) -> None:
+    with queued_server(backend="none").client() as http:
+        resp = http.post(IMPORTS, json={"url": "https://civitai.com/api/download/models/1"})
+        assert resp.status_code == 503 and resp.json()["code"] == "backend_unavailable"
+
+
+def test_abandoned_chunked_uploads_are_removed_at_start_and_when_an_upload_starts(
+        live_server: Any, tmp_path: Path) -> None:
+    from service.settings import load_settings
+
+    uploads = tmp_path / "data" / "uploads"
+    uploads.mkdir(parents=True)
+    day_ago = time.time() - 25 * 3600
+    for stem in ("a" * 32, "b" * 32):
+        for suffix in (".part", ".json"):
+            (uploads / (stem + suffix)).write_text("{}" if suffix == ".json" else "x")
+        if stem.startswith("a"):
+            for suffix in (".part", ".json"):
+                os.utime(uploads / (stem + suffix), (day_ago, day_ago))
+    settings = load_settings(data_dir=tmp_path / "data", backend="none", broker_url=None,
+                             database_url=None, upload_max_age_s=3600)
+    server = live_server(settings)
+    with server.client() as http:
+        assert http.get("/v1/health").status_code == 200
+        assert sorted(p.name for p in uploads.iterdir()) == ["b" * 32 + ".json", "b" * 32 + ".part"]
+
+        hour_ago = time.time() - 3700
+        for p in uploads.iterdir():  # the fresh one is left unfinished for over an hour too
+            os.utime(p, (hour_ago, hour_ago))
+        started = http.post("/v1/models/uploads", json={"filename": "new.safetensors",
+                                                        "size": 100})
+        assert started.status_code == 201, started.text
+        new = started.json()["id"]
+        assert sorted(p.stem for p in uploads.iterdir()) == [new, new]
