@@ -1,9 +1,11 @@
-"""The new-job form's fields, read from the public job-parameter schema (the one in OpenAPI).
+"""The studio forms' fields, read from the public job-parameter schemas (the ones in OpenAPI).
 
-Every ``UpscaleParams`` field becomes a labelled control with its default and limits; enums
-become choices, so a parameter added to the API appears on the page without a template change.
-Fields the page draws by hand (size, LoRAs, the style image) are left out here. The plain-word
-labels and the order are the only things this module adds.
+Every ``UpscaleParams`` field (the new-job form) and every ``AnimateParams`` field (the Animate
+form) becomes a labelled control with its default and limits; enums become choices, so a
+parameter added to the API appears on the page without a template change. Fields the page
+draws by hand (size, LoRAs, the style image) are left out here. The plain-word labels, the
+order and the motion presets' names (from :data:`service.core.animate.MOTIONS`) are the only
+things this module adds.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from service.core.animate import MOTIONS, AnimateParams
 from service.core.params import UpscaleParams
 
 # Drawn by the page itself: size choices, LoRAs with weights, the style image reference.
@@ -48,6 +53,27 @@ LABELS: dict[str, tuple[str, str]] = {
     "matte": ("Matte", "background for transparency in formats without alpha"),
     "keep_game_size": ("Keep game size (Unity)", ""),
 }
+ANIMATE_LABELS: dict[str, tuple[str, str]] = {
+    "motion": ("Motion", "a preset, or custom with a description below"),
+    "motion_text": ("Motion description", "free text: required for custom, refines a preset "
+                    "(e.g. swinging a sword)"),
+    "frames": ("Frames", "2 to 16"),
+    "facing": ("Facing", "the direction the character looks"),
+    "frame_size": ("Frame size (W×H px)", "e.g. 32x32; empty = the sprite's size"),
+    "layout": ("Layout", "row = all frames in one row, grid = about square"),
+    "fps": ("Frames per second", "empty = the motion's own speed"),
+    "loop": ("Loop", "auto = the motion's own (walk loops, death does not)"),
+    "name": ("Animation name", "in the Aseprite and Godot files; empty = the motion"),
+    "anchor": ("Anchor", "what stays in place between frames: the feet or the centre"),
+    "key_colour": ("Key colour", "the flat background frames are generated on, then keyed "
+                   "to transparency"),
+    "style": ("Style", "style words added to every frame (optional)"),
+    "seed": ("Seed", "each frame derives its own from it"),
+}
+ANIMATE_ADVANCED = {"anchor", "key_colour", "name"}
+# A field the schema types as free text but the page offers as choices.
+ANIMATE_CHOICES = {"motion": [*MOTIONS, "custom"]}
+
 ADVANCED = {"seam_fix_strength", "colour_fix", "scheduler", "clip_skip", "ip_adapter_scale",
             "ip_adapter_mode",
             "matte", "keep_game_size", "pixel_scaler", "diffusion"}
@@ -80,15 +106,19 @@ def _plain(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _field(name: str, raw: dict[str, Any], defs: dict[str, Any]) -> FormField:
+def _field(name: str, raw: dict[str, Any], defs: dict[str, Any], *,
+           labels: dict[str, tuple[str, str]], advanced: set[str],
+           choices: dict[str, list[str]]) -> FormField:
     schema = _plain(raw)
     if "$ref" in schema:
         schema = {**defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), **schema}
+    if name in choices:
+        schema = {**schema, "enum": choices[name]}
     # tests/studio/test_studio_api.py fails for a parameter without a plain-word label
-    label, hint = LABELS.get(name, (name.replace("_", " ").capitalize(), ""))
+    label, hint = labels.get(name, (name.replace("_", " ").capitalize(), ""))
     common: dict[str, Any] = {"name": name, "label": label,
                               "hint": hint or schema.get("description", ""),
-              "default": schema.get("default"), "advanced": name in ADVANCED}
+              "default": schema.get("default"), "advanced": name in advanced}
     if "enum" in schema:
         return FormField(kind="select", choices=[str(c) for c in schema["enum"]], **common)
     kind = schema.get("type")
@@ -106,10 +136,22 @@ def _field(name: str, raw: dict[str, Any], defs: dict[str, Any]) -> FormField:
     return FormField(kind="text", extra={"maxlength": schema.get("maxLength")}, **common)
 
 
-def form_fields() -> list[FormField]:
-    """The job-option controls, in the order of the schema (plain words first)."""
-    schema = UpscaleParams.model_json_schema()
+def _fields(model: type[BaseModel], *, skip: set[str], labels: dict[str, tuple[str, str]],
+            advanced: set[str], choices: dict[str, list[str]] | None = None) -> list[FormField]:
+    """``model``'s controls, in the order of its schema (plain words first)."""
+    schema = model.model_json_schema()
     defs = schema.get("$defs", {})
-    fields = [_field(name, raw, defs) for name, raw in schema["properties"].items()
-              if name not in HAND_DRAWN | READ_ONLY]
+    fields = [_field(name, raw, defs, labels=labels, advanced=advanced, choices=choices or {})
+              for name, raw in schema["properties"].items() if name not in skip]
     return sorted(fields, key=lambda f: f.advanced)
+
+
+def form_fields() -> list[FormField]:
+    """The new-job (upscale) form's controls."""
+    return _fields(UpscaleParams, skip=HAND_DRAWN | READ_ONLY, labels=LABELS, advanced=ADVANCED)
+
+
+def animate_fields() -> list[FormField]:
+    """The Animate form's controls (every ``AnimateParams`` field)."""
+    return _fields(AnimateParams, skip=set(), labels=ANIMATE_LABELS, advanced=ANIMATE_ADVANCED,
+                   choices=ANIMATE_CHOICES)

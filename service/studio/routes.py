@@ -1,7 +1,8 @@
 """The studio's routes: pages, the login form, static files and the security headers.
 
-Pages are ``/`` (new job), ``/jobs`` (queue and history), ``/jobs/{id}`` (job view),
-``/loras`` and ``/system``; each is a template whose ES module reads and changes everything
+Pages are ``/`` (new job), ``/animate`` (a sprite into a spritesheet), ``/jobs`` (queue and
+history), ``/jobs/{id}`` (job view: the tile grid of an upscale job, the frame strip and player
+of an animate job), ``/loras`` and ``/system``; each is a template whose ES module reads and changes everything
 through ``/v1/...``. With ``AAT_API_TOKEN`` set, a page request without a valid session goes to
 ``/login``, whose form exchanges the token for the session cookie the API accepts alongside
 bearer tokens (:mod:`service.api.auth`). Every response except the interactive API docs gets a
@@ -30,8 +31,9 @@ from service.api.auth import (
 )
 from service.api.health import package_version
 from service.api.problems import ApiError
+from service.core.errors import AatError
 from service.settings import Settings
-from service.studio.form import form_fields
+from service.studio.form import animate_fields, form_fields
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -86,17 +88,25 @@ def _token_set(settings: Settings) -> bool:
     return bool(settings.api_token and settings.api_token.get_secret_value())
 
 
-def _page(request: Request, name: str, title: str, **context: Any) -> Response:
-    """The page ``name`` for an authorised user; the login form for anyone else (with a
-    token), 403 problem+json for non-loopback clients (without one)."""
-    settings = _settings(request)
+def _refused(request: Request) -> Response | None:
+    """None for an authorised user; the way to the login form for anyone else (with a
+    token); raises 403 problem+json for non-loopback clients (without one)."""
     try:
-        authorize(request, settings)
+        authorize(request, _settings(request))
     except ApiError as exc:
         if exc.http_status != 401:
             raise
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
+    return None
+
+
+def _page(request: Request, name: str, title: str, **context: Any) -> Response:
+    """The page ``name`` for an authorised user (see :func:`_refused` for anyone else)."""
+    settings = _settings(request)
+    refused = _refused(request)
+    if refused is not None:
+        return refused
     return templates.TemplateResponse(request=request, name=f"{name}.html", context={
         "page": name, "title": title, "v": package_version(),
         "token_set": _token_set(settings), **context})
@@ -107,6 +117,11 @@ def new_job_page(request: Request) -> Response:
     return _page(request, "new", "New job", fields=form_fields())
 
 
+@router.get("/animate", response_class=HTMLResponse)
+def animate_page(request: Request) -> Response:
+    return _page(request, "animate", "Animate", fields=animate_fields())
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 def queue_page(request: Request) -> Response:
     return _page(request, "queue", "Queue")
@@ -114,7 +129,17 @@ def queue_page(request: Request) -> Response:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str) -> Response:
-    return _page(request, "job", "Job " + job_id[:64], job_id=job_id[:64])
+    job_id = job_id[:64]
+    refused = _refused(request)
+    if refused is not None:
+        return refused
+    # Which view fits the job: an animate job's frames, or an upscale job's tiles (also for
+    # an unknown id: that view shows the API's 404 in its error box).
+    try:
+        animate = request.app.state.jobs.get(job_id).kind == "animate"
+    except AatError:  # no such job: the page's own API call shows the 404
+        animate = False
+    return _page(request, "animjob" if animate else "job", "Job " + job_id, job_id=job_id)
 
 
 @router.get("/loras", response_class=HTMLResponse)

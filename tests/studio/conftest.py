@@ -22,14 +22,17 @@ SHOTS = Path(os.environ.get("AAT_SCREENSHOTS", ROOT / "build" / "screenshots"))
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One emulated RunPod (upscale + caption endpoints, echo worker) for the module."""
-    from workers.emulator import EmulatorServer, EndpointConfig, Faults
+    """One emulated RunPod (upscale + caption endpoints, echo worker; the animate worker's
+    echo stand-in) for the module."""
+    from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
     from workers.emulator.echo import make_handler
 
     handler = make_handler(models_dir=tmp_path_factory.mktemp("loras"))
     configs = {eid: EndpointConfig(handler=handler, workers=4, latency_s=0.15,
                                    faults=Faults.parse("", retry_after_s=0.01))
                for eid in ("upscale", "caption")}
+    configs["anim"] = EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
+                                     latency_s=0.15)
     server = EmulatorServer(configs, api_key="test-" + secrets.token_hex(8))
     server.start()
     server.test_configs = configs  # type: ignore[attr-defined]  # tests may slow the GPUs down

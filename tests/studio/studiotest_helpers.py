@@ -14,6 +14,24 @@ from typing import Any
 
 import httpx
 
+# Records every data-state / data-status change with its time, for "did it change live".
+RECORDER = """
+window.__changes = [];
+new MutationObserver((records) => {
+  for (const r of records) {
+    window.__changes.push({attr: r.attributeName, value: r.target.getAttribute(r.attributeName),
+                           index: r.target.dataset.index, t: performance.now()});
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state", "data-status"]});
+document.addEventListener("securitypolicyviolation",
+  (e) => console.error("Content Security Policy violation: " + e.violatedDirective));
+"""
+
+
+def wait_status(page: Any, status: str, timeout: float = 60_000) -> None:
+    """Until the job view's status badge says ``status``."""
+    page.wait_for_selector(f"[data-testid=job-status][data-status={status}]", timeout=timeout)
+
 
 @dataclass
 class Studio:
@@ -48,6 +66,7 @@ def start_studio(root: Path, emulator: Any, **extra: str) -> tuple[Studio, subpr
         AAT_SERVER_URL=f"http://127.0.0.1:{port}", PYTHONUNBUFFERED="1",
         RUNPOD_API_KEY=emulator.api_key, AAT_RUNPOD_BASE_URL=emulator.url,
         RUNPOD_UPSCALE_ENDPOINT_ID="upscale", RUNPOD_CAPTION_ENDPOINT_ID="caption",
+        RUNPOD_ANIMATE_ENDPOINT_ID="anim", AAT_ANIMATE_EDIT_SIDE="64",
         AAT_RUNPOD_BACKOFF_BASE_S="0.01", AAT_RUNPOD_BACKOFF_MAX_S="0.05",
         AAT_RUNPOD_POLL_MIN_S="0.01", AAT_RUNPOD_POLL_MAX_S="0.1",
         AAT_REPOS=f'{{"game": "{repo}"}}', **extra)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
-from studiotest_helpers import start_studio, stop
+from studiotest_helpers import RECORDER, start_studio, stop, wait_status
 
 from service.pipeline.refine import derive_seed
 from workers.emulator.echo import tint_amount
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.slow  # a real browser (chromium) against aat up
 
 SMALL = {"tile_size": 64, "overlap": 16}
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-# Records every data-state / data-status change with its time, for "did it change live".
-RECORDER = """
-window.__changes = [];
-new MutationObserver((records) => {
-  for (const r of records) {
-    window.__changes.push({attr: r.attributeName, value: r.target.getAttribute(r.attributeName),
-                           index: r.target.dataset.index, t: performance.now()});
-  }
-}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state", "data-status"]});
-document.addEventListener("securitypolicyviolation",
-  (e) => console.error("Content Security Policy violation: " + e.violatedDirective));
-"""
 
 
 def png(path: Path, width: int = 128, height: int = 96, seed: int = 0) -> Path:
@@ -56,10 +44,6 @@ def submit(studio: Any, data: bytes, **params: Any) -> dict[str, Any]:
                          headers={"Content-Type": "image/png"})
         assert resp.status_code in (200, 202), resp.text
         return dict(resp.json())
-
-
-def wait_status(page: Any, status: str, timeout: float = 60_000) -> None:
-    page.wait_for_selector(f"[data-testid=job-status][data-status={status}]", timeout=timeout)
 
 
 @pytest.fixture
@@ -312,7 +296,7 @@ def test_every_view_works_under_a_strict_csp(studio, page, shot) -> None:
     page.locator("[data-check=store][data-ok=true]").wait_for()
     page.locator("[data-check=gpu][data-ok=true]").wait_for()
     shot(page, "system")
-    for path in ("/", "/jobs", "/loras", "/system"):
+    for path in ("/", "/animate", "/jobs", "/loras", "/system"):
         page.goto(studio.url + path)
         page.wait_for_load_state("networkidle")
     assert page.problems == []  # type: ignore[attr-defined]

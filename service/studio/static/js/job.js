@@ -2,18 +2,18 @@
 // compare slider with zoom and 1:1 pixels, download, cancel, retry.
 import "/static/vendor/img-comparison-slider-8.0.7.js";
 import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
-import { api, clearError, el, retryJob, seconds, showError, usd } from "./api.js";
+import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const jobId = document.body.dataset.jobId;
-const statusEl = document.getElementById("job-status");
 const grid = document.getElementById("tile-grid");
 const gridImage = document.getElementById("grid-image");
-const selected = new Set();
 let job = null;
 let tiles = [];
-let lastFocus = 0;
 let events = null;
-let startedAt = null;
+const picker = new Picker(grid, "tile", {
+  columns: () => new Set(tiles.map((t) => t.x)).size, onChange: () => renderPanel() });
+const selected = picker.selected;
 
 const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
 const outputSize = () => job.output
@@ -36,15 +36,6 @@ function preview(which, max, box) {
 // ---- status line -----------------------------------------------------------------------------
 
 function renderJob() {
-  statusEl.textContent = job.status;
-  statusEl.dataset.status = job.status;
-  statusEl.className = `badge ${job.status}`;
-  document.getElementById("job-title").replaceChildren("Job ", el("code", { text: job.input.filename }));
-  document.getElementById("job-stage").textContent = job.status === "running" ? job.stage : "";
-  const bar = document.getElementById("job-progress");
-  bar.value = job.progress;
-  bar.textContent = `${Math.round(job.progress * 100)}%`;
-  document.getElementById("job-eta").textContent = eta();
   const size = outputSize();
   const facts = [
     ["Input", `${job.input.width}×${job.input.height} ${job.input.format}`],
@@ -53,22 +44,7 @@ function renderJob() {
     ["Seed", String(job.params.seed ?? "")],
   ];
   if (job.output && job.output.delivered_path) facts.push(["Delivered to", `${job.target.repo}: ${job.output.delivered_path}`]);
-  if (job.error) facts.push(["Error", `[${job.error.code}] ${job.error.message}`]);
-  document.getElementById("job-facts").replaceChildren(
-    ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
-  const done = job.status === "succeeded";
-  const download = document.getElementById("download-result");
-  download.hidden = !done;
-  if (done) download.href = `${base}/result`;
-  document.getElementById("cancel-job").hidden = ["succeeded", "failed", "canceled"].includes(job.status);
-  document.getElementById("retry-job").hidden = !["failed", "canceled"].includes(job.status);
-  if (job.error) showError({ code: job.error.code, message: job.error.message });
-}
-
-function eta() {
-  if (job.status !== "running" || !job.started_at || job.progress <= 0.02) return "";
-  const elapsed = (Date.now() - Date.parse(job.started_at)) / 1000;
-  return `about ${seconds(elapsed * (1 - job.progress) / job.progress)} left`;
+  renderStatus(job, facts);
 }
 
 // ---- tile grid -------------------------------------------------------------------------------
@@ -79,9 +55,8 @@ function drawTiles() {
   grid.replaceChildren(...tiles.map((t) => {
     const node = el("button", { type: "button", class: "tile", "data-testid": "tile",
                                 "data-index": t.index, "data-state": t.state,
-                                "aria-pressed": selected.has(t.index) ? "true" : "false",
                                 "aria-label": `Tile ${t.index}, ${t.state}`,
-                                tabindex: t.index === lastFocus ? "0" : "-1" });
+                                ...picker.attrs(t.index) });
     node.style.left = pct(t.x, size.width);
     node.style.top = pct(t.y, size.height);
     node.style.width = pct(t.w, size.width);
@@ -98,30 +73,6 @@ function setTileState(index, state) {
     node.dataset.state = state;
     node.setAttribute("aria-label", `Tile ${index}, ${state}`);
   }
-}
-
-function select(index, additive) {
-  if (!additive) selected.clear();
-  if (additive && selected.has(index)) selected.delete(index);
-  else selected.add(index);
-  lastFocus = index;
-  for (const node of grid.children) {
-    const i = Number(node.dataset.index);
-    node.setAttribute("aria-pressed", selected.has(i) ? "true" : "false");
-    node.tabIndex = i === lastFocus ? 0 : -1;
-  }
-  renderPanel();
-}
-
-function moveFocus(index, key) {
-  const size = outputSize();
-  const cols = new Set(tiles.map((t) => t.x)).size || 1;
-  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -cols, ArrowDown: cols }[key];
-  const next = Math.min(tiles.length - 1, Math.max(0, index + step));
-  lastFocus = next;
-  for (const node of grid.children) node.tabIndex = Number(node.dataset.index) === next ? 0 : -1;
-  grid.querySelector(`[data-index="${next}"]`).focus();
-  return size;
 }
 
 function renderPanel() {
@@ -268,36 +219,10 @@ async function rerun() {
   } catch (err) { showError(err); }
 }
 
-async function cancel() {
-  try { job = await api(`${base}/cancel`, { method: "POST" }); renderJob(); } catch (err) { showError(err); }
-}
-
-async function retry() {
-  try {
-    const created = await retryJob(job);
-    location.href = `/jobs/${created.id}`;
-  } catch (err) { showError(err); }
-}
-
 function wire() {
-  grid.addEventListener("click", (e) => {
-    const node = e.target.closest("[data-testid=tile]");
-    if (node) select(Number(node.dataset.index), e.shiftKey || e.ctrlKey || e.metaKey);
-  });
-  grid.addEventListener("keydown", (e) => {
-    const node = e.target.closest("[data-testid=tile]");
-    if (!node) return;
-    const index = Number(node.dataset.index);
-    if (e.key.startsWith("Arrow")) { e.preventDefault(); moveFocus(index, e.key); }
-    else if (e.key === "Enter" || e.key === " ") {
-      e.preventDefault();
-      select(index, e.shiftKey || e.ctrlKey || e.metaKey);
-    }
-  });
   document.getElementById("save-caption").addEventListener("click", saveCaption);
   document.getElementById("rerun-tiles").addEventListener("click", rerun);
-  document.getElementById("cancel-job").addEventListener("click", cancel);
-  document.getElementById("retry-job").addEventListener("click", retry);
+  wireCancelRetry(() => job, (j) => { job = j; renderJob(); });
 }
 
 async function start() {

@@ -42,27 +42,35 @@ export function sizeParams(form, inputSize) {
   return Object.keys(out).length ? out : { scale: 2 };
 }
 
-// UpscaleParams from the form: only values that differ from the defaults are sent.
-export function readParams(form, inputSize, loras) {
-  const params = { ...sizeParams(form, inputSize) };
+// The form's generated controls that differ from their defaults (only those are sent).
+export function changedParams(form) {
+  const params = {};
   for (const input of paramInputs(form)) {
     const value = readInput(input);
     const dflt = input.dataset.default;
     if (value === null || value === "" || String(value) === dflt) continue;
     params[input.dataset.param] = value;
   }
+  return params;
+}
+
+// UpscaleParams from the form.
+export function readParams(form, inputSize, loras) {
+  const params = { ...sizeParams(form, inputSize), ...changedParams(form) };
   if (loras.length) params.loras = loras;
   return params;
 }
 
+// The target in a repo (null: download only); a form without naming controls (Animate)
+// sends the repo and path alone.
 export function readTarget(form) {
-  const repo = form.querySelector("#target_repo").value.trim();
+  const value = (sel) => { const n = form.querySelector(sel); return n ? n.value.trim() : ""; };
+  const repo = value("#target_repo");
   if (!repo) return null;
-  const target = { repo, naming: form.querySelector("#naming").value };
-  const path = form.querySelector("#target_path").value.trim();
-  const mirror = form.querySelector("#mirror_dir").value.trim();
-  if (path) target.path = path;
-  if (mirror) target.mirror_dir = mirror;
+  const target = { repo };
+  for (const [key, sel] of [["naming", "#naming"], ["path", "#target_path"], ["mirror_dir", "#mirror_dir"]]) {
+    if (value(sel)) target[key] = value(sel);
+  }
   return target;
 }
 

@@ -1,0 +1,65 @@
+// Animate: pick one sprite, choose the motion and the sheet's layout, submit, open the job.
+import { api, clearError, el, showError } from "./api.js";
+import { changedParams, readTarget } from "./params.js";
+
+const form = document.getElementById("anim-form");
+const fileInput = document.getElementById("anim-file");
+const dropzone = document.getElementById("dropzone");
+const submit = document.getElementById("submit-animation");
+const stage = document.getElementById("sprite-stage");
+const sprite = document.getElementById("sprite-image");
+let file = null;
+
+function setFile(list) {
+  file = [...list].find((f) => f.size > 0) || null;
+  const picked = document.getElementById("picked");
+  submit.disabled = !file;
+  stage.hidden = true;
+  if (!file) { picked.textContent = ""; return; }
+  picked.textContent = `${file.name} (${Math.ceil(file.size / 1024)} KB)`;
+  sprite.onload = () => {
+    const w = sprite.naturalWidth, h = sprite.naturalHeight;
+    picked.replaceChildren(`${file.name}: ${w}×${h} px sprite`,
+                           el("span", { class: "muted", text: ` (${Math.ceil(file.size / 1024)} KB)` }));
+    // Small sprites are drawn larger, pixel for pixel (nearest-neighbour).
+    stage.style.maxWidth = `min(100%, calc(40vh * ${w / h}))`;
+    stage.hidden = false;
+  };
+  sprite.onerror = () => { picked.append(" — the browser cannot draw this file."); };
+  sprite.src = URL.createObjectURL(file);
+}
+
+async function submitAnimation(event) {
+  event.preventDefault();
+  if (!file) return;
+  clearError();
+  submit.disabled = true;
+  const query = new URLSearchParams({ filename: file.name });
+  for (const [k, v] of Object.entries(changedParams(form))) query.set(k, String(v));
+  const target = readTarget(form);
+  if (target) {
+    query.set("target_repo", target.repo);
+    query.set("target_path", target.path || file.name);
+  }
+  try {
+    const job = await api(`/v1/animations?${query}`, {
+      method: "POST", body: file,
+      headers: { "Content-Type": file.type || "application/octet-stream" } });
+    location.href = `/jobs/${job.id}`;
+  } catch (err) {
+    showError(err);
+    submit.disabled = false;
+  }
+}
+
+fileInput.addEventListener("change", () => setFile(fileInput.files));
+for (const name of ["dragenter", "dragover"]) {
+  dropzone.addEventListener(name, (e) => { e.preventDefault(); dropzone.classList.add("over"); });
+}
+dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
+dropzone.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dropzone.classList.remove("over");
+  setFile(e.dataTransfer.files);
+});
+form.addEventListener("submit", submitAnimation);

@@ -1,0 +1,291 @@
+// Animate job view: the frames as a strip (each cell cut from the sheet, its state live from
+// SSE), a preview playing them at the animation's FPS, per-frame regenerate, the sheet and its
+// metadata files to download, cancel and retry.
+//
+// Frames are the job's tiles (GET .../tiles: index = frame, state); their cells on the sheet
+// and the timing come from the sheet's own Aseprite JSON, so the page does no layout maths.
+import { api, clearError, el, showError, usd } from "./api.js";
+import { Picker, TERMINAL, jobBase, renderStatus, wireCancelRetry } from "./jobview.js";
+
+const strip = document.getElementById("frame-strip");
+const preview = document.getElementById("animation-preview");
+const playButton = document.getElementById("play-pause");
+const fpsInput = document.getElementById("preview-fps");
+const regenerate = document.getElementById("regenerate-frames");
+const STATE_WORDS = { queued: "queued", captioning: "generating", refining: "generating",
+                      done: "done", cached: "kept", failed: "failed" };
+const STRIP_HEIGHT = 96;  // CSS pixels of a cell in the strip
+
+let job = null;
+let frames = [];      // [{ index, state }]
+let sheet = null;     // { image, rects: [[x, y, w, h]] in the image's pixels, fps, loop }
+let placeholder = null;  // the input sprite, drawn faintly in cells not generated yet
+let events = null;
+const picker = new Picker(strip, "frame", {
+  columns: () => (sheet ? sheet.rects.filter((r) => r[1] === sheet.rects[0][1]).length : frames.length),
+  onChange: renderSelection });
+
+// ---- the job ---------------------------------------------------------------------------------
+
+function renderJob() {
+  const a = job.animation || {};
+  const facts = [
+    ["Motion", a.motion_text ? `${a.motion} — ${a.motion_text}` : a.motion],
+    ["Frames", `${a.frames}, facing ${a.facing}, ${a.layout === "grid" ? "grid" : "one row"}` +
+               (a.frame_size ? `, ${a.frame_size.replace("x", "×")} px each` : "")],
+  ];
+  if (sheet) facts.push(["Playback", `${sheet.fps} fps, ${sheet.loop ? "loops" : "plays once"}`]);
+  if (job.output) facts.push(["Sheet", `${job.output.width}×${job.output.height} ${job.output.format}`]);
+  facts.push(["Sprite", `${job.input.width}×${job.input.height} ${job.input.format}`]);
+  facts.push(["Measured cost", `${usd(job.cost.usd)} · ${job.cost.execution_s.toFixed(1)} GPU s · ${job.cost.runpod_jobs} RunPod jobs`]);
+  facts.push(["Seed", String(a.seed ?? "")]);
+  if (job.output && job.output.delivered_path) {
+    facts.push(["Delivered to", `${job.target.repo}: ` +
+      [job.output.delivered_path, ...(job.output.sidecars || [])].join(", ")]);
+  }
+  renderStatus(job, facts);
+  const links = document.getElementById("companion-links");
+  const files = job.status === "succeeded" && job.output ? Object.keys(job.output.files || {}) : [];
+  links.replaceChildren(...files.map((name) => el("a", {
+    class: "button", href: `${jobBase(job.id)}/files/${encodeURIComponent(name)}`, download: name,
+    "data-testid": "download-file", "data-name": name, text: fileLabel(name) })));
+  renderSelection();
+}
+
+function fileLabel(name) {
+  const ext = name.slice(name.lastIndexOf("."));
+  return { ".json": "Aseprite JSON", ".tres": "Godot SpriteFrames", ".webp": "Animated WebP",
+           ".gif": "Animated GIF" }[ext] || name;
+}
+
+// ---- frames ----------------------------------------------------------------------------------
+
+async function loadFrames() {
+  const listed = (await api(`${jobBase(job.id)}/tiles`)).tiles;
+  frames = listed.length ? listed.map((t) => ({ index: t.index, state: t.state })) : counted();
+  drawStrip();
+}
+
+// A server that lists no frames for the job: their states from the job's frame count.
+function counted() {
+  const n = job.animation.frames, done = (job.stages.animate || {}).done || 0;
+  const state = (i) => ({ succeeded: "done", failed: i < done ? "done" : "failed",
+                          canceled: i < done ? "done" : "queued" }[job.status]
+                          || (i < done ? "done" : job.status === "running" ? "refining" : "queued"));
+  return Array.from({ length: n }, (_, i) => ({ index: i, state: state(i), counted: true }));
+}
+
+function cellSize() {
+  if (sheet) return { w: sheet.rects[0][2], h: sheet.rects[0][3] };
+  const size = (job.animation && job.animation.frame_size) || `${job.input.width}x${job.input.height}`;
+  const [w, h] = size.split("x").map(Number);
+  return { w, h };
+}
+
+function drawStrip() {
+  const { w, h } = cellSize();
+  const scale = h <= STRIP_HEIGHT ? Math.max(1, Math.floor(STRIP_HEIGHT / h)) : STRIP_HEIGHT / h;
+  strip.replaceChildren(...frames.map((f) => {
+    const canvas = el("canvas", { width: w, height: h, class: scale >= 1 ? "pixelated" : null });
+    canvas.style.width = `${Math.round(w * scale)}px`;
+    canvas.style.height = `${Math.round(h * scale)}px`;
+    const node = el("button", { type: "button", class: "frame", "data-testid": "frame",
+                                "data-index": f.index, "data-state": f.state,
+                                "aria-label": label(f), ...picker.attrs(f.index) },
+                    canvas, el("span", { class: "frame-no", text: String(f.index + 1) }));
+    paintCell(canvas, f.index);
+    return node;
+  }));
+}
+
+function label(f) {
+  return `Frame ${f.index + 1}, ${STATE_WORDS[f.state] || f.state}`;
+}
+
+function paintCell(canvas, index) {
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const rect = sheet && sheet.rects[index];
+  if (rect) {
+    ctx.drawImage(sheet.image, rect[0], rect[1], rect[2], rect[3], 0, 0, canvas.width, canvas.height);
+  } else if (placeholder) {  // not generated yet: the source sprite, fitted and faint
+    const k = Math.min(canvas.width / placeholder.width, canvas.height / placeholder.height);
+    const dw = placeholder.width * k, dh = placeholder.height * k;
+    ctx.globalAlpha = 0.3;
+    ctx.drawImage(placeholder, (canvas.width - dw) / 2, canvas.height - dh, dw, dh);
+    ctx.globalAlpha = 1;
+  }
+}
+
+function setFrameState(index, state) {
+  const f = frames.find((x) => x.index === index);
+  if (f) f.state = state;
+  const node = strip.querySelector(`[data-index="${index}"]`);
+  if (node && node.dataset.state !== state) {
+    node.dataset.state = state;
+    node.setAttribute("aria-label", label({ index, state }));
+  }
+}
+
+function renderSelection() {
+  const chosen = picker.chosen();
+  const note = document.getElementById("selection-note");
+  note.textContent = chosen.length === 0 ? "No frame selected."
+    : `${chosen.length === 1 ? "Frame" : "Frames"} ${chosen.map((i) => i + 1).join(", ")} selected.`;
+  regenerate.disabled = !job || !chosen.length || !TERMINAL.includes(job.status);
+}
+
+// ---- the sheet and the preview ---------------------------------------------------------------
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error(`could not load ${url}`));
+    img.src = url;
+  });
+}
+
+// The sheet and its cells and timing from its Aseprite JSON. A sheet up to 1 Mpx (16 frames
+// of 256x256) is drawn from the PNG itself, since a lossy preview would shift pixel-art
+// colours; a larger one from a WebP preview.
+async function loadSheet() {
+  const out = job.output;
+  const json = Object.keys(out.files || {}).find((n) => n.endsWith(".json"));
+  const meta = await api(`${jobBase(job.id)}/files/${encodeURIComponent(json)}`);
+  const full = out.width * out.height <= 1 << 20;
+  const url = full ? `${jobBase(job.id)}/result?v=${out.sha256.slice(0, 12)}`
+    : `${jobBase(job.id)}/preview/output?max=4096`;
+  const image = await loadImage(url);
+  const k = image.naturalWidth / out.width;
+  const rects = meta.frames.map(({ frame: r }) => [r.x * k, r.y * k, r.w * k, r.h * k]);
+  const tag = (meta.meta.frameTags || [])[0] || {};
+  const fps = Math.max(1, Math.round(1000 / (meta.frames[0].duration || 100)));
+  sheet = { image, rects, fps, loop: tag.repeat === undefined };
+  fpsInput.value = String(fps);
+  preview.width = Math.round(rects[0][2]);
+  preview.height = Math.round(rects[0][3]);
+  const scale = Math.max(1, Math.floor(256 / Math.max(preview.width, preview.height)));
+  preview.style.width = `${preview.width * scale}px`;
+  preview.classList.toggle("pixelated", scale > 1 || out.width <= 2048);
+  document.getElementById("player-empty").hidden = true;
+  document.getElementById("player-note").textContent = sheet.loop ? ""
+    : "This animation plays once in the game; the preview repeats it after a pause.";
+  playButton.disabled = false;
+  drawStrip();
+  renderJob();
+  play(true);
+}
+
+const player = { playing: false, frame: 0, start: 0, raf: 0 };
+
+function play(on) {
+  player.playing = on;
+  preview.dataset.playing = String(on);
+  playButton.textContent = on ? "Pause" : "Play";
+  playButton.setAttribute("aria-pressed", String(on));
+  cancelAnimationFrame(player.raf);
+  if (!on || !sheet) return;
+  const fps = () => Math.min(60, Math.max(1, Number(fpsInput.value) || sheet.fps));
+  player.start = performance.now() - player.frame * 1000 / fps();
+  const tick = (now) => {
+    const n = sheet.rects.length;
+    const period = n + (sheet.loop ? 0 : 6);  // a non-looping one holds its last frame a while
+    // (a frame's timestamp may be a little earlier than the start taken just before it)
+    const step = Math.floor(Math.max(0, now - player.start) * fps() / 1000) % period;
+    showFrame(Math.min(step, n - 1));
+    player.raf = requestAnimationFrame(tick);
+  };
+  player.raf = requestAnimationFrame(tick);
+}
+
+function showFrame(index, force = false) {
+  if (index === player.frame && !force && preview.dataset.frame === String(index)) return;
+  player.frame = index;
+  const ctx = preview.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, preview.width, preview.height);
+  const r = sheet.rects[index];
+  ctx.drawImage(sheet.image, r[0], r[1], r[2], r[3], 0, 0, preview.width, preview.height);
+  preview.dataset.frame = String(index);
+  document.getElementById("player-frame").textContent = `frame ${index + 1} of ${sheet.rects.length}`;
+}
+
+// ---- live updates ----------------------------------------------------------------------------
+
+function follow() {
+  if (events) events.close();
+  events = new EventSource(`${jobBase(job.id)}/events?tiles=true`);
+  events.addEventListener("progress", (e) => {
+    job = JSON.parse(e.data);
+    renderJob();
+    if (!frames.length) loadFrames().catch(showError);
+    else if (frames[0].counted) for (const f of counted()) setFrameState(f.index, f.state);
+  });
+  events.addEventListener("tiles", (e) => {
+    const changed = JSON.parse(e.data).tiles;
+    if (changed.some((c) => !frames.find((f) => f.index === c.index))) { loadFrames().catch(showError); return; }
+    for (const c of changed) setFrameState(c.index, c.state);
+  });
+  events.addEventListener("end", async (e) => {
+    job = JSON.parse(e.data);
+    events.close();
+    events = null;
+    renderJob();
+    try {
+      await loadFrames();
+      if (job.status === "succeeded") await loadSheet();
+    } catch (err) { showError(err); }
+  });
+}
+
+// ---- actions ---------------------------------------------------------------------------------
+
+// Regenerate the chosen frames: the service answers with the job that makes them (a new
+// one from the same sprite, with the other frames kept); the page follows it in place,
+// showing the current sheet's frames until the new sheet is in.
+async function regenerateChosen() {
+  const chosen = picker.chosen();
+  if (!chosen.length) return;
+  regenerate.disabled = true;
+  try {
+    const next = await api(`${jobBase(job.id)}/rerun`, { method: "POST", json: { tiles: chosen } });
+    clearError();
+    if (next.id !== job.id) {
+      history.pushState(null, "", `/jobs/${next.id}`);
+      document.body.dataset.jobId = next.id;
+    }
+    job = next;
+    for (const i of chosen) setFrameState(i, "queued");
+    picker.clear();
+    renderJob();
+    follow();
+  } catch (err) {
+    showError(err);
+    renderSelection();
+  }
+}
+
+function wire() {
+  regenerate.addEventListener("click", regenerateChosen);
+  playButton.addEventListener("click", () => play(!player.playing));
+  fpsInput.addEventListener("change", () => { if (player.playing) play(true); });
+  wireCancelRetry(() => job, (j) => { job = j; renderJob(); });
+  addEventListener("popstate", () => location.reload());
+}
+
+async function start() {
+  wire();
+  try {
+    job = await api(jobBase(document.body.dataset.jobId));
+    renderJob();
+    loadImage(`${jobBase(job.id)}/preview/input?max=256`)
+      .then((img) => { placeholder = img; if (!sheet) drawStrip(); }).catch(() => {});
+    await loadFrames();
+    if (job.status === "succeeded") await loadSheet();
+    else if (!TERMINAL.includes(job.status)) follow();
+  } catch (err) { showError(err); }
+}
+
+start();
