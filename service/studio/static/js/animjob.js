@@ -66,13 +66,10 @@ async function loadFrames() {
   drawStrip();
 }
 
-// A server that lists no frames for the job: their states from the job's frame count.
+// A job stored before frames were tiles lists none: their states from the job's status.
 function counted() {
-  const n = job.animation.frames, done = (job.stages.animate || {}).done || 0;
-  const state = (i) => ({ succeeded: "done", failed: i < done ? "done" : "failed",
-                          canceled: i < done ? "done" : "queued" }[job.status]
-                          || (i < done ? "done" : job.status === "running" ? "refining" : "queued"));
-  return Array.from({ length: n }, (_, i) => ({ index: i, state: state(i), counted: true }));
+  const state = { succeeded: "done", failed: "failed", running: "refining" }[job.status] || "queued";
+  return Array.from({ length: job.animation.frames }, (_, i) => ({ index: i, state, counted: true }));
 }
 
 function cellSize() {
@@ -174,6 +171,7 @@ async function loadSheet() {
     : "This animation plays once in the game; the preview repeats it after a pause.";
   playButton.disabled = false;
   drawStrip();
+  strip.dataset.sheet = out.sha256;  // which sheet the cells show (scripts can wait for it)
   renderJob();
   play(true);
 }
