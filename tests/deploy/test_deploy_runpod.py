@@ -134,6 +134,11 @@ def test_create_keep_update_down_cycle(emu: Any, tmp_path: Path) -> None:
     gone = httpx.get(f"{emu.url}/{ids['upscale']}/health",
                      headers={"Authorization": f"Bearer {emu.api_key}"}, timeout=10)
     assert gone.status_code == 404
+    auth = {"Authorization": f"Bearer {emu.api_key}"}
+    for path, kind in ((f"templates/{tid['aat-upscale']}", "template"),
+                       (f"serverless/{ids['caption']}", "endpoint")):
+        missing = httpx.get(f"{emu.url}/{path}", headers=auth, timeout=10)
+        assert missing.status_code == 404 and missing.json()["detail"].startswith(kind)
     assert aat(tmp_path, emu, "--down").stdout.strip() == "nothing to remove"
 
 

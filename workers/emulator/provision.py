@@ -50,7 +50,11 @@ def add_provisioning_routes(app: FastAPI, api_key: str, *,
     requests: list[dict[str, Any]] = []
     expected = f"Bearer {api_key}".encode()
 
-    async def admit(request: Request) -> tuple[dict[str, Any] | None, JSONResponse | None]:
+    async def admit(request: Request, table: dict[str, dict[str, Any]] | None = None,
+                    key: str = "", kind: str = ""
+                    ) -> tuple[dict[str, Any] | None, JSONResponse | None]:
+        """The request's JSON body, or the problem to answer instead: 401 without the key,
+        400 for a body that is not an object, 404 when ``key`` is not in ``table``."""
         raw = await request.body()
         try:
             body = json.loads(raw) if raw else None
@@ -61,6 +65,8 @@ def add_provisioning_routes(app: FastAPI, api_key: str, *,
             return None, _problem(401, "Unauthorized", "missing bearer token")
         if raw and not isinstance(body, dict):
             return None, _problem(400, "Bad Request", "the body must be a JSON object")
+        if table is not None and key not in table:
+            return None, _problem(404, "Not Found", f"{kind} {key} not found")
         return body, None
 
     def now() -> str:
@@ -89,30 +95,24 @@ def add_provisioning_routes(app: FastAPI, api_key: str, *,
 
     @app.get("/v2/templates/{tid}")
     async def get_template(tid: str, request: Request) -> Response:
-        _, denied = await admit(request)
+        _, denied = await admit(request, templates, tid, "template")
         if denied:
             return denied
-        if tid not in templates:
-            return _problem(404, "Not Found", f"template {tid} not found")
         return JSONResponse(templates[tid])
 
     @app.patch("/v2/templates/{tid}")
     async def patch_template(tid: str, request: Request) -> Response:
-        body, denied = await admit(request)
+        body, denied = await admit(request, templates, tid, "template")
         if denied:
             return denied
-        if tid not in templates:
-            return _problem(404, "Not Found", f"template {tid} not found")
         templates[tid].update({k: v for k, v in (body or {}).items() if k != "id"})
         return JSONResponse(templates[tid])
 
     @app.delete("/v2/templates/{tid}")
     async def delete_template(tid: str, request: Request) -> Response:
-        _, denied = await admit(request)
+        _, denied = await admit(request, templates, tid, "template")
         if denied:
             return denied
-        if tid not in templates:
-            return _problem(404, "Not Found", f"template {tid} not found")
         users = [e["id"] for e in endpoints.values() if e.get("templateId") == tid]
         if users:
             return _problem(400, "Bad Request", f"template {tid} is used by {', '.join(users)}")
@@ -152,20 +152,16 @@ def add_provisioning_routes(app: FastAPI, api_key: str, *,
 
     @app.get("/v2/serverless/{eid}")
     async def get_endpoint(eid: str, request: Request) -> Response:
-        _, denied = await admit(request)
+        _, denied = await admit(request, endpoints, eid, "endpoint")
         if denied:
             return denied
-        if eid not in endpoints:
-            return _problem(404, "Not Found", f"endpoint {eid} not found")
         return JSONResponse(endpoints[eid])
 
     @app.patch("/v2/serverless/{eid}")
     async def patch_endpoint(eid: str, request: Request) -> Response:
-        body, denied = await admit(request)
+        body, denied = await admit(request, endpoints, eid, "endpoint")
         if denied:
             return denied
-        if eid not in endpoints:
-            return _problem(404, "Not Found", f"endpoint {eid} not found")
         body = body or {}
         if body.get("templateId") and body["templateId"] not in templates:
             return _problem(422, "Unprocessable Entity", "invalid endpoint",
@@ -175,11 +171,9 @@ def add_provisioning_routes(app: FastAPI, api_key: str, *,
 
     @app.delete("/v2/serverless/{eid}")
     async def delete_endpoint(eid: str, request: Request) -> Response:
-        _, denied = await admit(request)
+        _, denied = await admit(request, endpoints, eid, "endpoint")
         if denied:
             return denied
-        if eid not in endpoints:
-            return _problem(404, "Not Found", f"endpoint {eid} not found")
         del endpoints[eid]
         await on_delete(eid)
         return Response(status_code=204)
