@@ -333,3 +333,68 @@ def test_login_with_the_token_and_refusal_without_it(tmp_path_factory, emulator,
         assert page.problems == []  # type: ignore[attr-defined]
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def import_studio(tmp_path_factory, emulator) -> Iterator[tuple[Any, Any]]:
+    """`aat up` whose CivitAI / Hugging Face are a loopback stand-in (plain http allowed for
+    its two hosts only, by the explicit setting)."""
+    from lora_standin import StandIn
+
+    standin = StandIn(slow_bytes=4 * 1024 * 1024, slow_seconds=3.0).start()
+    running, proc = start_studio(
+        tmp_path_factory.mktemp("import-studio"), emulator,
+        AAT_CIVITAI_BASE_URL=standin.site + "/civitai",
+        AAT_HUGGINGFACE_BASE_URL=standin.site + "/hf",
+        AAT_LORA_IMPORT_HTTP_HOSTS=json.dumps(standin.http_hosts))
+    yield running, standin
+    stop(proc)
+    standin.stop()
+
+
+def test_lora_import_by_url_shows_progress_then_the_row_and_its_trigger_words(
+        import_studio, page, shot) -> None:
+    studio, standin = import_studio
+    page.goto(studio.url + "/loras")
+    page.get_by_test_id("lora-import-url").fill(
+        f"{standin.site}/civitai/models/10/slow-lora?modelVersionId=104")
+    page.get_by_test_id("lora-import-start").click()
+    item = page.locator("[data-testid=lora-import]").first
+    expect(item).to_have_attribute("data-state", "downloading", timeout=20_000)
+    page.wait_for_function(
+        "() => { const p = document.querySelector('[data-testid=lora-import-progress]');"
+        " return p && p.value > 0 && p.value < 1; }", timeout=20_000)
+    assert re.search(r"big_slow.safetensors: [0-9.]+ [KM]B of 4.0 MB", item.inner_text())
+    shot(page, "lora-import-progress")
+
+    row = page.locator("[data-testid=lora-row][data-name='big_slow.safetensors']")
+    row.wait_for(timeout=30_000)
+    expect(item).to_have_attribute("data-state", "done")
+    assert page.locator("[data-testid=lora-import-progress]").first.evaluate("p => p.value") == 1
+    chip = row.locator("[data-testid=lora-trigger][data-word='slow words']")
+    expect(chip).to_be_visible()
+    shot(page, "lora-import-done")
+    with studio.client() as http:
+        listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+    assert listed["big_slow.safetensors"]["trigger_words"] == ["slow words"]
+
+    # a click on a trigger word puts it into the next job's prompt, with its LoRA ticked
+    chip.click()
+    page.get_by_role("link", name="Open the new job.").click()
+    prompt = page.locator("[data-param=prompt]")
+    expect(prompt).to_have_value(re.compile(r"(^|, )slow words$"))
+    lora = page.locator("#lora-picks [data-lora='big_slow.safetensors'] input[type=checkbox]")
+    expect(lora).to_be_checked()
+
+    # CivitAI wants a login for this one: the page says which setting to set
+    page.goto(studio.url + "/loras")
+    page.get_by_test_id("lora-import-url").fill(
+        f"{standin.site}/civitai/api/download/models/103")
+    page.get_by_test_id("lora-import-start").click()
+    error = page.get_by_test_id("error-message")
+    expect(error).to_contain_text("AAT_CIVITAI_TOKEN", timeout=20_000)
+    expect(error).to_contain_text("import_unauthorized")
+    expect(page.locator("[data-testid=lora-import][data-state=failed]")).to_have_count(1)
+    assert page.locator("[data-testid=lora-row][data-name='private.safetensors']").count() == 0
+    shot(page, "lora-import-refused")
+    assert page.problems == []  # type: ignore[attr-defined]

@@ -1,6 +1,8 @@
-// LoRA manager: list, chunked upload (drag and drop, progress, safetensors only), delete with
-// a confirmation.
+// LoRA manager: list (with trigger words: a click adds one to the new-job prompt), chunked
+// upload (drag and drop, progress, safetensors only), import by URL (the worker downloads; its
+// progress is polled from /v1/models/imports), delete with a confirmation.
 import { api, bytes, clearError, el, showError } from "./api.js";
+import { store } from "./params.js";
 
 const rowsEl = document.getElementById("lora-rows");
 const input = document.getElementById("lora-file");
@@ -15,7 +17,9 @@ async function refresh() {
       el("td", { text: m.name }),
       el("td", { text: bytes(m.size_bytes) }),
       el("td", {}, el("code", { text: m.sha256 ? m.sha256.slice(0, 16) + "…" : "", title: m.sha256 || "" })),
-      el("td", { text: (m.trigger_words || []).join(", ") }),
+      el("td", { class: "words" }, ...(m.trigger_words || []).map((w) => el("button", {
+        type: "button", class: "chip", "data-testid": "lora-trigger", "data-word": w,
+        "data-lora": m.name, title: `Add “${w}” to the new-job prompt`, text: w }))),
       el("td", {}, el("button", { type: "button", "data-testid": "lora-delete", "data-name": m.name,
                                   "aria-label": `Delete ${m.name}`, text: "Delete" })))));
     document.getElementById("lora-empty").hidden = models.length > 0;
@@ -47,7 +51,84 @@ async function upload(file) {
     status.textContent = `Checking ${file.name} and copying it to the worker…`;
     await api(`/v1/models/uploads/${started.id}/finish`, { method: "POST" });
     status.textContent = `Uploaded ${file.name}.`;
-    refresh();
+    // ---- import by URL --------------------------------------------------------------------------
+
+const importForm = document.getElementById("lora-import-form");
+const importsEl = document.getElementById("lora-imports");
+const imports = new Map();  // id -> latest state from the API
+const ACTIVE = new Set(["queued", "downloading", "checking"]);
+let pollTimer = null;
+
+function importText(item) {
+  const name = item.name || item.url;
+  if (item.state === "queued") return `${name}: waiting for the worker…`;
+  if (item.state === "downloading") {
+    return item.bytes_total ? `${name}: ${bytes(item.bytes_done)} of ${bytes(item.bytes_total)}`
+                            : `${name}: ${bytes(item.bytes_done)} downloaded…`;
+  }
+  if (item.state === "checking") return `${name}: checking the file…`;
+  if (item.state === "done") return `${item.model.name}: imported (${bytes(item.model.size_bytes)}).`;
+  return `${name}: failed: ${item.error ? item.error.message : "unknown error"}`;
+}
+
+function renderImports() {
+  const items = [...imports.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 5);
+  importsEl.replaceChildren(...items.map((item) => {
+    const bar = el("progress", { "data-testid": "lora-import-progress", max: "1",
+                                 "aria-label": `Import of ${item.name || item.url}` });
+    if (item.state === "done") bar.value = 1;
+    else if (item.bytes_total) bar.value = item.bytes_done / item.bytes_total;
+    else if (item.state !== "downloading") bar.value = 0;
+    // an unknown total leaves the bar indeterminate while it downloads
+    return el("li", { "data-testid": "lora-import", "data-id": item.id, "data-state": item.state },
+      ...(ACTIVE.has(item.state) || item.state === "done" ? [bar] : []),
+      el("span", { text: importText(item) }));
+  }));
+}
+
+async function poll() {
+  pollTimer = null;
+  const active = [...imports.values()].filter((i) => ACTIVE.has(i.state));
+  for (const item of active) {
+    try {
+      const fresh = await api(`/v1/models/imports/${item.id}`);
+      imports.set(fresh.id, fresh);
+      if (fresh.state === "done") refresh();
+      if (fresh.state === "failed") showError({ code: fresh.error.code, message: fresh.error.message });
+    } catch (err) { showError(err); }
+  }
+  renderImports();
+  if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+}
+
+importForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  clearError();
+  const url = importForm.elements.url.value.trim();
+  const name = importForm.elements.name.value.trim();
+  try {
+    const item = await api("/v1/models/imports", { method: "POST",
+                                                   json: name ? { url, name } : { url } });
+    imports.set(item.id, item);
+    importForm.reset();
+    renderImports();
+    if (!pollTimer) pollTimer = setTimeout(poll, 200);
+  } catch (err) { showError(err); }
+});
+
+async function loadImports() {
+  try {
+    const hour = Date.now() / 1000 - 3600;
+    for (const item of (await api("/v1/models/imports")).imports) {
+      if (ACTIVE.has(item.state) || item.updated_at > hour) imports.set(item.id, item);
+    }
+    renderImports();
+    if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+  } catch { /* no GPU backend: the list above says so */ }
+}
+
+refresh();
+loadImports();
   } catch (err) {
     status.textContent = "";
     showError(err);
@@ -66,14 +147,185 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
 });
+// A trigger word goes into the remembered new-job settings (prompt, and the LoRA ticked), which
+// the new-job page restores when it opens.
+function addToPrompt(word, lora) {
+  const last = store.last() || {};
+  const prompt = (last.prompt || "").trim();
+  const words = prompt.split(",").map((w) => w.trim());
+  if (!words.includes(word)) last.prompt = prompt ? `${prompt}, ${word}` : word;
+  const loras = last.loras || [];
+  if (!loras.some((s) => s.split(":")[0] === lora)) last.loras = [...loras, `${lora}:1`];
+  store.saveLast(last);
+  const note = document.getElementById("lora-word-status");
+  note.replaceChildren(`“${word}” is in the prompt of your next job (with ${lora}). `,
+                       el("a", { href: "/", text: "Open the new job." }));
+}
+
 rowsEl.addEventListener("click", async (e) => {
+  const chip = e.target.closest("[data-testid=lora-trigger]");
+  if (chip) { addToPrompt(chip.dataset.word, chip.dataset.lora); return; }
   const button = e.target.closest("[data-testid=lora-delete]");
   if (!button) return;
   const name = button.dataset.name;
   if (!confirm(`Delete the LoRA ${name} from the worker's volume?`)) return;
   try {
     await api(`/v1/models/${encodeURIComponent(name)}`, { method: "DELETE" });
-    refresh();
+    // ---- import by URL --------------------------------------------------------------------------
+
+const importForm = document.getElementById("lora-import-form");
+const importsEl = document.getElementById("lora-imports");
+const imports = new Map();  // id -> latest state from the API
+const ACTIVE = new Set(["queued", "downloading", "checking"]);
+let pollTimer = null;
+
+function importText(item) {
+  const name = item.name || item.url;
+  if (item.state === "queued") return `${name}: waiting for the worker…`;
+  if (item.state === "downloading") {
+    return item.bytes_total ? `${name}: ${bytes(item.bytes_done)} of ${bytes(item.bytes_total)}`
+                            : `${name}: ${bytes(item.bytes_done)} downloaded…`;
+  }
+  if (item.state === "checking") return `${name}: checking the file…`;
+  if (item.state === "done") return `${item.model.name}: imported (${bytes(item.model.size_bytes)}).`;
+  return `${name}: failed: ${item.error ? item.error.message : "unknown error"}`;
+}
+
+function renderImports() {
+  const items = [...imports.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 5);
+  importsEl.replaceChildren(...items.map((item) => {
+    const bar = el("progress", { "data-testid": "lora-import-progress", max: "1",
+                                 "aria-label": `Import of ${item.name || item.url}` });
+    if (item.state === "done") bar.value = 1;
+    else if (item.bytes_total) bar.value = item.bytes_done / item.bytes_total;
+    else if (item.state !== "downloading") bar.value = 0;
+    // an unknown total leaves the bar indeterminate while it downloads
+    return el("li", { "data-testid": "lora-import", "data-id": item.id, "data-state": item.state },
+      ...(ACTIVE.has(item.state) || item.state === "done" ? [bar] : []),
+      el("span", { text: importText(item) }));
+  }));
+}
+
+async function poll() {
+  pollTimer = null;
+  const active = [...imports.values()].filter((i) => ACTIVE.has(i.state));
+  for (const item of active) {
+    try {
+      const fresh = await api(`/v1/models/imports/${item.id}`);
+      imports.set(fresh.id, fresh);
+      if (fresh.state === "done") refresh();
+      if (fresh.state === "failed") showError({ code: fresh.error.code, message: fresh.error.message });
+    } catch (err) { showError(err); }
+  }
+  renderImports();
+  if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+}
+
+importForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  clearError();
+  const url = importForm.elements.url.value.trim();
+  const name = importForm.elements.name.value.trim();
+  try {
+    const item = await api("/v1/models/imports", { method: "POST",
+                                                   json: name ? { url, name } : { url } });
+    imports.set(item.id, item);
+    importForm.reset();
+    renderImports();
+    if (!pollTimer) pollTimer = setTimeout(poll, 200);
   } catch (err) { showError(err); }
 });
+
+async function loadImports() {
+  try {
+    const hour = Date.now() / 1000 - 3600;
+    for (const item of (await api("/v1/models/imports")).imports) {
+      if (ACTIVE.has(item.state) || item.updated_at > hour) imports.set(item.id, item);
+    }
+    renderImports();
+    if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+  } catch { /* no GPU backend: the list above says so */ }
+}
+
 refresh();
+loadImports();
+  } catch (err) { showError(err); }
+});
+// ---- import by URL --------------------------------------------------------------------------
+
+const importForm = document.getElementById("lora-import-form");
+const importsEl = document.getElementById("lora-imports");
+const imports = new Map();  // id -> latest state from the API
+const ACTIVE = new Set(["queued", "downloading", "checking"]);
+let pollTimer = null;
+
+function importText(item) {
+  const name = item.name || item.url;
+  if (item.state === "queued") return `${name}: waiting for the worker…`;
+  if (item.state === "downloading") {
+    return item.bytes_total ? `${name}: ${bytes(item.bytes_done)} of ${bytes(item.bytes_total)}`
+                            : `${name}: ${bytes(item.bytes_done)} downloaded…`;
+  }
+  if (item.state === "checking") return `${name}: checking the file…`;
+  if (item.state === "done") return `${item.model.name}: imported (${bytes(item.model.size_bytes)}).`;
+  return `${name}: failed: ${item.error ? item.error.message : "unknown error"}`;
+}
+
+function renderImports() {
+  const items = [...imports.values()].sort((a, b) => b.created_at - a.created_at).slice(0, 5);
+  importsEl.replaceChildren(...items.map((item) => {
+    const bar = el("progress", { "data-testid": "lora-import-progress", max: "1",
+                                 "aria-label": `Import of ${item.name || item.url}` });
+    if (item.state === "done") bar.value = 1;
+    else if (item.bytes_total) bar.value = item.bytes_done / item.bytes_total;
+    else if (item.state !== "downloading") bar.value = 0;
+    // an unknown total leaves the bar indeterminate while it downloads
+    return el("li", { "data-testid": "lora-import", "data-id": item.id, "data-state": item.state },
+      ...(ACTIVE.has(item.state) || item.state === "done" ? [bar] : []),
+      el("span", { text: importText(item) }));
+  }));
+}
+
+async function poll() {
+  pollTimer = null;
+  const active = [...imports.values()].filter((i) => ACTIVE.has(i.state));
+  for (const item of active) {
+    try {
+      const fresh = await api(`/v1/models/imports/${item.id}`);
+      imports.set(fresh.id, fresh);
+      if (fresh.state === "done") refresh();
+      if (fresh.state === "failed") showError({ code: fresh.error.code, message: fresh.error.message });
+    } catch (err) { showError(err); }
+  }
+  renderImports();
+  if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+}
+
+importForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  clearError();
+  const url = importForm.elements.url.value.trim();
+  const name = importForm.elements.name.value.trim();
+  try {
+    const item = await api("/v1/models/imports", { method: "POST",
+                                                   json: name ? { url, name } : { url } });
+    imports.set(item.id, item);
+    importForm.reset();
+    renderImports();
+    if (!pollTimer) pollTimer = setTimeout(poll, 200);
+  } catch (err) { showError(err); }
+});
+
+async function loadImports() {
+  try {
+    const hour = Date.now() / 1000 - 3600;
+    for (const item of (await api("/v1/models/imports")).imports) {
+      if (ACTIVE.has(item.state) || item.updated_at > hour) imports.set(item.id, item);
+    }
+    renderImports();
+    if ([...imports.values()].some((i) => ACTIVE.has(i.state))) pollTimer = setTimeout(poll, 400);
+  } catch { /* no GPU backend: the list above says so */ }
+}
+
+refresh();
+loadImports();

@@ -119,9 +119,26 @@ async function loadLoras() {
       el("label", { for: id, text: m.name }),
       el("label", { for: `${id}-w`, class: "sr-only", text: `Weight of ${m.name}` }),
       el("input", { type: "number", id: `${id}-w`, min: "-4", max: "4", step: "0.05",
-                    value: weights[m.name] || "1" }));
+                    value: weights[m.name] || "1" }),
+      ...(m.trigger_words || []).map((w) => el("button", {
+        type: "button", class: "chip", "data-word": w, text: w,
+        title: `Add “${w}” to the style prompt` })));
   }));
 }
+
+// A LoRA's trigger word, clicked: into the style prompt (once), with the LoRA ticked.
+document.getElementById("lora-picks").addEventListener("click", (e) => {
+  const chip = e.target.closest("[data-word]");
+  if (!chip) return;
+  const prompt = form.querySelector("[data-param=prompt]");
+  const words = prompt.value.split(",").map((w) => w.trim());
+  if (!words.includes(chip.dataset.word)) {
+    prompt.value = prompt.value.trim() ? `${prompt.value.trim()}, ${chip.dataset.word}` : chip.dataset.word;
+  }
+  chip.closest("[data-lora]").querySelector("input[type=checkbox]").checked = true;
+  remember();
+  schedulePlan();
+});
 
 async function pickStyle(file) {
   const status = document.getElementById("style-status");
