@@ -90,3 +90,16 @@ def shot() -> Callable[[Any, str], Path]:
         return path
 
     return take
+
+
+@pytest.fixture
+def slow_gpus(emulator: Any) -> Iterator[None]:
+    """GPU calls (tiles, captions, frames) take 0.6 s for one test, so the page sees them
+    change however loaded the machine is."""
+    configs = emulator.test_configs
+    before = {eid: c.latency_s for eid, c in configs.items()}
+    for config in configs.values():
+        config.latency_s = 0.6
+    yield
+    for eid, config in configs.items():
+        config.latency_s = before[eid]

@@ -143,7 +143,8 @@ def cells(page: Any) -> list[bytes]:
         "c.height).data))")]
 
 
-def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tmp_path) -> None:
+def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tmp_path,
+                                                          slow_gpus) -> None:
     with studio.client() as http:
         first = http.post("/v1/animations", content=sprite(tmp_path / "knight.png").read_bytes(),
                           params={"filename": "knight.png", "motion": "walk", "frames": "8"},
@@ -170,6 +171,11 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
     chosen = page.locator("[data-testid=frame][aria-pressed=true]")
     expect(chosen).to_have_count(1)
     assert chosen.get_attribute("data-index") == str(CHOSEN)
+    prompt = page.get_by_test_id("frame-prompt")
+    assert "The same character" in prompt.input_value(), "the frame's own edit prompt"
+    prompt.fill("The same character, running with both arms raised, on a flat solid #00ff00 "
+                "background")
+    shot(page, "animate-job-selected")
     before_cells = cells(page)
     with studio.client() as http:
         before = http.get(f"/v1/jobs/{first['id']}/result").content
@@ -185,9 +191,17 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
                            ".length === n", arg=8)
     changes = [c for c in page.evaluate("window.__changes")
                if c["attr"] == "data-state" and c["t"] > clicked_at]
-    assert {c["index"] for c in changes} == {str(CHOSEN)}, f"only frame 3 changes: {changes}"
-    assert changes[-1]["value"] == "done" and len(changes) >= 2, changes
+    generating = {c["index"] for c in changes if c["value"] == "refining"}
+    assert generating == {str(CHOSEN)}, f"only frame 3 is generated again: {changes}"
+    last = {c["index"]: c["value"] for c in changes}
+    assert last[str(CHOSEN)] == "done", changes
 
+    with studio.client() as http:
+        second = http.get(f"/v1/jobs/{second_id}").json()
+        tiles = http.get(f"/v1/jobs/{second_id}/tiles").json()["tiles"]
+    assert "both arms raised" in tiles[CHOSEN]["prompt"], "the edited prompt was used"
+    assert [t["prompt"] for i, t in enumerate(tiles) if i != CHOSEN] == [None] * 7
+    assert second["cost"]["runpod_jobs"] == 1, "one frame generated, seven kept"
     with page.expect_download() as info:  # the new sheet: only cell 3 differs from the old
         page.get_by_test_id("download-result").click()
     after = Path(info.value.path()).read_bytes()
@@ -198,14 +212,43 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
     changed = np.nonzero((old_sheet != new_sheet).any(axis=(0, 2)))[0]
     assert changed.size and changed.min() >= CHOSEN * W and changed.max() < (CHOSEN + 1) * W, \
         changed
-    with studio.client() as http:
-        second = http.get(f"/v1/jobs/{second_id}").json()
     expect(page.get_by_test_id("frame-strip")).to_have_attribute(
         "data-sheet", second["output"]["sha256"])
     after_cells = cells(page)  # the strip shows the new sheet: frame 3 redrawn, others kept
     assert [a == b for a, b in zip(before_cells, after_cells, strict=True)] == [
         i != CHOSEN for i in range(8)]
     shot(page, "animate-job-regenerated")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
+                                                slow_gpus) -> None:
+    with studio.client() as http:
+        job = http.post("/v1/animations", content=sprite(tmp_path / "mage.png").read_bytes(),
+                        params={"filename": "mage.png", "motion": "run", "frames": "8",
+                                "facing": "left", "seed": "7"},
+                        headers={"Content-Type": "image/png"}).json()
+    page.goto(f"{studio.url}/jobs/{job['id']}")
+    wait_status(page, "running")
+    page.locator("[data-testid=frame][data-state=refining]").first.wait_for()
+    expect(page.get_by_test_id("download-result")).to_be_hidden()
+    shot(page, "animate-job-running")
+    page.get_by_test_id("cancel-job").click()
+    wait_status(page, "canceled")
+    assert page.get_by_test_id("cancel-job").is_hidden()
+    expect(page.locator("[data-testid=frame][data-state=refining]")).to_have_count(0)
+    with studio.client() as http:
+        assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+    page.get_by_test_id("retry-job").click()  # a new job: same sprite, motion and seed
+    page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(job["id"]))
+    expect(page.get_by_test_id("frame")).to_have_count(8)
+    retried = page.url.rsplit("/", 1)[1]
+    with studio.client() as http:
+        again = http.get(f"/v1/jobs/{retried}").json()
+        http.post(f"/v1/jobs/{retried}/cancel")
+    assert again["kind"] == "animate" and again["input"]["sha256"] == job["input"]["sha256"]
+    assert again["animation"] == job["animation"]
     assert page.problems == []  # type: ignore[attr-defined]
 
 

@@ -229,3 +229,19 @@ def test_every_job_option_has_a_plain_label_and_an_explanation() -> None:
     by_name = {f.name: f for f in fields}
     assert by_name["quality"].label == "Quality" and "few-step" in by_name["quality"].hint
     assert "clip skip 2" in by_name["clip_skip"].hint
+
+
+def test_every_animate_option_has_a_plain_label_and_the_motions_are_choices() -> None:
+    """The Animate form is generated like the new-job form: every AnimateParams field with a
+    plain label and its default; the motion offers the presets and custom."""
+    from service.core.animate import MOTIONS
+    from service.studio.form import ANIMATE_LABELS, animate_fields
+
+    fields = {f.name: f for f in animate_fields()}
+    missing = [name for name in fields if name not in ANIMATE_LABELS]
+    assert not missing, f"add a plain-word label to ANIMATE_LABELS: {missing}"
+    assert fields["motion"].kind == "select" and fields["motion"].default == "walk"
+    assert fields["motion"].choices == [*MOTIONS, "custom"]
+    assert (fields["frames"].minimum, fields["frames"].maximum) == (2, 16)
+    assert fields["facing"].choices == ["right", "left", "front", "back"]
+    assert fields["loop"].kind == "tristate"

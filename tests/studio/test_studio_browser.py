@@ -9,7 +9,6 @@ import io
 import json
 import re
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +43,6 @@ def submit(studio: Any, data: bytes, **params: Any) -> dict[str, Any]:
                          headers={"Content-Type": "image/png"})
         assert resp.status_code in (200, 202), resp.text
         return dict(resp.json())
-
-
-@pytest.fixture
-def slow_gpus(emulator) -> Iterator[None]:
-    """GPU calls take 0.6 s for one test, so the page sees tiles change however loaded the
-    machine is."""
-    configs = emulator.test_configs
-    before = {eid: c.latency_s for eid, c in configs.items()}
-    for config in configs.values():
-        config.latency_s = 0.6
-    yield
-    for eid, config in configs.items():
-        config.latency_s = before[eid]
 
 
 def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow_gpus) -> None:

@@ -17,7 +17,7 @@ const STATE_WORDS = { queued: "queued", captioning: "generating", refining: "gen
 const STRIP_HEIGHT = 96;  // CSS pixels of a cell in the strip
 
 let job = null;
-let frames = [];      // [{ index, state }]
+let frames = [];      // the job's tiles: [{ index, state, caption, prompt, ... }]
 let sheet = null;     // { image, rects: [[x, y, w, h]] in the image's pixels, fps, loop }
 let placeholder = null;  // the input sprite, drawn faintly in cells not generated yet
 let events = null;
@@ -62,7 +62,7 @@ function fileLabel(name) {
 
 async function loadFrames() {
   const listed = (await api(`${jobBase(job.id)}/tiles`)).tiles;
-  frames = listed.length ? listed.map((t) => ({ index: t.index, state: t.state })) : counted();
+  frames = listed.length ? listed : counted();
   drawStrip();
 }
 
@@ -131,6 +131,16 @@ function renderSelection() {
   note.textContent = chosen.length === 0 ? "No frame selected."
     : `${chosen.length === 1 ? "Frame" : "Frames"} ${chosen.map((i) => i + 1).join(", ")} selected.`;
   regenerate.disabled = !job || !chosen.length || !TERMINAL.includes(job.status);
+  // One frame's edit prompt can be changed before it is regenerated (each frame has its own).
+  const one = chosen.length === 1 ? frames.find((f) => f.index === chosen[0]) : null;
+  const row = document.getElementById("prompt-row");
+  if (!one || one.counted) { row.hidden = true; return; }
+  if (row.hidden || row.dataset.index !== String(one.index)) {
+    row.dataset.index = String(one.index);
+    document.getElementById("frame-prompt-label").textContent = `Edit prompt of frame ${one.index + 1}`;
+    document.getElementById("frame-prompt").value = one.prompt || one.caption || "";
+  }
+  row.hidden = false;
 }
 
 // ---- the sheet and the preview ---------------------------------------------------------------
@@ -248,6 +258,11 @@ async function regenerateChosen() {
   if (!chosen.length) return;
   regenerate.disabled = true;
   try {
+    const edited = document.getElementById("frame-prompt").value.trim();
+    const one = chosen.length === 1 && frames.find((f) => f.index === chosen[0]);
+    if (one && !one.counted && edited && edited !== (one.prompt || one.caption || "")) {
+      await api(`${jobBase(job.id)}/tiles/${one.index}`, { method: "PATCH", json: { prompt: edited } });
+    }
     const next = await api(`${jobBase(job.id)}/rerun`, { method: "POST", json: { tiles: chosen } });
     clearError();
     if (next.id !== job.id) {
