@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from service.core import formats
+from service.core.animate import AnimateParams
 from service.core.contracts import ModelInfo
 from service.core.errors import AatError, error_for_code
 from service.core.jobs import JobList, JobPublic, TargetSpec
@@ -99,6 +100,24 @@ class ServiceClient:
                           headers={"Idempotency-Key": idempotency_key})
         return _model(JobPublic, resp)
 
+    def submit_animation(self, data: bytes, filename: str, params: AnimateParams,
+                         target: TargetSpec | None, idempotency_key: str) -> JobPublic:
+        """``POST /v1/animations``: the sprite as the raw body, its parameters and target in
+        the query; returns the job (new, or the existing one)."""
+        query = {"filename": filename}
+        for key, value in params.model_dump(mode="json", exclude_none=True).items():
+            query[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        if target is not None:
+            query.update({"target_repo": target.repo, "target_path": target.path,
+                          "naming": target.naming})
+            if target.mirror_dir:
+                query["mirror_dir"] = target.mirror_dir
+        headers = {"Content-Type": formats.media_type_for_suffix(Path(filename).suffix),
+                   "Idempotency-Key": idempotency_key}
+        resp = self._call("POST", "/v1/animations", params=query, content=data,
+                          headers=headers)
+        return _model(JobPublic, resp)
+
     def job(self, job_id: str) -> JobPublic:
         return _model(JobPublic, self._call("GET", f"/v1/jobs/{_seg(job_id)}"))
 
@@ -123,6 +142,10 @@ class ServiceClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         resp = self._call("POST", f"/v1/jobs/{_seg(job_id)}/retry", headers=headers)
         return _model(JobPublic, resp), resp.status_code == 202
+
+    def companion(self, job_id: str, name: str) -> bytes:
+        """One of an animate job's companion files (``output.files``: .json, .tres, .webp)."""
+        return self._call("GET", f"/v1/jobs/{_seg(job_id)}/files/{_seg(name)}").content
 
     def result(self, job_id: str) -> tuple[bytes, str]:
         """The result image's bytes and content type."""

@@ -22,7 +22,6 @@ from watchdog.observers.api import BaseObserver
 
 from service.client import ServiceClient
 from service.core.errors import AatError, ConfigError, ImageError, ParamsError
-from service.core.naming import size_tag
 from service.settings import Settings
 from watcher.deliver import sha256_bytes
 from watcher.events import Hints, start_observer, stop_observer
@@ -172,10 +171,11 @@ class Watcher:
             return
         self.ledger.record_version(path, root, stat_pair, sha, version, fp)
         new = self.ledger.get(path)
-        expected = (self.flow.expected_output(new, preset, image.size, image.format)
-                    if new else None)
-        if expected is not None and expected != path:
-            self.ledger.remember_output(expected, None)
+        expected = (self.flow.expected_outputs(new, preset, image.size, image.format)
+                    if new else [])
+        for out in expected:  # an animation's sheet and .webp preview are images too
+            if out != path:
+                self.ledger.remember_output(out, None)
 
     def _version(self, path: Path, root: Path, sig: FileStat, sha: str
                  ) -> tuple[str, str, Entry | None] | None:
@@ -209,9 +209,10 @@ class Watcher:
         log.warning("%s not submitted: %s", path, link_message(path))
 
     def _looks_like_output(self, path: Path, preset: Preset, size: tuple[int, int]) -> bool:
-        """A suffix-named result (``*_x2.png``) where results may land in a watched folder."""
+        """A suffix-named result (``*_x2.png``, an animation's ``*_walk.png``) where results
+        may land in a watched folder."""
         if not preset.repo or preset.naming != "suffix" \
-                or not path.stem.endswith(size_tag(preset.params, size)):
+                or not path.stem.endswith(preset.result_tag(size)):
             return False
         repo = self.settings.repos.get(preset.repo or "")
         if repo is None:

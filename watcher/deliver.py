@@ -14,9 +14,10 @@ import hashlib
 from pathlib import Path, PurePosixPath
 
 from service.core import formats
+from service.core.animate import AnimateParams
 from service.core.atomic import atomic_write
 from service.core.errors import DeliveryError
-from service.core.naming import result_path, size_tag
+from service.core.naming import animation_results, result_path, size_tag
 from service.core.params import UpscaleParams
 
 
@@ -38,6 +39,15 @@ def relative_target(rel: PurePosixPath, params: UpscaleParams, naming: str,
     return result_path(source_path(rel, target_dir).as_posix(), naming,
                        ext=formats.suffix_for(fmt), tag=size_tag(params, src_size),
                        mirror_dir=mirror_dir)
+
+
+def animation_targets(rel: PurePosixPath, animate: AnimateParams, naming: str,
+                      target_dir: str = "", mirror_dir: str | None = None
+                      ) -> list[PurePosixPath]:
+    """The paths inside the repo of an animate job's files (sheet, .json, .tres, .webp) for a
+    sprite at ``rel`` below its watched folder: the service's own rule."""
+    return animation_results(source_path(rel, target_dir).as_posix(), naming, animate,
+                             mirror_dir=mirror_dir)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -20,6 +20,7 @@ from service.core.errors import AatError, DeliveryError, NotFound, ParamsError
 from service.core.jobs import TargetSpec
 from service.core.naming import confine, relative
 from watcher.deliver import (
+    animation_targets,
     relative_target,
     sha256_bytes,
     sha256_file,
@@ -128,6 +129,10 @@ class JobFlow:
     def _send(self, work: _Work) -> JobPublic | AatError:
         entry, data, preset = work
         try:
+            if preset.animate is not None:
+                return self.client.submit_animation(data, entry.path.name, preset.animate,
+                                                    self._target(entry, preset),
+                                                    idempotency_key(entry))
             return self.client.submit(data, entry.path.name, preset.params,
                                       self._target(entry, preset), idempotency_key(entry))
         except AatError as exc:
@@ -157,17 +162,30 @@ class JobFlow:
     def expected_output(self, entry: Entry, preset: Preset, src_size: tuple[int, int],
                         input_format: str = "PNG") -> Path | None:
         """Where the service will deliver the result of ``entry`` on this machine, when we can
-        know it (the service's own naming rule, :mod:`service.core.naming`)."""
+        know it (the service's own naming rule, :mod:`service.core.naming`); an animate
+        job's sheet."""
+        found = self.expected_outputs(entry, preset, src_size, input_format)
+        return found[0] if found else None
+
+    def expected_outputs(self, entry: Entry, preset: Preset, src_size: tuple[int, int],
+                         input_format: str = "PNG") -> list[Path]:
+        """Every file the job of ``entry`` will deliver on this machine: the result, or an
+        animate job's sheet, .json, .tres and .webp preview (empty when we cannot know)."""
         root = self.repos.get(preset.repo or "")
         if root is None:
-            return None
+            return []
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
         try:
-            return confine(root, relative_target(rel, preset.params, preset.naming,
-                                                 preset.target_dir, preset.mirror_dir,
-                                                 src_size=src_size, input_format=input_format))
+            if preset.animate is not None:
+                rels = animation_targets(rel, preset.animate, preset.naming, preset.target_dir,
+                                         preset.mirror_dir)
+            else:
+                rels = [relative_target(rel, preset.params, preset.naming, preset.target_dir,
+                                        preset.mirror_dir, src_size=src_size,
+                                        input_format=input_format)]
+            return [confine(root, r) for r in rels]
         except AatError:
-            return None
+            return []
 
     def cancel_superseded(self, job_id: str) -> None:
         """Best effort: cancel the job of a version that a newer one replaces."""
@@ -247,6 +265,11 @@ class JobFlow:
             delivered = output.delivered_path if output else None
             root = self.repos.get(preset.repo or "")
             abs_path = confine(root, relative(delivered)) if root and delivered else None
+            if root and output is not None:  # an animation's .json/.tres/.webp beside it
+                for rel in output.sidecars:
+                    name = PurePosixPath(rel).name
+                    self.ledger.remember_output(confine(root, relative(rel)),
+                                                output.files.get(name))
             self.ledger.mark_submitted(entry.path, job_id, 0)
             self.ledger.mark_done(entry.path, delivered, output.sha256 if output else None,
                                   abs_path)
@@ -284,6 +307,9 @@ class JobFlow:
                            "to AAT_REPOS", code="config_invalid")
         data, _ctype = self.client.result(job_id)
         rel = PurePosixPath(entry.path.relative_to(entry.root).as_posix())
+        if preset.animate is not None:
+            self._download_animation(entry, preset, job, root, rel, data)
+            return
         size = (job.input.width, job.input.height)
         target_rel = relative_target(rel, preset.params, preset.naming, preset.target_dir,
                                      preset.mirror_dir, output.format if output else None, size)
@@ -294,3 +320,24 @@ class JobFlow:
         written = write_atomic(target, data)
         log.info("%s -> %s (%s)", entry.path, target, "written" if written else "unchanged")
         self.ledger.mark_done(entry.path, str(target_rel), digest, target)
+
+    def _download_animation(self, entry: Entry, preset: Preset, job: JobPublic, root: Path,
+                            rel: PurePosixPath, sheet: bytes) -> None:
+        """An animate job's sheet and companions, each checked, then written (sheet first)."""
+        assert preset.animate is not None
+        files = job.output.files if job.output else {}
+        rels = animation_targets(rel, preset.animate, preset.naming, preset.target_dir,
+                                 preset.mirror_dir)
+        by_suffix = {PurePosixPath(name).suffix: name for name in files}
+        blobs = [sheet] + [self.client.companion(job.id, by_suffix[r.suffix])
+                           for r in rels[1:]]  # all fetched before anything is written
+        targets = [confine(root, r) for r in rels]
+        digests = [sha256_bytes(b) for b in blobs]
+        for target, target_rel, digest in zip(targets, rels, digests, strict=True):
+            self._refuse_foreign(entry, preset, target, target_rel, digest)
+        for target, digest in zip(targets, digests, strict=True):
+            self.ledger.remember_output(target, digest)  # before the write: never an input
+        for target, blob in zip(targets, blobs, strict=True):
+            write_atomic(target, blob)
+        log.info("%s -> %s (+ %d files)", entry.path, targets[0], len(targets) - 1)
+        self.ledger.mark_done(entry.path, str(rels[0]), digests[0], targets[0])

@@ -1,7 +1,19 @@
-"""Per-folder presets: ``.aat.toml`` files that say how the images in a folder are upscaled.
+"""Per-folder presets: ``.aat.toml`` files that say what is made of the images in a folder.
 
 A preset in a watched folder applies to that folder and every subfolder; a preset deeper in the
-tree overrides the keys it sets. Keys::
+tree overrides the keys it sets. A folder makes upscale jobs, or, with ``kind = "animate"``,
+animate jobs (each sprite becomes a spritesheet with its Aseprite ``.json``, Godot ``.tres``
+and ``.webp`` preview beside it, named by :func:`service.core.naming.animation_results`)::
+
+    kind = "animate"                 # default "upscale"
+    repo = "game"
+    [animate]                        # AnimateParams; deeper presets override single keys
+    motion = "walk"                  # idle | walk | run | attack | jump | hit | death | custom
+    frames = 8
+    facing = "right"
+    fps = 10
+
+Upscale keys::
 
     scale = 2                        # or width / height
     prompt = "mossy stone"
@@ -34,30 +46,44 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.core.errors import ParamsError
+from service.core.animate import AnimateParams
+from service.core.errors import AatError, ParamsError
+from service.core.naming import animation_results, animation_tag, size_tag
 from service.core.params import UpscaleParams
 from watcher.scan import PRESET_NAME
 
 TARGET_KEYS = ("repo", "target_dir", "naming", "mirror_dir")
 NAMINGS = ("suffix", "replace", "mirror")
+KINDS = ("upscale", "animate")
 
 
 @dataclass(frozen=True, slots=True)
 class Preset:
-    """The effective settings for one file: job parameters and where its result goes."""
+    """The effective settings for one file: job parameters and where its result goes.
+    ``animate`` set: the folder makes animate jobs with those parameters (``params``, the
+    upscale keys a parent folder may set, are then not used)."""
 
     params: UpscaleParams
     repo: str | None = None
     target_dir: str = ""
     naming: str = "suffix"
     mirror_dir: str | None = None
+    animate: AnimateParams | None = None
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the result or its place."""
-        blob = json.dumps(
-            [self.params.canonical_json(), self.repo, self.target_dir, self.naming,
-             self.mirror_dir], separators=(",", ":"))
+        made = (self.params.canonical_json() if self.animate is None
+                else "animate:" + self.animate.model_dump_json())
+        blob = json.dumps([made, self.repo, self.target_dir, self.naming, self.mirror_dir],
+                          separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def result_tag(self, src_size: tuple[int, int]) -> str:
+        """What a result's name adds to its source's in ``suffix`` naming (``_x2``,
+        ``_walk``)."""
+        if self.animate is not None:
+            return animation_tag(self.animate)
+        return size_tag(self.params, src_size)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -111,6 +137,8 @@ def merged_raw(root: Path, folder: Path) -> dict[str, Any]:
                 merged.pop("height", None)
             if "width" in data or "height" in data:
                 merged.pop("scale", None)
+            if isinstance(data.get("animate"), dict):  # key by key, like the top level
+                data["animate"] = {**merged.get("animate", {}), **data["animate"]}
             merged.update(data)
     return merged
 
@@ -119,10 +147,16 @@ def resolve(root: Path, folder: Path) -> Preset:
     """The preset for files in ``folder`` (below watched ``root``)."""
     raw = merged_raw(root, folder)
     target = {k: raw.pop(k) for k in TARGET_KEYS if k in raw}
+    kind, animate_raw = raw.pop("kind", "upscale"), raw.pop("animate", {})
+    if kind not in KINDS:
+        raise ParamsError(f"preset for {folder}: kind must be one of {', '.join(KINDS)}")
+    if not isinstance(animate_raw, dict):
+        raise ParamsError(f"preset for {folder}: animate must be a table ([animate])")
     try:
         params = UpscaleParams(**raw)
     except (ValidationError, ValueError) as exc:
         raise ParamsError(f"preset for {folder} is invalid: {_first_error(exc)}") from exc
+    animate = _animate(folder, animate_raw) if kind == "animate" else None
     naming = str(target.get("naming", "suffix"))
     if naming not in NAMINGS:
         raise ParamsError(f"preset for {folder}: naming must be one of {', '.join(NAMINGS)}")
@@ -135,8 +169,25 @@ def resolve(root: Path, folder: Path) -> Preset:
         if pure.is_absolute() or ".." in pure.parts:
             raise ParamsError(f"preset for {folder}: {value!r} must be a relative path")
     repo = target.get("repo")
-    return Preset(params=params, repo=str(repo) if repo else None, target_dir=target_dir,
-                  naming=naming, mirror_dir=str(mirror_dir) if mirror_dir else None)
+    preset = Preset(params=params, repo=str(repo) if repo else None, target_dir=target_dir,
+                    naming=naming, mirror_dir=str(mirror_dir) if mirror_dir else None,
+                    animate=animate)
+    if animate is not None:  # the service's naming rule for the set (refuses replace)
+        try:
+            animation_results("sprite.png", naming, animate, mirror_dir=preset.mirror_dir)
+        except AatError as exc:
+            raise ParamsError(f"preset for {folder}: {exc.message}") from exc
+    return preset
+
+
+def _animate(folder: Path, raw: dict[str, Any]) -> AnimateParams:
+    try:
+        return AnimateParams(**raw)
+    except ValidationError as exc:
+        raise ParamsError(f"preset for {folder} is invalid: animate.{_first_error(exc)}"
+                          ) from exc
+    except ParamsError as exc:  # an unknown motion
+        raise ParamsError(f"preset for {folder}: {exc.message}", code=exc.code) from exc
 
 
 def _first_error(exc: Exception) -> str:

@@ -23,7 +23,7 @@ from service.api.problems import ApiError, problem_responses
 from service.core import formats
 from service.core.errors import ParamsError, PathError
 from service.core.jobs import JOB_ID_PATTERN, JobList, JobPublic, JobStatus, is_job_id, tile_state
-from service.core.naming import NAMING_MODES, size_tag
+from service.core.naming import NAMING_MODES, animation_tag, size_tag
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
@@ -259,9 +259,9 @@ def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)])
 def result_filename(job: JobPublic, suffix: str) -> str:
     """``rock_x2.png`` for ``rock.png`` at scale 2, ``rock_1024x1024.png`` for a fixed size."""
     stem = PurePath(job.input.filename).stem or "result"
-    if job.params is None:  # an animate job: hero.png -> hero_walk.png, as delivered
-        name = job.animation.animation_name() if job.animation is not None else "sheet"
-        return f"{stem}_{name}{suffix}"
+    if job.animation is not None:  # hero.png -> hero_walk.png, as delivered
+        return f"{stem}{animation_tag(job.animation)}{suffix}"
+    assert job.params is not None  # an upscale job
     return f"{stem}{size_tag(job.params, (job.input.width, job.input.height))}{suffix}"
 
 

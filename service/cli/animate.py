@@ -116,7 +116,9 @@ async def _run(sprite: Path, output: Path | None, params: AnimateParams, regener
             anim = await pipe.animate(source, params, backend, edit_side=edit_side)
     finally:
         await backend.aclose()
-    label = f"_{params.animation_name()}"
+    from service.core.naming import animation_tag  # noqa: PLC0415
+
+    label = animation_tag(params)
     if repo is not None:
         written = _deliver(settings, repo, sprite, anim, label)
     else:
@@ -186,11 +188,13 @@ def _deliver(settings: Settings, repo: str, sprite: Path, anim: Animation, label
     from pathlib import PurePosixPath  # noqa: PLC0415
 
     from service.core.jobs import TargetSpec  # noqa: PLC0415
-    from service.pipeline.animate import outputs_beside  # noqa: PLC0415
+    from service.core.naming import animation_results  # noqa: PLC0415
+    from service.pipeline.animate import outputs_at  # noqa: PLC0415
     from service.storage.game_repo import deliver_set  # noqa: PLC0415
 
     rel = PurePosixPath(sprite.as_posix())
-    files = outputs_beside(anim, rel.as_posix(), label)
+    sheet = animation_results(rel.as_posix(), "suffix", anim.params)[0]
+    files = outputs_at(anim, sheet.as_posix())
     by_ext = {Path(name).suffix: data for name, data in files.items()}
     done = deliver_set(settings, TargetSpec(repo=repo, path=rel.as_posix()), by_ext,
                        label=label, job_id="cli")

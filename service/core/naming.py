@@ -9,7 +9,10 @@ as new inputs and feed on its own output). Relative to the repo root, for a sour
     replace  props/crate.png
     mirror   <mirror_dir>/props/crate.png
 
-The suffix is the output format's (``service.core.formats``). Refused, with a
+The suffix is the output format's (``service.core.formats``). An ``animate`` job's files
+(:data:`ANIMATION_SUFFIXES`: the sheet, its Aseprite ``.json``, Godot ``.tres`` and ``.webp``
+preview) take :func:`animation_tag` as their tag (``props/hero_walk.png``, ...); ``replace``
+naming is refused for them (the sheet would overwrite its own sprite). Refused, with a
 :class:`~service.core.errors.PathError`: control characters and NUL (``path_forbidden``),
 absolute paths, ``..``, drive letters (``path_escape``), a result that would be an engine
 sidecar (``.import``, ``.meta``) or anything under ``.git`` in any letter case
@@ -23,11 +26,13 @@ from pathlib import Path, PurePosixPath
 from typing import get_args
 
 from service.core import formats
+from service.core.animate import AnimateParams
 from service.core.errors import ParamsError, PathError
 from service.core.params import NamingMode, UpscaleParams
 
 NAMING_MODES: tuple[str, ...] = get_args(NamingMode)
 SIDECARS = (".import", ".meta")
+ANIMATION_SUFFIXES = (".png", ".json", ".tres", ".webp")  # an animation's files, sheet first
 
 
 def relative(value: str, what: str = "target path") -> PurePosixPath:
@@ -81,6 +86,22 @@ def result_for(source: str, naming: str, params: UpscaleParams, *, input_format:
     name = formats.auto_output(input_format) if fmt == "auto" else fmt
     return result_path(source, naming, ext=formats.suffix_for(name),
                        tag=size_tag(params, src_size), mirror_dir=mirror_dir)
+
+
+def animation_tag(params: AnimateParams) -> str:
+    """What an animation's files add to the source's name: ``hero.png`` -> ``hero_walk.png``."""
+    return f"_{params.animation_name()}"
+
+
+def animation_results(source: str, naming: str, params: AnimateParams, *,
+                      mirror_dir: str | None = None) -> list[PurePosixPath]:
+    """Where an animate job's files go (:data:`ANIMATION_SUFFIXES` order, the sheet first) for
+    a sprite at ``source`` (repo-relative); ``replace`` naming is refused."""
+    if naming == "replace":
+        raise ParamsError("naming 'replace' would write the spritesheet over its own sprite; "
+                          "use suffix (beside the sprite) or mirror", code="invalid_params")
+    return [result_path(source, naming, ext=ext, tag=animation_tag(params),
+                        mirror_dir=mirror_dir) for ext in ANIMATION_SUFFIXES]
 
 
 def confine(root: Path, rel: PurePosixPath, *, repo: str = "") -> Path:

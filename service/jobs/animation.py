@@ -36,6 +36,7 @@ from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse
 from service.core.frames import cell_rects, grid_shape
 from service.core.imaging import load_image
 from service.core.jobs import JobStatus, TargetSpec
+from service.core.naming import animation_results, animation_tag
 from service.pipeline import animate as pipe
 from service.storage.game_repo import deliver_set
 from service.storage.records import JobRecord, NewTile, StageCount, TileRecord
@@ -46,11 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.25  # how often a job with frames in flight looks for a cancel
-
-
-def sheet_label(params: AnimateParams) -> str:
-    """What the sheet's name adds to the source's: ``hero.png`` -> ``hero_walk.png``."""
-    return f"_{params.animation_name()}"
 
 
 def frame_plan(params: AnimateParams, sprite_size: tuple[int, int],
@@ -137,10 +133,12 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
     anim = pipe.measured(source, params, [cells[i] for i in range(params.frames)],
                          [seeds[i] for i in range(params.frames)], edit_side)
     run.stage("encode")
-    label = sheet_label(params)
+    label = animation_tag(params)
     target = TargetSpec.model_validate(row.target) if row.target else None
-    rel = target.path if target is not None else Path(row.filename).name
-    files = pipe.outputs_beside(anim, rel, label)
+    sheet_rel = (animation_results(target.path, target.naming, params,
+                                   mirror_dir=target.mirror_dir)[0].as_posix()
+                 if target is not None else f"{Path(row.filename).stem}{label}.png")
+    files = pipe.outputs_at(anim, sheet_rel)
     names = list(files)  # the sheet first
     shas = {name: ctx.artifacts.put_bytes("outputs", files[name], Path(name).suffix)
             for name in names}
@@ -156,7 +154,8 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
     run.check()  # last chance to cancel: nothing has been written into a repo yet
     if target is not None:
         by_ext = {Path(name).suffix: files[name] for name in names}
-        done = deliver_set(ctx.settings, target, by_ext, label=label, job_id=job_id)
+        done = deliver_set(ctx.settings, target, by_ext, label=label, job_id=job_id,
+                           last_delivered=lambda rel: ctx.delivered_sha(target.repo, rel))
         for d, name in zip(done, names, strict=True):
             ctx.store.record_delivery(target.repo, d.rel, shas[name], job_id)
         output["delivered_path"] = done[0].rel

@@ -30,3 +30,8 @@ class RunContext:
     store: SqlJobStore
     artifacts: ArtifactStore
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    def delivered_sha(self, repo: str, rel: str) -> str | None:
+        """The sha256 this service last delivered to ``rel`` in ``repo`` (None: never)."""
+        found = self.store.last_delivery(repo, rel)
+        return found.sha256 if found is not None else None

@@ -242,7 +242,7 @@ def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) 
         target = TargetSpec.model_validate(row.target)
         done = deliver(ctx.settings, target, out, ext=ext, job_id=job_id,
                        label=size_tag(params, (row.input_width, row.input_height)),
-                       last_delivered=lambda rel: _delivered_sha(ctx, target.repo, rel),
+                       last_delivered=lambda rel: ctx.delivered_sha(target.repo, rel),
                        input_sha256=row.input_sha256,
                        sidecars=SidecarSpec(factor=prepared.width / row.input_width,
                                             max_side=max(prepared.width, prepared.height),
@@ -274,11 +274,6 @@ def _input_bytes(ctx: RunContext, row: JobRecord) -> bytes:
             f"store ({ctx.settings.artifacts_url or ctx.settings.data_dir / 'artifacts'}); the "
             "API and every runner must share AAT_DATA_DIR or AAT_ARTIFACTS_URL; submit "
             f"{row.filename} again") from exc
-
-
-def _delivered_sha(ctx: RunContext, repo: str, rel: str) -> str | None:
-    found = ctx.store.last_delivery(repo, rel)
-    return found.sha256 if found is not None else None
 
 
 def _png_stream(prepared: Prepared, fmt: str, meta: dict[str, str], level: int

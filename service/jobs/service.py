@@ -21,8 +21,9 @@ from service.core.animate import AnimateParams
 from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
+from service.core.naming import ANIMATION_SUFFIXES, animation_results, animation_tag
 from service.core.params import UpscaleParams
-from service.jobs.animation import frame_plan, sheet_label
+from service.jobs.animation import frame_plan
 from service.jobs.executor import Executor
 from service.jobs.intake import probe_image
 from service.jobs.view import to_public
@@ -125,9 +126,11 @@ class JobService:
         :mod:`service.jobs.animation`); ``(job, False)`` when it already existed."""
         loaded = load_image(data, limits=self.settings.image_limits(), filename=filename)
         if target is not None:  # every file of the set must have a place before we queue
-            label = sheet_label(params)
-            for ext in (".png", ".json", ".tres", ".webp"):
-                resolve_target(self.settings, target, ext=ext, label=label)  # raises PathError
+            animation_results(target.path, target.naming, params,
+                              mirror_dir=target.mirror_dir)  # refuses replace naming
+            for ext in ANIMATION_SUFFIXES:
+                resolve_target(self.settings, target, ext=ext,
+                               label=animation_tag(params))  # raises PathError
         key = animate_dedupe_key(sha256_bytes(data), params, target)
         if idempotency_key:
             self._refuse_key_reuse(idempotency_key, key)

@@ -252,10 +252,11 @@ def outputs(anim: Animation, stem: str, res_dir: str = "res://") -> dict[str, by
     }
 
 
-def outputs_beside(anim: Animation, source_rel: str, label: str) -> dict[str, bytes]:
-    """:func:`outputs` for delivery beside ``source_rel`` (a repo-relative path): stem
-    ``<source stem><label>``, the ``.tres`` loading the sheet from the source's folder."""
-    rel = PurePosixPath(source_rel)
+def outputs_at(anim: Animation, sheet_rel: str) -> dict[str, bytes]:
+    """:func:`outputs` for a sheet delivered at ``sheet_rel`` (repo-relative, from
+    :func:`service.core.naming.animation_results`): its stem, the ``.tres`` loading the sheet
+    from its folder."""
+    rel = PurePosixPath(sheet_rel)
     folder = rel.parent.as_posix()
     res_dir = "res://" + (folder + "/" if folder != "." else "")
-    return outputs(anim, f"{rel.stem}{label}", res_dir=res_dir)
+    return outputs(anim, rel.stem, res_dir=res_dir)

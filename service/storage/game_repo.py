@@ -122,16 +122,23 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
 
 
 def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes], *,
-                label: str, job_id: str) -> list[Delivery]:
+                label: str, job_id: str,
+                last_delivered: Callable[[str], str | None] | None = None) -> list[Delivery]:
     """Several results of one job beside the source (``{ext: bytes}``, e.g. an animation's
     sheet, its Aseprite JSON, Godot ``.tres`` and preview): every destination is resolved and
-    checked before the first is written, then each is written atomically, image first."""
+    checked before the first is written, then each is written atomically, image first. With
+    ``last_delivered`` a file that is not our last delivery there is kept, as by
+    :func:`deliver`, and nothing of the set is written."""
     dests = {ext: resolve_target(settings, target, ext=ext, label=label) for ext in files}
-    for root, dest in dests.values():
+    for ext, (root, dest) in dests.items():
+        rel = dest.relative_to(root).as_posix()
         if dest.is_dir():
-            raise DeliveryError(f"{dest.relative_to(root).as_posix()} in repo {target.repo!r} "
-                                "is a folder; choose another target path",
-                                code="delivery_failed", retryable=False)
+            raise DeliveryError(f"{rel} in repo {target.repo!r} is a folder; choose another "
+                                "target path", code="delivery_failed", retryable=False)
+        current = sha256_file(dest)
+        if current is not None and last_delivered is not None and not target.overwrite \
+                and current != hashlib.sha256(files[ext]).hexdigest():
+            _refuse_foreign(target, rel, current, last_delivered(rel))
     out = []
     for ext, data in files.items():
         root, dest = dests[ext]

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.core.animate import AnimateParams
 from service.core.jobs import TargetSpec
+from service.core.naming import ANIMATION_SUFFIXES, animation_tag
 from service.core.params import UpscaleParams
 from service.jobs.intake import probe_image
 from service.settings import Settings, load_settings
-from service.storage.game_repo import deliver
+from service.storage.game_repo import deliver, deliver_set
 from watcher.deliver import relative_target
 from watcher.jobs import Backoff, JobFlow
 from watcher.ledger import Entry
@@ -128,3 +130,31 @@ def test_the_watcher_expects_the_result_where_the_service_delivers_it(
     downloaded = relative_target(PurePosixPath(rel), params, naming, target_dir, mirror_dir,
                                  info.output_format, (info.width, info.height))
     assert downloaded.as_posix() == done.rel
+
+
+ANIMATE_CASES = [("hero.png", "suffix", "", None), ("chars/hero.png", "suffix", "sprites", None),
+                 ("chars/hero 2.png", "mirror", "", "anim"), ("héros/épée.webp", "suffix", "", None)]
+
+
+@pytest.mark.parametrize(("rel", "naming", "target_dir", "mirror_dir"), ANIMATE_CASES,
+                         ids=[f"{c[1]}:{c[0]}" for c in ANIMATE_CASES])
+def test_the_watcher_expects_an_animations_files_where_the_service_delivers_them(
+        places: tuple[Settings, JobFlow, Path, Path], rel: str, naming: str, target_dir: str,
+        mirror_dir: str | None) -> None:
+    settings, flow, watched, repo = places
+    source = watched / rel
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(image("PNG"))
+    animate = AnimateParams(motion="attack", frames=4)
+    preset = Preset(params=P2, repo="game", target_dir=target_dir, naming=naming,
+                    mirror_dir=mirror_dir, animate=animate)
+    entry = _entry(source, watched)
+    sent = flow._target(entry, preset)
+    assert sent is not None
+    files = {ext: ext.encode() for ext in ANIMATION_SUFFIXES}
+    done = deliver_set(settings, TargetSpec.model_validate(sent), files,
+                       label=animation_tag(animate), job_id="j_naming")
+    assert [d.path.read_bytes() for d in done] == list(files.values())
+    expected = flow.expected_outputs(entry, preset, (24, 16))
+    assert expected == [d.path for d in done]
+    assert expected[0].name.endswith(".png") and expected[-1].suffix == ".webp"
