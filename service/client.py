@@ -193,6 +193,16 @@ class ServiceClient:
                               timeout=httpx.Timeout(30.0, read=600.0))
         return _model(ModelInfo, resp)
 
+    def import_model(self, url: str, name: str | None = None) -> dict[str, Any]:
+        """``POST /v1/models/imports``: the upscale worker downloads ``url`` onto its volume;
+        returns the import (``id``, ``state``, ...) to follow with :meth:`model_import`."""
+        body: dict[str, Any] = {"url": url, **({"name": name} if name else {})}
+        return _body(self._call("POST", "/v1/models/imports", json=body))
+
+    def model_import(self, import_id: str) -> dict[str, Any]:
+        """``GET /v1/models/imports/{id}``: state, bytes done/total, the LoRA or the error."""
+        return _body(self._call("GET", f"/v1/models/imports/{_seg(import_id)}"))
+
     def delete_model(self, name: str) -> None:
         if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
             err = error_for_code("path_forbidden", f"LoRA name {name!r} must be a file name "

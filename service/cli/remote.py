@@ -1,7 +1,7 @@
 """Client commands of `aat` that talk HTTP to the API at ``AAT_SERVER_URL``.
 
 `aat submit FILE [--wait]`, `aat jobs`, `aat status ID`, `aat cancel ID`, `aat retry ID`,
-`aat models list|upload|delete`, and `aat doctor` (checks settings, store, broker, RunPod
+`aat models list|upload|import|delete`, and `aat doctor` (checks settings, store, broker, RunPod
 endpoints and the API, and says what to fix). They all go through the one REST client,
 :class:`service.client.ServiceClient`, and raise on failure: the `aat` group prints the one
 line and picks the exit status (:mod:`service.cli.errors`).
@@ -11,6 +11,7 @@ Module level imports only typer: `aat --help` must not load settings, pydantic o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -255,6 +256,39 @@ def models_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False,
     with _client() as client:
         info = client.upload_model(file)
     echo(f"uploaded {info.name} ({info.size_bytes} bytes)")
+
+
+@models_app.command("import")
+def models_import(
+    url: str = typer.Argument(..., help="A CivitAI model-version or Hugging Face file URL."),
+    name: str | None = typer.Option(None, "--name", help="name.safetensors on the volume "
+                                    "(default: the file's own name)."),
+) -> None:
+    """Have the upscale worker download a LoRA from CivitAI or Hugging Face, and follow it."""
+    with _client() as client:
+        item = client.import_model(url, name)
+        shown = ""
+        while item["state"] not in ("done", "failed"):
+            line = _import_line(item)
+            if line != shown:
+                echo(line, err=True)
+                shown = line
+            time.sleep(0.5)
+            item = client.model_import(item["id"])
+    if item["state"] == "failed":
+        err = item["error"] or {}
+        echo(f"error [{err.get('code', 'import_failed')}]: {err.get('message', '')}", err=True)
+        raise typer.Exit(2 if not err.get("retryable") else 1)
+    model = item["model"]
+    words = ", ".join(model.get("trigger_words") or [])
+    echo(f"imported {model['name']} ({model['size_bytes']} bytes)"
+         + (f"; trigger words: {words}" if words else ""))
+
+
+def _import_line(item: dict[str, Any]) -> str:
+    done, total = item.get("bytes_done") or 0, item.get("bytes_total")
+    amount = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+    return f"{item['state']}: {item.get('name') or item['url']} {amount}"
 
 
 @models_app.command("delete")

@@ -187,3 +187,50 @@ def test_abandoned_chunked_uploads_are_removed_at_start_and_when_an_upload_start
         assert started.status_code == 201, started.text
         new = started.json()["id"]
         assert sorted(p.stem for p in uploads.iterdir()) == [new, new]
+
+
+def test_aat_models_import_follows_the_import_to_its_end(
+        service: Any, standin: StandIn, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = service()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
+    env.update(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
+               AAT_CONFIG=str(tmp_path / "none.toml"))
+    root = Path(__file__).resolve().parents[2]
+
+    def aat(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", "models", *args], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    ok = aat("import", f"{standin.site}/civitai/models/10?modelVersionId=101",
+             "--name", "moss.safetensors")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == (f"imported moss.safetensors "
+                                 f"({len(standin.files['moss_style.safetensors'])} bytes); "
+                                 "trigger words: mossy stone, mst_style")
+    refused = aat("import", f"{standin.site}/civitai/models/10?modelVersionId=102")
+    assert refused.returncode == 2
+    assert "error [model_invalid]" in refused.stderr and "no safetensors file" in refused.stderr
+
+
+def test_the_local_backend_imports_with_the_worker_s_own_code(
+        live_server: Any, standin: StandIn, tmp_path: Path) -> None:
+    from service.backends.local import LocalBackend
+    from service.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path / "data", backend="none", broker_url=None,
+                             database_url=None, civitai_base_url=standin.site + "/civitai",
+                             huggingface_base_url=standin.site + "/hf",
+                             lora_import_http_hosts=standin.http_hosts)
+    backend = LocalBackend(settings, device="cpu", upscale=object(), caption=object(),
+                           lora_dir=tmp_path / "local-loras")
+    server = live_server(settings, backend=backend)
+    with server.client() as http:
+        url = f"{standin.site}/hf/pixel-lab/pixel-art-xl/blob/main/pixel_art.safetensors"
+        done = follow(http, http.post(IMPORTS, json={"url": url}).json()["id"])[-1]
+        assert done["state"] == "done", done
+        assert done["model"]["trigger_words"] == ["pxlart", "16-bit sprite"]
+    assert (tmp_path / "local-loras" / "pixel_art.safetensors").read_bytes() == standin.files[
+        "pixel_art.safetensors"]

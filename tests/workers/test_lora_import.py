@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,20 @@ def test_a_civitai_version_is_downloaded_through_the_redirect_with_its_trained_w
          standin.sha256("moss_style.safetensors"))]
     assert sorted(p.name for p in volume.iterdir()) == [
         "moss_style.safetensors", "moss_style.safetensors.meta.json"]
+
+
+def test_temp_files_of_killed_imports_are_swept_by_the_next_import(
+        standin: StandIn, worker: Any, volume: Path) -> None:
+    volume.mkdir(parents=True)
+    stale = volume / ".moss.safetensors.0badc0de.aat-tmp"
+    fresh = volume / ".other.safetensors.12345678.aat-tmp"  # an import running right now
+    for path in (stale, fresh):
+        path.write_bytes(b"partial")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    body = run(worker, import_input(standin, f"{standin.site}/civitai/api/download/models/101"))
+    assert body["status"] == "COMPLETED", body
+    assert not stale.exists() and fresh.exists()
 
 
 def test_a_hugging_face_blob_link_is_fetched_from_resolve_under_the_name_given(

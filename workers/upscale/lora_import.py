@@ -34,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from service.core.atomic import temp_path_for
+from service.core.atomic import is_temp_name, temp_path_for
 from service.core.contracts import (
     ImportModelRequest,
     ImportModelResponse,
@@ -49,6 +49,7 @@ from workers.upscale import lora_meta, models
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
+STALE_TEMP_S = 24 * 3600.0  # a temp file this old belongs to an import that was killed
 SETTLE_S = 0.5  # quiet time between the last progress update and the result
 MAX_METADATA_BYTES = 4 * 1024 * 1024
 Report = Callable[[Any], None]
@@ -73,6 +74,7 @@ def _import(req: ImportModelRequest, folder: Path, report: Report) -> ImportMode
         found = _civitai_file(req, fetch) if req.source == "civitai" else _hf_file(req)
         name = models.safe_filename(req.name or models.suggest_name(found["filename"]))
         folder.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(folder)
         final = folder / name
         tmp = temp_path_for(final)
         try:
@@ -159,6 +161,19 @@ def _hf_file(req: ImportModelRequest) -> dict[str, Any]:
     path = urlsplit(req.download_url).path
     return {"url": req.download_url, "filename": path.rsplit("/", 1)[-1], "sha256": None,
             "trigger_words": [], "source": {"kind": "huggingface", "url": req.url}}
+
+
+def _sweep_stale(folder: Path) -> None:
+    """Remove temp files of imports that were killed mid-download (a cancelled RunPod job, a
+    worker that went away); no import runs for a day (RunPod's execution timeout)."""
+    cutoff = time.time() - STALE_TEMP_S
+    for path in folder.iterdir():
+        try:
+            if is_temp_name(path.name) and path.stat().st_mtime < cutoff:
+                path.unlink()
+                log.info("removed %s, left by an interrupted import", path.name)
+        except OSError:
+            continue  # another worker on the volume got there first
 
 
 # ---- download --------------------------------------------------------------------------------
