@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from service.core import formats
 from service.core.animate import AnimateParams
-from service.core.atomic import atomic_write
+from service.core.atomic import atomic_write, atomic_write_set
 from service.core.errors import DeliveryError
 from service.core.naming import animation_results, result_path, size_tag
 from service.core.params import UpscaleParams
@@ -75,3 +75,16 @@ def write_atomic(target: Path, data: bytes) -> bool:
         raise DeliveryError(f"could not write {target}: {exc.strerror or exc}; check "
                             "permissions and free space") from exc
     return True
+
+
+def write_set(files: list[tuple[Path, bytes]]) -> None:
+    """Write files that belong together (an animation's sheet and metadata) staged as one:
+    every temp file before the first swap; identical files are left alone."""
+    changed = [(t, d) for t, d in files if not (t.is_file() and sha256_file(t) == sha256_bytes(d))]
+    try:
+        for target, _data in changed:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_set(changed)
+    except OSError as exc:
+        raise DeliveryError(f"could not write {changed[0][0] if changed else 'the set'}: "
+                            f"{exc.strerror or exc}; check permissions and free space") from exc

@@ -26,6 +26,7 @@ from watcher.deliver import (
     sha256_file,
     source_path,
     write_atomic,
+    write_set,
 )
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
@@ -337,7 +338,6 @@ class JobFlow:
             self._refuse_foreign(entry, preset, target, target_rel, digest)
         for target, digest in zip(targets, digests, strict=True):
             self.ledger.remember_output(target, digest)  # before the write: never an input
-        for target, blob in zip(targets, blobs, strict=True):
-            write_atomic(target, blob)
+        write_set([(t, b) for t, b in zip(targets, blobs, strict=True)])
         log.info("%s -> %s (+ %d files)", entry.path, targets[0], len(targets) - 1)
         self.ledger.mark_done(entry.path, str(rels[0]), digests[0], targets[0])

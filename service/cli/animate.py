@@ -167,7 +167,7 @@ def _existing_cells(output: Path | None, params: AnimateParams) -> list[np.ndarr
 
 
 def _write(output: Path, anim: Animation) -> list[str]:
-    from service.core.atomic import atomic_write  # noqa: PLC0415
+    from service.core.atomic import atomic_write_set  # noqa: PLC0415
     from service.core.errors import DeliveryError, PathError  # noqa: PLC0415
     from service.pipeline.animate import outputs  # noqa: PLC0415
 
@@ -175,9 +175,8 @@ def _write(output: Path, anim: Animation) -> list[str]:
         raise PathError(f"output folder {output.parent} does not exist; create it first",
                         code="path_not_found")
     files = outputs(anim, output.stem)
-    try:
-        for fname, data in files.items():  # the sheet first: metadata never points at nothing
-            atomic_write(output.with_name(fname), data)
+    try:  # staged together, the sheet swapped in first: metadata never points at nothing
+        atomic_write_set([(output.with_name(fname), data) for fname, data in files.items()])
     except OSError as exc:
         raise DeliveryError(f"could not write {output}: {exc.strerror or exc}") from exc
     return list(files)

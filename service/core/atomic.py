@@ -6,6 +6,9 @@ store, the CLI and the watcher. The bytes go to a hidden temp file in the same f
 watcher's scan ignore), are flushed and fsynced, then ``os.replace`` swaps it in and the folder
 is fsynced so the rename survives a crash. A target held open (Windows importers) is retried a
 few times with backoff. On any failure the temp file is removed and the target is untouched.
+:func:`atomic_write_set` writes several files that belong together (a spritesheet and its
+metadata): every temp file is written and fsynced before the first swap, so a full disk or an
+unwritable folder leaves all targets as they were.
 File effects in ``service.core`` because the watcher may import only the core.
 """
 
@@ -16,6 +19,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,31 @@ def atomic_write(target: Path | str, data: bytes, *, mode: int = 0o644,
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def atomic_write_set(files: Sequence[tuple[Path, bytes]], *, mode: int = 0o644,
+                     retry_delays: tuple[float, ...] | None = None) -> None:
+    """Write each ``(target, data)`` atomically, staged together: all temp files first (any
+    failure removes them and raises with no target touched), then the swaps in order."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in files:
+            tmp = temp_path_for(Path(target))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            staged.append((tmp, Path(target)))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, target in staged:
+            _replace(tmp, target, RETRY_DELAYS_S if retry_delays is None else retry_delays)
+    except BaseException:
+        for tmp, _target in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for folder in dict.fromkeys(target.parent for _tmp, target in staged):
+        _fsync_dir(folder)
 
 
 def _replace(tmp: Path, target: Path, retry_delays: tuple[float, ...]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.core.atomic import atomic_write
+from service.core.atomic import atomic_write, atomic_write_set
 from service.core.errors import DeliveryError, PathError
 from service.core.jobs import TargetSpec
 from service.core.naming import confine, relative, result_path
@@ -139,23 +139,28 @@ def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes],
         if current is not None and last_delivered is not None and not target.overwrite \
                 and current != hashlib.sha256(files[ext]).hexdigest():
             _refuse_foreign(target, rel, current, last_delivered(rel))
-    out = []
+    out, changed = [], []
     for ext, data in files.items():
         root, dest = dests[ext]
         rel = dest.relative_to(root).as_posix()
-        if sha256_file(dest) == hashlib.sha256(data).hexdigest():
-            out.append(Delivery(dest, rel, written=False))
+        same = sha256_file(dest) == hashlib.sha256(data).hexdigest()
+        out.append(Delivery(dest, rel, written=not same))
+        if same:
             continue
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.parent.resolve().is_relative_to(root):
-                raise PathError(f"{rel} leads outside the repo", code="path_escape")
-            atomic_write(dest, data)
         except OSError as exc:
-            raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: "
-                                f"{exc.strerror or exc}; check permissions and free space"
-                                ) from exc
-        out.append(Delivery(dest, rel, written=True))
+            raise DeliveryError(f"could not create the folder of {rel} in repo "
+                                f"{target.repo!r}: {exc.strerror or exc}") from exc
+        if not dest.parent.resolve().is_relative_to(root):
+            raise PathError(f"{rel} leads outside the repo", code="path_escape")
+        changed.append((dest, data))
+    try:  # staged together: a full disk leaves every file of the set as it was
+        atomic_write_set(changed)
+    except OSError as exc:
+        raise DeliveryError(f"could not write {len(changed)} file(s) of the set into repo "
+                            f"{target.repo!r}: {exc.strerror or exc}; check permissions and "
+                            "free space; nothing of the set was changed") from exc
     written = [d.rel for d in out if d.written]
     if written and settings.git_commit:
         commit = _git_commit(dests[next(iter(files))][0], written, job_id)

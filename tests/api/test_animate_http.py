@@ -276,3 +276,17 @@ def test_an_animate_job_costs_its_gpu_seconds(emulator: EmulatorServer, tmp_path
         assert cost["usd"] > 0
         listed = client.get("/v1/jobs").json()["items"][0]  # shown like an upscale job's
         assert listed["cost"] == cost
+
+
+def test_a_file_the_service_did_not_write_keeps_the_whole_set_out(
+        emulator: EmulatorServer, tmp_path: Path) -> None:
+    with _server(emulator, tmp_path, "anim") as server, server.client() as client:
+        mine = tmp_path / "repo" / "sprites" / "hero_walk.tres"
+        mine.write_text("[gd_resource] hand-made")  # the artist's own SpriteFrames
+        job = _submit(client, motion="walk", frames="4").json()
+        final = wait_terminal(client, job["id"])
+        assert final["status"] == "failed"
+        assert final["error"]["code"] == "delivery_conflict"
+        assert "hero_walk.tres" in final["error"]["message"]
+        assert sorted(p.name for p in mine.parent.iterdir()) == ["hero.png", "hero_walk.tres"]
+        assert mine.read_text() == "[gd_resource] hand-made"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.atomic import TEMP_SUFFIX, atomic_write, temp_path_for
+from service.core.atomic import TEMP_SUFFIX, atomic_write, atomic_write_set, temp_path_for
 
 
 def test_creates_and_replaces_without_leftovers(tmp_path: Path) -> None:
@@ -49,3 +49,21 @@ def test_missing_folder_raises_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "no" / "x.png", b"data")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_set_is_staged_whole_or_not_at_all(tmp_path: Path) -> None:
+    sheet, meta = tmp_path / "hero_walk.png", tmp_path / "hero_walk.json"
+    sheet.write_bytes(b"old sheet")
+    meta.write_bytes(b"old meta")
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"a file, not a folder")
+    with pytest.raises(OSError):  # the third file cannot be staged: nothing is swapped
+        atomic_write_set([(sheet, b"new sheet"), (meta, b"new meta"),
+                          (blocked / "hero_walk.tres", b"tres")])
+    assert (sheet.read_bytes(), meta.read_bytes()) == (b"old sheet", b"old meta")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "hero_walk.json",
+                                                          "hero_walk.png"]
+    atomic_write_set([(sheet, b"new sheet"), (meta, b"new meta")])
+    assert (sheet.read_bytes(), meta.read_bytes()) == (b"new sheet", b"new meta")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "hero_walk.json",
+                                                          "hero_walk.png"]
