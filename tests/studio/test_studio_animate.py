@@ -132,6 +132,12 @@ def test_animate_from_the_form_watch_the_frames_play_and_download(studio, page, 
     assert job["output"]["delivered_path"] == "sprites/hero_walk.png"
     expect(page.locator("#job-facts")).to_contain_text(
         "game: sprites/hero_walk.png, sprites/hero_walk.json")
+
+    page.goto(studio.url + "/animate")  # the form remembers the last settings
+    expect(page.get_by_label("Frames per second")).to_have_value("12")
+    expect(page.get_by_label("Target repo")).to_have_value("game")
+    page.goto(studio.url + "/")  # apart from the upscale form's
+    expect(page.get_by_label("Target repo")).to_have_value("")
     assert page.problems == []  # type: ignore[attr-defined]
 
 
@@ -249,6 +255,9 @@ def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
         http.post(f"/v1/jobs/{retried}/cancel")
     assert again["kind"] == "animate" and again["input"]["sha256"] == job["input"]["sha256"]
     assert again["animation"] == job["animation"]
+    page.goto(f"{studio.url}/jobs")  # the queue says which jobs are animations
+    row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
+    expect(row.locator("[data-kind=animate]")).to_have_text("animate: run, 8 frames")
     assert page.problems == []  # type: ignore[attr-defined]
 
 

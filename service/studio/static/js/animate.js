@@ -1,6 +1,7 @@
 // Animate: pick one sprite, choose the motion and the sheet's layout, submit, open the job.
+// The form remembers its last settings (apart from the upscale form's).
 import { api, clearError, el, showError } from "./api.js";
-import { changedParams, readTarget } from "./params.js";
+import { changedParams, readTarget, restore, snapshot, store } from "./params.js";
 
 const form = document.getElementById("anim-form");
 const fileInput = document.getElementById("anim-file");
@@ -45,6 +46,7 @@ async function submitAnimation(event) {
     const job = await api(`/v1/animations?${query}`, {
       method: "POST", body: file,
       headers: { "Content-Type": file.type || "application/octet-stream" } });
+    store.saveLast(snapshot(form), "animate");
     location.href = `/jobs/${job.id}`;
   } catch (err) {
     showError(err);
@@ -52,6 +54,7 @@ async function submitAnimation(event) {
   }
 }
 
+restore(form, store.last("animate"));
 fileInput.addEventListener("change", () => setFile(fileInput.files));
 for (const name of ["dragenter", "dragover"]) {
   dropzone.addEventListener(name, (e) => { e.preventDefault(); dropzone.classList.add("over"); });

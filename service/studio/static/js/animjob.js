@@ -14,7 +14,8 @@ const fpsInput = document.getElementById("preview-fps");
 const regenerate = document.getElementById("regenerate-frames");
 const STATE_WORDS = { queued: "queued", captioning: "generating", refining: "generating",
                       done: "done", cached: "kept", failed: "failed" };
-const STRIP_HEIGHT = 96;  // CSS pixels of a cell in the strip
+// Cell height in the strip and the preview's size: 8 and 16 rem (the page scales with the screen).
+const rem = () => parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
 
 let job = null;
 let frames = [];      // the job's tiles: [{ index, state, caption, prompt, ... }]
@@ -22,7 +23,8 @@ let sheet = null;     // { image, rects: [[x, y, w, h]] in the image's pixels, f
 let placeholder = null;  // the input sprite, drawn faintly in cells not generated yet
 let events = null;
 const picker = new Picker(strip, "frame", {
-  columns: () => (sheet ? sheet.rects.filter((r) => r[1] === sheet.rects[0][1]).length : frames.length),
+  // Up/Down move by one row of the strip as it wraps on screen.
+  columns: () => [...strip.children].filter((n) => n.offsetTop === strip.children[0].offsetTop).length,
   onChange: renderSelection });
 
 // ---- the job ---------------------------------------------------------------------------------
@@ -81,7 +83,8 @@ function cellSize() {
 
 function drawStrip() {
   const { w, h } = cellSize();
-  const scale = h <= STRIP_HEIGHT ? Math.max(1, Math.floor(STRIP_HEIGHT / h)) : STRIP_HEIGHT / h;
+  const tall = Math.round(8 * rem());
+  const scale = h <= tall ? Math.max(1, Math.floor(tall / h)) : tall / h;
   strip.replaceChildren(...frames.map((f) => {
     const canvas = el("canvas", { width: w, height: h, class: scale >= 1 ? "pixelated" : null });
     canvas.style.width = `${Math.round(w * scale)}px`;
@@ -173,7 +176,7 @@ async function loadSheet() {
   fpsInput.value = String(fps);
   preview.width = Math.round(rects[0][2]);
   preview.height = Math.round(rects[0][3]);
-  const scale = Math.max(1, Math.floor(256 / Math.max(preview.width, preview.height)));
+  const scale = Math.max(1, Math.floor(16 * rem() / Math.max(preview.width, preview.height)));
   preview.style.width = `${preview.width * scale}px`;
   preview.classList.toggle("pixelated", scale > 1 || out.width <= 2048);
   document.getElementById("player-empty").hidden = true;

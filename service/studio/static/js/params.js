@@ -75,17 +75,19 @@ export function readTarget(form) {
 }
 
 // Everything the form holds, as one flat object with the watch-folder preset's keys.
-export function snapshot(form, loras) {
-  const out = { size_mode: form.querySelector("#size-mode").value };
-  const w = form.querySelector("#width").value, h = form.querySelector("#height").value;
+// (A form without some of these controls, like Animate's, leaves their keys out.)
+export function snapshot(form, loras = []) {
+  const value = (sel) => { const n = form.querySelector(sel); return n ? n.value.trim() : undefined; };
+  const out = { size_mode: value("#size-mode") };
+  const w = value("#width"), h = value("#height");
   if (w) out.width = parseInt(w, 10);
   if (h) out.height = parseInt(h, 10);
   for (const input of paramInputs(form)) out[input.dataset.param] = readInput(input);
   out.loras = loras.map((l) => `${l.name}:${l.weight}`);
-  out.repo = form.querySelector("#target_repo").value.trim();
-  out.target_path = form.querySelector("#target_path").value.trim();
-  out.naming = form.querySelector("#naming").value;
-  out.mirror_dir = form.querySelector("#mirror_dir").value.trim();
+  out.repo = value("#target_repo");
+  out.target_path = value("#target_path");
+  out.naming = value("#naming");
+  out.mirror_dir = value("#mirror_dir");
   return out;
 }
 
@@ -132,8 +134,9 @@ export function toToml(values, form) {
 }
 
 export const store = {
-  last: () => JSON.parse(localStorage.getItem(LAST_KEY) || "null"),
-  saveLast: (values) => localStorage.setItem(LAST_KEY, JSON.stringify(values)),
+  // `form` names another form's last settings (the Animate form's: "animate").
+  last: (form = "") => JSON.parse(localStorage.getItem(LAST_KEY + (form && `.${form}`)) || "null"),
+  saveLast: (values, form = "") => localStorage.setItem(LAST_KEY + (form && `.${form}`), JSON.stringify(values)),
   presets: () => JSON.parse(localStorage.getItem(PRESETS_KEY) || "{}"),
   savePreset(name, values) {
     const all = this.presets();

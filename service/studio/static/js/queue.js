@@ -32,7 +32,9 @@ function row(job) {
   const progress = el("progress", { max: "1", value: String(job.progress), "aria-label": `Progress of ${job.input.filename}` });
   return el("tr", { "data-testid": "job-row", "data-id": job.id, "data-status": job.status },
     el("td", {}, thumb),
-    el("td", {}, el("a", { href: `/jobs/${job.id}`, text: job.input.filename })),
+    el("td", {}, el("a", { href: `/jobs/${job.id}`, text: job.input.filename }),
+       job.animation ? el("small", { class: "hint", "data-kind": "animate",
+                                     text: `animate: ${job.animation.motion}, ${job.animation.frames} frames` }) : ""),
     el("td", {}, el("span", { class: `badge ${job.status}`, text: job.status })),
     el("td", {}, progress, ` ${Math.round(job.progress * 100)}%`),
     el("td", { text: new Date(job.created_at).toLocaleString() }),
