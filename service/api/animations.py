@@ -36,9 +36,17 @@ def _openapi() -> dict[str, Any]:
             schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
         params.append({"name": name, "in": "query", "required": False, "schema": schema})
     target = TargetSpec.model_json_schema()["properties"]
-    for name, field in (("target_repo", "repo"), ("target_path", "path")):
+    for name, field in (("target_repo", "repo"), ("target_path", "path"),
+                        ("mirror_dir", "mirror_dir"), ("overwrite", "overwrite")):
+        schema = target[field]
+        if "anyOf" in schema:
+            schema = next(s for s in schema["anyOf"] if s.get("type") != "null")
         params.append({"name": name, "in": "query", "required": False,
-                       "schema": {k: v for k, v in target[field].items() if k != "title"}})
+                       "schema": {k: v for k, v in schema.items() if k != "title"}})
+    params.append({"name": "naming", "in": "query", "required": False,
+                   "description": "suffix (hero_walk.* beside the sprite) or mirror (under "
+                   "mirror_dir); replace is refused",
+                   "schema": {"type": "string", "enum": ["suffix", "mirror"]}})
     binary = {"schema": {"type": "string", "format": "binary"}}
     return {"parameters": params, "requestBody": {"required": True, "content": {
         "image/png": binary, "image/webp": binary}}}

@@ -36,6 +36,7 @@ def collect_garbage(store: SqlJobStore, artifacts: ArtifactStore, *, days: float
         if row.id in old_ids:
             continue
         keep.update(k for k in (row.input_sha256, row.output_sha256) if k)
+        keep.update(((row.output or {}).get("files") or {}).values())  # an animation's .json...
         keep.update(t.cache_key for t in store.get_tiles(row.id) if t.cache_key)
     cutoff_ts = time.time() - days * 86400
     young = {e.key for e in artifacts.entries() if e.mtime >= cutoff_ts}

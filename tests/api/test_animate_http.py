@@ -143,6 +143,8 @@ def test_bad_motion_is_refused_at_submit(emulator: EmulatorServer, tmp_path: Pat
         assert "moonwalk" in bad.json()["detail"]
         frames = _submit(client, motion="walk", frames="40")
         assert frames.status_code == 422 and "frames" in frames.json()["detail"]
+        over = _submit(client, motion="walk", naming="replace")  # the sheet over its sprite
+        assert over.status_code == 422 and "over its own sprite" in over.json()["detail"]
         assert client.get("/v1/jobs").json()["items"] == []  # nothing was queued
 
 
