@@ -63,10 +63,12 @@ def _lifespan(job_service: JobServicePort | None, backend: GpuBackend | None,
             owned.start()
             app.state.jobs = owned
         app.state.metrics.watch_store(app.state.jobs)
+        await lora_imports.resume_following(app)
         log.info("API ready (backend %s)", backend.name if backend else "none")
         try:
             yield
         finally:
+            await lora_imports.stop_following(app)
             if owned is not None:
                 owned.stop()
             if owns_backend and backend is not None:

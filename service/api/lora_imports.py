@@ -9,18 +9,23 @@ worker downloads onto its volume: the bytes never pass through this service) and
 total, the stored LoRA or the error with what to do next); ``GET /v1/models/imports`` lists the
 recent ones. Each import is a small JSON record in ``<data_dir>/imports/`` (the newest
 :data:`KEEP_RECORDS` are kept), so progress survives a page reload and a service restart.
+The service follows every import it started in the background (:func:`follow`, resumed for
+unfinished records at start-up) until it ends, so an import nobody watches still gets its
+result before RunPod forgets the job (30 minutes after it ends).
 The configured CivitAI / Hugging Face token goes to the worker for that site only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -31,10 +36,12 @@ from service.api.problems import problem_responses
 from service.backends.base import GpuBackend, RemoteImport
 from service.core.atomic import atomic_write
 from service.core.contracts import ImportModelRequest, ModelInfo
-from service.core.errors import NotFound
+from service.core.errors import AatError, NotFound
 from service.core.lora_sources import LoraSource, check_transport, resolve_source
 from service.core.params import LORA_NAME_MAX, LORA_UPLOAD_PATTERN
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 IMPORT_ID = r"^[0-9a-f]{32}$"
 KEEP_RECORDS = 50
@@ -153,7 +160,7 @@ def _apply(item: LoraImport, remote: RemoteImport) -> LoraImport:
     return item.model_copy(update={**changed, "updated_at": now}) if changed else item
 
 
-async def _refresh(request: Request, settings: Settings, backend: GpuBackend,
+async def _refresh(app: FastAPI, settings: Settings, backend: GpuBackend,
                    import_id: str) -> LoraImport:
     item, remote_id = await run_in_threadpool(_load, settings, import_id)
     if item.state in TERMINAL:
@@ -164,8 +171,66 @@ async def _refresh(request: Request, settings: Settings, backend: GpuBackend,
     if fresh is not item:
         await run_in_threadpool(_save, settings, fresh, remote_id)
         if fresh.state == "done":
-            lora_catalog(request).invalidate()  # submits may now name it
+            lora_catalog(app).invalidate()  # submits may now name it
     return fresh
+
+
+FOLLOW_MAX_DELAY_S = 5.0
+
+
+async def follow(app: FastAPI, import_id: str) -> None:
+    """Poll one import until it ends (backing off to every :data:`FOLLOW_MAX_DELAY_S`)."""
+    settings: Settings = app.state.settings
+    backend: GpuBackend = app.state.backend
+    delay = 0.5
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, FOLLOW_MAX_DELAY_S)
+        try:
+            item = await _refresh(app, settings, backend, import_id)
+        except NotFound:
+            return
+        except Exception as exc:  # RunPod unreachable for now: keep trying, quietly
+            log.warning("LoRA import %s: could not read its state: %s", import_id,
+                        exc.message if isinstance(exc, AatError) else type(exc).__name__)
+            continue
+        if item.state in TERMINAL:
+            return
+
+
+def _followers(app: FastAPI) -> set[asyncio.Task[None]]:
+    tasks: set[asyncio.Task[None]] | None = getattr(app.state, "import_followers", None)
+    if tasks is None:
+        tasks = app.state.import_followers = set()
+    return tasks
+
+
+def _start_following(app: FastAPI, import_id: str) -> None:
+    tasks = _followers(app)
+    task = asyncio.ensure_future(follow(app, import_id))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def resume_following(app: FastAPI) -> None:
+    """At start-up: follow the unfinished imports of an earlier run of the service."""
+    if app.state.backend is None:
+        return
+    settings: Settings = app.state.settings
+    for import_id in await run_in_threadpool(_recent_ids, settings):
+        try:
+            item, _ = await run_in_threadpool(_load, settings, import_id)
+        except (NotFound, ValueError, KeyError):
+            continue
+        if item.state not in TERMINAL:
+            _start_following(app, import_id)
+
+
+async def stop_following(app: FastAPI) -> None:
+    tasks = list(_followers(app))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @router.post("", response_model=LoraImport, status_code=202,
@@ -188,6 +253,7 @@ async def start_import(
                       name=body.name or source.filename, state="queued", created_at=now,
                       updated_at=now)
     await run_in_threadpool(_save, settings, item, remote_id)
+    _start_following(request.app, item.id)
     response.headers["Location"] = f"/v1/models/imports/{item.id}"
     return item
 
@@ -198,7 +264,7 @@ async def list_imports(
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> ImportList:
     ids = await run_in_threadpool(_recent_ids, settings)
-    return ImportList(imports=[await _refresh(request, settings, backend, i) for i in ids])
+    return ImportList(imports=[await _refresh(request.app, settings, backend, i) for i in ids])
 
 
 @router.get("/{import_id}", response_model=LoraImport, summary="Where an import stands",
@@ -208,4 +274,4 @@ async def get_import(
     settings: Annotated[Settings, Depends(get_settings)],
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> LoraImport:
-    return await _refresh(request, settings, backend, import_id)
+    return await _refresh(request.app, settings, backend, import_id)

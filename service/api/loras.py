@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from service.api.deps import get_backend, get_settings, require_auth
@@ -119,11 +119,12 @@ class LoraCatalog:
         return self._names
 
 
-def lora_catalog(request: Request) -> LoraCatalog:
+def lora_catalog(where: Request | FastAPI) -> LoraCatalog:
     """The app's one :class:`LoraCatalog` (made on first use)."""
-    catalog: LoraCatalog | None = getattr(request.app.state, "lora_catalog", None)
+    app = where.app if isinstance(where, Request) else where
+    catalog: LoraCatalog | None = getattr(app.state, "lora_catalog", None)
     if catalog is None:
-        catalog = request.app.state.lora_catalog = LoraCatalog()
+        catalog = app.state.lora_catalog = LoraCatalog()
     return catalog
 
 

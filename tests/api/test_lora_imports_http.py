@@ -234,3 +234,65 @@ def test_the_local_backend_imports_with_the_worker_s_own_code(
         assert done["model"]["trigger_words"] == ["pxlart", "16-bit sprite"]
     assert (tmp_path / "local-loras" / "pixel_art.safetensors").read_bytes() == standin.files[
         "pixel_art.safetensors"]
+
+
+def test_an_import_nobody_watches_still_records_its_result(
+        service: Any, standin: StandIn, tmp_path: Path) -> None:
+    """The service follows what it started: the record reaches `done` with no client polling
+    (RunPod forgets a finished job after 30 minutes)."""
+    import json
+
+    server = service()
+    with server.client() as http:
+        item = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/models/101"}
+                         ).json()
+    record = tmp_path / "data" / "imports" / f"{item['id']}.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = json.loads(record.read_text())["import"]
+        if state["state"] == "done":
+            break
+        time.sleep(0.1)
+    assert state["state"] == "done", state
+    assert state["model"]["name"] == "moss_style.safetensors"
+
+
+def test_a_restarted_service_resumes_following_unfinished_imports(
+        live_server: Any, runpod_emulator: Any, runpod_settings: Any, standin: StandIn,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import started by an earlier run of the service (its record still `queued`) is
+    followed again from start-up and reaches `done`."""
+    import asyncio
+    import json
+
+    from service.api.lora_imports import LoraImport, _save, worker_request
+    from service.backends.runpod.backend import RunPodBackend
+    from service.core.lora_sources import resolve_source
+    from workers.upscale.handler import handler
+
+    monkeypatch.setenv("AAT_LORA_DIR", str(tmp_path / "volume"))
+    emulator = runpod_emulator(workers=1, handler=handler, endpoints=("upscale",))
+    settings = runpod_settings(emulator, runpod_caption_endpoint_id=None,
+                               civitai_base_url=standin.site + "/civitai",
+                               lora_import_http_hosts=standin.http_hosts)
+    source = resolve_source(f"{standin.site}/civitai/api/download/models/101",
+                            civitai_base=settings.civitai_base_url)
+
+    async def start_elsewhere() -> str:
+        backend = RunPodBackend(settings)
+        try:
+            return await backend.start_import(worker_request(settings, source, None))
+        finally:
+            await backend.aclose()
+
+    remote_id = asyncio.run(start_elsewhere())
+    item = LoraImport(id="c" * 32, url=source.url, source="civitai", name=None, state="queued",
+                      created_at=time.time(), updated_at=time.time())
+    _save(settings, item, remote_id)
+    live_server(settings)  # the service starts, finds the unfinished record, follows it
+    record = tmp_path / "data" / "imports" / f"{'c' * 32}.json"
+    deadline = time.monotonic() + 30
+    while json.loads(record.read_text())["import"]["state"] != "done":
+        assert time.monotonic() < deadline, record.read_text()
+        time.sleep(0.1)
+    assert (tmp_path / "volume" / "moss_style.safetensors").exists()
