@@ -150,7 +150,8 @@ async def check_lora_names(request: Request, params: UpscaleParams) -> None:
         have = ", ".join(sorted(known)[:10]) or "none"
         raise ApiError(422, "lora_not_found",
                        f"LoRA {missing[0]!r} is not on the upscale worker (available: {have}); "
-                       "upload it first with POST /v1/models or `aat models upload`")
+                       "upload it first with POST /v1/models or `aat models upload`, or "
+                       "import it from CivitAI / Hugging Face with `aat models import URL`")
 
 
 @router.get("", response_model=ModelList, summary="LoRAs on the upscale worker's volume")
