@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,47 @@ def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
     page.goto(f"{studio.url}/jobs")  # the queue says which jobs are animations
     row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
     expect(row.locator("[data-kind=animate]")).to_have_text("animate: run, 8 frames")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def one_fatal_frame(emulator: Any) -> Iterator[None]:
+    """The animate worker fails the next frame it is given, for good (then works again)."""
+    from workers.emulator.faults import FaultSpec
+
+    specs = emulator.test_configs["anim"].faults.specs  # the running endpoint's own faults
+    specs["fatal"] = FaultSpec(rate=1.0, limit=1)
+    yield
+    del specs["fatal"]
+
+
+def test_a_failed_frame_shows_in_the_strip_and_retry_delivers(studio, page, shot,
+                                                              one_fatal_frame) -> None:
+    (studio.repo / "units").mkdir(exist_ok=True)
+    hero = sprite(studio.repo / "units" / "rogue.png")
+    with studio.client() as http:
+        job = http.post("/v1/animations", content=hero.read_bytes(), params={
+            "filename": "rogue.png", "motion": "attack", "frames": "4",
+            "target_repo": "game", "target_path": "units/rogue.png"},
+            headers={"Content-Type": "image/png"}).json()
+    page.goto(f"{studio.url}/jobs/{job['id']}")
+    wait_status(page, "failed")
+    error = page.get_by_test_id("error-message")
+    expect(error).to_contain_text(re.compile(r"error \[worker_fatal\]: frame [1-4] of 4"))
+    expect(page.locator("[data-testid=frame][data-state=failed]")).not_to_have_count(0)
+    expect(page.get_by_test_id("download-result")).to_be_hidden()
+    assert sorted(p.name for p in (studio.repo / "units").iterdir()) == ["rogue.png"], \
+        "nothing written into the repo"
+    shot(page, "animate-job-failed")
+
+    page.get_by_test_id("retry-job").click()
+    page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(job["id"]))
+    wait_status(page, "succeeded")
+    expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(4)
+    assert sorted(p.name for p in (studio.repo / "units").iterdir()) == [
+        "rogue.png", "rogue_attack.json", "rogue_attack.png", "rogue_attack.tres",
+        "rogue_attack.webp"]
+    expect(page.locator("#player-note")).to_contain_text("plays once")
     assert page.problems == []  # type: ignore[attr-defined]
 
 
