@@ -171,7 +171,8 @@ async function loadSheet() {
   const k = image.naturalWidth / out.width;
   const rects = meta.frames.map(({ frame: r }) => [r.x * k, r.y * k, r.w * k, r.h * k]);
   const tag = (meta.meta.frameTags || [])[0] || {};
-  const fps = Math.max(1, Math.round(1000 / (meta.frames[0].duration || 100)));
+  // The FPS asked for (the JSON's whole milliseconds round 60 fps to 59), else the motion's.
+  const fps = job.animation.fps || Math.max(1, Math.round(1000 / (meta.frames[0].duration || 100)));
   sheet = { image, rects, fps, loop: tag.repeat === undefined };
   fpsInput.value = String(fps);
   preview.width = Math.round(rects[0][2]);
@@ -186,6 +187,7 @@ async function loadSheet() {
   drawStrip();
   strip.dataset.sheet = out.sha256;  // which sheet the cells show (scripts can wait for it)
   renderJob();
+  showFrame(Math.min(player.frame, rects.length - 1), true);  // at once, not at the next step
   play(true);
 }
 
@@ -194,6 +196,7 @@ const player = { playing: false, frame: 0, start: 0, raf: 0 };
 function play(on) {
   player.playing = on;
   preview.dataset.playing = String(on);
+  preview.setAttribute("aria-label", `The animation, ${on ? "playing" : "paused"}`);
   playButton.textContent = on ? "Pause" : "Play";
   playButton.setAttribute("aria-pressed", String(on));
   cancelAnimationFrame(player.raf);
@@ -212,7 +215,7 @@ function play(on) {
 }
 
 function showFrame(index, force = false) {
-  if (index === player.frame && !force && preview.dataset.frame === String(index)) return;
+  if (index === player.frame && !force) return;
   player.frame = index;
   const ctx = preview.getContext("2d");
   ctx.imageSmoothingEnabled = false;
