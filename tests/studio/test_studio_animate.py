@@ -139,6 +139,29 @@ def test_animate_from_the_form_watch_the_frames_play_and_download(studio, page, 
     expect(page.get_by_label("Target repo")).to_have_value("game")
     page.goto(studio.url + "/")  # apart from the upscale form's
     expect(page.get_by_label("Target repo")).to_have_value("")
+
+    # the upscale path takes the sheet with its cells, to land beside it
+    page.goto(f"{studio.url}/jobs/{job_id}")
+    page.get_by_test_id("upscale-sheet").click()
+    page.wait_for_url(re.compile(r".*/\?sheet_of=j_[0-9a-f]+$"))
+    expect(page.locator("#picked")).to_contain_text("hero_walk.png")
+    expect(page.get_by_label("Spritesheet grid")).to_have_value(f"cell={W}x{H}")
+    expect(page.get_by_label("Asset type")).to_have_value("sprite")
+    expect(page.get_by_label("Path in repo")).to_have_value("sprites/hero_walk.png")
+    with studio.client() as http:
+        planned = http.post("/v1/plan", json={"input_width": 8 * W, "input_height": H, "params": {
+            "asset_type": "sprite", "sheet": f"cell={W}x{H}"}}).json()
+    expect(page.locator("#plan-grid .tile")).to_have_count(len(planned["tiles"]))
+    shot(page, "new-job-from-sheet")
+    page.get_by_test_id("submit-job").click()
+    page.wait_for_url(re.compile(r".*/jobs/j_[0-9a-f]+$"))
+    wait_status(page, "succeeded")
+    with studio.client() as http:
+        up = http.get(f"/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert up["kind"] == "upscale" and up["input"]["sha256"] == job["output"]["sha256"]
+    assert up["params"]["sheet"] is not None
+    assert up["output"]["delivered_path"] == "sprites/hero_walk_x2.png"
+    assert "sprites/hero_walk_x2.json" in up["output"]["sidecars"], "its cells, scaled"
     assert page.problems == []  # type: ignore[attr-defined]
 
 

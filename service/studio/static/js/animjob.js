@@ -51,6 +51,9 @@ function renderJob() {
   links.replaceChildren(...files.map((name) => el("a", {
     class: "button", href: `${jobBase(job.id)}/files/${encodeURIComponent(name)}`, download: name,
     "data-testid": "download-file", "data-name": name, text: fileLabel(name) })));
+  const upscale = document.getElementById("upscale-sheet");  // the new-job form, sheet taken
+  upscale.hidden = !files.length;
+  upscale.href = `/?sheet_of=${encodeURIComponent(job.id)}`;
   renderSelection();
 }
 

@@ -242,8 +242,32 @@ function wire() {
   document.getElementById("preset-reset").addEventListener("click", () => { resetDefaults(form); schedulePlan(); });
 }
 
+// `/?sheet_of=<animate job>` (the Animate view's "Upscale this sheet"): that job's sheet as the
+// file, processed cell by cell (its frames' boxes), beside the delivered sheet when there is one.
+async function takeSheet(id) {
+  const base = `/v1/jobs/${encodeURIComponent(id)}`;
+  try {
+    const [job, { tiles }] = await Promise.all([api(base), api(`${base}/tiles`)]);
+    const meta = Object.keys((job.output && job.output.files) || {}).find((n) => n.endsWith(".json"));
+    if (!meta || !tiles.length) throw new Error(`job ${id} has no finished spritesheet to upscale`);
+    const blob = await (await api(`${base}/result`, { headers: { Accept: "image/*" } })).blob();
+    form.querySelector("[data-param=sheet]").value = `cell=${tiles[0].w}x${tiles[0].h}`;
+    form.querySelector("[data-param=asset_type]").value = "sprite";
+    if (job.output.delivered_path) {
+      form.querySelector("#target_repo").value = job.target.repo;
+      form.querySelector("#target_path").value = job.output.delivered_path;
+    }
+    const picked = new DataTransfer();  // shown in the file input too
+    picked.items.add(new File([blob], meta.replace(/\.json$/, ".png"), { type: "image/png" }));
+    fileInput.files = picked.files;
+    setFiles(picked.files);
+  } catch (err) { showError(err); }
+}
+
 restore(form, store.last());
 document.getElementById("exact-size").hidden = form.querySelector("#size-mode").value !== "exact";
 wire();
 loadPresetList();
 loadLoras().then(remember);
+const sheetOf = new URLSearchParams(location.search).get("sheet_of");
+if (sheetOf) takeSheet(sheetOf);
