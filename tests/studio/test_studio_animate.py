@@ -279,6 +279,8 @@ def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
         http.post(f"/v1/jobs/{retried}/cancel")
     assert again["kind"] == "animate" and again["input"]["sha256"] == job["input"]["sha256"]
     assert again["animation"] == job["animation"]
+    page.goto(f"{studio.url}/jobs/{retried}")  # ended: no frame of it is left on the worker
+    wait_status(page, "canceled")
     page.goto(f"{studio.url}/jobs")  # the queue says which jobs are animations
     row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
     expect(row.locator("[data-kind=animate]")).to_have_text("animate: run, 8 frames")
