@@ -19,6 +19,12 @@ the price the public endpoint reports in its output), failed calls included, and
 RunPod job id to ``on_submitted`` as soon as ``/run`` answers. A call that is cancelled
 (asyncio cancellation: another frame failed, the job was canceled) cancels its RunPod job, so
 no GPU time is spent on a frame nobody will use.
+
+``resume`` picks up a frame's RunPod job that an interrupted attempt of the job submitted (the
+id ``on_submitted`` reported, recorded on the frame's tile row): it re-polls that job through
+the upscale tiles' re-poll (:func:`~service.backends.runpod.resume.repoll_output`) and reads
+its output exactly as ``edit`` would, or answers None when RunPod no longer has a usable result
+(then the frame is submitted afresh).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from service.backends.runpod.client import (
     outcome,
     submit_or_cancel,
 )
+from service.backends.runpod.resume import repoll_output
 from service.core.contracts import AnimateRequest, AnimateResponse, ImageRef, PublicEditInput
 from service.core.errors import BackendError, ConfigError, WorkerError
 from service.settings import Settings
@@ -57,6 +64,14 @@ class EditBackend(Protocol):
                    acct: CallAccounting | None = None,
                    on_submitted: OnSubmitted | None = None) -> np.ndarray:
         """The edited frame, ``(H, W, 3) uint8``; what it cost is added to ``acct``."""
+        ...
+
+    async def resume(self, frame_id: str, remote_id: str, *,
+                     acct: CallAccounting | None = None) -> np.ndarray | None:
+        """The edited frame of RunPod job ``remote_id``, which an earlier (interrupted) attempt
+        submitted and paid for (its cost is added to ``acct``, its id counted there once
+        more, which the job's record knows already); None when it cannot be used: the caller
+        calls :meth:`edit` instead."""
         ...
 
     async def aclose(self) -> None: ...
@@ -107,6 +122,13 @@ async def _call(client: RunPodClient, payload: dict[str, Any], price_per_s: floa
     except BaseException:  # cancelled (another frame failed, the job was canceled) or stuck
         await cancel_quietly(client, job_id)
         raise
+    _account(acct, body, price_per_s)
+    return outcome(body)
+
+
+def _account(acct: CallAccounting, body: dict[str, Any], price_per_s: float) -> None:
+    """Queue and execution time of a finished RunPod job, and its price: the one the output
+    reports (RunPod's public endpoint prices per image), else GPU seconds x ``price_per_s``."""
     execution_ms = int(body.get("executionTime") or 0)
     acct.delay_ms += int(body.get("delayTime") or 0)
     acct.execution_ms += execution_ms
@@ -114,10 +136,35 @@ async def _call(client: RunPodClient, payload: dict[str, Any], price_per_s: floa
     reported = output.get("cost") if isinstance(output, dict) else None
     acct.cost_usd += (float(reported) if isinstance(reported, int | float)  # priced per image
                       else execution_ms / 1000.0 * price_per_s)
-    return outcome(body)
 
 
-class WorkerEditBackend:
+class _OnRunPod:
+    """What both edit backends share: their RunPod client, price, and :meth:`resume`, which
+    reads a re-polled job's output with the backend's own ``_read``."""
+
+    _client: RunPodClient
+    _price: float
+
+    async def _read(self, output: Any, frame_id: str) -> np.ndarray:
+        raise NotImplementedError
+
+    async def resume(self, frame_id: str, remote_id: str, *,
+                     acct: CallAccounting | None = None) -> np.ndarray | None:
+        async def read(output: Any) -> np.ndarray:
+            return await self._read(output, frame_id)
+
+        found = await repoll_output(self._client, remote_id, read, "RunPod edit job")
+        if found is None:
+            return None
+        frame, body = found
+        acct = acct if acct is not None else CallAccounting()
+        acct.remote_job_ids.append(remote_id)
+        acct.attempts += 1
+        _account(acct, body, self._price)
+        return frame
+
+
+class WorkerEditBackend(_OnRunPod):
     """Our ``workers/animate`` on a RunPod endpoint: one frame per RunPod job."""
 
     name = "worker"
@@ -133,6 +180,10 @@ class WorkerEditBackend:
                              image=ImageRef(b64=base64.b64encode(png_bytes(canvas)).decode()))
         output = await _call(self._client, req.model_dump(mode="json", exclude_none=True),
                              self._price, acct, on_submitted)
+        return await self._read(output, frame_id)
+
+    async def _read(self, output: Any, frame_id: str) -> np.ndarray:
+        """Our worker's output: the frame inline."""
         try:
             resp = AnimateResponse.model_validate(output)
         except ValueError as exc:
@@ -144,7 +195,7 @@ class WorkerEditBackend:
         await self._client.aclose()
 
 
-class PublicEditBackend:
+class PublicEditBackend(_OnRunPod):
     """RunPod's public Qwen-Image-Edit endpoint: the canvas goes as a URL from ``publish``."""
 
     name = "public"
@@ -172,6 +223,10 @@ class PublicEditBackend:
                 "(AWS S3 or R2, not a local MinIO); set AAT_S3_ENDPOINT_URL to a public "
                 "endpoint, or use your own worker with RUNPOD_ANIMATE_ENDPOINT_ID",
                 code="edit_url_unreachable") from exc
+        return await self._read(output, frame_id)
+
+    async def _read(self, output: Any, frame_id: str) -> np.ndarray:
+        """The public endpoint's output: a link to the frame, downloaded at once (it expires)."""
         link = output.get("image_url") or output.get("result") if isinstance(output, dict) else None
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise WorkerError(f"the public edit endpoint returned no image URL for frame "

@@ -11,12 +11,16 @@ a resumed job, or a rerun that keeps a frame, takes it from the cache, so only t
 chosen for a rerun (seed ``frame_seed(seed, i, rerun)``) change their cells.
 
 Progress goes through the same :class:`~service.jobs.orchestrator.JobRun`: stage ``animate``
-counts one unit per frame, RunPod jobs and their cost are recorded as for tiles, and a cancel
-(or a stopping runner, or a lost lease) stops the job within a quarter second: the frames in
-flight and their RunPod jobs are cancelled. A failed frame fails the job (after cancelling the
-others) before anything is written into a repo; delivery writes the sheet, its Aseprite
-``.json``, Godot ``.tres`` and ``.webp`` preview beside the source with
-:func:`~service.storage.game_repo.deliver_set`.
+counts one unit per frame, and each frame's RunPod job id is recorded the moment ``/run``
+answers (the frame's tile row ``remote_job_id`` with its ``frame_key``, and the job's
+``remote_jobs``, where it is counted once), so an attempt that picks the job up again (lease
+lost, runner killed) re-polls the frames that were in flight instead of paying for them twice.
+Stopping is the upscale job's: a cancel or a lost lease stops the job within a quarter second
+and cancels the frames in flight and their RunPod jobs; a stopping runner starts no new frame,
+lets those in flight finish into the cache, and puts the job back in the queue. A failed frame
+fails the job (after cancelling the others) before anything is written into a repo; delivery
+writes the sheet, its Aseprite ``.json``, Godot ``.tres`` and ``.webp`` preview beside the
+source with :func:`~service.storage.game_repo.deliver_set`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ def plan_frames(run: JobRun, params: AnimateParams, sprite_size: tuple[int, int]
     return run.ctx.store.get_tiles(run.job_id)
 
 
+def in_flight(frames: list[TileRecord], keys: dict[int, str], todo: Collection[int]
+              ) -> dict[int, str]:
+    """Frame -> the RunPod job an earlier, interrupted attempt submitted for it and never
+    finished, when the frame is still the same request (its ``frame_key``: same prompt, seed,
+    backend): that job is re-polled instead of paid again."""
+    return {t.idx: t.remote_job_id for t in frames
+            if t.idx in todo and t.remote_job_id and t.status not in ("refined", "cached")
+            and t.cache_key == keys[t.idx]}
+
+
 class _Frames:
     """The pipeline's :class:`~service.pipeline.animate.FrameObserver` for one job: frame rows,
     cached cells, progress and cost through :class:`JobRun`."""
@@ -82,13 +96,15 @@ class _Frames:
     def frame_finished(self, index: int, cell: np.ndarray, acct: CallAccounting) -> None:
         self.run.ctx.artifacts.put_array(self.keys[index], cell)
         self.done(index, acct)
-        self.run.check()  # canceled, stopping or lease lost: the frames in flight are cancelled
 
     def frame_failed(self, index: int, acct: CallAccounting) -> None:
         self.run.spent("animate", index, acct)
 
     def done(self, index: int, acct: CallAccounting | None) -> None:
         self.run.frame_done(index, self.keys[index], self.seeds[index], acct)
+
+    def check(self) -> None:
+        self.run.check()
 
 
 def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
@@ -115,16 +131,16 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
             cells[i] = cached
             observer.done(i, None)
     todo = [i for i in sorted(keys) if i not in cells]
-    log.info("animate job %s: %d frames to generate, %d from the cache", job_id, len(todo),
-             len(cells))
+    earlier = in_flight(frames, keys, todo)
+    log.info("animate job %s: %d frames to generate (%d of them already on RunPod), %d from "
+             "the cache", job_id, len(todo), len(earlier), len(cells))
 
     async def generate() -> dict[int, np.ndarray]:
         backend = open_edit_backend(ctx.settings)
         try:
-            work = asyncio.ensure_future(pipe.generate(
+            return await pipe.generate(
                 source, params, backend, edit_side=edit_side, indices=todo, prompts=prompts,
-                seeds=seeds, observer=observer))
-            return await _until_done(work, run)
+                seeds=seeds, observer=observer, earlier=earlier, poll_s=CHECK_S)
         finally:
             await backend.aclose()
 
@@ -169,19 +185,3 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
                          stage="done", progress=1.0, timings=timings)
     log.info("animate job %s succeeded (%d frames, %s)", job_id, params.frames,
              params.animation_name())
-
-
-async def _until_done(work: asyncio.Future[dict[int, np.ndarray]], run: JobRun
-                      ) -> dict[int, np.ndarray]:
-    """``work``'s result; a cancel (stop, lost lease) seen meanwhile cancels it (and so the
-    frames in flight and their RunPod jobs) and raises."""
-    while True:
-        done, _ = await asyncio.wait({work}, timeout=CHECK_S)
-        if done:
-            return work.result()
-        try:
-            await asyncio.to_thread(run.check)
-        except BaseException:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            raise

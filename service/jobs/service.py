@@ -88,13 +88,18 @@ class JobService:
 
     # ---- submission --------------------------------------------------------------------------
     def submit(self, data: bytes, *, filename: str, params: UpscaleParams,
-               target: TargetSpec | None = None, idempotency_key: str | None = None
-               ) -> tuple[JobPublic, bool]:
-        """Validate, store and queue one job; ``(job, False)`` when it already existed."""
+               target: TargetSpec | None = None, idempotency_key: str | None = None,
+               decided: UpscaleParams | None = None) -> tuple[JobPublic, bool]:
+        """Validate, store and queue one job; ``(job, False)`` when it already existed.
+        ``decided``: the stored params of the job this one retries (:meth:`retry`): its
+        asset type was decided then, and the new job gives the same reason for it."""
         if target is not None and params.sheet is None:
             params = self._sheet_beside(target, params)
         info = probe_image(data, params, self.settings, filename)  # raises ImageError/ParamsError
         params = info.params  # every `auto` resolved here, stored, and part of the dedupe key
+        if decided is not None and decided.asset_type == params.asset_type:
+            # sent back in as a concrete type it would read "user: asked for ..."
+            params = params.model_copy(update={"asset_reason": decided.asset_reason})
         if params.style_image_sha256 and not self.artifacts.find(
                 "inputs", params.style_image_sha256):
             raise ParamsError(f"no style image {params.style_image_sha256[:12]}…; upload it "
@@ -301,7 +306,8 @@ class JobService:
         parameters (with the seed it ran with, so a canceled job's finished tiles or frames
         come from the cache) and target, through the kind's submit (so everything is checked
         again and the dedupe and ``Idempotency-Key`` rules are the submit's: retrying twice
-        answers the first retry's job while it has not failed)."""
+        answers the first retry's job while it has not failed). An upscale job keeps the
+        original's asset type and the reason it was chosen (``asset_reason``)."""
         row = self.store.get(job_id)
         if row.status == JobStatus.succeeded:
             raise JobError(f"job {job_id} succeeded; nothing to retry (re-run chosen "
@@ -324,7 +330,7 @@ class JobService:
         if params.seed is None and row.seed is not None:
             params = params.model_copy(update={"seed": row.seed})
         return self.submit(data, filename=row.filename, params=params, target=target,
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, decided=params)
 
     def _rerun_new(self, row: JobRecord, plan: builtins.list[NewTile]) -> JobPublic:
         """The re-run job of ``row`` with tile rows ``plan``, queued."""

@@ -13,7 +13,10 @@ A frame that fails fails the whole call with its error (``frame 3 of 8: ...``) o
 frames still in flight are cancelled (their RunPod jobs too, see
 :mod:`service.backends.edit`): callers write nothing until every frame is in. A
 :class:`FrameObserver` (the job runner's ``JobRun``) hears of each frame as it starts, as its
-RunPod job is submitted and as it ends, with what it cost.
+RunPod job is submitted and as it ends, with what it cost, and is asked whether to stop
+exactly as upscale tiles ask (:func:`~service.pipeline.observer.run_checked`: a cancel cancels
+the frames in flight, a stopping runner lets them finish). A frame whose RunPod job an
+interrupted attempt submitted is re-polled (``EditBackend.resume``), not paid for again.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from service.core import frames as fr
 from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse_size
 from service.core.errors import AatError
 from service.core.sheet_writers import aseprite_json, godot_sprite_frames
+from service.pipeline.observer import run_checked
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,19 @@ class FrameObserver(Protocol):
     def frame_failed(self, index: int, acct: CallAccounting) -> None:
         """Frame ``index`` failed or was cancelled; ``acct`` is what it cost anyway."""
         ...
+
+    def check(self) -> None:
+        """Raise to stop (see :meth:`service.pipeline.observer.PipelineObserver.check`:
+        frames in flight are cancelled, unless the exception has ``drain = True``)."""
+        ...
+
+
+class _NoStop:
+    def check(self) -> None:
+        return None
+
+
+_NO_STOP = _NoStop()
 
 
 @dataclass(frozen=True)
@@ -111,7 +128,14 @@ def finish_frame(edited: np.ndarray, prep: Prepared, params: AnimateParams) -> n
 
 async def _one(backend: EditBackend, index: int, total: int, prep: Prepared, prompt: str,
                seed: int, acct: CallAccounting,
-               on_submitted: Callable[[str], None] | None = None) -> np.ndarray:
+               on_submitted: Callable[[str], None] | None = None,
+               earlier: str | None = None) -> np.ndarray:
+    """Frame ``index`` edited: the RunPod job ``earlier`` an interrupted attempt submitted for
+    it, when RunPod still has its result, else a new call (a retryable failure once more)."""
+    if earlier is not None:
+        resumed = await backend.resume(f"frame-{index}", earlier, acct=acct)
+        if resumed is not None:
+            return resumed
     for attempt in range(FRAME_ATTEMPTS):
         try:
             return await backend.edit(f"frame-{index}", prep.canvas, prompt, seed, acct=acct,
@@ -140,21 +164,31 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
                    on_frame: Callable[[int], None] | None = None,
                    prompts: Mapping[int, str] | None = None,
                    seeds: Mapping[int, int] | None = None,
-                   observer: FrameObserver | None = None) -> dict[int, np.ndarray]:
+                   observer: FrameObserver | None = None,
+                   earlier: Mapping[int, str] | None = None,
+                   poll_s: float = 0.25) -> dict[int, np.ndarray]:
     """Aligned cells of frames ``indices`` (default: all), generated concurrently.
 
     Each frame's prompt and seed are ``prompts[i]`` / ``seeds[i]`` when given, else the
     motion's (:func:`~service.core.animate.frame_prompts`) and ``frame_seed(seed, i, attempt)``.
+    ``earlier[i]`` is the RunPod job an interrupted attempt submitted for frame ``i`` (the id
+    ``frame_submitted`` reported): it is re-polled instead of paid again (``backend.resume``),
+    and only submitted afresh when RunPod no longer has a usable result.
+
     The first frame that fails (or an ``on_frame`` / observer that raises) cancels the frames
-    still in flight, waits until they are cancelled, then raises."""
+    still in flight, waits until they are cancelled, then raises. ``observer.check`` is polled
+    every ``poll_s`` (:func:`~service.pipeline.observer.run_checked`, as for upscale tiles): a
+    cancel or a lost lease cancels the frames in flight; a stopping runner (``drain``) starts
+    no new frame and lets those in flight finish and be cached before it raises."""
     prep = prepare(source, params, edit_side)
     default = frame_prompts(params)
     wanted = list(range(params.frames)) if indices is None else list(indices)
     gate = asyncio.Semaphore(concurrency)
-    failed = asyncio.Event()
+    failed, draining = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+    out: dict[int, np.ndarray] = {}
 
-    async def run(i: int) -> tuple[int, np.ndarray]:
+    async def run(i: int) -> None:
         acct = CallAccounting()
         prompt = (prompts or {}).get(i) or default[i]
         seed = (seeds or {}).get(i, frame_seed(params.seed, i, attempt))
@@ -164,13 +198,13 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
                 loop.run_in_executor(None, observer.frame_submitted, i, remote_id)
 
         async with gate:
-            if failed.is_set():  # a frame failed: start nothing new
-                raise asyncio.CancelledError
+            if failed.is_set() or draining.is_set():  # start nothing new
+                return
             try:
                 if observer is not None:
                     await asyncio.to_thread(observer.frame_started, i)
                 edited = await _one(backend, i, params.frames, prep, prompt, seed, acct,
-                                    submitted)
+                                    submitted, (earlier or {}).get(i))
             except BaseException:
                 failed.set()  # before the gate lets a waiting frame in
                 if observer is not None and (acct.remote_job_ids or acct.possibly_billed):
@@ -181,18 +215,12 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
             await asyncio.to_thread(observer.frame_finished, i, cell, acct)
         if on_frame is not None:
             on_frame(i)
-        return i, cell
+        out[i] = cell
 
-    tasks = [asyncio.create_task(run(i)) for i in wanted]
-    try:
-        done = await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        # let every cancelled frame cancel its RunPod job before the backend is closed
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    return dict(done)
+    # every cancelled frame cancels its RunPod job before this returns (and the backend closes)
+    await run_checked(wanted, run, observer if observer is not None else _NO_STOP, poll_s,
+                      draining)
+    return out
 
 
 async def animate(source: np.ndarray, params: AnimateParams, backend: EditBackend, *,

@@ -8,13 +8,26 @@ what you report.
 
 Threads: the pipeline calls every method from a worker thread (never on its event loop), so a
 method may block on storage; calls for different tiles may run at the same time.
+
+:func:`run_checked` is the one loop that honours :meth:`~PipelineObserver.check` while units
+of work are in flight: the refine loop's tiles and captions and the animate pipeline's frames
+run under it, so a cancel, a lost lease and a stopping runner mean the same for both.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from service.backends.base import CallAccounting
+
+T = TypeVar("T")
+DRAIN_S = 60.0  # how long a stopping runner waits for remote work already paid for
+
+
+class Checks(Protocol):
+    def check(self) -> None: ...
 
 
 class PipelineObserver(Protocol):
@@ -72,3 +85,35 @@ class Observer:
 
     def check(self) -> None:
         return None
+
+
+async def run_checked(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
+                      observer: Checks, poll_s: float,
+                      draining: asyncio.Event | None = None) -> None:
+    """Run ``fn`` over every item concurrently; stop all on the first error or when
+    ``observer.check`` raises (polled every ``poll_s``): the in-flight calls are cancelled, so
+    the backend cancels their remote jobs. An exception with ``drain = True`` (the runner is
+    stopping) first sets ``draining`` (``fn`` then starts nothing new) and lets calls already
+    in flight finish (up to ``DRAIN_S``), so their results are kept for the next attempt."""
+    if not items:
+        return
+    tasks = [asyncio.create_task(fn(i)) for i in items]
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=poll_s,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raise the first failure
+            if pending:
+                try:
+                    await asyncio.to_thread(observer.check)
+                except Exception as exc:
+                    if getattr(exc, "drain", False) and draining is not None:
+                        draining.set()
+                        await asyncio.wait(pending, timeout=DRAIN_S)
+                    raise
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -19,21 +19,19 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from service.backends.base import GpuBackend, RefineOptions, TileTask
 from service.core.jobs import PIPELINE_VERSION
-from service.pipeline.observer import Observer, PipelineObserver
+from service.pipeline.observer import Observer, PipelineObserver, run_checked
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 CAPTION_MAX_SIDE = 448  # the caption worker looks at tiles this size
-DRAIN_S = 60.0  # how long a stopping runner waits for tiles already paid for
 
 
 class TileCache(Protocol):
@@ -122,37 +120,6 @@ def derive_seed(job_seed: int, index: int, rerun: int = 0) -> int:
 Before = Callable[[TileWork], Awaitable[TileWork]]
 After = Callable[[int, np.ndarray], np.ndarray]
 _QUIET = Observer()
-
-
-async def _run_all(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None]],
-                   observer: PipelineObserver, poll_s: float,
-                   draining: asyncio.Event | None = None) -> None:
-    """Run ``fn`` over every item concurrently; stop all on the first error or when
-    ``observer.check`` raises (the in-flight calls are cancelled, so the backend cancels their remote jobs).
-    An exception with ``drain = True`` (the runner is stopping) first sets ``draining`` and
-    lets calls already in flight finish (up to ``DRAIN_S``), so their results are kept."""
-    if not items:
-        return
-    tasks = [asyncio.create_task(fn(i)) for i in items]
-    try:
-        pending: set[asyncio.Task[None]] = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=poll_s,
-                                               return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # re-raise the first failure
-            if pending:
-                try:
-                    await asyncio.to_thread(observer.check)
-                except Exception as exc:
-                    if getattr(exc, "drain", False) and draining is not None:
-                        draining.set()
-                        await asyncio.wait(pending, timeout=DRAIN_S)
-                    raise
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def caption_input(image: np.ndarray, max_side: int = CAPTION_MAX_SIDE) -> np.ndarray:
@@ -256,7 +223,7 @@ async def refine_tiles(
         await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed,
                                 result.accounting)
 
-    await _run_all(work, one, observer, poll_s, draining)
+    await run_checked(work, one, observer, poll_s, draining)
     log.info("%s: %d tiles (%d from the cache)", stage, len(work), hits)
     return out
 
@@ -274,5 +241,5 @@ async def caption_tiles(
         out[index] = await caption_one(backend, index, tiles[index], cache, observer,
                                        instruction)
 
-    await _run_all(list(tiles), one, observer, poll_s)
+    await run_checked(list(tiles), one, observer, poll_s)
     return out

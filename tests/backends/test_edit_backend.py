@@ -95,3 +95,42 @@ def test_a_cancelled_frame_cancels_its_runpod_job(emu: EmulatorServer) -> None:
     asyncio.run(run())
     stats = emu.stats("anim-stuck")
     assert stats["canceled"] == 1 and stats["by_status"] == {"CANCELLED": 1}
+
+
+def test_a_frame_submitted_earlier_is_resumed_by_its_runpod_id(emu: EmulatorServer) -> None:
+    """An interrupted job's frame: its RunPod job is re-polled and read like a fresh answer
+    (nothing submitted again, its cost accounted); a job RunPod no longer knows, or one
+    that was cancelled, gives None, and the caller submits the frame afresh."""
+    worker = WorkerEditBackend(_client(emu, "anim"), steps=1, price_per_s=PRICE)
+    public = PublicEditBackend(_client(emu, "qwen-image-edit"),
+                               lambda data: SHELF.put(data, ".png"), price_per_s=PRICE)
+    stuck = WorkerEditBackend(_client(emu, "anim-stuck"), steps=1)
+
+    async def run() -> None:
+        try:
+            for backend, endpoint in ((worker, "anim"), (public, "qwen-image-edit")):
+                ids: list[str] = []
+                fresh = await backend.edit("frame-4", canvas(), "walking", 7,
+                                           on_submitted=ids.append)
+                before = emu.stats(endpoint)["submitted"]
+                acct = CallAccounting()
+                again = await backend.resume("frame-4", ids[0], acct=acct)
+                assert again is not None and np.array_equal(again, fresh)
+                assert emu.stats(endpoint)["submitted"] == before  # re-polled, not re-sent
+                assert acct.remote_job_ids == ids and acct.attempts == 1
+                assert acct.cost_usd > 0
+                gone = CallAccounting()
+                assert await backend.resume("frame-4", "no-such-job", acct=gone) is None
+                assert gone == CallAccounting()  # nothing paid, nothing counted
+            task = asyncio.create_task(stuck.edit("frame-5", canvas(), "jumping", 1,
+                                                  on_submitted=ids.append))
+            while len(ids) < 2:
+                await asyncio.sleep(0.02)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert await stuck.resume("frame-5", ids[1]) is None  # CANCELLED: submit again
+        finally:
+            for backend in (worker, public, stuck):
+                await backend.aclose()
+
+    asyncio.run(run())

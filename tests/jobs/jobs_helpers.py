@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,8 @@ from service.pipeline.refine import derive_seed
 from service.upscalers.registry import get_upscaler
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
 from workers.emulator.echo import tint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def png(size: int = 48, seed: int = 0) -> bytes:
@@ -93,3 +98,16 @@ def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> b
         return False
     recorded = sum(1 for t in svc.store.get_tiles(job_id) if t.remote_job_id)
     return recorded == emu.stats("upscale")["submitted"]
+
+
+def embedded_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process like `aat up`'s job side: the embedded executor running jobs with ``env``
+    (a test kills it with SIGKILL to crash mid-job, or stops it with SIGTERM)."""
+    code = ("import time, logging\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "from service.settings import load_settings\n"
+            "from service.jobs.service import build_job_service\n"
+            "build_job_service(load_settings()).start()\n"
+            "time.sleep(600)\n")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from jobs_helpers import (
+    embedded_process,
     emulator,
     expected_echo_pixels,
     pixels,
@@ -28,8 +27,6 @@ from jobs_helpers import (
 from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService, build_job_service
 from workers.emulator import EmulatorServer, Faults
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -124,17 +121,6 @@ def test_a_failing_backend_fails_the_job_with_its_reason(job_settings: Any,
     assert not [f for f in _files(data) if "tmp" in f or "/outputs/" in f]
 
 
-def _embedded_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    code = ("import time, logging\n"
-            "logging.basicConfig(level=logging.INFO)\n"
-            "from service.settings import load_settings\n"
-            "from service.jobs.service import build_job_service\n"
-            "build_job_service(load_settings()).start()\n"
-            "time.sleep(600)\n")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         job_settings: Any, tmp_path: Path) -> None:
     with emulator(workers=3, latency_s=0.4) as emu:
@@ -146,7 +132,7 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         n_tiles = 16
         env = {**os.environ, **runpod_env(emu), "AAT_DATA_DIR": str(settings.data_dir),
                "AAT_REPOS": f'{{"game": "{tmp_path / "repo"}"}}', "AAT_LEASE_S": "2"}
-        first = _embedded_process(env)
+        first = embedded_process(env)
         try:
             wait_until(lambda: quiet_moment(submitter, emu, job.id, 4), 60, "4 tiles")
         finally:
@@ -157,7 +143,7 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         in_flight = [t for t in submitter.store.get_tiles(job.id)
                      if t.remote_job_id and t.status != "refined"]
         assert in_flight  # paid-for RunPod jobs the next attempt must pick up, not resubmit
-        second = _embedded_process(env)
+        second = embedded_process(env)
         try:
             done = _finished(submitter, job.id, 90)
         finally:
@@ -195,13 +181,13 @@ def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_count
             # every caption RunPod accepted has its id recorded, and some are not back yet
             return bool(waiting) and len(ids) == emu.stats("caption")["submitted"] >= 3
 
-        first = _embedded_process(env)
+        first = embedded_process(env)
         try:
             wait_until(captions_in_flight, 60, "captions in flight")
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
-        second = _embedded_process(env)
+        second = embedded_process(env)
         try:
             done = _finished(submitter, job.id, 90)
         finally:

@@ -1,0 +1,178 @@
+"""An animate job picked up again after its runner was interrupted, on the RunPod emulator:
+frames whose RunPod jobs were already submitted are re-polled, never paid twice, and the sheet
+is the one an uninterrupted run with the same seed makes.
+
+- ``kill -9`` of the process running the job (`aat up`'s embedded executor) with frames on
+  RunPod: the next process re-claims the job when its lease runs out and re-polls them;
+- a runner stopping gracefully lets the frames in flight finish into the cache (as upscale
+  tiles do) instead of cancelling them; the job goes back to the queue and the next start
+  takes them from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jobs_helpers import embedded_process, wait_until
+from PIL import Image
+from pydantic import SecretStr
+
+from service.backends.edit import WorkerEditBackend
+from service.backends.runpod.client import PollPolicy, RunPodClient
+from service.core.animate import AnimateParams
+from service.core.jobs import JobStatus
+from service.jobs.service import JobService, build_job_service
+from service.pipeline import animate as pipe
+from service.settings import Settings
+from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
+
+KEY = "emu-key"
+W, H = 24, 32
+EDIT_SIDE = 64
+LATENCY = 0.8  # "GPU" seconds per frame: frames are still on RunPod when the runner goes
+PARAMS = AnimateParams(motion="walk", frames=8, seed=11)
+
+
+def sprite_png() -> bytes:
+    a = np.zeros((H, W, 4), np.uint8)
+    a[4:28, 6:18] = (40, 40, 60, 255)  # outline
+    a[5:27, 7:17] = (200, 80, 40, 255)  # body
+    buf = io.BytesIO()
+    Image.fromarray(a, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def emu() -> Iterator[EmulatorServer]:
+    with EmulatorServer({
+        # two workers and four frames in flight: two running, two queued at any moment
+        "anim": EndpointConfig(handler=resolve_handler("animate-echo"), workers=2,
+                               latency_s=LATENCY),
+        "anim-ref": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4),
+    }, api_key=KEY) as server:
+        yield server
+
+
+def _settings(job_settings: Any, emu: EmulatorServer) -> Settings:
+    return job_settings(runpod_api_key=KEY, runpod_base_url=emu.url,
+                        runpod_animate_endpoint_id="anim", animate_edit_side=EDIT_SIDE,
+                        runpod_poll_min_s=0.02, runpod_poll_max_s=0.2,
+                        runpod_backoff_base_s=0.05)
+
+
+def _uninterrupted_sheet(emu: EmulatorServer) -> np.ndarray:
+    """The sheet the same sprite, parameters and seed make in one go (on another endpoint,
+    so the counted one sees only the job's frames)."""
+    sprite = np.asarray(Image.open(io.BytesIO(sprite_png())).convert("RGBA"))
+
+    async def run() -> pipe.Animation:
+        backend = WorkerEditBackend(RunPodClient(emu.url, "anim-ref", SecretStr(KEY),
+                                                 poll=PollPolicy(0.02, 0.2, 60)))
+        try:
+            return await pipe.animate(sprite, PARAMS, backend, edit_side=EDIT_SIDE)
+        finally:
+            await backend.aclose()
+
+    sheet = pipe.outputs(asyncio.run(run()), "ref")["ref.png"]
+    return _rgba(sheet)
+
+
+def _rgba(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+
+
+def _in_flight(svc: JobService, emu: EmulatorServer, job_id: str, min_done: int) -> bool:
+    """``min_done`` frames are in, others are on RunPod, and every RunPod job the endpoint
+    accepted has its id recorded on its frame (outside the milliseconds between ``/run``
+    answering and the id being committed, in which a kill would pay that frame twice)."""
+    stage = svc.get(job_id).stages.get("animate")
+    if not stage or stage.done < min_done:
+        return False
+    tiles = svc.store.get_tiles(job_id)
+    recorded = [t for t in tiles if t.remote_job_id]
+    waiting = [t for t in recorded if t.status != "refined"]
+    return bool(waiting) and len(recorded) == emu.stats("anim")["submitted"]
+
+
+def _check_paid_once(done: Any, emu: EmulatorServer) -> None:
+    stats = emu.stats("anim")
+    assert stats["submitted"] == PARAMS.frames, stats  # no frame went to RunPod twice
+    assert stats["canceled"] == 0, stats
+    assert done.cost.runpod_jobs == PARAMS.frames and done.cost.possibly_billed == 0
+    # each frame's GPU time counted once: eight frames of LATENCY s, not nine or more
+    assert PARAMS.frames * LATENCY <= done.cost.execution_s < (PARAMS.frames + 1) * LATENCY
+    price = Settings.model_fields["runpod_price_per_gpu_second"].default
+    assert done.cost.usd == pytest.approx(done.cost.execution_s * price, rel=1e-6)
+
+
+def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
+        job_settings: Any, emu: EmulatorServer, tmp_path: Path) -> None:
+    settings = _settings(job_settings, emu)
+    submitter = build_job_service(settings)  # not started: the subprocesses run the job
+    job, _ = submitter.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
+    env = {**os.environ, "AAT_DATA_DIR": str(settings.data_dir), "AAT_LEASE_S": "2",
+           "RUNPOD_API_KEY": KEY, "AAT_RUNPOD_BASE_URL": emu.url,
+           "RUNPOD_ANIMATE_ENDPOINT_ID": "anim", "AAT_ANIMATE_EDIT_SIDE": str(EDIT_SIDE),
+           "AAT_RUNPOD_POLL_MIN_S": "0.02", "AAT_RUNPOD_POLL_MAX_S": "0.2"}
+    first = embedded_process(env)
+    try:
+        wait_until(lambda: _in_flight(submitter, emu, job.id, 2), 60, "frames on RunPod")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    mid = submitter.get(job.id)
+    assert mid.status == JobStatus.running and mid.stages["animate"].done < PARAMS.frames
+    on_runpod = {t.idx: t.remote_job_id for t in submitter.store.get_tiles(job.id)
+                 if t.remote_job_id and t.status != "refined"}
+    assert on_runpod  # paid-for frames the next attempt must pick up, not submit again
+    second = embedded_process(env)
+    try:
+        done = wait_until(lambda: (j := submitter.get(job.id)).status.terminal and j, 60,
+                          "job end")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait()
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    _check_paid_once(done, emu)
+    frames = {t.idx: t for t in submitter.store.get_tiles(job.id)}
+    assert all(frames[i].remote_job_id == rid for i, rid in on_runpod.items())  # the same job
+    assert {r["id"] for r in submitter.store.get(job.id).remote_jobs} == {
+        t.remote_job_id for t in frames.values()}
+    path, _ = submitter.result(job.id)
+    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+
+
+def test_a_stopping_runner_lets_frames_in_flight_finish_and_the_next_start_keeps_them(
+        job_settings: Any, emu: EmulatorServer) -> None:
+    settings = _settings(job_settings, emu)
+    svc = build_job_service(settings)
+    svc.start()
+    job, _ = svc.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
+    wait_until(lambda: _in_flight(svc, emu, job.id, 0)
+               and emu.stats("anim")["submitted"] == 4, 30, "four frames on RunPod")
+    svc.stop()  # graceful: like SIGTERM to `aat up` or `aat runner`
+    stopped = svc.get(job.id)
+    stats = emu.stats("anim")
+    assert stopped.status == JobStatus.queued  # back in the queue for the next start
+    assert stats["canceled"] == 0 and stats["submitted"] == 4  # drained, nothing new sent
+    assert stopped.stages["animate"].done == 4  # the four in flight finished and were kept
+
+    again = build_job_service(settings)
+    again.start()
+    try:
+        done = wait_until(lambda: (j := again.get(job.id)).status.terminal and j, 60,
+                          "job end")
+    finally:
+        again.stop()
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    _check_paid_once(done, emu)
+    path, _ = again.result(job.id)
+    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
