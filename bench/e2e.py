@@ -26,9 +26,6 @@ import json
 import math
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +36,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from proc_helpers import ServiceProcess, free_port  # noqa: E402
 
 from service.core.jobs import TargetSpec  # noqa: E402
 from service.core.params import UpscaleParams  # noqa: E402
@@ -57,25 +56,6 @@ EmulatorServer({
     "caption": EndpointConfig(handler=resolve_handler("echo"), workers=workers, latency_s=lat_c),
 }, api_key=key, port=port).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def input_png(side: int) -> bytes:
@@ -107,10 +87,10 @@ def run_job(executor: str, base_url: str, work: Path, data: bytes, params: Upsca
     settings = load_settings()
     service = build_job_service(settings)
     if executor == "celery":
-        runner = subprocess.Popen(
+        runner = ServiceProcess(
             [sys.executable, "-c", "from service.cli import main; main()", "runner", "-c", "1",
-             "--loglevel", "WARNING"], cwd=ROOT, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--loglevel", "WARNING"], env=env, scrub=False, new_session=True,
+            stop_timeout=60).start()
         time.sleep(4.0)  # let the runner connect before the clock starts
     service.start()
     try:
@@ -123,8 +103,7 @@ def run_job(executor: str, base_url: str, work: Path, data: bytes, params: Upsca
     finally:
         service.stop()
         if runner is not None:
-            os.killpg(runner.pid, signal.SIGTERM)
-            runner.wait(timeout=60)
+            runner.stop()
         for key in env:
             if key.startswith(("AAT_", "RUNPOD_")):
                 os.environ.pop(key, None)
@@ -150,19 +129,15 @@ def main() -> None:
                            caption=True, seed=1, colour_fix=args.colour_fix)
     data = input_png(args.input_side)
     port = free_port()
-    emu = subprocess.Popen([sys.executable, "-c", EMULATOR, str(port), str(args.workers),
-                            str(args.caption_latency), str(args.refine_latency), API_KEY], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emulator = ServiceProcess([sys.executable, "-c", EMULATOR, str(port), str(args.workers),
+                               str(args.caption_latency), str(args.refine_latency), API_KEY],
+                              scrub=False, ready_url=f"http://127.0.0.1:{port}/_emulator/stats",
+                              timeout=30, stop_timeout=10)
     results: dict[str, Any] = {}
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v2/upscale/health")
-        with tempfile.TemporaryDirectory(prefix="aat-bench-") as tmp:
-            for executor in args.executors.split(","):
-                results[executor] = run_job(executor, f"http://127.0.0.1:{port}/v2",
-                                            Path(tmp), data, params)
-    finally:
-        emu.terminate()
-        emu.wait(timeout=10)
+    with emulator, tempfile.TemporaryDirectory(prefix="aat-bench-") as tmp:
+        for executor in args.executors.split(","):
+            results[executor] = run_job(executor, f"http://127.0.0.1:{port}/v2",
+                                        Path(tmp), data, params)
     tiles = next(iter(results.values()))["tiles"]
     waves = math.ceil(tiles / args.workers)
     ideal = args.caption_latency + waves * args.refine_latency

@@ -18,10 +18,7 @@ import io
 import json
 import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from proc_helpers import ServiceProcess, aat_service  # noqa: E402
+
 REDIS = os.environ.get("AAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -42,30 +43,11 @@ def _png(side: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(data_dir: Path, queue: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(AAT_DATA_DIR=str(data_dir), AAT_BROKER_URL=REDIS, AAT_CELERY_QUEUE=queue,
-               AAT_BACKEND="none", AAT_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--log-level",
-                             "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).is_success:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("aat serve did not start")
+def start_server(data_dir: Path, queue: str) -> ServiceProcess:
+    """`aat serve` on a free port (output discarded), started and stopped by ``with``."""
+    return aat_service("serve", "--log-level", "warning",
+                       env={"AAT_DATA_DIR": str(data_dir), "AAT_BROKER_URL": REDIS,
+                            "AAT_CELERY_QUEUE": queue, "AAT_BACKEND": "none"})
 
 
 async def drive(url: str, requests: list[dict], concurrency: int, expect: set[int],
@@ -127,14 +109,13 @@ def main() -> None:
     queue = f"aat-bench-{secrets.token_hex(4)}"
     images = [_png(args.side, seed) for seed in range(args.requests)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp) / "data", queue)
         try:
-            asyncio.run(drive(url, [{"method": "GET", "url": "/v1/health"}] * 50,
-                              args.concurrency, {200}))  # warm-up
-            submit, health = measure(url, images, args.concurrency, args.rounds)
+            with start_server(Path(tmp) / "data", queue) as server:
+                url = str(server.url)
+                asyncio.run(drive(url, [{"method": "GET", "url": "/v1/health"}] * 50,
+                                  args.concurrency, {200}))  # warm-up
+                submit, health = measure(url, images, args.concurrency, args.rounds)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
             _drop_queue(queue)
     print(f"GET  /v1/health: {health}")
     print(f"POST /v1/jobs  : {submit}  ({args.side}x{args.side} PNG, {len(images[0])} bytes)")

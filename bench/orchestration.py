@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import json
 import math
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +28,10 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from proc_helpers import ServiceProcess, aat_command, free_port  # noqa: E402
 
 from service.backends.base import RefineOptions, TileTask  # noqa: E402
 from service.backends.runpod import RunPodBackend  # noqa: E402
@@ -40,31 +41,19 @@ from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_han
 from workers.emulator.echo import tint  # noqa: E402
 
 API_KEY = "bench-key"
-ROOT = Path(__file__).resolve().parents[1]
 TRANSIENT = ("429", "5xx", "failed", "no_output", "timeout")  # what a client must retry
 
 
-def start_emulator(workers: int, latency: float, faults: str, seed: int
-                   ) -> tuple[subprocess.Popen[bytes], str]:
-    """`aat emulate` in its own process, like a remote endpoint; returns it and its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "emulate", "--worker", "upscale=echo",
-         "--port", str(port), "--workers", str(workers), "--latency", str(latency),
-         "--faults", faults, "--seed", str(seed), "--api-key", API_KEY],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v2"
-    for _ in range(600):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_emulator/stats", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
+def emulator_process(port: int, workers: int, latency: float, faults: str, seed: int
+                     ) -> ServiceProcess:
+    """`aat emulate` on ``port`` in its own process, like a remote endpoint; ready (with)
+    when its stats answer."""
+    return ServiceProcess(
+        aat_command("emulate", "--worker", "upscale=echo", "--port", str(port),
+                    "--workers", str(workers), "--latency", str(latency), "--faults", faults,
+                    "--seed", str(seed), "--api-key", API_KEY),
+        scrub=False, ready_url=f"http://127.0.0.1:{port}/_emulator/stats", timeout=30,
+        poll_s=0.05, stop_timeout=10)
 
 
 @contextlib.contextmanager
@@ -77,12 +66,9 @@ def emulator(workers: int, latency: float, faults: str, seed: int, in_process: b
         with EmulatorServer({"upscale": config}, api_key=API_KEY) as emu:
             yield emu.url
         return
-    proc, url = start_emulator(workers, latency, faults, seed)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    port = free_port()
+    with emulator_process(port, workers, latency, faults, seed):
+        yield f"http://127.0.0.1:{port}/v2"
 
 
 def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, seed: int,

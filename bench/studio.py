@@ -23,12 +23,8 @@ import argparse
 import gzip
 import io
 import json
-import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +36,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from proc_helpers import ServiceProcess, aat_service  # noqa: E402
+
 STATIC = ROOT / "service" / "studio" / "static"
 
 RECORD = """
@@ -70,33 +69,13 @@ def page_weight() -> dict[str, int]:
     return {"files": len(files), "raw_bytes": raw, "gzip_bytes": gz}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_up(root: Path, **env_extra: str) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(AAT_DATA_DIR=str(root / "data"), AAT_PORT=str(port), PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(ROOT), **env_extra)
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=root, env=env,
-                            stdout=(root / "up.log").open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).is_success:
-                return url, proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("aat up did not start: " + (root / "up.log").read_text()[-2000:])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+def start_up(root: Path, **env_extra: str) -> ServiceProcess:
+    """`aat up` in ``root`` (its log ``up.log``) on a free port, started and stopped by
+    ``with``."""
+    env = {"AAT_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           **env_extra}
+    return aat_service("up", env=env, cwd=root, log=root / "up.log", poll_s=0.2,
+                       stop_timeout=60)
 
 
 def image_png(side: int, seed: int = 0) -> bytes:
@@ -175,8 +154,8 @@ def main() -> None:
           f"{weight['gzip_bytes']} B gzipped (target < 153600)")
     work = Path(tempfile.mkdtemp(prefix="aat-bench-studio-"))
     (work / "big").mkdir()
-    url, proc = start_up(work / "big", AAT_BACKEND="none")
-    try:
+    with start_up(work / "big", AAT_BACKEND="none") as up:
+        url = str(up.url)
         started = time.monotonic()
         job = httpx.post(f"{url}/v1/jobs", content=image_png(args.side // 8), timeout=300,
                          params={"scale": 8, "upscaler": "lanczos"},
@@ -190,8 +169,6 @@ def main() -> None:
             first = open_bytes(browser, url, job["id"])  # previews are made on this visit
             again = open_bytes(browser, url, job["id"])
             browser.close()
-    finally:
-        stop(proc)
     print(f"open the finished job: {first} B on the wire (first visit), {again} B (again)")
 
     handler = make_handler(models_dir=work / "loras")
@@ -201,16 +178,14 @@ def main() -> None:
     emulator = EmulatorServer(configs, api_key="bench-" + secrets.token_hex(8))
     emulator.start()
     (work / "tiles").mkdir()
-    url, proc = start_up(work / "tiles", AAT_BACKEND="runpod", RUNPOD_API_KEY=emulator.api_key,
-                         AAT_RUNPOD_BASE_URL=emulator.url, RUNPOD_UPSCALE_ENDPOINT_ID="upscale",
-                         RUNPOD_CAPTION_ENDPOINT_ID="caption")
     try:
-        with sync_playwright() as pw:
+        with start_up(work / "tiles", AAT_BACKEND="runpod", RUNPOD_API_KEY=emulator.api_key,
+                      AAT_RUNPOD_BASE_URL=emulator.url, RUNPOD_UPSCALE_ENDPOINT_ID="upscale",
+                      RUNPOD_CAPTION_ENDPOINT_ID="caption") as up, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium)
-            delays = tile_delays(browser, url)
+            delays = tile_delays(browser, str(up.url))
             browser.close()
     finally:
-        stop(proc)
         emulator.stop()
     delays.sort()
     median = statistics.median(delays)

@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLES = 20
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "watcher")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "watcher")]
 
 from watch_helpers import drop, png_bytes  # noqa: E402
 from watch_service import Service, WatcherProcess, wait_until  # noqa: E402

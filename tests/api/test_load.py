@@ -10,8 +10,6 @@ import json
 import os
 import random
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +19,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from apitest_helpers import ROOT, env_for, start_runner, stop_process
+from apitest_helpers import env_for, start_runner, stop_process
 from pg_helpers import throwaway_pg_database
 from PIL import Image
+from proc_helpers import ServiceProcess, aat_service
 
 pytestmark = pytest.mark.slow
 
@@ -40,35 +39,10 @@ def _png(n: int) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(command: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))},
-            **env, "AAT_PORT": str(port), "AAT_API_TOKEN": TOKEN}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", command,
-                                 "--log-level", "warning"], cwd=ROOT, env=full, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    stop_process(proc)
-    raise AssertionError(f"`aat {command}` did not start:\n{log.read_text()[-3000:]}")
+def _server(command: str, env: dict[str, str], log: Path) -> ServiceProcess:
+    """`aat COMMAND` (up or serve) on a free port, started and stopped by ``with``."""
+    return aat_service(command, "--log-level", "warning", env={**env, "AAT_API_TOKEN": TOKEN},
+                       log=log, new_session=True, poll_s=0.2)
 
 
 def _load(url: str) -> dict[str, Any]:
@@ -155,12 +129,9 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 
 def test_load_against_the_embedded_executor(workdir: Path) -> None:
     env = env_for({"data_dir": workdir / "data", "config": workdir / "none.toml"})
-    proc, url = _start("up", env, workdir / "up.log")
-    try:
-        run = _load(url)
-        final = _all_done(url, run["ids"], 240)
-    finally:
-        stop_process(proc)
+    with _server("up", env, workdir / "up.log") as up:
+        run = _load(up.url)
+        final = _all_done(up.url, run["ids"], 240)
     figures = _report("embedded", run, final)
     assert run["errors"] == [], run["errors"][:5]
     assert figures["jobs"] >= SUBMITTERS  # every submitter got through at least once
@@ -176,12 +147,11 @@ def test_load_against_celery_runners(workdir: Path) -> None:
         env = env_for(values)
         runners = [start_runner({**env, "AAT_API_TOKEN": TOKEN}, workdir / f"runner{i}.log")
                    for i in range(2)]
-        proc, url = _start("serve", env, workdir / "serve.log")
         try:
-            run = _load(url)
-            final = _all_done(url, run["ids"], 240)
+            with _server("serve", env, workdir / "serve.log") as serve:
+                run = _load(serve.url)
+                final = _all_done(serve.url, run["ids"], 240)
         finally:
-            stop_process(proc)
             for runner in runners:
                 stop_process(runner)
     figures = _report("celery", run, final)

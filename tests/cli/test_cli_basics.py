@@ -4,13 +4,13 @@ and never prints a secret."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from proc_helpers import aat_service, free_port, scrubbed_env
 
 from service.cli.errors import SETUP
 
@@ -21,17 +21,10 @@ RUNPOD_KEY = "rpa_doctor_test_KEY_5f3a91"
 API_TOKEN = "tok_doctor_test_SECRET_8c2d"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AAT_", "RUNPOD_"))}  # a clean user, not this machine's setup
+    env = scrubbed_env()  # a clean user, not this machine's setup
     env.update({"AAT_DATA_DIR": str(data_dir), "COLUMNS": "200",
-                "AAT_SERVER_URL": f"http://127.0.0.1:{_free_port()}"}, **extra)
+                "AAT_SERVER_URL": f"http://127.0.0.1:{free_port()}"}, **extra)
     return env
 
 
@@ -84,7 +77,6 @@ def test_secrets_never_reach_the_service_log_even_at_debug(tmp_path: Path, runpo
     """`aat up --log-level debug` with a RunPod key and an API token: a job refined on the
     (emulated) RunPod endpoint and a LoRA listing use both secrets; the log shows neither."""
     import io
-    import signal
     import time
 
     import httpx
@@ -92,44 +84,30 @@ def test_secrets_never_reach_the_service_log_even_at_debug(tmp_path: Path, runpo
     from PIL import Image
 
     emu = runpod_emulator(workers=2)
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path / "data", AAT_PORT=str(port), AAT_SERVER_URL=f"http://127.0.0.1:{port}",
                AAT_API_TOKEN=API_TOKEN, RUNPOD_API_KEY=emu.api_key, AAT_BACKEND="runpod",
                AAT_RUNPOD_BASE_URL=emu.url, RUNPOD_UPSCALE_ENDPOINT_ID="upscale",
                RUNPOD_CAPTION_ENDPOINT_ID="caption", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "up.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--log-level",
-                                 "debug"], cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        auth = {"Authorization": f"Bearer {API_TOKEN}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if http.get("/v1/health").is_success:
-                        break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, log_path.read_text()
-                    time.sleep(0.1)
-            buf = io.BytesIO()
-            pixels = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(buf, "PNG")
-            job = http.post("/v1/jobs", params={"filename": "a.png", "scale": 2,
-                                                "tile_size": 64, "overlap": 16},
-                            content=buf.getvalue(), headers={"Content-Type": "image/png"})
-            assert job.status_code == 202, job.text
-            while (state := http.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in (
-                    "queued", "running"):
-                assert time.monotonic() < deadline + 60, state
-                time.sleep(0.1)
-            assert state["status"] == "succeeded", state
-            assert http.get("/v1/models").status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    deadline = time.monotonic() + 60
+    with aat_service("up", "--log-level", "debug", env=env, port=port, cwd=tmp_path,
+                     log=log_path), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as http:
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, "PNG")
+        job = http.post("/v1/jobs", params={"filename": "a.png", "scale": 2,
+                                            "tile_size": 64, "overlap": 16},
+                        content=buf.getvalue(), headers={"Content-Type": "image/png"})
+        assert job.status_code == 202, job.text
+        while (state := http.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in (
+                "queued", "running"):
+            assert time.monotonic() < deadline + 60, state
+            time.sleep(0.1)
+        assert state["status"] == "succeeded", state
+        assert http.get("/v1/models").status_code == 200
     assert emu.stats("upscale")["submitted"] >= 1  # the key really was used
     text = log_path.read_text()
     assert "DEBUG" in text  # the most talkative level was on
@@ -141,7 +119,7 @@ def test_an_unreachable_job_store_is_one_line_not_a_crash(tmp_path: Path, comman
     """A wrong AAT_DATABASE_URL (real PostgreSQL, missing database): the command stops at once
     with `error [store_unavailable]` naming the setting, instead of a traceback or a runner
     that keeps retrying."""
-    env = _env(tmp_path / "data", AAT_PORT=str(_free_port()),
+    env = _env(tmp_path / "data", AAT_PORT=str(free_port()),
                AAT_BROKER_URL="redis://127.0.0.1:6379/0", AAT_CELERY_QUEUE="aat-test-nostore",
                AAT_DATABASE_URL="postgresql+psycopg://postgres:pw-9q2@127.0.0.1:5432/aat_missing")
     out = aat(env, command)
@@ -206,7 +184,7 @@ def test_doctor_without_the_service_extra_says_which_to_install(tmp_path: Path) 
 
 def test_aat_up_with_a_missing_watch_folder_stops_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "art" / "inbox"
-    out = aat(_env(tmp_path / "data", AAT_PORT=str(_free_port()),
+    out = aat(_env(tmp_path / "data", AAT_PORT=str(free_port()),
                    AAT_WATCH_FOLDERS=f'["{missing}"]'), "up")
     assert out.returncode == SETUP, out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1] == (

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
+from proc_helpers import ServiceProcess, aat_service, free_port, scrubbed_env
 
 pytestmark = pytest.mark.slow  # aat up as a real process per test
 
@@ -37,44 +37,28 @@ def _png(path: Path, width: int = 40, height: int = 24, seed: int = 0) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(tmp: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(AAT_DATA_DIR=str(tmp / "data"), AAT_PORT=str(port), AAT_BACKEND="none",
-               AAT_SERVER_URL=f"http://127.0.0.1:{port}", PYTHONUNBUFFERED="1", **extra)
-    return env
+    return scrubbed_env(AAT_DATA_DIR=str(tmp / "data"), AAT_PORT=str(port), AAT_BACKEND="none",
+                        AAT_SERVER_URL=f"http://127.0.0.1:{port}", PYTHONUNBUFFERED="1",
+                        **extra)
 
 
 @pytest.fixture
 def aat_up(tmp_path: Path) -> Iterator[Callable[..., dict[str, str]]]:
     """``aat_up(**env)`` starts `aat up` in a process and returns the env for clients."""
-    procs: list[subprocess.Popen[bytes]] = []
+    services: list[ServiceProcess] = []
 
     def start(**extra: str) -> dict[str, str]:
-        env = _env(tmp_path, _free_port(), **extra)
-        log = (tmp_path / "up.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=tmp_path,
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()
-            try:
-                if httpx.get(env["AAT_SERVER_URL"] + "/v1/health", timeout=1).is_success:
-                    return env
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("aat up did not answer: " + (tmp_path / "up.log").read_text())
+        port = free_port()
+        env = _env(tmp_path, port, **extra)
+        services.append(aat_service("up", env=env, port=port, cwd=tmp_path,
+                                    log=tmp_path / "up.log"))
+        services[-1].start()
+        return env
 
     yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    for svc in services:
+        svc.stop()
 
 
 def aat_process(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -202,7 +186,7 @@ def test_errors_are_one_line_with_exit_codes(aat_up, tmp_path: Path) -> None:
     assert models.returncode == 1
     assert models.stderr.startswith("error [backend_unavailable]: no GPU backend configured")
 
-    nowhere = {**env, "AAT_SERVER_URL": f"http://127.0.0.1:{_free_port()}"}
+    nowhere = {**env, "AAT_SERVER_URL": f"http://127.0.0.1:{free_port()}"}
     down = aat(nowhere, "jobs", cwd=tmp_path)
     assert down.returncode == 1 and down.stderr.startswith("error [service_unavailable]: ")
     assert "start it with `aat up`" in down.stderr
@@ -265,7 +249,7 @@ def test_up_refuses_a_job_store_whose_jobs_celery_runners_take(
                           params=UpscaleParams(caption=False, tile_size=64, overlap=16))
     laptop = tmp_path / "laptop"
     laptop.mkdir()
-    env = _env(laptop, _free_port(), AAT_DATABASE_URL=db)
+    env = _env(laptop, free_port(), AAT_DATABASE_URL=db)
     proc = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "up"],
                             cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

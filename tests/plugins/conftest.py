@@ -4,60 +4,36 @@ GPU backend or with RunPod emulated on loopback (LoRAs, slow jobs)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_service import TOKEN, Server, free_port
+from plugin_service import TOKEN, Server
+from proc_helpers import ServiceProcess, aat_service
 
 ROOT = Path(__file__).resolve().parents[2]
+AAT_SCRIPT = Path(sys.executable).parent / "aat"  # the installed console script
 
 
-def start_aat(work: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], Server]:
-    """`aat up` as a user starts it, with its own data dir, token and port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(AAT_DATA_DIR=str(work / "data"), AAT_API_TOKEN=TOKEN, AAT_PORT=str(port),
-               AAT_CONFIG=str(work / "none.toml"), **extra_env)
-    aat = Path(sys.executable).parent / "aat"
-    log_path = work / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(aat), "up", "--log-level", "warning"], cwd=work, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v1/health", timeout=1):
-                return proc, Server(url, TOKEN, work / "data")
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("aat up did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def start_aat(work: Path, **extra_env: str) -> tuple[ServiceProcess, Server]:
+    """`aat up` as a user starts it (the installed script), with its own data dir, token and
+    port; returns once it answers."""
+    env = {"AAT_DATA_DIR": str(work / "data"), "AAT_API_TOKEN": TOKEN,
+           "AAT_CONFIG": str(work / "none.toml"), **extra_env}
+    svc = aat_service("up", "--log-level", "warning", command=[AAT_SCRIPT], env=env, cwd=work,
+                      log=work / "server.log", stop_timeout=15).start()
+    return svc, Server(svc.url, TOKEN, work / "data")
 
 
 @pytest.fixture(scope="module")
 def aat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`aat up` without a GPU backend (the base upscaler runs on the CPU)."""
-    proc, server = start_aat(tmp_path_factory.mktemp("aat"))
+    svc, server = start_aat(tmp_path_factory.mktemp("aat"))
     yield server
-    stop(proc)
+    svc.stop()
 
 
 @pytest.fixture
@@ -66,21 +42,21 @@ def aat_server_emulated(runpod_emulator: Callable[..., Any],
                         ) -> Iterator[Callable[..., Server]]:
     """``aat_server_emulated(latency_s=...)``: `aat up` whose RunPod endpoints are the emulator
     on loopback (echo worker: LoRA list/upload, tiles refined after ``latency_s``)."""
-    procs: list[subprocess.Popen[bytes]] = []
+    services: list[ServiceProcess] = []
 
     def make(latency_s: float = 0.0) -> Server:
         emulator = runpod_emulator(workers=2, latency_s=latency_s)
-        proc, server = start_aat(
+        svc, server = start_aat(
             tmp_path_factory.mktemp("aat-gpu"), AAT_BACKEND="runpod",
             RUNPOD_API_KEY=emulator.api_key, AAT_RUNPOD_BASE_URL=emulator.url,
             RUNPOD_UPSCALE_ENDPOINT_ID="upscale", RUNPOD_CAPTION_ENDPOINT_ID="caption",
             AAT_RUNPOD_POLL_MIN_S="0.02", AAT_RUNPOD_POLL_MAX_S="0.2")
-        procs.append(proc)
+        services.append(svc)
         return server
 
     yield make
-    for proc in procs:
-        stop(proc)
+    for svc in services:
+        svc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
-"""Helpers for the plugin tests: a handle on the real service and a free loopback port."""
+"""Helpers for the plugin tests: a handle on the real service (started by ``conftest.py``)."""
 
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,3 @@ class Server:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

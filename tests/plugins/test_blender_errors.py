@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from blender_scenario import scenario
-from plugin_service import Server, free_port
+from plugin_service import Server
+from proc_helpers import free_port
 
 pytestmark = pytest.mark.slow  # real bpy (Blender as a module) in subprocesses
 

@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from proc_helpers import ServiceProcess, free_port
 
 from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+WATCHER = [sys.executable, "-m", "watcher"]
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -59,61 +53,39 @@ def start_emulator(workers: int = 4) -> EmulatorServer:
 
 
 def _base_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update({"AAT_CONFIG": str(home / "no-aat.toml"), "PYTHONPATH": str(ROOT),
-                "HOME": str(home), "PYTHONUNBUFFERED": "1"})
-    return env
+    """What both processes set on top of the scrubbed environment (no AAT_/RUNPOD_ of ours)."""
+    return {"AAT_CONFIG": str(home / "no-aat.toml"), "PYTHONPATH": str(ROOT),
+            "HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
 
-class Service:
+class Service(ServiceProcess):
     """``aat up`` as a user runs it, with jobs going to the emulated RunPod endpoint."""
 
     def __init__(self, home: Path, repos: dict[str, Path], emulator: EmulatorServer | None,
                  job_threads: int = 4) -> None:
         self.home = home
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = _base_env(home)
-        self.env.update({
+        env = _base_env(home)
+        env.update({
             "AAT_DATA_DIR": str(home / "service-data"), "AAT_PORT": str(self.port),
             "AAT_REPOS": json.dumps({k: str(v) for k, v in repos.items()}),
             "AAT_JOB_THREADS": str(job_threads),
         })
         if emulator is not None:
-            self.env.update({"AAT_BACKEND": "runpod", "RUNPOD_API_KEY": emulator.api_key,
-                             "RUNPOD_UPSCALE_ENDPOINT_ID": "upscale",
-                             "AAT_RUNPOD_BASE_URL": emulator.url})
+            env.update({"AAT_BACKEND": "runpod", "RUNPOD_API_KEY": emulator.api_key,
+                        "RUNPOD_UPSCALE_ENDPOINT_ID": "upscale",
+                        "AAT_RUNPOD_BASE_URL": emulator.url})
         else:
-            self.env["AAT_BACKEND"] = "none"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / f"service-{self.port}.log"
+            env["AAT_BACKEND"] = "none"
+        url = f"http://127.0.0.1:{self.port}"
+        super().__init__([BIN / "aat", "up", "--log-level", "warning"], env=env, cwd=home,
+                         log=home / f"service-{self.port}.log", append_log=True, url=url,
+                         ready_url=url + "/v1/health", timeout=40, poll_s=0.2, stop_timeout=20)
+        self.url: str = url
 
     def start(self) -> Service:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(BIN / "aat"), "up", "--log-level", "warning"],
-                                         cwd=self.home, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        wait_until(self._healthy, 40, f"aat up on {self.url} (log: {self.log})", 0.2)
+        super().start()
         return self
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"aat up exited: {self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
     def job(self, job_id: str) -> dict[str, Any]:
         resp = httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=30)
@@ -135,35 +107,30 @@ class Service:
                     return out
 
 
-class WatcherProcess:
-    """``python -m watcher`` with its own data dir (ledger) and settings from the environment."""
+class WatcherProcess(ServiceProcess):
+    """``python -m watcher`` with its own data dir (ledger) and settings from the environment;
+    :meth:`stop` kills it (SIGKILL), :meth:`terminate` asks it to stop (SIGTERM)."""
 
     def __init__(self, home: Path, server_url: str, folders: list[Path],
                  repos: dict[str, Path], stable_s: float = 0.3, scan_s: float = 3.0,
                  delivery: str = "auto") -> None:
         self.home = home
         self.data_dir = home / "watcher-data"
-        self.env = _base_env(home)
-        self.env.update({
+        env = _base_env(home)
+        env.update({
             "AAT_DATA_DIR": str(self.data_dir), "AAT_SERVER_URL": server_url,
             "AAT_WATCH_FOLDERS": json.dumps([str(f) for f in folders]),
             "AAT_REPOS": json.dumps({k: str(v) for k, v in repos.items()}),
             "AAT_WATCH_STABLE_S": str(stable_s), "AAT_WATCH_SCAN_INTERVAL_S": str(scan_s),
             "AAT_WATCH_DELIVERY": delivery,
         })
-        self.log = home / "watcher.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(WATCHER, env=env, cwd=home, log=home / "watcher.log", append_log=True)
+        self.log: Path = home / "watcher.log"
 
     def start(self, *args: str) -> WatcherProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "watcher", *args], cwd=self.home,
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.args = [*WATCHER, *args]
+        super().start()
         return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
 
     def terminate(self, timeout: float = 15) -> int:
         assert self.proc is not None
@@ -172,10 +139,8 @@ class WatcherProcess:
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``python -m watcher <args>`` with the same settings (``--status``, ``--retry``)."""
-        return subprocess.run([sys.executable, "-m", "watcher", *args], cwd=self.home,
-                              env=self.env, capture_output=True, text=True, timeout=30)
+        return subprocess.run([*WATCHER, *args], cwd=self.home, env=self.env,
+                              capture_output=True, text=True, timeout=30)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self) -> int | None:
+        return self.kill()
