@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -22,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from proc_helpers import ServiceProcess, aat_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,22 +101,12 @@ def running_app(settings: Any, job_service: Any = None, backend: Any = None,
         stop()
 
 
-def start_runner(env: dict[str, str], log: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:
-    """A real Celery job runner process (`aat runner`)."""
-    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "runner", "-c",
-                                 str(concurrency), "--loglevel", "WARNING"],
-                                cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a runner and its pool children (its own session) once a test is done with it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+def start_runner(env: dict[str, str], log: Path, concurrency: int = 2) -> ServiceProcess:
+    """A real Celery job runner process (`aat runner`) in its own process group; a test done
+    with it calls ``.kill()`` (the runner and its pool children at once)."""
+    return ServiceProcess(aat_command("runner", "-c", str(concurrency), "--loglevel", "WARNING"),
+                          env={**env, "PYTHONUNBUFFERED": "1"}, scrub=False, log=log,
+                          new_session=True).start()
 
 
 def env_for(values: dict[str, Any]) -> dict[str, str]:

@@ -16,7 +16,6 @@ from apitest_helpers import (
     running_app,
     serve,
     start_runner,
-    stop_process,
 )
 from pg_helpers import throwaway_pg_database
 
@@ -79,7 +78,7 @@ def celery_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str,
     runner = start_runner(env_for(values), root / "runner.log")
     with running_app(load_settings(**values)) as server:
         yield server
-    stop_process(runner)
+    runner.kill()
     _drop_queue(values["celery_queue"])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from apitest_helpers import env_for, start_runner, stop_process
+from apitest_helpers import env_for, start_runner
 from pg_helpers import throwaway_pg_database
 from PIL import Image
 from proc_helpers import ServiceProcess, aat_service
@@ -153,7 +153,7 @@ def test_load_against_celery_runners(workdir: Path) -> None:
                 final = _all_done(serve.url, run["ids"], 240)
         finally:
             for runner in runners:
-                stop_process(runner)
+                runner.kill()
     figures = _report("celery", run, final)
     assert run["errors"] == [], run["errors"][:5]
     assert figures["jobs"] >= SUBMITTERS

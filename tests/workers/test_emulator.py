@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from proc_helpers import ServiceProcess, aat_command, free_port
 
 from workers.emulator import EmulatorServer, EndpointConfig, Faults
 
@@ -304,31 +303,21 @@ def test_several_endpoints_share_one_server():
 
 
 def test_aat_emulate_serves_the_echo_worker_on_loopback(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RUNPOD_API_KEY": "cli-key"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "emulate", "--port", str(port), "--workers", "2",
-         "--faults", "failed=0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    port = free_port()
+    log = tmp_path / "emulate.log"
+    with ServiceProcess(aat_command("emulate", "--port", str(port), "--workers", "2",
+                                    "--faults", "failed=0"),
+                        env={"RUNPOD_API_KEY": "cli-key"}, scrub=False, log=log,
+                        ready_url=f"http://127.0.0.1:{port}/_emulator/stats", timeout=15,
+                        poll_s=0.05, stop_timeout=10):
         url = f"http://127.0.0.1:{port}/v2"
         headers = {"authorization": "Bearer cli-key"}
-        for _ in range(300):
-            try:
-                health = httpx.get(f"{url}/upscale/health", headers=headers)
-                break
-            except httpx.ConnectError:
-                time.sleep(0.05)
+        health = httpx.get(f"{url}/upscale/health", headers=headers)
         assert health.json()["workers"] == {"idle": 2, "running": 0}
         resp = httpx.post(f"{url}/caption/runsync", headers=headers,
                           json={"input": {"action": "health"}})
         assert resp.json()["output"]["worker"] == "echo"
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
+    out = log.read_text()
     assert f"AAT_RUNPOD_BASE_URL={url}" in out and "cli-key" not in out
 
 
