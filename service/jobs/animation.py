@@ -15,9 +15,10 @@ counts one unit per frame, and each frame's RunPod job id is recorded the moment
 answers (the frame's tile row ``remote_job_id`` with its ``frame_key``, and the job's
 ``remote_jobs``, where it is counted once), so an attempt that picks the job up again (lease
 lost, runner killed) re-polls the frames that were in flight instead of paying for them twice.
-Stopping is the upscale job's: a cancel or a lost lease stops the job within a quarter second
-and cancels the frames in flight and their RunPod jobs; a stopping runner starts no new frame,
-lets those in flight finish into the cache, and puts the job back in the queue. A failed frame
+Stopping is the upscale job's: a cancel stops the job within a quarter second and cancels the
+frames in flight and their RunPod jobs; a stopping runner starts no new frame, lets those in
+flight finish into the cache, and puts the job back in the queue; a runner that lost its lease
+does the same but leaves the job to its new owner (which re-polls those RunPod jobs). A failed frame
 fails the job (after cancelling the others) before anything is written into a repo; delivery
 writes the sheet, its Aseprite ``.json``, Godot ``.tres`` and ``.webp`` preview beside the
 source with :func:`~service.storage.game_repo.deliver_set`.

@@ -178,7 +178,7 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
     The first frame that fails (or an ``on_frame`` / observer that raises) cancels the frames
     still in flight, waits until they are cancelled, then raises. ``observer.check`` is polled
     every ``poll_s`` (:func:`~service.pipeline.observer.run_checked`, as for upscale tiles): a
-    cancel or a lost lease cancels the frames in flight; a stopping runner (``drain``) starts
+    cancel cancels the frames in flight; a stopping runner or a lost lease (``drain``) starts
     no new frame and lets those in flight finish and be cached before it raises."""
     prep = prepare(source, params, edit_side)
     default = frame_prompts(params)

@@ -60,7 +60,8 @@ class PipelineObserver(Protocol):
     def check(self) -> None:
         """Raise to stop the pipeline (a cancel, a lost lease, a stopping runner). Called
         between stages and every poll interval while tiles are in flight; remote jobs still
-        in flight are then cancelled, unless the exception has ``drain = True``."""
+        in flight are then cancelled, unless the exception has ``drain = True`` (a stopping
+        runner, a lost lease: see :func:`run_checked`)."""
         ...
 
 
@@ -93,8 +94,10 @@ async def run_checked(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None
     """Run ``fn`` over every item concurrently; stop all on the first error or when
     ``observer.check`` raises (polled every ``poll_s``): the in-flight calls are cancelled, so
     the backend cancels their remote jobs. An exception with ``drain = True`` (the runner is
-    stopping) first sets ``draining`` (``fn`` then starts nothing new) and lets calls already
-    in flight finish (up to ``DRAIN_S``), so their results are kept for the next attempt."""
+    stopping, or lost its lease to another runner, which re-polls the remote jobs), raised by
+    ``check`` or by an item (a progress write refused), first sets ``draining`` (``fn`` then
+    starts nothing new) and lets calls already in flight finish (up to ``DRAIN_S``), so their
+    results are kept for the next attempt and no remote job is cancelled under it."""
     if not items:
         return
     tasks = [asyncio.create_task(fn(i)) for i in items]
@@ -103,16 +106,16 @@ async def run_checked(items: list[T], fn: Callable[[T], Coroutine[Any, Any, None
         while pending:
             done, pending = await asyncio.wait(pending, timeout=poll_s,
                                                return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # re-raise the first failure
-            if pending:
-                try:
+            try:
+                for task in done:
+                    task.result()  # re-raise the first failure
+                if pending:
                     await asyncio.to_thread(observer.check)
-                except Exception as exc:
-                    if getattr(exc, "drain", False) and draining is not None:
-                        draining.set()
-                        await asyncio.wait(pending, timeout=DRAIN_S)
-                    raise
+            except Exception as exc:
+                if getattr(exc, "drain", False) and draining is not None and pending:
+                    draining.set()
+                    await asyncio.wait(pending, timeout=DRAIN_S)
+                raise
     finally:
         for task in tasks:
             task.cancel()

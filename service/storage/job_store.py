@@ -46,9 +46,12 @@ REUSABLE = (JobStatus.failed, JobStatus.canceled)  # a dedupe hit on these start
 
 
 class LeaseLost(JobError):
-    """Another runner re-claimed the job: this runner must stop writing."""
+    """Another runner re-claimed the job: this runner must stop writing. It cancels none of the
+    job's RunPod jobs: the new owner re-polls them by their recorded ids (cancelling them would
+    make it pay again); those in flight here finish into the cache (``drain``)."""
 
     code = "lease_lost"
+    drain = True
 
 
 def utcnow() -> datetime:

@@ -6,7 +6,9 @@ is the one an uninterrupted run with the same seed makes.
   RunPod: the next process re-claims the job when its lease runs out and re-polls them;
 - a runner stopping gracefully lets the frames in flight finish into the cache (as upscale
   tiles do) instead of cancelling them; the job goes back to the queue and the next start
-  takes them from the cache.
+  takes them from the cache;
+- a runner that stalled and lost its lease to another one stops without cancelling the RunPod
+  jobs the new owner is re-polling.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ KEY = "emu-key"
 W, H = 24, 32
 EDIT_SIDE = 64
 LATENCY = 0.8  # "GPU" seconds per frame: frames are still on RunPod when the runner goes
+LONG = 2.0
 PARAMS = AnimateParams(motion="walk", frames=8, seed=11)
 
 
@@ -56,14 +59,17 @@ def emu() -> Iterator[EmulatorServer]:
         # two workers and four frames in flight: two running, two queued at any moment
         "anim": EndpointConfig(handler=resolve_handler("animate-echo"), workers=2,
                                latency_s=LATENCY),
+        # four workers, longer frames: a whole batch of four still running when a lease goes
+        "anim-long": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
+                                    latency_s=LONG),
         "anim-ref": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4),
     }, api_key=KEY) as server:
         yield server
 
 
-def _settings(job_settings: Any, emu: EmulatorServer) -> Settings:
+def _settings(job_settings: Any, emu: EmulatorServer, endpoint: str = "anim") -> Settings:
     return job_settings(runpod_api_key=KEY, runpod_base_url=emu.url,
-                        runpod_animate_endpoint_id="anim", animate_edit_side=EDIT_SIDE,
+                        runpod_animate_endpoint_id=endpoint, animate_edit_side=EDIT_SIDE,
                         runpod_poll_min_s=0.02, runpod_poll_max_s=0.2,
                         runpod_backoff_base_s=0.05)
 
@@ -89,7 +95,8 @@ def _rgba(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
 
 
-def _in_flight(svc: JobService, emu: EmulatorServer, job_id: str, min_done: int) -> bool:
+def _in_flight(svc: JobService, emu: EmulatorServer, job_id: str, min_done: int,
+               endpoint: str = "anim") -> bool:
     """``min_done`` frames are in, others are on RunPod, and every RunPod job the endpoint
     accepted has its id recorded on its frame (outside the milliseconds between ``/run``
     answering and the id being committed, in which a kill would pay that frame twice)."""
@@ -99,16 +106,17 @@ def _in_flight(svc: JobService, emu: EmulatorServer, job_id: str, min_done: int)
     tiles = svc.store.get_tiles(job_id)
     recorded = [t for t in tiles if t.remote_job_id]
     waiting = [t for t in recorded if t.status != "refined"]
-    return bool(waiting) and len(recorded) == emu.stats("anim")["submitted"]
+    return bool(waiting) and len(recorded) == emu.stats(endpoint)["submitted"]
 
 
-def _check_paid_once(done: Any, emu: EmulatorServer) -> None:
-    stats = emu.stats("anim")
+def _check_paid_once(done: Any, emu: EmulatorServer, endpoint: str = "anim",
+                     latency: float = LATENCY) -> None:
+    stats = emu.stats(endpoint)
     assert stats["submitted"] == PARAMS.frames, stats  # no frame went to RunPod twice
     assert stats["canceled"] == 0, stats
     assert done.cost.runpod_jobs == PARAMS.frames and done.cost.possibly_billed == 0
-    # each frame's GPU time counted once: eight frames of LATENCY s, not nine or more
-    assert PARAMS.frames * LATENCY <= done.cost.execution_s < (PARAMS.frames + 1) * LATENCY
+    # each frame's GPU time counted once: eight frames of `latency` s, not nine or more
+    assert PARAMS.frames * latency <= done.cost.execution_s < (PARAMS.frames + 1) * latency
     price = Settings.model_fields["runpod_price_per_gpu_second"].default
     assert done.cost.usd == pytest.approx(done.cost.execution_s * price, rel=1e-6)
 
@@ -175,4 +183,30 @@ def test_a_stopping_runner_lets_frames_in_flight_finish_and_the_next_start_keeps
     assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     _check_paid_once(done, emu)
     path, _ = again.result(job.id)
+    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+
+
+def test_a_runner_that_lost_its_lease_leaves_the_frames_to_the_new_owner(
+        job_settings: Any, emu: EmulatorServer) -> None:
+    settings = _settings(job_settings, emu, "anim-long")
+    stalled = build_job_service(settings)
+    stalled.start()
+    job, _ = stalled.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
+    wait_until(lambda: _in_flight(stalled, emu, job.id, 0, "anim-long")
+               and emu.stats("anim-long")["submitted"] == 4, 30, "four frames on RunPod")
+    # the runner stalled past its lease: as a dead runner's, the job is up for re-claiming,
+    # and the stalled runner hears so at its next heartbeat
+    stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
+                                               "lease_until": 0.0})
+    new_owner = build_job_service(settings)
+    new_owner.start()
+    try:
+        done = wait_until(lambda: (j := new_owner.get(job.id)).status.terminal and j, 60,
+                          "job end")
+    finally:
+        new_owner.stop()
+        stalled.stop()
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    _check_paid_once(done, emu, "anim-long", LONG)  # nothing cancelled, nothing sent twice
+    path, _ = new_owner.result(job.id)
     assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
