@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from jobs_helpers import embedded_process, wait_until
 from PIL import Image
+from proc_helpers import scrubbed_env
 from pydantic import SecretStr
 
 from service.backends.edit import WorkerEditBackend
@@ -126,10 +126,10 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
     settings = _settings(job_settings, emu)
     submitter = build_job_service(settings)  # not started: the subprocesses run the job
     job, _ = submitter.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
-    env = {**os.environ, "AAT_DATA_DIR": str(settings.data_dir), "AAT_LEASE_S": "2",
-           "RUNPOD_API_KEY": KEY, "AAT_RUNPOD_BASE_URL": emu.url,
-           "RUNPOD_ANIMATE_ENDPOINT_ID": "anim", "AAT_ANIMATE_EDIT_SIDE": str(EDIT_SIDE),
-           "AAT_RUNPOD_POLL_MIN_S": "0.02", "AAT_RUNPOD_POLL_MAX_S": "0.2"}
+    env = scrubbed_env(AAT_DATA_DIR=str(settings.data_dir), AAT_LEASE_S="2",
+                       RUNPOD_API_KEY=KEY, AAT_RUNPOD_BASE_URL=emu.url,
+                       RUNPOD_ANIMATE_ENDPOINT_ID="anim", AAT_ANIMATE_EDIT_SIDE=str(EDIT_SIDE),
+                       AAT_RUNPOD_POLL_MIN_S="0.02", AAT_RUNPOD_POLL_MAX_S="0.2")
     first = embedded_process(env)
     try:
         wait_until(lambda: _in_flight(submitter, emu, job.id, 2), 60, "frames on RunPod")
