@@ -76,8 +76,9 @@ def wait_http(url: str, timeout: float = 60.0, *, poll_s: float = 0.1,
 
 @dataclass(eq=False)
 class ServiceProcess:
-    """``command`` in its own process, started by :meth:`start` (or ``with``), stopped by
-    :meth:`stop` (SIGTERM, then SIGKILL after ``stop_timeout`` s) however the block ends.
+    """``args`` (a command line) in its own process, started by :meth:`start` (or ``with``),
+    stopped by :meth:`stop` (SIGTERM, then SIGKILL after ``stop_timeout`` s) however the block
+    ends.
 
     * ``env``: overrides on top of this process's environment, from which ``AAT_*`` and
       ``RUNPOD_*`` are removed first unless ``scrub=False``; after construction ``env`` is the
@@ -91,7 +92,7 @@ class ServiceProcess:
     * ``url``: the service's base URL, kept for callers (see :func:`aat_service`).
     """
 
-    command: Sequence[str | os.PathLike[str]]
+    args: Sequence[str | os.PathLike[str]]
     _: KW_ONLY
     env: dict[str, str] = field(default_factory=dict, repr=False)  # may hold secrets
     scrub: bool = True
@@ -107,7 +108,7 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.args = [str(part) for part in self.command]
+        self.args = [str(part) for part in self.args]
         self.env = scrubbed_env(**self.env) if self.scrub else {**os.environ, **self.env}
 
     def start(self) -> ServiceProcess:
