@@ -7,37 +7,24 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from proc_helpers import ServiceProcess, free_port
 
 
 class S3Server:
     """``moto_server`` (PyPI moto[server]) listening on ``host``; in-memory buckets."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port(host)
         self.host = host
         self.endpoint_url = f"http://{host}:{self.port}"
         exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-        self.proc = subprocess.Popen([exe, "-H", host, "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+        self.process = ServiceProcess([exe, "-H", host, "-p", str(self.port)], scrub=False,
+                                      ready_url=f"{self.endpoint_url}/moto-api/", timeout=30,
+                                      stop_timeout=10).start()
 
     def client(self) -> Any:
         import boto3
@@ -51,5 +38,4 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self.process.stop()
