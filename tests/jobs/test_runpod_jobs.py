@@ -158,6 +158,42 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
 
+def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls(
+        job_settings: Any, tmp_path: Path) -> None:
+    """A runner stalled past its lease while tiles were on RunPod: another runner re-claims
+    the job and re-polls those RunPod jobs; the stalled one, hearing it lost the lease, lets
+    them finish instead of cancelling them (it used to cancel, and the new owner paid again)."""
+    with emulator(workers=4, latency_s=1.5) as emu:
+        settings = job_settings(**runpod_settings(emu))
+        stalled = build_job_service(settings)
+        stalled.start()
+        data, params = png(96), small_params()
+        job, _ = stalled.submit(data, filename="rock.png", params=params,
+                                target=TargetSpec(repo="game", path="rock.png"))
+        n_tiles = 16
+
+        def on_runpod() -> bool:
+            recorded = sum(1 for t in stalled.store.get_tiles(job.id) if t.remote_job_id)
+            return recorded == emu.stats("upscale")["submitted"] >= 4
+
+        wait_until(on_runpod, 30, "tiles on RunPod")
+        stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
+                                                   "lease_until": 0.0})
+        new_owner = build_job_service(settings)
+        new_owner.start()
+        try:
+            done = _finished(new_owner, job.id, 60)
+        finally:
+            new_owner.stop()
+            stalled.stop()
+        stats = emu.stats("upscale")
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    assert stats["canceled"] == 0 and stats["submitted"] == n_tiles  # none paid twice
+    assert done.cost.runpod_jobs == n_tiles
+    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
+    assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+
+
 def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_counted(
         job_settings: Any, tmp_path: Path) -> None:
     """kill -9 while captions are on the GPU: the next attempt picks them up by their RunPod
