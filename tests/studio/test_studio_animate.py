@@ -93,6 +93,12 @@ def test_animate_from_the_form_watch_the_frames_play_and_download(studio, page, 
                                arg=sorted(seen))
         seen.add(frame_index(page))
     assert len(seen) >= 4
+    preview.evaluate("c => { window.__steps = []; new MutationObserver(() => window.__steps.push("
+                     "performance.now())).observe(c, {attributeFilter: ['data-frame']}); }")
+    page.wait_for_function("() => window.__steps.length >= 13")  # twelve steps, timed in-page
+    steps = page.evaluate("window.__steps")
+    gaps = sorted(b - a for a, b in zip(steps, steps[1:], strict=False))
+    assert 60 <= gaps[len(gaps) // 2] <= 110, f"12 fps is a step every 83 ms: {gaps}"
     page.get_by_role("button", name="Pause").click()
     expect(preview).to_have_attribute("data-playing", "false")
     paused = frame_index(page)
