@@ -209,6 +209,9 @@ def test_cancel_a_running_job(studio, page, shot, slow_gpus) -> None:
         same = {k: v for k, v in job["params"].items() if k != "asset_reason"}
         assert {k: again["params"][k] for k in same} == same
         http.post(f"/v1/jobs/{retried}/cancel")
+    # until it has stopped: a retry of the same input and params while it still runs is
+    # answered with it (dedupe), and the queue would show no new row
+    wait_status(page, "canceled")
     page.goto(f"{studio.url}/jobs")
     row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
     row.wait_for()
