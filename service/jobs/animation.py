@@ -18,10 +18,10 @@ lost, runner killed) re-polls the frames that were in flight instead of paying f
 Stopping is the upscale job's: a cancel stops the job within a quarter second and cancels the
 frames in flight and their RunPod jobs; a stopping runner starts no new frame, lets those in
 flight finish into the cache, and puts the job back in the queue; a runner that lost its lease
-does the same but leaves the job to its new owner (which re-polls those RunPod jobs). A failed frame
-fails the job (after cancelling the others) before anything is written into a repo; delivery
-writes the sheet, its Aseprite ``.json``, Godot ``.tres`` and ``.webp`` preview beside the
-source with :func:`~service.storage.game_repo.deliver_set`.
+does the same but leaves the job to its new owner (which re-polls those RunPod jobs). A failed
+frame fails the job (after cancelling the others) before anything is written into a repo;
+delivery writes the sheet, its Aseprite ``.json``, Godot ``.tres`` and ``.webp`` preview beside
+the source with :func:`~service.storage.game_repo.deliver_set`.
 """
 
 from __future__ import annotations
