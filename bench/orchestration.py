@@ -8,7 +8,10 @@ The ideal is ``ceil(T / N) * latency``: N workers busy all the time, zero overhe
 Efficiency = ideal / measured. The last line printed is one JSON object.
 
     .venv/bin/python bench/orchestration.py [--tiles 64] [--workers 8] [--latency 0.5]
-                                            [--fault-rate 0.1]
+                                            [--fault-rate 0.1] [--tiles-per-job 1]
+
+``--tiles-per-job 2`` lets tiles waiting for a slot share RunPod jobs
+(``runpod_tiles_per_job``); the emulated latency is per tile, so a job of two takes twice as long.
 """
 
 from __future__ import annotations
@@ -72,19 +75,27 @@ def emulator(workers: int, latency: float, faults: str, seed: int, in_process: b
 
 
 def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, seed: int,
-             in_process: bool) -> dict[str, Any]:
+             in_process: bool, tiles_per_job: int = 1) -> dict[str, Any]:
     """One timed run of every tile on a fresh emulator; returns time, successes, jobs."""
     with emulator(workers, latency, faults, seed, in_process) as url:
         settings = Settings(runpod_api_key=SecretStr(API_KEY), runpod_base_url=url,
-                            runpod_upscale_endpoint_id="upscale", backend="runpod")
+                            runpod_upscale_endpoint_id="upscale", backend="runpod",
+                            runpod_tiles_per_job=tiles_per_job)
         backend = RunPodBackend(settings)
+        options = RefineOptions()  # one job's settings, as the pipeline passes them
 
         async def go() -> tuple[list[Any], float]:
             try:
-                await backend.max_concurrency()  # /health once, before the clock starts
+                # /health once, before the clock starts; as many tiles in flight as the
+                # pipeline keeps
+                sem = asyncio.Semaphore(await backend.max_concurrency())
+
+                async def one(tile: TileTask) -> Any:
+                    async with sem:
+                        return await backend.refine(tile, options)
+
                 started = time.perf_counter()
-                results = await asyncio.gather(
-                    *(backend.refine(t, RefineOptions()) for t in tiles), return_exceptions=True)
+                results = await asyncio.gather(*(one(t) for t in tiles), return_exceptions=True)
                 return list(results), time.perf_counter() - started
             finally:
                 await backend.aclose()
@@ -96,6 +107,7 @@ def run_once(tiles: list[TileTask], workers: int, latency: float, faults: str, s
         if not isinstance(r, BaseException) and np.array_equal(r.image, tint(tile.image, tile.seed))
     )
     return {"seconds": elapsed, "tiles_ok": ok, "runpod_jobs": stats["submitted"],
+            "status_polls": stats["status_polls"],
             "status_polls_per_tile": round(stats["status_polls"] / len(tiles), 2),
             "faults": stats["faults"], "max_running": stats["max_running"]}
 
@@ -107,6 +119,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--fault-rate", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tiles-per-job", type=int, default=1, choices=range(1, 5),
+                        help="runpod_tiles_per_job: tiles waiting for a slot share a job")
     parser.add_argument("--in-process", action="store_true",
                         help="run the emulator in a thread of this process")
     args = parser.parse_args()
@@ -116,16 +130,17 @@ def main() -> None:
     tiles = [TileTask(f"t{i}", rng.integers(0, 250, (64, 64, 3), dtype=np.uint8), "", i)
              for i in range(args.tiles)]
     ideal = math.ceil(args.tiles / args.workers) * args.latency
-    clean = run_once(tiles, args.workers, args.latency, "", args.seed, args.in_process)
+    clean = run_once(tiles, args.workers, args.latency, "", args.seed, args.in_process,
+                     args.tiles_per_job)
     print(f"clean : {clean}")
     share = args.fault_rate / len(TRANSIENT)
     faulty = run_once(tiles, args.workers, args.latency,
                       ",".join(f"{kind}={share:g}" for kind in TRANSIENT), args.seed,
-                      args.in_process)
+                      args.in_process, args.tiles_per_job)
     print(f"faulty: {faulty}")
     print(json.dumps({
         "tiles": args.tiles, "workers": args.workers, "latency_s": args.latency,
-        "fault_rate": args.fault_rate,
+        "fault_rate": args.fault_rate, "tiles_per_job": args.tiles_per_job,
         "ideal_s": round(ideal, 3),
         "clean_s": round(clean["seconds"], 3),
         "faulty_s": round(faulty["seconds"], 3),
@@ -133,6 +148,7 @@ def main() -> None:
         "efficiency_faulty": round(ideal / faulty["seconds"], 3),
         "tiles_ok": {"clean": clean["tiles_ok"], "faulty": faulty["tiles_ok"]},
         "runpod_jobs_submitted": {"clean": clean["runpod_jobs"], "faulty": faulty["runpod_jobs"]},
+        "round_trips_clean": clean["runpod_jobs"] + clean["status_polls"],
     }))
 
 

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     runpod_execution_timeout_s: int = Field(default=600, ge=5)
     runpod_ttl_s: int = Field(default=3600, ge=60)
     runpod_tile_attempts: int = Field(default=3, ge=1, le=10)
+    runpod_tiles_per_job: int = Field(default=1, ge=1, le=4)  # tiles waiting for a slot share a job
     runpod_http_attempts: int = Field(default=6, ge=1, le=20)  # per HTTP call (429/5xx/network)
     runpod_backoff_base_s: float = Field(default=0.5, gt=0)  # jittered exponential backoff
     runpod_backoff_max_s: float = Field(default=10.0, gt=0)

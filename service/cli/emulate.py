@@ -45,7 +45,7 @@ def emulate(
     workers: int = typer.Option(2, "--workers", "-n", min=1, max=256,
                                 help="Concurrent workers per endpoint."),
     latency: float = typer.Option(0.0, "--latency", min=0.0,
-                                  help="Seconds of simulated GPU time added to every job."),
+                                  help="Seconds of simulated GPU time per tile (per job without tiles)."),
     faults: str = typer.Option("", "--faults", help="Fault rates, e.g. "
                                "'429=0.1,5xx=0.05,failed=0.1,no_output=0.05,slow=0.1,expire=0.02,"
                                "timeout=0.02' (kind=rate[:max count])."),

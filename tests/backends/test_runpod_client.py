@@ -197,6 +197,9 @@ def test_max_concurrency_setting_wins_over_health(runpod_emulator, runpod_settin
     emu = runpod_emulator(workers=5)
     backend = RunPodBackend(runpod_settings(emu, runpod_max_concurrency=2))
     assert _run(backend, backend.max_concurrency) == 2
+    paired = RunPodBackend(runpod_settings(emu, runpod_max_concurrency=2,
+                                           runpod_tiles_per_job=2))
+    assert _run(paired, paired.max_concurrency) == 2 * 2  # 2 jobs of 2 tiles in flight
 
 
 def test_retry_after_is_honoured(runpod_emulator, runpod_settings):

@@ -74,6 +74,40 @@ def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
     assert sorted(done) == sorted([(i, False) for i in range(7)] + [(i, True) for i in range(7)])
 
 
+def test_tiles_sharing_runpod_jobs_still_report_and_cache_one_by_one() -> None:
+    """``runpod_tiles_per_job=2``: fewer RunPod jobs, yet every tile is submitted, reported,
+    refined (its own seed's pixels) and cached on its own."""
+    with emulator(workers=2, latency_s=0.05) as emu:
+        work, cache = _work(12), MemoryCache()
+        submitted: dict[int, list[str]] = {}
+        refined: list[int] = []
+
+        class Recorder(Observer):
+            def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
+                submitted.setdefault(index, []).append(remote_id)
+
+            def refined(self, stage: str, index: int, key: str, seed: int, cost: Any) -> None:
+                refined.append(index)
+
+        async def run() -> dict[int, np.ndarray]:
+            backend = _backend(emu, runpod_tiles_per_job=2)
+            try:
+                return await refine_tiles(backend, work, RefineOptions(), cache,
+                                          observer=Recorder())
+            finally:
+                await backend.aclose()
+
+        out = asyncio.run(run())
+        stats = emu.stats("upscale")
+    for item in work:
+        assert np.array_equal(out[item.index], tint(item.image, item.seed))
+    assert sorted(refined) == list(range(12))
+    assert sorted(submitted) == list(range(12)) and all(len(v) == 1 for v in submitted.values())
+    assert sum(int(n) * jobs for n, jobs in stats["tiles_per_job"].items()) == 12
+    assert stats["tiles_per_job"].get("2", 0) >= 4  # most tiles travelled in pairs
+    assert stats["submitted"] == len({v[0] for v in submitted.values()}) < 12
+
+
 def test_after_processes_each_tile_as_it_arrives_and_the_cache_keeps_it_raw() -> None:
     """``after`` (a job's per-tile colour fix) runs in a worker thread for fresh and cached
     tiles alike; its result is returned, the cache keeps what the worker sent."""

@@ -170,3 +170,40 @@ def test_the_real_workers_behind_aat_emulate_answer_the_runpod_client(tmp_path: 
     assert missing.code == "lora_not_found" and not missing.retryable
     assert "nope" in missing.message
     assert "emulate-key" not in out
+
+
+def test_tiles_sharing_a_runpod_job_get_the_same_pixels_in_fewer_jobs(emulated) -> None:
+    """The real upscale handler takes two tiles in one job (runpod_tiles_per_job=2) and refines
+    each with its own seed: the same pixels as one tile per job, in half the RunPod jobs."""
+    import httpx
+
+    settings, _ = emulated
+    root = settings.runpod_base_url.rsplit("/v2", 1)[0]
+    work = [TileTask(f"{i}_0", tile(10 + i), "moss", 100 + i) for i in range(4)]
+
+    def jobs() -> tuple[int, int]:
+        stats = httpx.get(f"{root}/_emulator/stats/up").json()
+        return stats["submitted"], stats["status_polls"]
+
+    outs, counts = {}, {}
+    for per_job in (1, 2):
+        before = jobs()
+        paired = settings.model_copy(update={"runpod_tiles_per_job": per_job,
+                                             "runpod_max_concurrency": 1})
+
+        async def go(b: RunPodBackend):
+            sem = asyncio.Semaphore(await b.max_concurrency())
+
+            async def one(t: TileTask):
+                async with sem:
+                    return await b.refine(t, OPTIONS)
+            return await asyncio.gather(*(one(t) for t in work))
+
+        outs[per_job] = run(paired, go)
+        after = jobs()
+        counts[per_job] = (after[0] - before[0], after[1] - before[1])
+    assert counts[1][0] == 4 and counts[2][0] == 2  # RunPod jobs (/run requests)
+    for alone, shared, t in zip(outs[1], outs[2], work, strict=True):
+        assert shared.tile_id == alone.tile_id == t.tile_id and shared.seed_used == t.seed
+        assert np.array_equal(shared.image, alone.image)
+    assert np.abs(outs[2][0].image.astype(int) - outs[2][1].image).mean() > 1.0

@@ -45,7 +45,7 @@ class EndpointConfig:
 
     handler: Handler
     workers: int = 2  # 0 = scaled to zero: jobs wait until scale() adds workers
-    latency_s: float = 0.0  # simulated GPU time added before the handler runs
+    latency_s: float = 0.0  # simulated GPU time per tile (per job without tiles), before the handler
     faults: Faults = field(default_factory=Faults)
     retention_s: float = 1800.0  # /run results
     sync_retention_s: float = 60.0  # /runsync results
@@ -123,6 +123,7 @@ class Endpoint:
         self.counts: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.request_keys: Counter[str] = Counter()
+        self.tiles_per_job: Counter[int] = Counter()  # jobs by how many tiles they carried
         self.max_running = 0
         self.last_policy: dict[str, Any] = {}
         self._pool: dict[str, asyncio.Task[None]] = {}  # worker id -> its task
@@ -180,6 +181,8 @@ class Endpoint:
         key = job.input.get("request_key")
         if isinstance(key, str):
             self.request_keys[key] += 1
+        if isinstance(job.input.get("tiles"), list):
+            self.tiles_per_job[len(job.input["tiles"])] += 1
         self.queue.put_nowait(job.id)
         return job
 
@@ -252,6 +255,7 @@ class Endpoint:
             "by_status": dict(self.by_status),
             "faults": self.faults.fired(),
             "request_keys": dict(self.request_keys),
+            "tiles_per_job": {str(k): v for k, v in sorted(self.tiles_per_job.items())},
             "max_running": self.max_running,
             "jobs_held": len(self.jobs),
             "last_policy": self.last_policy,
@@ -304,7 +308,10 @@ class Endpoint:
         self._apply(job, fault, result)
 
     async def _produce(self, job: Job, fault: str | None) -> Any:
-        latency = self.config.latency_s * (self.faults.slow_factor if fault == "slow" else 1.0)
+        tiles = job.input.get("tiles")  # GPU time grows with the tiles a job carries
+        n_tiles = len(tiles) if isinstance(tiles, list) and tiles else 1
+        latency = (self.config.latency_s * n_tiles
+                   * (self.faults.slow_factor if fault == "slow" else 1.0))
         if latency > 0:
             await asyncio.sleep(latency)
         if fault == "crash":

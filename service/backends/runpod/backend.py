@@ -1,9 +1,12 @@
 """`RunPodBackend`: the :class:`GpuBackend` port on RunPod serverless endpoints.
 
-One tile per RunPod job, submitted with ``/run`` (inline base64 PNG, size checked before
-sending, ``policy.executionTimeout`` and ``policy.ttl`` always set, our ``request_key`` inside
-``input`` so a duplicate submission is recognisable), at most ``max_concurrency()`` jobs in
-flight per endpoint, results fetched by :meth:`RunPodClient.wait` as soon as they are ready.
+Tiles go to RunPod jobs submitted with ``/run`` (inline lossless WebP or PNG, size checked
+before sending, ``policy.executionTimeout`` and ``policy.ttl`` always set, our ``request_key``
+inside ``input`` so a duplicate submission is recognisable), at most as many jobs in flight per
+endpoint as it has slots, results fetched by :meth:`RunPodClient.wait` as soon as they are
+ready. Tiles of one job waiting for a slot share a RunPod job, up to ``runpod_tiles_per_job``
+and what fits one request (:mod:`~service.backends.runpod.groups`); a group that fails
+retryably is retried tile by tile.
 
 Retries, second layer (the HTTP layer is in :mod:`service.backends.runpod.client`): a job that
 ends FAILED with a retryable error, TIMED_OUT, COMPLETED without output, or whose result is
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,7 +51,8 @@ from service.backends.runpod.client import (
     outcome,
     submit_or_cancel,
 )
-from service.backends.runpod.limits import EndpointLimit
+from service.backends.runpod.groups import TileGroups, Waiting, wait_shared
+from service.backends.runpod.limits import EndpointLimit, Slots, tiles_per_request
 from service.backends.runpod.resume import repoll, repoll_caption
 from service.core.contracts import (
     CaptionRequest,
@@ -117,49 +122,155 @@ class RunPodBackend:
         self._totals = Totals()
         self._policy = {"executionTimeout": settings.runpod_execution_timeout_s * 1000,
                         "ttl": settings.runpod_ttl_s * 1000}
+        self._groups = self._new_groups()
 
     # ---- GpuBackend -------------------------------------------------------------------------
 
     async def max_concurrency(self) -> int:
-        return (await self._limit("upscale")).slots.limit
+        """Tiles to keep in flight: every slot of the endpoint with a full group of tiles."""
+        slots = (await self._limit("upscale")).slots.limit
+        return slots * self._s.runpod_tiles_per_job
 
     async def refine(
         self, tile: TileTask, options: RefineOptions, *, on_submitted: OnSubmitted | None = None,
     ) -> RefineResult:
+        if self._s.runpod_tiles_per_job == 1:
+            return await self._refine_alone(tile, options, on_submitted)
+        self._same_loop()
+        return await self._groups.refine(tile, options, on_submitted)
+
+    async def _refine_alone(
+        self, tile: TileTask, options: RefineOptions, on_submitted: OnSubmitted | None, *,
+        attempts: int | None = None, earlier: CallAccounting | None = None,
+        held: bool = False,
+    ) -> RefineResult:
+        """One tile in its own RunPod job(s); ``earlier``: its share of a failed group job."""
         async def build() -> UpscaleRequest:  # encoded only once a RunPod slot is free
-            style = options.ip_adapter_image
-            return UpscaleRequest(
-                tiles=[TileIn(tile_id=tile.tile_id, image=await _encode(tile.image),
-                              prompt=tile.prompt, seed=tile.seed)],
-                **options.diffusion_kwargs(),
-                ip_adapter_image=await _encode(style) if style is not None else None,
-                output_format="webp",  # lossless, smaller than PNG: results have a limit too
-            )
+            return await _upscale_request([tile], options)
 
         label = f"tile {tile.tile_id}"
-        out, acct = await self._call("upscale", build, label, on_submitted=on_submitted)
+        out, acct = await self._call("upscale", build, label, on_submitted=on_submitted,
+                                     attempts=attempts, held=held)
         resp = _parse(UpscaleResponse, out, label)
         if len(resp.tiles) != 1:
             raise _bad_output(label, f"{len(resp.tiles)} tiles instead of 1")
-        image = await asyncio.to_thread(decode_to_array, resp.tiles[0].image)
-        if image.shape != tile.image.shape:
-            raise WorkerError(
-                f"worker returned {image.shape} for {label} of shape {tile.image.shape}; "
-                "the upscale worker is out of date, redeploy it",
-                code="bad_worker_output",
-            )
+        image = await _decode_tile(resp.tiles[0].image, tile, label)
+        if earlier is not None:
+            acct = _merged(earlier, acct)
         return RefineResult(tile.tile_id, image, resp.tiles[0].seed_used, acct)
+
+    # ---- several tiles per RunPod job -------------------------------------------------------
+
+    def _new_groups(self) -> TileGroups:
+        async def slots() -> Slots:
+            return (await self._limit("upscale")).slots
+
+        def fit(tile: TileTask, options: RefineOptions) -> int:
+            style = options.ip_adapter_image
+            return tiles_per_request(tile.image.shape, self._s.runpod_tiles_per_job,
+                                     style.shape if style is not None else None)
+
+        return TileGroups(self._s.runpod_tiles_per_job, slots, self._run_group, fit)
+
+    async def _run_group(self, group: list[Waiting], options: RefineOptions,
+                         slots: Slots) -> None:
+        """Refine ``group`` on the slot it was handed: one RunPod job for all its tiles; a
+        retryable failure sends each tile again alone (each then takes a slot of its own).
+        Every tile's caller gets its result or an error, whatever happens here."""
+        try:
+            await self._run_group_settled(group, options, slots)
+        except BaseException as exc:
+            for w in group:
+                if not w.future.done():
+                    w.future.set_exception(exc if isinstance(exc, Exception)
+                                           else asyncio.CancelledError())
+            raise
+
+    async def _run_group_settled(self, group: list[Waiting], options: RefineOptions,
+                                 slots: Slots) -> None:
+        if len(group) == 1:  # nobody to share with: today's path on this slot
+            try:
+                [w] = group
+                await _settle(w, self._refine_alone(w.tile, options, w.on_submitted,
+                                                    held=True))
+            finally:
+                await slots.__aexit__(None, None, None)
+            return
+        task = asyncio.ensure_future(self._group_job(group, options))
+        try:
+            await wait_shared(task, group)
+        finally:
+            await slots.__aexit__(None, None, None)
+        if task.cancelled():
+            return  # every tile's caller gave up; the RunPod job was cancelled
+        exc = task.exception()
+        if exc is None:
+            for w, result in zip(group, task.result(), strict=True):
+                if not w.future.done():
+                    w.future.set_result(result)
+            return
+        if isinstance(exc, _GroupFailed) and exc.retry_alone:
+            log.warning("%s: RunPod job %s failed (%s); sending each tile alone", exc.label,
+                        exc.accounting.remote_job_ids[-1:], exc.error.code)
+            attempts = max(1, self._s.runpod_tile_attempts - 1)
+            shares = _shares(exc.accounting, len(group))
+            await asyncio.gather(*(
+                _settle(w, self._refine_alone(w.tile, options, w.on_submitted,
+                                              attempts=attempts, earlier=share))
+                for w, share in zip(group, shares, strict=True)))
+            return
+        error = exc.final() if isinstance(exc, _GroupFailed) else exc
+        for w in group:
+            if not w.future.done():
+                w.future.set_exception(error)
+
+    async def _group_job(self, group: list[Waiting], options: RefineOptions
+                         ) -> list[RefineResult]:
+        """One RunPod job for every tile of ``group`` (one attempt); their results in order."""
+        client = self._client("upscale")
+        tiles = [w.tile for w in group]
+        label = "tiles " + ", ".join(t.tile_id for t in tiles)
+        self._totals.calls += 1
+        built = await _upscale_request(tiles, options)
+        payload = built.model_dump(mode="json", exclude_none=True)
+        payload["request_key"] = await asyncio.to_thread(request_key, payload)
+
+        def submitted(job_id: str) -> None:  # every tile's progress names the shared job
+            for w in group:
+                if w.on_submitted is not None:
+                    w.on_submitted(job_id)
+
+        acct = CallAccounting()
+        try:
+            body = await self._attempt(client, payload, acct, False, label, submitted)
+            out = outcome(body)
+        except BackendAuthError:
+            raise
+        except AatError as exc:
+            raise _GroupFailed(label, exc, acct) from exc
+        resp = _parse(UpscaleResponse, out, label)
+        by_id = {t.tile_id: t for t in resp.tiles}
+        if sorted(by_id) != sorted(t.tile_id for t in tiles):
+            raise _bad_output(label, f"tiles {sorted(by_id)} instead of {label}")
+        shares = _shares(acct, len(tiles))
+        results = []
+        for tile, share in zip(tiles, shares, strict=True):
+            got = by_id[tile.tile_id]
+            image = await _decode_tile(got.image, tile, f"tile {tile.tile_id}")
+            results.append(RefineResult(tile.tile_id, image, got.seed_used, share))
+        return results
 
     async def resume(self, remote_id: str, tile: TileTask) -> RefineResult | None:
         """The refined ``tile`` of RunPod job ``remote_id``, which an earlier (killed) attempt
         submitted and paid for; None when RunPod no longer has a usable result (see
         :mod:`~service.backends.runpod.resume`): the caller then refines the tile afresh."""
-        found = await repoll(self._client("upscale"), remote_id, tile.image.shape)
+        found = await repoll(self._client("upscale"), remote_id, tile.image.shape,
+                             tile.tile_id)
         if found is None:
             return None
-        image, body = found
+        image, body, n_tiles = found
         acct = CallAccounting(remote_job_ids=[remote_id], attempts=1)
-        self._account(acct, body)
+        self._account(acct, body, share=n_tiles)  # the group's other tiles resume their part
         return RefineResult(tile.tile_id, image, tile.seed, acct)
 
     async def resume_caption(self, remote_id: str, tile_id: str) -> CaptionResult | None:
@@ -257,6 +368,7 @@ class RunPodBackend:
         return {"backend": self.name, "endpoints": endpoints, "totals": self.totals()}
 
     async def aclose(self) -> None:
+        await self._groups.aclose()
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
@@ -272,12 +384,14 @@ class RunPodBackend:
     async def _call(
         self, kind: str, request: BaseModel | Callable[[], Awaitable[BaseModel]], label: str, *,
         sync: bool = False, attempts: int | None = None, on_submitted: OnSubmitted | None = None,
+        held: bool = False,
     ) -> tuple[Any, CallAccounting]:
         """Run ``request`` (or what ``request()`` builds) on endpoint ``kind``, holding one of
-        its in-flight slots throughout; resubmit retryable failures (bounded)."""
+        its in-flight slots throughout (``held``: the caller already holds one); resubmit
+        retryable failures (bounded)."""
         client, sem = self._client(kind), (await self._limit(kind)).slots
         self._totals.calls += 1
-        async with sem:
+        async with contextlib.nullcontext() if held else sem:
             built = request if isinstance(request, BaseModel) else await request()
             payload = built.model_dump(mode="json", exclude_none=True)
             if "request_key" in type(built).model_fields:
@@ -362,9 +476,12 @@ class RunPodBackend:
         return await submit_or_cancel(client, payload, self._policy, on_ambiguous=ambiguous,
                                       on_late=late)
 
-    def _account(self, acct: CallAccounting, body: dict[str, Any]) -> None:
-        delay, execution = int(body.get("delayTime") or 0), int(body.get("executionTime") or 0)
-        cost = execution / 1000.0 * self._s.runpod_price_per_gpu_second
+    def _account(self, acct: CallAccounting, body: dict[str, Any], share: int = 1) -> None:
+        """Add RunPod job ``body``'s times and cost (``1/share`` of them: one tile's part of a
+        job shared by ``share`` tiles) to ``acct`` and the totals."""
+        delay, whole = int(body.get("delayTime") or 0), int(body.get("executionTime") or 0)
+        execution = whole // share
+        cost = whole / share / 1000.0 * self._s.runpod_price_per_gpu_second
         acct.delay_ms += delay
         acct.execution_ms += execution
         acct.cost_usd += cost
@@ -405,6 +522,7 @@ class RunPodBackend:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._clients, self._limits = loop, {}, {}
+            self._groups = self._new_groups()
 
 
 def request_key(payload: dict[str, Any]) -> str:
@@ -417,6 +535,82 @@ def request_key(payload: dict[str, Any]) -> str:
 async def _encode(image: np.ndarray) -> Any:
     """Encode off the event loop (a 1024² tile takes a while): lossless WebP or PNG, smaller."""
     return await asyncio.to_thread(encode_smallest, image)
+
+
+async def _upscale_request(tiles: list[TileTask], options: RefineOptions) -> UpscaleRequest:
+    style = options.ip_adapter_image
+    return UpscaleRequest(
+        tiles=[TileIn(tile_id=t.tile_id, image=await _encode(t.image), prompt=t.prompt,
+                      seed=t.seed) for t in tiles],
+        **options.diffusion_kwargs(),
+        ip_adapter_image=await _encode(style) if style is not None else None,
+        output_format="webp",  # lossless, smaller than PNG: results have a limit too
+    )
+
+
+async def _decode_tile(ref: Any, tile: TileTask, label: str) -> np.ndarray:
+    image = await asyncio.to_thread(decode_to_array, ref)
+    if image.shape != tile.image.shape:
+        raise WorkerError(
+            f"worker returned {image.shape} for {label} of shape {tile.image.shape}; "
+            "the upscale worker is out of date, redeploy it",
+            code="bad_worker_output",
+        )
+    return image
+
+
+class _GroupFailed(Exception):
+    """A shared RunPod job failed: the error, what the job cost, and whether to send each
+    tile again alone (a retryable failure, or a request over the size limit)."""
+
+    def __init__(self, label: str, error: AatError, accounting: CallAccounting) -> None:
+        super().__init__(error.message)
+        self.label, self.error, self.accounting = label, error, accounting
+        self.retry_alone = error.retryable or error.code == "payload_too_large"
+
+    def final(self) -> AatError:
+        """The error every tile of the group gets (as one tile's final failure reads)."""
+        e, ids = self.error, self.accounting.remote_job_ids
+        if not ids:  # the HTTP layer gave up before a job existed
+            return type(e)(f"{self.label}: {e.message}", code=e.code, retryable=e.retryable,
+                           retry_after=e.retry_after, detail=e.detail)
+        return type(e)(f"{self.label} failed after {len(ids)} RunPod job(s): {e.message}",
+                       code=e.code, retryable=False, detail={**e.detail, "remote_job_ids": ids})
+
+
+def _shares(acct: CallAccounting, n: int) -> list[CallAccounting]:
+    """Each of ``n`` tiles' part of one shared job: the same ids, attempts and wait, 1/n of
+    the execution time and cost (the first tile takes the rounding and any possible bill)."""
+    execution = acct.execution_ms // n
+    return [CallAccounting(remote_job_ids=list(acct.remote_job_ids), delay_ms=acct.delay_ms,
+                           execution_ms=execution + (acct.execution_ms - n * execution if i == 0
+                                                     else 0),
+                           attempts=acct.attempts, cost_usd=acct.cost_usd / n,
+                           possibly_billed=acct.possibly_billed if i == 0 else 0)
+            for i in range(n)]
+
+
+def _merged(earlier: CallAccounting, later: CallAccounting) -> CallAccounting:
+    return CallAccounting(remote_job_ids=earlier.remote_job_ids + later.remote_job_ids,
+                          delay_ms=earlier.delay_ms + later.delay_ms,
+                          execution_ms=earlier.execution_ms + later.execution_ms,
+                          attempts=earlier.attempts + later.attempts,
+                          cost_usd=earlier.cost_usd + later.cost_usd,
+                          possibly_billed=earlier.possibly_billed + later.possibly_billed)
+
+
+async def _settle(waiting: Waiting, work: Awaitable[RefineResult]) -> None:
+    """Run ``work`` for one tile and hand its result or error to the tile's caller; the caller
+    giving up cancels the work (and so its RunPod job)."""
+    task = asyncio.ensure_future(work)
+    await wait_shared(task, [waiting])
+    if waiting.future.done() or task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        waiting.future.set_exception(exc)
+    else:
+        waiting.future.set_result(task.result())
 
 
 def _bad_output(label: str, what: str) -> WorkerError:

@@ -7,7 +7,8 @@ a third. :func:`check_tile_size` refuses at submit a ``tile_size`` whose worst c
 fit (``MAX_INLINE_TILE_SIDE`` = 1536: 1536² x 3 bytes x 4/3 = 9.44 MB, under the 9.5 MB
 ``client.MAX_RUN_BYTES``), instead of the job failing after its pre-upscale; the client still
 measures every request before sending it. The worker answers in lossless WebP for the same
-reason.
+reason. Several tiles share one request (``runpod_tiles_per_job``) only as many as fit at
+their worst case (:func:`tiles_per_request`): two 1024 px tiles (8.4 MB), never three.
 
 **In flight.**
 :class:`EndpointLimit` sizes a growable slot pool: ``runpod_max_concurrency`` when set, else
@@ -37,6 +38,23 @@ MAX_INLINE_TILE_SIDE = 1536
 def worst_case_b64_bytes(side: int) -> int:
     """Base64 size of an incompressible ``side`` x ``side`` RGB tile."""
     return -(-side * side * 3 // 3) * 4
+
+
+REQUEST_HEADROOM_BYTES = 64 * 1024  # JSON, prompts, LoRA names, per-tile fields
+
+
+def tiles_per_request(shape: tuple[int, ...], wanted: int,
+                      style_shape: tuple[int, ...] | None = None) -> int:
+    """How many tiles of ``shape`` (H, W, ...) one ``/run`` request carries whatever their
+    content: at most ``wanted``, at least 1 (a single tile that cannot fit is refused by
+    :func:`check_tile_size` at submit and measured again by the client). The style image, sent
+    once per request, takes its worst case off the budget; the worker's result (lossless WebP
+    of the same tiles, no style image) then fits its own limit too."""
+    def worst(s: tuple[int, ...]) -> int:
+        return -(-s[0] * s[1] * 3 // 3) * 4
+
+    budget = MAX_RUN_BYTES - REQUEST_HEADROOM_BYTES - (worst(style_shape) if style_shape else 0)
+    return max(1, min(wanted, budget // worst(shape)))
 
 
 def check_tile_size(tile_size: int) -> None:

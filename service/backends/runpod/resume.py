@@ -53,20 +53,28 @@ async def repoll_output(client: RunPodClient, remote_id: str,
     return value, body
 
 
-async def repoll(client: RunPodClient, remote_id: str, shape: tuple[int, ...]
-                 ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """The refined tile (of ``shape``) of RunPod job ``remote_id`` and its final status body,
-    or None (refine afresh); see :func:`repoll_output`."""
+async def repoll(client: RunPodClient, remote_id: str, shape: tuple[int, ...], tile_id: str
+                 ) -> tuple[np.ndarray, dict[str, Any], int] | None:
+    """Tile ``tile_id`` (of ``shape``) of RunPod job ``remote_id`` (a job may carry several
+    tiles), its final status body and how many tiles the job carried, or None (refine afresh);
+    see :func:`repoll_output`."""
     from service.core.imageref import decode_to_array  # noqa: PLC0415 - lazy: PIL codec
 
-    async def tile(output: Any) -> np.ndarray:
+    async def tile(output: Any) -> tuple[np.ndarray, int]:
         resp = UpscaleResponse.model_validate(output)
-        image = await asyncio.to_thread(decode_to_array, resp.tiles[0].image)
+        mine = next((t for t in resp.tiles if t.tile_id == tile_id), None)
+        if mine is None:
+            raise ValueError(f"it carries no tile {tile_id}")
+        image = await asyncio.to_thread(decode_to_array, mine.image)
         if image.shape != shape:
             raise ValueError(f"it returned {image.shape} for a {shape} tile")
-        return image
+        return image, len(resp.tiles)
 
-    return await repoll_output(client, remote_id, tile)
+    found = await repoll_output(client, remote_id, tile)
+    if found is None:
+        return None
+    (image, n_tiles), body = found
+    return image, body, n_tiles
 
 
 async def repoll_caption(client: RunPodClient, remote_id: str
