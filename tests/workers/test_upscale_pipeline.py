@@ -402,3 +402,33 @@ def test_kohya_and_text_encoder_loras(pipe, tile) -> None:
     finally:
         for name in ("detail_kohya.safetensors", "te_only.safetensors"):
             (folder / name).unlink()
+
+
+def test_text_encoder_loras_load_switch_off_and_unload_with_the_pinned_peft(
+        pipe, tile, monkeypatch) -> None:
+    """transformers 5.25 gates its own adapter methods (add/set/enable/disable/delete) on
+    peft >= 0.22, which is not released; the images pin peft 0.21.2. diffusers drives text-encoder
+    LoRAs through ``load_adapter`` (no gate) and its own layer helpers, so the whole lifecycle
+    works with the pin and never reaches that gate."""
+    import transformers.integrations.peft as transformers_peft
+
+    gated: list[str] = []
+    monkeypatch.setattr(transformers_peft, "check_peft_version",
+                        lambda min_version: gated.append(min_version))
+    folder = pipe.lora_dir
+    tiny.write_text_encoder_lora(tiny.build_components(folder / "te2")["text_encoder"],
+                                 folder / "te_words.safetensors", seed=4)
+    try:
+        plain = run(pipe, tile, prompt="tree")
+        worded = run(pipe, tile, prompt="tree", loras=[lora("te_words", 1.0)])
+        assert differs(plain, worded) > 0.3
+        assert differs(plain, run(pipe, tile, prompt="tree")) == 0.0  # switched off
+        pipe.max_loaded_loras = 0  # the next job unloads it (delete_adapters)
+        run(pipe, tile, prompt="tree", loras=[lora("detail", 1.0)])
+        assert "te_words.safetensors" not in pipe._adapters
+        assert differs(plain, run(pipe, tile, prompt="tree")) == 0.0
+        assert differs(worded, run(pipe, tile, prompt="tree", loras=[lora("te_words", 1.0)])) == 0.0
+    finally:
+        pipe.max_loaded_loras = 8
+        (folder / "te_words.safetensors").unlink()
+    assert gated == []
