@@ -12,7 +12,7 @@ Failures raise :class:`service.core.errors.BackendError` subclasses with ``code`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -80,7 +80,21 @@ class RemoteImport:
 
 
 # Called with the remote job id as soon as a call is submitted, so a resumed job can re-poll.
-OnSubmitted = Callable[[str], None]
+# A coroutine it returns is awaited before the job is waited on (:func:`report_submitted`).
+OnSubmitted = Callable[[str], Awaitable[None] | None]
+
+
+async def report_submitted(on_submitted: OnSubmitted | None, remote_id: str) -> None:
+    """Hand a just-submitted remote job's id to ``on_submitted`` and wait until it is recorded
+    (a coroutine it returns is awaited), before the backend waits on the job. A callback that
+    raises (the id could not be recorded: the job was canceled, or the runner lost its lease
+    and must not write into the job) makes the backend cancel that remote job: nobody could
+    pick it up, so it is not paid for."""
+    if on_submitted is None:
+        return
+    pending = on_submitted(remote_id)
+    if pending is not None:
+        await pending
 
 
 class GpuBackend(Protocol):

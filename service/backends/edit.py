@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.backends.base import CallAccounting, OnSubmitted
+from service.backends.base import CallAccounting, OnSubmitted, report_submitted
 from service.backends.runpod.client import (
     PollPolicy,
     RetryPolicy,
@@ -116,8 +116,7 @@ async def _call(client: RunPodClient, payload: dict[str, Any], price_per_s: floa
     acct.remote_job_ids.append(job_id)
     acct.attempts += 1
     try:
-        if on_submitted is not None:
-            on_submitted(job_id)
+        await report_submitted(on_submitted, job_id)
         body = await client.wait(job_id, submitted_at=started)
     except BaseException:  # cancelled (another frame failed, the job was canceled) or stuck
         await cancel_quietly(client, job_id)

@@ -27,9 +27,10 @@ the source with :func:`~service.storage.game_repo.deliver_set`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ from service.core.imaging import load_image
 from service.core.jobs import JobStatus, TargetSpec
 from service.core.naming import animation_results, animation_tag
 from service.pipeline import animate as pipe
+from service.settings import Settings
+from service.storage.artifacts import ArtifactStore
 from service.storage.game_repo import deliver_set
 from service.storage.records import JobRecord, NewTile, StageCount, TileRecord
 
@@ -62,6 +65,35 @@ def frame_plan(params: AnimateParams, sprite_size: tuple[int, int],
     prompts = frame_prompts(params)
     return [NewTile(i, x, y, w, h, caption=prompts[i], rerun=int(i in rerun))
             for i, (x, y, w, h) in enumerate(cell_rects(params.frames, cell, params.layout))]
+
+
+def frame_requests(settings: Settings, input_sha256: str, params: AnimateParams,
+                   frames: Iterable[NewTile | TileRecord]) -> dict[int, tuple[str, int]]:
+    """Frame -> (its ``frame_key``, its seed): what each frame row asks the edit model for (the
+    user's prompt, else the motion's; the seed of its rerun count), keyed as its cell is
+    cached. The runner and a rerun's kept frames (:func:`kept_frames`) both ask here."""
+    backend, side = edit_backend_kind(settings), settings.animate_edit_side
+    out = {}
+    for t in frames:
+        seed = frame_seed(params.seed, t.idx, t.rerun)
+        out[t.idx] = (pipe.frame_key(input_sha256, params, t.idx, t.prompt or t.caption or "",
+                                     seed, backend, side), seed)
+    return out
+
+
+def kept_frames(settings: Settings, artifacts: ArtifactStore, input_sha256: str,
+                params: AnimateParams, plan: list[NewTile]) -> list[NewTile]:
+    """A rerun's frame rows: each frame whose cell the runner will take from the cache (same
+    request, cell present) is written done, with its seed and key, from the moment the rerun
+    exists, so it never shows queued; the others (chosen, or with a new prompt) are pending."""
+    requests = frame_requests(settings, input_sha256, params, plan)
+    out = []
+    for t in plan:
+        key, seed = requests[t.idx]
+        if artifacts.find("refined", key) is not None:
+            t = dataclasses.replace(t, status="refined", seed=seed, cache_key=key)
+        out.append(t)
+    return out
 
 
 def plan_frames(run: JobRun, params: AnimateParams, sprite_size: tuple[int, int]
@@ -117,11 +149,10 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
     edit_side = ctx.settings.animate_edit_side
     prepared = pipe.prepare(source, params, edit_side)
     frames = plan_frames(run, params, (source.shape[1], source.shape[0]))
-    backend_name = edit_backend_kind(ctx.settings)
     prompts = {t.idx: t.prompt or t.caption or "" for t in frames}
-    seeds = {t.idx: frame_seed(params.seed, t.idx, t.rerun) for t in frames}
-    keys = {i: pipe.frame_key(row.input_sha256, params, i, prompts[i], seeds[i], backend_name,
-                              edit_side) for i in prompts}
+    requests = frame_requests(ctx.settings, row.input_sha256, params, frames)
+    keys = {i: key for i, (key, _) in requests.items()}
+    seeds = {i: seed for i, (_, seed) in requests.items()}
     observer = _Frames(run, keys, seeds)
     run.stage("animate", 0, params.frames)
     cells: dict[int, np.ndarray] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -62,10 +62,7 @@ class JobRun:
         """The job row, or LeaseLost when this runner no longer owns it."""
         if self.lost.is_set():
             raise LeaseLost(f"job {self.job_id} lease lost")
-        row = self.ctx.store.get(self.job_id)
-        if row.owner != self.owner or row.status != JobStatus.running:
-            raise LeaseLost(f"job {self.job_id} is no longer owned by this runner")
-        return row
+        return self.ctx.store.owned(self.job_id, self.owner)
 
     def checked(self) -> JobRecord:
         """:meth:`owned`, and stop here when the job was canceled or the runner is stopping."""
@@ -99,6 +96,11 @@ class JobRun:
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
 
+    def tile(self, index: int, **changes: Unpack[TileUpdate]) -> None:
+        """Write tile (or frame) ``index``'s row, fenced by this runner's lease like every
+        progress write: a runner that lost the job writes nothing more into it."""
+        self.ctx.store.update_tile(self.job_id, index, owner=self.owner, **changes)
+
     # ---- PipelineObserver (service.pipeline.observer), called from worker threads ----------
 
     def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
@@ -107,7 +109,7 @@ class JobRun:
         attempt picks the job up by this id: a refine through the tile row, a caption through
         ``remote_jobs``, which keeps the request key)."""
         if stage in ("refine", "animate"):  # which request the id belongs to, for resuming
-            self.ctx.store.update_tile(self.job_id, index, remote_job_id=remote_id, cache_key=key)
+            self.tile(index, remote_job_id=remote_id, cache_key=key)
 
         def fn(row: JobRecord) -> JobUpdate | None:
             if any(r["id"] == remote_id for r in row.remote_jobs):
@@ -121,8 +123,7 @@ class JobRun:
     def tile_started(self, stage: str, index: int) -> None:
         """Show the tile as captioning/refining and wake the job's event streams."""
         self._tile_started[(stage, index)] = time.monotonic()
-        self.ctx.store.update_tile(self.job_id, index,
-                                   status="captioning" if stage == "caption" else "refining")
+        self.tile(index, status="captioning" if stage == "caption" else "refining")
         self.ctx.store.mutate(self.job_id, lambda _row: {}, owner=self.owner)
 
     def _tile_timings(self, stage: str, index: int, cost: CallAccounting | None
@@ -139,7 +140,7 @@ class JobRun:
         changes: TileUpdate = {"caption": caption}
         if timings := self._tile_timings("caption", index, cost):
             changes["timings"] = timings
-        self.ctx.store.update_tile(self.job_id, index, **changes)
+        self.tile(index, **changes)
         self._tile_done("caption", cost, index)
 
     def refined(self, stage: str, index: int, key: str, seed: int,
@@ -149,7 +150,7 @@ class JobRun:
                                    "status": "refined" if cost is not None else "cached"}
             if timings := self._tile_timings(stage, index, cost):
                 changes["timings"] = timings
-            self.ctx.store.update_tile(self.job_id, index, **changes)
+            self.tile(index, **changes)
         self._tile_done(stage, cost, index)
 
     def frame_done(self, index: int, key: str, seed: int, acct: CallAccounting | None) -> None:
@@ -158,7 +159,7 @@ class JobRun:
         changes: TileUpdate = {"cache_key": key, "seed": seed, "status": "refined"}
         if timings := self._tile_timings("animate", index, acct):
             changes["timings"] = timings
-        self.ctx.store.update_tile(self.job_id, index, **changes)
+        self.tile(index, **changes)
         self._tile_done("animate", acct, index)
 
     def spent(self, stage: str, index: int, acct: CallAccounting) -> None:

@@ -23,7 +23,7 @@ from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.naming import ANIMATION_SUFFIXES, animation_results, animation_tag
 from service.core.params import UpscaleParams
-from service.jobs.animation import frame_plan
+from service.jobs.animation import frame_plan, kept_frames
 from service.jobs.executor import Executor
 from service.jobs.intake import probe_image
 from service.jobs.view import to_public
@@ -289,16 +289,21 @@ class JobService:
             if bad:
                 raise ParamsError(f"job {job_id} has no frame(s) {bad}; its {frames} frames are "
                                   f"numbered 0 to {frames - 1}", code="frame_unknown")
-            if not plan:  # a job that failed before it wrote its frames: plan them here
-                return self._rerun_new(row, frame_plan(
-                    AnimateParams.model_validate(row.params),
-                    (row.input_width, row.input_height), rerun=set(tiles)))
         elif not plan or missing:
             raise NotFound(f"job {job_id} has no tile(s) {missing or tiles}; see GET .../tiles")
         chosen = set(tiles)
-        return self._rerun_new(row, [
-            NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
-                    rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan])
+        new_plan = [NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
+                            rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan]
+        if row.kind == "animate":
+            params = AnimateParams.model_validate(row.params)
+            if not plan:  # a job that failed before it wrote its frames: plan them here
+                new_plan = frame_plan(params, (row.input_width, row.input_height),
+                                      rerun=chosen)
+            # kept frames are done from the start (their cells are in the cache): they never
+            # show queued, then done, while the chosen ones are made again
+            new_plan = kept_frames(self.settings, self.artifacts, row.input_sha256, params,
+                                   new_plan)
+        return self._rerun_new(row, new_plan)
 
     def retry(self, job_id: str, *, idempotency_key: str | None = None
               ) -> tuple[JobPublic, bool]:

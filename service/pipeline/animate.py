@@ -34,7 +34,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from service.backends.base import CallAccounting
+from service.backends.base import CallAccounting, OnSubmitted
 from service.backends.edit import EditBackend
 from service.core import frames as fr
 from service.core.animate import AnimateParams, frame_prompts, frame_seed, parse_size
@@ -48,8 +48,9 @@ FRAME_ATTEMPTS = 2  # a retryable frame failure is tried once more
 
 
 class FrameObserver(Protocol):
-    """What the job runner hears of each frame (called from worker threads, except
-    ``frame_submitted``, which must not block: it is called on the event loop)."""
+    """What the job runner hears of each frame (called from worker threads). The frame's
+    RunPod job is waited on only once ``frame_submitted`` returned; if it raises (the id could
+    not be recorded) that RunPod job is cancelled and the frame fails with its error."""
 
     def frame_started(self, index: int) -> None: ...
 
@@ -128,7 +129,7 @@ def finish_frame(edited: np.ndarray, prep: Prepared, params: AnimateParams) -> n
 
 async def _one(backend: EditBackend, index: int, total: int, prep: Prepared, prompt: str,
                seed: int, acct: CallAccounting,
-               on_submitted: Callable[[str], None] | None = None,
+               on_submitted: OnSubmitted | None = None,
                earlier: str | None = None) -> np.ndarray:
     """Frame ``index`` edited: the RunPod job ``earlier`` an interrupted attempt submitted for
     it, when RunPod still has its result, else a new call (a retryable failure once more)."""
@@ -185,7 +186,6 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
     wanted = list(range(params.frames)) if indices is None else list(indices)
     gate = asyncio.Semaphore(concurrency)
     failed, draining = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
     out: dict[int, np.ndarray] = {}
 
     async def run(i: int) -> None:
@@ -193,9 +193,9 @@ async def generate(source: np.ndarray, params: AnimateParams, backend: EditBacke
         prompt = (prompts or {}).get(i) or default[i]
         seed = (seeds or {}).get(i, frame_seed(params.seed, i, attempt))
 
-        def submitted(remote_id: str) -> None:  # on the loop: hand the write to a thread
+        async def submitted(remote_id: str) -> None:  # recorded before the job is waited on
             if observer is not None:
-                loop.run_in_executor(None, observer.frame_submitted, i, remote_id)
+                await asyncio.to_thread(observer.frame_submitted, i, remote_id)
 
         async with gate:
             if failed.is_set() or draining.is_set():  # start nothing new

@@ -40,7 +40,8 @@ class PipelineObserver(Protocol):
     def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
         """Tile ``index`` of ``stage`` went out as remote job ``remote_id`` for the request
         ``key``: record both, so an interrupted run can resume that job instead of paying
-        twice (see ``TileMemory.remote``)."""
+        twice (see ``TileMemory.remote``). The remote job is waited on only once this returned;
+        raising (the id cannot be recorded) cancels it and fails the tile with the error."""
         ...
 
     def tile_started(self, stage: str, index: int) -> None:

@@ -148,10 +148,9 @@ async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache:
     if text is not None:
         await asyncio.to_thread(observer.captioned, index, text, None)
         return text
-    loop = asyncio.get_running_loop()
 
-    def submitted(remote_id: str) -> None:
-        loop.run_in_executor(None, observer.submitted, "caption", index, key, remote_id)
+    async def submitted(remote_id: str) -> None:  # recorded before the job is waited on
+        await asyncio.to_thread(observer.submitted, "caption", index, key, remote_id)
 
     result = None
     if earlier is not None and earlier.key == key:
@@ -186,7 +185,6 @@ async def refine_tiles(
     earlier = earlier or {}
     sem = asyncio.Semaphore(max(1, await backend.max_concurrency()))
     draining = asyncio.Event()  # stopping: send nothing new, let in-flight calls finish
-    loop = asyncio.get_running_loop()
     hits = 0
 
     async def _after(index: int, image: np.ndarray) -> np.ndarray:
@@ -204,8 +202,8 @@ async def refine_tiles(
             await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed, None)
             return
 
-        def submitted(remote_id: str) -> None:
-            loop.run_in_executor(None, observer.submitted, stage, item.index, key, remote_id)
+        async def submitted(remote_id: str) -> None:  # recorded before the job is waited on
+            await asyncio.to_thread(observer.submitted, stage, item.index, key, remote_id)
 
         async with sem:
             if draining.is_set():

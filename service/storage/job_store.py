@@ -5,7 +5,8 @@
 hosts never lose an update. Status changes go through :meth:`SqlJobStore.transition`, which uses
 ``check_transition`` and refuses illegal moves. A runner owns a running job through a lease
 (``owner``, ``lease_until``); writes fenced by ``owner`` fail with :class:`LeaseLost` once another
-runner has re-claimed the job.
+runner has re-claimed the job; so do the runner's tile writes (:meth:`SqlJobStore.update_tile`
+with ``owner``). The rule is written once, :func:`_leased_to`.
 
 Reads return typed, frozen records and writes take typed changes (``service.storage.records``):
 ``JobRecord``/``JobUpdate``, ``TileRecord``/``NewTile``/``TileUpdate``, ``DeliveryRecord``.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Unpack
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.core.errors import JobError, NotFound
@@ -63,6 +64,12 @@ def _on_queue(queue: Queue | None) -> builtins.list[ColumnElement[bool]]:
     if queue is None:
         return []
     return [or_(jobs.c.queue == queue, jobs.c.queue.is_(None))]
+
+
+def _leased_to(owner: str) -> builtins.list[ColumnElement[bool]]:
+    """The lease rule, the one place it is written: the job is running and ``owner`` holds it.
+    Every write fenced by ``owner`` (the job row's and its tiles') lands only under it."""
+    return [jobs.c.owner == owner, jobs.c.status == JobStatus.running.value]
 
 
 class _Changes(JobUpdate, total=False):
@@ -110,6 +117,15 @@ class SqlJobStore:
             found = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if found is None:
             raise NotFound(f"no job {job_id!r}; list jobs with GET /v1/jobs or `aat jobs`")
+        return JobRecord.from_row(found)
+
+    def owned(self, job_id: str, owner: str) -> JobRecord:
+        """The job row while ``owner`` holds its lease, else :class:`LeaseLost`."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(jobs).where(jobs.c.id == job_id, *_leased_to(owner))
+                                 ).mappings().first()
+        if found is None:
+            raise LeaseLost(f"job {job_id} is no longer owned by this runner")
         return JobRecord.from_row(found)
 
     def version(self, job_id: str) -> int:
@@ -224,9 +240,7 @@ class SqlJobStore:
         With ``owner``, refuse (LeaseLost) when the row is no longer owned by it."""
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
-            row = self.get(job_id)
-            if owner is not None and (row.owner != owner or row.status != JobStatus.running):
-                raise LeaseLost(f"job {job_id} is no longer owned by this runner")
+            row = self.get(job_id) if owner is None else self.owned(job_id, owner)
             changes = fn(row)
             if changes is None:
                 return row
@@ -236,7 +250,8 @@ class SqlJobStore:
                 values["status"] = JobStatus(values["status"]).value
             with self.engine.begin() as conn:
                 res = conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, jobs.c.version == row.version).values(**values))
+                    jobs.c.id == job_id, jobs.c.version == row.version,
+                    *(_leased_to(owner) if owner is not None else [])).values(**values))
             if res.rowcount == 1:
                 return row.changed(values)
             time.sleep(random.uniform(0.001, 0.01))  # lost the race: jittered retry
@@ -325,8 +340,7 @@ class SqlJobStore:
         """Record the tile plan once (a resumed job keeps its captions, seeds and prompts)."""
         with self.engine.begin() as conn:
             have = set(conn.execute(select(tiles.c.idx).where(tiles.c.job_id == job_id)).scalars())
-            new = [{"job_id": job_id, "status": "pending", **dataclasses.asdict(t)}
-                   for t in plan if t.idx not in have]
+            new = [{"job_id": job_id, **dataclasses.asdict(t)} for t in plan if t.idx not in have]
             if new:
                 conn.execute(insert(tiles), new)
 
@@ -335,16 +349,31 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             return [TileRecord.from_row(m) for m in conn.execute(query).mappings()]
 
-    def update_tile(self, job_id: str, idx: int, **fields: Unpack[TileUpdate]) -> TileRecord:
+    def update_tile(self, job_id: str, idx: int, *, owner: str | None = None,
+                    **fields: Unpack[TileUpdate]) -> TileRecord:
+        """Change one tile row. With ``owner`` (the runner's writes: progress, RunPod job ids,
+        results) the change lands only while ``owner`` holds the job's lease, checked in the
+        same transaction, else :class:`LeaseLost` and the row is unchanged; the API's edits (a
+        user's prompt) pass no owner."""
         values: dict[str, Any] = dict(fields)
+        where = [tiles.c.job_id == job_id, tiles.c.idx == idx]
         with self.engine.begin() as conn:
+            if owner is not None:
+                # PostgreSQL: hold the job row shared, so a re-claim waits for this write;
+                # SQLite (one writer at a time): the condition in the UPDATE decides
+                conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)
+                             .with_for_update(read=True))
+                where.append(exists().where(jobs.c.id == job_id, *_leased_to(owner)))
             if "timings" in fields:  # merged into the stored ones (see TileUpdate.timings)
                 stored = conn.execute(select(tiles.c.timings).where(
                     tiles.c.job_id == job_id, tiles.c.idx == idx).with_for_update()).scalar()
                 values["timings"] = {**(stored or {}), **fields["timings"]}
-            res = conn.execute(update(tiles).where(
-                tiles.c.job_id == job_id, tiles.c.idx == idx).values(**values))
+            res = conn.execute(update(tiles).where(*where).values(**values))
             if res.rowcount != 1:
+                there = conn.execute(select(tiles.c.idx).where(
+                    tiles.c.job_id == job_id, tiles.c.idx == idx)).first()
+                if there is not None and owner is not None:
+                    raise LeaseLost(f"job {job_id} is no longer owned by this runner")
                 raise NotFound(f"job {job_id} has no tile {idx}; list tiles with GET .../tiles")
             found = conn.execute(select(tiles).where(
                 tiles.c.job_id == job_id, tiles.c.idx == idx)).mappings().one()

@@ -161,7 +161,8 @@ class JobUpdate(TypedDict, total=False):
 @dataclass(frozen=True, slots=True)
 class NewTile:
     """One tile of a job's plan: its box in the pre-upscaled image (half-open), and what a
-    re-run carries over (caption, prompt, how often it was re-run)."""
+    re-run carries over (caption, prompt, how often it was re-run; a kept animate frame also
+    its result: done, with the seed and cache key of its cached cell)."""
 
     idx: int
     x: int
@@ -171,6 +172,9 @@ class NewTile:
     caption: str | None = None
     prompt: str | None = None
     rerun: int = 0
+    status: TileStatus = "pending"
+    seed: int | None = None
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ def emulator() -> Iterator[EmulatorServer]:
         # one worker, 0.3 s per frame: a job is still generating when the user cancels
         "anim-slow": EndpointConfig(handler=resolve_handler("animate-echo"), workers=1,
                                     latency_s=0.3),
+        # four workers, 0.3 s per frame: eight frames keep a job running for 0.6 s or more
+        "anim-steady": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
+                                      latency_s=0.3),
         # the first frame fails for good after 0.2 s; the others would take 0.8 s each
         "anim-fails": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
                                      latency_s=0.2, faults=Faults.parse("fatal=1:1,slow=1"),
@@ -51,7 +54,7 @@ def emulator() -> Iterator[EmulatorServer]:
         yield emu
 
 
-def _server(emu: EmulatorServer, root: Path, endpoint: str) -> Any:
+def _server(emu: EmulatorServer, root: Path, endpoint: str, **extra: Any) -> Any:
     from service.settings import load_settings
 
     repo = root / "repo"
@@ -60,7 +63,7 @@ def _server(emu: EmulatorServer, root: Path, endpoint: str) -> Any:
     return running_app(load_settings(
         data_dir=root / "data", repos={"game": repo}, backend="none",
         runpod_api_key=KEY, runpod_base_url=emu.url, runpod_animate_endpoint_id=endpoint,
-        animate_edit_side=64, runpod_poll_min_s=0.02, runpod_backoff_base_s=0.05))
+        animate_edit_side=64, runpod_poll_min_s=0.02, runpod_backoff_base_s=0.05, **extra))
 
 
 def _submit(client: httpx.Client, **query: str) -> httpx.Response:
@@ -219,6 +222,42 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
         assert (repo / "hero_walk.webp").read_bytes() != webp_before  # the preview moved on
         assert final["output"]["files"]["hero_walk.webp"] != first["output"]["files"][
             "hero_walk.webp"]
+
+
+def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
+        emulator: EmulatorServer, tmp_path: Path) -> None:
+    """Regenerating frames 3 and 5: the six kept frames are done the moment the rerun job
+    exists, and its event stream never reports them in any other state (the studio showed them
+    queued, then done); the two chosen ones go from queued to done."""
+    with _server(emulator, tmp_path, "anim-steady", job_threads=1) as server, \
+            server.client() as client:
+        job = _submit(client, motion="walk", frames="8").json()
+        assert wait_terminal(client, job["id"])["status"] == "succeeded"
+        # another sprite's job holds the one runner thread: the rerun waits in the queue
+        busy = client.post("/v1/animations", content=sprite_bytes(), params={
+            "filename": "other.png", "motion": "walk", "frames": "8", "seed": "99"},
+            headers={"Content-Type": "image/png"})
+        assert busy.status_code == 202, busy.text
+        rerun = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [3, 5]})
+        assert rerun.status_code == 202, rerun.text
+        again = rerun.json()
+        at_once = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]
+        assert client.get(f"/v1/jobs/{again['id']}").json()["status"] == "queued"
+        assert [t["state"] for t in at_once] == [
+            "queued" if i in (3, 5) else "done" for i in range(8)]
+        events = sse_events(client, again["id"], tiles=True)
+        final = wait_terminal(client, again["id"])
+    states: dict[int, list[str]] = {}
+    for name, data in events:
+        if name == "tiles":
+            for t in data["tiles"]:
+                states.setdefault(t["index"], []).append(t["state"])
+    assert final["status"] == "succeeded", final.get("error")
+    assert {i: s for i, s in states.items() if i not in (3, 5)} == {
+        i: ["done"] for i in range(8) if i not in (3, 5)}  # told once, never changed
+    for i in (3, 5):
+        assert states[i][0] == "queued" and states[i][-1] == "done", states[i]
+    assert final["cost"]["runpod_jobs"] == 2  # only the chosen frames were generated
 
 
 def test_rerun_of_a_running_animate_job_is_a_conflict(emulator: EmulatorServer,

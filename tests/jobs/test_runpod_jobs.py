@@ -3,8 +3,10 @@ failing backend, and a killed executor process that resumes without paying twice
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,15 @@ from jobs_helpers import (
     wait_until,
 )
 
+from service.backends.base import RefineOptions
+from service.backends.runpod import RunPodBackend
 from service.core.jobs import JobStatus, TargetSpec
+from service.jobs.context import RunContext
+from service.jobs.orchestrator import JobRun
 from service.jobs.service import JobService, build_job_service
+from service.pipeline.refine import TileWork, refine_tiles
+from service.storage.job_store import LeaseLost
+from service.storage.records import NewTile
 from workers.emulator import EmulatorServer, Faults
 
 
@@ -192,6 +201,43 @@ def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls
     assert done.cost.runpod_jobs == n_tiles
     out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+
+
+def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_owner_repolls(
+        job_settings: Any) -> None:
+    """A stalled runner that has not heard yet that it lost its lease sends one more tile. Its
+    tile writes are fenced like its job-row writes: the RunPod job id the new owner recorded
+    (and re-polls) stays on the tile row, the tile's state is not touched, and the RunPod job
+    whose id nobody could record is cancelled at once instead of running to be paid for."""
+    with emulator(workers=2, latency_s=1.0) as emu:
+        settings = job_settings(**runpod_settings(emu))
+        svc = build_job_service(settings)  # not started: the test plays both runners
+        job, _ = svc.submit(png(32), filename="rock.png", params=small_params())
+        store = svc.store
+        store.put_tiles(job.id, [NewTile(0, 0, 0, 64, 64)])
+        assert store.claim(job.id, "stalled", lease_s=60) is not None
+        stalled = JobRun(RunContext(settings, store, svc.artifacts), job.id, "stalled",
+                         threading.Event())
+        # the job changed hands; the new owner recorded the RunPod job it re-polls for tile 0
+        store.mutate(job.id, lambda _row: {"owner": "new-owner"})
+        store.update_tile(job.id, 0, remote_job_id="rp-of-new-owner", cache_key="k0")
+        work = TileWork(0, np.full((64, 64, 3), 90, np.uint8), "", 7)
+
+        async def stalled_sends_a_tile() -> None:
+            backend = RunPodBackend(settings)
+            try:  # no stop check before the tile is in: only the writes can stop it
+                await refine_tiles(backend, [work], RefineOptions(), svc.artifacts,
+                                   observer=stalled, poll_s=30)
+            finally:
+                await backend.aclose()
+
+        with pytest.raises(LeaseLost):
+            asyncio.run(stalled_sends_a_tile())
+        stats = emu.stats("upscale")
+    tile = store.get_tiles(job.id)[0]
+    assert (tile.remote_job_id, tile.cache_key, tile.status) == ("rp-of-new-owner", "k0",
+                                                                 "pending")
+    assert stats["submitted"] == 1 and stats["canceled"] == 1  # not left running, unrecorded
 
 
 def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_counted(

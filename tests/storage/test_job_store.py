@@ -83,6 +83,35 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_is_fenced(db_url: str) -> 
     assert store.transition("j_1", JobStatus.succeeded, owner="other").status == "succeeded"
 
 
+def test_tile_writes_of_a_runner_that_lost_its_lease_are_refused(db_url: str) -> None:
+    """A runner's tile writes (RunPod job ids, states, results) land only while it holds the
+    lease: a stalled runner cannot overwrite the RunPod job id the new owner is re-polling.
+    A user's edit (a prompt, no owner) still lands while the job runs."""
+    now = [1_000_000.0]
+    store = SqlJobStore(db_url, clock=lambda: now[0])
+    store.insert(_values("j_1"))
+    store.put_tiles("j_1", [NewTile(0, 0, 0, 8, 8), NewTile(1, 8, 0, 8, 8)])
+    assert store.claim("j_1", "stalled", lease_s=10) is not None
+    store.update_tile("j_1", 0, owner="stalled", remote_job_id="rp-1", cache_key="k")
+    now[0] += 11  # the stalled runner missed its heartbeats; another runner takes the job
+    assert store.claim("j_1", "new-owner", lease_s=10) is not None
+    with pytest.raises(LeaseLost):
+        store.update_tile("j_1", 0, owner="stalled", remote_job_id="rp-2", cache_key="k")
+    with pytest.raises(LeaseLost):
+        store.update_tile("j_1", 1, owner="stalled", status="refining")
+    with pytest.raises(NotFound):
+        store.update_tile("j_1", 7, owner="new-owner", status="refining")
+    tiles = store.get_tiles("j_1")
+    assert tiles[0].remote_job_id == "rp-1" and tiles[1].status == "pending"
+    store.update_tile("j_1", 1, owner="new-owner", status="refining")
+    store.update_tile("j_1", 1, prompt="a mossy rock")  # the API's edit: not a runner's write
+    assert store.get_tiles("j_1")[1].status == "refining"
+    assert store.get_tiles("j_1")[1].prompt == "a mossy rock"
+    store.transition("j_1", JobStatus.succeeded, owner="new-owner")
+    with pytest.raises(LeaseLost):  # a finished job is nobody's to write into
+        store.update_tile("j_1", 1, owner="new-owner", status="refined")
+
+
 def test_only_one_of_many_concurrent_claimers_wins(db_url: str) -> None:
     store = SqlJobStore(db_url)
     store.insert(_values("j_1"))

@@ -229,6 +229,8 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
                if c["attr"] == "data-state" and c["t"] > clicked_at]
     generating = {c["index"] for c in changes if c["value"] == "refining"}
     assert generating == {str(CHOSEN)}, f"only frame 3 is generated again: {changes}"
+    flicker = [c for c in changes if c["index"] != str(CHOSEN) and c["value"] != "done"]
+    assert not flicker, f"the kept frames stay done throughout: {changes}"
     last = {c["index"]: c["value"] for c in changes}
     assert last[str(CHOSEN)] == "done", changes
 

@@ -41,6 +41,7 @@ from service.backends.base import (
     RefineResult,
     RemoteImport,
     TileTask,
+    report_submitted,
 )
 from service.backends.runpod.client import (
     TERMINAL,
@@ -445,8 +446,7 @@ class RunPodBackend:
         acct.attempts += 1
         self._totals.runpod_jobs += 1
         try:
-            if on_submitted is not None:
-                on_submitted(job_id)
+            await report_submitted(on_submitted, job_id)
             body = await client.wait(job_id, first, submitted_at)
         except asyncio.CancelledError:
             await cancel_quietly(client, job_id)
