@@ -236,10 +236,8 @@ class RunPodBackend:
         payload = built.model_dump(mode="json", exclude_none=True)
         payload["request_key"] = await asyncio.to_thread(request_key, payload)
 
-        def submitted(job_id: str) -> None:  # every tile's progress names the shared job
-            for w in group:
-                if w.on_submitted is not None:
-                    w.on_submitted(job_id)
+        async def submitted(job_id: str) -> None:  # every tile's progress names the shared job
+            await asyncio.gather(*(report_submitted(w.on_submitted, job_id) for w in group))
 
         acct = CallAccounting()
         try:
