@@ -18,7 +18,7 @@ import pytest
 from service.backends.base import RefineOptions, TileTask
 from service.backends.runpod import RunPodBackend
 from service.backends.runpod.limits import tiles_per_request
-from service.core.errors import WorkerError
+from service.core.errors import BackendUnavailable, WorkerError
 from workers.emulator.echo import tint
 
 
@@ -131,6 +131,30 @@ def test_a_permanent_failure_fails_every_tile_of_the_group_once(runpod_emulator,
     assert emu.stats("upscale")["submitted"] == 1  # retrying would fail the same way
 
 
+def test_endless_429_fails_the_group_once_without_sending_tiles_alone(runpod_emulator,
+                                                                     runpod_settings) -> None:
+    """The HTTP layer giving up is no job failure: the tiles get the retryable error (the job
+    runner retries later), not one more round of /run attempts each."""
+    emu = runpod_emulator(faults="429=1")
+    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2, runpod_http_attempts=3,
+                                            runpod_max_concurrency=1))
+    options = RefineOptions()
+
+    async def go() -> list[Any]:
+        try:
+            return list(await asyncio.gather(
+                *(backend.refine(t, options) for t in tiles(2)), return_exceptions=True))
+        finally:
+            await backend.aclose()
+
+    errors = asyncio.run(go())
+    assert all(isinstance(e, BackendUnavailable) and e.retryable
+               and e.code == "runpod_rate_limited" for e in errors)
+    assert errors[0].message.startswith("tiles t0, t1: RunPod rate limit reached (429)")
+    stats = emu.stats("upscale")
+    assert stats["submitted"] == 0 and stats["rejected"]["429"] == 3
+
+
 def test_each_tile_of_a_shared_job_resumes_from_it(runpod_emulator, runpod_settings) -> None:
     """A job runner killed after submitting: each tile re-polls the shared RunPod job and takes
     its own tile from it; nothing is submitted again and the job's cost is counted once."""
@@ -201,3 +225,20 @@ def test_groups_are_sized_to_fit_the_request(runpod_emulator, runpod_settings,
     work = tiles(6)
     check_pixels(work, refine_job(backend, work))
     assert emu.stats("upscale")["tiles_per_job"] == {"2": 3}
+
+
+def test_a_pair_over_the_request_limit_is_sent_one_by_one(runpod_emulator, runpod_settings,
+                                                           monkeypatch) -> None:
+    """Were the worst-case bound ever wrong, a too-large shared request is never sent: each
+    tile goes alone instead."""
+    from service.backends.runpod import backend as runpod_backend
+
+    monkeypatch.setattr(runpod_backend, "tiles_per_request",
+                        lambda shape, wanted, style_shape=None: wanted)  # no cap
+    emu = runpod_emulator(workers=1)
+    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2,
+                                            runpod_max_concurrency=1))
+    work = tiles(2, size=1200)  # noise: 5.8 MB of base64 each, 11.5 MB together
+    check_pixels(work, refine_job(backend, work))
+    stats = emu.stats("upscale")
+    assert stats["tiles_per_job"] == {"1": 2} and stats["rejected"].get("413", 0) == 0

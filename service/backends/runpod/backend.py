@@ -242,9 +242,16 @@ class RunPodBackend:
         acct = CallAccounting()
         try:
             body = await self._attempt(client, payload, acct, False, label, submitted)
-            out = outcome(body)
         except BackendAuthError:
             raise
+        except AatError as exc:  # the HTTP layer gave up: as for one tile, no resubmission
+            if exc.code == "payload_too_large":  # unless the pair was too big: one by one
+                raise _GroupFailed(label, exc, acct) from exc
+            raise type(exc)(f"{label}: {exc.message}", code=exc.code,
+                            retryable=exc.retryable, retry_after=exc.retry_after,
+                            detail=exc.detail) from exc
+        try:
+            out = outcome(body)
         except AatError as exc:
             raise _GroupFailed(label, exc, acct) from exc
         resp = _parse(UpscaleResponse, out, label)
@@ -569,9 +576,6 @@ class _GroupFailed(Exception):
     def final(self) -> AatError:
         """The error every tile of the group gets (as one tile's final failure reads)."""
         e, ids = self.error, self.accounting.remote_job_ids
-        if not ids:  # the HTTP layer gave up before a job existed
-            return type(e)(f"{self.label}: {e.message}", code=e.code, retryable=e.retryable,
-                           retry_after=e.retry_after, detail=e.detail)
         return type(e)(f"{self.label} failed after {len(ids)} RunPod job(s): {e.message}",
                        code=e.code, retryable=False, detail={**e.detail, "remote_job_ids": ids})
 
