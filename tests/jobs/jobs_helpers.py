@@ -90,14 +90,20 @@ def expected_echo_pixels(data: bytes, params: UpscaleParams, seed: int,
 
 
 def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> bool:
-    """True once ``min_done`` tiles are refined and every RunPod job submitted so far has its
-    id recorded. Between RunPod accepting ``/run`` and the id being committed there is a window
-    of milliseconds in which a kill would pay that tile twice; the kill tests kill outside it."""
+    """True once ``min_done`` tiles are refined and every tile sent in a RunPod job so far has
+    that job's id recorded. Between RunPod accepting ``/run`` and the id being committed there
+    is a window of milliseconds in which a kill would pay that tile twice; the kill tests kill
+    outside it."""
     stage = svc.get(job_id).stages.get("refine")
     if not stage or stage.done < min_done:
         return False
     recorded = sum(1 for t in svc.store.get_tiles(job_id) if t.remote_job_id)
-    return recorded == emu.stats("upscale")["submitted"]
+    return recorded == tiles_sent(emu.stats("upscale"))
+
+
+def tiles_sent(stats: dict[str, Any]) -> int:
+    """Tiles the emulated endpoint received, over all its jobs (a job may carry several)."""
+    return sum(int(n) * jobs for n, jobs in stats["tiles_per_job"].items())
 
 
 def embedded_process(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -23,6 +23,7 @@ from jobs_helpers import (
     runpod_env,
     runpod_settings,
     small_params,
+    tiles_sent,
     wait_until,
 )
 
@@ -130,8 +131,11 @@ def test_a_failing_backend_fails_the_job_with_its_reason(job_settings: Any,
     assert not [f for f in _files(data) if "tmp" in f or "/outputs/" in f]
 
 
+@pytest.mark.parametrize("tiles_per_job", [1, 2])
 def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
-        job_settings: Any, tmp_path: Path) -> None:
+        job_settings: Any, tmp_path: Path, tiles_per_job: int) -> None:
+    """With two tiles per RunPod job, each tile of a shared job in flight at the kill is taken
+    from that job by the next attempt."""
     with emulator(workers=3, latency_s=0.4) as emu:
         settings = job_settings(**runpod_settings(emu))
         submitter = build_job_service(settings)  # not started: the subprocess runs the jobs
@@ -140,7 +144,8 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
                                   target=TargetSpec(repo="game", path="rock.png"))
         n_tiles = 16
         env = {**os.environ, **runpod_env(emu), "AAT_DATA_DIR": str(settings.data_dir),
-               "AAT_REPOS": f'{{"game": "{tmp_path / "repo"}"}}', "AAT_LEASE_S": "2"}
+               "AAT_REPOS": f'{{"game": "{tmp_path / "repo"}"}}', "AAT_LEASE_S": "2",
+               "AAT_RUNPOD_TILES_PER_JOB": str(tiles_per_job)}
         first = embedded_process(env)
         try:
             wait_until(lambda: quiet_moment(submitter, emu, job.id, 4), 60, "4 tiles")
@@ -152,6 +157,8 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         in_flight = [t for t in submitter.store.get_tiles(job.id)
                      if t.remote_job_id and t.status != "refined"]
         assert in_flight  # paid-for RunPod jobs the next attempt must pick up, not resubmit
+        if tiles_per_job == 2:  # some of them carry two tiles
+            assert len({t.remote_job_id for t in in_flight}) < len(in_flight)
         second = embedded_process(env)
         try:
             done = _finished(submitter, job.id, 90)
@@ -161,8 +168,10 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
         stats = emu.stats("upscale")
     assert done.status == JobStatus.succeeded and done.attempts == 2
     assert len(submitter.tiles(job.id)) == n_tiles
-    assert stats["submitted"] == n_tiles  # nothing paid twice, in flight or finished
+    assert tiles_sent(stats) == n_tiles  # nothing paid twice, in flight or finished
     assert max(stats["request_keys"].values()) == 1
+    if tiles_per_job == 2:
+        assert stats["tiles_per_job"].get("2", 0) >= 2  # tiles did share RunPod jobs
     out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
