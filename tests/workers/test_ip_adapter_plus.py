@@ -117,3 +117,20 @@ def test_style_mode_scales_one_block_only(loaded, tile) -> None:
     assert differs(style, plain) > 0.1  # the style block still does
     # the next request without style mode gets the scale everywhere again
     assert differs(full, run(loaded, tile, ip_adapter_image=RED, ip_adapter_scale=0.9)) == 0.0
+
+
+def test_a_styled_refine_equals_diffusers_own_call_with_the_plus_adapter(loaded, tile) -> None:
+    """Golden: our call with a style image equals diffusers' ``__call__`` with text prompts,
+    ``ip_adapter_image`` and the same scale, seed, strength, steps, CFG and ControlNet scale."""
+    from diffusers import EulerDiscreteScheduler
+
+    ours = run(loaded, tile, ip_adapter_image=RED, ip_adapter_scale=0.8)
+    ref = loaded.pipe
+    ref.scheduler = EulerDiscreteScheduler.from_config(loaded._base_scheduler)
+    ref.set_ip_adapter_scale(0.8)
+    with torch.inference_mode():
+        [theirs] = ref(prompt="stone wall", image=tile, control_image=tile, strength=0.6,
+                       num_inference_steps=4, guidance_scale=5.0,
+                       controlnet_conditioning_scale=0.5, ip_adapter_image=RED,
+                       generator=torch.Generator("cpu").manual_seed(9)).images
+    assert np.abs(ours - np.asarray(theirs, np.int16)).max() <= 1
