@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from studiotest_helpers import Studio, start_studio, stop
+from studiotest_helpers import Studio, start_studio
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("AAT_CHROMIUM", "/usr/bin/chromium")
@@ -45,7 +45,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory, emulator: Any) -> Iterator[
     """`aat up` without a token (loopback only) on the module's emulator."""
     running, proc = start_studio(tmp_path_factory.mktemp("studio"), emulator)
     yield running
-    stop(proc)
+    proc.stop()
 
 
 @pytest.fixture(scope="module")

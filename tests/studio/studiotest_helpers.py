@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from proc_helpers import ServiceProcess, aat_service, free_port
 
 # Records every data-state / data-status change with its time, for "did it change live".
 RECORDER = """
@@ -49,20 +44,14 @@ class Studio:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_studio(root: Path, emulator: Any, **extra: str) -> tuple[Studio, subprocess.Popen[bytes]]:
-    """`aat up` in its own process, aimed at ``emulator``; returns when it answers."""
-    port = _free_port()
+def start_studio(root: Path, emulator: Any, **extra: str) -> tuple[Studio, ServiceProcess]:
+    """`aat up` in its own process, aimed at ``emulator``; returns when it answers. The caller
+    stops it with ``.stop()``."""
+    port = free_port()
     repo = root / "repo"
     repo.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(
-        AAT_DATA_DIR=str(root / "data"), AAT_PORT=str(port), AAT_BACKEND="runpod",
+    env = dict(
+        AAT_DATA_DIR=str(root / "data"), AAT_BACKEND="runpod",
         AAT_SERVER_URL=f"http://127.0.0.1:{port}", PYTHONUNBUFFERED="1",
         RUNPOD_API_KEY=emulator.api_key, AAT_RUNPOD_BASE_URL=emulator.url,
         RUNPOD_UPSCALE_ENDPOINT_ID="upscale", RUNPOD_CAPTION_ENDPOINT_ID="caption",
@@ -70,28 +59,6 @@ def start_studio(root: Path, emulator: Any, **extra: str) -> tuple[Studio, subpr
         AAT_RUNPOD_BACKOFF_BASE_S="0.01", AAT_RUNPOD_BACKOFF_MAX_S="0.05",
         AAT_RUNPOD_POLL_MIN_S="0.01", AAT_RUNPOD_POLL_MAX_S="0.1",
         AAT_REPOS=f'{{"game": "{repo}"}}', **extra)
-    log_path = root / "up.log"
-    proc = subprocess.Popen([sys.executable, "-c", "from service.cli import main; main()", "up"],
-                            cwd=root, env=env,
-                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(env["AAT_SERVER_URL"] + "/v1/health", timeout=1).is_success:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        raise AssertionError("aat up did not answer: " + log_path.read_text())
-    return Studio(env["AAT_SERVER_URL"], env, root / "data", repo, emulator,
+    proc = aat_service("up", env=env, port=port, cwd=root, log=root / "up.log").start()
+    return Studio(env["AAT_SERVER_URL"], proc.env, root / "data", repo, emulator,
                   extra.get("AAT_API_TOKEN")), proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

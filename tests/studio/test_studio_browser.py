@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
-from studiotest_helpers import RECORDER, start_studio, stop, wait_status
+from studiotest_helpers import RECORDER, start_studio, wait_status
 
 from service.pipeline.refine import derive_seed
 from workers.emulator.echo import tint_amount
@@ -322,7 +322,7 @@ def test_login_with_the_token_and_refusal_without_it(tmp_path_factory, emulator,
         assert page.context.request.get(studio.url + "/v1/jobs").status == 401
         assert page.problems == []  # type: ignore[attr-defined]
     finally:
-        stop(proc)
+        proc.stop()
 
 
 @pytest.fixture
@@ -338,7 +338,7 @@ def import_studio(tmp_path_factory, emulator) -> Iterator[tuple[Any, Any]]:
         AAT_HUGGINGFACE_BASE_URL=standin.site + "/hf",
         AAT_LORA_IMPORT_HTTP_HOSTS=json.dumps(standin.http_hosts))
     yield running, standin
-    stop(proc)
+    proc.stop()
     standin.stop()
 
 
