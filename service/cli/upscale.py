@@ -327,6 +327,9 @@ class _Report:
     def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
         return None  # a run that stops cancels its remote jobs; finished tiles are cached
 
+    def reused(self, stage: str, index: int, cost: CallAccounting) -> None:
+        return None  # paid for by the run that cached it: this run's summary leaves it out
+
     def check(self) -> None:
         return None  # Ctrl-C stops the run
 

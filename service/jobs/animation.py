@@ -44,6 +44,7 @@ from service.core.imaging import load_image
 from service.core.jobs import JobStatus, TargetSpec
 from service.core.naming import animation_results, animation_tag
 from service.pipeline import animate as pipe
+from service.pipeline.refine import keep_spent, spent_on
 from service.settings import Settings
 from service.storage.artifacts import ArtifactStore
 from service.storage.game_repo import deliver_set
@@ -127,8 +128,18 @@ class _Frames:
         self.run.submitted("animate", index, self.keys[index], remote_id)
 
     def frame_finished(self, index: int, cell: np.ndarray, acct: CallAccounting) -> None:
+        keep_spent(self.run.ctx.artifacts, self.keys[index], acct)  # travels with the cell
         self.run.ctx.artifacts.put_array(self.keys[index], cell)
         self.done(index, acct)
+
+    def from_cache(self, index: int) -> None:
+        """Frame ``index``'s cell came from the cache: counted done, and what the call that
+        made it cost, if this job paid for it and has not counted it (an attempt that lost its
+        lease after caching the frame), see :meth:`JobRun.reused`."""
+        spent = spent_on(self.run.ctx.artifacts, self.keys[index])
+        if spent is not None:
+            self.run.reused("animate", index, spent)
+        self.done(index, None)
 
     def frame_failed(self, index: int, acct: CallAccounting) -> None:
         self.run.spent("animate", index, acct)
@@ -161,7 +172,7 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
         cached = ctx.artifacts.get_array(keys[i])
         if cached is not None and cached.shape == cell_shape:
             cells[i] = cached
-            observer.done(i, None)
+            observer.from_cache(i)
     todo = [i for i in sorted(keys) if i not in cells]
     earlier = in_flight(frames, keys, todo)
     log.info("animate job %s: %d frames to generate (%d of them already on RunPod), %d from "

@@ -140,8 +140,8 @@ class JobRun:
         changes: TileUpdate = {"caption": caption}
         if timings := self._tile_timings("caption", index, cost):
             changes["timings"] = timings
+        self._tile_done("caption", cost, index)  # first: a caption on its row has its cost
         self.tile(index, **changes)
-        self._tile_done("caption", cost, index)
 
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
@@ -166,33 +166,58 @@ class JobRun:
         """What a call that did not finish its unit cost (a failed or cancelled frame)."""
         self._tile_done(stage, acct, index, count=False)
 
+    def reused(self, stage: str, index: int, acct: CallAccounting) -> None:
+        """Tile (or frame) ``index`` of ``stage`` was taken from the cache, and ``acct`` is what
+        the call that made it cost (kept beside it, :func:`~service.pipeline.refine.keep_spent`).
+        Counted here when that call was this job's own and its cost is not counted yet: the
+        attempt that paid for it lost its lease (or was killed) between caching the result and
+        counting it. A result another job paid for (a rerun's kept tiles) costs nothing here."""
+        self.ctx.store.mutate(
+            self.job_id, lambda row: _charge(row, acct, stage, index, reused=True) or None,
+            owner=self.owner)
+
     def _tile_done(self, stage: str, acct: CallAccounting | None, index: int = -1, *,
                    count: bool = True) -> None:
-        """One more unit of ``stage`` done (unless not ``count``), and what it cost, in one
-        write. RunPod jobs are counted when submitted (:meth:`submitted`); one whose record had
-        not been written yet (it is written from another thread) is counted here instead,
-        never twice."""
+        """One more unit of ``stage`` done (unless not ``count``), and what it cost
+        (:func:`_charge`), in one write."""
         def fn(row: JobRecord) -> JobUpdate:
             stages = dict(row.stages)
             st = stages.get(stage, {"done": 0, "total": 1})
             done = min(st["total"], st["done"] + 1) if count else st["done"]
             stages[stage] = {"done": done, "total": st["total"]}
             changes: JobUpdate = {"stages": stages, "progress": overall_progress(stages, False)}
-            if acct is None:
-                return changes
-            known = {r["id"] for r in row.remote_jobs}
-            missed = [RemoteJob(tile=index, kind=stage, id=rid)
-                      for rid in dict.fromkeys(acct.remote_job_ids) if rid not in known]
-            unsure = [RemoteJob(tile=index, kind=stage, id="", ambiguous=True)
-                      for _ in range(acct.possibly_billed)]
-            if missed or unsure:
-                changes["remote_jobs"] = [*row.remote_jobs, *missed, *unsure]
-                changes["cost_runpod_jobs"] = row.cost_runpod_jobs + len(missed)
-            changes["cost_execution_s"] = row.cost_execution_s + acct.execution_ms / 1000
-            changes["cost_usd"] = row.cost_usd + acct.cost_usd
+            if acct is not None:
+                changes.update(_charge(row, acct, stage, index))
             return changes
 
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
+
+
+def _charge(row: JobRecord, acct: CallAccounting, stage: str, index: int, *,
+            reused: bool = False) -> JobUpdate:
+    """What the call ``acct`` made for tile ``index`` of ``stage`` adds to the job's cost,
+    exactly once: each ``remote_jobs`` entry lists the tiles whose share of that RunPod job's
+    cost is counted (``costed``; a shared job carries several tiles), and a call already
+    counted for this tile adds nothing. RunPod jobs are counted when submitted
+    (:meth:`JobRun.submitted`); one whose record had not been written is counted here
+    instead, never twice. ``reused`` (a result from the cache, :meth:`JobRun.reused`): counted
+    only when every RunPod job of the call is this job's own."""
+    ids = list(dict.fromkeys(acct.remote_job_ids))
+    entries = {r["id"]: r for r in row.remote_jobs if r["id"]}
+    if any(rid in entries and index in entries[rid].get("costed", []) for rid in ids):
+        return {}  # counted already
+    if reused and (not ids or any(rid not in entries for rid in ids)):
+        return {}  # another job's call, or one that tells no RunPod job
+    missed = [RemoteJob(tile=index, kind=stage, id=rid, costed=[index])
+              for rid in ids if rid not in entries]
+    unsure = [RemoteJob(tile=index, kind=stage, id="", ambiguous=True)
+              for _ in range(acct.possibly_billed)]
+    costed = [RemoteJob(**{**r, "costed": [*r.get("costed", []), index]})
+              if r["id"] in ids else r for r in row.remote_jobs]
+    return {"remote_jobs": [*costed, *missed, *unsure],
+            "cost_runpod_jobs": row.cost_runpod_jobs + len(missed),
+            "cost_execution_s": row.cost_execution_s + acct.execution_ms / 1000,
+            "cost_usd": row.cost_usd + acct.cost_usd}
 
 
 def run_job(ctx: RunContext, job_id: str, owner: str, *, lost: threading.Event) -> None:

@@ -58,6 +58,14 @@ class PipelineObserver(Protocol):
         ``key`` with ``seed``; ``cost`` is None when it came from the cache."""
         ...
 
+    def reused(self, stage: str, index: int, cost: CallAccounting) -> None:
+        """Tile ``index`` of ``stage`` (``caption``, ``refine``, ``seam_fix``) is taken from the
+        cache, and ``cost`` is what the call that made it cost, whoever paid (reported before
+        ``captioned``/``refined`` with no cost). A job counts it if that call was its own and
+        nobody counted it: a runner that lost its lease caches what it finished but may no
+        longer write its cost."""
+        ...
+
     def check(self) -> None:
         """Raise to stop the pipeline (a cancel, a lost lease, a stopping runner). Called
         between stages and every poll interval while tiles are in flight; remote jobs still
@@ -83,6 +91,9 @@ class Observer:
 
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
+        return None
+
+    def reused(self, stage: str, index: int, cost: CallAccounting) -> None:
         return None
 
     def check(self) -> None:

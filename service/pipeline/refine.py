@@ -20,13 +20,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from service.backends.base import GpuBackend, RefineOptions, TileTask
+from service.backends.base import CallAccounting, GpuBackend, RefineOptions, TileTask
 from service.core.jobs import PIPELINE_VERSION
 from service.pipeline.observer import Observer, PipelineObserver, run_checked
 
@@ -107,6 +107,41 @@ def tile_key(work: TileWork, options: RefineOptions, backend: str) -> str:
                    work.image)
 
 
+def spent_key(key: str) -> str:
+    """Where the accounting of the call that made the result cached under ``key`` is kept."""
+    return digest("spent", key)
+
+
+def keep_spent(cache: TileCache, key: str, acct: CallAccounting) -> None:
+    """Keep, beside the result cached under ``key`` (and before it), what the call that made
+    it cost: its remote job ids, times and price. Whoever takes the result from the cache can
+    then count a cost nobody has counted (a runner that lost its lease caches what it finished
+    but may not write into the job: see ``PipelineObserver.reused``)."""
+    if acct.remote_job_ids or acct.possibly_billed:
+        cache.put_text(spent_key(key), json.dumps(asdict(acct)))
+
+
+def spent_on(cache: TileCache, key: str) -> CallAccounting | None:
+    """What the call that made the result cached under ``key`` cost (:func:`keep_spent`), or
+    None (a result cached before results carried it, or a call without remote jobs)."""
+    text = cache.get_text(spent_key(key))
+    if text is None:
+        return None
+    try:
+        return CallAccounting(**json.loads(text))
+    except (ValueError, TypeError):
+        log.warning("the accounting kept for cached result %s is unreadable", key[:12])
+        return None
+
+
+async def _from_cache(cache: TileCache, observer: PipelineObserver, stage: str, index: int,
+                      key: str) -> None:
+    """Tell ``observer`` what the cached result ``key`` cost whoever made it."""
+    spent = await asyncio.to_thread(spent_on, cache, key)
+    if spent is not None:
+        await asyncio.to_thread(observer.reused, stage, index, spent)
+
+
 def caption_key(image: np.ndarray, backend: str, instruction: str | None) -> str:
     return digest("caption", backend, instruction or "", image)
 
@@ -146,6 +181,7 @@ async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache:
     key = caption_key(small, backend.name, instruction)
     text = await asyncio.to_thread(cache.get_text, key)
     if text is not None:
+        await _from_cache(cache, observer, "caption", index, key)
         await asyncio.to_thread(observer.captioned, index, text, None)
         return text
 
@@ -158,6 +194,7 @@ async def caption_one(backend: GpuBackend, index: int, image: np.ndarray, cache:
     if result is None:
         result = await backend.caption(str(index), small, instruction=instruction,
                                        on_submitted=submitted)
+    await asyncio.to_thread(keep_spent, cache, key, result.accounting)
     await asyncio.to_thread(cache.put_text, key, result.caption)
     await asyncio.to_thread(observer.captioned, index, result.caption, result.accounting)
     return result.caption
@@ -198,6 +235,7 @@ async def refine_tiles(
         cached = await asyncio.to_thread(cache.get_array, key)
         if cached is not None:
             hits += 1
+            await _from_cache(cache, observer, stage, item.index, key)
             out[item.index] = await _after(item.index, cached)
             await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed, None)
             return
@@ -216,6 +254,7 @@ async def refine_tiles(
                 result = await backend.resume(record.remote_id, task)
             if result is None:
                 result = await backend.refine(task, options, on_submitted=submitted)
+        await asyncio.to_thread(keep_spent, cache, key, result.accounting)
         await asyncio.to_thread(cache.put_array, key, result.image)
         out[item.index] = await _after(item.index, result.image)
         await asyncio.to_thread(observer.refined, stage, item.index, key, item.seed,

@@ -43,6 +43,7 @@ class RemoteJob(TypedDict):
     id: str
     key: NotRequired[str]  # the request key (a resumed attempt only picks up the same request)
     ambiguous: NotRequired[bool]  # a /run that failed after RunPod may have queued it (no id)
+    costed: NotRequired[list[int]]  # the tiles whose share of its cost is in the job's cost
 
 
 class StoredError(TypedDict, total=False):

@@ -258,6 +258,8 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
     for i in (3, 5):
         assert states[i][0] == "queued" and states[i][-1] == "done", states[i]
     assert final["cost"]["runpod_jobs"] == 2  # only the chosen frames were generated
+    # and only they cost: the kept cells carry what they cost the first job, not this one
+    assert 2 * 0.3 <= final["cost"]["execution_s"] < 3 * 0.3
 
 
 def test_rerun_of_a_running_animate_job_is_a_conflict(emulator: EmulatorServer,

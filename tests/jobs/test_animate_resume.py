@@ -8,7 +8,8 @@ is the one an uninterrupted run with the same seed makes.
   tiles do) instead of cancelling them; the job goes back to the queue and the next start
   takes them from the cache;
 - a runner that stalled and lost its lease to another one stops without cancelling the RunPod
-  jobs the new owner is re-polling.
+  jobs the new owner is re-polling; the frames it finishes into the cache after that are
+  taken from there by the new owner, with what they cost.
 """
 
 from __future__ import annotations
@@ -208,5 +209,40 @@ def test_a_runner_that_lost_its_lease_leaves_the_frames_to_the_new_owner(
         stalled.stop()
     assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     _check_paid_once(done, emu, "anim-long", LONG)  # nothing cancelled, nothing sent twice
+    path, _ = new_owner.result(job.id)
+    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+
+
+def _cached_cells(settings: Settings) -> int:
+    return len(list((settings.data_dir / "artifacts" / "refined").rglob("*.npy")))
+
+
+def test_frames_a_runner_finished_after_losing_its_lease_are_paid_for_once(
+        job_settings: Any, emu: EmulatorServer) -> None:
+    """The stalled runner's four frames finish into the cache after it lost its lease, and
+    their cost writes are refused. The new owner, started only then, takes them from the
+    cache: their GPU time and price (kept with each cached cell) land on the job once, and
+    the RunPod job count stays eight (it used to record four frames' GPU time of eight)."""
+    settings = _settings(job_settings, emu, "anim-long")
+    stalled = build_job_service(settings)
+    stalled.start()
+    job, _ = stalled.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
+    wait_until(lambda: _in_flight(stalled, emu, job.id, 0, "anim-long")
+               and emu.stats("anim-long")["submitted"] == 4, 30, "four frames on RunPod")
+    stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
+                                               "lease_until": 0.0})
+    wait_until(lambda: _cached_cells(settings) == 4, 30, "the stalled runner's frames cached")
+    lost = stalled.get(job.id)
+    assert lost.stages["animate"].done == 0 and lost.cost.execution_s == 0  # writes refused
+    new_owner = build_job_service(settings)
+    new_owner.start()
+    try:
+        done = wait_until(lambda: (j := new_owner.get(job.id)).status.terminal and j, 60,
+                          "job end")
+    finally:
+        new_owner.stop()
+        stalled.stop()
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    _check_paid_once(done, emu, "anim-long", LONG)
     path, _ = new_owner.result(job.id)
     assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))

@@ -249,6 +249,51 @@ def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_ow
     assert stats["submitted"] == 1 and stats["canceled"] == 1  # not left running, unrecorded
 
 
+def test_tiles_a_runner_finished_after_losing_its_lease_are_paid_for_once(
+        job_settings: Any, tmp_path: Path) -> None:
+    """The stalled runner's tiles on RunPod finish into the cache after it lost its lease;
+    their cost writes are refused. The new owner, started only then, takes them from the cache
+    instead of re-polling, and their GPU time and price land on the job once (kept with each
+    cached tile): sixteen tiles' worth, sixteen RunPod jobs."""
+    latency = 1.5
+    with emulator(workers=4, latency_s=latency) as emu:
+        settings = job_settings(**runpod_settings(emu))
+        stalled = build_job_service(settings)
+        stalled.start()
+        data, params = png(96), small_params()
+        job, _ = stalled.submit(data, filename="rock.png", params=params,
+                                target=TargetSpec(repo="game", path="rock.png"))
+        n_tiles = 16
+        cached = settings.data_dir / "artifacts" / "refined"
+
+        def on_runpod() -> bool:
+            recorded = sum(1 for t in stalled.store.get_tiles(job.id) if t.remote_job_id)
+            return recorded == emu.stats("upscale")["submitted"] >= 4
+
+        wait_until(on_runpod, 30, "tiles on RunPod")
+        stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
+                                                   "lease_until": 0.0})
+        wait_until(lambda: len(list(cached.rglob("*.npy"))) == emu.stats("upscale")[
+            "submitted"], 30, "the stalled runner's tiles cached")
+        assert stalled.get(job.id).cost.execution_s == 0  # its cost writes were refused
+        new_owner = build_job_service(settings)
+        new_owner.start()
+        try:
+            done = _finished(new_owner, job.id, 60)
+        finally:
+            new_owner.stop()
+            stalled.stop()
+        stats = emu.stats("upscale")
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    assert stats["canceled"] == 0 and stats["submitted"] == n_tiles
+    assert done.cost.runpod_jobs == n_tiles
+    assert n_tiles * latency <= done.cost.execution_s < (n_tiles + 1) * latency
+    price = job_settings().runpod_price_per_gpu_second
+    assert done.cost.usd == pytest.approx(done.cost.execution_s * price, rel=1e-6)
+    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
+    assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+
+
 def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_counted(
         job_settings: Any, tmp_path: Path) -> None:
     """kill -9 while captions are on the GPU: the next attempt picks them up by their RunPod
