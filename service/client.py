@@ -203,6 +203,11 @@ class ServiceClient:
         """``GET /v1/models/imports/{id}``: state, bytes done/total, the LoRA or the error."""
         return _body(self._call("GET", f"/v1/models/imports/{_seg(import_id)}"))
 
+    def cancel_model_import(self, import_id: str) -> dict[str, Any]:
+        """``POST /v1/models/imports/{id}/cancel``: stop it, keep nothing (an import that had
+        already ended comes back unchanged)."""
+        return _body(self._call("POST", f"/v1/models/imports/{_seg(import_id)}/cancel"))
+
     def delete_model(self, name: str) -> None:
         if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
             err = error_for_code("path_forbidden", f"LoRA name {name!r} must be a file name "

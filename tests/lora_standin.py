@@ -4,14 +4,21 @@ Two real HTTP servers in threads, on different ports (so different origins, like
 and its storage host):
 
 - the **site** serves CivitAI under ``/civitai`` (``/api/v1/model-versions/<v>`` JSON,
+  ``/api/v1/models/<id>`` JSON with its ``modelVersions`` newest first,
   ``/api/download/models/<v>`` → 302 to storage) and Hugging Face under ``/hf``
   (``/<owner>/<repo>/resolve/<rev>/<file>`` → 302 to storage, ``/blob/`` is an HTML page);
 - the **storage** host serves the bytes under ``/files/<name>``.
 
 Versions: 101 a good LoRA with trained words; 102 offers only a pickle; 103 needs the token
-:data:`TOKEN` (401 otherwise); 104 a slow, larger file (for progress); 105 claims SafeTensor
-but serves an HTML page; 106 redirects forever; 107 a sha256 that does not match.
-Every request is recorded (server, path, whether an ``Authorization`` header came along).
+:data:`TOKEN` (401 otherwise); 104 a slow, larger file (for progress and cancel); 105 claims
+SafeTensor but serves an HTML page; 106 redirects forever; 107 a sha256 that does not match;
+108 model 10's newest published version (SDXL 1.0); 109 a draft of model 10, newer still;
+201 model 20's only version, made for SD 1.5; 202 a version made for Flux.1 D.
+Models: 10 (versions 109 draft, 108, 101), 20 (201), 30 (only the draft 109).
+Hugging Face also has ``flux_lora.safetensors``, whose own metadata says it is a Flux LoRA.
+Every request is recorded (server, path, whether an ``Authorization`` header came along), and
+every download of the slow file (:attr:`StandIn.slow_downloads`: bytes sent, whether it ran to
+its end).
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ class Hit:
 
 
 @dataclass
+class SlowDownload:
+    sent: int = 0
+    finished: bool = False  # every byte went out
+    cut: bool = False  # the client went away before the end
+
+
+@dataclass
 class StandIn:
     """Start with :meth:`start`; URLs from :attr:`site` / :attr:`storage`."""
 
@@ -55,6 +69,7 @@ class StandIn:
     slow_seconds: float = 2.0
     files: dict[str, bytes] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
+    slow_downloads: list[SlowDownload] = field(default_factory=list)
 
     def start(self) -> StandIn:
         self.files.update({
@@ -65,6 +80,12 @@ class StandIn:
             "pixel_art.safetensors": safetensors_bytes(
                 1024, {"modelspec.trigger_phrase": "pxlart, 16-bit sprite"}),
             "model.bin": b"\x80\x04\x95" + b"\0" * 64,
+            "moss_style_v3.safetensors": safetensors_bytes(3000),
+            "moss_style_v4_wip.safetensors": safetensors_bytes(100),
+            "sd15_style.safetensors": safetensors_bytes(512),
+            "flux_style.safetensors": safetensors_bytes(512),
+            "flux_lora.safetensors": safetensors_bytes(
+                768, {"modelspec.architecture": "flux-1-dev/lora"}),
         })
         self._site = self._serve("site")
         self._storage = self._serve("storage")
@@ -101,6 +122,10 @@ class StandIn:
                     "downloadUrl": f"{self.site}/civitai/api/download/models/{v}"}
         table = {
             101: ([file("moss_style.safetensors")], ["mossy stone", "mst_style"]),
+            108: ([file("moss_style_v3.safetensors")], ["mossy stone v3"]),
+            109: ([file("moss_style_v4_wip.safetensors")], []),
+            201: ([file("sd15_style.safetensors")], ["old style"]),
+            202: ([file("flux_style.safetensors")], []),
             102: ([file("model.bin", "PickleTensor")], ["old"]),
             103: ([file("private.safetensors")], ["private look"]),
             104: ([file("big_slow.safetensors")], ["slow words"]),
@@ -111,9 +136,24 @@ class StandIn:
         if v not in table:
             return None
         files, words = table[v]
-        return {"id": v, "modelId": v // 10, "name": f"v{v}", "baseModel": "Illustrious",
+        base = {108: "SDXL 1.0", 201: "SD 1.5", 202: "Flux.1 D"}.get(v, "Illustrious")
+        return {"id": v, "modelId": v // 10, "name": f"v{v}",
+                "baseModel": base, "status": "Draft" if v == 109 else "Published",
                 "trainedWords": words, "files": files, "model": {"name": "Moss", "type": "LORA"},
                 "downloadUrl": f"{self.site}/civitai/api/download/models/{v}"}
+
+    def model(self, m: int) -> dict[str, Any] | None:
+        """A model's JSON: its versions newest first, each as the version JSON has it (without
+        ``modelId`` and ``model``, which the model itself carries)."""
+        listed = {10: [109, 108, 101], 20: [201], 30: [109]}.get(m)
+        if listed is None:
+            return None
+        versions = []
+        for v in listed:
+            entry = self.version(v)
+            assert entry is not None
+            versions.append({k: val for k, val in entry.items() if k not in ("modelId", "model")})
+        return {"id": m, "name": f"Model {m}", "type": "LORA", "modelVersions": versions}
 
     # ---- HTTP ------------------------------------------------------------------------------
 
@@ -144,6 +184,11 @@ class StandIn:
             body = self.version(int(parts[4]))
             if body is None:
                 return _send(h, 404, b'{"error":"Model version not found"}', "application/json")
+            return _send(h, 200, json.dumps(body).encode(), "application/json")
+        if parts[:4] == ["civitai", "api", "v1", "models"] and len(parts) == 5:
+            body = self.model(int(parts[4]))
+            if body is None:
+                return _send(h, 404, b'{"error":"No model with id"}', "application/json")
             return _send(h, 200, json.dumps(body).encode(), "application/json")
         if parts[:4] == ["civitai", "api", "download", "models"] and len(parts) == 5:
             v = int(parts[4])
@@ -178,13 +223,17 @@ class StandIn:
         h.end_headers()
         step = 64 * 1024
         pause = self.slow_seconds / max(1, len(data) // step)
+        record = SlowDownload()
+        self.slow_downloads.append(record)
         try:
             for i in range(0, len(data), step):
                 h.wfile.write(data[i:i + step])
                 h.wfile.flush()
+                record.sent += len(data[i:i + step])
                 time.sleep(pause)
+            record.finished = True
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            record.cut = True
 
 
 def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:

@@ -1,13 +1,18 @@
 """LoRA import by URL: ``/v1/models/imports``.
 
-``POST /v1/models/imports`` ``{"url", "name"?}`` checks the URL at once (a CivitAI model version
-or a Hugging Face ``.safetensors`` file, :mod:`service.core.lora_sources`; ``https`` unless the
-host is on ``AAT_LORA_IMPORT_HTTP_HOSTS``), starts the upscale worker's ``import_model`` (the
-worker downloads onto its volume: the bytes never pass through this service) and answers
-``202`` with the import. ``GET /v1/models/imports/{id}`` asks the worker where it stands
-(state ``queued`` → ``downloading`` → ``checking`` → ``done`` | ``failed``, bytes done and
-total, the stored LoRA or the error with what to do next); ``GET /v1/models/imports`` lists the
-recent ones. Each import is a small JSON record in ``<data_dir>/imports/`` (the newest
+``POST /v1/models/imports`` ``{"url", "name"?}`` checks the URL at once (a CivitAI model, whose
+newest published version is taken, or model version, or a Hugging Face ``.safetensors`` file,
+:mod:`service.core.lora_sources`; ``https`` unless the host is on
+``AAT_LORA_IMPORT_HTTP_HOSTS``), starts the upscale worker's ``import_model`` (the worker
+downloads onto its volume: the bytes never pass through this service) and answers ``202``
+with the import. ``GET /v1/models/imports/{id}`` asks the worker where it stands (state
+``queued`` → ``downloading`` → ``checking`` → ``done`` | ``failed`` | ``canceled``, bytes done
+and total, the CivitAI version taken, the stored LoRA or the error with what to do next);
+``GET /v1/models/imports`` lists the recent ones. ``POST /v1/models/imports/{id}/cancel``
+(like a job's cancel: ``202``, or ``200`` with the import unchanged once it has ended) cancels
+the worker's job; the worker stops between chunks and removes its temp file, so nothing is
+kept. A cancel that arrives after the worker renamed the file into place is too late: the
+import is answered ``done`` if the worker says so right after the cancel. Each import is a small JSON record in ``<data_dir>/imports/`` (the newest
 :data:`KEEP_RECORDS` are kept), so progress survives a page reload and a service restart.
 The service follows every import it started in the background (:func:`follow`, resumed for
 unfinished records at start-up) until it ends, so an import nobody watches still gets its
@@ -21,6 +26,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +41,7 @@ from service.api.loras import lora_catalog, worker_errors
 from service.api.problems import problem_responses
 from service.backends.base import GpuBackend, RemoteImport
 from service.core.atomic import atomic_write
-from service.core.contracts import ImportModelRequest, ModelInfo
+from service.core.contracts import CivitaiVersion, ImportModelRequest, ModelInfo
 from service.core.errors import AatError, NotFound
 from service.core.lora_sources import LoraSource, check_transport, resolve_source
 from service.core.params import LORA_NAME_MAX, LORA_UPLOAD_PATTERN
@@ -50,17 +56,19 @@ router = APIRouter(prefix="/v1/models/imports", tags=["models"],
                    dependencies=[Depends(require_auth)],
                    responses=problem_responses(401, 403, 502, 503, 504))
 
-ImportState = Literal["queued", "downloading", "checking", "done", "failed"]
-TERMINAL = ("done", "failed")
+ImportState = Literal["queued", "downloading", "checking", "done", "failed", "canceled"]
+TERMINAL = ("done", "failed", "canceled")
+_records = threading.Lock()  # one writer of the records at a time (cancel vs the follower)
 
 
 class ImportStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=8, max_length=2000,
-                     description="a CivitAI model-version URL (civitai.com/models/<id>?"
-                                 "modelVersionId=<v>, civitai.com/api/download/models/<v>) or a "
-                                 "Hugging Face file URL (huggingface.co/<owner>/<repo>/resolve/"
-                                 "<rev>/<file>.safetensors; /blob/ works too)")
+                     description="a CivitAI model or model-version URL (civitai.com/models/<id> "
+                                 "takes the model's newest published version; civitai.com/"
+                                 "models/<id>?modelVersionId=<v>, civitai.com/api/download/"
+                                 "models/<v>) or a Hugging Face file URL (huggingface.co/<owner>/"
+                                 "<repo>/resolve/<rev>/<file>.safetensors; /blob/ works too)")
     name: str | None = Field(default=None, pattern=LORA_UPLOAD_PATTERN, max_length=LORA_NAME_MAX,
                              description="name.safetensors on the volume; default: the file's")
 
@@ -79,6 +87,9 @@ class LoraImport(BaseModel):
     state: ImportState
     bytes_done: int = 0
     bytes_total: int | None = None
+    version: CivitaiVersion | None = Field(
+        default=None, description="CivitAI: the model version being imported, once the worker "
+        "has resolved it (for a model page URL: its newest published version)")
     model: ModelInfo | None = Field(default=None, description="the stored LoRA, once done")
     error: ImportFailure | None = None
     created_at: float = Field(description="Unix time")
@@ -95,9 +106,19 @@ def _dir(settings: Settings) -> Path:
     return folder
 
 
-def _save(settings: Settings, item: LoraImport, remote_id: str) -> None:
-    record = {"import": item.model_dump(mode="json"), "remote_id": remote_id}
-    atomic_write(_dir(settings) / f"{item.id}.json", json.dumps(record).encode())
+def _save(settings: Settings, item: LoraImport, remote_id: str) -> LoraImport:
+    """Write the record, unless it has ended meanwhile (a cancel won the race against the
+    follower's update): then the ended record stays, and is returned."""
+    with _records:
+        try:
+            current, _ = _load(settings, item.id)
+        except NotFound:
+            current = None
+        if current is not None and current.state in TERMINAL:
+            return current
+        record = {"import": item.model_dump(mode="json"), "remote_id": remote_id}
+        atomic_write(_dir(settings) / f"{item.id}.json", json.dumps(record).encode())
+        return item
 
 
 def _load(settings: Settings, import_id: str) -> tuple[LoraImport, str]:
@@ -142,7 +163,10 @@ def _apply(item: LoraImport, remote: RemoteImport) -> LoraImport:
         size = remote.model.size_bytes
         return item.model_copy(update={"state": "done", "model": remote.model, "bytes_done": size,
                                        "bytes_total": size, "name": remote.model.name,
+                                       "version": remote.version or item.version,
                                        "updated_at": now})
+    if remote.state == "canceled":  # canceled on RunPod's side (its console, another client)
+        return item.model_copy(update={"state": "canceled", "updated_at": now})
     if remote.state == "failed":
         err = remote.error
         failure = ImportFailure(code=err.code if err else "import_failed",
@@ -156,6 +180,8 @@ def _apply(item: LoraImport, remote: RemoteImport) -> LoraImport:
                       state="checking" if p.stage == "checking" else update["state"])
         if p.name:
             update["name"] = p.name
+        if p.version is not None:
+            update["version"] = p.version
     changed = {k: v for k, v in update.items() if getattr(item, k) != v}
     return item.model_copy(update={**changed, "updated_at": now}) if changed else item
 
@@ -169,7 +195,7 @@ async def _refresh(app: FastAPI, settings: Settings, backend: GpuBackend,
         remote = await backend.import_status(remote_id)
     fresh = _apply(item, remote)
     if fresh is not item:
-        await run_in_threadpool(_save, settings, fresh, remote_id)
+        fresh = await run_in_threadpool(_save, settings, fresh, remote_id)
         if fresh.state == "done":
             lora_catalog(app).invalidate()  # submits may now name it
     return fresh
@@ -275,3 +301,36 @@ async def get_import(
     backend: Annotated[GpuBackend, Depends(get_backend)],
 ) -> LoraImport:
     return await _refresh(request.app, settings, backend, import_id)
+
+
+@router.post("/{import_id}/cancel", response_model=LoraImport, status_code=202,
+             summary="Cancel an import (one that has ended comes back unchanged with 200)",
+             responses={200: {"description": "the import had already ended",
+                              "model": LoraImport},
+                        **problem_responses(404, 422)})
+async def cancel_import(
+    request: Request, response: Response,
+    import_id: Annotated[str, PathParam(pattern=IMPORT_ID)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    backend: Annotated[GpuBackend, Depends(get_backend)],
+) -> LoraImport:
+    item = await _refresh(request.app, settings, backend, import_id)
+    if item.state in TERMINAL:
+        response.status_code = 200
+        return item
+    _, remote_id = await run_in_threadpool(_load, settings, import_id)
+    async with worker_errors():
+        await backend.cancel_import(remote_id)
+        after = await backend.import_status(remote_id)
+    if after.state == "done":  # it finished just before the cancel arrived: the LoRA is kept
+        canceled = _apply(item, after)
+    else:
+        canceled = item.model_copy(update={"state": "canceled", "updated_at": time.time()})
+    saved = await run_in_threadpool(_save, settings, canceled, remote_id)  # unless it ended first
+    if saved.state != "canceled":
+        response.status_code = 200
+    if saved.state == "done":
+        lora_catalog(request.app).invalidate()
+    log.info("LoRA import %s: %s", import_id, saved.state)
+    return saved
+

@@ -76,7 +76,7 @@ def check_safetensors(data: bytes) -> None:
 _WORKER_STATUS = {"lora_not_found": 404, "lora_invalid": 422, "lora_too_large": 413,
                   "lora_checksum": 422, "path_forbidden": 422, "invalid_params": 422,
                   "import_url_unsupported": 422, "import_url_insecure": 422,
-                  "model_invalid": 422}
+                  "model_invalid": 422, "lora_incompatible": 422}
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import ConfigDict
 
-from service.core.contracts import ImportModelRequest, ImportProgress, ModelInfo
+from service.core.contracts import CivitaiVersion, ImportModelRequest, ImportProgress, ModelInfo
 from service.core.errors import AatError
 from service.core.params import DiffusionSettings
 
@@ -73,10 +73,11 @@ class CaptionResult:
 class RemoteImport:
     """Where a LoRA import by URL running on the GPU side stands (``import_status``)."""
 
-    state: Literal["queued", "running", "done", "failed"]
+    state: Literal["queued", "running", "done", "failed", "canceled"]
     progress: ImportProgress | None = None  # while running: what the worker last reported
     model: ModelInfo | None = None  # done
     error: AatError | None = None  # failed
+    version: CivitaiVersion | None = None  # done: the CivitAI version imported
 
 
 # Called with the remote job id as soon as a call is submitted, so a resumed job can re-poll.
@@ -135,6 +136,10 @@ class GpuBackend(Protocol):
         ...
 
     async def import_status(self, remote_id: str) -> RemoteImport: ...
+
+    async def cancel_import(self, remote_id: str) -> None:
+        """Stop the import: the worker removes what it had downloaded, nothing is kept."""
+        ...
 
     async def health(self) -> dict[str, Any]: ...
 

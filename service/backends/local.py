@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import secrets
@@ -74,6 +75,8 @@ class LocalBackend:
         self._pending: dict[int, tuple[RefineOptions, list[tuple[Any, asyncio.Future[Any]]]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._imports: dict[str, RemoteImport] = {}  # LoRA imports by URL, by id
+        self._import_stops: dict[str, threading.Event] = {}
+        self._import_tasks: dict[str, asyncio.Future[None]] = {}
         self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
         self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
         self._upscale = upscale
@@ -231,7 +234,8 @@ class LocalBackend:
 
         req = UploadModelRequest(filename=filename, file_b64=base64.b64encode(data).decode())
         done = await asyncio.to_thread(models.upload, req, self.lora_dir)
-        return ModelInfo(name=done.name, size_bytes=done.size_bytes)
+        assert done.model is not None  # a one-chunk upload is complete
+        return done.model
 
     async def delete_model(self, name: str) -> None:
         from workers.upscale import models
@@ -240,19 +244,26 @@ class LocalBackend:
 
     async def start_import(self, request: ImportModelRequest) -> str:
         """Download in a thread of this process (the worker's own code); ids live in memory."""
+        from workers.common import cancel
         from workers.upscale import lora_import
 
         import_id = secrets.token_hex(8)
         state = self._imports[import_id] = RemoteImport("running")
+        stop = self._import_stops[import_id] = threading.Event()
 
         def report(value: Any) -> None:
             state.progress = ImportProgress.model_validate(value)
 
+        def work() -> Any:
+            with cancel.watching(stop):
+                return lora_import.import_model(request, self.lora_dir, report)
+
         async def run() -> None:
             try:
-                done = await asyncio.to_thread(lora_import.import_model, request,
-                                               self.lora_dir, report)
-                state.state, state.model = "done", done.model
+                done = await asyncio.to_thread(work)
+                state.state, state.model, state.version = "done", done.model, done.version
+            except cancel.Canceled:
+                state.state = "canceled"
             except AatError as exc:
                 state.state, state.error = "failed", exc
             except Exception as exc:  # a bug: still an answer for the poller
@@ -263,7 +274,19 @@ class LocalBackend:
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._import_tasks[import_id] = task
         return import_id
+
+    async def cancel_import(self, remote_id: str) -> None:
+        """Tell the download to stop and wait until it has removed what it had begun."""
+        from workers.common import cancel
+
+        stop, task = self._import_stops.get(remote_id), self._import_tasks.get(remote_id)
+        if stop is None or task is None:
+            return
+        stop.set()
+        with contextlib.suppress(TimeoutError):  # a read that hangs: it cleans up when it ends
+            await asyncio.wait_for(asyncio.shield(task), cancel.CLEANUP_S)
 
     async def import_status(self, remote_id: str) -> RemoteImport:
         state = self._imports.get(remote_id)

@@ -260,35 +260,56 @@ def models_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False,
 
 @models_app.command("import")
 def models_import(
-    url: str = typer.Argument(..., help="A CivitAI model-version or Hugging Face file URL."),
+    url: str = typer.Argument(..., help="A CivitAI model page (its newest version is taken), "
+                              "CivitAI model-version or Hugging Face file URL."),
     name: str | None = typer.Option(None, "--name", help="name.safetensors on the volume "
                                     "(default: the file's own name)."),
 ) -> None:
-    """Have the upscale worker download a LoRA from CivitAI or Hugging Face, and follow it."""
+    """Have the upscale worker download a LoRA from CivitAI or Hugging Face, and follow it
+    (Ctrl-C cancels the import)."""
     with _client() as client:
         item = client.import_model(url, name)
         shown = ""
-        while item["state"] not in ("done", "failed"):
-            line = _import_line(item)
-            if line != shown:
-                echo(line, err=True)
-                shown = line
-            time.sleep(0.5)
-            item = client.model_import(item["id"])
+        try:
+            while item["state"] not in ("done", "failed", "canceled"):
+                line = _import_line(item)
+                if line != shown:
+                    echo(line, err=True)
+                    shown = line
+                time.sleep(0.5)
+                item = client.model_import(item["id"])
+        except KeyboardInterrupt:
+            item = client.cancel_model_import(item["id"])
+    if item["state"] == "canceled":
+        echo(f"canceled the import of {item.get('name') or item['url']}; nothing was kept",
+             err=True)
+        raise typer.Exit(130)
     if item["state"] == "failed":
         err = item["error"] or {}
         echo(f"error [{err.get('code', 'import_failed')}]: {err.get('message', '')}", err=True)
         raise typer.Exit(2 if not err.get("retryable") else 1)
     model = item["model"]
     words = ", ".join(model.get("trigger_words") or [])
-    echo(f"imported {model['name']} ({model['size_bytes']} bytes)"
+    echo(f"imported {model['name']} ({model['size_bytes']} bytes)" + _version_text(item)
          + (f"; trigger words: {words}" if words else ""))
+
+
+def _version_text(item: dict[str, Any]) -> str:
+    """`` from CivitAI model version 108 (v3, SDXL 1.0; the model's newest)`` or nothing."""
+    version = item.get("version")
+    if not version:
+        return ""
+    about = [v for v in (version.get("name"), version.get("base_model")) if v]
+    detail = ", ".join(about) + ("; the model's newest" if version.get("chosen") == "newest"
+                                 else "")
+    return f" from CivitAI model version {version['version_id']}" + (
+        f" ({detail})" if detail else "")
 
 
 def _import_line(item: dict[str, Any]) -> str:
     done, total = item.get("bytes_done") or 0, item.get("bytes_total")
     amount = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
-    return f"{item['state']}: {item.get('name') or item['url']} {amount}"
+    return f"{item['state']}: {item.get('name') or item['url']} {amount}" + _version_text(item)
 
 
 @models_app.command("delete")

@@ -121,6 +121,7 @@ class UploadModelResponse(_Strict):
     status: Literal["partial", "complete"]
     name: str
     size_bytes: int
+    model: ModelInfo | None = None  # complete: the stored LoRA as the list describes it
 
 
 class DeleteModelRequest(_Strict):
@@ -145,7 +146,9 @@ class ImportModelRequest(_Strict):
     model_type: Literal["lora"] = "lora"
     source: Literal["civitai", "huggingface"]
     url: str = Field(min_length=1, max_length=2000)  # the user's URL without secrets
-    download_url: str = Field(pattern=r"^https?://", max_length=2000)
+    # None for a CivitAI model page: the version (and its file) is chosen from metadata_url
+    download_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    # CivitAI: the model version's JSON, or the model's (its newest published version is taken)
     metadata_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
     name: str | None = Field(default=None, min_length=1, max_length=200)  # default: the file's
     max_bytes: int = Field(ge=1)
@@ -156,6 +159,17 @@ class ImportModelRequest(_Strict):
     hf_token: str | None = Field(default=None, max_length=500, repr=False)
 
 
+class CivitaiVersion(_Strict):
+    """The CivitAI model version an import downloads: the one its URL names, or, for a model
+    page URL, the model's newest published version (the one CivitAI's site opens)."""
+
+    model_id: int | None = None
+    version_id: int
+    name: str | None = Field(default=None, max_length=300)  # the version's name, e.g. "v2.0"
+    base_model: str | None = Field(default=None, max_length=100)  # e.g. "SDXL 1.0"
+    chosen: Literal["named", "newest"] = "named"  # named by the URL / the newest published
+
+
 class ImportProgress(_Strict):
     """What a running import reports (the ``output`` of an IN_PROGRESS RunPod job)."""
 
@@ -163,11 +177,13 @@ class ImportProgress(_Strict):
     bytes_done: int = 0
     bytes_total: int | None = None
     name: str | None = None
+    version: CivitaiVersion | None = None  # CivitAI: once resolved
 
 
 class ImportModelResponse(_Strict):
     status: Literal["complete"] = "complete"
     model: ModelInfo
+    version: CivitaiVersion | None = None  # CivitAI: the version that was imported
 
 
 class HealthRequest(_Strict):

@@ -10,13 +10,16 @@ Accepted (``B`` = the CivitAI base, ``https://civitai.com``; ``H`` = the Hugging
 | URL | Source |
 |---|---|
 | ``B/models/<id>[/<slug>]?modelVersionId=<v>`` | CivitAI version ``v`` |
+| ``B/models/<id>[/<slug>]`` (the model page) | model ``id``'s newest published version |
 | ``B/api/download/models/<v>[?type=...&format=...]`` | CivitAI version ``v`` |
 | ``B/api/v1/model-versions/<v>`` | CivitAI version ``v`` |
 | ``H/<owner>/<repo>/resolve/<rev>/<path>.safetensors`` | that file |
 | ``H/<owner>/<repo>/blob/<rev>/<path>.safetensors`` | the same file (``blob`` is the web page) |
 
 A CivitAI version is read from ``B/api/v1/model-versions/<v>`` (file name, sha256, trained
-words, download URL). Transport: ``https`` only, except hosts (``host:port``) named in the
+words, base model, download URL); a model page from ``B/api/v1/models/<id>``, whose
+``modelVersions`` list the versions newest first: the worker takes the first published one,
+as CivitAI's site does when the page is opened, and reports which it took. Transport: ``https`` only, except hosts (``host:port``) named in the
 explicit allow-list (the tests' loopback stand-ins). Tokens never travel in a URL: a
 ``token=`` query parameter the user pasted is dropped (:func:`redact`) and the worker sends
 the configured token in an ``Authorization`` header instead.
@@ -48,16 +51,17 @@ class LoraSource:
 
     kind: SourceKind
     url: str  # the user's URL without secrets, for messages and records
-    download_url: str
-    metadata_url: str | None = None  # CivitAI model-version JSON
+    download_url: str | None  # None: a CivitAI model page (its version is chosen by the worker)
+    metadata_url: str | None = None  # CivitAI model-version JSON, or the model's
     filename: str | None = None  # the file name the URL itself names (Hugging Face)
     version_id: int | None = None  # CivitAI model version
+    model_id: int | None = None  # CivitAI model (a model page URL)
 
 
 def unsupported(url: str, why: str) -> ParamsError:
     return ParamsError(
-        f"cannot import {url[:200]!r}: {why}; give a CivitAI model-version URL "
-        "(civitai.com/models/<id>?modelVersionId=<version> or "
+        f"cannot import {url[:200]!r}: {why}; give a CivitAI model or model-version URL "
+        "(civitai.com/models/<id>, civitai.com/models/<id>?modelVersionId=<version> or "
         "civitai.com/api/download/models/<version>) or a Hugging Face file URL "
         "(huggingface.co/<owner>/<repo>/resolve/<revision>/<file>.safetensors)",
         code="import_url_unsupported",
@@ -127,34 +131,39 @@ def resolve_source(url: str, *, civitai_base: str = CIVITAI_BASE,
     clean = redact(url)
     path = _under(url, civitai_base, _CIVITAI_HOSTS, CIVITAI_BASE)
     if path is not None:
-        version = _civitai_version(clean, path)
+        model, version = _civitai_ids(clean, path)
         base = civitai_base.rstrip("/")
+        if version is None:
+            return LoraSource("civitai", clean, None, metadata_url=f"{base}/api/v1/models/{model}",
+                              model_id=model)
         return LoraSource("civitai", clean, f"{base}/api/download/models/{version}",
                           metadata_url=f"{base}/api/v1/model-versions/{version}",
-                          version_id=version)
+                          version_id=version, model_id=model)
     path = _under(url, huggingface_base, _HF_HOSTS, HUGGINGFACE_BASE)
     if path is not None:
         return _huggingface(clean, path, huggingface_base.rstrip("/"))
     raise unsupported(clean, "it is neither a CivitAI nor a Hugging Face URL")
 
 
-def _civitai_version(url: str, path: str) -> int:
+def _civitai_ids(url: str, path: str) -> tuple[int | None, int | None]:
+    """``(model, version)`` a CivitAI URL names; a model page without a version gives
+    ``(model, None)``."""
     segments = [s for s in path.split("/") if s]
     query = dict(parse_qsl(urlsplit(url).query))
     if len(segments) in (2, 3) and segments[0] == "models" and _DIGITS.match(segments[1]):
-        version = query.get("modelVersionId", "")
+        version = query.get("modelVersionId")
+        if version is None:
+            return int(segments[1]), None
         if not _DIGITS.match(version):
-            raise unsupported(url, "this CivitAI model page names no version; open the "
-                              "version you want and copy its URL (it ends in "
-                              "?modelVersionId=<number>)")
-        return int(version)
+            raise unsupported(url, "its modelVersionId is not a number")
+        return int(segments[1]), int(version)
     if (len(segments) == 4 and segments[:3] == ["api", "download", "models"]
             and _DIGITS.match(segments[3])):
-        return int(segments[3])
+        return None, int(segments[3])
     if (len(segments) == 4 and segments[:3] == ["api", "v1", "model-versions"]
             and _DIGITS.match(segments[3])):
-        return int(segments[3])
-    raise unsupported(url, "this CivitAI URL names no model version")
+        return None, int(segments[3])
+    raise unsupported(url, "this CivitAI URL names no model or model version")
 
 
 def _huggingface(url: str, path: str, base: str) -> LoraSource:

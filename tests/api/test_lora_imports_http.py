@@ -5,6 +5,7 @@ progress. Also: abandoned chunked uploads are swept."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -47,18 +48,24 @@ def service(live_server: Any, runpod_emulator: Any, runpod_settings: Any, standi
     return start
 
 
-def follow(http: httpx.Client, import_id: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """Every state the API reported, polling like the studio does, until done or failed."""
+def follow(http: httpx.Client, import_id: str, timeout_s: float = 60.0,
+           until: Any = None) -> list[dict[str, Any]]:
+    """Every state the API reported, polling like the studio does, until done or failed (or
+    until ``until(state)`` holds)."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         resp = http.get(f"{IMPORTS}/{import_id}")
         assert resp.status_code == 200, resp.text
         seen.append(resp.json())
-        if seen[-1]["state"] in ("done", "failed"):
+        if seen[-1]["state"] in ("done", "failed", "canceled") or (until and until(seen[-1])):
             return seen
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"import {import_id} did not finish: {seen[-1:]}")
+
+
+def downloading(state: dict[str, Any]) -> bool:
+    return state["state"] == "downloading" and state["bytes_done"] > 0
 
 
 def test_a_civitai_import_reports_progress_then_lists_the_lora_with_its_trigger_words(
@@ -102,7 +109,8 @@ def test_bad_urls_are_refused_at_once_and_nothing_is_started(
     server = service()
     cases = [
         ("https://example.com/x.safetensors", "import_url_unsupported", "neither"),
-        (f"{standin.site}/civitai/models/10", "import_url_unsupported", "modelVersionId"),
+        (f"{standin.site}/civitai/models/10?modelVersionId=v3", "import_url_unsupported",
+         "modelVersionId is not a number"),
         (f"{standin.site}/hf/a/b/resolve/main/model.ckpt", "model_invalid", "safetensors"),
     ]
     with server.client() as http:
@@ -208,8 +216,15 @@ def test_aat_models_import_follows_the_import_to_its_end(
              "--name", "moss.safetensors")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == (f"imported moss.safetensors "
-                                 f"({len(standin.files['moss_style.safetensors'])} bytes); "
+                                 f"({len(standin.files['moss_style.safetensors'])} bytes) "
+                                 "from CivitAI model version 101 (v101, Illustrious); "
                                  "trigger words: mossy stone, mst_style")
+    newest = aat("import", f"{standin.site}/civitai/models/10/moss-style")
+    assert newest.returncode == 0, newest.stderr
+    assert newest.stdout.strip() == (
+        f"imported moss_style_v3.safetensors ({len(standin.files['moss_style_v3.safetensors'])}"
+        " bytes) from CivitAI model version 108 (v108, SDXL 1.0; the model's newest); "
+        "trigger words: mossy stone v3")
     refused = aat("import", f"{standin.site}/civitai/models/10?modelVersionId=102")
     assert refused.returncode == 2
     assert "error [model_invalid]" in refused.stderr and "no safetensors file" in refused.stderr
@@ -240,7 +255,6 @@ def test_an_import_nobody_watches_still_records_its_result(
         service: Any, standin: StandIn, tmp_path: Path) -> None:
     """The service follows what it started: the record reaches `done` with no client polling
     (RunPod forgets a finished job after 30 minutes)."""
-    import json
 
     server = service()
     with server.client() as http:
@@ -263,7 +277,6 @@ def test_a_restarted_service_resumes_following_unfinished_imports(
     """An import started by an earlier run of the service (its record still `queued`) is
     followed again from start-up and reaches `done`."""
     import asyncio
-    import json
 
     from service.api.lora_imports import LoraImport, _save, worker_request
     from service.backends.runpod.backend import RunPodBackend
@@ -296,3 +309,104 @@ def test_a_restarted_service_resumes_following_unfinished_imports(
         assert time.monotonic() < deadline, record.read_text()
         time.sleep(0.1)
     assert (tmp_path / "volume" / "moss_style.safetensors").exists()
+
+
+def test_a_civitai_model_page_imports_its_newest_version_and_says_which(
+        service: Any, standin: StandIn, tmp_path: Path) -> None:
+    server = service()
+    with server.client() as http:
+        url = f"{standin.site}/civitai/models/10/moss-style"  # as copied from the address bar
+        seen = follow(http, http.post(IMPORTS, json={"url": url}).json()["id"])
+        done = seen[-1]
+        assert done["state"] == "done", done
+        assert done["version"] == {"model_id": 10, "version_id": 108, "name": "v108",
+                                   "base_model": "SDXL 1.0", "chosen": "newest"}
+        assert done["model"]["name"] == "moss_style_v3.safetensors"
+        refused = follow(http, http.post(IMPORTS, json={
+            "url": f"{standin.site}/civitai/models/20"}).json()["id"])[-1]
+        assert refused["state"] == "failed"
+        assert refused["error"]["code"] == "lora_incompatible"
+        assert "made for SD 1.5, not SDXL" in refused["error"]["message"]
+        assert [m["name"] for m in http.get("/v1/models").json()["models"]] == [
+            "moss_style_v3.safetensors"]
+    sidecar = json.loads((tmp_path / "volume" / "moss_style_v3.safetensors.meta.json")
+                         .read_text())
+    assert (sidecar["source"]["version_id"], sidecar["source"]["chosen"]) == (108, "newest")
+
+
+def test_a_running_import_is_canceled_over_http_and_leaves_nothing_on_the_volume(
+        live_server: Any, runpod_emulator: Any, runpod_settings: Any, standin: StandIn,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.upscale.handler import handler
+
+    volume = tmp_path / "volume"
+    monkeypatch.setenv("AAT_LORA_DIR", str(volume))
+    emulator = runpod_emulator(workers=1, handler=handler, endpoints=("upscale",))
+    server = live_server(runpod_settings(
+        emulator, runpod_caption_endpoint_id=None, civitai_base_url=standin.site + "/civitai",
+        lora_import_http_hosts=standin.http_hosts))
+    with server.client() as http:
+        item = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/models/104"}
+                         ).json()
+        assert downloading(follow(http, item["id"], until=downloading)[-1])
+        canceled = http.post(f"{IMPORTS}/{item['id']}/cancel")
+        assert canceled.status_code == 202, canceled.text
+        assert canceled.json()["state"] == "canceled"
+        deadline = time.monotonic() + 30
+        while emulator.stats("upscale")["by_status"].get("CANCELLED") != 1:  # cleaned up
+            assert time.monotonic() < deadline, emulator.stats("upscale")
+            time.sleep(0.05)
+        assert list(volume.iterdir()) == [], "a canceled import left something on the volume"
+        [download] = standin.slow_downloads
+        assert not download.finished, "the worker kept downloading after the cancel"
+        assert http.get("/v1/models").json()["models"] == []
+        again = http.post(f"{IMPORTS}/{item['id']}/cancel")  # ended: unchanged, 200
+        assert (again.status_code, again.json()["state"]) == (200, "canceled")
+        assert http.get(f"{IMPORTS}/{item['id']}").json()["state"] == "canceled"
+        assert http.post(f"{IMPORTS}/{'f' * 32}/cancel").status_code == 404
+
+
+def test_the_local_backend_cancels_an_import_and_records_uploads_like_the_worker(
+        live_server: Any, runpod_emulator: Any, runpod_settings: Any, standin: StandIn,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel on the local backend; and an upload through either backend is recorded with
+    the same facts (the local one sends no sha256, the worker computes it either way)."""
+    import hashlib
+
+    from lora_standin import safetensors_bytes
+
+    from service.backends.local import LocalBackend
+    from service.settings import load_settings
+    from workers.upscale.handler import handler
+
+    local_dir = tmp_path / "local-loras"
+    settings = load_settings(data_dir=tmp_path / "local-data", backend="none", broker_url=None,
+                             database_url=None, civitai_base_url=standin.site + "/civitai",
+                             lora_import_http_hosts=standin.http_hosts)
+    backend = LocalBackend(settings, device="cpu", upscale=object(), caption=object(),
+                           lora_dir=local_dir)
+    local = live_server(settings, backend=backend)
+    monkeypatch.setenv("AAT_LORA_DIR", str(tmp_path / "volume"))
+    remote = live_server(runpod_settings(
+        runpod_emulator(workers=1, handler=handler, endpoints=("upscale",)),
+        runpod_caption_endpoint_id=None))
+    with local.client() as http:
+        item = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/models/104"}
+                         ).json()
+        assert downloading(follow(http, item["id"], until=downloading)[-1])
+        canceled = http.post(f"{IMPORTS}/{item['id']}/cancel")
+        assert (canceled.status_code, canceled.json()["state"]) == (202, "canceled")
+        assert list(local_dir.iterdir()) == []  # the local cancel waits for the cleanup
+
+    data = safetensors_bytes(2048, {"modelspec.trigger_phrase": "grainy"})
+    answers, lists = [], []
+    for server in (local, remote):
+        with server.client() as http:
+            up = http.post("/v1/models", params={"filename": "grain.safetensors"}, content=data)
+            assert up.status_code == 201, up.text
+            answers.append(up.json())
+            lists.append(http.get("/v1/models").json()["models"])
+    expected = {"name": "grain.safetensors", "size_bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "trigger_words": ["grainy"]}
+    assert answers == [expected, expected]
+    assert lists == [[expected], [expected]]

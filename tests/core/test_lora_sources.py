@@ -30,6 +30,10 @@ HF = "https://huggingface.co"
     ("http://127.0.0.1:9/civ/models/3?modelVersionId=4", "civitai",
      "http://127.0.0.1:9/civ/api/download/models/4", "http://127.0.0.1:9/civ/api/v1/model-versions/4",
      None),
+    # a model page as copied from the address bar: the worker takes its newest version
+    ("https://civitai.com/models/12345/some-name", "civitai", None,
+     f"{CIV}/api/v1/models/12345", None),
+    ("https://civitai.com/models/12345", "civitai", None, f"{CIV}/api/v1/models/12345", None),
 ])
 def test_supported_urls_map_to_their_download(url: str, kind: str, download: str,
                                               metadata: str | None, filename: str | None) -> None:
@@ -40,8 +44,9 @@ def test_supported_urls_map_to_their_download(url: str, kind: str, download: str
 
 
 @pytest.mark.parametrize(("url", "code", "words"), [
-    ("https://civitai.com/models/929497/aesthetic", "import_url_unsupported", "modelVersionId"),
-    ("https://civitai.com/user/someone", "import_url_unsupported", "names no model version"),
+    ("https://civitai.com/models/929497/aesthetic?modelVersionId=latest",
+     "import_url_unsupported", "modelVersionId is not a number"),
+    ("https://civitai.com/user/someone", "import_url_unsupported", "names no model"),
     ("https://huggingface.co/nerijs/pixel-art-xl", "import_url_unsupported", "names no file"),
     ("https://huggingface.co/a/b/resolve/main/model.ckpt", "model_invalid", "safetensors"),
     ("https://huggingface.co/a/b/resolve/main/../../x.safetensors", "import_url_unsupported",
@@ -83,3 +88,11 @@ def test_plain_http_only_for_hosts_on_the_allow_list(url: str, hosts: list[str],
         with pytest.raises(ParamsError, match="https only") as info:
             check_transport(url, hosts)
         assert info.value.code == "import_url_insecure"
+
+
+def test_a_model_page_names_the_model_and_no_version() -> None:
+    src = resolve_source("https://civitai.com/models/12345/some-name?token=SECRET")
+    assert (src.model_id, src.version_id, src.url) == (
+        12345, None, "https://civitai.com/models/12345/some-name")
+    named = resolve_source("https://civitai.com/models/12345/x?modelVersionId=678")
+    assert (named.model_id, named.version_id) == (12345, 678)

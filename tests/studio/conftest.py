@@ -27,7 +27,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
     from workers.emulator.echo import make_handler
 
-    handler = make_handler(models_dir=tmp_path_factory.mktemp("loras"))
+    loras = tmp_path_factory.mktemp("loras")
+    handler = make_handler(models_dir=loras)
     configs = {eid: EndpointConfig(handler=handler, workers=4, latency_s=0.15,
                                    faults=Faults.parse("", retry_after_s=0.01))
                for eid in ("upscale", "caption")}
@@ -36,6 +37,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = EmulatorServer(configs, api_key="test-" + secrets.token_hex(8))
     server.start()
     server.test_configs = configs  # type: ignore[attr-defined]  # tests may slow the GPUs down
+    server.test_lora_dir = loras  # type: ignore[attr-defined]  # the echo worker's volume
     yield server
     server.stop()
 

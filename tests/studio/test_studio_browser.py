@@ -9,6 +9,7 @@ import io
 import json
 import re
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,7 +355,8 @@ def test_lora_import_by_url_shows_progress_then_the_row_and_its_trigger_words(
     page.wait_for_function(
         "() => { const p = document.querySelector('[data-testid=lora-import-progress]');"
         " return p && p.value > 0 && p.value < 1; }", timeout=20_000)
-    assert re.search(r"big_slow.safetensors: [0-9.]+ [KM]B of 4.0 MB", item.inner_text())
+    assert re.search(r"big_slow.safetensors — CivitAI version 104 \(v104, Illustrious\): "
+                     r"[0-9.]+ [KM]B of 4.0 MB", item.inner_text())
     shot(page, "lora-import-progress")
 
     row = page.locator("[data-testid=lora-row][data-name='big_slow.safetensors']")
@@ -387,4 +389,38 @@ def test_lora_import_by_url_shows_progress_then_the_row_and_its_trigger_words(
     expect(page.locator("[data-testid=lora-import][data-state=failed]")).to_have_count(1)
     assert page.locator("[data-testid=lora-row][data-name='private.safetensors']").count() == 0
     shot(page, "lora-import-refused")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_lora_import_cancel_button_stops_the_download_and_keeps_nothing(
+        import_studio, emulator, page, shot) -> None:
+    studio, standin = import_studio
+    canceled_before = emulator.stats("upscale")["by_status"].get("CANCELLED", 0)
+    page.goto(studio.url + "/loras")
+    page.get_by_test_id("lora-import-url").fill(
+        f"{standin.site}/civitai/models/10/slow-lora?modelVersionId=104")
+    page.get_by_test_id("lora-import-name").fill("cancel_me.safetensors")
+    page.get_by_test_id("lora-import-start").click()
+    item = page.locator("[data-testid=lora-import]").first
+    page.wait_for_function(
+        "() => { const p = document.querySelector('[data-testid=lora-import-progress]');"
+        " return p && p.value > 0 && p.value < 1; }", timeout=20_000)
+    expect(item).to_contain_text("CivitAI version 104 (v104, Illustrious)")
+    shot(page, "lora-import-cancel")
+    item.get_by_test_id("lora-import-cancel").click()
+    expect(item).to_have_attribute("data-state", "canceled")
+    expect(item).to_contain_text("canceled; nothing was kept")
+    expect(item.get_by_test_id("lora-import-cancel")).to_have_count(0)
+    deadline = time.monotonic() + 30
+    while emulator.stats("upscale")["by_status"].get("CANCELLED", 0) == canceled_before:
+        assert time.monotonic() < deadline, "the worker's job did not end"
+        time.sleep(0.05)
+    folder = emulator.test_lora_dir
+    assert not (folder / "cancel_me.safetensors").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    assert not standin.slow_downloads[-1].finished, "the worker kept downloading"
+    page.reload()  # the import's end is kept by the service, not by the page
+    expect(page.locator("[data-testid=lora-import]").first).to_have_attribute(
+        "data-state", "canceled")
+    assert page.locator("[data-testid=lora-row][data-name='cancel_me.safetensors']").count() == 0
     assert page.problems == []  # type: ignore[attr-defined]

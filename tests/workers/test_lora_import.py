@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from lora_standin import TOKEN, StandIn
+from lora_standin import TOKEN, StandIn, safetensors_bytes
 
 from service.core.contracts import ImportModelRequest
 from service.core.lora_sources import resolve_source
@@ -103,18 +103,43 @@ def test_a_civitai_version_is_downloaded_through_the_redirect_with_its_trained_w
         "moss_style.safetensors", "moss_style.safetensors.meta.json"]
 
 
-def test_temp_files_of_killed_imports_are_swept_by_the_next_import(
-        standin: StandIn, worker: Any, volume: Path) -> None:
-    volume.mkdir(parents=True)
-    stale = volume / ".moss.safetensors.0badc0de.aat-tmp"
-    fresh = volume / ".other.safetensors.12345678.aat-tmp"  # an import running right now
-    for path in (stale, fresh):
+def leftovers(volume: Path) -> tuple[list[Path], list[Path]]:
+    """Stale and fresh leftovers of imports (temp files) and chunked uploads (``.partial`` and
+    its ``.partial.json`` note) that never finished."""
+    volume.mkdir(parents=True, exist_ok=True)
+    stale = [volume / ".moss.safetensors.0badc0de.aat-tmp",
+             volume / ".half.safetensors.partial", volume / ".half.safetensors.partial.json"]
+    fresh = [volume / ".other.safetensors.12345678.aat-tmp",  # running right now
+             volume / ".busy.safetensors.partial", volume / ".busy.safetensors.partial.json"]
+    for path in stale + fresh:
         path.write_bytes(b"partial")
     old = time.time() - 2 * 24 * 3600
-    os.utime(stale, (old, old))
+    for path in stale:
+        os.utime(path, (old, old))
+    return stale, fresh
+
+
+def test_leftovers_of_killed_imports_and_abandoned_uploads_are_swept_by_the_next_import(
+        standin: StandIn, worker: Any, volume: Path) -> None:
+    stale, fresh = leftovers(volume)
     body = run(worker, import_input(standin, f"{standin.site}/civitai/api/download/models/101"))
     assert body["status"] == "COMPLETED", body
-    assert not stale.exists() and fresh.exists()
+    assert [p.name for p in stale if p.exists()] == []
+    assert all(p.exists() for p in fresh)
+
+
+def test_leftovers_are_swept_when_an_upload_starts(worker: Any, volume: Path) -> None:
+    import base64
+
+    stale, fresh = leftovers(volume)
+    headers = {"authorization": f"Bearer {worker.api_key}"}
+    data = safetensors_bytes(256)
+    resp = httpx.post(worker.url + "/upscale/runsync", headers=headers, timeout=30, json={
+        "input": {"action": "upload_model", "filename": "new.safetensors",
+                  "file_b64": base64.b64encode(data).decode()}})
+    assert resp.json()["output"]["status"] == "complete", resp.text
+    assert [p.name for p in stale if p.exists()] == []
+    assert all(p.exists() for p in fresh)
 
 
 def test_a_hugging_face_blob_link_is_fetched_from_resolve_under_the_name_given(
@@ -164,6 +189,12 @@ def test_the_civitai_token_goes_to_civitai_only_and_a_401_says_which_setting_to_
     ("/civitai/api/download/models/101", {"http_hosts": []}, "import_url_insecure", "https"),
     ("/hf/a/b/resolve/main/missing.safetensors", {}, "import_not_found", "404"),
     ("/civitai/api/download/models/101", {"name": "../evil"}, "path_forbidden", "path"),
+    ("/civitai/models/20/old-style", {}, "lora_incompatible", "made for SD 1.5, not SDXL"),
+    ("/civitai/api/download/models/202", {}, "lora_incompatible", "made for Flux.1 D"),
+    ("/hf/a/b/resolve/main/flux_lora.safetensors", {}, "lora_incompatible",
+     "made for flux-1-dev/lora"),
+    ("/civitai/models/30", {}, "import_not_found", "no published version"),
+    ("/civitai/models/99", {}, "import_not_found", "404"),
 ])
 def test_a_refused_import_says_why_and_leaves_nothing_on_the_volume(
         standin: StandIn, worker: Any, volume: Path, url: str, extra: dict[str, Any],
@@ -191,3 +222,64 @@ def test_a_slow_download_reports_growing_progress_until_it_completes(
     assert 0 < done[0] < size
     assert [p["bytes_done"] for p in downloading] == sorted(p["bytes_done"] for p in downloading)
     assert (volume / "big_slow.safetensors").stat().st_size == size
+
+
+def test_a_civitai_model_page_imports_the_newest_published_version_and_records_it(
+        standin: StandIn, worker: Any, volume: Path) -> None:
+    seen: list[Any] = []
+    body = run(worker, import_input(standin, f"{standin.site}/civitai/models/10/moss-style"),
+               watch=seen)
+    assert body["status"] == "COMPLETED", body
+    taken = {"model_id": 10, "version_id": 108, "name": "v108", "base_model": "SDXL 1.0",
+             "chosen": "newest"}
+    assert body["output"]["version"] == taken  # 109 is newer, but a draft
+    assert body["output"]["model"]["name"] == "moss_style_v3.safetensors"
+    assert body["output"]["model"]["trigger_words"] == ["mossy stone v3"]
+    assert (volume / "moss_style_v3.safetensors").read_bytes() == standin.files[
+        "moss_style_v3.safetensors"]
+    assert any(p.get("version") == taken for p in seen), seen  # known while it downloads
+    sidecar = json.loads((volume / "moss_style_v3.safetensors.meta.json").read_text())
+    assert sidecar["source"] == {
+        "kind": "civitai", "url": f"{standin.site}/civitai/models/10/moss-style",
+        "model_id": 10, "version_id": 108, "version_name": "v108", "base_model": "SDXL 1.0",
+        "chosen": "newest"}
+    assert [h.path for h in standin.hits if h.server == "site"][:2] == [
+        "/civitai/api/v1/models/10", "/civitai/api/download/models/108"]
+
+
+def test_a_version_made_for_another_base_model_is_refused_before_any_download(
+        standin: StandIn, worker: Any, volume: Path) -> None:
+    err = error_of(run(worker, import_input(standin, f"{standin.site}/civitai/models/20")))
+    assert err["code"] == "lora_incompatible"
+    assert "CivitAI model version 201 (v201) is made for SD 1.5, not SDXL" in err["message"]
+    assert [h for h in standin.hits if h.server == "storage"] == []
+    assert not volume.exists() or list(volume.iterdir()) == []
+
+
+def test_a_cancelled_import_stops_downloading_and_leaves_nothing_on_the_volume(
+        standin: StandIn, worker: Any, volume: Path) -> None:
+    headers = {"authorization": f"Bearer {worker.api_key}"}
+    payload = import_input(standin, f"{standin.site}/civitai/api/download/models/104")
+    with httpx.Client(base_url=worker.url + "/upscale", headers=headers, timeout=10) as http:
+        job_id = http.post("/run", json={"input": payload}).json()["id"]
+        deadline = time.monotonic() + 30
+        while True:  # until bytes are arriving on the volume
+            body = http.get(f"/status/{job_id}").json()
+            out = body.get("output") or {}
+            if body["status"] == "IN_PROGRESS" and out.get("bytes_done", 0) > 0:
+                break
+            assert body["status"] not in ("COMPLETED", "FAILED"), body
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+        assert [p for p in volume.iterdir() if p.name.endswith(".aat-tmp")], "no temp file yet"
+        assert http.post(f"/cancel/{job_id}").json()["status"] == "CANCELLED"
+        while (body := http.get(f"/status/{job_id}").json())["status"] == "IN_PROGRESS":
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+    assert body["status"] == "CANCELLED", body
+    assert list(volume.iterdir()) == [], "a cancelled import left something on the volume"
+    [download] = standin.slow_downloads
+    while not (download.cut or download.finished) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert download.cut and download.sent < len(standin.files["big_slow.safetensors"])
+    assert list_models(worker) == []

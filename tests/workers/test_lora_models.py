@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -39,9 +41,25 @@ def test_a_retried_chunk_does_not_corrupt_the_stored_lora(tmp_path: Path) -> Non
     models.upload(_chunk(parts[0], 0, 3), tmp_path)
     models.upload(_chunk(parts[1], 1, 3), tmp_path)
     models.upload(_chunk(parts[1], 1, 3), tmp_path)  # the reply was lost; the client resends
-    assert models.upload(_chunk(parts[2], 2, 3), tmp_path).status == "complete"
+    done = models.upload(_chunk(parts[2], 2, 3), tmp_path)
+    assert done.status == "complete"
     assert (tmp_path / "style.safetensors").read_bytes() == data
-    assert [p.name for p in tmp_path.iterdir()] == ["style.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "style.safetensors", "style.safetensors.meta.json"]
+    # no sha256 came with the chunks (the local backend sends none): the worker records its own
+    assert done.model is not None and done.model.sha256 == hashlib.sha256(data).hexdigest()
+    assert models.list_models(tmp_path).models == [done.model]
+
+
+def test_an_upload_made_for_another_base_model_is_refused(tmp_path: Path) -> None:
+    meta = {"ss_base_model_version": "sd_v1"}
+    header = json.dumps({"__metadata__": meta, "w": {"dtype": "U8", "shape": [4],
+                                                     "data_offsets": [0, 4]}}).encode()
+    data = struct.pack("<Q", len(header)) + header + b"abcd"
+    with pytest.raises(ParamsError, match="made for sd_v1, not SDXL") as info:
+        models.upload(_chunk(data, 0, 1), tmp_path)
+    assert info.value.code == "lora_incompatible"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_chunk_that_skips_ahead_is_refused_and_nothing_lands(tmp_path: Path) -> None:
@@ -64,3 +82,22 @@ def test_a_header_with_non_integer_offsets_is_refused_as_invalid(
         models.upload(_chunk(data, 0, 1), tmp_path)
     assert info.value.code == "lora_invalid"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("label", "refused"), [
+    ("SDXL 1.0", False), ("SDXL Turbo", False), ("Pony", False), ("Illustrious", False),
+    ("NoobAI", False), ("sdxl_base_v1-0", False), ("stable-diffusion-xl-v1-base/lora", False),
+    ("Other", False), ("Playground v2", False), (None, False), ("", False),
+    ("SD 1.5", True), ("SD 1.5 LCM", True), ("SD 2.1 768", True), ("SD 3.5 Large", True),
+    ("sd_v1", True), ("sd_v2_768_v", True), ("stable-diffusion-v1/lora", True),
+    ("Flux.1 D", True), ("flux-1-dev/lora", True), ("Hunyuan Video", True), ("Wan Video", True),
+])
+def test_only_loras_made_for_sdxl_or_an_unknown_base_pass(label: str | None,
+                                                           refused: bool) -> None:
+    from workers.upscale.lora_meta import check_base_model
+
+    if not refused:
+        check_base_model(label, "x")
+        return
+    with pytest.raises(ParamsError, match=f"made for {re.escape(str(label))}, not SDXL"):
+        check_base_model(label, "x")

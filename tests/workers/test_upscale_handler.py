@@ -62,7 +62,7 @@ def upscale_input(**extra: object) -> dict:
 
 
 def call(handler, payload: object) -> dict:
-    return handler.handler({"id": "job-1", "input": payload})
+    return handler.handle({"id": "job-1", "input": payload})
 
 
 def error_of(out: dict) -> dict:
@@ -92,9 +92,12 @@ def test_lora_upload_list_use_delete(worker, lora_bytes: bytes) -> None:
     up = call(handler, {"action": "upload_model", "filename": "detail",
                         "file_b64": base64.b64encode(lora_bytes).decode(),
                         "sha256": hashlib.sha256(lora_bytes).hexdigest()})
-    assert up == {"status": "complete", "name": "detail.safetensors", "size_bytes": len(lora_bytes)}
+    described = {"name": "detail.safetensors", "size_bytes": len(lora_bytes),
+                 "sha256": hashlib.sha256(lora_bytes).hexdigest(), "trigger_words": []}
+    assert up == {"status": "complete", "name": "detail.safetensors",
+                  "size_bytes": len(lora_bytes), "model": described}
     listed = call(handler, {"action": "list_models"})["models"]
-    assert [m["name"] for m in listed] == ["detail.safetensors"]
+    assert listed == [described]  # the upload answers with what the list says
     with_lora = decode(call(handler, upscale_input(
         loras=[{"name": "detail", "weight": 1.0}]))["tiles"][0]["image"])
     assert np.abs(plain.astype(int) - with_lora).mean() > 1.0
@@ -120,7 +123,8 @@ def test_chunked_upload_and_checksum_mismatch(worker, lora_bytes: bytes) -> None
                                   "file_b64": base64.b64encode(lora_bytes).decode(),
                                   "sha256": "0" * 64}))
     assert err["code"] == "lora_checksum"
-    assert sorted(p.name for p in lora_dir.iterdir()) == ["big.safetensors"]
+    assert sorted(p.name for p in lora_dir.iterdir()) == [
+        "big.safetensors", "big.safetensors.meta.json"]
     call(handler, {"action": "delete_model", "name": "big"})
 
 

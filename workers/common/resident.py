@@ -50,7 +50,7 @@ class Resident(Generic[T]):
             self._value = None
 
 
-def serve(handler: Callable[[dict[str, Any]], dict[str, Any]], pipeline: Resident[Any]) -> None:
+def serve(handler: Callable[[dict[str, Any]], Any], pipeline: Resident[Any]) -> None:
     """A worker image's entry point: logging as the service configures it, progress updates
     through the runpod SDK, the model loaded before the first job (a broken image fails at
     start, not per job), then RunPod's serverless loop."""

@@ -18,7 +18,7 @@ Failures come back as structured errors through :func:`workers.common.envelope.r
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from service.core.contracts import (
     UpscaleResponse,
     UpscaleWorkerRequest,
 )
+from workers.common.cancel import cancellable
 from workers.common.envelope import run_action
 from workers.common.imageref import decode_to_array, encode_image_ref
 from workers.upscale import lora_import, models
@@ -63,7 +64,7 @@ def describe(tile: np.ndarray) -> str:
 
 
 def make_handler(*, tint_tiles: bool = True, models_dir: Path | None = None
-                 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+                 ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
     """A fresh echo handler; LoRAs live in ``models_dir`` (default: a new temp folder)."""
     folder = models_dir or Path(tempfile.mkdtemp(prefix="aat-echo-loras-"))
 
@@ -97,10 +98,10 @@ def make_handler(*, tint_tiles: bool = True, models_dir: Path | None = None
         "health": lambda _req: HealthResponse(status="ok", worker="echo", model_loaded=True),
     }
 
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
+    def handle(job: dict[str, Any]) -> dict[str, Any]:
         return run_action(job, _adapter, actions)
 
-    return handler
+    return cancellable(handle)  # like the real worker: a cancel stops an import
 
 
 handler = make_handler()

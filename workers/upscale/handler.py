@@ -1,5 +1,8 @@
 """RunPod handler of the upscale worker: ``upscale``, ``list_models``, ``upload_model``,
-``delete_model``, ``import_model`` (download a LoRA by URL, reporting progress), ``health``. Thin: contracts in, pipeline/models call, contracts out.
+``delete_model``, ``import_model`` (download a LoRA by URL, reporting progress; a cancel stops
+it with nothing kept), ``health``. Thin: contracts in, pipeline/models call, contracts out.
+``handle`` is the plain call; ``handler`` (what RunPod and the emulator run) is the same under
+:func:`workers.common.cancel.cancellable`, so cancelling a RunPod job reaches the action.
 
 The pipeline loads once per container (before the first job when started as a script).
 ``AAT_WORKER_TINY=1`` builds tiny random components instead of loading weights, for the SDK's
@@ -33,6 +36,7 @@ from service.core.contracts import (
     upscale_worker_request,
 )
 from service.core.errors import AatError, ImageError
+from workers.common.cancel import cancellable
 from workers.common.envelope import RecentResults, run_action
 from workers.common.imageref import decode_image_ref, encode_image_ref
 from workers.common.resident import Resident, device, serve
@@ -135,8 +139,11 @@ ACTIONS: dict[str, Callable[[Any], BaseModel]] = {
 }
 
 
-def handler(job: dict[str, Any]) -> dict[str, Any]:
+def handle(job: dict[str, Any]) -> dict[str, Any]:
     return run_action(job, upscale_worker_request, ACTIONS, _recent)
+
+
+handler = cancellable(handle)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Import a LoRA by URL onto the worker's volume: the ``import_model`` action.
 
 Read top to bottom: resolve (CivitAI: the model version's JSON gives the safetensors file,
-its sha256 and trained words), download (streamed into a hidden temp file in the LoRA folder,
-redirects followed by hand up to ``max_redirects``, every hop ``https`` or on the request's
-plain-http allow-list, the size limit enforced from ``Content-Length`` and again while
-reading, the first bytes checked to look like a safetensors header so an HTML page or a
-pickle is dropped at once), check (the whole file parses as safetensors; the CivitAI sha256
-matches), keep (sidecar with trigger words, fsync, atomic rename). Whatever fails, the temp
-file is removed: a refused import leaves nothing on the volume.
+its sha256, trained words and base model; a model page's JSON lists its versions newest first
+and the first published one is taken, as CivitAI's site does; a base model that is clearly not
+SDXL is refused before anything is downloaded), download (streamed into a hidden temp file in
+the LoRA folder, redirects followed by hand up to ``max_redirects``, every hop ``https`` or on
+the request's plain-http allow-list, the size limit enforced from ``Content-Length`` and again
+while reading, the first bytes checked to look like a safetensors header so an HTML page or a
+pickle is dropped at once), check (the whole file parses as safetensors, its own metadata
+names no other base model than SDXL, the CivitAI sha256 matches), keep (sidecar with trigger
+words and the version taken, fsync, atomic rename). Whatever fails, the temp file is removed:
+a refused import leaves nothing on the volume. A cancel (:mod:`workers.common.cancel`) is
+seen between chunks and before the rename, and ends the import the same way.
 
 Tokens: the CivitAI token goes only to the CivitAI origin, the Hugging Face token only to the
 Hugging Face origin, in an ``Authorization: Bearer`` header (never in a URL, never logged); a
@@ -29,27 +33,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from service.core.atomic import is_temp_name, temp_path_for
+from service.core.atomic import temp_path_for
 from service.core.contracts import (
+    CivitaiVersion,
     ImportModelRequest,
     ImportModelResponse,
     ImportProgress,
-    ModelInfo,
 )
 from service.core.errors import AatError, BackendUnavailable, ParamsError
 from service.core.lora_sources import check_transport, origin
-from workers.common import progress
+from workers.common import cancel, progress
 from workers.upscale import lora_meta, models
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
-STALE_TEMP_S = 24 * 3600.0  # a temp file this old belongs to an import that was killed
 SETTLE_S = 0.5  # quiet time between the last progress update and the result
 MAX_METADATA_BYTES = 4 * 1024 * 1024
 Report = Callable[[Any], None]
@@ -73,17 +76,19 @@ def _import(req: ImportModelRequest, folder: Path, report: Report) -> ImportMode
     with _Fetcher(req) as fetch:
         found = _civitai_file(req, fetch) if req.source == "civitai" else _hf_file(req)
         name = models.safe_filename(req.name or models.suggest_name(found["filename"]))
+        version: CivitaiVersion | None = found.get("version")
         folder.mkdir(parents=True, exist_ok=True)
-        _sweep_stale(folder)
+        models.sweep_stale(folder)
         final = folder / name
         tmp = temp_path_for(final)
         try:
-            size, digest = _download(fetch, found["url"], tmp, limit, name, report)
+            size, digest = _download(fetch, found["url"], tmp, limit, name, version, report)
             report(ImportProgress(stage="checking", bytes_done=size, bytes_total=size,
-                                  name=name).model_dump())
+                                  name=name, version=version).model_dump())
             _check(tmp, digest, found.get("sha256"), name)
             with tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
+            cancel.check(f"the import of {name}")  # the last moment a cancel can still stop it
             lora_meta.write_sidecar(final, size_bytes=size, sha256=digest,
                                     trigger_words=found.get("trigger_words"),
                                     source=found["source"])
@@ -94,10 +99,8 @@ def _import(req: ImportModelRequest, folder: Path, report: Report) -> ImportMode
             raise
         finally:
             tmp.unlink(missing_ok=True)
-    sha256, words = lora_meta.describe(final)
     log.info("imported LoRA %s (%d bytes) from %s", name, size, req.source)
-    return ImportModelResponse(model=ModelInfo(name=name, size_bytes=size, sha256=sha256,
-                                               trigger_words=words))
+    return ImportModelResponse(model=models.info(final), version=version)
 
 
 class _Reporter:
@@ -122,32 +125,71 @@ class _Reporter:
 
 
 def _civitai_file(req: ImportModelRequest, fetch: _Fetcher) -> dict[str, Any]:
-    """The version's safetensors file: its download URL, name, sha256 and trained words."""
+    """The version's safetensors file: its download URL, name, sha256 and trained words, and
+    which version it is (for a model page: the newest published one)."""
     if req.metadata_url is None:
         raise ParamsError("a CivitAI import needs the model version's metadata_url",
                           code="invalid_params")
-    version = fetch.json(req.metadata_url)
+    data = fetch.json(req.metadata_url)
+    chosen: Literal["named", "newest"]
+    if "modelVersions" in data:  # a model page's JSON
+        version, model_id, chosen = _newest_version(data), data.get("id"), "newest"
+    else:
+        version, model_id, chosen = data, data.get("modelId"), "named"
+    taken = CivitaiVersion(
+        model_id=model_id if isinstance(model_id, int) else None,
+        version_id=_int(version.get("id")),
+        name=_text(version.get("name"), 300), base_model=_text(version.get("baseModel"), 100),
+        chosen=chosen)
+    lora_meta.check_base_model(taken.base_model, f"CivitAI model version {taken.version_id}"
+                               + (f" ({taken.name})" if taken.name else ""))
     files = [f for f in version.get("files") or [] if isinstance(f, dict)]
     safe = [f for f in files if _is_safetensors(f)]
     if not safe:
         offered = ", ".join(f"{f.get('name')} ({(f.get('metadata') or {}).get('format', '?')})"
                             for f in files[:5]) or "no files"
         raise ParamsError(
-            f"CivitAI model version {version.get('id', '?')} has no safetensors file "
+            f"CivitAI model version {taken.version_id} has no safetensors file "
             f"(it offers: {offered}); choose a version that offers a SafeTensor file",
             code="model_invalid",
         )
-    chosen = next((f for f in safe if f.get("primary")), safe[0])
-    url = chosen.get("downloadUrl") or req.download_url
-    sha = (chosen.get("hashes") or {}).get("SHA256")
+    chosen_file = next((f for f in safe if f.get("primary")), safe[0])
+    url = chosen_file.get("downloadUrl") or version.get("downloadUrl") or req.download_url
+    if not isinstance(url, str) or not url:
+        raise ParamsError(f"CivitAI lists no download for model version {taken.version_id}; "
+                          "check the model's page", code="import_not_found")
+    sha = (chosen_file.get("hashes") or {}).get("SHA256")
     return {
-        "url": str(url),
-        "filename": str(chosen.get("name") or f"civitai-{version.get('id', 'lora')}"),
+        "url": url,
+        "filename": str(chosen_file.get("name") or f"civitai-{taken.version_id}"),
         "sha256": sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
         "trigger_words": lora_meta.clean_words(version.get("trainedWords")),
-        "source": {"kind": "civitai", "url": req.url, "model_id": version.get("modelId"),
-                   "version_id": version.get("id")},
+        "version": taken,
+        "source": {"kind": "civitai", "url": req.url, "model_id": taken.model_id,
+                   "version_id": taken.version_id, "version_name": taken.name,
+                   "base_model": taken.base_model, "chosen": chosen},
     }
+
+
+def _newest_version(model: dict[str, Any]) -> dict[str, Any]:
+    """The first published entry of a CivitAI model's ``modelVersions`` (newest first)."""
+    versions = [v for v in model.get("modelVersions") or [] if isinstance(v, dict)
+                and isinstance(v.get("id"), int) and v.get("status", "Published") == "Published"]
+    if not versions:
+        raise ParamsError(f"CivitAI model {model.get('id', '?')} has no published version to "
+                          "import", code="import_not_found")
+    return versions[0]
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise BackendUnavailable("CivitAI answered with model-version JSON that has no version id; "
+                             "try again later", code="import_source_unavailable", retryable=True)
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return (value.strip()[:limit] or None) if isinstance(value, str) else None
 
 
 def _is_safetensors(entry: dict[str, Any]) -> bool:
@@ -158,32 +200,24 @@ def _is_safetensors(entry: dict[str, Any]) -> bool:
 
 
 def _hf_file(req: ImportModelRequest) -> dict[str, Any]:
+    if req.download_url is None:
+        raise ParamsError("a Hugging Face import needs the file's download_url",
+                          code="invalid_params")
     path = urlsplit(req.download_url).path
     return {"url": req.download_url, "filename": path.rsplit("/", 1)[-1], "sha256": None,
             "trigger_words": [], "source": {"kind": "huggingface", "url": req.url}}
-
-
-def _sweep_stale(folder: Path) -> None:
-    """Remove temp files of imports that were killed mid-download (a cancelled RunPod job, a
-    worker that went away); no import runs for a day (RunPod's execution timeout)."""
-    cutoff = time.time() - STALE_TEMP_S
-    for path in folder.iterdir():
-        try:
-            if is_temp_name(path.name) and path.stat().st_mtime < cutoff:
-                path.unlink()
-                log.info("removed %s, left by an interrupted import", path.name)
-        except OSError:
-            continue  # another worker on the volume got there first
 
 
 # ---- download --------------------------------------------------------------------------------
 
 
 def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
-              report: Report) -> tuple[int, str]:
-    """Stream ``url`` into ``tmp``; returns ``(size, sha256)``."""
+              version: CivitaiVersion | None, report: Report) -> tuple[int, str]:
+    """Stream ``url`` into ``tmp``; returns ``(size, sha256)``. A cancel stops it between
+    chunks."""
     digest = hashlib.sha256()
     done, last = 0, 0.0
+    report(ImportProgress(stage="downloading", name=name, version=version).model_dump())
     with fetch.stream(url) as resp:
         total = _content_length(resp)
         if total is not None and total > limit:
@@ -191,6 +225,7 @@ def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
         head = b""
         with tmp.open("wb") as out:
             for chunk in resp.iter_bytes():  # as it arrives: progress stays live
+                cancel.check(f"the import of {name}")
                 if len(head) < 9:
                     head += chunk[: 9 - len(head)]
                     if len(head) >= 9:
@@ -204,7 +239,8 @@ def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
                 if now - last >= PROGRESS_EVERY_S:
                     last = now
                     report(ImportProgress(stage="downloading", bytes_done=done,
-                                          bytes_total=total, name=name).model_dump())
+                                          bytes_total=total, name=name,
+                                          version=version).model_dump())
     if total is not None and done != total:
         raise BackendUnavailable(f"the download of {name} stopped at {done} of {total} bytes; "
                                  "import it again", code="import_source_unavailable")
@@ -246,6 +282,8 @@ def _check(tmp: Path, digest: str, expected: str | None, name: str) -> None:
     except ParamsError as exc:
         raise ParamsError(f"{name} is not a valid safetensors file (truncated or corrupt); "
                           "it was not kept", code="lora_invalid") from exc
+    lora_meta.check_base_model(lora_meta.file_base_model(lora_meta.read_metadata(tmp)),
+                               f"{name} (so its own metadata says; it was not kept)")
     if expected is not None and digest != expected:
         raise ParamsError(f"{name} does not match the sha256 CivitAI lists for it; it was not "
                           "kept; import it again", code="lora_checksum")
@@ -275,7 +313,7 @@ class _Fetcher:
                 self.tokens[self.site_origin] = ("CivitAI", civitai)
         else:
             self.site = "Hugging Face"
-            self.site_origin = origin(req.download_url)
+            self.site_origin = origin(req.download_url or "")
             if hf:
                 self.tokens[self.site_origin] = ("Hugging Face", hf)
 

@@ -12,6 +12,12 @@ Two sources, first wins for trigger words:
 
 Headers are read once per (path, size, mtime) and cached; files whose header is over
 :data:`MAX_LIST_HEADER` are not read for the list.
+
+Also the one rule of which LoRAs this worker can use (:func:`check_base_model`): the pipeline
+is SDXL, so a LoRA trained for another base model (SD 1.5, SD 2.x, SD 3, Flux, ...) is refused,
+whether CivitAI's ``baseModel`` says so before the download or the file's own metadata
+(``modelspec.architecture``, kohya's ``ss_base_model_version``) says so once it is here. A base
+model named by neither, or one this rule does not know, is let through.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import struct
 import threading
 from collections import Counter
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.atomic import atomic_write
+from service.core.errors import ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +145,36 @@ def trigger_words_from_metadata(meta: dict[str, str]) -> list[str]:
                 counts[tag.strip()] += n
     ranked = sorted((t for t in counts if t), key=lambda t: (-counts[t], t))
     return clean_words(ranked[:MAX_TAG_WORDS])
+
+
+# ---- which base model a LoRA was made for ---------------------------------------------------
+
+# SDXL and the models fine-tuned from it (CivitAI baseModel names, modelspec architectures,
+# kohya's ss_base_model_version values)
+_SDXL_FAMILY = re.compile(r"sdxl|stable-diffusion-xl|\bpony|illustrious|noob ?ai", re.I)
+# clearly something else: SD 1.x / 2.x / 3.x, Flux and the other non-SDXL architectures
+_OTHER_FAMILY = re.compile(
+    r"^(sd|stable[ -]diffusion)[ _-]?v?[123](?![0-9])|stable-diffusion-(v[12]|3)|flux|"
+    r"cascade|^svd|hunyuan|pixart|kolors|aura ?flow|lumina|\bwan\b|ltxv|mochi|cogvideo|"
+    r"hidream|qwen|chroma", re.I)
+
+
+def file_base_model(meta: dict[str, str]) -> str | None:
+    """The base model a safetensors file's own metadata names, if any."""
+    for key in ("modelspec.architecture", "ss_base_model_version"):
+        value = meta.get(key, "").strip()
+        if value:
+            return value
+    return None
+
+
+def check_base_model(base_model: str | None, what: str) -> None:
+    """Refuse (``lora_incompatible``) a LoRA made for a base model that is clearly not SDXL."""
+    label = (base_model or "").strip()
+    if not label or _SDXL_FAMILY.search(label) or not _OTHER_FAMILY.search(label):
+        return
+    raise ParamsError(
+        f"{what} is made for {label}, not SDXL; the upscale worker runs SDXL, so it cannot use "
+        "it: choose a version made for SDXL (SDXL 1.0, Pony, Illustrious, NoobAI)",
+        code="lora_incompatible",
+    )

@@ -8,9 +8,14 @@ length, then a JSON header whose tensor offsets fit the file) and stay under
 the folder (with a ``.partial.json`` note of the chunk sizes so far: chunks must arrive in
 order, a resent chunk replaces its earlier copy) and only renamed into place (``os.replace``) once the last chunk arrived and the
 file checked out, so a failed upload never leaves a half-written LoRA behind. Nothing is ever
-written outside the folder. Each LoRA may have a ``<name>.meta.json`` sidecar (its sha256 and
-trigger words, :mod:`workers.upscale.lora_meta`); imports by URL are
-:mod:`workers.upscale.lora_import`.
+written outside the folder. Each LoRA gets a ``<name>.meta.json`` sidecar when it arrives (its
+sha256, computed here for every upload, whichever backend sent it; for imports also trigger
+words and where it came from: :mod:`workers.upscale.lora_meta`), and :func:`info` is the one
+description of a stored LoRA (the list, a finished upload and a finished import all answer
+with it). Imports by URL are :mod:`workers.upscale.lora_import`. Leftovers of uploads and
+imports that never finished (a ``.partial`` whose sender went away, an import's temp file
+after a cancelled or killed job) are removed by :func:`sweep_stale` once
+:data:`STALE_S` old, whenever an upload or an import starts.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import re
 import struct
+import time
 from pathlib import Path
 
+from service.core.atomic import is_temp_name
 from service.core.contracts import (
     DeleteModelResponse,
     ListModelsResponse,
@@ -35,12 +43,17 @@ from service.core.errors import NotFound, ParamsError, PathError
 from service.core.params import LORA_NAME_MAX, LORA_NAME_PATTERN
 from workers.upscale import lora_meta
 
+log = logging.getLogger(__name__)
 DEFAULT_LORA_DIR = "/runpod-volume/models/loras"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 SUFFIX = ".safetensors"
 _SAFE_NAME = re.compile(LORA_NAME_PATTERN)
 _MAX_HEADER = 100 * 1024 * 1024
 _REFUSED_EXT = {"ckpt", "pt", "pth", "bin", "pkl", "pickle", "zip", "gguf"}
+# A leftover this old belongs to an upload or import that will never finish: no import runs
+# longer than a day (RunPod's execution timeout) and the chunks of one upload follow each other.
+STALE_S = 24 * 3600.0
+PARTIAL_SUFFIX = ".partial"
 
 
 def lora_dir() -> Path:
@@ -101,17 +114,43 @@ def resolve(name: str, folder: Path | None = None) -> Path:
     return path
 
 
+def info(path: Path) -> ModelInfo:
+    """What is known about the stored LoRA at ``path``: name, size, sha256, trigger words."""
+    sha256, words = lora_meta.describe(path)
+    return ModelInfo(name=path.name, size_bytes=path.stat().st_size, sha256=sha256,
+                     trigger_words=words)
+
+
 def list_models(folder: Path | None = None) -> ListModelsResponse:
     folder = folder or lora_dir()
     if not folder.is_dir():
         return ListModelsResponse(models=[])
-    models = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name.endswith(SUFFIX) and not p.name.startswith("."):
-            sha256, words = lora_meta.describe(p)
-            models.append(ModelInfo(name=p.name, size_bytes=p.stat().st_size, sha256=sha256,
-                                    trigger_words=words))
-    return ListModelsResponse(models=models)
+    return ListModelsResponse(models=[
+        info(p) for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(SUFFIX) and not p.name.startswith(".")])
+
+
+def _leftover(name: str) -> bool:
+    """An import's temp file, or an upload's ``.partial`` / ``.partial.json``."""
+    return is_temp_name(name) or (name.startswith(".") and (
+        name.endswith(PARTIAL_SUFFIX) or name.endswith(PARTIAL_SUFFIX + ".json")))
+
+
+def sweep_stale(folder: Path, now: float | None = None) -> int:
+    """Remove leftovers (see :func:`_leftover`) untouched for :data:`STALE_S`; returns how
+    many. Safe with other workers on the volume: what they are writing is fresh."""
+    cutoff = (time.time() if now is None else now) - STALE_S
+    removed = 0
+    for path in folder.iterdir() if folder.is_dir() else []:
+        try:
+            if _leftover(path.name) and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+                log.info("removed %s, left by an upload or import that never finished",
+                         path.name)
+        except OSError:
+            continue  # another worker on the volume got there first
+    return removed
 
 
 def check_safetensors(path: Path) -> None:
@@ -160,8 +199,10 @@ def upload(req: UploadModelRequest, folder: Path | None = None) -> UploadModelRe
     except (binascii.Error, ValueError) as exc:
         raise ParamsError("file_b64 is not valid base64; re-encode the file", code="invalid_params") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}.partial"
-    state = folder / f".{name}.partial.json"
+    if req.chunk_index == 0:
+        sweep_stale(folder)
+    partial = folder / f".{name}{PARTIAL_SUFFIX}"
+    state = folder / f".{name}{PARTIAL_SUFFIX}.json"
     sizes = _received(req, name, partial, state)
     current = sum(sizes)
     if current + len(data) > max_bytes():
@@ -212,23 +253,27 @@ def _discard(partial: Path, state: Path) -> None:
 
 
 def _finish(partial: Path, final: Path, sha256: str | None) -> UploadModelResponse:
+    """Check the whole file, record its facts (the sidecar: its own sha256, whether or not the
+    sender sent one to compare with) and move it into place."""
     try:
         check_safetensors(partial)
-        if sha256 is not None and _sha256(partial) != sha256:
+        lora_meta.check_base_model(lora_meta.file_base_model(lora_meta.read_metadata(partial)),
+                                   f"LoRA {final.name} (so its own metadata says)")
+        digest = _sha256(partial)
+        if sha256 is not None and digest != sha256:
             raise ParamsError(
                 f"LoRA {final.name} does not match the sha256 sent with it; upload it again",
                 code="lora_checksum",
             )
         with partial.open("rb") as fh:
             os.fsync(fh.fileno())
-        if sha256 is not None:
-            lora_meta.write_sidecar(final, size_bytes=partial.stat().st_size, sha256=sha256)
-        else:  # what an earlier file of this name had is not this file's
-            lora_meta.remove_sidecar(final)
+        lora_meta.write_sidecar(final, size_bytes=partial.stat().st_size, sha256=digest)
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
-    return UploadModelResponse(status="complete", name=final.name, size_bytes=final.stat().st_size)
+    model = info(final)
+    return UploadModelResponse(status="complete", name=model.name, size_bytes=model.size_bytes,
+                               model=model)
 
 
 def delete(name: str, folder: Path | None = None) -> DeleteModelResponse:

@@ -325,7 +325,7 @@ class RunPodBackend:
             out, _ = await self._call("upscale", req, label, attempts=1)
             resp = _parse(UploadModelResponse, out, label)
         assert resp is not None
-        return ModelInfo(name=resp.name, size_bytes=resp.size_bytes, sha256=digest)
+        return resp.model or ModelInfo(name=resp.name, size_bytes=resp.size_bytes, sha256=digest)
 
     async def delete_model(self, name: str) -> None:
         out, _ = await self._call("upscale", DeleteModelRequest(name=name), f"delete {name}")
@@ -360,11 +360,19 @@ class RunPodBackend:
             except ValidationError:
                 progress = None
             return RemoteImport("queued" if status == "IN_QUEUE" else "running", progress)
+        if status == "CANCELLED":
+            return RemoteImport("canceled")
         try:
             out = outcome(body)
         except AatError as exc:
             return RemoteImport("failed", error=exc)
-        return RemoteImport("done", model=_parse(ImportModelResponse, out, "LoRA import").model)
+        done = _parse(ImportModelResponse, out, "LoRA import")
+        return RemoteImport("done", model=done.model, version=done.version)
+
+    async def cancel_import(self, remote_id: str) -> None:
+        """``/cancel`` the import's RunPod job: the worker stops between chunks and removes
+        its temp file (:mod:`workers.common.cancel`)."""
+        await self._client("upscale").cancel(remote_id)
 
     async def health(self) -> dict[str, Any]:
         endpoints = {}
