@@ -18,13 +18,17 @@ Models: 10 (versions 109 draft, 108, 101), 20 (201), 30 (only the draft 109).
 Hugging Face also has ``flux_lora.safetensors``, whose own metadata says it is a Flux LoRA.
 Every request is recorded (server, path, whether an ``Authorization`` header came along), and
 every download of the slow file (:attr:`StandIn.slow_downloads`: bytes sent, whether it ran to
-its end).
+its end or the client went away). With ``hold_after`` set, the slow file stops after that many
+bytes and waits, watching its connection, until :meth:`StandIn.release` (or the client
+closes it): a cancel test can then never lose the race against the end of the download.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import select
+import socket
 import struct
 import threading
 import time
@@ -67,6 +71,7 @@ class StandIn:
 
     slow_bytes: int = 3 * 1024 * 1024
     slow_seconds: float = 2.0
+    hold_after: int | None = None  # the slow file waits after this many bytes until release()
     files: dict[str, bytes] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     slow_downloads: list[SlowDownload] = field(default_factory=list)
@@ -87,11 +92,17 @@ class StandIn:
             "flux_lora.safetensors": safetensors_bytes(
                 768, {"modelspec.architecture": "flux-1-dev/lora"}),
         })
+        self._released = threading.Event()
         self._site = self._serve("site")
         self._storage = self._serve("storage")
         return self
 
+    def release(self) -> None:
+        """Let held downloads of the slow file go on."""
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
         for server in (self._site, self._storage):
             server.shutdown()
             server.server_close()
@@ -227,6 +238,10 @@ class StandIn:
         self.slow_downloads.append(record)
         try:
             for i in range(0, len(data), step):
+                held = self.hold_after is not None and record.sent >= self.hold_after
+                if held and self._hold(h):
+                    record.cut = True
+                    return
                 h.wfile.write(data[i:i + step])
                 h.wfile.flush()
                 record.sent += len(data[i:i + step])
@@ -234,6 +249,18 @@ class StandIn:
             record.finished = True
         except (BrokenPipeError, ConnectionResetError):
             record.cut = True
+
+    def _hold(self, h: BaseHTTPRequestHandler) -> bool:
+        """Wait until released; True when the client closed the connection meanwhile."""
+        while not self._released.is_set():
+            readable, _, _ = select.select([h.connection], [], [], 0.02)
+            if readable:
+                try:
+                    if h.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+        return False
 
 
 def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:

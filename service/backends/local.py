@@ -75,7 +75,7 @@ class LocalBackend:
         self._pending: dict[int, tuple[RefineOptions, list[tuple[Any, asyncio.Future[Any]]]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._imports: dict[str, RemoteImport] = {}  # LoRA imports by URL, by id
-        self._import_stops: dict[str, threading.Event] = {}
+        self._import_stops: dict[str, Any] = {}  # id -> workers.common.cancel.StopFlag
         self._import_tasks: dict[str, asyncio.Future[None]] = {}
         self.weights_dir = s.local_weights_dir or s.data_dir / "weights"
         self.lora_dir = lora_dir or s.local_lora_dir or s.data_dir / "loras"
@@ -249,7 +249,7 @@ class LocalBackend:
 
         import_id = secrets.token_hex(8)
         state = self._imports[import_id] = RemoteImport("running")
-        stop = self._import_stops[import_id] = threading.Event()
+        stop = self._import_stops[import_id] = cancel.StopFlag()
 
         def report(value: Any) -> None:
             state.progress = ImportProgress.model_validate(value)

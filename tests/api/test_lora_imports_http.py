@@ -341,6 +341,7 @@ def test_a_running_import_is_canceled_over_http_and_leaves_nothing_on_the_volume
 
     volume = tmp_path / "volume"
     monkeypatch.setenv("AAT_LORA_DIR", str(volume))
+    standin.hold_after = 64 * 1024  # the download cannot end before the cancel arrives
     emulator = runpod_emulator(workers=1, handler=handler, endpoints=("upscale",))
     server = live_server(runpod_settings(
         emulator, runpod_caption_endpoint_id=None, civitai_base_url=standin.site + "/civitai",
@@ -358,12 +359,25 @@ def test_a_running_import_is_canceled_over_http_and_leaves_nothing_on_the_volume
             time.sleep(0.05)
         assert list(volume.iterdir()) == [], "a canceled import left something on the volume"
         [download] = standin.slow_downloads
-        assert not download.finished, "the worker kept downloading after the cancel"
+        while not download.cut:  # the worker closed the connection: it stopped downloading
+            assert time.monotonic() < deadline, download
+            time.sleep(0.02)
         assert http.get("/v1/models").json()["models"] == []
         again = http.post(f"{IMPORTS}/{item['id']}/cancel")  # ended: unchanged, 200
         assert (again.status_code, again.json()["state"]) == (200, "canceled")
         assert http.get(f"{IMPORTS}/{item['id']}").json()["state"] == "canceled"
         assert http.post(f"{IMPORTS}/{'f' * 32}/cancel").status_code == 404
+
+        # canceled on RunPod's side (its console, another client): the import says so
+        other = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/models/10/slow?"
+                                                "modelVersionId=104"}).json()
+        assert downloading(follow(http, other["id"], until=downloading)[-1])
+        [job_id] = [json.loads(p.read_text())["remote_id"]
+                    for p in (tmp_path / "data" / "imports").glob(f"{other['id']}.json")]
+        httpx.post(f"{emulator.url}/upscale/cancel/{job_id}",
+                   headers={"authorization": f"Bearer {emulator.api_key}"}).raise_for_status()
+        assert follow(http, other["id"])[-1]["state"] == "canceled"
+        assert list(volume.iterdir()) == []
 
 
 def test_the_local_backend_cancels_an_import_and_records_uploads_like_the_worker(
@@ -390,6 +404,7 @@ def test_the_local_backend_cancels_an_import_and_records_uploads_like_the_worker
     remote = live_server(runpod_settings(
         runpod_emulator(workers=1, handler=handler, endpoints=("upscale",)),
         runpod_caption_endpoint_id=None))
+    standin.hold_after = 64 * 1024
     with local.client() as http:
         item = http.post(IMPORTS, json={"url": f"{standin.site}/civitai/api/download/models/104"}
                          ).json()
@@ -397,6 +412,7 @@ def test_the_local_backend_cancels_an_import_and_records_uploads_like_the_worker
         canceled = http.post(f"{IMPORTS}/{item['id']}/cancel")
         assert (canceled.status_code, canceled.json()["state"]) == (202, "canceled")
         assert list(local_dir.iterdir()) == []  # the local cancel waits for the cleanup
+        assert standin.slow_downloads[-1].cut
 
     data = safetensors_bytes(2048, {"modelspec.trigger_phrase": "grainy"})
     answers, lists = [], []

@@ -4,10 +4,12 @@ runpod-python cancels a running job by cancelling its handler's asyncio task (th
 stop-signal poll): an ``async def`` handler gets ``CancelledError`` at its next ``await``, a
 sync handler never notices and runs to its end. So a worker's RunPod handler is
 ``cancellable(run)``: the blocking action runs in a thread and, when the task is cancelled,
-the job's stop flag is set. An action that can stop early calls :func:`check` at safe points
-(the LoRA import between chunks and before its file is renamed into place): it raises
+the job's :class:`StopFlag` is set. An action that can stop early calls :func:`check` at safe
+points (the LoRA import between chunks and before its file is renamed into place): it raises
 :class:`Canceled`, the action removes what it had begun, and the handler, having waited for
-that (at most :data:`CLEANUP_S`), re-raises, so the job ends CANCELLED. Actions that never
+that (at most :data:`CLEANUP_S`), re-raises, so the job ends CANCELLED. A wait that would not
+reach a check soon (a download whose server has gone quiet) is cut short by a hook the action
+registers with :func:`interrupting` (the import shuts its socket down). Actions that never
 check (a tile refine) finish as before; their result is dropped.
 
 Outside RunPod (the local backend runs the worker's code in its own process) the caller holds
@@ -29,9 +31,47 @@ from service.core.errors import AatError
 log = logging.getLogger(__name__)
 
 CLEANUP_S = 30.0  # how long a cancelled handler waits for its action to clean up
-_flag: ContextVar[threading.Event | None] = ContextVar("aat_cancel_flag", default=None)
-
 Job = dict[str, Any]
+
+
+class StopFlag:
+    """Set once when the job is told to stop; hooks registered meanwhile run at that moment."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._hooks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            _run_hook(hook)
+
+    def add_hook(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._hooks.append(hook)
+                return
+        _run_hook(hook)  # already stopping
+
+    def remove_hook(self, hook: Callable[[], None]) -> None:
+        with self._lock, suppress(ValueError):
+            self._hooks.remove(hook)
+
+
+def _run_hook(hook: Callable[[], None]) -> None:
+    try:
+        hook()
+    except Exception:  # an interruption is best effort; the next check still stops the job
+        log.warning("a cancel hook failed", exc_info=True)
+
+
+_flag: ContextVar[StopFlag | None] = ContextVar("aat_cancel_flag", default=None)
 
 
 class Canceled(AatError):
@@ -53,7 +93,7 @@ def check(what: str) -> None:
 
 
 @contextmanager
-def watching(flag: threading.Event) -> Iterator[None]:
+def watching(flag: StopFlag) -> Iterator[None]:
     """Inside this block, :func:`check` answers to ``flag``."""
     token = _flag.set(flag)
     try:
@@ -62,11 +102,26 @@ def watching(flag: threading.Event) -> Iterator[None]:
         _flag.reset(token)
 
 
+@contextmanager
+def interrupting(hook: Callable[[], None]) -> Iterator[None]:
+    """Run ``hook`` if the current job is told to stop inside this block (from the thread that
+    tells it): for a wait that would not reach a :func:`check` soon."""
+    flag = _flag.get()
+    if flag is None:
+        yield
+        return
+    flag.add_hook(hook)
+    try:
+        yield
+    finally:
+        flag.remove_hook(hook)
+
+
 def cancellable(run: Callable[[Job], Job]) -> Callable[[Job], Awaitable[Job]]:
     """``run`` as an ``async`` RunPod handler that a cancel stops (see the module docstring)."""
 
     async def handler(job: Job) -> Job:
-        flag = threading.Event()
+        flag = StopFlag()
 
         def work() -> Job:
             with watching(flag):

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -217,8 +218,7 @@ def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
     chunks."""
     digest = hashlib.sha256()
     done, last = 0, 0.0
-    report(ImportProgress(stage="downloading", name=name, version=version).model_dump())
-    with fetch.stream(url) as resp:
+    with fetch.stream(url) as resp, cancel.interrupting(lambda: _shut(resp)):
         total = _content_length(resp)
         if total is not None and total > limit:
             raise _too_large(name, total, limit)
@@ -241,10 +241,19 @@ def _download(fetch: _Fetcher, url: str, tmp: Path, limit: int, name: str,
                     report(ImportProgress(stage="downloading", bytes_done=done,
                                           bytes_total=total, name=name,
                                           version=version).model_dump())
+    cancel.check(f"the import of {name}")  # its socket was shut: the download was cut
     if total is not None and done != total:
         raise BackendUnavailable(f"the download of {name} stopped at {done} of {total} bytes; "
                                  "import it again", code="import_source_unavailable")
     return done, digest.hexdigest()
+
+
+def _shut(resp: httpx.Response) -> None:
+    """Wake a read that waits on a quiet server (a cancel arrived): shut the socket down."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _content_length(resp: httpx.Response) -> int | None:
@@ -364,6 +373,7 @@ class _Fetcher:
                     raise self._refused(resp.status_code, url)
                 yield resp
             except httpx.HTTPError as exc:
+                cancel.check(f"the download from {_host(url)}")  # it broke off: it was cut
                 raise BackendUnavailable(
                     f"the download from {_host(url)} broke off ({type(exc).__name__}); "
                     "import it again", code="import_source_unavailable", retryable=True,
