@@ -275,6 +275,8 @@ class LocalBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._import_tasks[import_id] = task
+        task.add_done_callback(lambda _: (self._import_stops.pop(import_id, None),
+                                          self._import_tasks.pop(import_id, None)))
         return import_id
 
     async def cancel_import(self, remote_id: str) -> None:
@@ -285,7 +287,7 @@ class LocalBackend:
         if stop is None or task is None:
             return
         stop.set()
-        with contextlib.suppress(TimeoutError):  # a read that hangs: it cleans up when it ends
+        with contextlib.suppress(TimeoutError):  # bounded; it cleans up whenever it ends
             await asyncio.wait_for(asyncio.shield(task), cancel.CLEANUP_S)
 
     async def import_status(self, remote_id: str) -> RemoteImport:
