@@ -426,3 +426,41 @@ def test_the_local_backend_cancels_an_import_and_records_uploads_like_the_worker
                 "sha256": hashlib.sha256(data).hexdigest(), "trigger_words": ["grainy"]}
     assert answers == [expected, expected]
     assert lists == [[expected], [expected]]
+
+
+def test_ctrl_c_on_aat_models_import_cancels_the_import(
+        service: Any, standin: StandIn, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    standin.hold_after = 64 * 1024  # the download waits until the cancel
+    server = service()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
+    env.update(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
+               AAT_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "models", "import",
+         f"{standin.site}/civitai/api/download/models/104"],
+        cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the follower's lines, as they come
+            if line.startswith("downloading: big_slow.safetensors"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "canceled the import of big_slow.safetensors; nothing was kept" in err
+    with server.client() as http:
+        [item] = http.get(IMPORTS).json()["imports"]
+        assert item["state"] == "canceled"
+        deadline = time.monotonic() + 30
+        while not standin.slow_downloads[-1].cut:  # the worker let go of the download
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert http.get("/v1/models").json()["models"] == []
+    assert not any((tmp_path / "volume").iterdir())
