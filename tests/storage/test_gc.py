@@ -67,3 +67,35 @@ def test_gc_deletes_only_old_finished_artifacts(job_settings: Any, tmp_path: Pat
         raise AssertionError("the old result should be gone")
     except NotFound as exc:
         assert "garbage-collected" in exc.message
+
+
+def test_gc_keeps_a_cached_results_accounting_exactly_as_long_as_the_result(
+        job_settings: Any) -> None:
+    """Beside each cached tile or frame lies what the call that made it cost (a re-claimed job
+    counts it from there): it stays while its result stays and goes with it, whatever its age."""
+    import numpy as np
+
+    from service.backends.base import CallAccounting
+    from service.pipeline.refine import keep_spent, spent_key, spent_on
+    from service.storage.gc import collect_garbage
+    from service.storage.records import NewTile
+
+    svc = build_job_service(job_settings())
+    params = UpscaleParams(scale=2, tile_size=64, overlap=8, upscaler="lanczos", seed=1)
+    job, _ = svc.submit(_png(40), filename="kept.png", params=params)  # queued: still in use
+    kept, dropped = "a" * 64, "b" * 64
+    svc.store.put_tiles(job.id, [NewTile(0, 0, 0, 16, 16, status="refined", cache_key=kept)])
+    for key in (kept, dropped):
+        svc.artifacts.put_array(key, np.zeros((4, 4, 3), np.uint8))
+        keep_spent(svc.artifacts, key, CallAccounting(remote_job_ids=[f"rp-{key[0]}"],
+                                                      execution_ms=1500, cost_usd=0.01))
+    month_ago = time.time() - 30 * 86400
+    for path in svc.artifacts.files():
+        os.utime(path, (month_ago, month_ago))
+    report = collect_garbage(svc.store, svc.artifacts, days=7)
+    assert report.files == 2  # the unused result and its accounting
+    assert svc.artifacts.get_array(kept) is not None
+    assert spent_on(svc.artifacts, kept) == CallAccounting(
+        remote_job_ids=["rp-a"], execution_ms=1500, cost_usd=0.01)
+    assert svc.artifacts.get_array(dropped) is None
+    assert svc.artifacts.get_text(spent_key(dropped)) is None
