@@ -27,7 +27,6 @@ the source with :func:`~service.storage.game_repo.deliver_set`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Collection, Iterable
@@ -46,7 +45,6 @@ from service.core.naming import animation_results, animation_tag
 from service.pipeline import animate as pipe
 from service.pipeline.refine import keep_spent, spent_on
 from service.settings import Settings
-from service.storage.artifacts import ArtifactStore
 from service.storage.game_repo import deliver_set
 from service.storage.records import JobRecord, NewTile, StageCount, TileRecord
 
@@ -72,28 +70,14 @@ def frame_requests(settings: Settings, input_sha256: str, params: AnimateParams,
                    frames: Iterable[NewTile | TileRecord]) -> dict[int, tuple[str, int]]:
     """Frame -> (its ``frame_key``, its seed): what each frame row asks the edit model for (the
     user's prompt, else the motion's; the seed of its rerun count), keyed as its cell is
-    cached. The runner and a rerun's kept frames (:func:`kept_frames`) both ask here."""
+    cached. The runner and a rerun's kept frames (``service.jobs.service.kept_rows``) both
+    ask here."""
     backend, side = edit_backend_kind(settings), settings.animate_edit_side
     out = {}
     for t in frames:
         seed = frame_seed(params.seed, t.idx, t.rerun)
         out[t.idx] = (pipe.frame_key(input_sha256, params, t.idx, t.prompt or t.caption or "",
                                      seed, backend, side), seed)
-    return out
-
-
-def kept_frames(settings: Settings, artifacts: ArtifactStore, input_sha256: str,
-                params: AnimateParams, plan: list[NewTile]) -> list[NewTile]:
-    """A rerun's frame rows: each frame whose cell the runner will take from the cache (same
-    request, cell present) is written done, with its seed and key, from the moment the rerun
-    exists, so it never shows queued; the others (chosen, or with a new prompt) are pending."""
-    requests = frame_requests(settings, input_sha256, params, plan)
-    out = []
-    for t in plan:
-        key, seed = requests[t.idx]
-        if artifacts.find("refined", key) is not None:
-            t = dataclasses.replace(t, status="refined", seed=seed, cache_key=key)
-        out.append(t)
     return out
 
 

@@ -121,7 +121,10 @@ class JobRun:
         self.ctx.store.mutate(self.job_id, fn, owner=self.owner)
 
     def tile_started(self, stage: str, index: int) -> None:
-        """Show the tile as captioning/refining and wake the job's event streams."""
+        """Show the tile as captioning/refining and wake the job's event streams (a seam-fix
+        tile has no row)."""
+        if stage == "seam_fix":
+            return
         self._tile_started[(stage, index)] = time.monotonic()
         self.tile(index, status="captioning" if stage == "caption" else "refining")
         self.ctx.store.mutate(self.job_id, lambda _row: {}, owner=self.owner)

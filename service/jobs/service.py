@@ -9,10 +9,12 @@ embedded executor), which runs ``service.jobs.orchestrator.run_job``.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
 from service.core.naming import ANIMATION_SUFFIXES, animation_results, animation_tag
 from service.core.params import UpscaleParams
-from service.jobs.animation import frame_plan, kept_frames
+from service.jobs.animation import frame_plan, frame_requests
 from service.jobs.executor import Executor
 from service.jobs.intake import probe_image
 from service.jobs.view import to_public
@@ -31,7 +33,7 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
-from service.storage.records import JobRecord, NewJob, NewTile, TileRecord
+from service.storage.records import JobRecord, NewJob, NewTile, TileRecord, TileStatus
 from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
@@ -299,11 +301,17 @@ class JobService:
             if not plan:  # a job that failed before it wrote its frames: plan them here
                 new_plan = frame_plan(params, (row.input_width, row.input_height),
                                       rerun=chosen)
-            # kept frames are done from the start (their cells are in the cache): they never
-            # show queued, then done, while the chosen ones are made again
-            new_plan = kept_frames(self.settings, self.artifacts, row.input_sha256, params,
-                                   new_plan)
-        return self._rerun_new(row, new_plan)
+            # a kept frame is written refined (done), as the runner writes every frame it has
+            requests = frame_requests(self.settings, row.input_sha256, params, new_plan)
+            kept: TileStatus = "refined"
+        else:
+            # a tile not chosen asks for what it was refined with (same pixels, options and
+            # seed; its prompt unless edited since): the runner takes it from the cache, cached
+            requests = {t.idx: (t.cache_key, t.seed) for t in plan
+                        if t.idx not in chosen and t.status in ("refined", "cached")
+                        and t.cache_key and t.seed is not None}
+            kept = "cached"
+        return self._rerun_new(row, kept_rows(self.artifacts, new_plan, requests, kept))
 
     def retry(self, job_id: str, *, idempotency_key: str | None = None
               ) -> tuple[JobPublic, bool]:
@@ -338,13 +346,13 @@ class JobService:
                            idempotency_key=idempotency_key, decided=params)
 
     def _rerun_new(self, row: JobRecord, plan: builtins.list[NewTile]) -> JobPublic:
-        """The re-run job of ``row`` with tile rows ``plan``, queued."""
+        """The re-run job of ``row`` with tile rows ``plan``, queued (job and rows are written
+        together: a runner never finds the job without its rows)."""
         new_row, _ = self.store.insert(NewJob(
             id=new_job_id(), filename=row.filename, input_sha256=row.input_sha256,
             input_ext=row.input_ext, input_width=row.input_width, input_height=row.input_height,
             input_format=row.input_format, params=row.params, seed=row.seed, target=row.target,
-            backend=row.backend, queue=self.executor.queue, kind=row.kind))
-        self.store.put_tiles(new_row.id, plan)
+            backend=row.backend, queue=self.executor.queue, kind=row.kind), plan)
         self._dispatch(new_row.id)
         return to_public(new_row)
 
@@ -359,6 +367,23 @@ class JobService:
 
     def ready(self) -> dict[str, bool]:
         return {"store": self.store.ping(), "broker": self.executor.ready()}
+
+
+def kept_rows(artifacts: ArtifactStore, plan: builtins.list[NewTile],
+              requests: Mapping[int, tuple[str, int]], status: TileStatus
+              ) -> builtins.list[NewTile]:
+    """A rerun's tile or frame rows: each one whose result the runner will take from the cache
+    (its request, ``requests[idx]`` = (cache key, seed), is cached) is written in its final
+    ``status`` with that seed and key from the moment the rerun exists, so its state never
+    moves (the studio showed kept tiles and frames queued, then done); the others (chosen, a
+    frame given a new prompt) are pending."""
+    out = []
+    for t in plan:
+        key, seed = requests.get(t.idx, (None, None))
+        if key is not None and artifacts.find("refined", key) is not None:
+            t = dataclasses.replace(t, status=status, seed=seed, cache_key=key)
+        out.append(t)
+    return out
 
 
 def _tile_view(t: TileRecord) -> dict[str, Any]:

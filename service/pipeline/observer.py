@@ -45,7 +45,8 @@ class PipelineObserver(Protocol):
         ...
 
     def tile_started(self, stage: str, index: int) -> None:
-        """Tile ``index`` starts ``stage`` (``caption`` or ``refine``): for live displays."""
+        """Tile ``index`` starts ``stage`` (``caption``, ``refine`` or ``seam_fix``; a tile
+        taken from the cache never starts): for live displays."""
         ...
 
     def captioned(self, index: int, caption: str, cost: CallAccounting | None) -> None:

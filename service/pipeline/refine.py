@@ -208,7 +208,8 @@ async def refine_tiles(
 ) -> dict[int, np.ndarray]:
     """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
 
-    Reports to ``observer`` as ``stage``: ``submitted`` when a remote job is submitted (without
+    Reports to ``observer`` as ``stage``: ``tile_started`` for a tile not in the cache (before
+    it waits for a slot), ``submitted`` when a remote job is submitted (without
     waiting for it), ``refined`` once the tile is cached (``cost`` None for a cache hit), and
     polls ``check``. ``earlier`` holds remote jobs an interrupted attempt submitted: a tile
     whose request key still matches is picked up with ``backend.resume`` (a new job only if
@@ -243,6 +244,9 @@ async def refine_tiles(
         async def submitted(remote_id: str) -> None:  # recorded before the job is waited on
             await asyncio.to_thread(observer.submitted, stage, item.index, key, remote_id)
 
+        # only a tile that is not in the cache starts: one taken from it goes straight to
+        # refined, so a rerun's kept tile never shows refining
+        await asyncio.to_thread(observer.tile_started, stage, item.index)
         async with sem:
             if draining.is_set():
                 return

@@ -203,14 +203,12 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
         await asyncio.to_thread(observer.stage, "caption", min(len(captions), total), total)
     await asyncio.to_thread(observer.stage, "refine", 0, n, concurrent=want and not shared)
 
-    async def caption_first(item: TileWork) -> TileWork:
+    async def caption_first(item: TileWork) -> TileWork:  # refine_tiles reports its start
         if not want or item.prompt:
-            await asyncio.to_thread(observer.tile_started, "refine", item.index)
             return item
         await asyncio.to_thread(observer.tile_started, "caption", item.index)
         text = await caption_one(backend, item.index, item.image, cache, observer,
                                  earlier=memory[item.index].caption_remote)
-        await asyncio.to_thread(observer.tile_started, "refine", item.index)
         return dataclasses.replace(item, prompt=text)
 
     if shared:  # the first cell's caption for all frames, so an animation does not flicker

@@ -66,6 +66,10 @@ def _on_queue(queue: Queue | None) -> builtins.list[ColumnElement[bool]]:
     return [or_(jobs.c.queue == queue, jobs.c.queue.is_(None))]
 
 
+def _tile_rows(job_id: str, plan: builtins.list[NewTile]) -> builtins.list[dict[str, Any]]:
+    return [{"job_id": job_id, **dataclasses.asdict(t)} for t in plan]
+
+
 def _leased_to(owner: str) -> builtins.list[ColumnElement[bool]]:
     """The lease rule, the one place it is written: the job is running and ``owner`` holds it.
     Every write fenced by ``owner`` (the job row's and its tiles') lands only under it."""
@@ -192,9 +196,12 @@ class SqlJobStore:
             return [JobRecord.from_row(m) for m in conn.execute(select(jobs)).mappings()]
 
     # ---- creation ----------------------------------------------------------------------------
-    def insert(self, new: NewJob) -> tuple[JobRecord, bool]:
+    def insert(self, new: NewJob, plan: builtins.list[NewTile] | None = None
+               ) -> tuple[JobRecord, bool]:
         """Insert a new queued job, or return the existing one for the same idempotency or
-        dedupe key (``(row, False)``). A failed/canceled duplicate gives way to a new job."""
+        dedupe key (``(row, False)``). A failed/canceled duplicate gives way to a new job.
+        ``plan`` (a rerun's) is its tile rows, written in the same transaction: no
+        runner can claim the job before they exist and plan rows of its own."""
         for _ in range(3):
             existing = self._existing(new.idempotency_key, new.dedupe_key)
             if existing is not None:
@@ -208,6 +215,8 @@ class SqlJobStore:
             try:
                 with self.engine.begin() as conn:
                     conn.execute(insert(jobs).values(**row))
+                    if plan:
+                        conn.execute(insert(tiles), _tile_rows(new.id, plan))
                 return self.get(new.id), True
             except IntegrityError:
                 log.debug("concurrent insert with the same key; re-reading")
@@ -340,7 +349,7 @@ class SqlJobStore:
         """Record the tile plan once (a resumed job keeps its captions, seeds and prompts)."""
         with self.engine.begin() as conn:
             have = set(conn.execute(select(tiles.c.idx).where(tiles.c.job_id == job_id)).scalars())
-            new = [{"job_id": job_id, **dataclasses.asdict(t)} for t in plan if t.idx not in have]
+            new = _tile_rows(job_id, [t for t in plan if t.idx not in have])
             if new:
                 conn.execute(insert(tiles), new)
 

@@ -214,10 +214,11 @@ def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls
 
 def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_owner_repolls(
         job_settings: Any) -> None:
-    """A stalled runner that has not heard yet that it lost its lease sends one more tile. Its
-    tile writes are fenced like its job-row writes: the RunPod job id the new owner recorded
-    (and re-polls) stays on the tile row, the tile's state is not touched, and the RunPod job
-    whose id nobody could record is cancelled at once instead of running to be paid for."""
+    """A stalled runner that has not heard yet that it lost its lease sends one more tile (it
+    showed the tile refining while it still held the lease). Its tile writes are fenced like
+    its job-row writes: the RunPod job id the new owner recorded (and re-polls) stays on the
+    tile row, the tile's state is not touched again, and the RunPod job whose id nobody could
+    record is cancelled at once instead of running to be paid for."""
     with emulator(workers=2, latency_s=1.0) as emu:
         settings = job_settings(**runpod_settings(emu))
         svc = build_job_service(settings)  # not started: the test plays both runners
@@ -225,11 +226,17 @@ def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_ow
         store = svc.store
         store.put_tiles(job.id, [NewTile(0, 0, 0, 64, 64)])
         assert store.claim(job.id, "stalled", lease_s=60) is not None
-        stalled = JobRun(RunContext(settings, store, svc.artifacts), job.id, "stalled",
+
+        class Stalls(JobRun):
+            def tile_started(self, stage: str, index: int) -> None:
+                super().tile_started(stage, index)
+                # then the job changed hands; the new owner recorded the RunPod job it
+                # re-polls for tile 0
+                store.mutate(job.id, lambda _row: {"owner": "new-owner"})
+                store.update_tile(job.id, 0, remote_job_id="rp-of-new-owner", cache_key="k0")
+
+        stalled = Stalls(RunContext(settings, store, svc.artifacts), job.id, "stalled",
                          threading.Event())
-        # the job changed hands; the new owner recorded the RunPod job it re-polls for tile 0
-        store.mutate(job.id, lambda _row: {"owner": "new-owner"})
-        store.update_tile(job.id, 0, remote_job_id="rp-of-new-owner", cache_key="k0")
         work = TileWork(0, np.full((64, 64, 3), 90, np.uint8), "", 7)
 
         async def stalled_sends_a_tile() -> None:
@@ -245,7 +252,7 @@ def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_ow
         stats = emu.stats("upscale")
     tile = store.get_tiles(job.id)[0]
     assert (tile.remote_job_id, tile.cache_key, tile.status) == ("rp-of-new-owner", "k0",
-                                                                 "pending")
+                                                                 "refining")
     assert stats["submitted"] == 1 and stats["canceled"] == 1  # not left running, unrecorded
 
 

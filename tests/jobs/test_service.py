@@ -158,6 +158,38 @@ def test_tiles_prompts_and_rerun(service: JobService) -> None:
         service.rerun(job.id, [99])
 
 
+def test_a_rerun_job_is_never_seen_without_its_tile_rows(service: JobService) -> None:
+    """A runner that looks for the rerun at any moment finds it with its rows (the chosen
+    tile's rerun count and prompt): it never finds the job alone and plans rows of its own,
+    which would refine the chosen tile with its old seed and prompt (nothing would change)."""
+    from sqlalchemy import event, exists, select
+
+    from service.storage.tables import jobs, tiles
+
+    job, _ = service.submit(png(), filename="a.png", params=small_params())
+    _finished(service, job.id)
+    service.set_tile_prompt(job.id, 2, "cracked granite")
+    alone: list[str] = []
+
+    def runner_looks(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TILES"):
+            with service.store.engine.connect() as other:  # another connection, as a runner
+                alone.extend(other.execute(select(jobs.c.id).where(
+                    jobs.c.status == JobStatus.queued.value,
+                    ~exists().where(tiles.c.job_id == jobs.c.id))).scalars())
+
+    event.listen(service.store.engine, "after_cursor_execute", runner_looks)
+    try:
+        rerun = service.rerun(job.id, [2])
+    finally:
+        event.remove(service.store.engine, "after_cursor_execute", runner_looks)
+    assert alone == []
+    assert _finished(service, rerun.id).status == JobStatus.succeeded
+    rows = service.store.get_tiles(rerun.id)
+    assert [(t.rerun, t.prompt) for t in rows] == [
+        (0, None), (0, None), (1, "cracked granite"), (0, None)]
+
+
 def test_a_result_edited_since_delivery_is_not_overwritten(
         service: JobService, tmp_path: Path) -> None:
     target = TargetSpec(repo="game", path="rock.png")

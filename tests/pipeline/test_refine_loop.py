@@ -47,10 +47,14 @@ def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
         work, cache = _work(7), MemoryCache()
         submitted: list[tuple[int, str]] = []
         done: list[tuple[int, bool]] = []
+        started: list[int] = []
 
         class Recorder(Observer):
             def submitted(self, stage: str, index: int, key: str, remote_id: str) -> None:
                 submitted.append((index, remote_id))
+
+            def tile_started(self, stage: str, index: int) -> None:
+                started.append(index)
 
             def refined(self, stage: str, index: int, key: str, seed: int, cost: Any) -> None:
                 done.append((index, cost is None))
@@ -64,7 +68,9 @@ def test_tiles_are_refined_concurrently_cached_and_recorded() -> None:
                 await backend.aclose()
 
         first = asyncio.run(run())
+        assert sorted(started) == list(range(7))  # each shown refining once
         again = asyncio.run(run())  # everything from the cache: nothing paid twice
+        assert len(started) == 7  # a tile from the cache is never shown refining
         stats = emu.stats("upscale")
     for item in work:
         assert np.array_equal(first[item.index], tint(item.image, item.seed))

@@ -113,6 +113,7 @@ def _seed_that_changes_tile(index: int) -> int:
 
 def test_edit_one_caption_and_rerun_only_that_tile(studio, page, shot) -> None:
     chosen = 4
+    page.add_init_script(RECORDER)  # every page: the rerun's view records its tile states
     data = png(Path(studio.data_dir.parent) / "wall.png", seed=7).read_bytes()
     first = submit(studio, data, seed=_seed_that_changes_tile(chosen), colour_fix="none")
     page.goto(f"{studio.url}/jobs/{first['id']}")
@@ -133,6 +134,9 @@ def test_edit_one_caption_and_rerun_only_that_tile(studio, page, shot) -> None:
                                        "ns => ns.map(n => [Number(n.dataset.index), n.dataset.state])")
     assert dict(states)[chosen] == "done"
     assert {s for i, s in states if i != chosen} == {"cached"}, states
+    changes = [c for c in page.evaluate("window.__changes") if c["attr"] == "data-state"]
+    flicker = [c for c in changes if c["index"] != str(chosen) and c["value"] != "cached"]
+    assert not flicker, f"the kept tiles stay cached throughout: {changes}"
     shot(page, "job-view-rerun")
 
     with studio.client() as http:
