@@ -39,9 +39,6 @@ class Runners:
         self.procs.append(proc)
         return proc
 
-    def kill_group_of(self, pid: int) -> None:
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,12 +95,40 @@ def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> b
     """True once ``min_done`` tiles are refined and every tile sent in a RunPod job so far has
     that job's id recorded. Between RunPod accepting ``/run`` and the id being committed there
     is a window of milliseconds in which a kill would pay that tile twice; the kill tests kill
-    outside it."""
+    outside it (:func:`kill_when_quiet`)."""
     stage = svc.get(job_id).stages.get("refine")
     if not stage or stage.done < min_done:
         return False
     recorded = sum(1 for t in svc.store.get_tiles(job_id) if t.remote_job_id)
     return recorded == tiles_sent(emu.stats("upscale"))
+
+
+def kill_when_quiet(pid: int, quiet: Callable[[], bool], *, group: bool = False,
+                    what: str = "a quiet moment", timeout: float = 60.0) -> None:
+    """SIGKILL the runner ``pid`` (its whole process group with ``group``) at a moment when
+    ``quiet()`` holds (e.g. :func:`quiet_moment`: every RunPod job sent has its id recorded).
+    Checking and then killing leaves a gap in which a loaded machine lets the runner send one
+    more ``/run`` and die before recording it, paying that tile twice; so the runner is frozen
+    (SIGSTOP) first, a request it had already put on the wire is given time to reach the
+    emulator, and it is killed only if it is still quiet, frozen. Otherwise it goes on
+    (SIGCONT) and the next quiet moment is tried."""
+    def send(sig: signal.Signals) -> None:
+        if group:
+            os.killpg(os.getpgid(pid), sig)
+        else:
+            os.kill(pid, sig)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if quiet():
+            send(signal.SIGSTOP)
+            time.sleep(0.3)  # a /run already sent reaches the emulator, frozen or not
+            if quiet():
+                send(signal.SIGKILL)
+                return
+            send(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def tiles_sent(stats: dict[str, Any]) -> int:

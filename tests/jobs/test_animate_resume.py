@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobs_helpers import embedded_process, wait_until
+from jobs_helpers import embedded_process, kill_when_quiet, wait_until
 from PIL import Image
 from proc_helpers import scrubbed_env
 from pydantic import SecretStr
@@ -133,9 +133,10 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
                        AAT_RUNPOD_POLL_MIN_S="0.02", AAT_RUNPOD_POLL_MAX_S="0.2")
     first = embedded_process(env)
     try:
-        wait_until(lambda: _in_flight(submitter, emu, job.id, 2), 60, "frames on RunPod")
+        kill_when_quiet(first.pid, lambda: _in_flight(submitter, emu, job.id, 2),
+                        what="frames on RunPod")
     finally:
-        first.send_signal(signal.SIGKILL)
+        first.kill()
         first.wait()
     mid = submitter.get(job.id)
     assert mid.status == JobStatus.running and mid.stages["animate"].done < PARAMS.frames

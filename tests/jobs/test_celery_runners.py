@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobs_helpers import expected_echo_pixels, pixels, png, quiet_moment, small_params, wait_until
+from jobs_helpers import (
+    expected_echo_pixels,
+    kill_when_quiet,
+    pixels,
+    png,
+    quiet_moment,
+    small_params,
+    wait_until,
+)
 
 from service.core.jobs import JobStatus, TargetSpec
 from service.jobs.service import JobService
@@ -29,8 +37,8 @@ def test_runner_killed_mid_job_the_job_still_succeeds_without_paying_twice(
     data, params = png(96), small_params()
     job, _ = svc.submit(data, filename="rock.png", params=params,
                         target=TargetSpec(repo="game", path="rock.png"))
-    wait_until(lambda: quiet_moment(svc, emu, job.id, 4), 60, "4 refined tiles")
-    runners.kill_group_of(first.pid)  # the whole runner host dies: main process and child
+    # the whole runner host dies: main process and child
+    kill_when_quiet(first.pid, lambda: quiet_moment(svc, emu, job.id, 4), group=True)
     assert first.wait(timeout=10) == -signal.SIGKILL
     mid = svc.get(job.id)
     assert mid.status == JobStatus.running and mid.stages["refine"].done < 16

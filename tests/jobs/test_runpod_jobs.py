@@ -17,6 +17,7 @@ from jobs_helpers import (
     embedded_process,
     emulator,
     expected_echo_pixels,
+    kill_when_quiet,
     pixels,
     png,
     quiet_moment,
@@ -148,9 +149,9 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
                "AAT_RUNPOD_TILES_PER_JOB": str(tiles_per_job)}
         first = embedded_process(env)
         try:
-            wait_until(lambda: quiet_moment(submitter, emu, job.id, 4), 60, "4 tiles")
+            kill_when_quiet(first.pid, lambda: quiet_moment(submitter, emu, job.id, 4))
         finally:
-            first.send_signal(signal.SIGKILL)
+            first.kill()
             first.wait()
         mid = submitter.get(job.id)
         assert mid.status == JobStatus.running and mid.stages["refine"].done < n_tiles
@@ -326,9 +327,9 @@ def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_count
 
         first = embedded_process(env)
         try:
-            wait_until(captions_in_flight, 60, "captions in flight")
+            kill_when_quiet(first.pid, captions_in_flight, what="captions in flight")
         finally:
-            first.send_signal(signal.SIGKILL)
+            first.kill()
             first.wait()
         second = embedded_process(env)
         try:
