@@ -1,6 +1,6 @@
 // Animate: pick one sprite, choose the motion and the sheet's layout, submit, open the job.
 // The form remembers its last settings (apart from the upscale form's).
-import { api, clearError, el, showError } from "./api.js";
+import { api, clearError, el, fileDrop, showError } from "./api.js";
 import { changedParams, readTarget, restore, snapshot, store } from "./params.js";
 
 const form = document.getElementById("anim-form");
@@ -55,14 +55,5 @@ async function submitAnimation(event) {
 }
 
 restore(form, store.last("animate"));
-fileInput.addEventListener("change", () => setFile(fileInput.files));
-for (const name of ["dragenter", "dragover"]) {
-  dropzone.addEventListener(name, (e) => { e.preventDefault(); dropzone.classList.add("over"); });
-}
-dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
-dropzone.addEventListener("drop", (e) => {
-  e.preventDefault();
-  dropzone.classList.remove("over");
-  setFile(e.dataTransfer.files);
-});
+fileDrop(dropzone, fileInput, setFile);
 form.addEventListener("submit", submitAnimation);

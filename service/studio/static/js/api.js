@@ -53,6 +53,21 @@ export function clearError() {
   box.hidden = true;
 }
 
+// A drop zone and its file input: files dropped or picked go to onFiles (a FileList); the zone
+// is marked "over" while something is dragged over it.
+export function fileDrop(zone, input, onFiles) {
+  input.addEventListener("change", () => onFiles(input.files));
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    onFiles(e.dataTransfer.files);
+  });
+}
+
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {

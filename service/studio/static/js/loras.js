@@ -2,7 +2,7 @@
 // upload (drag and drop, progress, safetensors only), import by URL (the worker downloads; its
 // progress is polled from /v1/models/imports, and a Cancel button stops it), delete with a
 // confirmation.
-import { api, bytes, clearError, el, showError } from "./api.js";
+import { api, bytes, clearError, el, fileDrop, showError } from "./api.js";
 import { store } from "./params.js";
 
 const rowsEl = document.getElementById("lora-rows");
@@ -63,15 +63,9 @@ async function upload(file) {
   }
 }
 
-input.addEventListener("change", () => { if (input.files[0]) upload(input.files[0]); input.value = ""; });
-for (const name of ["dragenter", "dragover"]) {
-  drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
-}
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+fileDrop(drop, input, (files) => {
+  if (files[0]) upload(files[0]);
+  input.value = "";  // the same file picked again uploads again
 });
 
 // ---- the list: trigger words and delete -----------------------------------------------------

@@ -1,5 +1,5 @@
 // New job: pick images, see the planned tile grid and the estimate, submit, open the job.
-import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { api, clearError, el, fileDrop, seconds, showError, usd } from "./api.js";
 import { readParams, readTarget, resetDefaults, restore, snapshot, store, toToml } from "./params.js";
 
 const form = document.getElementById("job-form");
@@ -195,16 +195,7 @@ async function submitJobs(event) {
 }
 
 function wire() {
-  fileInput.addEventListener("change", () => setFiles(fileInput.files));
-  for (const name of ["dragenter", "dragover"]) {
-    dropzone.addEventListener(name, (e) => { e.preventDefault(); dropzone.classList.add("over"); });
-  }
-  dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
-  dropzone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    dropzone.classList.remove("over");
-    setFiles(e.dataTransfer.files);
-  });
+  fileDrop(dropzone, fileInput, setFiles);
   form.addEventListener("input", schedulePlan);
   form.addEventListener("change", (e) => {
     if (e.target.id === "size-mode") {
