@@ -188,6 +188,7 @@ def test_alpha_and_colour_share_the_weights_for_every_channel_count() -> None:
     assert len(np.unique(rgba[..., 3])) > 200  # alpha really was blended, not copied from one tile
 
 
+@pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_only_two_rows_of_tiles_are_held_and_each_is_fetched_once() -> None:
     plan = plan_tiles(400, 400, 64, 16)
     calls: list[int] = []

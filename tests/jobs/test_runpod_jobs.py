@@ -177,6 +177,7 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
 
+@pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls(
         job_settings: Any, tmp_path: Path) -> None:
     """A runner stalled past its lease while tiles were on RunPod: another runner re-claims
@@ -257,6 +258,7 @@ def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_ow
     assert stats["submitted"] == 1 and stats["canceled"] == 1  # not left running, unrecorded
 
 
+@pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_tiles_a_runner_finished_after_losing_its_lease_are_paid_for_once(
         job_settings: Any, tmp_path: Path) -> None:
     """The stalled runner's tiles on RunPod finish into the cache after it lost its lease;
@@ -302,6 +304,7 @@ def test_tiles_a_runner_finished_after_losing_its_lease_are_paid_for_once(
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
 
+@pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_counted(
         job_settings: Any, tmp_path: Path) -> None:
     """kill -9 while captions are on the GPU: the next attempt picks them up by their RunPod

@@ -182,6 +182,7 @@ def _sdk(args: list[str], cwd: Path, tmp_path: Path) -> subprocess.CompletedProc
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_runs_under_the_runpod_sdk_test_mode(tmp_path: Path) -> None:
     # no --test_input: the SDK reads test_input.json next to the handler (the image smoke test)
     ok = _sdk([], ROOT / "workers/upscale", tmp_path)
