@@ -18,22 +18,17 @@ import numpy as np
 import pytest
 from apitest_helpers import LiveServer, running_app, sse_events, wait_terminal
 from PIL import Image
+from sprites import H, W, knight_png
 
 from service.core.sheets import read_cells
 from service.settings import Settings
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
 
 KEY = "emu-key"
-W, H = 24, 32  # the sprite's (and so each cell's) size
 
 
 def sprite_bytes() -> bytes:
-    a = np.zeros((H, W, 4), np.uint8)
-    a[4:28, 6:18] = (40, 40, 60, 255)  # outline
-    a[5:27, 7:17] = (200, 80, 40, 255)  # body
-    buf = io.BytesIO()
-    Image.fromarray(a, "RGBA").save(buf, format="PNG")
-    return buf.getvalue()
+    return knight_png()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from sprites import knight_png, knight_rgba
 
 from service.core.sheets import godot_cells, read_cells
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
@@ -29,12 +30,8 @@ KEY = "emu-key"
 
 
 def sprite_png(path: Path) -> np.ndarray:
-    a = np.zeros((32, 24, 4), np.uint8)
-    a[4:28, 6:18] = (40, 40, 60, 255)  # outline
-    a[5:27, 7:17] = (200, 80, 40, 255)  # body
-    a[8:12, 9:15] = (250, 220, 180, 255)  # face
-    Image.fromarray(a, "RGBA").save(path)
-    return a
+    knight_png(face=True, path=path)
+    return knight_rgba(face=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from sprites import knight_rgba
 
 from service.core import frames as fr
 from service.core.animate import MOTIONS, AnimateParams, frame_prompts, frame_seed, poses
@@ -19,10 +20,7 @@ KEY = (0, 255, 0)
 
 
 def sprite() -> np.ndarray:
-    a = np.zeros((32, 24, 4), np.uint8)
-    a[4:28, 6:18] = (40, 40, 60, 255)
-    a[5:27, 7:17] = (200, 80, 40, 255)
-    return a
+    return knight_rgba()
 
 
 @pytest.mark.parametrize("motion", list(MOTIONS))

@@ -27,6 +27,7 @@ from jobs_helpers import embedded_process, kill_when_quiet, wait_until
 from PIL import Image
 from proc_helpers import scrubbed_env
 from pydantic import SecretStr
+from sprites import knight_png
 
 from service.backends.edit import WorkerEditBackend
 from service.backends.runpod.client import PollPolicy, RunPodClient
@@ -38,7 +39,6 @@ from service.settings import Settings
 from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
 
 KEY = "emu-key"
-W, H = 24, 32
 EDIT_SIDE = 64
 LATENCY = 0.8  # "GPU" seconds per frame: frames are still on RunPod when the runner goes
 LONG = 2.0
@@ -46,12 +46,7 @@ PARAMS = AnimateParams(motion="walk", frames=8, seed=11)
 
 
 def sprite_png() -> bytes:
-    a = np.zeros((H, W, 4), np.uint8)
-    a[4:28, 6:18] = (40, 40, 60, 255)  # outline
-    a[5:27, 7:17] = (200, 80, 40, 255)  # body
-    buf = io.BytesIO()
-    Image.fromarray(a, "RGBA").save(buf, format="PNG")
-    return buf.getvalue()
+    return knight_png()
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
+from sprites import H, W, knight_png
 from studiotest_helpers import RECORDER, wait_status
 
 from service.core.sheets import read_cells
 
 pytestmark = pytest.mark.slow  # a real browser (chromium) against aat up
 
-W, H = 24, 32  # the sprite's, and so each frame's, size
 # The frame regenerated: with seed 0 the echo worker's new pose for frame 3 (index 2) differs
 # visibly after alignment (for some frames the new seed moves the sprite in a way the anchor
 # alignment undoes, so only the colour under transparent pixels changes).
@@ -30,11 +30,7 @@ CHOSEN = 2
 
 def sprite(path: Path) -> Path:
     """A small transparent sprite: outlined body and a face on a clear background."""
-    a = np.zeros((H, W, 4), np.uint8)
-    a[4:28, 6:18] = (40, 40, 60, 255)
-    a[5:27, 7:17] = (200, 80, 40, 255)
-    a[8:12, 9:15] = (250, 220, 180, 255)
-    Image.fromarray(a, "RGBA").save(path)
+    knight_png(face=True, path=path)
     return path
 
 
