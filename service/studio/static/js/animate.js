@@ -1,12 +1,10 @@
 // Animate: pick one sprite, choose the motion and the sheet's layout, submit, open the job.
 // The form remembers its last settings (apart from the upscale form's).
-import { api, clearError, el, fileDrop, showError } from "./api.js";
-import { changedParams, readTarget, restore, snapshot, store } from "./params.js";
+import { api, el } from "./api.js";
+import { jobForm } from "./jobform.js";
+import { changedParams, readTarget, snapshot, store } from "./params.js";
 
-const form = document.getElementById("anim-form");
-const fileInput = document.getElementById("anim-file");
-const dropzone = document.getElementById("dropzone");
-const submit = document.getElementById("submit-animation");
+const { form, submit } = jobForm({ last: "animate", onFiles: setFile, send: sendAnimation });
 const stage = document.getElementById("sprite-stage");
 const sprite = document.getElementById("sprite-image");
 let file = null;
@@ -30,30 +28,17 @@ function setFile(list) {
   sprite.src = URL.createObjectURL(file);
 }
 
-async function submitAnimation(event) {
-  event.preventDefault();
-  if (!file) return;
-  clearError();
-  submit.disabled = true;
+async function sendAnimation() {
   const query = new URLSearchParams({ filename: file.name });
   for (const [k, v] of Object.entries(changedParams(form))) query.set(k, String(v));
-  const target = readTarget(form);
+  const target = readTarget(form, file.name);
   if (target) {
     query.set("target_repo", target.repo);
-    query.set("target_path", target.path || file.name);
+    query.set("target_path", target.path);
   }
-  try {
-    const job = await api(`/v1/animations?${query}`, {
-      method: "POST", body: file,
-      headers: { "Content-Type": file.type || "application/octet-stream" } });
-    store.saveLast(snapshot(form), "animate");
-    location.href = `/jobs/${job.id}`;
-  } catch (err) {
-    showError(err);
-    submit.disabled = false;
-  }
+  const job = await api(`/v1/animations?${query}`, {
+    method: "POST", body: file,
+    headers: { "Content-Type": file.type || "application/octet-stream" } });
+  store.saveLast(snapshot(form), "animate");
+  location.href = `/jobs/${job.id}`;
 }
-
-restore(form, store.last("animate"));
-fileDrop(dropzone, fileInput, setFile);
-form.addEventListener("submit", submitAnimation);

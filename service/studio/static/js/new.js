@@ -1,11 +1,9 @@
 // New job: pick images, see the planned tile grid and the estimate, submit, open the job.
-import { api, clearError, el, fileDrop, seconds, showError, usd } from "./api.js";
+import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { jobForm } from "./jobform.js";
 import { readParams, readTarget, resetDefaults, restore, snapshot, store, toToml } from "./params.js";
 
-const form = document.getElementById("job-form");
-const fileInput = document.getElementById("file");
-const dropzone = document.getElementById("dropzone");
-const submit = document.getElementById("submit-job");
+const { form, fileInput, submit } = jobForm({ onFiles: setFiles, send: sendJobs });
 const planImage = document.getElementById("plan-image");
 const planGrid = document.getElementById("plan-grid");
 const planStage = document.getElementById("plan-stage");
@@ -163,39 +161,25 @@ function loadPresetList() {
                          ...names.map((n) => el("option", { value: n, text: n })));
 }
 
-async function submitJobs(event) {
-  event.preventDefault();
-  if (!files.length) return;
-  clearError();
-  submit.disabled = true;
+async function sendJobs() {
   const created = [];
-  try {
-    for (const file of files) {
-      const size = files.length === 1 ? inputSize : null;
-      const params = readParams(form, size, chosenLoras());
-      const style = document.getElementById("style-sha").value;
-      if (style) params.style_image_sha256 = style;
-      const body = new FormData();
-      body.append("file", file, file.name);
-      body.append("params", JSON.stringify(params));
-      const target = readTarget(form);
-      if (target) {
-        if (!target.path) target.path = file.name;
-        body.append("target", JSON.stringify(target));
-      }
-      const job = await api("/v1/jobs", { method: "POST", body });
-      created.push(job);
-    }
-    remember();
-    location.href = created.length === 1 ? `/jobs/${created[0].id}` : "/jobs";
-  } catch (err) {
-    showError(err);
-    submit.disabled = false;
+  for (const file of files) {
+    const size = files.length === 1 ? inputSize : null;
+    const params = readParams(form, size, chosenLoras());
+    const style = document.getElementById("style-sha").value;
+    if (style) params.style_image_sha256 = style;
+    const body = new FormData();
+    body.append("file", file, file.name);
+    body.append("params", JSON.stringify(params));
+    const target = readTarget(form, file.name);
+    if (target) body.append("target", JSON.stringify(target));
+    created.push(await api("/v1/jobs", { method: "POST", body }));
   }
+  remember();
+  location.href = created.length === 1 ? `/jobs/${created[0].id}` : "/jobs";
 }
 
 function wire() {
-  fileDrop(dropzone, fileInput, setFiles);
   form.addEventListener("input", schedulePlan);
   form.addEventListener("change", (e) => {
     if (e.target.id === "size-mode") {
@@ -203,7 +187,6 @@ function wire() {
     }
     schedulePlan();
   });
-  form.addEventListener("submit", submitJobs);
   document.getElementById("style-file").addEventListener("change", (e) => {
     e.stopPropagation();
     if (e.target.files[0]) pickStyle(e.target.files[0]);
@@ -255,7 +238,6 @@ async function takeSheet(id) {
   } catch (err) { showError(err); }
 }
 
-restore(form, store.last());
 document.getElementById("exact-size").hidden = form.querySelector("#size-mode").value !== "exact";
 wire();
 loadPresetList();

@@ -61,14 +61,15 @@ export function readParams(form, inputSize, loras) {
   return params;
 }
 
-// The target in a repo (null: download only); a form without naming controls (Animate)
-// sends the repo and path alone.
-export function readTarget(form) {
+// The target in a repo (null: download only); an empty path in the repo is `filename`, the
+// uploaded file's own name. A form without naming controls (Animate) sends the repo and path
+// alone.
+export function readTarget(form, filename) {
   const value = (sel) => { const n = form.querySelector(sel); return n ? n.value.trim() : ""; };
   const repo = value("#target_repo");
   if (!repo) return null;
-  const target = { repo };
-  for (const [key, sel] of [["naming", "#naming"], ["path", "#target_path"], ["mirror_dir", "#mirror_dir"]]) {
+  const target = { repo, path: value("#target_path") || filename };
+  for (const [key, sel] of [["naming", "#naming"], ["mirror_dir", "#mirror_dir"]]) {
     if (value(sel)) target[key] = value(sel);
   }
   return target;
