@@ -4,8 +4,8 @@
 //
 // Frames are the job's tiles (GET .../tiles: index = frame, state); their cells on the sheet
 // and the timing come from the sheet's own Aseprite JSON, so the page does no layout maths.
-import { api, clearError, el, showError, usd } from "./api.js";
-import { Picker, TERMINAL, jobBase, renderStatus, wireCancelRetry } from "./jobview.js";
+import { TERMINAL, api, clearError, el, jobBase, showError, usd } from "./api.js";
+import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const strip = document.getElementById("frame-strip");
 const preview = document.getElementById("animation-preview");

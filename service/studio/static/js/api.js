@@ -111,8 +111,27 @@ export function every(ms, fn) {
   return () => clearTimeout(timer);
 }
 
+// The statuses a job does not leave (no more progress; cancel no longer applies).
+export const TERMINAL = ["succeeded", "failed", "canceled"];
+
+// A job's resource in the API; its previews, tiles, events and actions are below it.
+export function jobBase(id) {
+  return `/v1/jobs/${encodeURIComponent(id)}`;
+}
+
 // Retry = a new job with the same input, params, target and kind (upscale or animate), made by
 // the server (POST /v1/jobs/{id}/retry). Returns the new job.
 export async function retryJob(job) {
-  return api(`/v1/jobs/${encodeURIComponent(job.id)}/retry`, { method: "POST" });
+  return api(`${jobBase(job.id)}/retry`, { method: "POST" });
+}
+
+// Sets `node` (a tile of a .grid-overlay) over its box {x, y, w, h} in an image of `size`
+// {width, height} px, in percent, so the tile follows the image however large it is drawn.
+export function placeBox(node, box, size) {
+  const pct = (v, total) => `${(100 * v / total).toFixed(4)}%`;
+  node.style.left = pct(box.x, size.width);
+  node.style.top = pct(box.y, size.height);
+  node.style.width = pct(box.w, size.width);
+  node.style.height = pct(box.h, size.height);
+  return node;
 }

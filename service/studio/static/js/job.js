@@ -2,7 +2,7 @@
 // compare slider with zoom and 1:1 pixels, download, cancel, retry.
 import "/static/vendor/img-comparison-slider-8.0.7.js";
 import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
-import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { TERMINAL, api, clearError, el, jobBase, placeBox, seconds, showError, usd } from "./api.js";
 import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const jobId = document.body.dataset.jobId;
@@ -15,7 +15,7 @@ const picker = new Picker(grid, "tile", {
   columns: () => new Set(tiles.map((t) => t.x)).size, onChange: () => renderPanel() });
 const selected = picker.selected;
 
-const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
+const base = jobBase(jobId);
 const outputSize = () => job.output
   ? { width: job.output.width, height: job.output.height } : plannedSize();
 
@@ -51,18 +51,11 @@ function renderJob() {
 
 function drawTiles() {
   const size = outputSize();
-  const pct = (v, total) => `${(100 * v / total).toFixed(4)}%`;
-  grid.replaceChildren(...tiles.map((t) => {
-    const node = el("button", { type: "button", class: "tile", "data-testid": "tile",
-                                "data-index": t.index, "data-state": t.state,
-                                "aria-label": `Tile ${t.index}, ${t.state}`,
-                                ...picker.attrs(t.index) });
-    node.style.left = pct(t.x, size.width);
-    node.style.top = pct(t.y, size.height);
-    node.style.width = pct(t.w, size.width);
-    node.style.height = pct(t.h, size.height);
-    return node;
-  }));
+  grid.replaceChildren(...tiles.map((t) => placeBox(
+    el("button", { type: "button", class: "tile", "data-testid": "tile",
+                   "data-index": t.index, "data-state": t.state,
+                   "aria-label": `Tile ${t.index}, ${t.state}`, ...picker.attrs(t.index) }),
+    t, size)));
 }
 
 function setTileState(index, state) {
@@ -102,7 +95,7 @@ function renderPanel() {
   if (t.state === "cached") facts.push(["Refining", "from the cache (no GPU time)"]);
   document.getElementById("tile-facts").replaceChildren(
     ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
-  document.getElementById("rerun-tiles").disabled = !["succeeded", "failed", "canceled"].includes(job.status);
+  document.getElementById("rerun-tiles").disabled = !TERMINAL.includes(job.status);
 }
 
 async function loadTiles() {
@@ -233,7 +226,7 @@ async function start() {
     renderJob();
     loadImages();
     await loadTiles();
-    if (!["succeeded", "failed", "canceled"].includes(job.status)) follow();
+    if (!TERMINAL.includes(job.status)) follow();
   } catch (err) { showError(err); }
 }
 

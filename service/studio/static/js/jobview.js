@@ -1,13 +1,7 @@
 // What both job views share: the status line (badge, stage, progress, ETA, the buttons that
 // fit the status), cancel and retry, and picking several cells of a grid by mouse or keyboard
 // (the upscale view's tiles, the animate view's frames).
-import { api, el, retryJob, seconds, showError } from "./api.js";
-
-export const TERMINAL = ["succeeded", "failed", "canceled"];
-
-export function jobBase(id) {
-  return `/v1/jobs/${encodeURIComponent(id)}`;
-}
+import { TERMINAL, api, el, jobBase, retryJob, seconds, showError } from "./api.js";
 
 function eta(job) {
   if (job.status !== "running" || !job.started_at || job.progress <= 0.02) return "";

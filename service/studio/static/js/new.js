@@ -1,5 +1,5 @@
 // New job: pick images, see the planned tile grid and the estimate, submit, open the job.
-import { api, clearError, el, seconds, showError, usd } from "./api.js";
+import { api, clearError, el, jobBase, placeBox, seconds, showError, usd } from "./api.js";
 import { jobForm } from "./jobform.js";
 import { readParams, readTarget, resetDefaults, restore, snapshot, store, toToml } from "./params.js";
 
@@ -73,15 +73,7 @@ async function plan() {
 }
 
 function drawPlan(result) {
-  const pct = (v, total) => `${(100 * v / total).toFixed(4)}%`;
-  planGrid.replaceChildren(...result.tiles.map((t) => {
-    const box = el("div", { class: "tile planned" });
-    box.style.left = pct(t.x, result.width);
-    box.style.top = pct(t.y, result.height);
-    box.style.width = pct(t.w, result.width);
-    box.style.height = pct(t.h, result.height);
-    return box;
-  }));
+  planGrid.replaceChildren(...result.tiles.map((t) => placeBox(el("div", { class: "tile planned" }), t, result)));
   document.getElementById("plan-summary").textContent =
     `${inputSize.width}×${inputSize.height} → ${result.width}×${result.height} px, ` +
     `${result.tiles.length} tiles of ${result.tile_size} px (overlap ${result.overlap} px)` +
@@ -219,7 +211,7 @@ function wire() {
 // `/?sheet_of=<animate job>` (the Animate view's "Upscale this sheet"): that job's sheet as the
 // file, processed cell by cell (its frames' boxes), beside the delivered sheet when there is one.
 async function takeSheet(id) {
-  const base = `/v1/jobs/${encodeURIComponent(id)}`;
+  const base = jobBase(id);
   try {
     const [job, { tiles }] = await Promise.all([api(base), api(`${base}/tiles`)]);
     const meta = Object.keys((job.output && job.output.files) || {}).find((n) => n.endsWith(".json"));

@@ -1,5 +1,5 @@
 // Queue and history: all jobs newest first, live, with filters, paging, cancel and retry.
-import { api, el, every, retryJob, showError, clearError, usd } from "./api.js";
+import { TERMINAL, api, el, every, jobBase, retryJob, showError, clearError, usd } from "./api.js";
 
 const rows = document.getElementById("job-rows");
 const statusFilter = document.getElementById("status-filter");
@@ -18,8 +18,8 @@ function query() {
 }
 
 function row(job) {
-  const terminal = ["succeeded", "failed", "canceled"].includes(job.status);
-  const thumb = el("img", { src: `/v1/jobs/${job.id}/preview/${job.status === "succeeded" ? "output" : "input"}?max=96`,
+  const terminal = TERMINAL.includes(job.status);
+  const thumb = el("img", { src: `${jobBase(job.id)}/preview/${job.status === "succeeded" ? "output" : "input"}?max=96`,
                             alt: "", loading: "lazy", width: "64", height: "64" });
   const actions = el("td", { class: "row-actions" });
   if (!terminal) {
@@ -62,7 +62,7 @@ rows.addEventListener("click", async (e) => {
   if (!button) return;
   try {
     if (button.dataset.action === "cancel") {
-      await api(`/v1/jobs/${button.dataset.id}/cancel`, { method: "POST" });
+      await api(`${jobBase(button.dataset.id)}/cancel`, { method: "POST" });
     } else {
       button.disabled = true;
       await retryJob(shown.get(button.dataset.id));
