@@ -248,6 +248,7 @@ class Endpoint:
             "started": self.counts["started"],
             "status_polls": self.counts["status_polls"],
             "health_calls": self.counts["health_calls"],
+            "execution_ms": self.counts["execution_ms"],  # summed executionTime: GPU time billed
             "canceled": self.counts["canceled"],
             "retried": self.counts["retried"],
             "purged": self.counts["purged"],
@@ -373,6 +374,7 @@ class Endpoint:
         job.finished_at = self.config.clock()
         if job.started_at is not None:
             job.execution_ms = int((job.finished_at - job.started_at) * 1000)
+            self.counts["execution_ms"] += job.execution_ms
         self.by_status[status] += 1
         job.done.set()
 
