@@ -207,7 +207,7 @@ def test_cancel_in_queue_and_in_progress(runpod_emulator):
     assert api.get("/health").json()["jobs"]["inQueue"] == 1
     for job_id in (queued, running):
         assert api.post(f"/cancel/{job_id}").json() == {"id": job_id, "status": "CANCELLED"}
-    assert api.wait(running, timeout=2)["status"] == "CANCELLED"
+    assert api.wait(running, timeout=4)["status"] == "CANCELLED"  # not after its 5 s
     assert api.get(f"/status/{queued}").json()["status"] == "CANCELLED"
     health = api.get("/health").json()
     assert health["workers"] == {"idle": 1, "running": 0}
@@ -238,9 +238,12 @@ def test_purge_queue_removes_only_queued_jobs(runpod_emulator):
 
 
 def test_n_workers_run_jobs_concurrently_and_no_more(runpod_emulator):
-    emu = runpod_emulator(handler=echo, workers=3, latency_s=0.4)
+    # all six wait before the workers come (on a loaded machine six /run calls one by one
+    # could each take longer than a job, and never three would run at once)
+    emu = runpod_emulator(handler=echo, workers=0, latency_s=0.4)
     api = Api(emu)
     ids = [api.run({"i": i}) for i in range(6)]
+    httpx.post(f"{emu.root}/_emulator/scale/upscale", params={"workers": 3}).raise_for_status()
     bodies = [api.wait(job_id) for job_id in ids]
     assert len({b["workerId"] for b in bodies}) == 3
     stats = emu.stats("upscale")
