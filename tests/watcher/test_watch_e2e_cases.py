@@ -86,10 +86,12 @@ def test_slow_writer_gives_one_job_after_the_last_chunk(rig: Rig) -> None:
     data = png_bytes(1, size=48)
     step = len(data) // 5 + 1
     with src.open("wb") as fh:
-        for i in range(0, len(data), step):  # five chunks over ~2 s (stable window 0.6 s)
+        # five chunks over ~1.2 s, longer than the stable window (0.6 s); the pauses leave
+        # 0.35 s for a loaded machine to oversleep before a half-written file looks stable
+        for i in range(0, len(data), step):
             fh.write(data[i:i + step])
             fh.flush()
-            time.sleep(0.4)
+            time.sleep(0.25)
     rig.done(src)
     jobs = rig.jobs_for("cliff.png")
     assert len(jobs) == 1
