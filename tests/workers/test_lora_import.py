@@ -280,7 +280,8 @@ def test_a_cancelled_import_stops_downloading_and_leaves_nothing_on_the_volume(
             assert time.monotonic() < deadline, body
             time.sleep(0.02)
     assert body["status"] == "CANCELLED", body
-    assert time.monotonic() - canceled_at < 5.0, "the quiet download was not interrupted"
+    # not after the download's 60 s read timeout (a bound for a loaded machine, not a wait)
+    assert time.monotonic() - canceled_at < 15.0, "the quiet download was not interrupted"
     assert list(volume.iterdir()) == [], "a cancelled import left something on the volume"
     [download] = standin.slow_downloads
     while not download.cut:  # the worker closed the connection: it stopped downloading
