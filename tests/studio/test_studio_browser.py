@@ -153,6 +153,40 @@ def test_edit_one_caption_and_rerun_only_that_tile(studio, page, shot) -> None:
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+def test_each_tile_keeps_its_own_caption_when_several_are_rerun(studio, page) -> None:
+    """The panel shows one tile's caption at a time: an edit goes to that tile only, and
+    re-running several tiles never hands one tile's caption to the others."""
+    first = submit(studio, png(Path(studio.data_dir.parent) / "captions.png", seed=11).read_bytes(),
+                   seed=5)
+    page.goto(f"{studio.url}/jobs/{first['id']}")
+    wait_status(page, "succeeded")
+    box = page.get_by_test_id("tile-caption")
+
+    def pick(index: int, keys: str) -> None:
+        page.locator(f"[data-testid=tile][data-index='{index}']").focus()
+        page.keyboard.press(keys)
+
+    pick(0, "Enter")
+    box.fill("a mossy wall")
+    page.get_by_test_id("save-caption").click()
+    pick(5, "Control+Enter")
+    expect(box).not_to_have_value("a mossy wall")
+    box.fill("a wooden door")  # typed, not saved: the rerun saves it
+    pick(9, "Control+Enter")  # shown, untouched
+    pick(5, "Control+Enter")  # away from 5 ...
+    pick(5, "Control+Enter")  # ... and back: the unsaved edit is still there
+    expect(box).to_have_value("a wooden door")
+    page.get_by_test_id("rerun-tiles").click()
+    page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(first["id"]))
+    second_id = page.url.rsplit("/", 1)[1]
+    with studio.client() as http:
+        before = {t["index"]: t for t in http.get(f"/v1/jobs/{first['id']}/tiles").json()["tiles"]}
+        after = {t["index"]: t for t in http.get(f"/v1/jobs/{second_id}/tiles").json()["tiles"]}
+    assert [after[i]["prompt"] for i in (0, 5, 9)] == ["a mossy wall", "a wooden door", None]
+    assert before[9]["prompt"] is None and before[9]["caption"] == after[9]["caption"]
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def safetensors_bytes(values: int = 4) -> bytes:
     header = json.dumps({"lora_up.weight": {"dtype": "F32", "shape": [values],
                                             "data_offsets": [0, 4 * values]}}).encode()

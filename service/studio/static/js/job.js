@@ -14,6 +14,12 @@ let events = null;
 const picker = new Picker(grid, "tile", {
   columns: () => new Set(tiles.map((t) => t.x)).size, onChange: () => renderPanel() });
 const selected = picker.selected;
+// Captions typed into the panel and not saved yet, by tile: the box shows one tile at a time,
+// so an edit belongs to the tile shown when it was typed, never to the rest of the selection.
+const drafts = new Map();
+let shown = null;
+const captionBox = document.getElementById("tile-caption");
+const savedCaption = (t) => t.prompt || t.caption || "";
 
 const base = jobBase(jobId);
 const outputSize = () => job.output
@@ -72,8 +78,10 @@ function renderPanel() {
   const chosen = [...selected].sort((a, b) => a - b);
   document.getElementById("panel-empty").hidden = chosen.length > 0;
   document.getElementById("panel-body").hidden = chosen.length === 0;
-  if (!chosen.length) return;
-  const t = tiles[chosen[chosen.length - 1]];
+  if (!chosen.length) { shown = null; return; }
+  // The panel shows the tile last picked (else the last of the selection).
+  const t = tiles[selected.has(picker.focus) ? picker.focus : chosen[chosen.length - 1]];
+  shown = t.index;
   document.getElementById("panel-which").textContent = chosen.length === 1
     ? `Tile ${t.index} at ${t.x},${t.y} (${t.w}×${t.h} px)`
     : `${chosen.length} tiles selected (${chosen.join(", ")}); showing tile ${t.index}`;
@@ -82,7 +90,7 @@ function renderPanel() {
   const after = document.getElementById("tile-after");
   after.hidden = job.status !== "succeeded";
   if (job.status === "succeeded") after.src = preview("output", 512, box);
-  document.getElementById("tile-caption").value = t.prompt || t.caption || "";
+  captionBox.value = drafts.has(t.index) ? drafts.get(t.index) : savedCaption(t);
   const facts = [["State", t.state], ["Seed", t.seed ?? "not yet"],
                  ["Caption by the model", t.caption || "none"]];
   if (t.prompt) facts.push(["Your caption", t.prompt]);
@@ -191,14 +199,25 @@ function follow() {
 
 // ---- actions ---------------------------------------------------------------------------------
 
-async function saveCaption() {
-  const chosen = [...selected];
-  const prompt = document.getElementById("tile-caption").value;
-  try {
-    for (const i of chosen) {
+async function saveCaptions(indices) {
+  // PATCH each tile of indices whose draft differs from its saved caption (a failed PATCH keeps
+  // its draft and stops).
+  for (const i of indices) {
+    if (!drafts.has(i)) continue;
+    const prompt = drafts.get(i);
+    if (tiles[i] && prompt !== savedCaption(tiles[i])) {
       const t = await api(`${base}/tiles/${i}`, { method: "PATCH", json: { prompt } });
       tiles[i] = { ...tiles[i], ...t };
     }
+    drafts.delete(i);
+  }
+}
+
+async function saveCaption() {
+  if (shown === null) return;
+  try {
+    drafts.set(shown, captionBox.value);
+    await saveCaptions([shown]);
     clearError();
     renderPanel();
   } catch (err) { showError(err); }
@@ -206,13 +225,14 @@ async function saveCaption() {
 
 async function rerun() {
   try {
-    await saveCaption();
+    await saveCaptions([...selected]);
     const next = await api(`${base}/rerun`, { method: "POST", json: { tiles: [...selected] } });
     location.href = `/jobs/${next.id}`;
   } catch (err) { showError(err); }
 }
 
 function wire() {
+  captionBox.addEventListener("input", () => { if (shown !== null) drafts.set(shown, captionBox.value); });
   document.getElementById("save-caption").addEventListener("click", saveCaption);
   document.getElementById("rerun-tiles").addEventListener("click", rerun);
   wireCancelRetry(() => job, (j) => { job = j; renderJob(); });
