@@ -294,8 +294,8 @@ def tile_views(jobs: JobServicePort, job_id: str) -> list[TileView]:
 
 
 @router.patch("/{job_id}/tiles/{n}", response_model=TileView,
-              summary="Set one tile's prompt (used by the next rerun); for an animate job, "
-              "one frame's edit prompt",
+              summary="Set one tile's prompt (used by the next rerun that chooses the tile); for "
+              "an animate job, one frame's edit prompt",
               responses=problem_responses(404, 409, 422))
 def set_tile_prompt(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)],
                     body: TilePrompt,

@@ -45,8 +45,9 @@ from service.core.naming import animation_results, animation_tag
 from service.pipeline import animate as pipe
 from service.pipeline.refine import keep_spent, spent_on
 from service.settings import Settings
+from service.storage.artifacts import ArtifactStore
 from service.storage.game_repo import deliver_set
-from service.storage.records import JobRecord, NewTile, StageCount, TileRecord
+from service.storage.records import JobRecord, NewTile, StageCount, TileRecord, held_result
 
 if TYPE_CHECKING:
     from service.jobs.orchestrator import JobRun
@@ -70,8 +71,8 @@ def frame_requests(settings: Settings, input_sha256: str, params: AnimateParams,
                    frames: Iterable[NewTile | TileRecord]) -> dict[int, tuple[str, int]]:
     """Frame -> (its ``frame_key``, its seed): what each frame row asks the edit model for (the
     user's prompt, else the motion's; the seed of its rerun count), keyed as its cell is
-    cached. The runner and a rerun's kept frames (``service.jobs.service.kept_rows``) both
-    ask here."""
+    cached. The runner and a rerun (``service.jobs.service.rerun``) both ask here for the
+    frames that hold no result (``held_result``): one that does keeps it while it is cached."""
     backend, side = edit_backend_kind(settings), settings.animate_edit_side
     out = {}
     for t in frames:
@@ -79,6 +80,24 @@ def frame_requests(settings: Settings, input_sha256: str, params: AnimateParams,
         out[t.idx] = (pipe.frame_key(input_sha256, params, t.idx, t.prompt or t.caption or "",
                                      seed, backend, side), seed)
     return out
+
+
+def cached_cells(cache: ArtifactStore, frames: list[TileRecord],
+                 fresh: dict[int, tuple[str, int]], shape: tuple[int, ...]
+                 ) -> tuple[dict[int, tuple[str, int]], dict[int, np.ndarray]]:
+    """``(requests, cells)``: each frame's (key, seed) and the cells (``shape``) the cache
+    already holds. A frame whose row holds a result (``held_result``: done earlier, or kept by
+    a rerun) keeps that cell while the cache has it, whatever its prompt says now (an edited
+    prompt waits until the frame is chosen); any other frame asks for ``fresh[idx]`` and takes
+    its cell if an earlier attempt made it."""
+    requests, cells = dict(fresh), {}
+    for t in frames:
+        for request in (held_result(t), fresh[t.idx]):
+            cell = cache.get_array(request[0]) if request is not None else None
+            if request is not None and cell is not None and cell.shape == shape:
+                requests[t.idx], cells[t.idx] = request, cell
+                break
+    return requests, cells
 
 
 def plan_frames(run: JobRun, params: AnimateParams, sprite_size: tuple[int, int]
@@ -145,18 +164,15 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
     prepared = pipe.prepare(source, params, edit_side)
     frames = plan_frames(run, params, (source.shape[1], source.shape[0]))
     prompts = {t.idx: t.prompt or t.caption or "" for t in frames}
-    requests = frame_requests(ctx.settings, row.input_sha256, params, frames)
+    requests, cells = cached_cells(
+        ctx.artifacts, frames, frame_requests(ctx.settings, row.input_sha256, params, frames),
+        (prepared.cell[1], prepared.cell[0], 4))
     keys = {i: key for i, (key, _) in requests.items()}
     seeds = {i: seed for i, (_, seed) in requests.items()}
     observer = _Frames(run, keys, seeds)
     run.stage("animate", 0, params.frames)
-    cells: dict[int, np.ndarray] = {}
-    cell_shape = (prepared.cell[1], prepared.cell[0], 4)
-    for i in sorted(keys):  # frames an earlier attempt (or the job a rerun came from) made
-        cached = ctx.artifacts.get_array(keys[i])
-        if cached is not None and cached.shape == cell_shape:
-            cells[i] = cached
-            observer.from_cache(i)
+    for i in sorted(cells):  # frames an earlier attempt (or the job a rerun came from) made
+        observer.from_cache(i)
     todo = [i for i in sorted(keys) if i not in cells]
     earlier = in_flight(frames, keys, todo)
     log.info("animate job %s: %d frames to generate (%d of them already on RunPod), %d from "

@@ -44,6 +44,7 @@ from service.storage.records import (
     RemoteJob,
     StageCount,
     TileUpdate,
+    held_result,
 )
 from service.upscalers.registry import get_upscaler
 
@@ -326,8 +327,9 @@ def _style_image(run: JobRun, params: UpscaleParams) -> np.ndarray | None:
 
 def _known(run: JobRun) -> dict[int, TileMemory]:
     """What the job's tile rows say before the stages run: captions an earlier attempt stored,
-    the user's per-tile prompts and re-runs, and RunPod jobs a killed attempt submitted for a
-    tile it never finished (the backend may resume them)."""
+    the user's per-tile prompts and re-runs, the result a tile holds (refined earlier, or kept
+    by a rerun: it stays, whatever its prompt says now), and RunPod jobs a killed attempt
+    submitted for a tile it never finished (the backend may resume them)."""
     captions: dict[int, RemoteRecord] = {}
     for entry in run.owned().remote_jobs:  # the last caption job submitted for each tile
         if entry["kind"] == "caption" and entry.get("key"):
@@ -337,7 +339,9 @@ def _known(run: JobRun) -> dict[int, TileMemory]:
         remote = None
         if r.remote_job_id and r.status not in ("refined", "cached") and r.cache_key:
             remote = RemoteRecord(r.cache_key, r.remote_job_id)
+        held = held_result(r)
         known[r.idx] = TileMemory(caption=r.caption or "", prompt=r.prompt or "",
                                   rerun=r.rerun, remote=remote,
-                                  caption_remote=None if r.caption else captions.get(r.idx))
+                                  caption_remote=None if r.caption else captions.get(r.idx),
+                                  kept=held[0] if held is not None else None)
     return known

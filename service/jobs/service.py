@@ -33,7 +33,14 @@ from service.settings import Settings
 from service.storage.artifacts import ArtifactStore, sha256_bytes
 from service.storage.game_repo import resolve_target
 from service.storage.job_store import SqlJobStore
-from service.storage.records import JobRecord, NewJob, NewTile, TileRecord, TileStatus
+from service.storage.records import (
+    JobRecord,
+    NewJob,
+    NewTile,
+    TileRecord,
+    TileStatus,
+    held_result,
+)
 from service.storage.sidecars import sheet_beside
 from service.storage.stores import open_artifacts
 
@@ -275,7 +282,8 @@ class JobService:
 
     def rerun(self, job_id: str, tiles: builtins.list[int]) -> JobPublic:
         """A new job from the same input and tile plan: the chosen tiles are refined again
-        (with a fresh seed and their current prompt), the others come from the cache. For an
+        (with a fresh seed and their current prompt), the others keep the result they hold,
+        from the cache (a prompt edited on a tile not chosen waits until it is chosen). For an
         animate job the tiles are its frames: the chosen frames are generated again with new
         seeds, the others come from the cache, so only their cells of the sheet change."""
         row = self.store.get(job_id)
@@ -296,21 +304,22 @@ class JobService:
         chosen = set(tiles)
         new_plan = [NewTile(t.idx, t.x, t.y, t.w, t.h, caption=t.caption, prompt=t.prompt,
                             rerun=t.rerun + (1 if t.idx in chosen else 0)) for t in plan]
+        # a tile or frame not chosen keeps the result it holds (its key and seed), even when
+        # its prompt was edited since: the edited prompt waits until it is chosen
+        held = {t.idx: result for t in plan
+                if t.idx not in chosen and (result := held_result(t)) is not None}
         if row.kind == "animate":
             params = AnimateParams.model_validate(row.params)
             if not plan:  # a job that failed before it wrote its frames: plan them here
                 new_plan = frame_plan(params, (row.input_width, row.input_height),
                                       rerun=chosen)
-            # a kept frame is written refined (done), as the runner writes every frame it has
-            requests = frame_requests(self.settings, row.input_sha256, params, new_plan)
+            # a kept frame is written refined (done), as the runner writes every frame it has;
+            # one an earlier attempt cached but never recorded is found by its request
+            requests = {**frame_requests(self.settings, row.input_sha256, params, new_plan),
+                        **held}
             kept: TileStatus = "refined"
-        else:
-            # a tile not chosen asks for what it was refined with (same pixels, options and
-            # seed; its prompt unless edited since): the runner takes it from the cache, cached
-            requests = {t.idx: (t.cache_key, t.seed) for t in plan
-                        if t.idx not in chosen and t.status in ("refined", "cached")
-                        and t.cache_key and t.seed is not None}
-            kept = "cached"
+        else:  # the runner takes a kept tile from the cache, and writes it cached
+            requests, kept = held, "cached"
         return self._rerun_new(row, kept_rows(self.artifacts, new_plan, requests, kept))
 
     def retry(self, job_id: str, *, idempotency_key: str | None = None
@@ -375,8 +384,8 @@ def kept_rows(artifacts: ArtifactStore, plan: builtins.list[NewTile],
     """A rerun's tile or frame rows: each one whose result the runner will take from the cache
     (its request, ``requests[idx]`` = (cache key, seed), is cached) is written in its final
     ``status`` with that seed and key from the moment the rerun exists, so its state never
-    moves (the studio showed kept tiles and frames queued, then done); the others (chosen, a
-    frame given a new prompt) are pending."""
+    moves (the studio showed kept tiles and frames queued, then done); the others (chosen, or
+    their result gone from the cache) are pending."""
     out = []
     for t in plan:
         key, seed = requests.get(t.idx, (None, None))

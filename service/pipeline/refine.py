@@ -66,12 +66,15 @@ class MemoryCache:
 
 @dataclass(frozen=True)
 class TileWork:
-    """One tile to refine: its index in the plan, pixels, per-tile prompt and seed."""
+    """One tile to refine: its index in the plan, pixels, per-tile prompt and seed; ``kept``:
+    the cache key of a result the tile keeps (its job's tile row holds it), taken as it is
+    while the cache has it, whatever the prompt now (else the tile is refined as asked)."""
 
     index: int
     image: np.ndarray
     prompt: str = ""
     seed: int = 0
+    kept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,8 @@ async def refine_tiles(
     earlier: Mapping[int, RemoteRecord] | None = None,
     before: Before | None = None, after: After | None = None, poll_s: float = 0.25,
 ) -> dict[int, np.ndarray]:
-    """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing.
+    """Refine ``work`` tiles; returns ``{index: refined pixels}``. Cached tiles cost nothing;
+    a tile's ``kept`` result, while cached, is taken before anything else (no ``before``).
 
     Reports to ``observer`` as ``stage``: ``tile_started`` for a tile not in the cache (before
     it waits for a slot), ``submitted`` when a remote job is submitted (without
@@ -230,10 +234,13 @@ async def refine_tiles(
 
     async def one(item: TileWork) -> None:
         nonlocal hits
-        if before is not None:
-            item = await before(item)
-        key = tile_key(item, options, backend.name)
-        cached = await asyncio.to_thread(cache.get_array, key)
+        key = item.kept or ""  # the result the tile holds: no caption, no refine
+        cached = await asyncio.to_thread(cache.get_array, key) if key else None
+        if cached is None:
+            if before is not None:
+                item = await before(item)
+            key = tile_key(item, options, backend.name)
+            cached = await asyncio.to_thread(cache.get_array, key)
         if cached is not None:
             hits += 1
             await _from_cache(cache, observer, stage, item.index, key)

@@ -100,14 +100,17 @@ def stage_plan(params: UpscaleParams, *, can_caption: bool = True) -> StagePlan:
 class TileMemory:
     """What is already known about a tile before the stages run: a caption an earlier attempt
     stored, a prompt the user set for this tile (used instead of a caption), how often the
-    user asked to re-run it (a fresh seed each time), and the remote jobs an interrupted attempt
-    submitted for it: its refine (``remote``) and its caption (``caption_remote``)."""
+    user asked to re-run it (a fresh seed each time), the remote jobs an interrupted attempt
+    submitted for it: its refine (``remote``) and its caption (``caption_remote``), and the
+    cache key of the result it holds (``kept``: refined earlier, or kept by a rerun), which it
+    keeps while the cache has it even when its prompt was edited since."""
 
     caption: str = ""
     prompt: str = ""
     rerun: int = 0
     remote: RemoteRecord | None = None
     caption_remote: RemoteRecord | None = None
+    kept: str | None = None
 
 
 def refine_options(params: UpscaleParams, style: np.ndarray | None = None) -> RefineOptions:
@@ -217,7 +220,7 @@ async def _caption_and_refine(backend: GpuBackend, prepared: Prepared, plan: Sta
         memory = {i: dataclasses.replace(m, caption=text) for i, m in memory.items()}
         want = False
     work = [TileWork(i, prepared.tile(i), m.prompt or m.caption,
-                     derive_seed(seed, prepared.seed_slot(i), m.rerun))
+                     derive_seed(seed, prepared.seed_slot(i), m.rerun), kept=m.kept)
             for i, m in memory.items()]
     earlier = {i: m.remote for i, m in memory.items() if m.remote is not None}
     return await refine_tiles(backend, work, options, cache, observer=observer,

@@ -202,6 +202,18 @@ class TileRecord:
         return cls(**{f.name: mapping[f.name] for f in dataclasses.fields(cls)})
 
 
+def held_result(tile: NewTile | TileRecord) -> tuple[str, int] | None:
+    """``(cache key, seed)`` of the result a tile or frame row holds (``refined``, or
+    ``cached``: taken from the cache), else None. The row keeps that result until the tile is
+    chosen for a rerun, whatever its prompt says now: a prompt edited since waits for that
+    rerun. A rerun writes its kept rows with it (``service.jobs.service.rerun``) and the
+    runners take it from the cache while it is there (the upscale refine loop, the animate
+    runner's ``cached_cells``)."""
+    if tile.status in ("refined", "cached") and tile.cache_key and tile.seed is not None:
+        return tile.cache_key, tile.seed
+    return None
+
+
 class TileUpdate(TypedDict, total=False):
     """The tile columns the runner and the API change."""
 

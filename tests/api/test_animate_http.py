@@ -49,6 +49,23 @@ def emulator() -> Iterator[EmulatorServer]:
         yield emu
 
 
+@pytest.fixture
+def recorded() -> Iterator[tuple[EmulatorServer, list[tuple[str, str]]]]:
+    """The animate echo worker on endpoint ``anim``, and each frame it is sent, in order:
+    (frame id, prompt)."""
+    sent: list[tuple[str, str]] = []
+    echo = resolve_handler("animate-echo")
+
+    def animate(job: dict[str, Any]) -> dict[str, Any]:
+        if job["input"].get("action") == "animate":
+            sent.append((job["input"]["frame_id"], job["input"]["prompt"]))
+        return dict(echo(job))
+
+    with EmulatorServer({"anim": EndpointConfig(handler=animate, workers=4)},
+                        api_key=KEY) as emu:
+        yield emu, sent
+
+
 def _server(emu: EmulatorServer, root: Path, endpoint: str, **extra: Any) -> Any:
     from service.settings import load_settings
 
@@ -266,6 +283,47 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
     assert [i for i, s in gpu.items() if s is not None] == [3, 5], gpu
     assert gpu[3] >= 0.3 and gpu[5] >= 0.3
     assert final["cost"]["execution_s"] == pytest.approx(gpu[3] + gpu[5], abs=0.002)
+
+
+def test_a_frame_whose_prompt_was_edited_keeps_its_cell_until_it_is_chosen(
+        recorded: tuple[EmulatorServer, list[tuple[str, str]]], tmp_path: Path) -> None:
+    """Frame 6 gets a new edit prompt but is not chosen: regenerating frames 3 and 5 sends
+    those two to the worker and no other; cell 6 of the sheet stays the same byte for byte,
+    frame 6 is done throughout and shows the new prompt, which the worker receives once
+    frame 6 is chosen."""
+    emu, sent = recorded
+    with _server(emu, tmp_path, "anim") as server, server.client() as client:
+        job = _submit(client, motion="walk", frames="8").json()
+        assert wait_terminal(client, job["id"])["status"] == "succeeded"
+        before = client.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+        first = _cells(client.get(f"/v1/jobs/{job['id']}/result").content, 8)
+        patched = client.patch(f"/v1/jobs/{job['id']}/tiles/6",
+                               json={"prompt": "walking, waving a torch"})
+        assert patched.status_code == 200, patched.text
+        sent.clear()
+
+        rerun = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [3, 5]})
+        assert rerun.status_code == 202, rerun.text
+        again = rerun.json()
+        events = sse_events(client, again["id"], tiles=True)
+        final = wait_terminal(client, again["id"])
+        assert final["status"] == "succeeded", final.get("error")
+        assert sorted(frame for frame, _ in sent) == ["frame-3", "frame-5"]
+        assert final["cost"]["runpod_jobs"] == 2
+        assert [t["state"] for name, data in events if name == "tiles"
+                for t in data["tiles"] if t["index"] == 6] == ["done"]  # told once
+        after = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]
+        assert (after[6]["state"], after[6]["seed"]) == ("done", before[6]["seed"])
+        assert after[6]["prompt"] == "walking, waving a torch"
+        second = _cells(client.get(f"/v1/jobs/{again['id']}/result").content, 8)
+        assert second[6].tobytes() == first[6].tobytes()
+        sent.clear()
+
+        third = client.post(f"/v1/jobs/{again['id']}/rerun", json={"tiles": [6]}).json()
+        done = wait_terminal(client, third["id"])
+        assert done["status"] == "succeeded", done.get("error")
+        assert [frame for frame, _ in sent] == ["frame-6"]
+        assert "waving a torch" in sent[0][1]  # the new prompt, now that the frame is chosen
 
 
 def test_rerun_of_a_running_animate_job_is_a_conflict(emulator: EmulatorServer,

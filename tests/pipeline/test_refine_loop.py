@@ -4,6 +4,7 @@ against emulated RunPod endpoints: concurrency bound, cache, remote ids, cancell
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import threading
 from pathlib import Path
@@ -112,6 +113,45 @@ def test_tiles_sharing_runpod_jobs_still_report_and_cache_one_by_one() -> None:
     assert sum(int(n) * jobs for n, jobs in stats["tiles_per_job"].items()) == 12
     assert stats["tiles_per_job"].get("2", 0) >= 4  # most tiles travelled in pairs
     assert stats["submitted"] == len({v[0] for v in submitted.values()}) < 12
+
+
+def test_a_tile_keeps_the_result_it_holds_whatever_its_prompt_now() -> None:
+    """A tile whose result is kept (``kept``: the key its job's row holds) is taken from the
+    cache although its prompt changed since: no caption, no RunPod job, its key reported as it
+    was. A kept result the cache no longer has is refined with the prompt the tile has now."""
+    with emulator(workers=2, latency_s=0.02) as emu:
+        work, cache = _work(3), MemoryCache()
+        keys: dict[int, str] = {}
+        prompts: list[str] = []
+
+        class Recorder(Observer):
+            def refined(self, stage: str, index: int, key: str, seed: int, cost: Any) -> None:
+                keys[index] = key
+
+        async def before(item: TileWork) -> TileWork:
+            prompts.append(item.prompt)
+            return item
+
+        async def run(items: list[TileWork]) -> dict[int, np.ndarray]:
+            backend = _backend(emu)
+            try:
+                return await refine_tiles(backend, items, RefineOptions(), cache,
+                                          observer=Recorder(), before=before)
+            finally:
+                await backend.aclose()
+
+        first = asyncio.run(run(work))
+        held = dict(keys)
+        del cache.arrays[held[2]]  # tile 2's result was garbage-collected since
+        edited = [dataclasses.replace(w, prompt=f"edited {w.index}", kept=held[w.index])
+                  for w in work]
+        prompts.clear()
+        again = asyncio.run(run(edited))
+        stats = emu.stats("upscale")
+    assert stats["submitted"] == 4  # three, then tile 2 alone
+    assert prompts == ["edited 2"]  # the kept tiles were not even captioned
+    assert keys[0] == held[0] and keys[1] == held[1] and keys[2] != held[2]
+    assert all(np.array_equal(again[i], first[i]) for i in range(3))  # the echo ignores prompts
 
 
 def test_after_processes_each_tile_as_it_arrives_and_the_cache_keeps_it_raw() -> None:
