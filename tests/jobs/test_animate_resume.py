@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from jobs_helpers import embedded_process, kill_when_quiet, wait_until
@@ -107,8 +108,10 @@ def _in_flight(svc: JobService, emu: EmulatorServer, job_id: str, min_done: int,
 
 def _check_paid_once(done: Any, emu: EmulatorServer, endpoint: str = "anim",
                      latency: float = LATENCY) -> None:
+    """The job succeeded at its second attempt and paid for each frame once."""
+    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     stats = emu.stats(endpoint)
-    assert stats["submitted"] == PARAMS.frames, stats  # no frame went to RunPod twice
+    assert stats["submitted"] == PARAMS.frames, json.dumps(stats)  # no frame sent twice
     assert stats["canceled"] == 0, stats
     assert done.cost.runpod_jobs == PARAMS.frames and done.cost.possibly_billed == 0
     # each frame's GPU time counted once: exactly what the endpoint billed for its eight
@@ -121,8 +124,56 @@ def _check_paid_once(done: Any, emu: EmulatorServer, endpoint: str = "anim",
     assert done.cost.usd == pytest.approx(done.cost.execution_s * price, rel=1e-6)
 
 
+def _check_sheet(svc: JobService, job_id: str, emu: EmulatorServer) -> None:
+    """The job's sheet is the one an uninterrupted run makes."""
+    path, _ = svc.result(job_id)
+    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+
+
+def _ended(svc: JobService, job_id: str) -> Any:
+    return wait_until(lambda: (j := svc.get(job_id)).status.terminal and j, 60, "job end")
+
+
+def _four_frames_on_runpod(settings: Settings, emu: EmulatorServer,
+                           endpoint: str = "anim") -> tuple[JobService, str]:
+    """A started service running the sprite's animate job, once four frames (the job's
+    concurrency) are on RunPod with their ids recorded."""
+    svc = build_job_service(settings)
+    svc.start()
+    job, _ = svc.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
+    wait_until(lambda: _in_flight(svc, emu, job.id, 0, endpoint)
+               and emu.stats(endpoint)["submitted"] == 4, 30, "four frames on RunPod")
+    return svc, job.id
+
+
+def _scale(emu: EmulatorServer, endpoint: str, workers: int) -> None:
+    httpx.post(f"{emu.root}/_emulator/scale/{endpoint}", params={"workers": workers},
+               timeout=30).raise_for_status()
+
+
+def _lose_lease(stalled: JobService, job_id: str) -> None:
+    """The runner stalled past its lease: as a dead runner's, the job is up for re-claiming,
+    and the stalled runner hears so at its next heartbeat."""
+    stalled.store.mutate(job_id, lambda _row: {"owner": "stalled-runner-gone",
+                                               "lease_until": 0.0})
+
+
+def _run_to_end(settings: Settings, job_id: str, *stop_after: JobService,
+                ) -> tuple[JobService, Any]:
+    """A new service takes the job up and runs it to its end (then it and ``stop_after``
+    stop): the service and the ended job."""
+    svc = build_job_service(settings)
+    svc.start()
+    try:
+        return svc, _ended(svc, job_id)
+    finally:
+        svc.stop()
+        for other in stop_after:
+            other.stop()
+
+
 def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
-        job_settings: Any, emu: EmulatorServer, tmp_path: Path) -> None:
+        job_settings: Any, emu: EmulatorServer) -> None:
     settings = _settings(job_settings, emu)
     submitter = build_job_service(settings)  # not started: the subprocesses run the job
     job, _ = submitter.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
@@ -144,73 +195,47 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
     assert on_runpod  # paid-for frames the next attempt must pick up, not submit again
     second = embedded_process(env)
     try:
-        done = wait_until(lambda: (j := submitter.get(job.id)).status.terminal and j, 60,
-                          "job end")
+        done = _ended(submitter, job.id)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait()
-    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     _check_paid_once(done, emu)
     frames = {t.idx: t for t in submitter.store.get_tiles(job.id)}
     assert all(frames[i].remote_job_id == rid for i, rid in on_runpod.items())  # the same job
     assert {r["id"] for r in submitter.store.get(job.id).remote_jobs} == {
         t.remote_job_id for t in frames.values()}
-    path, _ = submitter.result(job.id)
-    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+    _check_sheet(submitter, job.id, emu)
 
 
 def test_a_stopping_runner_lets_frames_in_flight_finish_and_the_next_start_keeps_them(
         job_settings: Any, emu: EmulatorServer) -> None:
     settings = _settings(job_settings, emu)
-    svc = build_job_service(settings)
-    svc.start()
-    job, _ = svc.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
-    wait_until(lambda: _in_flight(svc, emu, job.id, 0)
-               and emu.stats("anim")["submitted"] == 4, 30, "four frames on RunPod")
+    # the frames wait for a GPU until the stop: with the workers running, the moment with
+    # exactly four frames sent lasted until the first came back (0.8 s), and a loaded
+    # machine missed it and saw a fifth
+    _scale(emu, "anim", 0)
+    svc, job_id = _four_frames_on_runpod(settings, emu)
+    _scale(emu, "anim", 2)
     svc.stop()  # graceful: like SIGTERM to `aat up` or `aat runner`
-    stopped = svc.get(job.id)
+    stopped = svc.get(job_id)
     stats = emu.stats("anim")
     assert stopped.status == JobStatus.queued  # back in the queue for the next start
     assert stats["canceled"] == 0 and stats["submitted"] == 4  # drained, nothing new sent
     assert stopped.stages["animate"].done == 4  # the four in flight finished and were kept
 
-    again = build_job_service(settings)
-    again.start()
-    try:
-        done = wait_until(lambda: (j := again.get(job.id)).status.terminal and j, 60,
-                          "job end")
-    finally:
-        again.stop()
-    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    again, done = _run_to_end(settings, job_id)
     _check_paid_once(done, emu)
-    path, _ = again.result(job.id)
-    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+    _check_sheet(again, job_id, emu)
 
 
 def test_a_runner_that_lost_its_lease_leaves_the_frames_to_the_new_owner(
         job_settings: Any, emu: EmulatorServer) -> None:
     settings = _settings(job_settings, emu, "anim-long")
-    stalled = build_job_service(settings)
-    stalled.start()
-    job, _ = stalled.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
-    wait_until(lambda: _in_flight(stalled, emu, job.id, 0, "anim-long")
-               and emu.stats("anim-long")["submitted"] == 4, 30, "four frames on RunPod")
-    # the runner stalled past its lease: as a dead runner's, the job is up for re-claiming,
-    # and the stalled runner hears so at its next heartbeat
-    stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
-                                               "lease_until": 0.0})
-    new_owner = build_job_service(settings)
-    new_owner.start()
-    try:
-        done = wait_until(lambda: (j := new_owner.get(job.id)).status.terminal and j, 60,
-                          "job end")
-    finally:
-        new_owner.stop()
-        stalled.stop()
-    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    stalled, job_id = _four_frames_on_runpod(settings, emu, "anim-long")
+    _lose_lease(stalled, job_id)
+    new_owner, done = _run_to_end(settings, job_id, stalled)
     _check_paid_once(done, emu, "anim-long", LONG)  # nothing cancelled, nothing sent twice
-    path, _ = new_owner.result(job.id)
-    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+    _check_sheet(new_owner, job_id, emu)
 
 
 def _cached_cells(settings: Settings) -> int:
@@ -224,25 +249,11 @@ def test_frames_a_runner_finished_after_losing_its_lease_are_paid_for_once(
     cache: their GPU time and price (kept with each cached cell) land on the job once, and
     the RunPod job count stays eight (it used to record four frames' GPU time of eight)."""
     settings = _settings(job_settings, emu, "anim-long")
-    stalled = build_job_service(settings)
-    stalled.start()
-    job, _ = stalled.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
-    wait_until(lambda: _in_flight(stalled, emu, job.id, 0, "anim-long")
-               and emu.stats("anim-long")["submitted"] == 4, 30, "four frames on RunPod")
-    stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
-                                               "lease_until": 0.0})
+    stalled, job_id = _four_frames_on_runpod(settings, emu, "anim-long")
+    _lose_lease(stalled, job_id)
     wait_until(lambda: _cached_cells(settings) == 4, 30, "the stalled runner's frames cached")
-    lost = stalled.get(job.id)
+    lost = stalled.get(job_id)
     assert lost.stages["animate"].done == 0 and lost.cost.execution_s == 0  # writes refused
-    new_owner = build_job_service(settings)
-    new_owner.start()
-    try:
-        done = wait_until(lambda: (j := new_owner.get(job.id)).status.terminal and j, 60,
-                          "job end")
-    finally:
-        new_owner.stop()
-        stalled.stop()
-    assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
+    new_owner, done = _run_to_end(settings, job_id, stalled)
     _check_paid_once(done, emu, "anim-long", LONG)
-    path, _ = new_owner.result(job.id)
-    assert np.array_equal(_rgba(path.read_bytes()), _uninterrupted_sheet(emu))
+    _check_sheet(new_owner, job_id, emu)
