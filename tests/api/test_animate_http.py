@@ -248,8 +248,7 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
         # another sprite's job holds the one runner thread, its frames waiting for a GPU
         # (the endpoint scaled to zero until the rerun was seen queued; its 0.6 s of frames
         # alone could end first on a loaded machine): the rerun waits in the queue
-        scale = f"{emulator.root}/_emulator/scale/anim-steady"
-        httpx.post(scale, params={"workers": 0}).raise_for_status()
+        emulator.scale("anim-steady", 0)
         busy = client.post("/v1/animations", content=sprite_bytes(), params={
             "filename": "other.png", "motion": "walk", "frames": "8", "seed": "99"},
             headers={"Content-Type": "image/png"})
@@ -261,7 +260,7 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
         assert client.get(f"/v1/jobs/{again['id']}").json()["status"] == "queued"
         assert [t["state"] for t in at_once] == [
             "queued" if i in (3, 5) else "done" for i in range(8)]
-        httpx.post(scale, params={"workers": 4}).raise_for_status()
+        emulator.scale("anim-steady", 4)
         events = sse_events(client, again["id"], tiles=True)
         final = wait_terminal(client, again["id"])
         frames = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]

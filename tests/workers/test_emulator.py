@@ -243,7 +243,7 @@ def test_n_workers_run_jobs_concurrently_and_no_more(runpod_emulator):
     emu = runpod_emulator(handler=echo, workers=0, latency_s=0.4)
     api = Api(emu)
     ids = [api.run({"i": i}) for i in range(6)]
-    httpx.post(f"{emu.root}/_emulator/scale/upscale", params={"workers": 3}).raise_for_status()
+    emu.scale("upscale", 3)
     bodies = [api.wait(job_id) for job_id in ids]
     assert len({b["workerId"] for b in bodies}) == 3
     stats = emu.stats("upscale")

@@ -134,6 +134,13 @@ class EmulatorServer:
         resp.raise_for_status()
         return resp.json()
 
+    def scale(self, endpoint_id: str, workers: int) -> None:
+        """Scale the endpoint to ``workers`` (0: jobs wait IN_QUEUE, as on an idle endpoint),
+        over HTTP like ``aat emulate`` users do."""
+        resp = httpx.post(f"{self.root}/_emulator/scale/{endpoint_id}",
+                          params={"workers": workers}, timeout=10)
+        resp.raise_for_status()
+
     def __enter__(self) -> EmulatorServer:
         self.start()
         return self
