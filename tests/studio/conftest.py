@@ -105,3 +105,16 @@ def slow_gpus(emulator: Any) -> Iterator[None]:
     yield
     for eid, config in configs.items():
         config.latency_s = before[eid]
+
+
+@pytest.fixture
+def idle_gpus(emulator: Any) -> Iterator[None]:
+    """No GPU worker takes a call for one test (every endpoint scaled to zero, as an idle
+    RunPod endpoint is): a job stays running with its tiles or frames waiting on RunPod, however
+    long a loaded machine takes to load the page; then the workers come back."""
+    configs = emulator.test_configs
+    for eid in configs:
+        emulator.scale(eid, 0)
+    yield
+    for eid, config in configs.items():
+        emulator.scale(eid, config.workers)
