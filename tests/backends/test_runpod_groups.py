@@ -52,22 +52,48 @@ def refine_job(backend: RunPodBackend, work: list[TileTask], *, close: bool = Tr
     return asyncio.run(go())
 
 
+def refine_at_once(backend: RunPodBackend, work: list[TileTask]) -> list[Any]:
+    """Every tile of ``work`` sent at once with one options object; each tile's result or
+    error (the backend closed afterwards)."""
+    options = RefineOptions()
+
+    async def go() -> list[Any]:
+        try:
+            return list(await asyncio.gather(
+                *(backend.refine(t, options) for t in work), return_exceptions=True))
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def grouped(runpod_emulator: Any, runpod_settings: Any) -> Any:
+    """``grouped(per_job=2, slots=1, settings={...}, **emulator)`` → (emulator, backend): a
+    started emulator and a backend sending up to ``per_job`` tiles per RunPod job, with
+    ``slots`` RunPod jobs in flight (None: from the endpoint's workers)."""
+    def make(per_job: int = 2, slots: int | None = 1, settings: dict[str, Any] | None = None,
+             **emulator: Any) -> tuple[Any, RunPodBackend]:
+        emu = runpod_emulator(**emulator)
+        return emu, RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=per_job,
+                                                  runpod_max_concurrency=slots,
+                                                  **(settings or {})))
+    return make
+
+
 def check_pixels(work: list[TileTask], results: list[Any]) -> None:
     for tile, result in zip(work, results, strict=True):
         assert result.tile_id == tile.tile_id and result.seed_used == tile.seed
         assert np.array_equal(result.image, tint(tile.image, tile.seed))
 
 
-def test_tiles_waiting_for_slots_share_jobs_and_run_requests_halve(runpod_emulator,
-                                                                  runpod_settings) -> None:
+def test_tiles_waiting_for_slots_share_jobs_and_run_requests_halve(grouped) -> None:
     # One slot, so which tiles wait together does not depend on timing: with two slots, two
     # groups ending together free both, and the never-idle rule then rightly sends the next two
     # tiles alone (seen once in CI).
     counts = {}
     for per_job in (1, 2):
-        emu = runpod_emulator(workers=2, latency_s=0.05)
-        backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=per_job,
-                                                runpod_max_concurrency=1))
+        emu, backend = grouped(per_job, workers=2, latency_s=0.05)
         work, submitted = tiles(16), {}
         results = refine_job(backend, work, submitted=submitted)
         check_pixels(work, results)
@@ -86,20 +112,16 @@ def test_tiles_waiting_for_slots_share_jobs_and_run_requests_halve(runpod_emulat
     assert counts[2]["submitted"] == 8 and counts[2]["tiles_per_job"] == {"2": 8}
 
 
-def test_a_few_tiles_with_free_slots_still_go_one_per_job(runpod_emulator,
-                                                         runpod_settings) -> None:
+def test_a_few_tiles_with_free_slots_still_go_one_per_job(grouped) -> None:
     """Grouping never leaves a slot idle: 3 tiles, 4 free slots, 3 parallel jobs."""
-    emu = runpod_emulator(workers=2, latency_s=0.05)
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2))
+    emu, backend = grouped(slots=None, workers=2, latency_s=0.05)
     work = tiles(3)
     check_pixels(work, refine_job(backend, work))
     assert emu.stats("upscale")["tiles_per_job"] == {"1": 3}
 
 
-def test_a_failed_group_is_retried_tile_by_tile(runpod_emulator, runpod_settings) -> None:
-    emu = runpod_emulator(workers=1, faults="failed=1:1")  # the first job fails (retryable)
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2,
-                                            runpod_max_concurrency=1))
+def test_a_failed_group_is_retried_tile_by_tile(grouped) -> None:
+    emu, backend = grouped(workers=1, faults="failed=1:1")  # the first job fails (retryable)
     work, submitted = tiles(2), {}
     results = refine_job(backend, work, submitted=submitted)
     check_pixels(work, results)
@@ -114,44 +136,20 @@ def test_a_failed_group_is_retried_tile_by_tile(runpod_emulator, runpod_settings
     assert submitted["t0"][1] != submitted["t1"][1]
 
 
-def test_a_permanent_failure_fails_every_tile_of_the_group_once(runpod_emulator,
-                                                               runpod_settings) -> None:
-    emu = runpod_emulator(workers=1, faults="fatal=1:1")
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2,
-                                            runpod_max_concurrency=1))
-    options = RefineOptions()
-
-    async def go() -> list[Any]:
-        try:
-            return list(await asyncio.gather(
-                *(backend.refine(t, options) for t in tiles(2)), return_exceptions=True))
-        finally:
-            await backend.aclose()
-
-    errors = asyncio.run(go())
+def test_a_permanent_failure_fails_every_tile_of_the_group_once(grouped) -> None:
+    emu, backend = grouped(workers=1, faults="fatal=1:1")
+    errors = refine_at_once(backend, tiles(2))
     assert all(isinstance(e, WorkerError) and e.code == "worker_fatal" and not e.retryable
                for e in errors)
     assert "tiles t0, t1 failed after 1 RunPod job(s)" in errors[0].message
     assert emu.stats("upscale")["submitted"] == 1  # retrying would fail the same way
 
 
-def test_endless_429_fails_the_group_once_without_sending_tiles_alone(runpod_emulator,
-                                                                     runpod_settings) -> None:
+def test_endless_429_fails_the_group_once_without_sending_tiles_alone(grouped) -> None:
     """The HTTP layer giving up is no job failure: the tiles get the retryable error (the job
     runner retries later), not one more round of /run attempts each."""
-    emu = runpod_emulator(faults="429=1")
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2, runpod_http_attempts=3,
-                                            runpod_max_concurrency=1))
-    options = RefineOptions()
-
-    async def go() -> list[Any]:
-        try:
-            return list(await asyncio.gather(
-                *(backend.refine(t, options) for t in tiles(2)), return_exceptions=True))
-        finally:
-            await backend.aclose()
-
-    errors = asyncio.run(go())
+    emu, backend = grouped(settings={"runpod_http_attempts": 3}, faults="429=1")
+    errors = refine_at_once(backend, tiles(2))
     assert all(isinstance(e, BackendUnavailable) and e.retryable
                and e.code == "runpod_rate_limited" for e in errors)
     assert errors[0].message.startswith("tiles t0, t1: RunPod rate limit reached (429)")
@@ -183,11 +181,8 @@ def test_each_tile_of_a_shared_job_resumes_from_it(runpod_emulator, runpod_setti
     assert sum(r.accounting.cost_usd for r in resumed) == pytest.approx(job_cost, rel=0.01)
 
 
-def test_cancelling_every_tile_of_a_group_cancels_its_runpod_job(runpod_emulator,
-                                                                 runpod_settings) -> None:
-    emu = runpod_emulator(workers=1, latency_s=30.0)
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2,
-                                            runpod_max_concurrency=1))
+def test_cancelling_every_tile_of_a_group_cancels_its_runpod_job(grouped) -> None:
+    emu, backend = grouped(workers=1, latency_s=30.0)
     options, seen = RefineOptions(), []
 
     async def go() -> None:
@@ -216,32 +211,26 @@ def test_a_group_never_outgrows_one_request() -> None:
     assert tiles_per_request((1024, 1024, 3), 4, style_shape=(1024, 1024, 3)) == 1
 
 
-def test_groups_are_sized_to_fit_the_request(runpod_emulator, runpod_settings,
-                                             monkeypatch) -> None:
+def test_groups_are_sized_to_fit_the_request(grouped, monkeypatch) -> None:
     """With the budget of two tiles, a setting of 4 still sends pairs."""
     from service.backends.runpod import backend as runpod_backend
 
     monkeypatch.setattr(runpod_backend, "tiles_per_request",
                         lambda shape, wanted, style_shape=None: min(wanted, 2))
-    emu = runpod_emulator(workers=1)
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=4,
-                                            runpod_max_concurrency=1))
+    emu, backend = grouped(4, workers=1)
     work = tiles(6)
     check_pixels(work, refine_job(backend, work))
     assert emu.stats("upscale")["tiles_per_job"] == {"2": 3}
 
 
-def test_a_pair_over_the_request_limit_is_sent_one_by_one(runpod_emulator, runpod_settings,
-                                                           monkeypatch) -> None:
+def test_a_pair_over_the_request_limit_is_sent_one_by_one(grouped, monkeypatch) -> None:
     """Were the worst-case bound ever wrong, a too-large shared request is never sent: each
     tile goes alone instead."""
     from service.backends.runpod import backend as runpod_backend
 
     monkeypatch.setattr(runpod_backend, "tiles_per_request",
                         lambda shape, wanted, style_shape=None: wanted)  # no cap
-    emu = runpod_emulator(workers=1)
-    backend = RunPodBackend(runpod_settings(emu, runpod_tiles_per_job=2,
-                                            runpod_max_concurrency=1))
+    emu, backend = grouped(workers=1)
     work = tiles(2, size=1200)  # noise: 5.8 MB of base64 each, 11.5 MB together
     check_pixels(work, refine_job(backend, work))
     stats = emu.stats("upscale")
