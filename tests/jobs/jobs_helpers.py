@@ -104,14 +104,20 @@ def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> b
 
 
 def kill_when_quiet(pid: int, quiet: Callable[[], bool], *, group: bool = False,
-                    what: str = "a quiet moment", timeout: float = 60.0) -> None:
+                    what: str = "a quiet moment", timeout: float = 60.0,
+                    hold: Callable[[], None] | None = None) -> None:
     """SIGKILL the runner ``pid`` (its whole process group with ``group``) at a moment when
     ``quiet()`` holds (e.g. :func:`quiet_moment`: every RunPod job sent has its id recorded).
     Checking and then killing leaves a gap in which a loaded machine lets the runner send one
     more ``/run`` and die before recording it, paying that tile twice; so the runner is frozen
     (SIGSTOP) first, a request it had already put on the wire is given time to reach the
     emulator, and it is killed only if it is still quiet, frozen. Otherwise it goes on
-    (SIGCONT) and the next quiet moment is tried."""
+    (SIGCONT) and the next quiet moment is tried.
+
+    ``hold()`` is called at the first quiet moment, e.g. to scale the endpoint to zero: the
+    RunPod jobs in flight then wait for a GPU, so the job cannot end (and its quiet moments
+    with work in flight cannot pass) before the kill; without it a loaded machine could let
+    the job finish while every try fell on a request on the wire. The caller scales back."""
     def send(sig: signal.Signals) -> None:
         if group:
             os.killpg(os.getpgid(pid), sig)
@@ -121,6 +127,9 @@ def kill_when_quiet(pid: int, quiet: Callable[[], bool], *, group: bool = False,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if quiet():
+            if hold is not None:
+                hold()
+                hold = None
             send(signal.SIGSTOP)
             time.sleep(0.3)  # a /run already sent reaches the emulator, frozen or not
             if quiet():

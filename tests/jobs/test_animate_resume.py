@@ -21,7 +21,6 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from jobs_helpers import embedded_process, kill_when_quiet, wait_until
@@ -44,6 +43,7 @@ EDIT_SIDE = 64
 LATENCY = 0.8  # "GPU" seconds per frame: frames are still on RunPod when the runner goes
 LONG = 2.0
 PARAMS = AnimateParams(motion="walk", frames=8, seed=11)
+WORKERS = {"anim": 2, "anim-long": 4}
 
 
 def sprite_png() -> bytes:
@@ -54,10 +54,11 @@ def sprite_png() -> bytes:
 def emu() -> Iterator[EmulatorServer]:
     with EmulatorServer({
         # two workers and four frames in flight: two running, two queued at any moment
-        "anim": EndpointConfig(handler=resolve_handler("animate-echo"), workers=2,
+        "anim": EndpointConfig(handler=resolve_handler("animate-echo"), workers=WORKERS["anim"],
                                latency_s=LATENCY),
-        # four workers, longer frames: a whole batch of four still running when a lease goes
-        "anim-long": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
+        # four workers, longer frames: the batch of four runs on after the lease has gone
+        "anim-long": EndpointConfig(handler=resolve_handler("animate-echo"),
+                                    workers=WORKERS["anim-long"],
                                     latency_s=LONG),
         "anim-ref": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4),
     }, api_key=KEY) as server:
@@ -137,7 +138,11 @@ def _ended(svc: JobService, job_id: str) -> Any:
 def _four_frames_on_runpod(settings: Settings, emu: EmulatorServer,
                            endpoint: str = "anim") -> tuple[JobService, str]:
     """A started service running the sprite's animate job, once four frames (the job's
-    concurrency) are on RunPod with their ids recorded."""
+    concurrency) are on RunPod with their ids recorded, waiting for a GPU: the endpoint has
+    no worker until :func:`_gpus_back`. (With the workers running, the moment with exactly
+    four frames sent lasted until the first came back, and a loaded machine missed it or
+    acted after it: a fifth frame went out.)"""
+    emu.scale(endpoint, 0)
     svc = build_job_service(settings)
     svc.start()
     job, _ = svc.submit_animation(sprite_png(), filename="hero.png", params=PARAMS)
@@ -146,9 +151,8 @@ def _four_frames_on_runpod(settings: Settings, emu: EmulatorServer,
     return svc, job.id
 
 
-def _scale(emu: EmulatorServer, endpoint: str, workers: int) -> None:
-    httpx.post(f"{emu.root}/_emulator/scale/{endpoint}", params={"workers": workers},
-               timeout=30).raise_for_status()
+def _gpus_back(emu: EmulatorServer, endpoint: str = "anim") -> None:
+    emu.scale(endpoint, WORKERS[endpoint])
 
 
 def _lose_lease(stalled: JobService, job_id: str) -> None:
@@ -184,10 +188,11 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
     first = embedded_process(env)
     try:
         kill_when_quiet(first.pid, lambda: _in_flight(submitter, emu, job.id, 2),
-                        what="frames on RunPod")
+                        what="frames on RunPod", hold=lambda: emu.scale("anim", 0))
     finally:
         first.kill()
         first.wait()
+    _gpus_back(emu)
     mid = submitter.get(job.id)
     assert mid.status == JobStatus.running and mid.stages["animate"].done < PARAMS.frames
     on_runpod = {t.idx: t.remote_job_id for t in submitter.store.get_tiles(job.id)
@@ -210,12 +215,8 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
 def test_a_stopping_runner_lets_frames_in_flight_finish_and_the_next_start_keeps_them(
         job_settings: Any, emu: EmulatorServer) -> None:
     settings = _settings(job_settings, emu)
-    # the frames wait for a GPU until the stop: with the workers running, the moment with
-    # exactly four frames sent lasted until the first came back (0.8 s), and a loaded
-    # machine missed it and saw a fifth
-    _scale(emu, "anim", 0)
     svc, job_id = _four_frames_on_runpod(settings, emu)
-    _scale(emu, "anim", 2)
+    _gpus_back(emu)
     svc.stop()  # graceful: like SIGTERM to `aat up` or `aat runner`
     stopped = svc.get(job_id)
     stats = emu.stats("anim")
@@ -233,6 +234,7 @@ def test_a_runner_that_lost_its_lease_leaves_the_frames_to_the_new_owner(
     settings = _settings(job_settings, emu, "anim-long")
     stalled, job_id = _four_frames_on_runpod(settings, emu, "anim-long")
     _lose_lease(stalled, job_id)
+    _gpus_back(emu, "anim-long")
     new_owner, done = _run_to_end(settings, job_id, stalled)
     _check_paid_once(done, emu, "anim-long", LONG)  # nothing cancelled, nothing sent twice
     _check_sheet(new_owner, job_id, emu)
@@ -251,6 +253,7 @@ def test_frames_a_runner_finished_after_losing_its_lease_are_paid_for_once(
     settings = _settings(job_settings, emu, "anim-long")
     stalled, job_id = _four_frames_on_runpod(settings, emu, "anim-long")
     _lose_lease(stalled, job_id)
+    _gpus_back(emu, "anim-long")
     wait_until(lambda: _cached_cells(settings) == 4, 30, "the stalled runner's frames cached")
     lost = stalled.get(job_id)
     assert lost.stages["animate"].done == 0 and lost.cost.execution_s == 0  # writes refused

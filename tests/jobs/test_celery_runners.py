@@ -38,8 +38,10 @@ def test_runner_killed_mid_job_the_job_still_succeeds_without_paying_twice(
     job, _ = svc.submit(data, filename="rock.png", params=params,
                         target=TargetSpec(repo="game", path="rock.png"))
     # the whole runner host dies: main process and child
-    kill_when_quiet(first.pid, lambda: quiet_moment(svc, emu, job.id, 4), group=True)
+    kill_when_quiet(first.pid, lambda: quiet_moment(svc, emu, job.id, 4), group=True,
+                    hold=lambda: emu.scale("upscale", 0))
     assert first.wait(timeout=10) == -signal.SIGKILL
+    emu.scale("upscale", 3)
     mid = svc.get(job.id)
     assert mid.status == JobStatus.running and mid.stages["refine"].done < 16
     in_flight = [t for t in svc.store.get_tiles(job.id)

@@ -149,10 +149,12 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
                "AAT_RUNPOD_TILES_PER_JOB": str(tiles_per_job)}
         first = embedded_process(env)
         try:
-            kill_when_quiet(first.pid, lambda: quiet_moment(submitter, emu, job.id, 4))
+            kill_when_quiet(first.pid, lambda: quiet_moment(submitter, emu, job.id, 4),
+                            hold=lambda: emu.scale("upscale", 0))
         finally:
             first.kill()
             first.wait()
+        emu.scale("upscale", 3)
         mid = submitter.get(job.id)
         assert mid.status == JobStatus.running and mid.stages["refine"].done < n_tiles
         in_flight = [t for t in submitter.store.get_tiles(job.id)
@@ -177,6 +179,38 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
     assert np.array_equal(out, expected_echo_pixels(data, params, 7))
 
 
+def _stalled_with_tiles_on_runpod(job_settings: Any, emu: EmulatorServer
+                                  ) -> tuple[Any, JobService, str]:
+    """A started service runs the 96 px rock's job until four tiles are on RunPod with their
+    ids recorded, then stalls past its lease: as a dead runner's, the job is up for
+    re-claiming, and the stalled runner hears so at its next heartbeat. The tiles wait for a
+    GPU until then (the endpoint scaled to zero; scaled back to its four workers after): with
+    the workers running, a tile ending before the lease went let the stalled runner start one
+    more, whose RunPod job it could no longer record and cancelled (seen under load)."""
+    settings = job_settings(**runpod_settings(emu))
+    emu.scale("upscale", 0)
+    stalled = build_job_service(settings)
+    stalled.start()
+    job, _ = stalled.submit(png(96), filename="rock.png", params=small_params(),
+                            target=TargetSpec(repo="game", path="rock.png"))
+
+    def on_runpod() -> bool:
+        recorded = sum(1 for t in stalled.store.get_tiles(job.id) if t.remote_job_id)
+        return recorded == emu.stats("upscale")["submitted"] >= 4
+
+    wait_until(on_runpod, 30, "tiles on RunPod")
+    stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
+                                               "lease_until": 0.0})
+    emu.scale("upscale", 4)
+    return settings, stalled, job.id
+
+
+def _check_rock(path: Path) -> None:
+    """The 96 px rock refined tile by tile by the echo worker, delivered at ``path``."""
+    assert np.array_equal(pixels(path.read_bytes()),
+                          expected_echo_pixels(png(96), small_params(), 7))
+
+
 @pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
 def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls(
         job_settings: Any, tmp_path: Path) -> None:
@@ -184,34 +218,20 @@ def test_a_runner_that_lost_its_lease_does_not_cancel_what_the_new_owner_repolls
     the job and re-polls those RunPod jobs; the stalled one, hearing it lost the lease, lets
     them finish instead of cancelling them (it used to cancel, and the new owner paid again)."""
     with emulator(workers=4, latency_s=1.5) as emu:
-        settings = job_settings(**runpod_settings(emu))
-        stalled = build_job_service(settings)
-        stalled.start()
-        data, params = png(96), small_params()
-        job, _ = stalled.submit(data, filename="rock.png", params=params,
-                                target=TargetSpec(repo="game", path="rock.png"))
-        n_tiles = 16
-
-        def on_runpod() -> bool:
-            recorded = sum(1 for t in stalled.store.get_tiles(job.id) if t.remote_job_id)
-            return recorded == emu.stats("upscale")["submitted"] >= 4
-
-        wait_until(on_runpod, 30, "tiles on RunPod")
-        stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
-                                                   "lease_until": 0.0})
+        settings, stalled, job_id = _stalled_with_tiles_on_runpod(job_settings, emu)
         new_owner = build_job_service(settings)
         new_owner.start()
         try:
-            done = _finished(new_owner, job.id, 60)
+            done = _finished(new_owner, job_id, 60)
         finally:
             new_owner.stop()
             stalled.stop()
         stats = emu.stats("upscale")
+    n_tiles = 16
     assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     assert stats["canceled"] == 0 and stats["submitted"] == n_tiles  # none paid twice
     assert done.cost.runpod_jobs == n_tiles
-    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
-    assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+    _check_rock(tmp_path / "repo" / "rock_x2.png")
 
 
 def test_a_runner_that_lost_its_lease_cannot_overwrite_the_runpod_job_the_new_owner_repolls(
@@ -267,33 +287,20 @@ def test_tiles_a_runner_finished_after_losing_its_lease_are_paid_for_once(
     cached tile): sixteen tiles' worth, sixteen RunPod jobs."""
     latency = 1.5
     with emulator(workers=4, latency_s=latency) as emu:
-        settings = job_settings(**runpod_settings(emu))
-        stalled = build_job_service(settings)
-        stalled.start()
-        data, params = png(96), small_params()
-        job, _ = stalled.submit(data, filename="rock.png", params=params,
-                                target=TargetSpec(repo="game", path="rock.png"))
-        n_tiles = 16
+        settings, stalled, job_id = _stalled_with_tiles_on_runpod(job_settings, emu)
         cached = settings.data_dir / "artifacts" / "refined"
-
-        def on_runpod() -> bool:
-            recorded = sum(1 for t in stalled.store.get_tiles(job.id) if t.remote_job_id)
-            return recorded == emu.stats("upscale")["submitted"] >= 4
-
-        wait_until(on_runpod, 30, "tiles on RunPod")
-        stalled.store.mutate(job.id, lambda _row: {"owner": "stalled-runner-gone",
-                                                   "lease_until": 0.0})
         wait_until(lambda: len(list(cached.rglob("*.npy"))) == emu.stats("upscale")[
             "submitted"], 30, "the stalled runner's tiles cached")
-        assert stalled.get(job.id).cost.execution_s == 0  # its cost writes were refused
+        assert stalled.get(job_id).cost.execution_s == 0  # its cost writes were refused
         new_owner = build_job_service(settings)
         new_owner.start()
         try:
-            done = _finished(new_owner, job.id, 60)
+            done = _finished(new_owner, job_id, 60)
         finally:
             new_owner.stop()
             stalled.stop()
         stats = emu.stats("upscale")
+    n_tiles = 16
     assert done.status == JobStatus.succeeded and done.attempts == 2, done.error
     assert stats["canceled"] == 0 and stats["submitted"] == n_tiles
     assert done.cost.runpod_jobs == n_tiles
@@ -303,8 +310,7 @@ def test_tiles_a_runner_finished_after_losing_its_lease_are_paid_for_once(
                                                   abs=0.001 * n_tiles), stats
     price = job_settings().runpod_price_per_gpu_second
     assert done.cost.usd == pytest.approx(done.cost.execution_s * price, rel=1e-6)
-    out = pixels((tmp_path / "repo" / "rock_x2.png").read_bytes())
-    assert np.array_equal(out, expected_echo_pixels(data, params, 7))
+    _check_rock(tmp_path / "repo" / "rock_x2.png")
 
 
 @pytest.mark.slow  # 7-24 s: the fast tier leaves it to CI
@@ -333,10 +339,12 @@ def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_count
 
         first = embedded_process(env)
         try:
-            kill_when_quiet(first.pid, captions_in_flight, what="captions in flight")
+            kill_when_quiet(first.pid, captions_in_flight, what="captions in flight",
+                            hold=lambda: emu.scale("caption", 0))
         finally:
             first.kill()
             first.wait()
+        emu.scale("caption", 2)
         second = embedded_process(env)
         try:
             done = _finished(submitter, job.id, 90)
