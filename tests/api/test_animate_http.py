@@ -41,10 +41,11 @@ def emulator() -> Iterator[EmulatorServer]:
         # four workers, 0.3 s per frame: eight frames keep a job running for 0.6 s or more
         "anim-steady": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
                                       latency_s=0.3),
-        # the first frame fails for good after 0.2 s; the others would take 0.8 s each
+        # the first frame fails for good after 0.2 s; the three beside it would take 2 s each
+        # (room for a loaded machine to see the failure and cancel them), later ones 0.2 s
         "anim-fails": EndpointConfig(handler=resolve_handler("animate-echo"), workers=4,
-                                     latency_s=0.2, faults=Faults.parse("fatal=1:1,slow=1"),
-                                     ),
+                                     latency_s=0.2, faults=Faults.parse("fatal=1:1,slow=1:3",
+                                                                        slow_factor=10)),
     }, api_key=KEY) as emu:
         yield emu
 
