@@ -74,6 +74,10 @@ class EditBackend(Protocol):
         calls :meth:`edit` instead."""
         ...
 
+    async def health(self) -> dict[str, Any]:
+        """The endpoint's ``/health`` (workers, jobs) with its ``id``."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -92,14 +96,14 @@ def decode_rgb(data: bytes, what: str) -> np.ndarray:
                           retryable=True) from exc
 
 
-def _client(s: Settings, endpoint_id: str) -> RunPodClient:
+def _client(s: Settings, endpoint_id: str, setting: str) -> RunPodClient:
     if s.runpod_api_key is None:
         raise ConfigError("animate needs RUNPOD_API_KEY (the key of your RunPod account)")
     return RunPodClient(
         s.runpod_base_url, endpoint_id, s.runpod_api_key,
         retry=RetryPolicy(s.runpod_http_attempts, s.runpod_backoff_base_s, s.runpod_backoff_max_s),
         poll=PollPolicy(s.runpod_poll_min_s, s.runpod_poll_max_s, s.runpod_ttl_s + 60.0),
-        http=httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0)),
+        http=httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0)), setting=setting,
     )
 
 
@@ -146,6 +150,9 @@ class _OnRunPod:
 
     async def _read(self, output: Any, frame_id: str) -> np.ndarray:
         raise NotImplementedError
+
+    async def health(self) -> dict[str, Any]:
+        return {"id": self._client.endpoint_id, **await self._client.health()}
 
     async def resume(self, frame_id: str, remote_id: str, *,
                      acct: CallAccounting | None = None) -> np.ndarray | None:
@@ -280,8 +287,10 @@ def open_edit_backend(settings: Settings) -> EditBackend:
         if not settings.runpod_animate_endpoint_id:
             raise ConfigError("AAT_ANIMATE_BACKEND=worker needs RUNPOD_ANIMATE_ENDPOINT_ID "
                               "(the endpoint running workers/animate)", code="config_missing")
-        return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id),
+        return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id,
+                                         "RUNPOD_ANIMATE_ENDPOINT_ID"),
                                  price_per_s=settings.runpod_price_per_gpu_second)
     publish = s3_publisher(settings)
-    return PublicEditBackend(_client(settings, settings.runpod_edit_public_slug), publish,
+    return PublicEditBackend(_client(settings, settings.runpod_edit_public_slug,
+                                     "AAT_RUNPOD_EDIT_PUBLIC_SLUG"), publish,
                              price_per_s=settings.runpod_price_per_gpu_second)

@@ -1,5 +1,5 @@
 """`aat doctor`'s checks: settings, job store, broker, job runners, artifact store, RunPod
-endpoints, the API.
+endpoints, where animations get their frames, the API.
 
 Each check returns a :class:`Check` whose ``detail`` says what was found or, on failure, what
 to change. Checks never raise: a broken dependency is a finding, not a crash.
@@ -106,6 +106,37 @@ def check_gpu(settings: Settings) -> Check:
     return Check("gpu", ok, f"{kind}: {describe_health(info)}")
 
 
+def check_animate(settings: Settings) -> Check:
+    """Where `animate` jobs get their frames (``AAT_ANIMATE_BACKEND``): our worker's endpoint
+    answers its health call, or RunPod's public endpoint has a bucket for the sprite's URL.
+    Nothing set up for animation is fine (ok, with what to set)."""
+    from service.backends.edit import edit_backend_kind, open_edit_backend
+
+    kind = edit_backend_kind(settings)
+    if kind == "public" and settings.animate_backend == "auto" and not settings.artifacts_url:
+        return Check("animate", True, "not set up: set RUNPOD_ANIMATE_ENDPOINT_ID (your animate "
+                     "worker), or AAT_ARTIFACTS_URL (a bucket) for RunPod's public edit endpoint")
+    try:
+        backend = open_edit_backend(settings)
+
+        async def probe() -> dict[str, Any] | None:
+            try:
+                return await asyncio.wait_for(backend.health(), 15) if kind == "worker" else None
+            finally:
+                await backend.aclose()
+
+        info = asyncio.run(probe())
+    except AatError as exc:
+        return Check("animate", False, exc.message)
+    except Exception as exc:  # report, do not crash
+        return Check("animate", False, f"{kind}: {exc}; check RUNPOD_API_KEY and "
+                     "RUNPOD_ANIMATE_ENDPOINT_ID")
+    if info is None:
+        return Check("animate", True, f"RunPod's public endpoint {settings.runpod_edit_public_slug}"
+                     f", the sprite sent as a presigned URL from {settings.artifacts_url}")
+    return Check("animate", True, _describe_endpoint("animate", info))
+
+
 def describe_health(info: dict[str, Any]) -> str:
     """A backend's ``health()`` in words: RunPod endpoints as ``upscale abc123: 2 workers
     idle, 0 running; 0 jobs queued, 0 in progress``, other backends as ``key value`` pairs."""
@@ -196,7 +227,7 @@ def check_artifacts(settings: Settings) -> Check:
                      f"{str(exc).splitlines()[0][:200]}")
 
 
-CHECKS = ("store", "broker", "runners", "artifacts", "gpu", "api")
+CHECKS = ("store", "broker", "runners", "artifacts", "gpu", "animate", "api")
 
 
 def run_checks(only: list[str] | None = None, *, this_host: bool = False) -> list[Check]:
@@ -211,7 +242,8 @@ def run_checks(only: list[str] | None = None, *, this_host: bool = False) -> lis
     table: dict[str, Callable[[Settings], Check]] = {
         "store": check_store, "broker": check_broker,
         "runners": lambda s: check_runners(s, this_host=this_host),
-        "artifacts": check_artifacts, "gpu": check_gpu, "api": check_api,
+        "artifacts": check_artifacts, "gpu": check_gpu, "animate": check_animate,
+        "api": check_api,
     }
     for name in CHECKS:
         if not only or name in only:

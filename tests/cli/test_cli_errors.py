@@ -202,3 +202,34 @@ def test_readme_and_guides_write_plain_aat() -> None:
         if page.name == "deploy-systemd.md":
             continue
         assert ".venv/bin/aat" not in page.read_text(), page.name
+
+
+def test_doctor_says_where_animations_get_their_frames(runpod_emulator, runpod_settings,
+                                                        s3_server) -> None:
+    """Not set up is fine; our worker's endpoint is asked for its health; RunPod's public
+    endpoint without a bucket fails here, in words, not at the first animate job."""
+    from service.cli.doctor import check_animate
+    from workers.emulator import resolve_handler
+
+    emulator = runpod_emulator(workers=2, endpoints=("anim",),
+                               handler=resolve_handler("animate-echo"))
+    bucket = s3_server.make_bucket()
+    s3 = {"artifacts_url": f"s3://{bucket}/aat", "s3_endpoint_url": s3_server.endpoint_url,
+          "s3_access_key_id": "test", "s3_secret_access_key": "test"}
+    cases = [
+        ({}, True, "not set up: set RUNPOD_ANIMATE_ENDPOINT_ID"),
+        ({"runpod_animate_endpoint_id": "anim"}, True,
+         "animate endpoint anim: workers 2 idle, 0 running; jobs 0 queued"),
+        ({"runpod_animate_endpoint_id": "gone"}, False,
+         "RunPod endpoint gone not found at"),
+        ({"runpod_animate_endpoint_id": "gone"}, False,
+         "check the endpoint id setting (RUNPOD_ANIMATE_ENDPOINT_ID)"),
+        ({"animate_backend": "public"}, False,
+         "no object store is configured: set AAT_ARTIFACTS_URL"),
+        ({"animate_backend": "public", **s3}, True,
+         f"RunPod's public endpoint qwen-image-edit, the sprite sent as a presigned URL from "
+         f"s3://{bucket}/aat"),
+    ]
+    for overrides, ok, words in cases:
+        found = check_animate(runpod_settings(emulator, **overrides))
+        assert (found.ok, words in found.detail) == (ok, True), (overrides, found.detail)

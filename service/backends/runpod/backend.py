@@ -518,6 +518,7 @@ class RunPodBackend:
                                   s.runpod_backoff_max_s),
                 poll=PollPolicy(s.runpod_poll_min_s, s.runpod_poll_max_s, s.runpod_ttl_s + 60.0),
                 http=httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)),
+                setting=f"RUNPOD_{kind.upper()}_ENDPOINT_ID",
             )
         return self._clients[kind]
 

@@ -90,8 +90,10 @@ class RunPodClient:
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         http: httpx.AsyncClient | None = None,
+        setting: str = "RUNPOD_UPSCALE_ENDPOINT_ID / RUNPOD_CAPTION_ENDPOINT_ID",
     ) -> None:
         self.endpoint_id = endpoint_id
+        self.setting = setting  # where the user sets endpoint_id (named when it is not found)
         self.url = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._key = api_key
         self.retry = retry or RetryPolicy()
@@ -252,7 +254,7 @@ class RunPodClient:
         if code == 404:
             raise BackendError(
                 f"RunPod endpoint {self.endpoint_id} not found at {self.url}; check the endpoint "
-                "id setting (RUNPOD_UPSCALE_ENDPOINT_ID / RUNPOD_CAPTION_ENDPOINT_ID)",
+                f"id setting ({self.setting})",
                 code="runpod_endpoint_not_found",
             )
         raise BackendError(
