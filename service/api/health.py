@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, require_auth
 from service.api.problems import problem_responses
+from service.backends.base import describe_health
 
 log = logging.getLogger(__name__)
 GPU_CHECK_TIMEOUT_S = 10.0
@@ -62,8 +63,7 @@ async def _gpu_check(request: Request) -> Check:
         log.warning("GPU backend health check failed: %s", exc)
         return Check(ok=False, detail=f"{backend.name}: {exc}")
     ok = bool(info.get("ok", True))
-    return Check(ok=ok, detail=f"{backend.name}: " + ", ".join(
-        f"{k}={v}" for k, v in sorted(info.items()) if k != "ok")[:500])
+    return Check(ok=ok, detail=f"{backend.name}: {describe_health(info)}"[:500])
 
 
 @router.get("/ready", response_model=Ready, summary="Readiness of store, broker and GPU",

@@ -144,3 +144,32 @@ class GpuBackend(Protocol):
     async def health(self) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
+
+
+def describe_health(info: dict[str, Any]) -> str:
+    """A backend's ``health()`` in words (`aat doctor`, ``GET /v1/ready``, the studio's System
+    page): RunPod endpoints as ``upscale abc123: 2 workers
+    idle, 0 running; 0 jobs queued, 0 in progress``, other backends as ``key value`` pairs."""
+    endpoints = info.get("endpoints")
+    if isinstance(endpoints, dict):
+        if not endpoints:
+            return "no endpoints configured"
+        return "; ".join(describe_endpoint(kind, ep) for kind, ep in endpoints.items()
+                         if isinstance(ep, dict))
+    flat = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(info.items())
+            if k not in ("ok", "backend", "status") and not isinstance(v, dict | list)]
+    return ", ".join(flat) or str(info.get("status", "ok"))
+
+
+def describe_endpoint(kind: str, ep: dict[str, Any]) -> str:
+    """One RunPod endpoint's ``/health`` (with its ``id``) in words."""
+    workers, jobs = _dict(ep.get("workers")), _dict(ep.get("jobs"))
+    parts = [f"{kind} endpoint {ep.get('id', '?')}:"]
+    parts.append(f"workers {workers.get('idle', 0)} idle, {workers.get('running', 0)} running;")
+    parts.append(f"jobs {jobs.get('inQueue', 0)} queued, {jobs.get('inProgress', 0)} in "
+                 f"progress, {jobs.get('failed', 0)} failed")
+    return " ".join(parts)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from service.backends.base import describe_endpoint, describe_health
 from service.core.errors import AatError
 from service.settings import Settings, load_settings
 
@@ -134,34 +135,7 @@ def check_animate(settings: Settings) -> Check:
     if info is None:
         return Check("animate", True, f"RunPod's public endpoint {settings.runpod_edit_public_slug}"
                      f", the sprite sent as a presigned URL from {settings.artifacts_url}")
-    return Check("animate", True, _describe_endpoint("animate", info))
-
-
-def describe_health(info: dict[str, Any]) -> str:
-    """A backend's ``health()`` in words: RunPod endpoints as ``upscale abc123: 2 workers
-    idle, 0 running; 0 jobs queued, 0 in progress``, other backends as ``key value`` pairs."""
-    endpoints = info.get("endpoints")
-    if isinstance(endpoints, dict):
-        if not endpoints:
-            return "no endpoints configured"
-        return "; ".join(_describe_endpoint(kind, ep) for kind, ep in endpoints.items()
-                         if isinstance(ep, dict))
-    flat = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(info.items())
-            if k not in ("ok", "backend", "status") and not isinstance(v, dict | list)]
-    return ", ".join(flat) or str(info.get("status", "ok"))
-
-
-def _describe_endpoint(kind: str, ep: dict[str, Any]) -> str:
-    workers, jobs = _dict(ep.get("workers")), _dict(ep.get("jobs"))
-    parts = [f"{kind} endpoint {ep.get('id', '?')}:"]
-    parts.append(f"workers {workers.get('idle', 0)} idle, {workers.get('running', 0)} running;")
-    parts.append(f"jobs {jobs.get('inQueue', 0)} queued, {jobs.get('inProgress', 0)} in "
-                 f"progress, {jobs.get('failed', 0)} failed")
-    return " ".join(parts)
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return Check("animate", True, describe_endpoint("animate", info))
 
 
 def check_api(settings: Settings) -> Check:

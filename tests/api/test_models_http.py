@@ -73,6 +73,19 @@ def test_models_without_backend_is_503(queued_server) -> None:
                                       "RUNPOD_UPSCALE_ENDPOINT_ID")
 
 
+def test_ready_describes_the_gpu_endpoints_in_words(live_server, runpod_emulator,
+                                                   runpod_settings) -> None:
+    """`GET /v1/ready` (the studio's System page shows its details) words the endpoints as
+    `aat doctor` does, never as a Python dict."""
+    emulator = runpod_emulator(workers=2)
+    with live_server(runpod_settings(emulator)).client() as http:
+        gpu = http.get("/v1/ready").json()["checks"]["gpu"]
+    assert gpu == {"ok": True, "detail": (
+        "runpod: upscale endpoint upscale: workers 2 idle, 0 running; jobs 0 queued, 0 in "
+        "progress, 0 failed; caption endpoint caption: workers 2 idle, 0 running; jobs 0 "
+        "queued, 0 in progress, 0 failed")}
+
+
 def test_doctor_checks_the_runpod_endpoints_and_the_api(
     live_server, runpod_emulator, runpod_settings, monkeypatch, tmp_path
 ) -> None:
