@@ -102,7 +102,8 @@ def check_gpu(settings: Settings) -> Check:
 
         info = asyncio.run(probe())
     except Exception as exc:  # report, do not crash
-        return Check("gpu", False, f"{kind}: {exc}; check RUNPOD_API_KEY and the endpoint ids")
+        hint = "; check RUNPOD_API_KEY and the endpoint ids" if kind == "runpod" else ""
+        return Check("gpu", False, f"{kind}: {exc}{hint}")
     ok = bool(info.get("ok", True))
     return Check("gpu", ok, f"{kind}: {describe_health(info)}")
 

@@ -233,3 +233,14 @@ def test_doctor_says_where_animations_get_their_frames(runpod_emulator, runpod_s
     for overrides, ok, words in cases:
         found = check_animate(runpod_settings(emulator, **overrides))
         assert (found.ok, words in found.detail) == (ok, True), (overrides, found.detail)
+
+
+def test_doctor_gives_the_local_backend_no_runpod_advice(tmp_path) -> None:
+    """A machine without a CUDA GPU set to the local backend is told that, not to check a
+    RunPod key it does not use."""
+    from service.cli.doctor import check_gpu
+    from service.settings import Settings
+
+    found = check_gpu(Settings(data_dir=tmp_path, backend="local", local_device="cuda:7"))
+    assert not found.ok and found.detail.startswith("local: "), found.detail
+    assert "RUNPOD" not in found.detail, found.detail
