@@ -1,9 +1,11 @@
 """`aat emulate`: serve worker handlers behind a local RunPod-compatible endpoint API.
 
-Each ``--worker [ID=]NAME`` mounts worker NAME (``echo``, ``upscale``, ``caption``) as endpoint
-ID (default: NAME) under ``http://127.0.0.1:PORT/v2/ID``; without ``--worker`` the cheap echo
-worker serves both ``upscale`` and ``caption``. Point the service at it with
-``AAT_RUNPOD_BASE_URL=http://127.0.0.1:PORT/v2`` and the printed ``RUNPOD_API_KEY``.
+Each ``--worker [ID=]NAME`` mounts worker NAME (``echo``, ``upscale``, ``caption``, the animate
+stand-ins ``animate-echo`` and ``qwen-edit-echo``, ``animate``) as endpoint ID (default: NAME)
+under ``http://127.0.0.1:PORT/v2/ID``; without ``--worker`` the cheap echo worker serves both
+``upscale`` and ``caption``. Point the service at it with
+``AAT_RUNPOD_BASE_URL=http://127.0.0.1:PORT/v2``, the printed ``RUNPOD_API_KEY`` and the
+printed endpoint settings (:func:`service_env`).
 """
 
 from __future__ import annotations
@@ -27,20 +29,27 @@ def _parse_workers(values: list[str]) -> dict[str, str]:
     return mounts
 
 
-def _endpoint_ids(mounts: dict[str, str]) -> dict[str, str]:
-    """Which mounted endpoint to use for upscale and for caption (echo serves both)."""
-    ids: dict[str, str] = {}
-    for kind in ("upscale", "caption"):
-        fits = [e for e, name in mounts.items() if name in (kind, "echo")]
+def service_env(mounts: dict[str, str]) -> list[tuple[str, str]]:
+    """The settings that point the service at the mounted endpoints (endpoint ID -> worker
+    NAME): upscale and caption (echo serves both), our animate worker, and the stand-in of
+    RunPod's public edit endpoint."""
+    env: list[tuple[str, str]] = []
+    for kind, names in (("upscale", ("upscale", "echo")), ("caption", ("caption", "echo")),
+                        ("animate", ("animate", "animate-echo"))):
+        fits = [e for e, name in mounts.items() if name in names]
         if fits:
-            ids[kind] = kind if kind in fits else fits[0]
-    return ids
+            env.append((f"RUNPOD_{kind.upper()}_ENDPOINT_ID", kind if kind in fits else fits[0]))
+    public = [e for e, name in mounts.items() if name == "qwen-edit-echo"]
+    if public:
+        env.append(("AAT_RUNPOD_EDIT_PUBLIC_SLUG", public[0]))
+    return env
 
 
 def emulate(
     worker: list[str] = typer.Option(
-        [], "--worker", "-w", help="[ID=]NAME: serve worker NAME (echo, upscale, caption) as "
-        "endpoint ID; repeat for several. Default: upscale=echo and caption=echo."),
+        [], "--worker", "-w", help="[ID=]NAME: serve worker NAME (echo, upscale, caption, animate-echo, "
+        "qwen-edit-echo, animate) as endpoint ID; repeat for several. Default: upscale=echo and "
+        "caption=echo."),
     port: int = typer.Option(8600, "--port", "-p", min=1, max=65535, help="Port on 127.0.0.1."),
     workers: int = typer.Option(2, "--workers", "-n", min=1, max=256,
                                 help="Concurrent workers per endpoint."),
@@ -86,6 +95,6 @@ def emulate(
     typer.echo(f"  export AAT_RUNPOD_REST_URL={base}   # provisioning: aat deploy runpod")
     if not (api_key or os.environ.get("RUNPOD_API_KEY")):
         typer.echo(f"  export RUNPOD_API_KEY={key}")
-    for kind, endpoint_id in _endpoint_ids(mounts).items():
-        typer.echo(f"  export RUNPOD_{kind.upper()}_ENDPOINT_ID={endpoint_id}")
+    for name, value in service_env(mounts):
+        typer.echo(f"  export {name}={value}")
     EmulatorServer(configs, api_key=key, port=port).serve_forever(access_log=access_log)

@@ -324,6 +324,28 @@ def test_aat_emulate_serves_the_echo_worker_on_loopback(tmp_path):
     assert f"AAT_RUNPOD_BASE_URL={url}" in out and "cli-key" not in out
 
 
+def test_aat_emulate_prints_a_setting_for_every_endpoint_it_serves() -> None:
+    """What a user exports to point the service at the emulator: the animate stand-ins too."""
+    from service.cli.emulate import emulate, service_env
+    from workers.emulator import HANDLER_MODULES
+
+    table = [
+        ({"upscale": "echo", "caption": "echo"},
+         [("RUNPOD_UPSCALE_ENDPOINT_ID", "upscale"), ("RUNPOD_CAPTION_ENDPOINT_ID", "caption")]),
+        ({"gpu": "echo"},
+         [("RUNPOD_UPSCALE_ENDPOINT_ID", "gpu"), ("RUNPOD_CAPTION_ENDPOINT_ID", "gpu")]),
+        ({"anim": "animate-echo", "qwen-image-edit": "qwen-edit-echo"},
+         [("RUNPOD_ANIMATE_ENDPOINT_ID", "anim"), ("AAT_RUNPOD_EDIT_PUBLIC_SLUG",
+                                                   "qwen-image-edit")]),
+        ({"a": "animate", "up": "upscale"},
+         [("RUNPOD_UPSCALE_ENDPOINT_ID", "up"), ("RUNPOD_ANIMATE_ENDPOINT_ID", "a")]),
+    ]
+    for mounts, env in table:
+        assert service_env(mounts) == env, mounts
+    helptext = emulate.__defaults__[0].help  # type: ignore[index]  # the --worker option
+    assert all(name in helptext for name in HANDLER_MODULES), helptext
+
+
 def test_aat_emulate_rejects_an_unknown_worker():
     out = subprocess.run([sys.executable, "-m", "service.cli", "emulate", "--worker", "x=gpu9"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
