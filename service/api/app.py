@@ -1,7 +1,9 @@
 """The FastAPI app factory: ``create_app(settings, job_service=None, backend=None)``.
 
 Assembles the routers (jobs, events, previews, plan, loras, health, metrics), the studio
-page at ``/`` (:mod:`service.studio`), the problem+json error handlers, request metrics and, only when origins are configured, CORS. Collaborators live on
+page at ``/`` (:mod:`service.studio`), the problem+json error handlers, the auth gate
+(:class:`~service.api.auth.AuthGate`), request metrics and, only when origins are configured,
+CORS. Collaborators live on
 ``app.state`` (``settings``, ``jobs``, ``backend``, ``metrics``). Without a ``job_service`` the
 factory builds one from the settings at start-up and starts its executor (embedded threads or
 the Celery dispatcher) and stops it at shutdown; a service passed in is the caller's to run.
@@ -30,6 +32,7 @@ from service.api import (
     previews,
     styles,
 )
+from service.api.auth import AuthGate
 from service.api.deps import JobServicePort
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -97,6 +100,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     for module in (health, jobs, animations, events, previews, plan, styles, lora_uploads,
                    lora_imports, loras, metrics):
         app.include_router(module.router)
+    app.add_middleware(AuthGate)  # inside CORS: a preflight is answered without a token
     from service.studio.routes import install as install_studio
 
     install_studio(app)

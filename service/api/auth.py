@@ -13,6 +13,12 @@ A browser sends a cross-site form POST without a preflight, so in both modes a s
 request (any method but GET/HEAD/OPTIONS) is refused when it says ``Sec-Fetch-Site:
 cross-site`` or carries an ``Origin`` other than the server's own (``Host``) or one listed in
 ``AAT_CORS_ORIGINS``. Clients that send neither header (curl, scripts, the CLI) are unaffected.
+
+Both rules are applied by :class:`AuthGate` to every API path (:func:`gated`) before the
+request's body is read: FastAPI reads and parses a JSON or form body before a route's
+dependencies run, so a guard that is only a dependency would let anyone make the server buffer
+and validate a body of any size. The routers' :func:`~service.api.deps.require_auth`
+dependency stays, for the OpenAPI document's security scheme.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.problems import ApiError
+from service.api.problems import ApiError, error_response
 from service.core.errors import ConfigError
 from service.settings import Settings
 
@@ -162,3 +169,34 @@ def authorize(request: Request, settings: Settings) -> None:
         raise ApiError(401, "unauthorized",
                        "missing bearer token; send 'Authorization: Bearer <AAT_API_TOKEN>'")
     check_origin(request, settings)
+
+
+# ---- the gate --------------------------------------------------------------------------------
+
+_OPEN_PATHS = frozenset({"/v1/health"})
+_GATED_PATHS = frozenset({"/metrics"})
+
+
+def gated(path: str) -> bool:
+    """Whether :class:`AuthGate` checks requests for ``path``: the API (``/v1/...``) but
+    liveness, and the metrics. Studio pages check for themselves (a browser without a session
+    is sent to the login form)."""
+    return path not in _OPEN_PATHS and (path.startswith("/v1/") or path in _GATED_PATHS)
+
+
+class AuthGate:
+    """ASGI middleware: :func:`authorize` each :func:`gated` request before the app reads its
+    body; a refusal is the usual problem+json 401/403."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and gated(scope.get("path", "")):
+            request = Request(scope)
+            try:
+                authorize(request, request.app.state.settings)
+            except ApiError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

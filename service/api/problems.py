@@ -89,15 +89,20 @@ def _status_for(exc: AatError) -> int:
     return int(getattr(exc, "http_status", 500))
 
 
-async def _aat_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AatError)
+def error_response(exc: AatError) -> JSONResponse:
+    """The problem+json reply to ``exc`` (its status from the code or ``http_status``)."""
     status = _status_for(exc)
-    if status >= 500:
-        log.warning("request %s %s failed: %s (%s)", request.method, request.url.path,
-                    exc.message, exc.code)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return problem_response(status, exc.code, exc.message, retryable=exc.retryable,
                             retry_after=exc.retry_after, headers=headers)
+
+
+async def _aat_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AatError)
+    if _status_for(exc) >= 500:
+        log.warning("request %s %s failed: %s (%s)", request.method, request.url.path,
+                    exc.message, exc.code)
+    return error_response(exc)
 
 
 def _where(loc: tuple[Any, ...]) -> str:

@@ -4,9 +4,11 @@ token, refusing to listen beyond loopback without a token, CORS off by default."
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 from apitest_helpers import png_bytes
 
@@ -224,3 +226,31 @@ def test_sessions_expire_and_end_with_the_token() -> None:
     assert not session_valid(settings, cookie, now=1000.0 + SESSION_TTL_S + 1)
     assert not session_valid(Settings(api_token=TOKEN + "2"), cookie, now=1000.0)
     assert not session_valid(Settings(api_token=None), cookie, now=1000.0)
+
+
+def _reply_to_unsent_body(url: str, head: str) -> bytes:
+    """The first bytes the server answers to ``head`` (request line and headers) announcing a
+    10 GB body of which only a few bytes are sent; b"" when it waits for the body instead."""
+    parsed = httpx.URL(url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"Content-Length: 10000000000\r\n\r\n{\"tiles\": [")
+        try:
+            return sock.recv(200)
+        except TimeoutError:
+            return b""
+
+
+@pytest.mark.parametrize("path", ["/v1/plan", "/v1/jobs/j_x/rerun", "/v1/models/imports",
+                                  "/v1/jobs"])
+def test_unauthorised_requests_are_refused_before_their_body_is_read(queued_server,
+                                                                      path) -> None:
+    """Without the token, or from another site's page, a request is answered at once: the
+    server never buffers or parses a body for someone who may not use it."""
+    server = queued_server(api_token=TOKEN)
+    host = httpx.URL(server.url).netloc.decode()
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    reply = _reply_to_unsent_body(server.url, head)
+    assert reply.startswith(b"HTTP/1.1 401"), reply or "the server waited for the body"
+    cross = _reply_to_unsent_body(queued_server().url, head.replace(
+        "\r\nContent-Type", "\r\nOrigin: http://evil.example\r\nContent-Type"))
+    assert cross.startswith(b"HTTP/1.1 403"), cross or "the server waited for the body"
