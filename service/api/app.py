@@ -3,7 +3,8 @@
 Assembles the routers (jobs, events, previews, plan, loras, health, metrics), the studio
 page at ``/`` (:mod:`service.studio`), the problem+json error handlers, the auth gate
 (:class:`~service.api.auth.AuthGate`), request metrics and, only when origins are configured,
-CORS. Collaborators live on
+CORS. The OpenAPI document (``/openapi.json``) needs the token like the API; its interactive
+page (``/docs``) is a studio page. Collaborators live on
 ``app.state`` (``settings``, ``jobs``, ``backend``, ``metrics``). Without a ``job_service`` the
 factory builds one from the settings at start-up and starts its executor (embedded threads or
 the Celery dispatcher) and stops it at shutdown; a service passed in is the caller's to run.
@@ -16,8 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from service.api import (
     animations,
@@ -33,7 +35,7 @@ from service.api import (
     styles,
 )
 from service.api.auth import AuthGate
-from service.api.deps import JobServicePort
+from service.api.deps import JobServicePort, require_auth
 from service.api.health import package_version
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.problems import add_problem_schema, install_problem_handlers
@@ -89,7 +91,7 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     app = FastAPI(
         title="AI Assets Toolbox API", version=package_version(), description=DESCRIPTION,
         lifespan=_lifespan(job_service, backend, owns_backend),
-        docs_url="/docs", redoc_url=None,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind the auth
     )
     app.state.settings = settings
     app.state.jobs = job_service
@@ -100,6 +102,8 @@ def create_app(settings: Settings, job_service: JobServicePort | None = None,
     for module in (health, jobs, animations, events, previews, plan, styles, lora_uploads,
                    lora_imports, loras, metrics):
         app.include_router(module.router)
+    app.add_api_route("/openapi.json", lambda: JSONResponse(app.openapi()),
+                      include_in_schema=False, dependencies=[Depends(require_auth)])
     app.add_middleware(AuthGate)  # inside CORS: a preflight is answered without a token
     from service.studio.routes import install as install_studio
 

@@ -174,12 +174,12 @@ def authorize(request: Request, settings: Settings) -> None:
 # ---- the gate --------------------------------------------------------------------------------
 
 _OPEN_PATHS = frozenset({"/v1/health"})
-_GATED_PATHS = frozenset({"/metrics"})
+_GATED_PATHS = frozenset({"/metrics", "/openapi.json"})
 
 
 def gated(path: str) -> bool:
     """Whether :class:`AuthGate` checks requests for ``path``: the API (``/v1/...``) but
-    liveness, and the metrics. Studio pages check for themselves (a browser without a session
+    liveness, its OpenAPI document and the metrics. Studio pages check for themselves (a browser without a session
     is sent to the login form)."""
     return path not in _OPEN_PATHS and (path.startswith("/v1/") or path in _GATED_PATHS)
 

@@ -1,10 +1,11 @@
 """The studio's routes: pages, the login form, static files and the security headers.
 
 Pages are ``/`` (new job), ``/animate`` (a sprite into a spritesheet), ``/jobs`` (queue and
-history), ``/jobs/{id}`` (job view: the tile grid of an upscale job, the frame strip and player
-of an animate job), ``/loras`` and ``/system``; each is a template whose ES module reads and changes everything
-through ``/v1/...``. With ``AAT_API_TOKEN`` set, a page request without a valid session goes to
-``/login``, whose form exchanges the token for the session cookie the API accepts alongside
+history), ``/jobs/{id}`` (job view: the tile grid of an upscale job, the frame strip and
+player of an animate job), ``/loras`` and ``/system``; each is a template whose ES module
+reads and changes everything through ``/v1/...``. ``/docs`` is the API's interactive
+documentation (Swagger UI), gated like the pages. With ``AAT_API_TOKEN`` set, a page request
+without a valid session goes to ``/login``, whose form exchanges the token for the session cookie the API accepts alongside
 bearer tokens (:mod:`service.api.auth`). Every response except the interactive API docs gets a
 Content-Security-Policy without inline scripts or styles, and framing is denied everywhere.
 """
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -140,6 +142,16 @@ def job_page(request: Request, job_id: str) -> Response:
     except AatError:  # no such job: the page's own API call shows the 404
         animate = False
     return _page(request, "animjob" if animate else "job", "Job " + job_id, job_id=job_id)
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs_page(request: Request) -> Response:
+    """The interactive API documentation (Swagger UI over ``/openapi.json``), for users who
+    may use the API."""
+    refused = _refused(request)
+    if refused is not None:
+        return refused
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="AI Assets Toolbox API")
 
 
 @router.get("/loras", response_class=HTMLResponse)

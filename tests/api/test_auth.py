@@ -254,3 +254,22 @@ def test_unauthorised_requests_are_refused_before_their_body_is_read(queued_serv
     cross = _reply_to_unsent_body(queued_server().url, head.replace(
         "\r\nContent-Type", "\r\nOrigin: http://evil.example\r\nContent-Type"))
     assert cross.startswith(b"HTTP/1.1 403"), cross or "the server waited for the body"
+
+
+def test_the_api_document_and_its_page_need_the_token_too(queued_server) -> None:
+    server = queued_server(api_token=TOKEN)
+    with server.client(token=None, follow_redirects=False) as anon:
+        assert anon.get("/openapi.json").status_code == 401
+        docs = anon.get("/docs")
+        assert docs.status_code == 303 and docs.headers["location"] == "/login?next=%2Fdocs"
+        assert anon.get("/docs/oauth2-redirect").status_code in (303, 401, 404)
+        anon.post("/login", data={"token": TOKEN})
+        page = anon.get("/docs")
+        assert page.status_code == 200 and "/openapi.json" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+    with server.client() as http:
+        assert "/v1/jobs" in http.get("/openapi.json").json()["paths"]
+    rebound = queued_server().client(headers={"Host": "attacker.example"})
+    with rebound:
+        assert rebound.get("/openapi.json").status_code == 403
+        assert rebound.get("/docs").status_code == 403
