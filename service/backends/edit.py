@@ -10,6 +10,10 @@ prompt in, an RGB image out (any size; the pipeline scales it to the cell). Impl
   GET URL; the answer's ``image_url`` (or ``result``) is downloaded at once (it expires).
   Without a bucket (``AAT_ARTIFACTS_URL=s3://...``) it refuses with ``edit_needs_url``.
 
+A frame either answers is checked like any input image (:data:`FRAME_LIMITS`: size,
+decompression bomb; a download is abandoned past :data:`MAX_FRAME_BYTES`) before it is decoded;
+a refusal is a retryable ``edit_bad_output``.
+
 :func:`open_edit_backend` picks one from the settings. Both speak RunPod's job API through
 :class:`~service.backends.runpod.client.RunPodClient` (retries, polling, errors as data).
 
@@ -51,10 +55,15 @@ from service.backends.runpod.client import (
 )
 from service.backends.runpod.resume import repoll_output
 from service.core.contracts import AnimateRequest, AnimateResponse, ImageRef, PublicEditInput
-from service.core.errors import BackendError, ConfigError, WorkerError
+from service.core.errors import BackendError, ConfigError, ImageError, WorkerError
+from service.core.imaging import ImageLimits, probe_image
 from service.settings import Settings
 
 Publisher = Callable[[bytes], str]  # PNG bytes -> a URL the remote service can fetch
+#: An edited frame is about AAT_ANIMATE_EDIT_SIDE (at most 2048 px) on its longest side; an
+#: answer declaring far more is refused before it is decoded or downloaded whole.
+FRAME_LIMITS = ImageLimits(max_input_pixels=4096 * 4096, max_input_side=4096)
+MAX_FRAME_BYTES = 4096 * 4096 * 4 + 1024 * 1024  # an uncompressed RGBA frame at the limit
 
 
 class EditBackend(Protocol):
@@ -88,9 +97,15 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def decode_rgb(data: bytes, what: str) -> np.ndarray:
+    """An edited frame as ``(H, W, 3) uint8``; its header is checked against
+    :data:`FRAME_LIMITS` (size, decompression bomb) before a pixel is decoded."""
     try:
+        probe_image(data, FRAME_LIMITS)
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ImageError as exc:
+        raise WorkerError(f"{what} is not a usable image: {exc.message}",
+                          code="edit_bad_output", retryable=True) from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise WorkerError(f"{what} is not an image ({exc})", code="edit_bad_output",
                           retryable=True) from exc
@@ -238,13 +253,25 @@ class PublicEditBackend(_OnRunPod):
             raise WorkerError(f"the public edit endpoint returned no image URL for frame "
                               f"{frame_id}", code="edit_bad_output", retryable=True)
         try:
-            resp = await self._http.get(link)
-            resp.raise_for_status()
+            data = await self._download(link, frame_id)
         except httpx.HTTPError as exc:
             raise BackendError(f"could not download frame {frame_id} from the public endpoint "
                                f"({type(exc).__name__})", code="edit_download_failed",
                                retryable=True) from exc
-        return decode_rgb(resp.content, f"frame {frame_id}")
+        return decode_rgb(data, f"frame {frame_id}")
+
+    async def _download(self, link: str, frame_id: str) -> bytes:
+        """The frame's bytes, abandoned past :data:`MAX_FRAME_BYTES`."""
+        data = bytearray()
+        async with self._http.stream("GET", link) as resp:
+            resp.raise_for_status()
+            async for chunk in resp.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_FRAME_BYTES:
+                    raise WorkerError(f"frame {frame_id} from the public endpoint is larger "
+                                      f"than {MAX_FRAME_BYTES} bytes; it was not kept",
+                                      code="edit_bad_output", retryable=True)
+        return bytes(data)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -5,7 +5,11 @@ public endpoint reports per image), and a frame that is cancelled cancels its Ru
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
+import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from pydantic import SecretStr
 from service.backends.base import CallAccounting
 from service.backends.edit import PublicEditBackend, WorkerEditBackend
 from service.backends.runpod.client import PollPolicy, RunPodClient
+from service.core.errors import WorkerError
 from workers.emulator import EmulatorServer, EndpointConfig, resolve_handler
 from workers.emulator.files import SHELF
 
@@ -134,3 +139,44 @@ def test_a_frame_submitted_earlier_is_resumed_by_its_runpod_id(emu: EmulatorServ
                 await backend.aclose()
 
     asyncio.run(run())
+
+
+def _bomb_png(side: int = 60_000) -> bytes:
+    """A PNG of a few dozen bytes whose header claims ``side`` x ``side`` RGB pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_frame_answered_as_a_decompression_bomb_is_refused_undecoded() -> None:
+    """A frame whose header claims gigapixels, inline from a worker or by URL from the public
+    endpoint, is a clear, retryable ``edit_bad_output``: never decoded, never a crash."""
+    bomb = _bomb_png()
+
+    def worker(job: dict[str, Any]) -> dict[str, Any]:
+        return {"frame_id": job["input"]["frame_id"], "seed_used": 1,
+                "image": {"b64": base64.b64encode(bomb).decode()}}
+
+    def public(_job: dict[str, Any]) -> dict[str, Any]:
+        return {"image_url": SHELF.put(bomb, ".png"), "cost": 0.02}
+
+    with EmulatorServer({"anim": EndpointConfig(handler=worker),
+                         "qwen-image-edit": EndpointConfig(handler=public)},
+                        api_key=KEY) as emu:
+        for backend in (WorkerEditBackend(_client(emu, "anim"), steps=1),
+                        PublicEditBackend(_client(emu, "qwen-image-edit"),
+                                          lambda data: SHELF.put(data, ".png"))):
+            async def run(backend: Any = backend) -> None:
+                try:
+                    await backend.edit("frame-9", canvas(), "walking", 1)
+                finally:
+                    await backend.aclose()
+
+            with pytest.raises(WorkerError) as err:
+                asyncio.run(run())
+            assert err.value.code == "edit_bad_output" and err.value.retryable
+            assert "decompression bomb" in err.value.message, err.value.message
