@@ -161,7 +161,7 @@ class Watcher:
             self.flow.cancel_superseded(entry.job_id)  # an older result must not land last
         try:
             preset = self.presets.get(root, path.parent)
-            image = inspect_image(data, path.name)
+            image = inspect_image(data, path.name, self.settings.image_limits())
         except (ImageError, ParamsError) as exc:
             self.ledger.record_failed_version(path, root, stat_pair, sha, version, fp,
                                               exc.code, exc.message)

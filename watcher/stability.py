@@ -4,7 +4,9 @@ A writer may still be appending (a slow copy, a network drive, an editor saving 
 :class:`StabilityTracker` holds the last seen ``(size, mtime_ns)`` of every candidate and calls
 a file stable when that signature has stood still for ``window_s`` seconds over at least two
 checks and the file is not empty. :func:`check_image` then proves the bytes decode, so a
-truncated file left by a copier that died is recorded as failed rather than submitted.
+truncated file left by a copier that died is recorded as failed rather than submitted; the
+header is held against the service's input limits first, so a decompression bomb dropped into
+an inbox is refused without being decoded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from service.core.errors import ImageError
+from service.core.imaging import ImageLimits, probe_image
 from watcher.scan import FileStat
 
 
@@ -73,15 +76,24 @@ class ImageCheck:
     format: str
 
 
-def check_image(data: bytes, name: str) -> tuple[int, int]:
+def check_image(data: bytes, name: str, limits: ImageLimits | None = None
+                ) -> tuple[int, int]:
     """Return ``(width, height)`` when ``data`` is a complete image, else raise ImageError."""
-    return inspect_image(data, name).size
+    return inspect_image(data, name, limits).size
 
 
-def inspect_image(data: bytes, name: str) -> ImageCheck:
-    """Size and format of ``data`` when it is a complete image, else raise ImageError."""
+def inspect_image(data: bytes, name: str, limits: ImageLimits | None = None) -> ImageCheck:
+    """Size and format of ``data`` when it is a complete image, else raise ImageError.
+    The header is first held against ``limits`` (the service's input limits; default
+    :class:`ImageLimits`), so a decompression bomb is refused (``image_bomb``) and an image
+    the service would refuse as too large (``image_too_large``) is never decoded here."""
     if not data:
         raise ImageError(f"{name} is empty; save the image again", code="image_empty")
+    try:
+        probe_image(data, limits or ImageLimits())
+    except ImageError as exc:
+        if exc.code in ("image_bomb", "image_too_large"):
+            raise ImageError(f"{name}: {exc.message}", code=exc.code) from exc
     try:
         with Image.open(io.BytesIO(data)) as img:
             size, fmt = img.size, str(img.format)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 from watch_helpers import drop, png_bytes
 
 from service.core.errors import ImageError
+from service.core.imaging import ImageLimits
 from watcher.scan import FileStat, is_candidate_name, scan_tree, stat_file
 from watcher.stability import StabilityTracker, check_image
 
@@ -105,3 +108,30 @@ def test_check_image_rejects_truncated_and_garbage() -> None:
     with pytest.raises(ImageError) as exc:
         check_image(b"", "empty.png")
     assert exc.value.code == "image_empty"
+
+
+def _flat_png(side: int) -> bytes:
+    """A real, complete greyscale PNG of ``side`` x ``side`` black pixels: a few hundred
+    kilobytes that decode to ``side``² bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (side + 1)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0,
+                                                              0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_in_the_inbox_is_refused_before_it_is_decoded() -> None:
+    """13000 x 13000 pixels in a few hundred kB: under Pillow's own limit, so only the
+    service's input limits stop the watcher from decoding 169 MB to check it."""
+    bomb = _flat_png(13_000)
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageError) as exc:
+        check_image(bomb, "moss.png")
+    assert exc.value.code == "image_bomb" and "moss.png" in exc.value.message
+    with pytest.raises(ImageError) as exc:
+        check_image(_flat_png(100), "tile.png", ImageLimits(max_input_pixels=50 * 50))
+    assert exc.value.code in ("image_bomb", "image_too_large")
