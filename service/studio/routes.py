@@ -46,6 +46,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 _NO_CSP = ("/docs",)  # Swagger UI loads its own scripts; it is still not frameable
 
 router = APIRouter(include_in_schema=False)
+#: The login form is the one body anyone may send: a token and a path, a few kB urlencoded;
+#: more is refused (413) before it is read.
+LOGIN_MAX_BYTES = 32 * 1024
 
 
 class SecurityHeaders:
@@ -186,7 +189,7 @@ def login_page(request: Request, next: str | None = None) -> Response:
     return _login_form(request, _safe_next(next))
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, max_body_size=LOGIN_MAX_BYTES)
 def login(request: Request, token: Annotated[str, Form(max_length=4096)] = "",
           next: Annotated[str, Form(max_length=2000)] = "/") -> Response:
     settings = _settings(request)

@@ -273,3 +273,17 @@ def test_the_api_document_and_its_page_need_the_token_too(queued_server) -> None
     with rebound:
         assert rebound.get("/openapi.json").status_code == 403
         assert rebound.get("/docs").status_code == 403
+
+
+def test_the_login_form_refuses_a_huge_body_before_reading_it(queued_server) -> None:
+    """The one form anyone may post: a body far beyond a token is refused at once (413)
+    instead of being read and parsed into memory; the form still works."""
+    server = queued_server(api_token=TOKEN)
+    host = httpx.URL(server.url).netloc.decode()
+    reply = _reply_to_unsent_body(server.url, f"POST /login HTTP/1.1\r\nHost: {host}\r\n"
+                                  "Content-Type: application/x-www-form-urlencoded\r\n")
+    assert reply.startswith(b"HTTP/1.1 413"), reply or "the server waited for the body"
+    with server.client(token=None, follow_redirects=False) as anon:
+        padded = anon.post("/login", data={"token": TOKEN, "next": "/jobs", "pad": "x" * 200_000})
+        assert padded.status_code == 413
+        assert anon.post("/login", data={"token": TOKEN, "next": "/jobs"}).status_code == 303
