@@ -29,7 +29,7 @@ from service.core.jobs import TargetSpec
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
-MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024  # any JSON body (routes parsed by FastAPI take it as max_body_size)
 MAX_FIELD_BYTES = 64 * 1024
 _FILENAME_RE = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
 _TARGET_QUERY = {"target_repo": "repo", "target_path": "path", "naming": "naming",

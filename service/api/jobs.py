@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
-from service.api.intake import JobFromPath, parse_submission
+from service.api.intake import MAX_JSON_BYTES, JobFromPath, parse_submission
 from service.api.loras import check_lora_names
 from service.api.metrics import count_submission
 from service.api.problems import ApiError, problem_responses
@@ -293,7 +293,7 @@ def tile_views(jobs: JobServicePort, job_id: str) -> list[TileView]:
             for t in jobs.tiles(job_id)]
 
 
-@router.patch("/{job_id}/tiles/{n}", response_model=TileView,
+@router.patch("/{job_id}/tiles/{n}", response_model=TileView, max_body_size=MAX_JSON_BYTES,
               summary="Set one tile's prompt (used by the next rerun that chooses the tile); for "
               "an animate job, one frame's edit prompt",
               responses=problem_responses(404, 409, 422))
@@ -304,6 +304,7 @@ def set_tile_prompt(job_id: JobId, n: Annotated[int, Path(ge=0, le=100_000)],
 
 
 @router.post("/{job_id}/rerun", response_model=JobPublic, status_code=202,
+             max_body_size=MAX_JSON_BYTES,
              summary="Refine chosen tiles again and re-blend; for an animate job, generate "
              "chosen frames again (new seeds) and rewrite the sheet: a new job",
              description="A new job from the same input: the chosen tiles (an animate job: "

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import get_backend, get_settings, require_auth
+from service.api.intake import MAX_JSON_BYTES
 from service.api.loras import lora_catalog, worker_errors
 from service.api.problems import problem_responses
 from service.backends.base import GpuBackend, RemoteImport
@@ -259,7 +260,7 @@ async def stop_following(app: FastAPI) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@router.post("", response_model=LoraImport, status_code=202,
+@router.post("", response_model=LoraImport, status_code=202, max_body_size=MAX_JSON_BYTES,
              summary="Import a LoRA from a CivitAI or Hugging Face URL",
              responses=problem_responses(422))
 async def start_import(

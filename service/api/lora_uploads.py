@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import get_backend, get_settings, require_auth
-from service.api.intake import read_capped
+from service.api.intake import MAX_JSON_BYTES, read_capped
 from service.api.loras import bad_model, check_safetensors, worker_errors
 from service.api.problems import ApiError, problem_responses
 from service.backends.base import GpuBackend
@@ -107,7 +107,7 @@ def _state(upload_id: str, meta: dict[str, Any], part: Path) -> UploadState:
                        received=part.stat().st_size)
 
 
-@router.post("", response_model=UploadState, status_code=201,
+@router.post("", response_model=UploadState, status_code=201, max_body_size=MAX_JSON_BYTES,
              summary="Start a chunked LoRA upload", responses=problem_responses(413, 422))
 def start_upload(body: UploadStart, settings: Annotated[Settings, Depends(get_settings)],
                  ) -> UploadState:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
+from service.api.intake import MAX_JSON_BYTES
 from service.api.problems import problem_responses
 from service.core.cells import integer_scale, plan_sheet
 from service.core.imaging import check_output_size
@@ -99,7 +100,7 @@ def seconds_per_tile(recent: list[JobPublic], params: UpscaleParams) -> tuple[fl
 
 
 @router.post("/plan", response_model=Plan, summary="Tiles and cost of a job, before submitting",
-             responses=problem_responses(422))
+             responses=problem_responses(422), max_body_size=MAX_JSON_BYTES)
 async def plan(body: PlanRequest, settings: Annotated[Settings, Depends(get_settings)],
                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> Plan:
     params = body.params

@@ -287,3 +287,16 @@ def test_the_login_form_refuses_a_huge_body_before_reading_it(queued_server) -> 
         padded = anon.post("/login", data={"token": TOKEN, "next": "/jobs", "pad": "x" * 200_000})
         assert padded.status_code == 413
         assert anon.post("/login", data={"token": TOKEN, "next": "/jobs"}).status_code == 303
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/plan"), ("POST", "/v1/jobs/j_x/rerun"), ("PATCH", "/v1/jobs/j_x/tiles/0"),
+    ("POST", "/v1/models/imports"), ("POST", "/v1/models/uploads")])
+def test_json_bodies_are_capped_even_with_the_token(queued_server, method, path) -> None:
+    """A JSON body past the JSON limit is refused (413) before it is read, from anyone."""
+    server = queued_server(api_token=TOKEN)
+    host = httpx.URL(server.url).netloc.decode()
+    reply = _reply_to_unsent_body(server.url, (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\n"))
+    assert reply.startswith(b"HTTP/1.1 413"), reply or "the server waited for the body"
