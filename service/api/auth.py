@@ -4,8 +4,9 @@ the Origin rule for state-changing requests.
 With ``AAT_API_TOKEN`` set, every route except ``GET /v1/health`` needs
 ``Authorization: Bearer <token>`` (compared in constant time, :func:`hmac.compare_digest`) or
 the studio's session cookie (:data:`SESSION_COOKIE`, issued by the login form in exchange for
-the token: ``expiry.HMAC-SHA256(token, expiry)``, httpOnly, SameSite=Strict; changing the token
-ends every session). Without a token the server must listen on loopback only
+the token: ``expiry.nonce.HMAC-SHA256(token, expiry, nonce)``, httpOnly, SameSite=Strict;
+logging out ends the session on the server (:func:`end_session`), changing the token ends
+every session). Without a token the server must listen on loopback only
 (:func:`check_bind` refuses anything else at start) and answers only loopback clients that
 address it by a loopback name, which also shuts out DNS-rebinding pages in a browser.
 
@@ -26,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import secrets
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -34,6 +37,7 @@ from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.problems import ApiError, error_response
+from service.core.atomic import atomic_write
 from service.core.errors import ConfigError
 from service.settings import Settings
 
@@ -93,8 +97,8 @@ def _host_name(host_header: str) -> str:
 # ---- sessions (the studio's login) -----------------------------------------------------------
 
 
-def _signature(token: bytes, expires: int) -> str:
-    return hmac.new(token, f"aat-session:{expires}".encode(), hashlib.sha256).hexdigest()
+def _signature(token: bytes, expires: int, nonce: str) -> str:
+    return hmac.new(token, f"aat-session:{expires}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def token_matches(settings: Settings, given: str) -> bool:
@@ -104,24 +108,53 @@ def token_matches(settings: Settings, given: str) -> bool:
 
 
 def new_session(settings: Settings, now: float | None = None) -> str:
-    """A session cookie value for a user who has just shown the token."""
+    """A session cookie value for a user who has just shown the token:
+    ``expiry.nonce.signature`` (the nonce makes every login's session its own)."""
     token = _token(settings)
     if token is None:
         raise ConfigError("sessions need AAT_API_TOKEN", code="config_invalid")
     expires = int(now if now is not None else time.time()) + SESSION_TTL_S
-    return f"{expires}.{_signature(token, expires)}"
+    nonce = secrets.token_hex(16)
+    return f"{expires}.{nonce}.{_signature(token, expires, nonce)}"
 
 
 def session_valid(settings: Settings, value: str, now: float | None = None) -> bool:
-    """True for an unexpired cookie made by :func:`new_session` with the current token."""
+    """True for an unexpired cookie made by :func:`new_session` with the current token that
+    has not been ended by :func:`end_session`."""
     token = _token(settings)
-    stamp, _, sig = value.partition(".")
-    if token is None or not stamp.isdigit() or len(stamp) > 12:
+    stamp, nonce, sig = (value.split(".") + ["", ""])[:3]
+    if token is None or not stamp.isdigit() or len(stamp) > 12 or len(nonce) != 32:
         return False
     expires = int(stamp)
     if expires < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(sig.encode(), _signature(token, expires).encode())
+    if not hmac.compare_digest(sig.encode(), _signature(token, expires, nonce).encode()):
+        return False
+    return not _ended_marker(settings, nonce).exists()
+
+
+def _ended_marker(settings: Settings, nonce: str) -> Path:
+    return settings.data_dir / "sessions-ended" / hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def end_session(settings: Settings, value: str, now: float | None = None) -> None:
+    """Log out: the session ``value`` stops working on this server, for every copy of its
+    cookie. A marker file per ended session (``<data_dir>/sessions-ended/``, holding its
+    expiry) is kept until the session would have expired anyway."""
+    if not session_valid(settings, value, now):
+        return
+    stamp, nonce, _ = value.split(".")
+    folder = settings.data_dir / "sessions-ended"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(_ended_marker(settings, nonce), stamp.encode())
+    moment = now if now is not None else time.time()
+    for marker in folder.iterdir():  # forget the ends of sessions that have expired since
+        try:
+            expired = int(marker.read_text() or "0") < moment
+        except (OSError, ValueError):
+            continue
+        if expired:
+            marker.unlink(missing_ok=True)
 
 
 # ---- the checks ------------------------------------------------------------------------------

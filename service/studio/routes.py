@@ -28,6 +28,7 @@ from service.api.auth import (
     SESSION_TTL_S,
     authorize,
     check_origin,
+    end_session,
     new_session,
     token_matches,
 )
@@ -209,6 +210,7 @@ def login(request: Request, token: Annotated[str, Form(max_length=4096)] = "",
 @router.post("/logout")
 def logout(request: Request) -> Response:
     check_origin(request, _settings(request))
+    end_session(_settings(request), request.cookies.get(SESSION_COOKIE) or "")
     response = RedirectResponse("/login" if _token_set(_settings(request)) else "/",
                                 status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

@@ -300,3 +300,22 @@ def test_json_bodies_are_capped_even_with_the_token(queued_server, method, path)
         f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
         "Content-Type: application/json\r\n"))
     assert reply.startswith(b"HTTP/1.1 413"), reply or "the server waited for the body"
+
+
+def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(queued_server) -> None:
+    """After "Log out" the session is over on the server, not only forgotten by this
+    browser: a copy of the cookie (another tab's, a stolen one) no longer works."""
+    server = queued_server(api_token=TOKEN)
+    with server.client(token=None, follow_redirects=False) as browser:
+        assert browser.post("/login", data={"token": TOKEN}).status_code == 303
+        copy = browser.cookies["aat_session"]
+        assert browser.get("/v1/jobs").status_code == 200
+        out = browser.post("/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/login"
+        assert "aat_session" not in browser.cookies
+    with server.client(token=None, follow_redirects=False) as thief:
+        thief.cookies.set("aat_session", copy)
+        assert thief.get("/v1/jobs").status_code == 401
+        assert thief.get("/jobs").status_code == 303, "the pages send it to the login form"
+        assert thief.post("/login", data={"token": TOKEN}).status_code == 303
+        assert thief.get("/v1/jobs").status_code == 200, "a new login opens a new session"
