@@ -313,6 +313,21 @@ def test_corrupt_file_shows_its_error_and_creates_no_job(studio, page, tmp_path)
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+def test_watch_folder_preset_lists_only_what_differs_from_the_defaults(studio, page) -> None:
+    page.goto(studio.url + "/")
+    page.get_by_label("Seed").fill("1234")
+    page.get_by_label("Steps").fill("31")
+    page.get_by_text("As a watch-folder preset (.aat.toml)").click()
+    toml = page.locator("#preset-toml")
+    expect(toml).to_contain_text("seed = 1234")
+    expect(toml).to_contain_text("steps = 31")
+    keys = [line.split(" = ")[0] for line in toml.inner_text().splitlines() if line]
+    assert sorted(keys) == ["seed", "steps"], f"defaults listed: {toml.inner_text()}"
+    page.get_by_label("CFG scale").fill("7.5")
+    expect(toml).to_contain_text("cfg_scale = 7.5")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def test_every_view_works_under_a_strict_csp(studio, page, shot) -> None:
     with studio.client() as http:
         resp = http.get("/")

@@ -42,13 +42,20 @@ export function sizeParams(form, inputSize) {
   return Object.keys(out).length ? out : { scale: 2 };
 }
 
+// Whether `value` (as read from `input`) is the control's default: numbers compare as numbers
+// (the schema's default 7.0 is written "7.0", the field reads 7).
+function isDefault(input, value) {
+  const dflt = input.dataset.default;
+  if (typeof value === "number" && dflt !== undefined && dflt.trim() !== "") return value === Number(dflt);
+  return String(value) === dflt;
+}
+
 // The form's generated controls that differ from their defaults (only those are sent).
 export function changedParams(form) {
   const params = {};
   for (const input of paramInputs(form)) {
     const value = readInput(input);
-    const dflt = input.dataset.default;
-    if (value === null || value === "" || String(value) === dflt) continue;
+    if (value === null || value === "" || isDefault(input, value)) continue;
     params[input.dataset.param] = value;
   }
   return params;
@@ -116,15 +123,17 @@ export function resetDefaults(form) {
 export function toToml(values, form) {
   const lines = [];
   const mode = values.size_mode || "scale:2";
-  if (mode.startsWith("scale:")) lines.push(`scale = ${mode.slice(6)}`);
-  else if (mode.startsWith("long:")) lines.push(`width = ${mode.slice(5)}  # long side; use height = for portrait images`);
-  else {
+  if (mode.startsWith("scale:")) {
+    if (mode !== "scale:2") lines.push(`scale = ${mode.slice(6)}`);  // 2 is the default
+  } else if (mode.startsWith("long:")) {
+    lines.push(`width = ${mode.slice(5)}  # long side; use height = for portrait images`);
+  } else {
     if (values.width) lines.push(`width = ${values.width}`);
     if (values.height) lines.push(`height = ${values.height}`);
   }
   for (const input of paramInputs(form)) {
     const key = input.dataset.param, value = values[key];
-    if (value === null || value === undefined || String(value) === input.dataset.default) continue;
+    if (value === null || value === undefined || value === "" || isDefault(input, value)) continue;
     lines.push(`${key} = ${typeof value === "string" ? JSON.stringify(value) : value}`);
   }
   if (values.loras && values.loras.length) lines.push(`loras = ${JSON.stringify(values.loras)}`);
