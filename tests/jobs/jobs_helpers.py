@@ -103,21 +103,28 @@ def quiet_moment(svc: Any, emu: EmulatorServer, job_id: str, min_done: int) -> b
     return recorded == tiles_sent(emu.stats("upscale"))
 
 
+def hold_when(ready: Callable[[], Any], emu: EmulatorServer, endpoint: str,
+              what: str) -> None:
+    """Once ``ready()`` (e.g. four tiles refined), scale ``endpoint`` to zero workers: the
+    RunPod jobs in flight then wait for a GPU, the job cannot end, and once the last slot is
+    refilled no ``/run`` is sent any more, so a kill test's quiet moment (every RunPod job sent
+    recorded, some still out) comes and lasts. Without it a loaded machine, slow to record each
+    id, found no quiet moment until the job had ended. The caller scales back up before the
+    next runner starts."""
+    wait_until(ready, 60, what)
+    emu.scale(endpoint, 0)
+
+
 def kill_when_quiet(pid: int, quiet: Callable[[], bool], *, group: bool = False,
-                    what: str = "a quiet moment", timeout: float = 60.0,
-                    hold: Callable[[], None] | None = None) -> None:
+                    what: str = "a quiet moment", timeout: float = 60.0) -> None:
     """SIGKILL the runner ``pid`` (its whole process group with ``group``) at a moment when
     ``quiet()`` holds (e.g. :func:`quiet_moment`: every RunPod job sent has its id recorded).
     Checking and then killing leaves a gap in which a loaded machine lets the runner send one
     more ``/run`` and die before recording it, paying that tile twice; so the runner is frozen
     (SIGSTOP) first, a request it had already put on the wire is given time to reach the
     emulator, and it is killed only if it is still quiet, frozen. Otherwise it goes on
-    (SIGCONT) and the next quiet moment is tried.
-
-    ``hold()`` is called at the first quiet moment, e.g. to scale the endpoint to zero: the
-    RunPod jobs in flight then wait for a GPU, so the job cannot end (and its quiet moments
-    with work in flight cannot pass) before the kill; without it a loaded machine could let
-    the job finish while every try fell on a request on the wire. The caller scales back."""
+    (SIGCONT) and the next quiet moment is tried (see :func:`hold_when` for making one
+    last)."""
     def send(sig: signal.Signals) -> None:
         if group:
             os.killpg(os.getpgid(pid), sig)
@@ -127,17 +134,20 @@ def kill_when_quiet(pid: int, quiet: Callable[[], bool], *, group: bool = False,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if quiet():
-            if hold is not None:
-                hold()
-                hold = None
             send(signal.SIGSTOP)
-            time.sleep(0.3)  # a /run already sent reaches the emulator, frozen or not
+            time.sleep(1.0)  # a /run already sent reaches the emulator, frozen or not
             if quiet():
                 send(signal.SIGKILL)
                 return
             send(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def refined(svc: Any, job_id: str) -> int:
+    """Tiles of the job refined so far."""
+    stage = svc.get(job_id).stages.get("refine")
+    return stage.done if stage else 0
 
 
 def tiles_sent(stats: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobs_helpers import embedded_process, kill_when_quiet, wait_until
+from jobs_helpers import embedded_process, hold_when, kill_when_quiet, wait_until
 from PIL import Image
 from proc_helpers import scrubbed_env
 from pydantic import SecretStr
@@ -187,8 +187,10 @@ def test_frames_on_runpod_when_the_runner_is_killed_are_repolled_not_paid_twice(
                        AAT_RUNPOD_POLL_MIN_S="0.02", AAT_RUNPOD_POLL_MAX_S="0.2")
     first = embedded_process(env)
     try:
+        hold_when(lambda: (st := submitter.get(job.id).stages.get("animate")) and st.done >= 2,
+                  emu, "anim", "two frames in")
         kill_when_quiet(first.pid, lambda: _in_flight(submitter, emu, job.id, 2),
-                        what="frames on RunPod", hold=lambda: emu.scale("anim", 0))
+                        what="frames on RunPod")
     finally:
         first.kill()
         first.wait()

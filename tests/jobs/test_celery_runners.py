@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from jobs_helpers import (
     expected_echo_pixels,
+    hold_when,
     kill_when_quiet,
     pixels,
     png,
     quiet_moment,
+    refined,
     small_params,
     wait_until,
 )
@@ -38,8 +40,8 @@ def test_runner_killed_mid_job_the_job_still_succeeds_without_paying_twice(
     job, _ = svc.submit(data, filename="rock.png", params=params,
                         target=TargetSpec(repo="game", path="rock.png"))
     # the whole runner host dies: main process and child
-    kill_when_quiet(first.pid, lambda: quiet_moment(svc, emu, job.id, 4), group=True,
-                    hold=lambda: emu.scale("upscale", 0))
+    hold_when(lambda: refined(svc, job.id) >= 4, emu, "upscale", "four tiles refined")
+    kill_when_quiet(first.pid, lambda: quiet_moment(svc, emu, job.id, 4), group=True)
     assert first.wait(timeout=10) == -signal.SIGKILL
     emu.scale("upscale", 3)
     mid = svc.get(job.id)

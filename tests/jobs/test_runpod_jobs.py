@@ -17,10 +17,12 @@ from jobs_helpers import (
     embedded_process,
     emulator,
     expected_echo_pixels,
+    hold_when,
     kill_when_quiet,
     pixels,
     png,
     quiet_moment,
+    refined,
     runpod_env,
     runpod_settings,
     small_params,
@@ -149,8 +151,9 @@ def test_embedded_executor_killed_mid_job_resumes_without_paying_twice(
                "AAT_RUNPOD_TILES_PER_JOB": str(tiles_per_job)}
         first = embedded_process(env)
         try:
-            kill_when_quiet(first.pid, lambda: quiet_moment(submitter, emu, job.id, 4),
-                            hold=lambda: emu.scale("upscale", 0))
+            hold_when(lambda: refined(submitter, job.id) >= 4, emu, "upscale",
+                      "four tiles refined")
+            kill_when_quiet(first.pid, lambda: quiet_moment(submitter, emu, job.id, 4))
         finally:
             first.kill()
             first.wait()
@@ -334,13 +337,17 @@ def test_captions_in_flight_at_a_crash_are_resumed_and_every_runpod_job_is_count
             done = {t.idx for t in submitter.store.get_tiles(job.id) if t.caption}
             waiting = [r for r in row.remote_jobs if r["kind"] == "caption"
                        and r["tile"] not in done]
-            # every caption RunPod accepted has its id recorded, and some are not back yet
-            return bool(waiting) and len(ids) == emu.stats("caption")["submitted"] >= 3
+            # every caption RunPod accepted has its id recorded, and some are not back yet;
+            # and every tile sent to be refined has its id recorded too
+            refining = sum(1 for t in submitter.store.get_tiles(job.id) if t.remote_job_id)
+            return (bool(waiting) and len(ids) == emu.stats("caption")["submitted"] >= 3
+                    and refining == tiles_sent(emu.stats("upscale")))
 
         first = embedded_process(env)
         try:
-            kill_when_quiet(first.pid, captions_in_flight, what="captions in flight",
-                            hold=lambda: emu.scale("caption", 0))
+            hold_when(lambda: emu.stats("caption")["submitted"] >= 3, emu, "caption",
+                      "three captions sent")
+            kill_when_quiet(first.pid, captions_in_flight, what="captions in flight")
         finally:
             first.kill()
             first.wait()
