@@ -18,8 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import JobServicePort, get_jobs, get_settings, require_auth
 from service.api.intake import params_error, read_capped, split_query
 from service.api.jobs import IdempotencyKey, submit_responses, submitted_reply
-from service.api.problems import problem_responses
+from service.api.problems import ApiError, problem_responses
+from service.backends.edit import check_edit_setup
 from service.core.animate import AnimateParams
+from service.core.errors import ConfigError
 from service.core.jobs import JobPublic, TargetSpec
 from service.settings import Settings
 
@@ -68,6 +70,10 @@ async def submit_animation(
         params = AnimateParams.model_validate(query)  # a bad motion: motion_unknown (422)
     except ValidationError as exc:
         raise params_error(exc, "parameter") from exc
+    try:  # a setup every frame would fail on: refused now, not queued to fail
+        check_edit_setup(settings)
+    except ConfigError as exc:
+        raise ApiError(503, exc.code, exc.message) from exc
     data = await read_capped(request, settings.max_upload_bytes)
     job, created = await run_in_threadpool(
         jobs.submit_animation, data, filename=filename, params=params, target=target,

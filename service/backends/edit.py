@@ -112,8 +112,7 @@ def decode_rgb(data: bytes, what: str) -> np.ndarray:
 
 
 def _client(s: Settings, endpoint_id: str, setting: str) -> RunPodClient:
-    if s.runpod_api_key is None:
-        raise ConfigError("animate needs RUNPOD_API_KEY (the key of your RunPod account)")
+    assert s.runpod_api_key is not None  # check_edit_setup ran
     return RunPodClient(
         s.runpod_base_url, endpoint_id, s.runpod_api_key,
         retry=RetryPolicy(s.runpod_http_attempts, s.runpod_backoff_base_s, s.runpod_backoff_max_s),
@@ -279,13 +278,8 @@ class PublicEditBackend(_OnRunPod):
 
 
 def s3_publisher(settings: Settings) -> Publisher:
-    """Canvas -> presigned GET URL in the configured bucket; ``edit_needs_url`` without one."""
-    if not settings.artifacts_url:
-        raise ConfigError(
-            "RunPod's public edit endpoint fetches the sprite from a URL, and no object store "
-            "is configured: set AAT_ARTIFACTS_URL=s3://bucket/prefix (with AAT_S3_ENDPOINT_URL "
-            "and credentials for R2/MinIO), or use your own worker with "
-            "RUNPOD_ANIMATE_ENDPOINT_ID", code="edit_needs_url")
+    """Canvas -> presigned GET URL in the configured bucket (:func:`check_edit_setup` has
+    made sure there is one)."""
     from service.storage.stores import open_artifacts  # noqa: PLC0415 - boto3 only when used
 
     store: Any = open_artifacts(settings)
@@ -306,14 +300,32 @@ def edit_backend_kind(settings: Settings) -> str:
     return "worker" if settings.runpod_animate_endpoint_id else "public"
 
 
+def check_edit_setup(settings: Settings) -> None:
+    """Raise the :class:`ConfigError` that makes every frame fail, from the settings alone (no
+    network): our worker without its endpoint id, the public endpoint without a bucket
+    (``edit_needs_url``), no RunPod key. :func:`open_edit_backend` and the API's submit ask
+    here, so a job that cannot run is refused before it is queued."""
+    kind = edit_backend_kind(settings)
+    if kind == "worker" and not settings.runpod_animate_endpoint_id:
+        raise ConfigError("AAT_ANIMATE_BACKEND=worker needs RUNPOD_ANIMATE_ENDPOINT_ID "
+                          "(the endpoint running workers/animate)", code="config_missing")
+    if kind == "public" and not settings.artifacts_url:
+        raise ConfigError(
+            "RunPod's public edit endpoint fetches the sprite from a URL, and no object store "
+            "is configured: set AAT_ARTIFACTS_URL=s3://bucket/prefix (with AAT_S3_ENDPOINT_URL "
+            "and credentials for R2/MinIO), or use your own worker with "
+            "RUNPOD_ANIMATE_ENDPOINT_ID", code="edit_needs_url")
+    if settings.runpod_api_key is None:
+        raise ConfigError("animate needs RUNPOD_API_KEY (the key of your RunPod account)")
+
+
 def open_edit_backend(settings: Settings) -> EditBackend:
     """The configured edit backend (``AAT_ANIMATE_BACKEND``; auto = our worker if its
     endpoint is set, else the public endpoint)."""
+    check_edit_setup(settings)
     kind = edit_backend_kind(settings)
     if kind == "worker":
-        if not settings.runpod_animate_endpoint_id:
-            raise ConfigError("AAT_ANIMATE_BACKEND=worker needs RUNPOD_ANIMATE_ENDPOINT_ID "
-                              "(the endpoint running workers/animate)", code="config_missing")
+        assert settings.runpod_animate_endpoint_id is not None
         return WorkerEditBackend(_client(settings, settings.runpod_animate_endpoint_id,
                                          "RUNPOD_ANIMATE_ENDPOINT_ID"),
                                  price_per_s=settings.runpod_price_per_gpu_second)

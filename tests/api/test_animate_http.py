@@ -164,6 +164,20 @@ def test_bad_motion_is_refused_at_submit(emulator: EmulatorServer, tmp_path: Pat
         assert client.get("/v1/jobs").json()["items"] == []  # nothing was queued
 
 
+def test_a_setup_no_frame_could_run_on_is_refused_at_submit(emulator: EmulatorServer,
+                                                             tmp_path: Path) -> None:
+    """RunPod's public endpoint without a bucket: a 503 naming what to configure (the watcher
+    waits and tries again; the studio shows it), instead of a job queued to fail."""
+    with _server(emulator, tmp_path, "anim", animate_backend="public") as server, \
+            server.client() as client:
+        refused = _submit(client, motion="walk")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "edit_needs_url"
+        assert "AAT_ARTIFACTS_URL" in refused.json()["detail"]
+        assert client.get("/v1/jobs").json()["items"] == []
+    assert sorted(p.name for p in (tmp_path / "repo" / "sprites").iterdir()) == ["hero.png"]
+
+
 def _cells(png: bytes, n: int) -> list[np.ndarray]:
     sheet = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
     assert sheet.shape == (H, W * n, 4)

@@ -66,6 +66,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
               "celery_queue": queue, "backend": "runpod", "api_token": TOKEN,
               "runpod_api_key": "emu-key", "runpod_base_url": emulator.url,
               "runpod_upscale_endpoint_id": "upscale", "max_upload_bytes": 64 * 1024,
+              # animate jobs need an edit backend set up to be accepted (they stay queued)
+              "runpod_animate_endpoint_id": "anim",
               "max_model_bytes": 64 * 1024, "intake_roots": [root],
               # imports the fuzzer starts reach a closed loopback port, never the internet
               "civitai_base_url": "https://127.0.0.1:9", "huggingface_base_url": "https://127.0.0.1:9/hf"}
