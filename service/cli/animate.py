@@ -52,7 +52,8 @@ def animate(
     seed: int = typer.Option(0, "--seed", help="Seed; each frame derives its own."),
     regenerate: list[int] = typer.Option([], "--regenerate", "-r", help="Generate frame N "
                                          "(from 1) of the existing OUTPUT sheet again; repeat."),
-    attempt: int = typer.Option(1, "--attempt", help="Which new seed --regenerate uses."),
+    attempt: int = typer.Option(1, "--attempt", min=1, help="Which new seed --regenerate uses "
+                                "(the same attempt gives the same frame: raise it for another)."),
     repo: str | None = typer.Option(None, "--repo", help="Deliver beside SPRITE inside this "
                                     "configured repo (AAT_REPOS) instead of -o."),
     edit_side: int = typer.Option(1024, "--edit-side", help="Longest side of the image the "
@@ -69,6 +70,9 @@ def animate(
                      name=name, anchor=anchor, key_colour=key, style=style, seed=seed)
     summary = asyncio.run(_run(sprite, output, params, regenerate, attempt, repo, edit_side))
     typer.echo(summary)
+    if regenerate:  # the seed is fixed by the attempt: say how to get another frame
+        typer.echo(f"regenerated with --attempt {attempt}; not it yet? the same command with "
+                   f"--attempt {attempt + 1} tries again")
 
 
 def _params(model: type[AnimateParams], **values: Any) -> AnimateParams:

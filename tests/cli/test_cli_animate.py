@@ -110,6 +110,8 @@ def test_walk_of_8_frames_from_our_worker(emulator: EmulatorServer, tmp_path: Pa
     again = aat(env, str(tmp_path / "hero.png"), "--motion", "walk", "--frames", "8", "-o",
                 str(out), "--regenerate", "3", "--attempt", "4")
     assert again.returncode == 0, again.stderr
+    assert "regenerated with --attempt 4; not it yet? the same command with --attempt 5" \
+        in again.stdout  # the same attempt would give the same frame
     after = rgba(out)
     changed = np.nonzero((before != after).any(axis=(0, 2)))[0]
     assert changed.size > 0 and changed.min() >= 48 and changed.max() < 72, changed
