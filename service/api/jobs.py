@@ -253,7 +253,9 @@ def get_companion(job_id: JobId,
 def get_input(job_id: JobId, jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> FileResponse:
     job = jobs.get(job_id)
     path = jobs.input_path(job_id)
-    return FileResponse(path, filename=PurePath(job.input.filename).name or "input")
+    # the stored file's format decides the type; the client's file name never does
+    return FileResponse(path, media_type=formats.media_type_for_suffix(path.suffix),
+                        filename=PurePath(job.input.filename).name or "input")
 
 
 def result_filename(job: JobPublic, suffix: str) -> str:

@@ -1,5 +1,7 @@
 """Auth over real HTTP: bearer token (missing, wrong, right), the loopback-only rule without a
-token, refusing to listen beyond loopback without a token, CORS off by default."""
+token, refusing to listen beyond loopback without a token, CORS off by default; and the other
+guards of the HTTP edge: refusals before a body is read, body caps, sessions ending at logout,
+media types that never come from a client's file name."""
 
 from __future__ import annotations
 
@@ -319,3 +321,16 @@ def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(queued_serve
         assert thief.get("/jobs").status_code == 303, "the pages send it to the login form"
         assert thief.post("/login", data={"token": TOKEN}).status_code == 303
         assert thief.get("/v1/jobs").status_code == 200, "a new login opens a new session"
+
+
+def test_a_stored_input_is_served_as_the_image_it_is_whatever_its_name(queued_server) -> None:
+    """The input's media type comes from its decoded format, never from the file name the
+    client gave: a PNG named page.html comes back as image/png, as a download."""
+    server = queued_server()
+    with server.client() as http:
+        job = http.post("/v1/jobs", params={"filename": "page.html"}, content=png_bytes(),
+                        headers={"Content-Type": "image/png"}).json()
+        got = http.get(f"/v1/jobs/{job['id']}/input")
+        assert got.status_code == 200 and got.content == png_bytes()
+        assert got.headers["content-type"] == "image/png"
+        assert got.headers["content-disposition"].startswith("attachment")
