@@ -306,10 +306,63 @@ def test_corrupt_file_shows_its_error_and_creates_no_job(studio, page, tmp_path)
     page.get_by_test_id("submit-job").click()
     error = page.get_by_test_id("error-message")
     error.wait_for(state="visible")
-    assert re.search(r"error \[image_\w+\]", error.inner_text()), error.inner_text()
+    assert re.search(r"error \[image_\w+\]: broken\.png: ", error.inner_text()), error.inner_text()
     assert page.url.rstrip("/") == studio.url
     with studio.client() as http:
         assert len(http.get("/v1/jobs", params={"limit": 500}).json()["items"]) == before
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_several_files_each_show_their_outcome_and_go_into_a_folder(studio, page, shot,
+                                                                    tmp_path) -> None:
+    """Three files, one corrupt: the two good ones become jobs (linked), the corrupt one is
+    named with its error, a second submit sends only what has no job yet; a path in the repo
+    naming one file is refused before anything is sent, a folder takes each file by name."""
+    chosen = [str(png(tmp_path / "scene.png", seed=21)), str(png(tmp_path / "scene2.png", seed=22))]
+    broken = tmp_path / "corrupt.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    chosen.append(str(broken))
+
+    def job_ids() -> set[str]:
+        with studio.client() as http:
+            return {j["id"] for j in http.get("/v1/jobs", params={"limit": 500}).json()["items"]}
+
+    before = job_ids()
+    page.goto(studio.url + "/")
+    page.get_by_test_id("new-job-file").set_input_files(chosen)
+    page.get_by_label("Tile size (px)").fill("64")
+    page.get_by_label("Tile overlap (px)").fill("16")
+    page.get_by_label("Target repo").fill("game")
+    page.get_by_label("Path in repo").fill("textures/rock.png")
+    page.get_by_test_id("submit-job").click()
+    error = page.get_by_test_id("error-message")
+    expect(error).to_contain_text('"textures/rock.png" names one file, but 3 images were chosen')
+    assert job_ids() == before, "nothing is sent while the path names one file"
+
+    page.get_by_label("Path in repo").fill("textures/")
+    page.get_by_test_id("submit-job").click()
+    rows = page.get_by_test_id("picked-file")
+    expect(page.locator("[data-testid=picked-file][data-outcome]")).to_have_count(3)
+    assert re.search(r"error \[image_\w+\]: corrupt\.png: .*\(2 of 3 files were submitted",
+                     error.inner_text()), error.inner_text()
+    outcome = {r.get_attribute("data-name"): r.get_attribute("data-outcome") for r in rows.all()}
+    assert outcome == {"scene.png": "submitted", "scene2.png": "submitted", "corrupt.png": "failed"}
+    assert "corrupt.png" in rows.nth(2).inner_text() and "[image_" in rows.nth(2).inner_text()
+    links = {r.get_attribute("data-name"): r.get_by_role("link").get_attribute("href")
+             for r in rows.all()[:2]}
+    made = job_ids() - before
+    assert {href.rsplit("/", 1)[1] for href in links.values()} == made and len(made) == 2
+    with studio.client() as http:
+        paths = {http.get(f"/v1/jobs/{i}").json()["target"]["path"] for i in made}
+    assert paths == {"textures/scene.png", "textures/scene2.png"}
+    assert page.url.rstrip("/") == studio.url
+    shot(page, "new-job-several-files")
+
+    expect(page.get_by_test_id("submit-job")).to_have_text("Upscale the other 1")
+    page.get_by_test_id("submit-job").click()  # again: only the file without a job is sent
+    expect(page.get_by_test_id("submit-job")).to_be_enabled()
+    expect(error).to_contain_text("corrupt.png: ")
+    assert job_ids() - before == made, "the files already submitted are not sent again"
     assert page.problems == []  # type: ignore[attr-defined]
 
 

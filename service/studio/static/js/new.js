@@ -11,6 +11,9 @@ let files = [];
 let inputSize = null;
 let availableLoras = [];
 let planTimer = null;
+// What the last submit made of each chosen file: { job } (its job was created) or { error }.
+// A second submit sends only the files without a job.
+const outcomes = new Map();
 
 function chosenLoras() {
   return [...document.querySelectorAll("#lora-picks [data-lora]")]
@@ -27,8 +30,8 @@ function remember() {
 
 function setFiles(list) {
   files = [...list].filter((f) => f.size > 0);
-  const picked = document.getElementById("picked");
-  picked.replaceChildren(...files.map((f) => el("li", { text: `${f.name} (${Math.ceil(f.size / 1024)} KB)` })));
+  outcomes.clear();
+  showPicked();
   submit.disabled = files.length === 0;
   inputSize = null;
   if (!files.length) { planStage.hidden = true; return; }
@@ -153,9 +156,30 @@ function loadPresetList() {
                          ...names.map((n) => el("option", { value: n, text: n })));
 }
 
+// The chosen files, each with its outcome once submitted (a link to its job, or its error).
+function showPicked() {
+  const kb = (f) => `${f.name} (${Math.ceil(f.size / 1024)} KB)`;
+  document.getElementById("picked").replaceChildren(...files.map((f) => {
+    const out = outcomes.get(f);
+    const li = el("li", { "data-testid": "picked-file", "data-name": f.name,
+                          "data-outcome": out ? (out.job ? "submitted" : "failed") : null }, kb(f));
+    if (out && out.job) li.append(" — submitted: ", el("a", { href: `/jobs/${out.job.id}`, text: `job ${out.job.id}` }));
+    if (out && out.error) li.append(el("span", { class: "bad", text: ` — not submitted: ${errorText(out.error)}` }));
+    return li;
+  }));
+  const left = files.filter((f) => !(outcomes.get(f) || {}).job).length;
+  submit.textContent = left < files.length ? `Upscale the other ${left}` : "Upscale";
+}
+
+const errorText = (err) => `${err.code ? `[${err.code}] ` : ""}${err.message}`;
+
+// One job per chosen file (but for those a previous submit made a job of). Opens the job (one
+// file) or the queue (several) when every file has its job; else stays, each file showing its
+// outcome, and throws an error naming the files that failed.
 async function sendJobs() {
-  const created = [];
-  for (const file of files) {
+  const todo = files.filter((f) => !(outcomes.get(f) || {}).job);
+  const targets = todo.map((f) => readTarget(form, f.name, files.length));  // refused: nothing sent
+  for (const [i, file] of todo.entries()) {
     const size = files.length === 1 ? inputSize : null;
     const params = readParams(form, size, chosenLoras());
     const style = document.getElementById("style-sha").value;
@@ -163,12 +187,26 @@ async function sendJobs() {
     const body = new FormData();
     body.append("file", file, file.name);
     body.append("params", JSON.stringify(params));
-    const target = readTarget(form, file.name);
-    if (target) body.append("target", JSON.stringify(target));
-    created.push(await api("/v1/jobs", { method: "POST", body }));
+    if (targets[i]) body.append("target", JSON.stringify(targets[i]));
+    try {
+      outcomes.set(file, { job: await api("/v1/jobs", { method: "POST", body }) });
+    } catch (err) {
+      if (err.status === 401) throw err;  // off to the login page
+      outcomes.set(file, { error: err });
+    }
   }
   remember();
-  location.href = created.length === 1 ? `/jobs/${created[0].id}` : "/jobs";
+  showPicked();
+  const failed = files.filter((f) => outcomes.get(f).error);
+  if (!failed.length) {
+    location.href = files.length === 1 ? `/jobs/${outcomes.get(files[0]).job.id}` : "/jobs";
+    return;
+  }
+  const made = files.length - failed.length;
+  const first = outcomes.get(failed[0]).error;
+  throw Object.assign(new Error(
+    failed.map((f) => `${f.name}: ${f === failed[0] ? first.message : errorText(outcomes.get(f).error)}`).join("; ") +
+    (made ? ` (${made} of ${files.length} files were submitted; see the list)` : "")), { code: first.code });
 }
 
 function wire() {

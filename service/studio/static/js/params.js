@@ -68,14 +68,29 @@ export function readParams(form, inputSize, loras) {
   return params;
 }
 
-// The target in a repo (null: download only); an empty path in the repo is `filename`, the
-// uploaded file's own name. A form without naming controls (Animate) sends the repo and path
-// alone.
-export function readTarget(form, filename) {
+// The target in a repo for the file `filename`, one of `count` sent together (null: download
+// only). The path in the repo is where the source sits: empty = the file's own name at the
+// repo's top; ending in "/" = a folder, the file keeps its own name in it. With several files
+// the path is always a folder, and one naming a file (textures/rock.png) is refused: every
+// result would aim at that one file. A form without naming controls (Animate) sends the repo
+// and path alone.
+export function readTarget(form, filename, count = 1) {
   const value = (sel) => { const n = form.querySelector(sel); return n ? n.value.trim() : ""; };
   const repo = value("#target_repo");
   if (!repo) return null;
-  const target = { repo, path: value("#target_path") || filename };
+  const path = value("#target_path");
+  const last = path.split("/").pop();
+  if (count > 1 && /\.[^.]+$/.test(last)) {
+    throw new Error(`Path in repo "${path}" names one file, but ${count} images were chosen: ` +
+                    `give a folder (e.g. "${path.slice(0, path.length - last.length) || "textures/"}") ` +
+                    "and each image keeps its own name in it");
+  }
+  let where = path || filename;
+  if (path && (path.endsWith("/") || count > 1)) {
+    const folder = path.replace(/\/+$/, "");
+    where = folder ? `${folder}/${filename}` : filename;
+  }
+  const target = { repo, path: where };
   for (const [key, sel] of [["naming", "#naming"], ["mirror_dir", "#mirror_dir"]]) {
     if (value(sel)) target[key] = value(sel);
   }
