@@ -187,6 +187,52 @@ def test_each_tile_keeps_its_own_caption_when_several_are_rerun(studio, page) ->
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+def test_a_click_anywhere_in_a_tile_selects_that_tile_not_a_neighbour(studio, page, shot) -> None:
+    """640x480 at 2x in 512 px tiles with 128 px overlap: the planner spaces the 3x3 tiles
+    224 px apart (288 px overlap), so a tile's centre lies inside its neighbours too. Each
+    tile's button answers only for its part of the overlaps (cut at their midlines), while its
+    outline still shows the whole tile."""
+    data = png(Path(studio.data_dir.parent) / "hits.png", 640, 480, seed=4).read_bytes()
+    job = submit(studio, data, tile_size=512, overlap=128)
+    page.goto(f"{studio.url}/jobs/{job['id']}")
+    wait_status(page, "succeeded")
+    with studio.client() as http:
+        tiles = http.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+    assert len(tiles) == 9 and tiles[7]["y"] < tiles[4]["y"] + 256  # 4's centre is in 7 too
+    buttons = page.get_by_test_id("tile")
+    expect(buttons).to_have_count(9)
+    page.get_by_test_id("tile-grid").evaluate("g => g.scrollIntoView()")  # all of it on screen
+    grid = page.get_by_test_id("tile-grid").bounding_box()
+    assert grid["y"] >= 0 and grid["y"] + grid["height"] <= 800, grid
+    sx, sy = grid["width"] / 1280, grid["height"] / 960
+
+    def on_page(x: float, y: float) -> tuple[float, float]:
+        return grid["x"] + x * sx, grid["y"] + y * sy
+
+    for t in tiles:  # the middle of each tile, then a point inside its overlap with the next
+        page.mouse.click(*on_page(t["x"] + t["w"] / 2, t["y"] + t["h"] / 2))
+        expect(page.locator("[data-testid=tile][aria-pressed=true]")).to_have_count(1)
+        assert page.locator("[data-testid=tile][aria-pressed=true]").get_attribute(
+            "data-index") == str(t["index"]), f"the centre of tile {t['index']} selected another"
+    centre = tiles[4]
+    page.mouse.click(*on_page(centre["x"] + centre["w"] / 2, centre["y"] + centre["h"] / 2))
+    expect(page.locator("#panel-which")).to_contain_text("Tile 4 at")
+    outline = buttons.nth(4).locator(".outline").bounding_box()
+    assert abs(outline["width"] - 512 * sx) < 2 and abs(outline["height"] - 512 * sy) < 2, \
+        "the selected tile's outline is the whole tile"
+    assert abs(outline["x"] - on_page(centre["x"], 0)[0]) < 2
+    boxes = [buttons.nth(i).bounding_box() for i in range(9)]
+    for i, a in enumerate(boxes):  # the hit areas meet and never overlap
+        for b in boxes[i + 1:]:
+            overlap_w = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+            overlap_h = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+            assert overlap_w < 1 or overlap_h < 1, (a, b)
+    assert abs(sum(b["width"] * b["height"] for b in boxes) - grid["width"] * grid["height"]) \
+        < 0.01 * grid["width"] * grid["height"], "together they cover the image"
+    shot(page, "job-view-tile-hit-areas")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def safetensors_bytes(values: int = 4) -> bytes:
     header = json.dumps({"lora_up.weight": {"dtype": "F32", "shape": [values],
                                             "data_offsets": [0, 4 * values]}}).encode()

@@ -135,3 +135,21 @@ export function placeBox(node, box, size) {
   node.style.height = pct(box.h, size.height);
   return node;
 }
+
+// Where each of `boxes` ({x, y, w, h}, overlapping neighbours as tiles are planned) answers a
+// click: its box with every overlap with another box cut at the overlap's midline, so the hit
+// areas of a grid meet without overlapping and a click lands on the tile whose centre is
+// nearest along each axis. Returns {x, y, w, h} per box, in the same units.
+export function hitBoxes(boxes) {
+  return boxes.map((a) => {
+    let left = a.x, top = a.y, right = a.x + a.w, bottom = a.y + a.h;
+    for (const b of boxes) {
+      if (b === a || b.x >= a.x + a.w || a.x >= b.x + b.w || b.y >= a.y + a.h || a.y >= b.y + b.h) continue;
+      if (b.x > a.x) right = Math.min(right, (b.x + a.x + a.w) / 2);
+      if (b.x < a.x) left = Math.max(left, (a.x + b.x + b.w) / 2);
+      if (b.y > a.y) bottom = Math.min(bottom, (b.y + a.y + a.h) / 2);
+      if (b.y < a.y) top = Math.max(top, (a.y + b.y + b.h) / 2);
+    }
+    return { x: left, y: top, w: right - left, h: bottom - top };
+  });
+}

@@ -2,7 +2,7 @@
 // compare slider with zoom and 1:1 pixels, download, cancel, retry.
 import "/static/vendor/img-comparison-slider-8.0.7.js";
 import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
-import { TERMINAL, api, clearError, el, jobBase, placeBox, seconds, showError, usd } from "./api.js";
+import { TERMINAL, api, clearError, el, hitBoxes, jobBase, placeBox, seconds, showError, usd } from "./api.js";
 import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const jobId = document.body.dataset.jobId;
@@ -55,13 +55,22 @@ function renderJob() {
 
 // ---- tile grid -------------------------------------------------------------------------------
 
+// Each tile is a button over its hit area (hitBoxes: the overlaps with its neighbours cut at
+// their midlines, so a click selects the tile under it, never a neighbour drawn on top), with
+// the tile's full outline drawn by a child that takes no clicks.
 function drawTiles() {
   const size = outputSize();
-  grid.replaceChildren(...tiles.map((t) => placeBox(
-    el("button", { type: "button", class: "tile", "data-testid": "tile",
-                   "data-index": t.index, "data-state": t.state,
-                   "aria-label": `Tile ${t.index}, ${t.state}`, ...picker.attrs(t.index) }),
-    t, size)));
+  const hits = hitBoxes(tiles);
+  grid.replaceChildren(...tiles.map((t, i) => {
+    const hit = hits[i];
+    const outline = placeBox(el("span", { class: "outline" }),
+                             { x: t.x - hit.x, y: t.y - hit.y, w: t.w, h: t.h }, { width: hit.w, height: hit.h });
+    return placeBox(
+      el("button", { type: "button", class: "tile", "data-testid": "tile",
+                     "data-index": t.index, "data-state": t.state,
+                     "aria-label": `Tile ${t.index}, ${t.state}`, ...picker.attrs(t.index) }, outline),
+      hit, size);
+  }));
 }
 
 function setTileState(index, state) {
