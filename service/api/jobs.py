@@ -48,9 +48,11 @@ class TileView(BaseModel):
     caption: str | None = None
     prompt: str | None = None
     status: str | None = None
-    state: Literal["queued", "captioning", "refining", "done", "cached", "failed"] = Field(
+    state: Literal["queued", "captioning", "refining", "done", "cached", "failed",
+                   "canceled"] = Field(
         default="queued", description="for display: queued, captioning, refining, done, "
-        "cached (refined earlier, from the cache) or failed")
+        "cached (refined earlier, from the cache), failed, or canceled (the job was canceled "
+        "before this tile was done)")
     seed: int | None = None
     timings: dict[str, float] = Field(
         default_factory=dict, description="seconds this tile spent, by stage: `caption` and "

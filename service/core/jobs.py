@@ -192,21 +192,22 @@ class JobPublic(BaseModel):
 
 
 # A tile's state as clients see it (tile rows store pending/captioning/refining/refined/cached).
-TILE_STATES = ("queued", "captioning", "refining", "done", "cached", "failed")
+TILE_STATES = ("queued", "captioning", "refining", "done", "cached", "failed", "canceled")
 _TILE_STATE = {"pending": "queued", "captioning": "captioning", "refining": "refining",
                "refined": "done", "cached": "cached"}
 
 
 def tile_state(status: str | None, job_status: str) -> str:
-    """``queued | captioning | refining | done | cached | failed`` for one tile of a job in
-    ``job_status``: unfinished tiles of a failed job are ``failed``, of a canceled job ``queued``."""
+    """``queued | captioning | refining | done | cached | failed | canceled`` for one tile of a
+    job in ``job_status``: the unfinished tiles of a failed job are ``failed``, of a canceled
+    job ``canceled`` (whether they were being refined or waiting: none of them will run)."""
     state = _TILE_STATE.get(status or "pending", "queued")
     if state in ("done", "cached"):
         return state
-    if job_status == "failed":
-        return "failed"
-    if job_status in ("canceled", "succeeded"):  # succeeded without a GPU: nothing to refine
-        return "queued" if job_status == "canceled" else "done"
+    if job_status in ("failed", "canceled"):
+        return job_status
+    if job_status == "succeeded":  # succeeded without a GPU: nothing to refine
+        return "done"
     return state
 
 

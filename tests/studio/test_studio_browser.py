@@ -280,11 +280,20 @@ def test_cancel_a_running_job(studio, page, shot, slow_gpus) -> None:
     job = submit(studio, data)
     page.goto(f"{studio.url}/jobs/{job['id']}")
     wait_status(page, "running")
+    page.locator("[data-testid=tile][data-state=captioning], "
+                 "[data-testid=tile][data-state=refining]").first.wait_for()
     page.get_by_test_id("cancel-job").click()
     wait_status(page, "canceled")
     assert page.get_by_test_id("cancel-job").is_hidden()
+    # the tiles cut short (in flight or waiting) say so; none looks queued as if it would run
+    expect(page.locator("[data-testid=tile]:not([data-state=done]):not([data-state=cached])"
+                        ":not([data-state=canceled])")).to_have_count(0)
+    assert page.locator("[data-testid=tile][data-state=canceled]").count() > 0
+    shot(page, "job-view-canceled")
     with studio.client() as http:
         assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+        states = [t["state"] for t in http.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]]
+    assert set(states) <= {"done", "cached", "canceled"} and "canceled" in states, states
     page.get_by_test_id("retry-job").click()  # a new job, same input and params
     page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(job["id"]))
     retried = page.url.rsplit("/", 1)[1]
