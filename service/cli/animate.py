@@ -129,9 +129,20 @@ async def _run(sprite: Path, output: Path | None, params: AnimateParams, regener
         assert output is not None
         written = _write(output, anim)
     worst = max(anim.distances)
-    return (f"wrote {', '.join(written)} ({params.frames} frames of {anim.prepared.cell[0]}x"
+    return (f"wrote {', '.join(written)} ({_changed(regenerate, params.frames)}"
+            f"{params.frames} frames of {anim.prepared.cell[0]}x"
             f"{anim.prepared.cell[1]}, {params.animation_name()} at {params.cycle_fps()} fps, "
             f"palette distance max {worst:.3f}, loop distance {anim.loop_distance:.3f})")
+
+
+def _changed(regenerate: list[int], frames: int) -> str:
+    """Which frames a ``--regenerate`` run generated and how many it kept as they were."""
+    if not regenerate:
+        return ""
+    made = sorted(set(regenerate))
+    kept = frames - len(made)
+    return (f"frame{'s' if len(made) > 1 else ''} {', '.join(map(str, made))} generated again, "
+            f"{kept} kept as they were; ")
 
 
 def _load(path: Path, settings: Settings) -> np.ndarray:

@@ -136,7 +136,8 @@ class _Frames:
         self.done(index, acct)
 
     def from_cache(self, index: int) -> None:
-        """Frame ``index``'s cell came from the cache: counted done, and what the call that
+        """Frame ``index``'s cell came from the cache: its row says ``cached`` (a rerun's
+        kept frame, or one an earlier attempt made), counted done, and what the call that
         made it cost, if this job paid for it and has not counted it (an attempt that lost its
         lease after caching the frame), see :meth:`JobRun.reused`."""
         spent = spent_on(self.run.ctx.artifacts, self.keys[index])
@@ -148,7 +149,7 @@ class _Frames:
         self.run.spent("animate", index, acct)
 
     def done(self, index: int, acct: CallAccounting | None) -> None:
-        self.run.frame_done(index, self.keys[index], self.seeds[index], acct)
+        self.run.refined("animate", index, self.keys[index], self.seeds[index], acct)
 
     def check(self) -> None:
         self.run.check()

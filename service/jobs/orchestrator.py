@@ -149,22 +149,18 @@ class JobRun:
 
     def refined(self, stage: str, index: int, key: str, seed: int,
                 cost: CallAccounting | None) -> None:
-        if stage == "refine":
+        """Tile ``index`` of ``stage`` (or, stage ``animate``, frame ``index``) is in, cached
+        under ``key`` with ``seed``: its row holds that result, ``refined`` when this job made
+        it, ``cached`` when it came from the cache (``cost`` None: a rerun's kept tile or
+        frame, or one an earlier run made), and one more unit of ``stage`` is done at its
+        cost. A seam-fix tile has no row."""
+        if stage in ("refine", "animate"):
             changes: TileUpdate = {"cache_key": key, "seed": seed,
                                    "status": "refined" if cost is not None else "cached"}
             if timings := self._tile_timings(stage, index, cost):
                 changes["timings"] = timings
             self.tile(index, **changes)
         self._tile_done(stage, cost, index)
-
-    def frame_done(self, index: int, key: str, seed: int, acct: CallAccounting | None) -> None:
-        """An animate job: frame ``index`` is in (cached under ``key``; ``acct`` None when it
-        came from the cache), one more unit of stage ``animate``, and what it cost."""
-        changes: TileUpdate = {"cache_key": key, "seed": seed, "status": "refined"}
-        if timings := self._tile_timings("animate", index, acct):
-            changes["timings"] = timings
-        self.tile(index, **changes)
-        self._tile_done("animate", acct, index)
 
     def spent(self, stage: str, index: int, acct: CallAccounting) -> None:
         """What a call that did not finish its unit cost (a failed or cancelled frame)."""

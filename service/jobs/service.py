@@ -38,7 +38,6 @@ from service.storage.records import (
     NewJob,
     NewTile,
     TileRecord,
-    TileStatus,
     held_result,
 )
 from service.storage.sidecars import sheet_beside
@@ -313,14 +312,13 @@ class JobService:
             if not plan:  # a job that failed before it wrote its frames: plan them here
                 new_plan = frame_plan(params, (row.input_width, row.input_height),
                                       rerun=chosen)
-            # a kept frame is written refined (done), as the runner writes every frame it has;
-            # one an earlier attempt cached but never recorded is found by its request
+            # a frame an earlier attempt cached but never recorded (its row holds nothing) is
+            # found by its request
             requests = {**frame_requests(self.settings, row.input_sha256, params, new_plan),
                         **held}
-            kept: TileStatus = "refined"
-        else:  # the runner takes a kept tile from the cache, and writes it cached
-            requests, kept = held, "cached"
-        return self._rerun_new(row, kept_rows(self.artifacts, new_plan, requests, kept))
+        else:
+            requests = held
+        return self._rerun_new(row, kept_rows(self.artifacts, new_plan, requests))
 
     def retry(self, job_id: str, *, idempotency_key: str | None = None
               ) -> tuple[JobPublic, bool]:
@@ -379,18 +377,18 @@ class JobService:
 
 
 def kept_rows(artifacts: ArtifactStore, plan: builtins.list[NewTile],
-              requests: Mapping[int, tuple[str, int]], status: TileStatus
-              ) -> builtins.list[NewTile]:
+              requests: Mapping[int, tuple[str, int]]) -> builtins.list[NewTile]:
     """A rerun's tile or frame rows: each one whose result the runner will take from the cache
-    (its request, ``requests[idx]`` = (cache key, seed), is cached) is written in its final
-    ``status`` with that seed and key from the moment the rerun exists, so its state never
-    moves (the studio showed kept tiles and frames queued, then done); the others (chosen, or
-    their result gone from the cache) are pending."""
+    (its request, ``requests[idx]`` = (cache key, seed), is cached) is written ``cached`` (the
+    state ``cached``: kept) with that seed and key from the moment the rerun exists, as the
+    runner writes whatever it takes from the cache, so its state never moves (the studio
+    showed kept tiles and frames queued, then done); the others (chosen, or their result gone
+    from the cache) are pending."""
     out = []
     for t in plan:
         key, seed = requests.get(t.idx, (None, None))
         if key is not None and artifacts.find("refined", key) is not None:
-            t = dataclasses.replace(t, status=status, seed=seed, cache_key=key)
+            t = dataclasses.replace(t, status="cached", seed=seed, cache_key=key)
         out.append(t)
     return out
 

@@ -225,7 +225,9 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
                     states.setdefault(t["index"], []).append(t["state"])
         assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
         assert sorted(states) == list(range(8))
-        assert all(s[-1] == "done" for s in states.values()), states
+        # the chosen frames were generated again (done); the others were kept (cached)
+        assert {i: s[-1] for i, s in states.items()} == {
+            i: "done" if i in (3, 5) else "cached" for i in range(8)}, states
         final = wait_terminal(client, again["id"])
         assert final["stages"]["animate"] == {"done": 8, "total": 8}
         assert final["cost"]["runpod_jobs"] == 2  # only the two chosen frames were generated
@@ -251,11 +253,12 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
             "hero_walk.webp"]
 
 
-def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
+def test_kept_frames_of_a_rerun_are_cached_from_the_start_and_never_flicker(
         emulator: EmulatorServer, tmp_path: Path) -> None:
-    """Regenerating frames 3 and 5: the six kept frames are done the moment the rerun job
-    exists, and its event stream never reports them in any other state (the studio showed them
-    queued, then done); the two chosen ones go from queued to done."""
+    """Regenerating frames 3 and 5: the six kept frames are ``cached`` (the studio's "kept")
+    the moment the rerun job exists, and its event stream never reports them in any other
+    state (the studio showed them queued, then done; then done like the generated ones); the
+    two chosen ones go from queued to done, and only they are done at the end."""
     with _server(emulator, tmp_path, "anim-steady", job_threads=1) as server, \
             server.client() as client:
         job = _submit(client, motion="walk", frames="8").json()
@@ -274,7 +277,7 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
         at_once = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]
         assert client.get(f"/v1/jobs/{again['id']}").json()["status"] == "queued"
         assert [t["state"] for t in at_once] == [
-            "queued" if i in (3, 5) else "done" for i in range(8)]
+            "queued" if i in (3, 5) else "cached" for i in range(8)]
         emulator.scale("anim-steady", 4)
         events = sse_events(client, again["id"], tiles=True)
         final = wait_terminal(client, again["id"])
@@ -286,9 +289,13 @@ def test_kept_frames_of_a_rerun_are_done_from_the_start_and_never_flicker(
                 states.setdefault(t["index"], []).append(t["state"])
     assert final["status"] == "succeeded", final.get("error")
     assert {i: s for i, s in states.items() if i not in (3, 5)} == {
-        i: ["done"] for i in range(8) if i not in (3, 5)}  # told once, never changed
+        i: ["cached"] for i in range(8) if i not in (3, 5)}  # told once, never changed
     for i in (3, 5):
         assert states[i][0] == "queued" and states[i][-1] == "done", states[i]
+    assert [t["state"] for t in frames] == [
+        "done" if i in (3, 5) else "cached" for i in range(8)]
+    assert [t["seed"] for t in frames if t["index"] not in (3, 5)] == [
+        t["seed"] for t in at_once if t["index"] not in (3, 5)]  # the seeds they were made with
     assert final["cost"]["runpod_jobs"] == 2  # only the chosen frames were generated
     # and only they cost: the kept cells carry what they cost the first job, not this one
     # (the job's GPU time is its two frames', not "under three frames' 0.3 s": on a loaded
@@ -303,7 +310,7 @@ def test_a_frame_whose_prompt_was_edited_keeps_its_cell_until_it_is_chosen(
         recorded: tuple[EmulatorServer, list[tuple[str, str]]], tmp_path: Path) -> None:
     """Frame 6 gets a new edit prompt but is not chosen: regenerating frames 3 and 5 sends
     those two to the worker and no other; cell 6 of the sheet stays the same byte for byte,
-    frame 6 is done throughout and shows the new prompt, which the worker receives once
+    frame 6 is kept (cached) throughout and shows the new prompt, which the worker receives once
     frame 6 is chosen."""
     emu, sent = recorded
     with _server(emu, tmp_path, "anim") as server, server.client() as client:
@@ -325,9 +332,9 @@ def test_a_frame_whose_prompt_was_edited_keeps_its_cell_until_it_is_chosen(
         assert sorted(frame for frame, _ in sent) == ["frame-3", "frame-5"]
         assert final["cost"]["runpod_jobs"] == 2
         assert [t["state"] for name, data in events if name == "tiles"
-                for t in data["tiles"] if t["index"] == 6] == ["done"]  # told once
+                for t in data["tiles"] if t["index"] == 6] == ["cached"]  # told once
         after = client.get(f"/v1/jobs/{again['id']}/tiles").json()["tiles"]
-        assert (after[6]["state"], after[6]["seed"]) == ("done", before[6]["seed"])
+        assert (after[6]["state"], after[6]["seed"]) == ("cached", before[6]["seed"])
         assert after[6]["prompt"] == "walking, waving a torch"
         second = _cells(client.get(f"/v1/jobs/{again['id']}/result").content, 8)
         assert second[6].tobytes() == first[6].tobytes()
@@ -338,6 +345,9 @@ def test_a_frame_whose_prompt_was_edited_keeps_its_cell_until_it_is_chosen(
         assert done["status"] == "succeeded", done.get("error")
         assert [frame for frame, _ in sent] == ["frame-6"]
         assert "waving a torch" in sent[0][1]  # the new prompt, now that the frame is chosen
+        # frames kept by the rerun before are kept again (cached), the chosen one is done
+        assert [t["state"] for t in client.get(f"/v1/jobs/{third['id']}/tiles").json()[
+            "tiles"]] == ["done" if i == 6 else "cached" for i in range(8)]
 
 
 def test_rerun_of_a_running_animate_job_is_a_conflict(emulator: EmulatorServer,

@@ -110,6 +110,8 @@ def test_walk_of_8_frames_from_our_worker(emulator: EmulatorServer, tmp_path: Pa
     again = aat(env, str(tmp_path / "hero.png"), "--motion", "walk", "--frames", "8", "-o",
                 str(out), "--regenerate", "3", "--attempt", "4")
     assert again.returncode == 0, again.stderr
+    assert "(frame 3 generated again, 7 kept as they were; 8 frames of 24x32" in again.stdout
+    assert emulator.stats("anim")["by_status"].get("COMPLETED") == 9  # one more frame made
     assert "regenerated with --attempt 4; not it yet? the same command with --attempt 5" \
         in again.stdout  # the same attempt would give the same frame
     after = rgba(out)

@@ -223,7 +223,23 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
     page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(first["id"]))
     second_id = page.url.rsplit("/", 1)[1]
     wait_status(page, "succeeded")
-    expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(8)
+    # the frame generated again is done; the seven others were kept, and say so
+    expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(1)
+    expect(page.locator("[data-testid=frame][data-state=cached]")).to_have_count(7)
+    assert page.locator("[data-testid=frame][data-state=done]").get_attribute(
+        "data-index") == str(CHOSEN)
+    expect(frames.nth(0)).to_have_attribute("aria-label", "Frame 1, kept")
+    expect(frames.nth(CHOSEN)).to_have_attribute("aria-label", f"Frame {CHOSEN + 1}, done")
+    legend = page.get_by_test_id("frame-legend")
+    expect(legend).to_contain_text("kept")
+    kept_mark = page.eval_on_selector(
+        "[data-testid=frame][data-state=cached]", "n => getComputedStyle(n, '::after')"
+        ".backgroundColor")
+    assert kept_mark == legend.locator(".st", has_text="kept").evaluate(
+        "n => getComputedStyle(n, '::before').backgroundColor"), "the legend's colour"
+    assert kept_mark != page.eval_on_selector(
+        "[data-testid=frame][data-state=done]", "n => getComputedStyle(n, '::after')"
+        ".backgroundColor"), "kept and done frames look different"
     expect(page.locator("#job-facts")).to_contain_text("Sheet")
     page.wait_for_function("n => document.querySelectorAll('[data-testid=frame] canvas')"
                            ".length === n", arg=8)
@@ -231,10 +247,10 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
                if c["attr"] == "data-state" and c["t"] > clicked_at]
     generating = {c["index"] for c in changes if c["value"] == "refining"}
     assert generating == {str(CHOSEN)}, f"only frame 3 is generated again: {changes}"
-    flicker = [c for c in changes if c["index"] != str(CHOSEN) and c["value"] != "done"]
-    assert not flicker, f"the kept frames stay done throughout: {changes}"
+    flicker = [c for c in changes if c["index"] != str(CHOSEN) and c["value"] != "cached"]
+    assert not flicker, f"the kept frames go from done to kept, and nowhere else: {changes}"
     last = {c["index"]: c["value"] for c in changes}
-    assert last[str(CHOSEN)] == "done", changes
+    assert last == {str(i): "done" if i == CHOSEN else "cached" for i in range(8)}, changes
 
     with studio.client() as http:
         second = http.get(f"/v1/jobs/{second_id}").json()
@@ -326,11 +342,18 @@ def test_a_failed_frame_shows_in_the_strip_and_retry_delivers(studio, page, shot
     assert sorted(p.name for p in (studio.repo / "units").iterdir()) == ["rogue.png"], \
         "nothing written into the repo"
     shot(page, "animate-job-failed")
+    with studio.client() as http:  # frames that came back before the failure (if any)
+        finished = [t["index"] for t in http.get(f"/v1/jobs/{job['id']}/tiles").json()["tiles"]
+                    if t["state"] == "done"]
 
     page.get_by_test_id("retry-job").click()
     page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(job["id"]))
     wait_status(page, "succeeded")
-    expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(4)
+    # the frames the failed job finished are kept (from the cache), the others generated
+    expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(4 - len(finished))
+    kept = page.locator("[data-testid=frame][data-state=cached]")
+    expect(kept).to_have_count(len(finished))
+    assert [int(i) for i in kept.evaluate_all("ns => ns.map(n => n.dataset.index)")] == finished
     assert sorted(p.name for p in (studio.repo / "units").iterdir()) == [
         "rogue.png", "rogue_attack.json", "rogue_attack.png", "rogue_attack.tres",
         "rogue_attack.webp"]
