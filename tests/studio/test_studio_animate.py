@@ -293,6 +293,11 @@ def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
     wait_status(page, "canceled")
     assert page.get_by_test_id("cancel-job").is_hidden()
     expect(page.locator("[data-testid=frame][data-state=refining]")).to_have_count(0)
+    # no frame was in (the GPUs idle): all eight will not run, and the strip says so
+    expect(page.locator("[data-testid=frame][data-state=canceled]")).to_have_count(8)
+    expect(page.get_by_test_id("frame").first).to_have_attribute("aria-label",
+                                                                 "Frame 1, canceled")
+    expect(page.get_by_test_id("frame-legend")).to_contain_text("canceled")
     with studio.client() as http:
         assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
 

@@ -13,7 +13,7 @@ const playButton = document.getElementById("play-pause");
 const fpsInput = document.getElementById("preview-fps");
 const regenerate = document.getElementById("regenerate-frames");
 const STATE_WORDS = { queued: "queued", captioning: "generating", refining: "generating",
-                      done: "done", cached: "kept", failed: "failed" };
+                      done: "done", cached: "kept", failed: "failed", canceled: "canceled" };
 // Cell height in the strip and the preview's size: 8 and 16 rem (the page scales with the screen).
 const rem = () => parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
 
