@@ -69,6 +69,8 @@ def browser() -> Iterator[Any]:
 def page(browser: Any) -> Iterator[Any]:
     """A fresh browser context (no cookies, no storage) at 1280x800; script errors and CSP
     violations are collected in ``page.problems`` (tests assert it stays empty)."""
+    from playwright.sync_api import expect
+
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     page = context.new_page()
     problems: list[str] = []
@@ -76,7 +78,10 @@ def page(browser: Any) -> Iterator[Any]:
             if m.type == "error" and "Content Security Policy" in m.text else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.problems = problems  # type: ignore[attr-defined]
-    page.set_default_timeout(20_000)
+    # bounds for a loaded machine, not waits: at load 35 on the 2-core machine a job page took
+    # over 20 s to load and the plan grid over 5 s (expect's default) to redraw
+    page.set_default_timeout(60_000)
+    expect.set_options(timeout=30_000)
     yield page
     context.close()
 
@@ -107,14 +112,30 @@ def slow_gpus(emulator: Any) -> Iterator[None]:
         config.latency_s = before[eid]
 
 
+class Gpus:
+    """The module emulator's GPU workers, held back for a moment: :meth:`hold` scales every
+    endpoint to zero (a job stays running with its tiles or frames waiting on RunPod, however
+    long a loaded machine takes to load the page), :meth:`release` brings the workers back."""
+
+    def __init__(self, emulator: Any) -> None:
+        self.emulator = emulator
+        self.held = False
+
+    def hold(self) -> None:
+        for eid in self.emulator.test_configs:
+            self.emulator.scale(eid, 0)
+        self.held = True
+
+    def release(self) -> None:
+        for eid, config in self.emulator.test_configs.items():
+            self.emulator.scale(eid, config.workers)
+        self.held = False
+
+
 @pytest.fixture
-def idle_gpus(emulator: Any) -> Iterator[None]:
-    """No GPU worker takes a call for one test (every endpoint scaled to zero, as an idle
-    RunPod endpoint is): a job stays running with its tiles or frames waiting on RunPod, however
-    long a loaded machine takes to load the page; then the workers come back."""
-    configs = emulator.test_configs
-    for eid in configs:
-        emulator.scale(eid, 0)
-    yield
-    for eid, config in configs.items():
-        emulator.scale(eid, config.workers)
+def gpus(emulator: Any) -> Iterator[Gpus]:
+    """:class:`Gpus` for one test (released afterwards if still held)."""
+    control = Gpus(emulator)
+    yield control
+    if control.held:
+        control.release()

@@ -83,11 +83,14 @@ def test_animate_from_the_form_watch_the_frames_play_and_download(studio, page, 
     assert preview.evaluate("c => getComputedStyle(c).imageRendering") == "pixelated"
     assert preview.evaluate("c => [c.width, c.height]") == [W, H]
     seen = {frame_index(page)}
-    for _ in range(3):  # the frame index advances by itself (each change waited for)
-        page.wait_for_function("seen => !seen.includes(Number(document.querySelector("
-                               "'[data-testid=animation-preview]').dataset.frame))",
-                               arg=sorted(seen))
-        seen.add(frame_index(page))
+    for _ in range(3):  # the frame index advances by itself (each change waited for; the
+        # new index is the one the wait saw: read again later, a starved renderer had moved on
+        # round to a frame already seen)
+        shown = page.wait_for_function(
+            "seen => { const f = Number(document.querySelector("
+            "'[data-testid=animation-preview]').dataset.frame);"
+            " return !seen.includes(f) && String(f); }", arg=sorted(seen))
+        seen.add(int(shown.json_value()))
     assert len(seen) >= 4
     preview.evaluate("c => { window.__steps = []; new MutationObserver(() => window.__steps.push("
                      "[performance.now(), Number(c.dataset.frame)])).observe("
@@ -182,7 +185,7 @@ def cells(page: Any) -> list[bytes]:
 
 
 def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tmp_path,
-                                                          slow_gpus) -> None:
+                                                          gpus) -> None:
     with studio.client() as http:
         first = http.post("/v1/animations", content=sprite(tmp_path / "knight.png").read_bytes(),
                           params={"filename": "knight.png", "motion": "walk", "frames": "8"},
@@ -217,11 +220,16 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
     before_cells = cells(page)
     with studio.client() as http:
         before = http.get(f"/v1/jobs/{first['id']}/result").content
+    gpus.hold()  # the chosen frame waits for a GPU until the page shows it generating
     clicked_at = page.evaluate("performance.now()")
     regenerate.click()
 
     page.wait_for_url(lambda url: "/jobs/j_" in url and not url.endswith(first["id"]))
     second_id = page.url.rsplit("/", 1)[1]
+    # followed in place: the chosen frame is generating (held until it was seen)
+    expect(page.locator(f"[data-testid=frame][data-index='{CHOSEN}']")).to_have_attribute(
+        "data-state", "refining")
+    gpus.release()
     wait_status(page, "succeeded")
     # the frame generated again is done; the seven others were kept, and say so
     expect(page.locator("[data-testid=frame][data-state=done]")).to_have_count(1)
@@ -278,7 +286,8 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
 
 
 def test_cancel_a_running_animation_and_retry_it(studio, page, shot, tmp_path,
-                                                idle_gpus) -> None:
+                                                gpus) -> None:
+    gpus.hold()  # the job is still running when the page has loaded
     with studio.client() as http:
         job = http.post("/v1/animations", content=sprite(tmp_path / "mage.png").read_bytes(),
                         params={"filename": "mage.png", "motion": "run", "frames": "8",

@@ -47,7 +47,8 @@ def submit(studio: Any, data: bytes, **params: Any) -> dict[str, Any]:
         return dict(resp.json())
 
 
-def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow_gpus) -> None:
+def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow_gpus,
+                                              gpus) -> None:
     page.add_init_script(RECORDER)
     image = tmp_path / "stone.png"
     image.write_bytes((EXAMPLES / "stone-tileable.png").read_bytes())
@@ -63,9 +64,12 @@ def test_submit_watch_every_tile_and_download(studio, page, shot, tmp_path, slow
     assert re.search(rf"{planned['estimate']['tiles']} GPU tiles", estimate.inner_text())
     shot(page, "new-job")
 
+    gpus.hold()  # the tiles wait for a GPU until the page shows them captioning
     page.get_by_test_id("submit-job").click()
     page.wait_for_url(re.compile(r".*/jobs/j_[0-9a-f]+$"))
     job_id = page.url.rsplit("/", 1)[1]
+    page.locator("[data-testid=tile][data-state=captioning]").first.wait_for()
+    gpus.release()
     wait_status(page, "succeeded")
     tiles = page.get_by_test_id("tile")
     assert tiles.count() == len(planned["tiles"])
