@@ -429,8 +429,9 @@ def test_watch_folder_preset_lists_only_what_differs_from_the_defaults(studio, p
     page.goto(studio.url + "/")
     page.get_by_label("Seed").fill("1234")
     page.get_by_label("Steps").fill("31")
-    page.get_by_text("As a watch-folder preset (.aat.toml)").click()
+    page.locator("summary", has_text="watch-folder preset").click()
     toml = page.locator("#preset-toml")
+    expect(toml).to_be_visible()
     expect(toml).to_contain_text("seed = 1234")
     expect(toml).to_contain_text("steps = 31")
     keys = [line.split(" = ")[0] for line in toml.inner_text().splitlines() if line]
