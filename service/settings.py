@@ -253,6 +253,10 @@ class Settings(BaseSettings):
                            max_input_side=self.max_input_side,
                            max_output_side=self.max_output_side)
 
+    def intake_folders(self) -> list[Path]:
+        """The folders a submission by path may name: the intake roots and the repos."""
+        return [*self.intake_roots, *self.repos.values()]
+
     def can_caption(self, backend: str) -> bool:
         """Whether ``backend`` has a captioner: RunPod needs a caption endpoint of its own."""
         return backend != "runpod" or bool(self.runpod_caption_endpoint_id)

@@ -23,9 +23,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.problems import ApiError
-from service.core.errors import ParamsError, PathError
+from service.core.errors import ParamsError
 from service.core.imaging import probe_image
 from service.core.jobs import TargetSpec
+from service.core.naming import confine_file
 from service.core.params import UpscaleParams
 from service.settings import Settings
 
@@ -205,32 +206,10 @@ async def _json(request: Request, settings: Settings) -> Submission:
         req = JobFromPath.model_validate_json(body)
     except ValidationError as exc:
         raise params_error(exc, "field") from exc  # "invalid field path: ..."
-    path = confine_path(req.path, settings)
+    path = confine_file(req.path, settings.intake_folders())
     if path.stat().st_size > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)
     return Submission(path.name, req.params, req.target, path=path)
-
-
-def confine_path(raw: str, settings: Settings) -> Path:
-    """Resolve ``raw`` and require it inside an intake root or a repo (400 otherwise)."""
-    if "\x00" in raw:
-        raise PathError("the path contains a NUL byte", code="path_forbidden")
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise PathError(f"give an absolute path, not {raw!r}", code="path_forbidden")
-    try:
-        resolved = path.resolve()
-        roots = [Path(r).expanduser().resolve() for r in settings.intake_roots]
-        roots += list(settings.repos.values())
-        if not any(resolved.is_relative_to(root) for root in roots):
-            raise PathError(f"{raw} is outside every intake root and repo; put it under one of "
-                            "AAT_INTAKE_ROOTS / AAT_REPOS or upload the file instead")
-        if not resolved.is_file():
-            raise PathError(f"no such file: {raw}", code="path_not_found")
-    except OSError as exc:  # a name too long for the disk, a folder we may not read, ...
-        raise PathError(f"cannot read {raw} ({exc.strerror or exc}); check the path",
-                        code="path_not_found") from exc
-    return resolved
 
 
 async def parse_submission(request: Request, settings: Settings) -> Submission:

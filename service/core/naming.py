@@ -17,11 +17,14 @@ naming is refused for them (the sheet would overwrite its own sprite). Refused, 
 absolute paths, ``..``, drive letters (``path_escape``), a result that would be an engine
 sidecar (``.import``, ``.meta``) or anything under ``.git`` in any letter case
 (``path_forbidden``), and, in :func:`confine`, a path that leaves the repo through a link.
-Pure but for :func:`confine`, which resolves links on the disk.
+A file named by an absolute path (``POST /v1/jobs`` with ``{"path"}``) must lie inside an
+intake root or a repo: :func:`confine_file`. Pure but for :func:`confine` and
+:func:`confine_file`, which resolve links on the disk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import get_args
 
@@ -114,3 +117,28 @@ def confine(root: Path, rel: PurePosixPath, *, repo: str = "") -> Path:
         raise PathError(f"{rel} leads outside {where} (through a symlink); choose a path "
                         "inside it", code="path_escape")
     return dest
+
+
+def confine_file(raw: str | Path, roots: Iterable[Path]) -> Path:
+    """The file ``raw`` names (absolute, ``~`` expanded), resolved with its links followed,
+    if it lies inside one of ``roots`` (intake roots and repos). Refused with ``path_forbidden``
+    (NUL, a relative path), ``path_escape`` (outside every root, also through a link or ``..``)
+    or ``path_not_found`` (no such file, or it cannot be read)."""
+    text = str(raw)
+    if "\x00" in text:
+        raise PathError("the path contains a NUL byte", code="path_forbidden")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise PathError(f"give an absolute path, not {text!r}", code="path_forbidden")
+    try:
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
+            raise PathError(f"{text} is outside every intake root and repo; put it under one "
+                            "of AAT_INTAKE_ROOTS / AAT_REPOS or upload the file instead",
+                            code="path_escape")
+        if not resolved.is_file():
+            raise PathError(f"no such file: {text}", code="path_not_found")
+    except OSError as exc:  # a name too long for the disk, a folder we may not read, ...
+        raise PathError(f"cannot read {text} ({exc.strerror or exc}); check the path",
+                        code="path_not_found") from exc
+    return resolved

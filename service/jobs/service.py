@@ -23,7 +23,12 @@ from service.core.animate import AnimateParams
 from service.core.errors import JobError, NotFound, ParamsError, PathError
 from service.core.imaging import load_image
 from service.core.jobs import PIPELINE_VERSION, JobPublic, JobStatus, TargetSpec
-from service.core.naming import ANIMATION_SUFFIXES, animation_results, animation_tag
+from service.core.naming import (
+    ANIMATION_SUFFIXES,
+    animation_results,
+    animation_tag,
+    confine_file,
+)
 from service.core.params import UpscaleParams
 from service.jobs.animation import frame_plan, frame_requests
 from service.jobs.executor import Executor
@@ -66,16 +71,6 @@ def animate_dedupe_key(input_sha256: str, params: AnimateParams, target: TargetS
     parts = ["animate", input_sha256, params.model_dump_json(), PIPELINE_VERSION,
              target.model_dump_json() if target else ""]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def confine(path: Path, roots: list[Path]) -> Path:
-    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``."""
-    real = Path(path).expanduser().resolve()
-    for root in roots:
-        if real.is_relative_to(Path(root).expanduser().resolve()):
-            return real
-    raise PathError(f"{path} is outside the allowed folders; add its folder to AAT_INTAKE_ROOTS "
-                    "or AAT_REPOS", code="path_forbidden")
 
 
 class JobService:
@@ -200,12 +195,8 @@ class JobService:
                     target: TargetSpec | None = None, idempotency_key: str | None = None
                     ) -> tuple[JobPublic, bool]:
         """Submit a file that lies inside an intake root or a configured repo."""
-        roots = [*self.settings.intake_roots, *self.settings.repos.values()]
+        real = confine_file(path, self.settings.intake_folders())
         try:
-            real = confine(path, roots)
-            if not real.is_file():
-                raise PathError(f"{path} is not a file; give the path of an image",
-                                code="path_not_found")
             data = real.read_bytes()
         except OSError as exc:  # a name too long for the disk, no permission, ...
             raise PathError(f"cannot read {path} ({exc.strerror or exc}); check the path",

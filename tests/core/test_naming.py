@@ -7,7 +7,14 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from service.core.errors import ParamsError, PathError
-from service.core.naming import NAMING_MODES, confine, result_for, result_path, size_tag
+from service.core.naming import (
+    NAMING_MODES,
+    confine,
+    confine_file,
+    result_for,
+    result_path,
+    size_tag,
+)
 from service.core.params import UpscaleParams
 
 
@@ -84,3 +91,32 @@ def test_confine_refuses_a_link_out_of_the_repo(tmp_path: Path) -> None:
     with pytest.raises(PathError) as info:
         confine(repo, PurePosixPath("tex/rock.png"), repo="game")
     assert info.value.code == "path_escape" and "'game'" in info.value.message
+
+
+def test_confine_file_takes_files_inside_a_root_and_names_each_refusal(tmp_path: Path) -> None:
+    inbox, repo, outside = tmp_path / "inbox", tmp_path / "repo", tmp_path / "outside"
+    for folder in (inbox, repo, outside):
+        folder.mkdir()
+    for f in (inbox / "a.png", repo / "b.png", outside / "c.png"):
+        f.write_bytes(b"x")
+    (inbox / "link.png").symlink_to(outside / "c.png")
+    roots = [inbox, repo]
+    assert confine_file(str(inbox / "a.png"), roots) == (inbox / "a.png").resolve()
+    assert confine_file(repo / "b.png", roots) == (repo / "b.png").resolve()
+    refused = {
+        str(outside / "c.png"): "path_escape",
+        str(inbox / ".." / "outside" / "c.png"): "path_escape",
+        str(inbox / "link.png"): "path_escape",
+        "relative.png": "path_forbidden",
+        str(inbox / "a\x00.png"): "path_forbidden",
+        str(inbox / "none.png"): "path_not_found",
+        str(inbox): "path_not_found",
+        str(inbox / ("a" * 300 + ".png")): "path_not_found",  # longer than a name may be
+    }
+    for raw, code in refused.items():
+        with pytest.raises(PathError) as info:
+            confine_file(raw, roots)
+        assert info.value.code == code, (raw, info.value.message)
+    with pytest.raises(PathError) as info:
+        confine_file(str(outside / "c.png"), roots)
+    assert "AAT_INTAKE_ROOTS" in info.value.message, "the refusal says how to allow the folder"

@@ -114,10 +114,14 @@ def test_submit_path_is_confined_to_intake_roots_and_repos(
     job, created = svc.submit_path(inbox / "a.png", filename=None, params=small_params())
     assert created and job.input.filename == "a.png"
     for bad in (outside / "b.png", inbox / "sneaky.png", inbox / ".." / "outside" / "b.png"):
-        with pytest.raises(PathError):
+        with pytest.raises(PathError) as info:
             svc.submit_path(bad, params=small_params())
-    with pytest.raises(PathError):
+        assert info.value.code == "path_escape", "the code the API answers for the same path"
+        assert "AAT_INTAKE_ROOTS" in info.value.message
+    with pytest.raises(PathError) as missing:
         svc.submit_path(inbox / "missing.png", params=small_params())
+    assert missing.value.code == "path_not_found"
+    assert svc.list(limit=5)[0] == [job], "nothing was stored for a refused path"
 
 
 def test_result_before_success_is_not_ready(job_settings: Any) -> None:
