@@ -4,7 +4,8 @@
 checked first: ``.safetensors`` only, at most ``AAT_MAX_MODEL_BYTES``); ``PUT
 /v1/models/uploads/{id}?offset=N`` appends one chunk (at most :data:`MAX_CHUNK_BYTES`) at
 ``offset``, which must be the bytes received so far (a chunk sent again is accepted without
-writing twice; a gap is ``409 upload_offset``); ``POST /v1/models/uploads/{id}/finish`` checks
+writing twice; a gap is ``409 upload_offset``; chunks of one upload are checked and written one
+at a time, so two copies of a chunk sent at once are written once); ``POST /v1/models/uploads/{id}/finish`` checks
 that every byte arrived and that the file is well-formed safetensors, then hands it to the GPU
 backend exactly like ``POST /v1/models``. Partial files live in ``<data_dir>/uploads/`` and are
 removed when the upload finishes or is refused at the end; an upload nobody finishes (a closed
@@ -17,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 UPLOAD_ID = r"^[0-9a-f]{32}$"
+
+_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_locks_guard = threading.Lock()
 
 router = APIRouter(prefix="/v1/models/uploads", tags=["models"],
                    dependencies=[Depends(require_auth)],
@@ -126,7 +132,28 @@ def start_upload(body: UploadStart, settings: Annotated[Settings, Depends(get_se
     return UploadState(id=upload_id, filename=body.filename, size=body.size, received=0)
 
 
+def after_offset_check(upload_id: str) -> None:
+    """Called between a chunk's offset check and its write, under the upload's lock; nothing
+    by default (tests hold a chunk here to prove a concurrent copy of it waits)."""
+
+
+def _upload_lock(upload_id: str) -> threading.Lock:
+    """The lock of one upload (kept while anyone holds it): a chunk's offset check and its
+    write are one step, or two copies of a chunk sent at once would both be appended."""
+    with _locks_guard:
+        lock = _locks.get(upload_id)
+        if lock is None:
+            lock = _locks[upload_id] = threading.Lock()
+        return lock
+
+
 def _append(settings: Settings, upload_id: str, offset: int, data: bytes) -> UploadState:
+    with _upload_lock(upload_id):
+        return _append_locked(settings, upload_id, offset, data)
+
+
+def _append_locked(settings: Settings, upload_id: str, offset: int, data: bytes
+                   ) -> UploadState:
     meta, part = _load(settings, upload_id)
     received = part.stat().st_size
     if offset + len(data) <= received:  # sent again (a retry after a lost reply)
@@ -136,6 +163,7 @@ def _append(settings: Settings, upload_id: str, offset: int, data: bytes) -> Upl
                        f"have arrived; send the chunk that starts at {received}")
     if received + len(data) > meta["size"]:
         raise ApiError(413, "payload_too_large", f"more bytes than the {meta['size']} announced")
+    after_offset_check(upload_id)
     with part.open("ab") as out:
         out.write(data)
     return _state(upload_id, meta, part)

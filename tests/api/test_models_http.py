@@ -3,11 +3,13 @@ serves the echo worker (which keeps LoRAs with the upscale worker's own rules)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import struct
 
+import httpx
 import numpy as np
 
 
@@ -163,3 +165,48 @@ def test_the_emulated_worker_refuses_unknown_loras_like_the_real_one(runpod_emul
     assert body["status"] == "FAILED", body
     err = json.loads(body["error"])
     assert err["code"] == "lora_not_found" and err["retryable"] is False, err
+
+
+def test_one_chunk_sent_twice_at_once_is_written_once(
+        live_server, runpod_emulator, runpod_settings, monkeypatch) -> None:
+    """Two PUTs of the same chunk in flight together: the second waits for the first and is
+    taken as sent again, so the rest follows at the right offset and the upload finishes."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.api import lora_uploads
+
+    at_write = threading.Barrier(2, timeout=2.0)  # met only if both chunks pass the check
+    passed: list[str] = []
+
+    def hold(upload_id: str) -> None:
+        passed.append(upload_id)
+        with contextlib.suppress(threading.BrokenBarrierError):  # the other copy waits
+            at_write.wait()
+
+    monkeypatch.setattr(lora_uploads, "after_offset_check", hold)
+    emulator = runpod_emulator(workers=1)
+    server = live_server(runpod_settings(emulator, max_model_bytes=64 * 1024))
+    body = safetensors_bytes(256)
+    half = len(body) // 2
+    octet = {"Content-Type": "application/octet-stream"}
+    with server.client() as http:
+        up = http.post("/v1/models/uploads", json={"filename": "twice.safetensors",
+                                                   "size": len(body)}).json()
+
+        def put_first_half() -> httpx.Response:
+            with server.client() as own:
+                return own.put(f"/v1/models/uploads/{up['id']}", params={"offset": 0},
+                               content=body[:half], headers=octet)
+
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda _: put_first_half(), range(2)))
+        assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+        assert [r.json()["received"] for r in replies] == [half, half], "written once"
+        assert len(passed) == 1, "the second copy saw the first one's bytes"
+        rest = http.put(f"/v1/models/uploads/{up['id']}", params={"offset": half},
+                        content=body[half:], headers=octet)
+        assert rest.status_code == 200 and rest.json()["received"] == len(body), rest.text
+        done = http.post(f"/v1/models/uploads/{up['id']}/finish")
+        assert done.status_code == 201, done.text
+        assert done.json()["size_bytes"] == len(body)
