@@ -8,6 +8,11 @@ previews are the same box of the input and of the output; for the input it is ma
 the size ratio. Previews never enlarge (a region smaller than ``max`` comes at its own size;
 the page renders 1:1 pixels with nearest-neighbour). Each preview is encoded once and kept in
 ``<data_dir>/previews/`` under a key of the source file's hash, the box and the size.
+
+Rendering decodes the whole source (an output may be 16384² px, about 1 GB as RGBA), so at
+most :data:`MAX_RENDERS` previews render at once per app, in threads of a limiter of their own;
+further uncached requests wait their turn (they are not refused: a page asks for a handful of
+previews at a time, and each render takes seconds at most). A cached preview never waits.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import io
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from PIL import Image
@@ -36,6 +42,7 @@ from service.pipeline.prepare import to_uint8
 from service.settings import Settings
 
 WEBP_QUALITY = 82
+MAX_RENDERS = 2  # previews decoded at once per app (one large output is ~1 GB of RGBA)
 # Outputs may be larger than the input limits allow; previews read them with the output limit.
 _READ_LIMITS = ImageLimits(max_input_pixels=MAX_OUTPUT_SIDE * MAX_OUTPUT_SIDE,
                            max_input_side=MAX_OUTPUT_SIDE, max_output_side=MAX_OUTPUT_SIDE)
@@ -105,15 +112,37 @@ def render_preview(data: bytes, box: Box | None, max_side: int) -> bytes:
     return out.getvalue()
 
 
-def _cached(settings: Settings, source: Path, box: Box | None, max_side: int) -> bytes:
+def _cache_path(settings: Settings, source: Path, box: Box | None, max_side: int) -> Path:
     key = hashlib.sha256(f"{source.name}|{box}|{max_side}|{WEBP_QUALITY}".encode()).hexdigest()
-    path = settings.data_dir / "previews" / key[:2] / f"{key}.webp"
-    if path.exists():
-        return path.read_bytes()
+    return settings.data_dir / "previews" / key[:2] / f"{key}.webp"
+
+
+def _read_cached(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def during_render() -> None:
+    """Called inside each render, under the render limiter; nothing by default (tests count
+    the renders in progress here)."""
+
+
+def _render(path: Path, source: Path, box: Box | None, max_side: int) -> bytes:
+    """Render and keep one preview (or read it, if a request for the same one went first)."""
+    if (done := _read_cached(path)) is not None:
+        return done
+    during_render()
     data = render_preview(source.read_bytes(), box, max_side)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data)
     return data
+
+
+def _render_limiter(request: Request) -> anyio.CapacityLimiter:
+    """One limiter per app, made inside the app's event loop on first use."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "preview_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.preview_limiter = anyio.CapacityLimiter(MAX_RENDERS)
+    return limiter
 
 
 @router.get(
@@ -139,6 +168,10 @@ async def preview(
         source, _media = await run_in_threadpool(jobs.result, job_id)
     else:
         source = await run_in_threadpool(jobs.input_path, job_id)
-    data = await run_in_threadpool(_cached, settings, source, box, max)
+    path = _cache_path(settings, source, box, max)
+    data = await run_in_threadpool(_read_cached, path)
+    if data is None:
+        data = await anyio.to_thread.run_sync(_render, path, source, box, max,
+                                              limiter=_render_limiter(request))
     return Response(data, media_type="image/webp",
                     headers={"Cache-Control": "private, max-age=86400"})
