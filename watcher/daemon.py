@@ -31,6 +31,7 @@ from watcher.presets import Preset, PresetCache
 from watcher.scan import (
     FileStat,
     LinkRefused,
+    TooLarge,
     link_message,
     read_regular_file,
     scan_tree,
@@ -73,7 +74,8 @@ class Watcher:
         self.hints = Hints()
         self.client = client or ServiceClient.from_settings(settings)
         self.flow = JobFlow(self.ledger, self.client, self.presets, dict(settings.repos),
-                            downloads(settings), Backoff())
+                            downloads(settings), Backoff(),
+                            max_bytes=settings.max_upload_bytes)
         self.excluded = tuple(p for p in (settings.data_dir.resolve(),) if p not in self.roots)
         self._fingerprints: dict[Path, str] = {}
         self.observer: BaseObserver | None = None
@@ -143,9 +145,12 @@ class Watcher:
         if root is None or sig is None:
             return
         try:
-            data = read_regular_file(path)
+            data = read_regular_file(path, self.settings.max_upload_bytes)
         except LinkRefused:
             self._refuse_link(path, root, sig)
+            return
+        except TooLarge as exc:
+            self._refuse(path, root, sig, f"size:{sig.size}", exc.code, str(exc))
             return
         except OSError:
             return
@@ -199,14 +204,21 @@ class Watcher:
             target = os.readlink(path)
         except OSError:
             target = ""
-        sha = hashlib.sha256(f"link:{target}".encode()).hexdigest()
+        self._refuse(path, root, sig, f"link:{target}", LinkRefused.code, link_message(path))
+
+    def _refuse(self, path: Path, root: Path, sig: FileStat, seed: str, code: str,
+                message: str) -> None:
+        """Record a file that is not read (a link, a file over the upload limit) as a failed
+        version, left where it is; ``seed`` stands in for its content in the version's hash,
+        so the refusal is recorded and logged once per version."""
+        sha = hashlib.sha256(seed.encode()).hexdigest()
         known = self._version(path, root, sig, sha)
         if known is None:
             return
         version, fp, _entry = known
         self.ledger.record_failed_version(path, root, (sig.size, sig.mtime_ns), sha, version, fp,
-                                          LinkRefused.code, link_message(path))
-        log.warning("%s not submitted: %s", path, link_message(path))
+                                          code, message)
+        log.warning("%s not submitted: %s", path, message)
 
     def _looks_like_output(self, path: Path, preset: Preset, size: tuple[int, int]) -> bool:
         """A suffix-named result (``*_x2.png``, an animation's ``*_walk.png``) where results

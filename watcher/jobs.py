@@ -30,7 +30,7 @@ from watcher.deliver import (
 )
 from watcher.ledger import Entry, Ledger
 from watcher.presets import Preset, PresetCache
-from watcher.scan import LinkRefused, read_regular_file
+from watcher.scan import LinkRefused, TooLarge, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ class JobFlow:
     """Moves ledger rows through pending → submitted → done | failed."""
 
     def __init__(self, ledger: Ledger, client: ServiceClient, presets: PresetCache,
-                 repos: dict[str, Path], download: bool, backoff: Backoff) -> None:
+                 repos: dict[str, Path], download: bool, backoff: Backoff, *,
+                 max_bytes: int) -> None:
         self.ledger = ledger
+        self.max_bytes = max_bytes  # the service's AAT_MAX_UPLOAD_BYTES: no larger file is read
         self.client = client
         self.presets = presets
         self.repos = repos
@@ -111,8 +113,8 @@ class JobFlow:
 
     def _prepare(self, entry: Entry) -> _Work | None:
         try:
-            data = read_regular_file(entry.path)
-        except LinkRefused as exc:  # the file was swapped for a link after it was taken
+            data = read_regular_file(entry.path, self.max_bytes)
+        except (LinkRefused, TooLarge) as exc:  # swapped for a link, or grown, since taken
             self.ledger.mark_failed(entry.path, exc.code, str(exc))
             return None
         except OSError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.core import formats
+from service.core.errors import upload_too_large
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,24 @@ class LinkRefused(OSError):
     code = "path_escape"
 
 
+class TooLarge(OSError):
+    """A watched file is larger than the service takes (``AAT_MAX_UPLOAD_BYTES``, code
+    ``payload_too_large``): it is refused without being read whole."""
+
+    code = "payload_too_large"
+
+
 def link_message(path: Path) -> str:
     """The one line a user reads for a refused link (status, log, ledger)."""
     return (f"{path.name} is a symbolic link; the watcher never follows links out of the watch "
             "folder: copy the file in instead")
 
 
-def read_regular_file(path: Path) -> bytes:
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
     """The bytes of ``path``, refusing a symbolic link even if one replaced the file since the
-    scan (``O_NOFOLLOW``: no window between the check and the read)."""
+    scan (``O_NOFOLLOW``: no window between the check and the read), and a file of more than
+    ``max_bytes`` (:class:`TooLarge`; at most ``max_bytes + 1`` bytes are ever read, even if
+    the file grows while it is read)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
@@ -57,7 +67,12 @@ def read_regular_file(path: Path) -> bytes:
             raise LinkRefused(link_message(path)) from exc
         raise
     with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+        size = os.fstat(fh.fileno()).st_size
+        data = b"" if size > max_bytes else fh.read(max_bytes + 1)
+    if size > max_bytes or len(data) > max_bytes:  # the second: it grew while it was read
+        raise TooLarge(f"{path.name} is {max(size, len(data))} bytes: "
+                       f"{upload_too_large(max_bytes)}")
+    return data
 
 
 def is_candidate_name(name: str) -> bool:

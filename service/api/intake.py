@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.problems import ApiError
-from service.core.errors import ParamsError
+from service.core.errors import ParamsError, upload_too_large
 from service.core.imaging import probe_image
 from service.core.jobs import TargetSpec
 from service.core.naming import confine_file
@@ -61,9 +61,7 @@ class Submission:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large",
-                    f"the upload is larger than {limit} bytes; send a smaller file or raise "
-                    "AAT_MAX_UPLOAD_BYTES on the server")
+    return ApiError(413, "payload_too_large", upload_too_large(limit))
 
 
 def check_declared_length(request: Request, limit: int) -> None:

@@ -182,6 +182,13 @@ for _code in ("path_forbidden", "path_not_found"):
     _BY_CODE[_code] = PathError
 
 
+def upload_too_large(limit: int) -> str:
+    """The one sentence for an image over ``AAT_MAX_UPLOAD_BYTES`` (``payload_too_large``),
+    whether it was sent to the API or found by the watcher."""
+    return (f"the upload is larger than {limit} bytes; send a smaller file or raise "
+            "AAT_MAX_UPLOAD_BYTES on the server")
+
+
 def error_for_code(code: str, message: str, **kw: Any) -> AatError:
     """An error of the class that owns ``code`` (``AatError`` for codes of no class here), e.g.
     a code read from another process's reply: ``except NotFound`` still catches it."""

@@ -199,6 +199,56 @@ def test_a_file_swapped_for_a_link_after_the_scan_is_not_read(tmp_path: Path) ->
     path = tmp_path / "in.png"
     path.symlink_to(target)
     with pytest.raises(LinkRefused, match="symbolic link") as err:
-        read_regular_file(path)
+        read_regular_file(path, 1 << 20)
     assert err.value.code == "path_escape"
-    assert read_regular_file(target) == target.read_bytes()
+    assert read_regular_file(target, 1 << 20) == target.read_bytes()
+
+
+def test_a_file_over_the_upload_limit_is_refused_unread_and_left_in_place(
+        tmp_path: Path) -> None:
+    """A file larger than the service takes is never read into memory: it is recorded as
+    failed with the service's own payload_too_large sentence, listed by `aat watch --status`,
+    and stays where it is; the files next to it go on."""
+    from service.core.errors import upload_too_large
+    from watcher.commands import status_lines
+
+    art = tmp_path / "art"
+    limit = 4096
+    settings = load_settings(data_dir=tmp_path / "data", watch_folders=[art],
+                             watch_stable_s=0.5, watch_scan_interval_s=1000,
+                             max_upload_bytes=limit,
+                             server_url=f"http://127.0.0.1:{_closed_port()}")
+    huge = drop(art / "huge.png", b"")
+    with huge.open("r+b") as fh:
+        fh.truncate(64 * 1024 * 1024)  # sparse: large on paper, nothing on the disk
+    ok = drop(art / "ok.png", png_bytes(8))
+    watcher = Watcher(settings)
+    try:
+        for now in (1000.0, 1000.3, 1000.6, 1000.9):
+            watcher.tick(now)
+        entry = watcher.ledger.get(huge)
+        assert entry is not None and entry.state == "failed"
+        assert entry.error_code == "payload_too_large"
+        assert upload_too_large(limit) in (entry.error_message or ""), entry.error_message
+        assert huge.stat().st_size == 64 * 1024 * 1024, "left in place, untouched"
+        fine = watcher.ledger.get(ok)
+        assert fine is not None and fine.state == "pending"
+        assert any(line.startswith("failed") and str(huge) in line
+                   and "[payload_too_large]" in line for line in status_lines(settings))
+        for now in (1001.2, 1001.5):  # recorded once, not again every scan
+            watcher.full_scan(now)
+            watcher.tick(now)
+        again = watcher.ledger.get(huge)
+        assert again is not None and again.updated_at == entry.updated_at
+    finally:
+        watcher.close()
+
+
+def test_reading_stops_at_the_limit(tmp_path: Path) -> None:
+    from watcher.scan import TooLarge, read_regular_file
+
+    exact = drop(tmp_path / "exact.png", b"x" * 2048)
+    assert read_regular_file(exact, 2048) == b"x" * 2048
+    with pytest.raises(TooLarge) as err:
+        read_regular_file(exact, 2047)
+    assert err.value.code == "payload_too_large" and "AAT_MAX_UPLOAD_BYTES" in str(err.value)

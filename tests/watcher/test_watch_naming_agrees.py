@@ -91,7 +91,8 @@ def places(tmp_path: Path) -> Iterator[tuple[Settings, JobFlow, Path, Path]]:
     watched.mkdir()
     repo.mkdir()
     settings = load_settings(data_dir=tmp_path / "data", repos={"game": repo}, backend="none")
-    flow = JobFlow(None, None, None, {"game": repo}, False, Backoff())  # type: ignore[arg-type]
+    flow = JobFlow(None, None, None, {"game": repo}, False, Backoff(),  # type: ignore[arg-type]
+                   max_bytes=1 << 20)
     yield settings, flow, watched, repo
     flow.close()
 
