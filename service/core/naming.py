@@ -107,12 +107,17 @@ def animation_results(source: str, naming: str, params: AnimateParams, *,
                         mirror_dir=mirror_dir) for ext in ANIMATION_SUFFIXES]
 
 
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` lies inside ``root``, both with their links followed."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def confine(root: Path, rel: PurePosixPath, *, repo: str = "") -> Path:
     """``root / rel`` (root resolved), refused with ``path_escape`` when a link takes it
     outside ``root``. ``rel`` must come from :func:`relative` / :func:`result_path`."""
     root = root.resolve()
     dest = root / rel
-    if not dest.resolve().is_relative_to(root):
+    if not is_inside(root, dest):
         where = f"the repo {repo!r}" if repo else "the repo"
         raise PathError(f"{rel} leads outside {where} (through a symlink); choose a path "
                         "inside it", code="path_escape")
@@ -132,7 +137,7 @@ def confine_file(raw: str | Path, roots: Iterable[Path]) -> Path:
         raise PathError(f"give an absolute path, not {text!r}", code="path_forbidden")
     try:
         resolved = path.resolve()
-        if not any(resolved.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
+        if not any(is_inside(Path(r).expanduser(), resolved) for r in roots):
             raise PathError(f"{text} is outside every intake root and repo; put it under one "
                             "of AAT_INTAKE_ROOTS / AAT_REPOS or upload the file instead",
                             code="path_escape")

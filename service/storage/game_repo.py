@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from service.core.atomic import atomic_write, atomic_write_set
 from service.core.errors import DeliveryError, PathError
@@ -100,8 +100,7 @@ def deliver(settings: Settings, target: TargetSpec, data: bytes, *, ext: str, la
         _refuse_foreign(target, rel, current, last_delivered(rel))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.parent.resolve().is_relative_to(root):
-            raise PathError(f"{rel} leads outside the repo", code="path_escape")
+        confine(root, PurePosixPath(rel), repo=target.repo)  # a link made since the check
         atomic_write(dest, data)
     except OSError as exc:
         raise DeliveryError(f"could not write {rel} into repo {target.repo!r}: {exc.strerror or exc}"
@@ -152,8 +151,7 @@ def deliver_set(settings: Settings, target: TargetSpec, files: dict[str, bytes],
         except OSError as exc:
             raise DeliveryError(f"could not create the folder of {rel} in repo "
                                 f"{target.repo!r}: {exc.strerror or exc}") from exc
-        if not dest.parent.resolve().is_relative_to(root):
-            raise PathError(f"{rel} leads outside the repo", code="path_escape")
+        confine(root, PurePosixPath(rel), repo=target.repo)  # a link made since the check
         changed.append((dest, data))
     try:  # staged together: a full disk leaves every file of the set as it was
         atomic_write_set(changed)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.core.atomic import atomic_write
+from service.core.naming import is_inside
 from service.core.sheets import (
     SheetParams,
     detect_format,
@@ -105,7 +106,7 @@ def sheet_beside(root: Path, source_rel: str) -> SheetParams | None:
 
     source = root / source_rel.replace("\\", "/")
     try:
-        if not source.resolve().is_relative_to(root.resolve()) or not source.is_file():
+        if not is_inside(root, source) or not source.is_file():
             return None
         with Image.open(source) as im:
             height = im.size[1]
@@ -180,7 +181,7 @@ def write_sidecars(root: Path, source_rel: str, dest_rel: str, *, factor: float,
     done = Writeback(notes=notes)
     for rel, text in planned:
         path = root / rel
-        if not path.resolve().is_relative_to(root.resolve()):
+        if not is_inside(root, path):
             continue  # a symlinked sidecar leading out of the repo is never followed
         current = _read(path) if path.is_file() else None
         if current == text:

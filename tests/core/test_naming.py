@@ -11,6 +11,7 @@ from service.core.naming import (
     NAMING_MODES,
     confine,
     confine_file,
+    is_inside,
     result_for,
     result_path,
     size_tag,
@@ -120,3 +121,20 @@ def test_confine_file_takes_files_inside_a_root_and_names_each_refusal(tmp_path:
     with pytest.raises(PathError) as info:
         confine_file(str(outside / "c.png"), roots)
     assert "AAT_INTAKE_ROOTS" in info.value.message, "the refusal says how to allow the folder"
+
+
+def test_is_inside_follows_links_on_both_sides(tmp_path: Path) -> None:
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "tex").mkdir(parents=True)
+    outside.mkdir()
+    (repo / "out").symlink_to(outside)
+    (tmp_path / "alias").symlink_to(repo)
+    table = {
+        repo / "tex" / "a.png": True,
+        repo / "new" / "b.png": True,  # need not exist
+        repo / "out" / "c.png": False,  # a link out of the repo
+        repo / ".." / "outside" / "d.png": False,
+        tmp_path / "alias" / "tex" / "e.png": True,  # reached through a link to the repo
+    }
+    assert {p: is_inside(repo, p) for p in table} == table
+    assert is_inside(tmp_path / "alias", repo / "tex" / "a.png")
