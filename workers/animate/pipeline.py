@@ -40,7 +40,7 @@ class AnimatePipeline:
 
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         pipe: Any = QwenImageEditPipeline.from_pretrained(
-            str(local_path("edit", root)), torch_dtype=dtype, local_files_only=True)
+            str(local_path("edit", root)), dtype=dtype, local_files_only=True)
         return cls(pipe.to(device), device)
 
     def edit(self, canvas: Image.Image, prompt: str, *, seed: int, steps: int,

@@ -157,12 +157,12 @@ class UpscalePipeline:
         if device == "cpu":
             dtype = torch.float32
         paths = {name: weights.local_path(name, root) for name in weights.UPSCALE_COMPONENTS}
-        controlnet = ControlNetModel.from_pretrained(paths["controlnet"], torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(paths["vae"], torch_dtype=dtype)  # fp16-safe VAE
+        controlnet = ControlNetModel.from_pretrained(paths["controlnet"], dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(paths["vae"], dtype=dtype)  # fp16-safe VAE
         encoder = CLIPVisionModelWithProjection.from_pretrained(
-            paths["ip_adapter"] / weights.IP_ADAPTER_ENCODER, torch_dtype=dtype)
+            paths["ip_adapter"] / weights.IP_ADAPTER_ENCODER, dtype=dtype)
         parts = {"controlnet": controlnet, "vae": vae, "image_encoder": encoder,
-                 "feature_extractor": CLIPImageProcessor(), "torch_dtype": dtype,
+                 "feature_extractor": CLIPImageProcessor(), "dtype": dtype,
                  "local_files_only": True, "add_watermarker": False}
         baked = root / weights.DIFFUSERS_FOLDER
         if (baked / "model_index.json").is_file():  # converted at build: ready tensors

@@ -81,7 +81,7 @@ def bake_diffusers_layout(root: Path, *, drop_single_file: bool = True) -> Path:
     out = root / DIFFUSERS_FOLDER
     pipe = StableDiffusionXLPipeline.from_single_file(
         str(base / BASE_FILE), config=str(local_path("sdxl_config", root)),
-        torch_dtype=torch.float16, local_files_only=True)
+        dtype=torch.float16, local_files_only=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
     del pipe
     if drop_single_file:
