@@ -6,14 +6,16 @@
     python bench/gpu_tile.py --tiny                     # tiny random parts (CPU, 64 px)
 
 Timing depends on shapes, not weight values: ``--random-weights`` builds the full-size SDXL
-UNet, ControlNet and VAE from the configs in ``workers/tiny/sdxl_configs/`` with random
-weights (nothing to download; fits the no-network GPU host). Every configuration runs the real
-``UpscalePipeline.refine`` on the same tiles after a warm-up; each row reports seconds per tile,
-its ratio to the baseline measured in the same run (eager, SDPA, ControlNet on, batch 1,
-strength 0.35, ``--steps`` steps, CFG on), and peak VRAM. Rows: bf16, attention without the
-fused SDPA kernels, channels_last, torch.compile of the UNet, ControlNet off, batch 2 and 4,
-and the few-step mode (4 denoising steps, CFG 1: the cost of a distilled LoRA refine). On the
-CPU the compile and fp16/bf16 rows are skipped. The last line of output is one JSON object.
+UNet, ControlNet, VAE and IP-Adapter Plus (ViT-H image encoder, resampler) from the configs in
+``workers/tiny/sdxl_configs/`` with random weights (nothing to download; fits the no-network
+GPU host). As in the worker image, the IP-Adapter is loaded in every row, so its image encoder
+runs on every call. Every configuration runs the real ``UpscalePipeline.refine`` on the same
+tiles after a warm-up; each row reports seconds per tile, its ratio to the baseline measured in
+the same run (eager, SDPA, ControlNet on, batch 1, strength 0.35, ``--steps`` steps, CFG on, no
+style image), and peak VRAM. Rows: bf16, attention without the fused SDPA kernels,
+channels_last, torch.compile of the UNet, ControlNet off, batch 2 and 4, the few-step mode (4
+denoising steps, CFG 1: the cost of a distilled LoRA refine) and a style image (IP-Adapter Plus
+at scale 0.6). On the CPU the compile and fp16/bf16 rows are skipped. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -24,10 +26,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,12 @@ def tiles(size: int, count: int) -> list[TileJob]:
             for i in range(count)]
 
 
+def style_image() -> Image.Image:
+    """A 512 px style image (the processor resizes it to the encoder's 224 px)."""
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
+
+
 def measure(pipe: UpscalePipeline, jobs: list[TileJob], settings: RefineSettings,
             repeats: int, warm_up: bool = True) -> tuple[float, float | None]:
     cuda = pipe.device.startswith("cuda")
@@ -80,14 +86,14 @@ def load(kind: str, device: str, dtype: torch.dtype) -> UpscalePipeline:
     if kind == "tiny":
         from workers.tiny import upscale as tiny_parts
 
-        comps = tiny_parts.build_components(Path(tempfile.mkdtemp()))
-        return UpscalePipeline.from_components(
-            comps, ip_adapter=tiny_parts.ip_adapter_state_dict(comps["unet"]))
-    if kind == "random":
+        return tiny_parts.build_pipeline()
+    if kind == "random":  # the image's parts at full size, IP-Adapter Plus included
         from workers.tiny import full_size
 
-        return UpscalePipeline.from_components(full_size.build_components(device, dtype),
-                                               device=device)
+        comps = full_size.build_components(device, dtype)
+        return UpscalePipeline.from_components(
+            comps, device=device,
+            ip_adapter=full_size.ip_adapter_plus_state_dict(comps["unet"], comps["image_encoder"]))
     os.environ["AAT_DTYPE"] = "bf16" if dtype == torch.bfloat16 else "fp16"
     return UpscalePipeline.from_weights(device=device)
 
@@ -125,6 +131,9 @@ def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[li
     few = base.model_copy(update={"steps": math.ceil(FEW_STEPS / base.strength),
                                   "cfg_scale": 1.0, "scheduler": "euler"})
     add(f"few-step ({FEW_STEPS} steps, CFG 1)", few, "what a distilled LoRA refine costs")
+    add("style image (IP-Adapter Plus, scale 0.6)",
+        base.model_copy(update={"ip_adapter_image": style_image(), "ip_adapter_scale": 0.6}),
+        "image tokens in every cross-attention")
     if kind == "weights":
         loras = lora_pair(pipe)
         if loras:

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -375,11 +374,8 @@ def _load(kind: str, device: str, weights_dir: Path, lora_dir: Path) -> Any:
 def _load_tiny(kind: str, lora_dir: Path) -> Any:
     if kind == "upscale":
         from workers.tiny import upscale as tiny
-        from workers.upscale.pipeline import UpscalePipeline
 
-        comps = tiny.build_components(Path(tempfile.mkdtemp(prefix="aat-tiny-")))
-        return UpscalePipeline.from_components(
-            comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), lora_dir=lora_dir)
+        return tiny.build_pipeline(lora_dir=lora_dir)
     from workers.caption.pipeline import CaptionPipeline
     from workers.tiny import caption as tiny_caption
 

@@ -26,7 +26,6 @@ from service.settings import Settings
 from workers.caption.pipeline import CaptionPipeline
 from workers.tiny import caption as tiny_caption
 from workers.tiny import upscale as tiny
-from workers.upscale.pipeline import UpscalePipeline
 
 pytestmark = pytest.mark.slow  # torch: tiny random SDXL/VLM pipelines on the CPU
 
@@ -36,10 +35,8 @@ OPTIONS = RefineOptions(prompt="stone", steps=4, strength=0.5, scheduler="euler"
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("tiny")
-    comps = tiny.build_components(work)
     lora = tiny.write_lora(tiny.build_components(work / "other")["unet"], work / "x.safetensors", 4)
-    upscale = UpscalePipeline.from_components(
-        comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]))
+    upscale = tiny.build_pipeline(workdir=work)
     caption = CaptionPipeline.from_components(tiny_caption.build_components())
     return {"upscale": upscale, "caption": caption, "lora": lora.read_bytes()}
 

@@ -42,6 +42,7 @@ def test_random_weight_bench_runs_full_size_sdxl_on_the_cpu() -> None:
     assert result["size"] == 256 and result["steps"] == 2 and result["strength"] > 0.35
     names = [row["name"] for row in result["rows"]]
     assert names[0].startswith("baseline") and result["rows"][0]["x_baseline"] == 1.0
-    assert {"ControlNet off (skipped)", "tile batch 2", "tile batch 4"} <= set(names)
+    assert {"ControlNet off (skipped)", "tile batch 2", "tile batch 4",
+            "style image (IP-Adapter Plus, scale 0.6)"} <= set(names)
     assert any(name.startswith("few-step") for name in names)
     assert all(row["s_per_tile"] > 0 for row in result["rows"])

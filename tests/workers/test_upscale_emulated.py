@@ -80,6 +80,28 @@ def test_refine_and_caption_round_trip(emulated) -> None:
     assert caption.caption
 
 
+def test_a_style_image_reaches_the_emulated_worker_s_ip_adapter_plus(emulated) -> None:
+    """The emulated worker runs the IP-Adapter kind the image bakes (Plus: a resampler over the
+    image encoder's patch features), and a style image sent by the client changes the tile."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    from workers.upscale import handler as upscale_handler
+
+    settings, _ = emulated
+    style = np.full((32, 32, 3), (235, 30, 20), dtype=np.uint8)
+
+    async def go(b: RunPodBackend):
+        plain = await b.refine(TileTask("0", tile(2), "", 4), OPTIONS)
+        styled = await b.refine(TileTask("0", tile(2), "", 4), RefineOptions(
+            **{**OPTIONS.__dict__, "ip_adapter_image": style, "ip_adapter_scale": 0.9}))
+        return plain.image.astype(int), styled.image.astype(int)
+
+    plain, styled = run(settings, go)
+    assert np.abs(plain - styled).mean() > 1.0
+    [proj] = upscale_handler.pipeline.get().pipe.unet.encoder_hid_proj.image_projection_layers
+    assert isinstance(proj, IPAdapterPlusImageProjection)
+
+
 def test_lora_lifecycle_and_structured_errors(emulated, tmp_path: Path) -> None:
     settings, lora_dir = emulated
     data = tiny.write_lora(tiny.build_components(tmp_path)["unet"], tmp_path / "l.safetensors",

@@ -32,6 +32,7 @@ from diffusers import (
     StableDiffusionXLControlNetImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from PIL import Image
 
 from workers.tiny import upscale as tiny
@@ -212,18 +213,19 @@ def test_batched_tiles_with_their_own_seeds_and_prompts_equal_diffusers(ours, re
 
 def test_refine_with_a_style_image_equals_diffusers_with_ip_adapter(tmp_path: Path,
                                                                      tile) -> None:
-    """IP-Adapter loaded through diffusers' ``load_ip_adapter``: our call with a style image
-    and scale equals diffusers' call with ``ip_adapter_image`` and ``set_ip_adapter_scale``."""
-    comps = tiny.build_components(tmp_path)
-    styled = UpscalePipeline.from_components(
-        comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]))
+    """The tiny worker (the emulated worker's and the local backend's, IP-Adapter Plus loaded
+    through diffusers' ``load_ip_adapter`` as in the image): our call with a style image and
+    scale equals diffusers' call with ``ip_adapter_image`` and ``set_ip_adapter_scale``."""
+    styled = tiny.build_pipeline(workdir=tmp_path)
+    [proj] = styled.pipe.unet.encoder_hid_proj.image_projection_layers
+    assert isinstance(proj, IPAdapterPlusImageProjection)  # the kind the image bakes
     style = Image.new("RGB", (96, 96), (230, 40, 20))
     tiles = [TileJob("0_0", tile, "", 3)]
     got = refine(styled, tiles, prompt="brick", scheduler="euler", strength=0.5, steps=4,
                  cfg_scale=5.0, controlnet_scale=1.0, ip_adapter_image=style,
                  ip_adapter_scale=0.7)
     ref = styled.pipe  # diffusers' own object, called with text and its own IP-Adapter input
-    ref.scheduler = EulerDiscreteScheduler.from_config(comps["scheduler"].config)
+    ref.scheduler = EulerDiscreteScheduler.from_config(styled._base_scheduler)
     ref.set_ip_adapter_scale(0.7)
     with torch.inference_mode():
         [want] = ref(prompt="brick", image=tile, control_image=tile, strength=0.5,

@@ -41,7 +41,7 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> UpscalePipeline:
     tiny.write_lora(comps["unet"], loras / "detail.safetensors", seed=1)
     tiny.write_lora(comps["unet"], loras / "style.safetensors", seed=2)
     return UpscalePipeline.from_components(
-        comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), lora_dir=loras)
+        comps, ip_adapter=tiny.ip_adapter_plus_state_dict(comps["unet"]), lora_dir=loras)
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +326,7 @@ def test_from_weights_loads_the_baked_layout(tmp_path: Path, tile) -> None:
     """The real loading path (diffusers fp16 layout made at build, ControlNet, fp16-fix VAE,
     IP-Adapter file and encoder) gives the same pixels as the same parts built in memory."""
     comps = tiny.build_components(tmp_path / "parts")
-    ip = tiny.ip_adapter_state_dict(comps["unet"])
+    ip = tiny.ip_adapter_plus_state_dict(comps["unet"])
     root = tiny.save_weights_layout(comps, tmp_path / "models", ip)
     loaded = UpscalePipeline.from_weights(root, device="cpu")
     assert loaded.has_ip_adapter

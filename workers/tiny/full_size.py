@@ -1,11 +1,15 @@
-"""Full-size SDXL UNet, ControlNet and VAE with random weights, for timing without downloads.
+"""Full-size SDXL UNet, ControlNet, VAE and IP-Adapter Plus with random weights, for timing
+without downloads.
 
 Time per tile depends on shapes, not on weight values: these are the real layouts (configs in
 ``sdxl_configs/``, copied from the published models) filled with small random numbers. Built on
 the meta device and then materialised on the target device in the target dtype, so a 2.6 B
 parameter UNet costs its memory once and no initialiser time. The two CLIP text encoders keep
 their real widths (768 and 1280, so the UNet gets 2048-wide embeddings and a 1280 pooled
-vector) but only one layer each: prompt encoding is about 1% of a tile's time.
+vector) but only one layer each: prompt encoding is about 1% of a tile's time. The
+IP-Adapter Plus is the one the worker image bakes, at full size: the ViT-H/14 image encoder
+(which the worker runs on every call, on a blank image when no style image is given) and the
+resampler plus the per-layer image-token projections (:func:`ip_adapter_plus_state_dict`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,15 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
-from workers.tiny.upscale import write_clip_tokenizer
+from workers.tiny import upscale as tiny_upscale
 
 CONFIGS = Path(__file__).with_name("sdxl_configs")
 
@@ -32,20 +42,29 @@ def config(name: str) -> dict[str, Any]:
 POOL = 1 << 20  # random values drawn once and copied into every weight (drawing 4.5 B is slow)
 
 
+def _pool(device: str, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(2 * POOL, generator=gen, device=device).to(dtype)
+
+
+def _fill(p: torch.Tensor, pool: torch.Tensor, gen: torch.Generator, fan_in: int) -> None:
+    """Fill ``p`` from a random offset of ``pool``, scaled to N(0, 1/fan_in)."""
+    flat = p.view(-1)
+    start = int(torch.randint(POOL, (1,), generator=gen, device=pool.device))
+    for i in range(0, flat.numel(), POOL):
+        n = min(POOL, flat.numel() - i)
+        flat[i:i + n].copy_(pool[start:start + n])
+    flat.mul_(1.0 / max(1, fan_in) ** 0.5)
+
+
 def _materialise(model: Any, device: str, dtype: torch.dtype, gen: torch.Generator) -> Any:
     """Allocate ``model`` (built on the meta device) and fill it: weights ~ N(0, 1/fan_in)
     (so activations stay finite in fp16), norm scales 1, biases 0."""
     model = model.to_empty(device=device).to(dtype)
-    pool = torch.randn(2 * POOL, generator=gen, device=device).to(dtype)
+    pool = _pool(device, dtype, gen)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:
-                flat = p.view(-1)
-                start = int(torch.randint(POOL, (1,), generator=gen, device=device))
-                for i in range(0, flat.numel(), POOL):
-                    n = min(POOL, flat.numel() - i)
-                    flat[i:i + n].copy_(pool[start:start + n])
-                flat.mul_(1.0 / max(1, p[0].numel()) ** 0.5)
+                _fill(p, pool, gen, p[0].numel())
             elif name.endswith("weight"):
                 p.fill_(1.0)
             else:
@@ -74,13 +93,35 @@ def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
             hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
             num_hidden_layers=1, vocab_size=1000, projection_dim=1280,
             bos_token_id=0, eos_token_id=2, pad_token_id=1))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config("image_encoder")))
     parts: dict[str, Any] = {name: _materialise(model, device, dtype, gen) for name, model in (
         ("unet", unet), ("controlnet", controlnet), ("vae", vae),
-        ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))}
-    tokenizer = write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
+        ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
+        ("image_encoder", image_encoder))}
+    tokenizer = tiny_upscale.write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
     return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
-            "scheduler": EulerDiscreteScheduler.from_config(config("scheduler")),
-            "image_encoder": None}
+            "scheduler": EulerDiscreteScheduler.from_config(config("scheduler"))}
+
+
+def ip_adapter_plus_state_dict(unet: Any, image_encoder: Any,
+                               seed: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+    """The baked IP-Adapter Plus SDXL file's tensors at full size (resampler sizes in
+    ``sdxl_configs/ip_adapter_plus.json``), random, on the UNet's device and in its dtype, for
+    ``UpscalePipeline.from_components(..., ip_adapter=...)``: diffusers' ``load_ip_adapter``
+    converts them as it converts the real file."""
+    device, dtype = unet.device, unet.dtype
+    gen = torch.Generator(device).manual_seed(seed)
+    pool = _pool(str(device), dtype, gen)
+
+    def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        out = torch.empty(shape, device=device, dtype=dtype)
+        _fill(out, pool, gen, fan_in)
+        return out
+
+    sizes = config("ip_adapter_plus")
+    return tiny_upscale.ip_adapter_plus_state_dict(
+        unet, image_hidden=image_encoder.config.hidden_size, queries=sizes["queries"],
+        dim=sizes["dim"], heads=sizes["heads"], draw=draw)
 
 
 def parameter_count(components: dict[str, Any]) -> dict[str, int]:

@@ -1,9 +1,11 @@
 """Tiny random SDXL + ControlNet-tile + IP-Adapter + LoRA components, built offline.
 
-Used by the CPU tests, by ``AAT_WORKER_TINY=1`` (the handler's smoke-test mode) and by the
-``local`` backend when a test injects components. Nothing here downloads anything: the CLIP
-tokenizers are written from a byte-level vocabulary (the "tokenizer trick"), the IP-Adapter and
-LoRA weights are random tensors shaped after the tiny UNet. Layouts follow the dummy components
+Used by the CPU tests, and through :func:`build_pipeline` by ``AAT_WORKER_TINY=1`` (the
+handler's smoke-test mode, which the emulated worker runs), the ``local`` backend's tiny mode
+and ``bench/gpu_tile.py --tiny``. Nothing here downloads anything: the CLIP tokenizers are
+written from a byte-level vocabulary (the "tokenizer trick"), the IP-Adapter (the Plus kind the
+worker image bakes: a resampler over a CLIP vision encoder's patch features) and LoRA weights
+are random tensors shaped after the tiny UNet. Layouts follow the dummy components
 of diffusers' own SDXL ControlNet img2img tests, with a four-level VAE so images shrink 8x to
 latents as in the real model.
 """
@@ -11,6 +13,7 @@ latents as in the real model.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,61 +175,73 @@ def _wake_zero_convs(controlnet: Any) -> None:
         last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.3)
 
 
-def ip_adapter_state_dict(unet: Any, image_embed_dim: int = 32,
-                          seed: int = 5) -> dict[str, dict[str, torch.Tensor]]:
-    """Random plain IP-Adapter weights shaped for ``unet`` (4 image tokens)."""
-    gen = torch.Generator().manual_seed(seed)
-    cross = unet.config.cross_attention_dim
-    ip: dict[str, torch.Tensor] = {}
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        hidden = _hidden_size(unet, name)
-        ip[f"{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.5
-        ip[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.5
-        key_id += 2
-    proj = {
-        "proj.weight": torch.randn(cross * 4, image_embed_dim, generator=gen) * 0.5,
-        "proj.bias": torch.zeros(cross * 4),
-        "norm.weight": torch.ones(cross),
-        "norm.bias": torch.zeros(cross),
-    }
-    return {"image_proj": proj, "ip_adapter": ip}
+Draw = Callable[[tuple[int, ...], int], torch.Tensor]  # (shape, fan_in) -> random weights
 
 
 def ip_adapter_plus_state_dict(unet: Any, image_hidden: int = 32, queries: int = 4,
-                               seed: int = 6) -> dict[str, dict[str, torch.Tensor]]:
+                               dim: int = 64, heads: int = 1, seed: int = 6,
+                               draw: Draw | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Random IP-Adapter Plus weights in the original checkpoints' key layout (what the baked
-    ``ip-adapter-plus_sdxl_vit-h`` file holds): a resampler of ``queries`` learned latents
-    reading the image encoder's penultimate hidden states (``image_hidden`` features per
-    patch), four blocks of one 64-wide head (the depth and head width diffusers' converter
-    assumes), and the same per-layer ``to_k_ip``/``to_v_ip`` as the plain adapter."""
-    gen = torch.Generator().manual_seed(seed)
-    cross, dim, inner, ff = unet.config.cross_attention_dim, 64, 64, 4 * 64
+    ``ip-adapter-plus_sdxl_vit-h`` file holds): a resampler of ``queries`` learned latents of
+    width ``dim`` reading the image encoder's penultimate hidden states (``image_hidden``
+    features per patch), four blocks of ``heads`` 64-wide heads (the depth and head width
+    diffusers' converter assumes), and per cross-attention layer of ``unet`` the image
+    tokens' ``to_k_ip``/``to_v_ip``. The defaults are tiny; :mod:`workers.tiny.full_size`
+    passes the real sizes and its own ``draw`` (weights ~ N(0, 1/fan_in) from a shared pool)."""
+    gen, ip_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
 
-    def rand(*shape: int, scale: float = 0.3) -> torch.Tensor:
+    def tiny(shape: tuple[int, ...], fan_in: int, scale: float = 0.3) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * scale
 
+    def tiny_ip(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=ip_gen) * 0.5
+
+    rand, ip_rand = draw or tiny, draw or tiny_ip
+    cross, inner, ff = unet.config.cross_attention_dim, 64 * heads, 4 * dim
+    latents = (1, queries, dim)
     proj: dict[str, torch.Tensor] = {
-        "latents": rand(1, queries, dim, scale=dim ** -0.5),
-        "proj_in.weight": rand(dim, image_hidden), "proj_in.bias": torch.zeros(dim),
-        "proj_out.weight": rand(cross, dim), "proj_out.bias": torch.zeros(cross),
+        "latents": draw(latents, dim) if draw else tiny(latents, dim, scale=dim ** -0.5),
+        "proj_in.weight": rand((dim, image_hidden), image_hidden),
+        "proj_in.bias": torch.zeros(dim),
+        "proj_out.weight": rand((cross, dim), dim), "proj_out.bias": torch.zeros(cross),
         "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross),
     }
     for i in range(4):  # block i: perceiver attention (0) then a feed-forward (1)
         for norm in ("norm1", "norm2"):
             proj[f"layers.{i}.0.{norm}.weight"] = torch.ones(dim)
             proj[f"layers.{i}.0.{norm}.bias"] = torch.zeros(dim)
-        proj[f"layers.{i}.0.to_q.weight"] = rand(inner, dim)
-        proj[f"layers.{i}.0.to_kv.weight"] = rand(2 * inner, dim)
-        proj[f"layers.{i}.0.to_out.weight"] = rand(dim, inner)
+        proj[f"layers.{i}.0.to_q.weight"] = rand((inner, dim), dim)
+        proj[f"layers.{i}.0.to_kv.weight"] = rand((2 * inner, dim), dim)
+        proj[f"layers.{i}.0.to_out.weight"] = rand((dim, inner), inner)
         proj[f"layers.{i}.1.0.weight"] = torch.ones(dim)
         proj[f"layers.{i}.1.0.bias"] = torch.zeros(dim)
-        proj[f"layers.{i}.1.1.weight"] = rand(ff, dim)
-        proj[f"layers.{i}.1.3.weight"] = rand(dim, ff)
-    ip = ip_adapter_state_dict(unet, seed=seed)["ip_adapter"]
+        proj[f"layers.{i}.1.1.weight"] = rand((ff, dim), dim)
+        proj[f"layers.{i}.1.3.weight"] = rand((dim, ff), ff)
+    ip: dict[str, torch.Tensor] = {}
+    key_id = 1  # the original files number every attention processor; the odd ones are attn2
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = _hidden_size(unet, name)
+        ip[f"{key_id}.to_k_ip.weight"] = ip_rand((hidden, cross), cross)
+        ip[f"{key_id}.to_v_ip.weight"] = ip_rand((hidden, cross), cross)
+        key_id += 2
     return {"image_proj": proj, "ip_adapter": ip}
+
+
+def build_pipeline(*, lora_dir: Path | None = None, workdir: Path | None = None,
+                   seed: int = 0) -> Any:
+    """The tiny upscale worker: :func:`build_components` with an IP-Adapter Plus loaded through
+    diffusers' ``load_ip_adapter``, as the worker image bakes it (CPU). The one builder of the
+    ``AAT_WORKER_TINY`` handler, the emulated worker, the ``local`` backend's tiny mode and
+    ``bench/gpu_tile.py --tiny``."""
+    import tempfile
+
+    from workers.upscale.pipeline import UpscalePipeline
+
+    comps = build_components(workdir or Path(tempfile.mkdtemp(prefix="aat-tiny-")), seed=seed)
+    return UpscalePipeline.from_components(
+        comps, ip_adapter=ip_adapter_plus_state_dict(comps["unet"]), lora_dir=lora_dir)
 
 
 def _hidden_size(unet: Any, name: str) -> int:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -70,11 +68,8 @@ def _real() -> Any:
 
 def _tiny() -> Any:
     from workers.tiny import upscale as tiny
-    from workers.upscale.pipeline import UpscalePipeline
 
-    comps = tiny.build_components(Path(tempfile.mkdtemp(prefix="aat-tiny-")))
-    return UpscalePipeline.from_components(
-        comps, ip_adapter=tiny.ip_adapter_state_dict(comps["unet"]), device="cpu")
+    return tiny.build_pipeline()
 
 
 pipeline: Resident[Any] = Resident(_real, _tiny, "random tiny SDXL components, outputs are noise")
