@@ -266,6 +266,8 @@ def test_regenerate_chosen_frames_only_their_cells_change(studio, page, shot, tm
     assert "both arms raised" in tiles[CHOSEN]["prompt"], "the edited prompt was used"
     assert [t["prompt"] for i, t in enumerate(tiles) if i != CHOSEN] == [None] * 7
     assert second["cost"]["runpod_jobs"] == 1, "one frame generated, seven kept"
+    expect(page.locator("#job-facts")).to_contain_text("GPU s · 1 RunPod job")
+    expect(page.locator("#job-facts")).not_to_contain_text("1 RunPod jobs")
     with page.expect_download() as info:  # the new sheet: only cell 3 differs from the old
         page.get_by_test_id("download-result").click()
     after = Path(info.value.path()).read_bytes()

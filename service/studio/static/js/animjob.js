@@ -4,8 +4,8 @@
 //
 // Frames are the job's tiles (GET .../tiles: index = frame, state); their cells on the sheet
 // and the timing come from the sheet's own Aseprite JSON, so the page does no layout maths.
-import { TERMINAL, api, clearError, el, jobBase, showError, usd } from "./api.js";
-import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
+import { TERMINAL, api, clearError, el, jobBase, showError } from "./api.js";
+import { Picker, costFact, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const strip = document.getElementById("frame-strip");
 const preview = document.getElementById("animation-preview");
@@ -39,7 +39,7 @@ function renderJob() {
   if (sheet) facts.push(["Playback", `${sheet.fps} fps, ${sheet.loop ? "loops" : "plays once"}`]);
   if (job.output) facts.push(["Sheet", `${job.output.width}×${job.output.height} ${job.output.format}`]);
   facts.push(["Sprite", `${job.input.width}×${job.input.height} ${job.input.format}`]);
-  facts.push(["Measured cost", `${usd(job.cost.usd)} · ${job.cost.execution_s.toFixed(1)} GPU s · ${job.cost.runpod_jobs} RunPod jobs`]);
+  facts.push(costFact(job.cost));
   facts.push(["Seed", String(a.seed ?? "")]);
   if (job.output && job.output.delivered_path) {
     facts.push(["Delivered to", `${job.target.repo}: ` +

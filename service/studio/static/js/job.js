@@ -2,8 +2,8 @@
 // compare slider with zoom and 1:1 pixels, download, cancel, retry.
 import "/static/vendor/img-comparison-slider-8.0.7.js";
 import Panzoom from "/static/vendor/panzoom-4.6.2.es.js";
-import { TERMINAL, api, clearError, el, hitBoxes, jobBase, placeBox, seconds, showError, usd } from "./api.js";
-import { Picker, renderStatus, wireCancelRetry } from "./jobview.js";
+import { TERMINAL, api, clearError, el, hitBoxes, jobBase, placeBox, seconds, showError } from "./api.js";
+import { Picker, costFact, renderStatus, wireCancelRetry } from "./jobview.js";
 
 const jobId = document.body.dataset.jobId;
 const grid = document.getElementById("tile-grid");
@@ -46,7 +46,7 @@ function renderJob() {
   const facts = [
     ["Input", `${job.input.width}×${job.input.height} ${job.input.format}`],
     ["Output", `${size.width}×${size.height}${job.output ? " " + job.output.format : ""}`],
-    ["Measured cost", `${usd(job.cost.usd)} · ${job.cost.execution_s.toFixed(1)} GPU s · ${job.cost.runpod_jobs} RunPod jobs`],
+    costFact(job.cost),
     ["Seed", String(job.params.seed ?? "")],
   ];
   if (job.output && job.output.delivered_path) facts.push(["Delivered to", `${job.target.repo}: ${job.output.delivered_path}`]);

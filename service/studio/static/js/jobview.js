@@ -1,7 +1,7 @@
 // What both job views share: the status line (badge, stage, progress, ETA, the buttons that
 // fit the status), cancel and retry, and picking several cells of a grid by mouse or keyboard
 // (the upscale view's tiles, the animate view's frames).
-import { TERMINAL, api, el, jobBase, retryJob, seconds, showError } from "./api.js";
+import { TERMINAL, api, el, jobBase, retryJob, seconds, showError, usd } from "./api.js";
 
 function eta(job) {
   if (job.status !== "running" || !job.started_at || job.progress <= 0.02) return "";
@@ -11,6 +11,12 @@ function eta(job) {
 
 // Status badge (data-status kept current), stage, progress, ETA, the facts list, download,
 // cancel and retry as the status allows, and the job's error in the error box.
+/** The "Measured cost" fact of a job: dollars, GPU seconds and RunPod jobs. */
+export function costFact(cost) {
+  const jobs = `${cost.runpod_jobs} RunPod job${cost.runpod_jobs === 1 ? "" : "s"}`;
+  return ["Measured cost", `${usd(cost.usd)} · ${cost.execution_s.toFixed(1)} GPU s · ${jobs}`];
+}
+
 export function renderStatus(job, facts) {
   const status = document.getElementById("job-status");
   status.textContent = job.status;
