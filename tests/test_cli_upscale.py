@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import Result
+from image_factory import bomb_png, encode, noise
 from PIL import Image
 from typer.testing import CliRunner
 
 from service import cli
-
-sys.path.insert(0, str(Path(__file__).parent / "core"))
-from image_factory import bomb_png, encode, noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AAT = shutil.which("aat", path=str(Path(sys.executable).parent)) or "aat"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import socket
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,17 +29,6 @@ def png_bytes(width: int = 48, height: int = 32, *, seed: int = 0, alpha: bool =
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def bomb_png(side: int = 60_000) -> bytes:
-    """A PNG of a few dozen bytes whose header claims ``side`` x ``side`` RGB pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @dataclass

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from apitest_helpers import bomb_png, png_bytes, sse_events, wait_terminal
+from apitest_helpers import png_bytes, sse_events, wait_terminal
+from image_factory import bomb_png
 from PIL import Image
 
 SMALL = {"scale": "2", "tile_size": "64", "overlap": "16"}

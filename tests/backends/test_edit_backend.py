@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from image_factory import bomb_png
 from pydantic import SecretStr
 
 from service.backends.base import CallAccounting
@@ -141,21 +140,10 @@ def test_a_frame_submitted_earlier_is_resumed_by_its_runpod_id(emu: EmulatorServ
     asyncio.run(run())
 
 
-def _bomb_png(side: int = 60_000) -> bytes:
-    """A PNG of a few dozen bytes whose header claims ``side`` x ``side`` RGB pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 def test_a_frame_answered_as_a_decompression_bomb_is_refused_undecoded() -> None:
     """A frame whose header claims gigapixels, inline from a worker or by URL from the public
     endpoint, is a clear, retryable ``edit_bad_output``: never decoded, never a crash."""
-    bomb = _bomb_png()
+    bomb = bomb_png(60_000)
 
     def worker(job: dict[str, Any]) -> dict[str, Any]:
         return {"frame_id": job["input"]["frame_id"], "seed_used": 1,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from image_factory import noise
 
 from service.core.cells import blend_sheet, integer_scale, plan_sheet, upscale_cells
 from service.core.errors import ParamsError
 from service.core.sheets import SheetParams, layout_for
 from service.core.tiling import extract_tile
-from tests.core.image_factory import noise
 
 
 def _lanczos(crop: np.ndarray, w: int, h: int) -> np.ndarray:

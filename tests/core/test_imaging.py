@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from image_factory import bomb_png, encode, noise, raw_png, swapped_primaries_icc
 from PIL import Image, ImageFile
-
-sys.path.insert(0, str(Path(__file__).parent))
-from image_factory import bomb_png, encode, noise, raw_png, swapped_primaries_icc  # noqa: E402
 
 from service.core.errors import ImageError  # noqa: E402
 from service.core.imaging import (  # noqa: E402
