@@ -66,6 +66,8 @@ class JobServicePort(Protocol):
 
     def ready(self) -> dict[str, bool]: ...
 
+    def checks(self) -> dict[str, tuple[bool, str]]: ...
+
 
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings

@@ -1,7 +1,8 @@
 """Liveness and readiness: ``GET /v1/health`` (no auth) and ``GET /v1/ready``.
 
 Liveness says only that the process answers. Readiness checks each dependency a job needs:
-the job store, the broker or embedded executor, and the GPU endpoints (through the backend's
+the job store, the broker or embedded executor, the job runners (alive, their jobs' last
+heartbeat), the artifact store (a write read back) and the GPU endpoints (through the backend's
 ``health()``); it answers 503 when any of them is down, naming it.
 """
 
@@ -66,7 +67,18 @@ async def _gpu_check(request: Request) -> Check:
     return Check(ok=ok, detail=f"{backend.name}: {describe_health(info)}"[:500])
 
 
-@router.get("/ready", response_model=Ready, summary="Readiness of store, broker and GPU",
+async def _parts_checks(jobs: JobServicePort) -> dict[str, Check]:
+    """The job runners and the artifact store, as `aat doctor` words them."""
+    try:
+        found = await run_in_threadpool(jobs.checks)
+    except Exception as exc:  # the store is down; the store check says so
+        log.warning("runner and artifact checks failed: %s", exc)
+        return {"runners": Check(ok=False, detail=f"not known: {str(exc)[:200]}")}
+    return {name: Check(ok=ok, detail=detail[:500]) for name, (ok, detail) in found.items()}
+
+
+@router.get("/ready", response_model=Ready,
+            summary="Readiness of store, broker, runners, artifacts and GPU",
             dependencies=[Depends(require_auth)],
             responses={503: {"model": Ready, "description": "a dependency is down"},
                        **problem_responses(401, 403)})
@@ -79,7 +91,9 @@ async def ready(request: Request, response: Response,
             checks[name] = Check(ok=bool(ok), detail="" if ok else f"{name} not reachable")
     except Exception as exc:
         checks["store"] = Check(ok=False, detail=str(exc)[:300])
-    checks["gpu"] = await _gpu_check(request)
+    # asking Celery runners waits for their answers (seconds): alongside the GPU check
+    parts, gpu = await asyncio.gather(_parts_checks(jobs), _gpu_check(request))
+    checks.update(parts, gpu=gpu)
     all_ok = all(c.ok for c in checks.values())
     if not all_ok:
         response.status_code = 503

@@ -17,8 +17,6 @@ from service.backends.base import describe_endpoint, describe_health
 from service.core.errors import AatError
 from service.settings import Settings, load_settings
 
-RUNNER_PING_S = 3.0
-
 
 @dataclass
 class Check:
@@ -167,39 +165,26 @@ def check_runners(settings: Settings, *, this_host: bool = False) -> Check:
     container health check)."""
     if not settings.broker_url:
         return Check("runners", True, "none needed: `aat up` runs jobs in-process")
+    host = socket.gethostname() if this_host else None
     try:
-        from service.jobs.celery_app import make_celery
+        from service.jobs.celery_app import describe_runners, make_celery, runners_on_queue
 
         app = make_celery(settings)
         try:
-            queues = app.control.inspect(timeout=RUNNER_PING_S).active_queues() or {}
+            names = runners_on_queue(app, settings.celery_queue, host=host)
         finally:
             app.close()
     except Exception as exc:  # report, do not crash
         return Check("runners", False, f"could not ask the broker: {exc}")
-    names = sorted(worker for worker, consumed in queues.items()
-                   if any(q.get("name") == settings.celery_queue for q in consumed or []))
-    if this_host:
-        names = [n for n in names if n.rpartition("@")[2] == socket.gethostname()]
-    if not names:
-        where = f" on {socket.gethostname()}" if this_host else ""
-        return Check("runners", False, f"no job runner on queue {settings.celery_queue} "
-                     f"answered{where} within {RUNNER_PING_S:g} s; start one with `aat runner`")
-    return Check("runners", True, f"{len(names)} alive: {', '.join(names)}"[:300])
+    ok, detail = describe_runners(names, settings.celery_queue, f" on {host}" if host else "")
+    return Check("runners", ok, detail)
 
 
 def check_artifacts(settings: Settings) -> Check:
     """The artifact store accepts a write and gives it back (the bucket, when configured)."""
-    from service.storage.stores import open_artifacts
+    from service.storage.stores import probe_artifacts
 
-    try:
-        artifacts = open_artifacts(settings)
-        return Check("artifacts", True, artifacts.probe())
-    except AatError as exc:
-        return Check("artifacts", False, exc.message)
-    except Exception as exc:  # report, do not crash
-        return Check("artifacts", False, f"{settings.artifacts_url or settings.data_dir}: "
-                     f"{str(exc).splitlines()[0][:200]}")
+    return Check("artifacts", *probe_artifacts(settings))
 
 
 CHECKS = ("store", "broker", "runners", "artifacts", "gpu", "animate", "api")

@@ -114,6 +114,26 @@ class Reaper:
             log.warning("could not re-send queued jobs", exc_info=True)
 
 
+RUNNER_PING_S = 3.0
+
+
+def runners_on_queue(app: Celery, queue: str, *, host: str | None = None) -> list[str]:
+    """Names of the job runners consuming ``queue`` that answer within :data:`RUNNER_PING_S`
+    (Celery's remote control, through the broker); with ``host``, only those on that host."""
+    answers = app.control.inspect(timeout=RUNNER_PING_S).active_queues() or {}
+    names = sorted(worker for worker, consumed in answers.items()
+                   if any(q.get("name") == queue for q in consumed or []))
+    return [n for n in names if host is None or n.rpartition("@")[2] == host]
+
+
+def describe_runners(names: list[str], queue: str, where: str = "") -> tuple[bool, str]:
+    """``runners_on_queue``'s answer in words (`aat doctor`, ``GET /v1/ready``)."""
+    if not names:
+        return False, (f"no job runner on queue {queue} answered{where} within "
+                       f"{RUNNER_PING_S:g} s; start one with `aat runner`")
+    return True, f"{len(names)} alive: {', '.join(names)}"[:300]
+
+
 def run_worker(settings: Settings, *, concurrency: int, loglevel: str = "INFO",
                pool: str = "prefork") -> None:
     """Block running a Celery worker on ``settings.celery_queue`` (the `aat runner` command)."""

@@ -37,6 +37,10 @@ class Executor(Protocol):
 
     def ready(self) -> bool: ...
 
+    def runners(self) -> tuple[bool, str]:
+        """Whether the job runners are alive, in words."""
+        ...
+
 
 class EmbeddedExecutor:
     """Runs jobs in ``settings.job_threads`` threads of this process (see module docstring)."""
@@ -85,6 +89,12 @@ class EmbeddedExecutor:
 
     def ready(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def runners(self) -> tuple[bool, str]:
+        n = self.ctx.settings.job_threads
+        if not self.ready():
+            return False, "the job threads of this process stopped; restart `aat up`"
+        return True, f"{n} job thread{'s' if n != 1 else ''} in this process (`aat up`)"
 
     def _work(self) -> None:
         while True:
@@ -143,6 +153,18 @@ class CeleryDispatcher:
         except Exception:
             log.warning("broker not reachable", exc_info=True)
             return False
+
+    def runners(self) -> tuple[bool, str]:
+        from service.jobs.celery_app import describe_runners, runners_on_queue
+
+        queue = self.settings.celery_queue
+        if not self.ready():  # asking would wait on the broker's connection retries
+            return False, "not known: the broker is not reachable"
+        try:
+            names = runners_on_queue(self.app, queue)
+        except Exception as exc:  # report, do not crash
+            return False, f"could not ask the broker: {exc}"
+        return describe_runners(names, queue)
 
 
 def refuse_celery_store(settings: Settings, store: SqlJobStore) -> None:

@@ -46,7 +46,7 @@ from service.storage.records import (
     held_result,
 )
 from service.storage.sidecars import sheet_beside
-from service.storage.stores import open_artifacts
+from service.storage.stores import open_artifacts, probe_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,18 @@ class JobService:
 
     def ready(self) -> dict[str, bool]:
         return {"store": self.store.ping(), "broker": self.executor.ready()}
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """The job runners (alive; how many jobs they run, their last heartbeat) and the
+        artifact store (a write read back), each as (ok, words)."""
+        ok, runners = self.executor.runners()
+        ends = self.store.lease_ends(queue=self.executor.queue)
+        if ends:
+            beat = self.store.clock() - (ends[0] - self.settings.lease_s)
+            runners += (f"; {len(ends)} job{'s' if len(ends) != 1 else ''} running, last "
+                        f"heartbeat {max(beat, 0):.1f} s ago")
+        return {"runners": (ok, runners), "artifacts": probe_artifacts(self.settings,
+                                                                       self.artifacts)}
 
 
 def kept_rows(artifacts: ArtifactStore, plan: builtins.list[NewTile],

@@ -185,6 +185,15 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    def lease_ends(self, *, queue: Queue | None = None) -> builtins.list[float]:
+        """When the leases of the running jobs end (epoch seconds, latest first): each runner
+        heartbeat pushes its job's end ``lease_s`` ahead."""
+        query = select(jobs.c.lease_until).where(
+            jobs.c.status == JobStatus.running.value, jobs.c.lease_until.is_not(None),
+            *_on_queue(queue)).order_by(jobs.c.lease_until.desc())
+        with self.engine.connect() as conn:
+            return [float(v) for v in conn.execute(query).scalars()]
+
     def finished_before(self, cutoff: datetime) -> builtins.list[JobRecord]:
         done = [s.value for s in JobStatus if s.terminal]
         query = select(jobs).where(jobs.c.status.in_(done), jobs.c.finished_at < cutoff)

@@ -281,7 +281,9 @@ def test_health_ready_and_metrics(celery_server) -> None:
         assert http.get("/v1/health").json()["status"] == "ok"
         ready = http.get("/v1/ready")
         assert ready.status_code == 200, ready.text
-        assert {"store", "broker", "gpu"} <= set(ready.json()["checks"])
+        checks = ready.json()["checks"]
+        assert list(checks) == ["store", "broker", "runners", "artifacts", "gpu"]
+        assert checks["runners"]["detail"].startswith("1 alive: aat-runner-"), checks
         before = http.get("/metrics").text
         job = http.post("/v1/jobs", params=SMALL, content=png_bytes(16, 16, seed=9),
                         headers={"Content-Type": "image/png"}).json()
@@ -305,3 +307,29 @@ def test_ready_says_which_dependency_is_down(queued_server) -> None:
     assert ready.status_code == 503
     checks = ready.json()["checks"]
     assert checks["broker"]["ok"] is False and checks["store"]["ok"] is True
+
+
+def test_ready_names_the_job_runners_and_the_artifact_store(queued_server) -> None:
+    """`GET /v1/ready` (the studio's System page) has `aat doctor`'s runners and artifacts
+    rows: the job threads of an `aat up`, a Celery queue no runner answers on (503, saying how
+    to start one), and the artifact store written and read back."""
+    embedded = queued_server(broker_url=None, job_threads=3)
+    with embedded.client() as http:
+        ready = http.get("/v1/ready")
+    assert ready.status_code == 200, ready.text
+    checks = ready.json()["checks"]
+    assert list(checks) == ["store", "broker", "runners", "artifacts", "gpu"]
+    assert checks["runners"] == {"ok": True, "detail": "3 job threads in this process (`aat up`)"}
+    assert checks["artifacts"]["ok"] is True
+    where = embedded.settings.data_dir / "artifacts"
+    assert checks["artifacts"]["detail"].startswith(f"{where}: writable, "), checks
+
+    fleet = queued_server()
+    with fleet.client() as http:
+        ready = http.get("/v1/ready")
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["broker"]["ok"] is True and checks["runners"]["ok"] is False
+    assert checks["runners"]["detail"] == (
+        f"no job runner on queue {fleet.settings.celery_queue} answered within 3 s; start one "
+        "with `aat runner`")

@@ -459,6 +459,25 @@ def test_every_view_works_under_a_strict_csp(studio, page, shot) -> None:
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+def test_system_page_shows_the_runner_running_a_job(studio, page, shot, tmp_path,
+                                                   idle_gpus) -> None:
+    """The System page has `aat doctor`'s runners and artifacts rows; with a job running, the
+    runners row says so and when its runner last heart-beat."""
+    job = submit(studio, png(tmp_path / "busy.png", 128, 128, seed=21).read_bytes())
+    page.goto(studio.url + "/system")
+    runners = page.locator("[data-check=runners][data-ok=true]")
+    expect(runners).to_contain_text("2 job threads in this process (`aat up`)")
+    expect(runners).to_contain_text(re.compile(r"1 job running, last heartbeat \d+\.\d s ago"))
+    expect(page.locator("[data-check=artifacts][data-ok=true]")).to_contain_text(
+        f"{studio.data_dir / 'artifacts'}: writable")
+    shot(page, "system-running")
+    with studio.client() as http:
+        assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+        http.post(f"/v1/jobs/{job['id']}/cancel")
+    expect(runners).not_to_contain_text("job running", timeout=30_000)
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def test_login_with_the_token_and_refusal_without_it(tmp_path_factory, emulator, page,
                                                      shot) -> None:
     token = "studio-" + "k" * 32

@@ -1,4 +1,5 @@
-// System: what `aat doctor` checks, live (readiness of store, broker, GPU; queue depth).
+// System: what `aat doctor` checks, live (readiness of store, broker, runners, artifacts, GPU;
+// queue depth).
 import { api, el, every, problem } from "./api.js";
 
 async function refresh() {
