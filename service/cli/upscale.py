@@ -186,10 +186,7 @@ def _run(input_path: Path, output: Path, params: UpscaleParams, backend: str, qu
     from service.settings import load_settings  # noqa: PLC0415
     from service.storage.stores import open_artifacts  # noqa: PLC0415
     from service.upscalers.base import tile_progress  # noqa: PLC0415
-    from service.upscalers.realesrgan import hide_native_progress  # noqa: PLC0415
     from service.upscalers.registry import get_upscaler  # noqa: PLC0415
-
-    hide_native_progress(True)
 
     _check_paths(input_path, output)
     requested = _format_of_output(output, params.output_format)

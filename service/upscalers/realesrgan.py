@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,7 +93,7 @@ class RealEsrganUpscaler(ModelUpscaler):
         if not self.available():
             raise RuntimeError(self.unavailable_reason())
         height, width = rgb.shape[:2]
-        with _quiet_native_stderr():
+        with _muted_c_stderr():
             data = self._net(factor).process_bytes(rgb.tobytes(), width, height, 3)
         # process_bytes reuses its buffers only for same-sized frames: drop them per call
         net = self._nets[factor]
@@ -100,31 +101,52 @@ class RealEsrganUpscaler(ModelUpscaler):
         return np.frombuffer(data, dtype=np.uint8).reshape(height * factor, width * factor, 3)
 
 
-_QUIET: bool | None = None
+class _MutedCStderr:
+    """ncnn's C++ prints a bare progress line ("0.00%") per tile through C's ``stderr`` stream,
+    and the wheel has no option to stop it: a service's log filled with them. While a tile
+    runs, C's ``stderr`` (the ``FILE *`` of the C library, not file descriptor 2) points at
+    /dev/null. Descriptor 2 is left alone, so what other threads print meanwhile through
+    Python (logging, tracebacks, ``sys.stderr``) still lands; only C code writing through
+    stdio's ``stderr`` during a tile is silenced. Re-entrant across threads: the first tile
+    in swaps, the last one out puts the stream back; the /dev/null stream is never closed, so a
+    thread still holding it writes into a valid stream."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved: int | None = None
+        self._null: int | None = None
+
+    def _stream(self) -> ctypes.c_void_p | None:
+        """C's ``stderr`` variable (found by the loader's global lookup, as the wheel finds it),
+        or None where there is no such symbol."""
+        try:
+            return ctypes.c_void_p.in_dll(ctypes.CDLL(None), "stderr")
+        except (OSError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        stream = self._stream()
+        if stream is None:
+            yield
+            return
+        with self._lock:
+            if self._inside == 0:
+                if self._null is None:
+                    fopen = ctypes.CDLL(None).fopen
+                    fopen.restype, fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p] * 2
+                    self._null = fopen(os.devnull.encode(), b"w")
+                self._saved = stream.value
+                stream.value = self._null or self._saved
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    stream.value = self._saved
 
 
-def hide_native_progress(hide: bool | None) -> None:
-    """Hide ncnn's per-tile progress lines (True), show them (False) or hide on a TTY (None).
-
-    Hiding redirects file descriptor 2 while a tile runs, so single-threaded callers (the CLI)
-    should ask for it; services leave the default."""
-    global _QUIET
-    _QUIET = hide
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """ncnn prints a progress line per tile to fd 2; hide it on a terminal (the CLI draws its
-    own progress bar there). Redirected stderr (services, CI logs) is left alone."""
-    if not (_QUIET if _QUIET is not None else os.isatty(2)):
-        yield
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+_muted_c_stderr = _MutedCStderr()

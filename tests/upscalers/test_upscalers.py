@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +124,51 @@ def test_realesrgan_x4plus_runs_tiny() -> None:
     crop = STONE[:20, :24].astype(int)
     back = np.asarray(Image.fromarray(out).resize((24, 20), Image.Resampling.BOX)).astype(int)
     assert np.abs(back - crop).mean() < 0.8 * np.abs(crop - crop.mean()).mean()
+
+
+NCNN_PROGRESS = re.compile(r"^\s*\d+\.\d\d%\s*$", re.M)  # ncnn's bare "0.00%" per tile
+
+# Real-ESRGAN upscaling in two threads, while the main thread logs to stderr as a service's
+# other threads do (`aat up` runs jobs in threads beside its HTTP server)
+THREADED = """
+import logging, sys, threading
+import numpy as np
+from service.upscalers.realesrgan import RealEsrganUpscaler
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+rgb = np.random.default_rng(0).integers(0, 255, (300, 280, 3), dtype=np.uint8)
+up = RealEsrganUpscaler()
+assert up.available(), up.unavailable_reason()
+done = threading.Event()
+def work():
+    for _ in range(2):
+        up.upscale(rgb, 560, 600)
+threads = [threading.Thread(target=work) for _ in range(2)]
+for t in threads:
+    t.start()
+n = 0
+while any(t.is_alive() for t in threads):
+    logging.info("log line %d", n)
+    n += 1
+    threads[0].join(0.01)
+for t in threads:
+    t.join()
+logging.info("log line %d", n)
+print(n + 1)
+"""
+
+
+def test_realesrgan_prints_no_progress_lines_and_leaves_other_output_alone() -> None:
+    """ncnn prints a bare "0.00%" line per tile from C++; a service's log filled with them.
+    Run as `aat up` runs it (a subprocess, its stderr a pipe, jobs in threads): no such line,
+    and every line the other threads logged meanwhile is there."""
+    out = subprocess.run([sys.executable, "-c", THREADED], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert not NCNN_PROGRESS.search(out.stdout + out.stderr), out.stderr[:500]
+    logged = int(out.stdout.strip())
+    lines = out.stderr.splitlines()
+    assert lines == [f"log line {i}" for i in range(logged)], out.stderr[:500]
+    assert logged > 1
 
 
 def test_unknown_upscaler_is_a_clear_error() -> None:
