@@ -460,9 +460,10 @@ def test_every_view_works_under_a_strict_csp(studio, page, shot) -> None:
 
 
 def test_system_page_shows_the_runner_running_a_job(studio, page, shot, tmp_path,
-                                                   idle_gpus) -> None:
+                                                   gpus) -> None:
     """The System page has `aat doctor`'s runners and artifacts rows; with a job running, the
     runners row says so and when its runner last heart-beat."""
+    gpus.hold()  # the job stays running until the page has shown it
     job = submit(studio, png(tmp_path / "busy.png", 128, 128, seed=21).read_bytes())
     page.goto(studio.url + "/system")
     runners = page.locator("[data-check=runners][data-ok=true]")
