@@ -1,6 +1,7 @@
 """`aat animate`: one sprite -> an animated spritesheet (+ Aseprite JSON, Godot .tres, preview).
 
     aat animate hero.png --motion walk --frames 8 -o hero_walk.png
+    aat animate hero.png --motion walk -o hero_walk.png --regenerate 3   # its next attempt
     aat animate hero.png --motion walk -o hero_walk.png --regenerate 3 --attempt 2
     aat animate sprites/hero.png --repo game --motion run   # beside the source in the repo
 
@@ -52,8 +53,10 @@ def animate(
     seed: int = typer.Option(0, "--seed", help="Seed; each frame derives its own."),
     regenerate: list[int] = typer.Option([], "--regenerate", "-r", help="Generate frame N "
                                          "(from 1) of the existing OUTPUT sheet again; repeat."),
-    attempt: int = typer.Option(1, "--attempt", min=1, help="Which new seed --regenerate uses "
-                                "(the same attempt gives the same frame: raise it for another)."),
+    attempt: int | None = typer.Option(None, "--attempt", min=1, help="Which new seed "
+                                       "--regenerate uses (default: the frame's next attempt, "
+                                       "as the sheet's JSON records them; the same attempt "
+                                       "gives the same frame)."),
     repo: str | None = typer.Option(None, "--repo", help="Deliver beside SPRITE inside this "
                                     "configured repo (AAT_REPOS) instead of -o."),
     edit_side: int = typer.Option(1024, "--edit-side", help="Longest side of the image the "
@@ -70,9 +73,6 @@ def animate(
                      name=name, anchor=anchor, key_colour=key, style=style, seed=seed)
     summary = asyncio.run(_run(sprite, output, params, regenerate, attempt, repo, edit_side))
     typer.echo(summary)
-    if regenerate:  # the seed is fixed by the attempt: say how to get another frame
-        typer.echo(f"regenerated with --attempt {attempt}; not it yet? the same command with "
-                   f"--attempt {attempt + 1} tries again")
 
 
 def _params(model: type[AnimateParams], **values: Any) -> AnimateParams:
@@ -89,7 +89,7 @@ def _params(model: type[AnimateParams], **values: Any) -> AnimateParams:
 
 
 async def _run(sprite: Path, output: Path | None, params: AnimateParams, regenerate: list[int],
-               attempt: int, repo: str | None, edit_side: int) -> str:
+               attempt: int | None, repo: str | None, edit_side: int) -> str:
     from service.backends.edit import open_edit_backend  # noqa: PLC0415
     from service.core.errors import ParamsError, PathError  # noqa: PLC0415
     from service.settings import load_settings  # noqa: PLC0415
@@ -107,15 +107,16 @@ async def _run(sprite: Path, output: Path | None, params: AnimateParams, regener
     if output is not None and output.suffix.lower() != ".png":
         raise ParamsError(f"OUTPUT {output.name} must end in .png", code="invalid_params")
     source = _load(source_path, settings)
-    cells = _existing_cells(output, params) if regenerate else None
+    existing = _existing_cells(output, params) if regenerate else None
     backend = open_edit_backend(settings)
     try:
         from service.pipeline import animate as pipe  # noqa: PLC0415
 
-        if cells is not None:
+        if existing is not None:
+            cells, records = existing
             anim = await pipe.regenerate(source, params, backend, cells,
                                          [n - 1 for n in regenerate], attempt=attempt,
-                                         edit_side=edit_side)
+                                         records=records, edit_side=edit_side)
         else:
             anim = await pipe.animate(source, params, backend, edit_side=edit_side)
     finally:
@@ -132,7 +133,8 @@ async def _run(sprite: Path, output: Path | None, params: AnimateParams, regener
     return (f"wrote {', '.join(written)} ({_changed(regenerate, params.frames)}"
             f"{params.frames} frames of {anim.prepared.cell[0]}x"
             f"{anim.prepared.cell[1]}, {params.animation_name()} at {params.cycle_fps()} fps, "
-            f"palette distance max {worst:.3f}, loop distance {anim.loop_distance:.3f})")
+            f"palette distance max {worst:.3f}, loop distance {anim.loop_distance:.3f})"
+            f"{_next_hint(regenerate, attempt, anim.attempts)}")
 
 
 def _changed(regenerate: list[int], frames: int) -> str:
@@ -143,6 +145,19 @@ def _changed(regenerate: list[int], frames: int) -> str:
     kept = frames - len(made)
     return (f"frame{'s' if len(made) > 1 else ''} {', '.join(map(str, made))} generated again, "
             f"{kept} kept as they were; ")
+
+
+def _next_hint(regenerate: list[int], attempt: int | None, attempts: list[int]) -> str:
+    """How to get another frame: the seed is fixed by the attempt, which the JSON records."""
+    if not regenerate:
+        return ""
+    if attempt is not None:
+        return (f"\nregenerated with --attempt {attempt}; not it yet? the same command with "
+                f"--attempt {attempt + 1} tries again")
+    made = sorted(set(regenerate))
+    which = ", ".join(f"frame {n} attempt {attempts[n - 1]}" for n in made)
+    return (f"\nregenerated {which}; not it yet? the same command tries the next attempt "
+            "(recorded in the sheet's JSON)")
 
 
 def _load(path: Path, settings: Settings) -> np.ndarray:
@@ -156,13 +171,16 @@ def _load(path: Path, settings: Settings) -> np.ndarray:
     return sprite_rgba(image.rgb, image.alpha)
 
 
-def _existing_cells(output: Path | None, params: AnimateParams) -> list[np.ndarray]:
-    """The cells of the sheet being regenerated, cut where its Aseprite JSON says."""
+def _existing_cells(output: Path | None, params: AnimateParams
+                    ) -> tuple[list[np.ndarray], list[tuple[int, int]] | None]:
+    """The cells of the sheet being regenerated, cut where its Aseprite JSON says, and each
+    frame's recorded ``(attempt, seed)`` (``None`` when the JSON records none)."""
     import numpy as np  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
     from service.core.errors import ParamsError, PathError  # noqa: PLC0415
     from service.core.frames import cut  # noqa: PLC0415
+    from service.core.sheet_writers import recorded_frames  # noqa: PLC0415
     from service.core.sheets import read_cells  # noqa: PLC0415
 
     if output is None:
@@ -174,11 +192,12 @@ def _existing_cells(output: Path | None, params: AnimateParams) -> list[np.ndarr
                         code="path_not_found")
     with Image.open(output) as im:
         sheet = np.asarray(im.convert("RGBA"))
-    _, rects = read_cells(meta.name, meta.read_text(encoding="utf-8"), sheet.shape[0])
+    text = meta.read_text(encoding="utf-8")
+    _, rects = read_cells(meta.name, text, sheet.shape[0])
     if len(rects) != params.frames:
         raise ParamsError(f"{output.name} has {len(rects)} frames, not {params.frames}; give "
                           f"--frames {len(rects)}", code="invalid_params")
-    return cut(sheet, rects)
+    return cut(sheet, rects), recorded_frames(text, len(rects))
 
 
 def _write(output: Path, anim: Animation) -> list[str]:

@@ -190,8 +190,10 @@ def run_animation(run: JobRun, row: JobRecord, data: bytes) -> None:
 
     if todo:
         cells.update(asyncio.run(generate()))
+    reruns = {t.idx: t.rerun for t in frames}  # a frame's attempt: its seed's rerun count
     anim = pipe.measured(source, params, [cells[i] for i in range(params.frames)],
-                         [seeds[i] for i in range(params.frames)], edit_side)
+                         [seeds[i] for i in range(params.frames)], edit_side,
+                         [reruns[i] for i in range(params.frames)])
     run.stage("encode")
     label = animation_tag(params)
     target = TargetSpec.model_validate(row.target) if row.target else None

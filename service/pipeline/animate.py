@@ -7,7 +7,8 @@ frame (concurrently, each with its own prompt and seed; a retryable failure is t
 and :func:`finish_frame` keys, scales and aligns each answer onto the source's anchor;
 :func:`outputs` renders the sheet, its Aseprite JSON and Godot ``SpriteFrames`` and the
 animated preview. :func:`regenerate` re-runs chosen frames of an existing sheet with new seeds
-and changes only their cells.
+(the attempt after the one the sheet's JSON records for each, unless one is given) and changes
+only their cells; every frame's attempt and seed stay recorded in the JSON.
 
 A frame that fails fails the whole call with its error (``frame 3 of 8: ...``) once the
 frames still in flight are cancelled (their RunPod jobs too, see
@@ -93,6 +94,12 @@ class Animation:
     frames: list[np.ndarray]  # aligned (h, w, 4) cells in order
     seeds: list[int]
     distances: list[float] = field(default_factory=list)  # palette drift from the source
+    attempts: list[int] = field(default_factory=list)  # which attempt made each frame (0: first)
+
+    def records(self) -> list[tuple[int, int]]:
+        """Each frame's ``(attempt, seed)``, as the Aseprite JSON records them."""
+        attempts = self.attempts or [0] * len(self.seeds)
+        return list(zip(attempts, self.seeds, strict=True))
 
     @property
     def loop_distance(self) -> float:
@@ -232,27 +239,47 @@ async def animate(source: np.ndarray, params: AnimateParams, backend: EditBacken
 
 
 def measured(source: np.ndarray, params: AnimateParams, cells: list[np.ndarray],
-             seeds: list[int], edit_side: int = 1024) -> Animation:
+             seeds: list[int], edit_side: int = 1024,
+             attempts: list[int] | None = None) -> Animation:
     prep = prepare(source, params, edit_side)
     return Animation(params, prep, cells, seeds,
-                     [fr.histogram_distance(c, prep.placed) for c in cells])
+                     [fr.histogram_distance(c, prep.placed) for c in cells], attempts or [])
 
 
 async def regenerate(source: np.ndarray, params: AnimateParams, backend: EditBackend,
-                     cells: list[np.ndarray], indices: Sequence[int], *, attempt: int = 1,
+                     cells: list[np.ndarray], indices: Sequence[int], *,
+                     attempt: int | None = None,
+                     records: Sequence[tuple[int, int]] | None = None,
                      edit_side: int = 1024) -> Animation:
-    """``cells`` with frames ``indices`` generated again (seed of ``attempt``); others kept."""
+    """``cells`` with frames ``indices`` generated again; the others kept with their records.
+
+    ``records`` is each existing frame's ``(attempt, seed)`` (as the sheet's Aseprite JSON
+    recorded them; ``None``: a first generation, attempt 0 with the motion's seeds). A chosen
+    frame uses ``attempt`` when given, else the one after its recorded attempt
+    (:func:`next_attempts`), so regenerating twice gives two different frames."""
     bad = [i for i in indices if not 0 <= i < len(cells)]
     if bad:
         from service.core.errors import ParamsError  # noqa: PLC0415
 
         raise ParamsError(f"frame {bad[0] + 1} does not exist; the sheet has {len(cells)} "
                           "frames (numbered from 1)", code="frame_unknown")
-    new = await generate(source, params, backend, edit_side=edit_side, indices=indices,
-                         attempt=attempt)
+    old = list(records) if records is not None else [
+        (0, frame_seed(params.seed, i)) for i in range(len(cells))]
+    chosen = next_attempts(old, indices, attempt)
+    seeds = {i: frame_seed(params.seed, i, a) for i, a in chosen.items()}
+    new = await generate(source, params, backend, edit_side=edit_side, indices=sorted(chosen),
+                         seeds=seeds)
     out = [new.get(i, c) for i, c in enumerate(cells)]
-    seeds = [frame_seed(params.seed, i, attempt if i in new else 0) for i in range(len(cells))]
-    return measured(source, params, out, seeds, edit_side)
+    now = [(chosen[i], seeds[i]) if i in chosen else old[i] for i in range(len(cells))]
+    return measured(source, params, out, [s for _, s in now], edit_side,
+                    [a for a, _ in now])
+
+
+def next_attempts(records: Sequence[tuple[int, int]], indices: Sequence[int],
+                  attempt: int | None = None) -> dict[int, int]:
+    """Frame -> the attempt a regeneration of it uses: ``attempt`` when given, else the one
+    after the frame's recorded ``(attempt, seed)``."""
+    return {i: attempt if attempt is not None else records[i][0] + 1 for i in indices}
 
 
 def png(rgba: np.ndarray) -> bytes:
@@ -273,7 +300,7 @@ def outputs(anim: Animation, stem: str, res_dir: str = "res://") -> dict[str, by
     return {
         f"{stem}.png": png(sheet),
         f"{stem}.json": aseprite_json(f"{stem}.png", size, rects, name=name, fps=fps,
-                                      loop=loop).encode(),
+                                      loop=loop, records=anim.records()).encode(),
         f"{stem}.tres": godot_sprite_frames(res_path, rects, name=name, fps=fps,
                                             loop=loop).encode(),
         f"{stem}.webp": fr.encode_preview(anim.frames, fps, "webp", loop=loop),

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from sprites import knight_png, knight_rgba
 
+from service.core.animate import frame_seed
 from service.core.sheets import godot_cells, read_cells
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
 from workers.emulator.animate_echo import make_public_handler
@@ -117,7 +118,11 @@ def test_walk_of_8_frames_from_our_worker(emulator: EmulatorServer, tmp_path: Pa
     after = rgba(out)
     changed = np.nonzero((before != after).any(axis=(0, 2)))[0]
     assert changed.size > 0 and changed.min() >= 48 and changed.max() < 72, changed
-    assert out.with_suffix(".json").read_text() == meta_before
+    data, data_before = json.loads(out.with_suffix(".json").read_text()), json.loads(meta_before)
+    assert data["frames"] == data_before["frames"]  # the cells stay where they were
+    assert records(out)[2] == {"attempt": 4, "seed": frame_seed(0, 2, 4)}  # the explicit one
+    assert records(out)[:2] == records_of(data_before)[:2] == [
+        {"attempt": 0, "seed": frame_seed(0, i)} for i in range(2)]
     check_sheet(out, 8, (24, 32))
 
     # the upscale path takes the sheet with its cells and writes the metadata scaled
@@ -130,6 +135,43 @@ def test_walk_of_8_frames_from_our_worker(emulator: EmulatorServer, tmp_path: Pa
     assert up.returncode == 0, up.stderr
     _, scaled = read_cells("hero_walk.json", big.with_suffix(".json").read_text(), 64)
     assert scaled == [(i * 48, 0, 48, 64) for i in range(8)]
+
+
+def records_of(data: dict[str, Any]) -> list[dict[str, int]]:
+    return list(data["meta"]["aat"]["frames"])
+
+
+def records(out: Path) -> list[dict[str, int]]:
+    """Each frame's recorded attempt and seed, from the sheet's Aseprite JSON."""
+    return records_of(json.loads(out.with_suffix(".json").read_text()))
+
+
+def test_regenerate_takes_the_next_attempt_and_keeps_the_others_records(
+        emulator: EmulatorServer, tmp_path: Path) -> None:
+    sprite_png(tmp_path / "hero.png")
+    env = env_for(emulator, tmp_path / "data", RUNPOD_ANIMATE_ENDPOINT_ID="anim")
+    out = tmp_path / "hero_walk.png"
+    args = [str(tmp_path / "hero.png"), "--motion", "walk", "--frames", "4", "-o", str(out)]
+    assert aat(env, *args).returncode == 0
+    first = rgba(out)[:, 48:72]
+    cells_3 = []
+    for n in (1, 2):  # the same command twice, no --attempt
+        done = aat(env, *args, "--regenerate", "3")
+        assert done.returncode == 0, done.stderr
+        assert f"regenerated frame 3 attempt {n}; not it yet? the same command tries" \
+            in done.stdout
+        assert records(out)[2] == {"attempt": n, "seed": frame_seed(0, 2, n)}
+        cells_3.append(rgba(out)[:, 48:72])
+    assert len({first.tobytes(), cells_3[0].tobytes(), cells_3[1].tobytes()}) == 3
+
+    # another frame regenerated: frame 3 keeps its pixels, attempt and seed
+    done = aat(env, *args, "--regenerate", "2")
+    assert done.returncode == 0, done.stderr
+    assert (rgba(out)[:, 48:72] == cells_3[1]).all()
+    assert records(out) == [
+        {"attempt": 0, "seed": frame_seed(0, 0)}, {"attempt": 1, "seed": frame_seed(0, 1, 1)},
+        {"attempt": 2, "seed": frame_seed(0, 2, 2)}, {"attempt": 0, "seed": frame_seed(0, 3)}]
+    check_sheet(out, 4, (24, 32))  # still a sheet and metadata engines read
 
 
 def test_public_endpoint_fetches_a_presigned_url(emulator: EmulatorServer, tmp_path: Path,
