@@ -20,6 +20,7 @@ from apitest_helpers import LiveServer, running_app, sse_events, wait_terminal
 from PIL import Image
 from sprites import H, W, knight_png
 
+from service.core.sheet_writers import recorded_frames
 from service.core.sheets import read_cells
 from service.settings import Settings
 from workers.emulator import EmulatorServer, EndpointConfig, Faults, resolve_handler
@@ -247,6 +248,8 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
         assert (repo / "hero_walk.png").read_bytes() == after
         fmt, rects = read_cells("hero_walk.json", (repo / "hero_walk.json").read_text(), H)
         assert fmt == "aseprite" and rects == [(i * W, 0, W, H) for i in range(8)]
+        recorded = recorded_frames((repo / "hero_walk.json").read_text(), 8)
+        assert recorded == [(int(i in (3, 5)), t["seed"]) for i, t in enumerate(new_tiles)]
         assert 'res://sprites/hero_walk.png' in (repo / "hero_walk.tres").read_text()
         assert (repo / "hero_walk.webp").read_bytes() != webp_before  # the preview moved on
         assert final["output"]["files"]["hero_walk.webp"] != first["output"]["files"][
