@@ -182,6 +182,12 @@ class JobPublic(BaseModel):
     cost: JobCost = Field(default_factory=JobCost)
     attempts: int = 0
     cancel_requested: bool = False  # a running job asked to stop: it ends canceled soon
+    rerun_of: str | None = Field(default=None, description=(
+        "The id of the job this one re-runs (made by POST /v1/jobs/{id}/rerun); null "
+        "otherwise."))
+    retry_of: str | None = Field(default=None, description=(
+        "The id of the failed or canceled job this one submits again (made by "
+        "POST /v1/jobs/{id}/retry); null otherwise."))
     urls: dict[str, str] = Field(default_factory=dict)
 
     @staticmethod

@@ -92,10 +92,12 @@ class JobService:
     # ---- submission --------------------------------------------------------------------------
     def submit(self, data: bytes, *, filename: str, params: UpscaleParams,
                target: TargetSpec | None = None, idempotency_key: str | None = None,
-               decided: UpscaleParams | None = None) -> tuple[JobPublic, bool]:
+               decided: UpscaleParams | None = None, retry_of: str | None = None
+               ) -> tuple[JobPublic, bool]:
         """Validate, store and queue one job; ``(job, False)`` when it already existed.
-        ``decided``: the stored params of the job this one retries (:meth:`retry`): its
-        asset type was decided then, and the new job gives the same reason for it."""
+        ``decided``: the stored params of the job this one retries (:meth:`retry`, which
+        passes that job's id as ``retry_of``): its asset type was decided then, and the new
+        job gives the same reason for it."""
         if target is not None and params.sheet is None:
             params = self._sheet_beside(target, params)
         info = probe_image(data, params, self.settings, filename)  # raises ImageError/ParamsError
@@ -121,17 +123,18 @@ class JobService:
             params=params.model_dump(mode="json"), seed=seed,
             target=target.model_dump(mode="json") if target else None,
             dedupe_key=key, idempotency_key=idempotency_key, backend=info.backend,
-            queue=self.executor.queue))
+            queue=self.executor.queue, retry_of=retry_of))
         if created:
             log.info("job %s queued (%s, %dx%d)", row.id, row.filename, info.width, info.height)
             self._dispatch(row.id)
         return to_public(row), created
 
     def submit_animation(self, data: bytes, *, filename: str, params: AnimateParams,
-                         target: TargetSpec | None = None, idempotency_key: str | None = None
-                         ) -> tuple[JobPublic, bool]:
+                         target: TargetSpec | None = None, idempotency_key: str | None = None,
+                         retry_of: str | None = None) -> tuple[JobPublic, bool]:
         """Validate, store and queue one ``animate`` job (a sprite into a spritesheet, see
-        :mod:`service.jobs.animation`); ``(job, False)`` when it already existed."""
+        :mod:`service.jobs.animation`); ``(job, False)`` when it already existed.
+        ``retry_of``: the job this one submits again (:meth:`retry`)."""
         loaded = load_image(data, limits=self.settings.image_limits(), filename=filename)
         if target is not None:  # every file of the set must have a place before we queue
             animation_results(target.path, target.naming, params,
@@ -151,7 +154,7 @@ class JobService:
             input_format=loaded.format, params=params.model_dump(mode="json"),
             seed=params.seed, target=target.model_dump(mode="json") if target else None,
             dedupe_key=key, idempotency_key=idempotency_key, backend="animate",
-            queue=self.executor.queue, kind="animate"))
+            queue=self.executor.queue, kind="animate", retry_of=retry_of))
         if created:
             log.info("animate job %s queued (%s, %s x%d)", row.id, row.filename, params.motion,
                      params.frames)
@@ -318,7 +321,9 @@ class JobService:
         come from the cache) and target, through the kind's submit (so everything is checked
         again and the dedupe and ``Idempotency-Key`` rules are the submit's: retrying twice
         answers the first retry's job while it has not failed). An upscale job keeps the
-        original's asset type and the reason it was chosen (``asset_reason``)."""
+        original's asset type and the reason it was chosen (``asset_reason``). The new job
+        names this one in ``retry_of`` (a job the dedupe rule answers instead keeps its own
+        origin: this retry did not make it)."""
         row = self.store.get(job_id)
         if row.status == JobStatus.succeeded:
             raise JobError(f"job {job_id} succeeded; nothing to retry (re-run chosen "
@@ -336,21 +341,23 @@ class JobService:
         if row.kind == "animate":
             return self.submit_animation(
                 data, filename=row.filename, params=AnimateParams.model_validate(row.params),
-                target=target, idempotency_key=idempotency_key)
+                target=target, idempotency_key=idempotency_key, retry_of=row.id)
         params = UpscaleParams.model_validate(row.params)
         if params.seed is None and row.seed is not None:
             params = params.model_copy(update={"seed": row.seed})
         return self.submit(data, filename=row.filename, params=params, target=target,
-                           idempotency_key=idempotency_key, decided=params)
+                           idempotency_key=idempotency_key, decided=params, retry_of=row.id)
 
     def _rerun_new(self, row: JobRecord, plan: builtins.list[NewTile]) -> JobPublic:
         """The re-run job of ``row`` with tile rows ``plan``, queued (job and rows are written
-        together: a runner never finds the job without its rows)."""
+        together: a runner never finds the job without its rows); it names ``row`` in
+        ``rerun_of``."""
         new_row, _ = self.store.insert(NewJob(
             id=new_job_id(), filename=row.filename, input_sha256=row.input_sha256,
             input_ext=row.input_ext, input_width=row.input_width, input_height=row.input_height,
             input_format=row.input_format, params=row.params, seed=row.seed, target=row.target,
-            backend=row.backend, queue=self.executor.queue, kind=row.kind), plan)
+            backend=row.backend, queue=self.executor.queue, kind=row.kind, rerun_of=row.id),
+            plan)
         self._dispatch(new_row.id)
         return to_public(new_row)
 

@@ -74,6 +74,8 @@ def to_public(row: JobRecord) -> JobPublic:
                      possibly_billed=sum(1 for r in row.remote_jobs if r.get("ambiguous"))),
         attempts=row.attempts,
         cancel_requested=bool(row.cancel_requested) and not row.status.terminal,
+        rerun_of=row.rerun_of,
+        retry_of=row.retry_of,
         urls=JobPublic.urls_for(row.id),
     )
 

@@ -25,7 +25,7 @@ from service.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 _PG_LOCK_ID = 0x4AA7_0005
 _migrate_lock = threading.Lock()
 

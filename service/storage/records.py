@@ -73,6 +73,8 @@ class NewJob:
     backend: str | None = None
     queue: Queue | None = None
     kind: JobKind = "upscale"
+    rerun_of: str | None = None  # the job a rerun was made from
+    retry_of: str | None = None  # the failed or canceled job a retry submitted again
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class JobRecord:
     backend: str | None  # the GPU backend resolved at submit ("none", "runpod", "local")
     queue: Queue | None  # which executor runs it; None for jobs older than revision 0003
     kind: JobKind  # "upscale" (params: UpscaleParams) or "animate" (params: AnimateParams)
+    rerun_of: str | None  # the job a rerun was made from (revision 0006)
+    retry_of: str | None  # the failed or canceled job a retry submitted again (0006)
 
     @classmethod
     def from_row(cls, mapping: Mapping[Any, Any]) -> JobRecord:

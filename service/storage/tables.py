@@ -64,6 +64,9 @@ jobs = Table(
     Column("queue", String(16)),  # "embedded" | "celery": which executor runs it (0003)
     # "upscale" | "animate": what params hold and which pipeline runs (0004)
     Column("kind", String(16), nullable=False, server_default="upscale"),
+    # the job a rerun was made from, the job a retry submitted again (0006)
+    Column("rerun_of", String(40)),
+    Column("retry_of", String(40)),
 )
 
 tiles = Table(

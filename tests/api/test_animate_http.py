@@ -217,6 +217,7 @@ def test_frames_are_tiles_and_a_rerun_changes_only_the_chosen_cells(
         assert rerun.status_code == 202, rerun.text
         again = rerun.json()
         assert again["id"] != job["id"] and again["kind"] == "animate"
+        assert again["rerun_of"] == job["id"]
         assert rerun.headers["Location"] == f"/v1/jobs/{again['id']}"
         events = sse_events(client, again["id"], tiles=True)
         states: dict[int, list[str]] = {}
@@ -388,6 +389,7 @@ def test_a_failed_frame_cancels_the_frames_in_flight(emulator: EmulatorServer,
         assert retried.status_code == 202, retried.text
         new = retried.json()
         assert new["id"] != job["id"] and new["kind"] == "animate"
+        assert (new["retry_of"], new["rerun_of"]) == (job["id"], None)
         assert new["animation"] == job["animation"] and new["target"] == job["target"]
         assert new["input"]["sha256"] == job["input"]["sha256"]
         done = wait_terminal(client, new["id"])

@@ -231,6 +231,8 @@ def test_retry_makes_a_new_job_from_the_stored_input(queued_server, tmp_path: Pa
         assert new["kind"] == "upscale" and new["input"] == job["input"]
         assert new["params"] == job["params"] and new["target"] == job["target"]
         assert new["params"]["asset_reason"].startswith("content:")  # decided then, not "user"
+        assert (job["retry_of"], new["retry_of"], new["rerun_of"]) == (None, job["id"], None)
+        assert http.get(f"/v1/jobs/{new['id']}").json()["retry_of"] == job["id"]
         stored = http.get(f"/v1/jobs/{new['id']}/input").content
         assert stored == png_bytes(24, 24, seed=4)  # the same bytes, sent by nobody again
 
@@ -241,6 +243,7 @@ def test_retry_makes_a_new_job_from_the_stored_input(queued_server, tmp_path: Pa
         same = http.post(f"/v1/jobs/{job['id']}/retry", headers={"Idempotency-Key": "r-1"})
         assert (keyed.status_code, same.status_code) == (202, 200)
         assert same.json()["id"] == keyed.json()["id"] not in (job["id"], new["id"])
+        assert keyed.json()["retry_of"] == job["id"]
         missing = http.post("/v1/jobs/j_nope/retry")
         assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
 

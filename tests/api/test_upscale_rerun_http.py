@@ -132,7 +132,8 @@ def test_a_rerun_refines_only_the_chosen_tiles_and_an_edited_prompt_waits_for_it
     """Tile 7's prompt is edited but tile 7 is not chosen: re-running tiles 3 and 5 sends
     those two to the worker and no other; tile 7 keeps its pixels (its span of the result is
     the same byte for byte), stays cached throughout and shows the edited prompt, which the
-    worker receives once tile 7 is chosen. On SQLite and on PostgreSQL."""
+    worker receives once tile 7 is chosen. Each rerun names the job it was made from
+    (``rerun_of``). On SQLite and on PostgreSQL."""
     emu, sent = recorded
     with _server(emu, tmp_path, database_url=db_url) as server, server.client() as client:
         resp = client.post("/v1/jobs", content=_png(3, 224, 32), params={
@@ -152,9 +153,11 @@ def test_a_rerun_refines_only_the_chosen_tiles_and_an_edited_prompt_waits_for_it
         rerun = client.post(f"/v1/jobs/{job['id']}/rerun", json={"tiles": [3, 5]})
         assert rerun.status_code == 202, rerun.text
         again = rerun.json()
+        assert (job["rerun_of"], again["rerun_of"], again["retry_of"]) == (None, job["id"], None)
         states = _states(sse_events(client, again["id"], tiles=True))
         final = wait_terminal(client, again["id"])
         assert final["status"] == "succeeded", final.get("error")
+        assert final["rerun_of"] == job["id"]  # stored, not only in the 202's body
         assert sorted(index for index, _ in sent) == ["3", "5"]  # tile 7 was not refined
         assert final["cost"]["runpod_jobs"] == 2
         assert states[7] == ["cached"]  # told once, never refining
@@ -169,6 +172,9 @@ def test_a_rerun_refines_only_the_chosen_tiles_and_an_edited_prompt_waits_for_it
         third = client.post(f"/v1/jobs/{again['id']}/rerun", json={"tiles": [7]}).json()
         done = wait_terminal(client, third["id"])
         assert done["status"] == "succeeded", done.get("error")
+        assert done["rerun_of"] == again["id"]  # the rerun it was made from, not the first job
+        listed = {j["id"]: j["rerun_of"] for j in client.get("/v1/jobs").json()["items"]}
+        assert listed == {job["id"]: None, again["id"]: job["id"], third["id"]: again["id"]}
         assert [index for index, _ in sent] == ["7"]
         assert "mossy stone, edited" in sent[0][1]  # the edited prompt, now that it is chosen
         last = client.get(f"/v1/jobs/{third['id']}/tiles").json()["tiles"]

@@ -141,7 +141,24 @@ def test_edit_one_caption_and_rerun_only_that_tile(studio, page, shot) -> None:
     changes = [c for c in page.evaluate("window.__changes") if c["attr"] == "data-state"]
     flicker = [c for c in changes if c["index"] != str(chosen) and c["value"] != "cached"]
     assert not flicker, f"the kept tiles stay cached throughout: {changes}"
+    made = page.locator("#job-facts").get_by_test_id("job-origin")
+    expect(made).to_have_text(f"rerun of …{first['id'][-8:]}")
+    assert made.get_by_role("link").get_attribute("href") == f"/jobs/{first['id']}"
     shot(page, "job-view-rerun")
+
+    # the queue tells the rerun from the job it re-ran, and links back to that job
+    page.goto(f"{studio.url}/jobs")
+    rerun_row = page.locator(f"[data-testid=job-row][data-id='{second_id}']")
+    first_row = page.locator(f"[data-testid=job-row][data-id='{first['id']}']")
+    expect(rerun_row.get_by_test_id("job-origin")).to_have_text(
+        f"rerun of …{first['id'][-8:]}")
+    expect(first_row).to_be_visible()
+    expect(first_row.get_by_test_id("job-origin")).to_have_count(0)
+    shot(page, "queue-rerun")
+    rerun_row.get_by_test_id("job-origin").get_by_role("link").click()
+    page.wait_for_url(f"{studio.url}/jobs/{first['id']}")
+    wait_status(page, "succeeded")
+    expect(page.locator("#job-facts").get_by_test_id("job-origin")).to_have_count(0)
 
     with studio.client() as http:
         tiles = http.get(f"/v1/jobs/{second_id}/tiles").json()["tiles"]
@@ -314,6 +331,8 @@ def test_cancel_a_running_job(studio, page, shot, slow_gpus) -> None:
     row = page.locator(f"[data-testid=job-row][data-id='{job['id']}']")
     row.wait_for()
     assert row.get_attribute("data-status") == "canceled"
+    retried_row = page.locator(f"[data-testid=job-row][data-id='{retried}']")
+    expect(retried_row.get_by_test_id("job-origin")).to_have_text(f"retry of …{job['id'][-8:]}")
     shot(page, "queue")
     before = page.get_by_test_id("job-row").count()
     row.get_by_role("button", name="Retry").click()

@@ -125,6 +125,17 @@ export async function retryJob(job) {
   return api(`${jobBase(job.id)}/retry`, { method: "POST" });
 }
 
+// Where a job came from, as a line the queue row and the job view both show: "rerun of
+// …3fa9c012" / "retry of …" linking to that job (its full id on hover); null for a job
+// submitted directly. The short id is the id's random tail (its head is the creation time,
+// shared by jobs made close together).
+export function jobOrigin(job) {
+  const [how, parent] = job.rerun_of ? ["rerun", job.rerun_of] : job.retry_of ? ["retry", job.retry_of] : [];
+  if (!parent) return null;
+  return el("span", { "data-testid": "job-origin", "data-origin": how },
+    `${how} of `, el("a", { href: `/jobs/${parent}`, title: parent, text: `…${parent.slice(-8)}` }));
+}
+
 // Sets `node` (a tile of a .grid-overlay) over its box {x, y, w, h} in an image of `size`
 // {width, height} px, in percent, so the tile follows the image however large it is drawn.
 export function placeBox(node, box, size) {

@@ -1,7 +1,7 @@
 // What both job views share: the status line (badge, stage, progress, ETA, the buttons that
 // fit the status), cancel and retry, and picking several cells of a grid by mouse or keyboard
 // (the upscale view's tiles, the animate view's frames).
-import { TERMINAL, api, el, jobBase, retryJob, seconds, showError, usd } from "./api.js";
+import { TERMINAL, api, el, jobBase, jobOrigin, retryJob, seconds, showError, usd } from "./api.js";
 
 function eta(job) {
   if (job.status !== "running" || !job.started_at || job.progress <= 0.02) return "";
@@ -9,14 +9,15 @@ function eta(job) {
   return `about ${seconds(elapsed * (1 - job.progress) / job.progress)} left`;
 }
 
-// Status badge (data-status kept current), stage, progress, ETA, the facts list, download,
-// cancel and retry as the status allows, and the job's error in the error box.
 /** The "Measured cost" fact of a job: dollars, GPU seconds and RunPod jobs. */
 export function costFact(cost) {
   const jobs = `${cost.runpod_jobs} RunPod job${cost.runpod_jobs === 1 ? "" : "s"}`;
   return ["Measured cost", `${usd(cost.usd)} · ${cost.execution_s.toFixed(1)} GPU s · ${jobs}`];
 }
 
+// Status badge (data-status kept current), stage, progress, ETA, the facts list (with where
+// the job came from, first), download, cancel and retry as the status allows, and the job's
+// error in the error box.
 export function renderStatus(job, facts) {
   const status = document.getElementById("job-status");
   status.textContent = job.status;
@@ -28,9 +29,11 @@ export function renderStatus(job, facts) {
   bar.value = job.progress;
   bar.textContent = `${Math.round(job.progress * 100)}%`;
   document.getElementById("job-eta").textContent = eta(job);
+  const origin = jobOrigin(job);
+  if (origin) facts.unshift(["From", origin]);
   if (job.error) facts.push(["Error", `[${job.error.code}] ${job.error.message}`]);
-  document.getElementById("job-facts").replaceChildren(
-    ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  document.getElementById("job-facts").replaceChildren(  // a fact is text or a node
+    ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
   const done = job.status === "succeeded";
   const download = document.getElementById("download-result");
   download.hidden = !done;

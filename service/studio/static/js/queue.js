@@ -1,5 +1,5 @@
 // Queue and history: all jobs newest first, live, with filters, paging, cancel and retry.
-import { TERMINAL, api, el, every, jobBase, retryJob, showError, clearError, usd } from "./api.js";
+import { TERMINAL, api, el, every, jobBase, jobOrigin, retryJob, showError, clearError, usd } from "./api.js";
 
 const rows = document.getElementById("job-rows");
 const statusFilter = document.getElementById("status-filter");
@@ -29,12 +29,14 @@ function row(job) {
     actions.append(el("button", { type: "button", "data-action": "retry", "data-id": job.id,
                                   "aria-label": `Retry ${job.input.filename}`, text: "Retry" }));
   }
+  const origin = jobOrigin(job);
   const progress = el("progress", { max: "1", value: String(job.progress), "aria-label": `Progress of ${job.input.filename}` });
   return el("tr", { "data-testid": "job-row", "data-id": job.id, "data-status": job.status },
     el("td", {}, thumb),
     el("td", {}, el("a", { href: `/jobs/${job.id}`, text: job.input.filename }),
        job.animation ? el("small", { class: "hint", "data-kind": "animate",
-                                     text: `animate: ${job.animation.motion}, ${job.animation.frames} frames` }) : ""),
+                                     text: `animate: ${job.animation.motion}, ${job.animation.frames} frames` }) : "",
+       origin ? el("small", { class: "hint" }, origin) : ""),
     el("td", {}, el("span", { class: `badge ${job.status}`, text: job.status })),
     el("td", {}, progress, ` ${Math.round(job.progress * 100)}%`),
     el("td", { text: new Date(job.created_at).toLocaleString() }),
