@@ -207,6 +207,7 @@ def authorize(request: Request, settings: Settings) -> None:
 # ---- the gate --------------------------------------------------------------------------------
 
 _OPEN_PATHS = frozenset({"/v1/health"})
+AUTHORIZED = "aat_authorized"  # request state set by the gate once it let a request through
 _GATED_PATHS = frozenset({"/metrics", "/openapi.json"})
 
 
@@ -232,4 +233,5 @@ class AuthGate:
             except ApiError as exc:
                 await error_response(exc)(scope, receive, send)
                 return
+            scope.setdefault("state", {})[AUTHORIZED] = True  # require_auth need not ask again
         await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
-from service.api.auth import authorize, bearer_scheme
+from service.api.auth import AUTHORIZED, authorize, bearer_scheme
 from service.backends.base import GpuBackend
 from service.core.animate import AnimateParams
 from service.core.errors import BackendUnavailable
@@ -93,5 +93,7 @@ async def require_auth(
     request: Request,
     _credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
 ) -> None:
-    """Guard for every route but ``/v1/health`` (401/403 problem+json)."""
-    authorize(request, request.app.state.settings)
+    """Guard for every route but ``/v1/health`` (401/403 problem+json); a request the
+    :class:`~service.api.auth.AuthGate` already let through is not checked twice."""
+    if not getattr(request.state, AUTHORIZED, False):
+        authorize(request, request.app.state.settings)
