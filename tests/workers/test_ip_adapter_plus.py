@@ -134,3 +134,40 @@ def test_a_styled_refine_equals_diffusers_own_call_with_the_plus_adapter(loaded,
                        controlnet_conditioning_scale=0.5, ip_adapter_image=RED,
                        generator=torch.Generator("cpu").manual_seed(9)).images
     assert np.abs(ours - np.asarray(theirs, np.int16)).max() <= 1
+
+
+def test_the_image_encoder_runs_once_per_style_image_not_once_per_tile(loaded, tile) -> None:
+    """The ViT-H image encoder is the costliest part of a small tile's call: each distinct
+    style image (and the blank one used without a style image) is encoded once, then reused
+    by every tile and call, with and without CFG, giving what diffusers' own encoding gives."""
+    from diffusers import EulerDiscreteScheduler
+
+    green = Image.new("RGB", (80, 80), (30, 200, 60))
+    runs: list[int] = []
+    hook = loaded.pipe.image_encoder.register_forward_hook(lambda *_: runs.append(1))
+    loaded._image_embeds.clear()
+    try:
+        styled = BASE.model_copy(update={"ip_adapter_image": green, "ip_adapter_scale": 0.8})
+        tiles = [TileJob(f"0_{i}", tile, "", 9 + i) for i in range(3)]
+        first = loaded.refine(tiles, styled)
+        assert len(runs) == 2  # the image and the negative side's zero image, once
+        again = loaded.refine(tiles, styled)
+        loaded.refine(tiles, styled.model_copy(update={"batch_size": 3}))
+        assert len(runs) == 2
+        assert [np.asarray(a).tolist() for a in first] == [np.asarray(b).tolist() for b in again]
+        run(loaded, tile)
+        run(loaded, tile)
+        assert len(runs) == 4  # the blank image, once
+        no_cfg = run(loaded, tile, ip_adapter_image=green, ip_adapter_scale=0.8, cfg_scale=1.0)
+        assert len(runs) == 4
+    finally:
+        hook.remove()
+    ref = loaded.pipe
+    ref.scheduler = EulerDiscreteScheduler.from_config(loaded._base_scheduler)
+    ref.set_ip_adapter_scale(0.8)
+    with torch.inference_mode():
+        [theirs] = ref(prompt="stone wall", image=tile, control_image=tile, strength=0.6,
+                       num_inference_steps=4, guidance_scale=1.0,
+                       controlnet_conditioning_scale=0.5, ip_adapter_image=green,
+                       generator=torch.Generator("cpu").manual_seed(9)).images
+    assert np.abs(no_cfg - np.asarray(theirs, np.int16)).max() <= 1
