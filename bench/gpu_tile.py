@@ -8,8 +8,9 @@
 Timing depends on shapes, not weight values: ``--random-weights`` builds the full-size SDXL
 UNet, ControlNet, VAE and IP-Adapter Plus (ViT-H image encoder, resampler) from the configs in
 ``workers/tiny/sdxl_configs/`` with random weights (nothing to download; fits the no-network
-GPU host). As in the worker image, the IP-Adapter is loaded in every row, so its image encoder
-runs on every call. Every configuration runs the real ``UpscalePipeline.refine`` on the same
+GPU host). As in the worker image, the IP-Adapter is loaded in every row; its image encoder runs
+once per style image (the worker keeps the embeddings), so a warmed-up row measures what the
+tiles of a job after its first cost. Every configuration runs the real ``UpscalePipeline.refine`` on the same
 tiles after a warm-up; each row reports seconds per tile, its ratio to the baseline measured in
 the same run (eager, SDPA, ControlNet on, batch 1, strength 0.35, ``--steps`` steps, CFG on, no
 style image), and peak VRAM. Rows: bf16, attention without the fused SDPA kernels,

@@ -8,7 +8,8 @@ parameter UNet costs its memory once and no initialiser time. The two CLIP text 
 their real widths (768 and 1280, so the UNet gets 2048-wide embeddings and a 1280 pooled
 vector) but only one layer each: prompt encoding is about 1% of a tile's time. The
 IP-Adapter Plus is the one the worker image bakes, at full size: the ViT-H/14 image encoder
-(which the worker runs on every call, on a blank image when no style image is given) and the
+(which the worker runs once per style image, and once on a blank image for calls without one)
+and the
 resampler plus the per-layer image-token projections (:func:`ip_adapter_plus_state_dict`).
 """
 
