@@ -83,6 +83,22 @@ def measure(pipe: UpscalePipeline, jobs: list[TileJob], settings: RefineSettings
     return elapsed, peak
 
 
+def cpu_dtype() -> torch.dtype:
+    """bfloat16 where this CPU runs it faster than float32 (AMX), else float32: without AMX,
+    PyTorch's bfloat16 convolutions are about 5x (AVX-512) to 300x (AVX2) slower than float32
+    (measured on one Xeon with oneDNN limited to each), which made the CPU proof take hours."""
+    conv, x = torch.nn.Conv2d(320, 320, 3, padding=1), torch.randn(1, 320, 16, 16)
+    seconds: dict[torch.dtype, float] = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            layer, data = conv.to(dtype), x.to(dtype)
+            layer(data)  # warm-up
+            start = time.perf_counter()
+            layer(data)
+            seconds[dtype] = time.perf_counter() - start
+    return min(seconds, key=lambda d: seconds[d])
+
+
 def load(kind: str, device: str, dtype: torch.dtype) -> UpscalePipeline:
     if kind == "tiny":
         from workers.tiny import upscale as tiny_parts
@@ -91,10 +107,11 @@ def load(kind: str, device: str, dtype: torch.dtype) -> UpscalePipeline:
     if kind == "random":  # the image's parts at full size, IP-Adapter Plus included
         from workers.tiny import full_size
 
-        comps = full_size.build_components(device, dtype)
+        shared = not device.startswith("cuda")  # the CPU proof: ~1 GB of weights, not 18 GB
+        comps = full_size.build_components(device, dtype, shared=shared)
         return UpscalePipeline.from_components(
-            comps, device=device,
-            ip_adapter=full_size.ip_adapter_plus_state_dict(comps["unet"], comps["image_encoder"]))
+            comps, device=device, ip_adapter=full_size.ip_adapter_plus_state_dict(
+                comps["unet"], comps["image_encoder"], shared=shared))
     os.environ["AAT_DTYPE"] = "bf16" if dtype == torch.bfloat16 else "fp16"
     return UpscalePipeline.from_weights(device=device)
 
@@ -106,8 +123,8 @@ def lora_pair(pipe: UpscalePipeline) -> list[LoraSpec] | None:
 
 def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[list[Row], dict]:
     cuda = device.startswith("cuda")
-    # the CPU run is a proof, not a figure: bf16 halves the 16 GB a float32 SDXL + ControlNet take
-    dtype = torch.float16 if cuda else torch.bfloat16 if kind == "random" else torch.float32
+    # the CPU run is a proof, not a figure: its weights share values (full_size.SharedValues)
+    dtype = torch.float16 if cuda else cpu_dtype() if kind == "random" else torch.float32
     pipe = load(kind, device, dtype)
     strength = 0.35 if int(steps * 0.35) >= 1 else 1.0 / steps + 1e-6  # at least one step
     jobs = tiles(size, 4)
@@ -156,7 +173,8 @@ def run(kind: str, device: str, size: int, steps: int, repeats: int) -> tuple[li
         pipe = load(kind, device, torch.bfloat16)
         add("bf16 instead of fp16 (eager)", base)
     info = {"strength": round(strength, 4), "steps": steps, "size": size,
-            "dtype": str(dtype).removeprefix("torch.")}
+            "dtype": str(dtype).removeprefix("torch."),
+            "shared_weights": kind == "random" and not cuda}
     return rows, info
 
 
@@ -165,6 +183,8 @@ def report(rows: list[Row], kind: str, device: str, info: dict[str, Any]) -> dic
     where = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     weights = {"tiny": "tiny random parts", "random": "full-size SDXL, random weights",
                "weights": "baked weights"}[kind]
+    if info.get("shared_weights"):
+        weights += f" sharing values ({info['dtype']}; a proof, not a figure)"
     print(f"upscale worker, seconds per {info['size']} px tile, {info['steps']} steps at "
           f"strength {info['strength']} — {weights} on {where}")
     print(f"{'configuration':<42} {'s/tile':>8} {'x baseline':>11} {'peak GB':>8}  note")

@@ -16,6 +16,7 @@ resampler plus the per-layer image-token projections (:func:`ip_adapter_plus_sta
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,69 @@ def _materialise(model: Any, device: str, dtype: torch.dtype, gen: torch.Generat
     return model.eval()
 
 
+class SharedValues:
+    """Random N(0, 1/fan_in) values, one buffer per fan-in, that every weight matrix with that
+    fan-in is a view of: a full-size SDXL + ControlNet + IP-Adapter Plus then takes about 1 GB
+    instead of 18 GB in float32 (the CPU proof's dtype on a CPU without fast bfloat16). The
+    same shapes and the same operations, so it runs what a GPU runs; only the figures mean
+    nothing (weights that share memory stay in the CPU's caches), which the CPU proof has none
+    of anyway."""
+
+    def __init__(self, device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+        self.device, self.dtype, self.gen = device, dtype, gen
+        self.need: dict[int, int] = {}  # fan-in -> most values one weight takes
+        self.values: dict[int, torch.Tensor] = {}
+
+    def plan(self, shape: tuple[int, ...], fan_in: int) -> None:
+        self.need[fan_in] = max(self.need.get(fan_in, 0), math.prod(shape))
+
+    def view(self, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        size = math.prod(shape)
+        values = self.values.get(fan_in)
+        if values is None or values.numel() < size:
+            size_needed = max(size, self.need.get(fan_in, 0))
+            values = (torch.randn(size_needed, generator=self.gen, device=self.device)
+                      * max(1, fan_in) ** -0.5).to(self.dtype)
+            self.values[fan_in] = values
+        return values[:size].view(shape)
+
+
+def _share(models: list[Any], device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """Give each model (built on the meta device) real tensors: weight matrices viewing
+    :class:`SharedValues`, norm scales 1, biases 0, buffers as :func:`_materialise` sets them."""
+    shared = SharedValues(device, dtype, gen)
+    for model in models:
+        for p in model.parameters():
+            if p.dim() > 1:
+                shared.plan(tuple(p.shape), p[0].numel())
+    for model in models:
+        for module_name, module in model.named_modules():
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if p.dim() > 1:
+                    value = shared.view(tuple(p.shape), p[0].numel())
+                else:
+                    fill = 1.0 if name.endswith("weight") else 0.0
+                    value = torch.full(tuple(p.shape), fill, device=device, dtype=dtype)
+                module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+            for name, buf in list(module._buffers.items()):
+                if buf is None:
+                    continue
+                kind = dtype if buf.is_floating_point() else buf.dtype
+                if f"{module_name}.{name}".endswith("position_ids"):
+                    value = torch.arange(buf.shape[-1], device=device).expand(
+                        tuple(buf.shape)).contiguous()
+                else:
+                    value = torch.zeros(tuple(buf.shape), device=device, dtype=kind)
+                module._buffers[name] = value
+        model.eval()
+
+
 def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
-                     seed: int = 0) -> dict[str, Any]:
-    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` at full size."""
+                     seed: int = 0, shared: bool = False) -> dict[str, Any]:
+    """Every component of ``StableDiffusionXLControlNetImg2ImgPipeline`` at full size; with
+    ``shared``, weight matrices share their values (:class:`SharedValues`)."""
     gen = torch.Generator(device).manual_seed(seed)
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config("unet"))
@@ -95,29 +156,39 @@ def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
             num_hidden_layers=1, vocab_size=1000, projection_dim=1280,
             bos_token_id=0, eos_token_id=2, pad_token_id=1))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config("image_encoder")))
-    parts: dict[str, Any] = {name: _materialise(model, device, dtype, gen) for name, model in (
-        ("unet", unet), ("controlnet", controlnet), ("vae", vae),
-        ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
-        ("image_encoder", image_encoder))}
+    models = {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder,
+              "text_encoder_2": text_encoder_2, "image_encoder": image_encoder}
+    if shared:
+        _share(list(models.values()), device, dtype, gen)
+        parts: dict[str, Any] = models
+    else:
+        parts = {name: _materialise(model, device, dtype, gen) for name, model in models.items()}
     tokenizer = tiny_upscale.write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
     return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
             "scheduler": EulerDiscreteScheduler.from_config(config("scheduler"))}
 
 
-def ip_adapter_plus_state_dict(unet: Any, image_encoder: Any,
-                               seed: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+def ip_adapter_plus_state_dict(unet: Any, image_encoder: Any, seed: int = 1,
+                               shared: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """The baked IP-Adapter Plus SDXL file's tensors at full size (resampler sizes in
     ``sdxl_configs/ip_adapter_plus.json``), random, on the UNet's device and in its dtype, for
     ``UpscalePipeline.from_components(..., ip_adapter=...)``: diffusers' ``load_ip_adapter``
-    converts them as it converts the real file."""
+    converts them as it converts the real file. With ``shared``, tensors of one fan-in share
+    their values (:class:`SharedValues`)."""
     device, dtype = unet.device, unet.dtype
     gen = torch.Generator(device).manual_seed(seed)
-    pool = _pool(str(device), dtype, gen)
+    if shared:
+        values = SharedValues(str(device), dtype, gen)
 
-    def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-        out = torch.empty(shape, device=device, dtype=dtype)
-        _fill(out, pool, gen, fan_in)
-        return out
+        def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+            return values.view(shape, fan_in)
+    else:
+        pool = _pool(str(device), dtype, gen)
+
+        def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+            out = torch.empty(shape, device=device, dtype=dtype)
+            _fill(out, pool, gen, fan_in)
+            return out
 
     sizes = config("ip_adapter_plus")
     return tiny_upscale.ip_adapter_plus_state_dict(
