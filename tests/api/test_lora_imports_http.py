@@ -444,16 +444,19 @@ def test_ctrl_c_on_aat_models_import_cancels_the_import(
          f"{standin.site}/civitai/api/download/models/104"],
         cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []  # the follower's lines before Ctrl-C (said if the test fails)
+    started = time.monotonic()
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # the follower's lines, as they come
+            seen.append(f"{time.monotonic() - started:.1f}s {line.rstrip()}")
             if line.startswith("downloading: big_slow.safetensors"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (seen, err)
     assert "canceled the import of big_slow.safetensors; nothing was kept" in err
     with server.client() as http:
         [item] = http.get(IMPORTS).json()["imports"]
