@@ -18,6 +18,7 @@ from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from PIL import Image
 from safetensors import safe_open
 
+from tests.workers.diffusers_reference import styled_reference
 from workers.tiny import upscale as tiny
 from workers.upscale import weights
 from workers.upscale.pipeline import RefineSettings, TileJob, UpscalePipeline
@@ -122,26 +123,16 @@ def test_style_mode_scales_one_block_only(loaded, tile) -> None:
 def test_a_styled_refine_equals_diffusers_own_call_with_the_plus_adapter(loaded, tile) -> None:
     """Golden: our call with a style image equals diffusers' ``__call__`` with text prompts,
     ``ip_adapter_image`` and the same scale, seed, strength, steps, CFG and ControlNet scale."""
-    from diffusers import EulerDiscreteScheduler
-
     ours = run(loaded, tile, ip_adapter_image=RED, ip_adapter_scale=0.8)
-    ref = loaded.pipe
-    ref.scheduler = EulerDiscreteScheduler.from_config(loaded._base_scheduler)
-    ref.set_ip_adapter_scale(0.8)
-    with torch.inference_mode():
-        [theirs] = ref(prompt="stone wall", image=tile, control_image=tile, strength=0.6,
-                       num_inference_steps=4, guidance_scale=5.0,
-                       controlnet_conditioning_scale=0.5, ip_adapter_image=RED,
-                       generator=torch.Generator("cpu").manual_seed(9)).images
-    assert np.abs(ours - np.asarray(theirs, np.int16)).max() <= 1
+    theirs = styled_reference(loaded, tile, prompt="stone wall", style=RED, scale=0.8,
+                              strength=0.6, steps=4, cfg=5.0, controlnet_scale=0.5, seed=9)
+    assert np.abs(ours - theirs).max() <= 1
 
 
 def test_the_image_encoder_runs_once_per_style_image_not_once_per_tile(loaded, tile) -> None:
     """The ViT-H image encoder is the costliest part of a small tile's call: each distinct
     style image (and the blank one used without a style image) is encoded once, then reused
     by every tile and call, with and without CFG, giving what diffusers' own encoding gives."""
-    from diffusers import EulerDiscreteScheduler
-
     green = Image.new("RGB", (80, 80), (30, 200, 60))
     runs: list[int] = []
     hook = loaded.pipe.image_encoder.register_forward_hook(lambda *_: runs.append(1))
@@ -162,12 +153,6 @@ def test_the_image_encoder_runs_once_per_style_image_not_once_per_tile(loaded, t
         assert len(runs) == 4
     finally:
         hook.remove()
-    ref = loaded.pipe
-    ref.scheduler = EulerDiscreteScheduler.from_config(loaded._base_scheduler)
-    ref.set_ip_adapter_scale(0.8)
-    with torch.inference_mode():
-        [theirs] = ref(prompt="stone wall", image=tile, control_image=tile, strength=0.6,
-                       num_inference_steps=4, guidance_scale=1.0,
-                       controlnet_conditioning_scale=0.5, ip_adapter_image=green,
-                       generator=torch.Generator("cpu").manual_seed(9)).images
-    assert np.abs(no_cfg - np.asarray(theirs, np.int16)).max() <= 1
+    theirs = styled_reference(loaded, tile, prompt="stone wall", style=green, scale=0.8,
+                              strength=0.6, steps=4, cfg=1.0, controlnet_scale=0.5, seed=9)
+    assert np.abs(no_cfg - theirs).max() <= 1
