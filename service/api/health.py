@@ -3,7 +3,9 @@
 Liveness says only that the process answers. Readiness checks each dependency a job needs:
 the job store, the broker or embedded executor, the job runners (alive, their jobs' last
 heartbeat), the artifact store (a write read back) and the GPU endpoints (through the backend's
-``health()``); it answers 503 when any of them is down, naming it.
+``health()``); it answers 503 when any of them is down, naming it. Requests that arrive while a
+check runs get that check's answer: asking Celery runners waits up to 3 s for their replies,
+and every open System page asks every 3 s after its last answer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -54,8 +56,8 @@ async def health() -> Health:
     return Health(version=package_version())
 
 
-async def _gpu_check(request: Request) -> Check:
-    backend = request.app.state.backend
+async def _gpu_check(app: FastAPI) -> Check:
+    backend = app.state.backend
     if backend is None:
         return Check(ok=True, detail="no GPU backend configured: base upscale only")
     try:
@@ -77,13 +79,8 @@ async def _parts_checks(jobs: JobServicePort) -> dict[str, Check]:
     return {name: Check(ok=ok, detail=detail[:500]) for name, (ok, detail) in found.items()}
 
 
-@router.get("/ready", response_model=Ready,
-            summary="Readiness of store, broker, runners, artifacts and GPU",
-            dependencies=[Depends(require_auth)],
-            responses={503: {"model": Ready, "description": "a dependency is down"},
-                       **problem_responses(401, 403)})
-async def ready(request: Request, response: Response,
-                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> Ready:
+async def _check_all(app: FastAPI, jobs: JobServicePort) -> Ready:
+    app.state.metrics.ready_checks.inc()
     checks: dict[str, Check] = {}
     try:
         found = await run_in_threadpool(jobs.ready)
@@ -92,9 +89,24 @@ async def ready(request: Request, response: Response,
     except Exception as exc:
         checks["store"] = Check(ok=False, detail=str(exc)[:300])
     # asking Celery runners waits for their answers (seconds): alongside the GPU check
-    parts, gpu = await asyncio.gather(_parts_checks(jobs), _gpu_check(request))
+    parts, gpu = await asyncio.gather(_parts_checks(jobs), _gpu_check(app))
     checks.update(parts, gpu=gpu)
-    all_ok = all(c.ok for c in checks.values())
-    if not all_ok:
+    return Ready(ready=all(c.ok for c in checks.values()), checks=checks)
+
+
+@router.get("/ready", response_model=Ready,
+            summary="Readiness of store, broker, runners, artifacts and GPU",
+            dependencies=[Depends(require_auth)],
+            responses={503: {"model": Ready, "description": "a dependency is down"},
+                       **problem_responses(401, 403)})
+async def ready(request: Request, response: Response,
+                jobs: Annotated[JobServicePort, Depends(get_jobs)]) -> Ready:
+    app = request.app
+    running: asyncio.Task[Ready] | None = getattr(app.state, "ready_check", None)
+    if running is None or running.done():  # else share the check under way
+        running = asyncio.ensure_future(_check_all(app, jobs))
+        app.state.ready_check = running
+    answer = await asyncio.shield(running)  # a caller going away does not stop the others'
+    if not answer.ready:
         response.status_code = 503
-    return Ready(ready=all_ok, checks=checks)
+    return answer

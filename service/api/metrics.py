@@ -47,6 +47,9 @@ class ApiMetrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.submissions = Counter("aat_submissions", "POST /v1/jobs by result",
                                    ["result"], registry=self.registry)
+        self.ready_checks = Counter(
+            "aat_ready_checks", "readiness checks run (GET /v1/ready requests that arrive "
+            "while one runs share it)", registry=self.registry)
 
     def watch_store(self, jobs: Any) -> None:
         """Add the job-store collector (needs a job service with a SQL ``store``)."""

@@ -96,6 +96,19 @@ def start_runner(env: dict[str, str], log: Path, concurrency: int = 2) -> Servic
                           new_session=True).start()
 
 
+def wait_for_runner(server: LiveServer, timeout: float = 90) -> None:
+    """Until ``GET /v1/ready`` says a job runner answers on the server's queue (a Celery
+    process takes seconds to start; a test that asks at once would see none)."""
+    deadline = time.monotonic() + timeout
+    with server.client() as http:
+        while True:
+            runners = http.get("/v1/ready").json()["checks"]["runners"]
+            if runners["ok"]:
+                return
+            assert time.monotonic() < deadline, runners
+            time.sleep(0.2)
+
+
 def env_for(values: dict[str, Any]) -> dict[str, str]:
     """The same settings as ``AAT_*`` environment variables for a subprocess."""
     out = {}

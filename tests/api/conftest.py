@@ -16,6 +16,7 @@ from apitest_helpers import (
     running_app,
     serve,
     start_runner,
+    wait_for_runner,
 )
 from pg_helpers import throwaway_pg_database
 
@@ -77,6 +78,7 @@ def celery_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str,
     values = _values(root, database_url=pg_database)
     runner = start_runner(env_for(values), root / "runner.log")
     with running_app(load_settings(**values)) as server:
+        wait_for_runner(server)
         yield server
     runner.kill()
     _drop_queue(values["celery_queue"])

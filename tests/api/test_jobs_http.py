@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from apitest_helpers import png_bytes, sse_events, wait_terminal
 from image_factory import bomb_png
@@ -310,6 +311,37 @@ def test_ready_says_which_dependency_is_down(queued_server) -> None:
     assert ready.status_code == 503
     checks = ready.json()["checks"]
     assert checks["broker"]["ok"] is False and checks["store"]["ok"] is True
+
+
+def test_ready_requests_arriving_together_share_one_check(queued_server) -> None:
+    """Several System pages open: requests that arrive while a readiness check runs (here the
+    runners check waits its 3 s for a Celery runner that never answers) get that check's
+    answer instead of each asking the runners again; the next request checks afresh."""
+    import threading
+
+    fleet = queued_server()
+    with fleet.client() as http:
+        before = _metric(http.get("/metrics").text, "aat_ready_checks_total")
+    answers: list[httpx.Response] = []
+    together = threading.Barrier(4)
+
+    def ask() -> None:
+        with fleet.client() as http:
+            together.wait()
+            answers.append(http.get("/v1/ready"))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [a.status_code for a in answers] == [503] * 4
+    assert len({a.text for a in answers}) == 1  # one check's answer
+    assert "no job runner on queue" in answers[0].json()["checks"]["runners"]["detail"]
+    with fleet.client() as http:
+        assert _metric(http.get("/metrics").text, "aat_ready_checks_total") == before + 1
+        assert http.get("/v1/ready").status_code == 503  # asked again: a new check
+        assert _metric(http.get("/metrics").text, "aat_ready_checks_total") == before + 2
 
 
 def test_ready_names_the_job_runners_and_the_artifact_store(queued_server) -> None:
