@@ -439,8 +439,12 @@ def test_ctrl_c_on_aat_models_import_cancels_the_import(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
     env.update(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
                AAT_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
+    # Ctrl-C as a terminal delivers it: a test run started in the background by a script
+    # (no job control) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    ctrl_c_on = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "from service.cli import main; main()")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "models", "import",
+        [sys.executable, "-c", ctrl_c_on, "models", "import",
          f"{standin.site}/civitai/api/download/models/104"],
         cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
