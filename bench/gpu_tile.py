@@ -8,10 +8,10 @@
 Timing depends on shapes, not weight values: ``--random-weights`` builds the full-size SDXL
 UNet, ControlNet, VAE and IP-Adapter Plus (ViT-H image encoder, resampler) from the configs in
 ``workers/tiny/sdxl_configs/`` with random weights (nothing to download; fits the no-network
-GPU host). As in the worker image, the IP-Adapter is loaded in every row; its image encoder runs
-once per style image (the worker keeps the embeddings), so a warmed-up row measures what the
-tiles of a job after its first cost. Every configuration runs the real ``UpscalePipeline.refine`` on the same
-tiles after a warm-up; each row reports seconds per tile, its ratio to the baseline measured in
+GPU host). As in the worker image, the IP-Adapter is loaded in every row; its image encoder
+runs once per style image (the worker keeps the embeddings), so a warmed-up row measures what
+the tiles of a job after its first cost. Every configuration runs the real
+``UpscalePipeline.refine`` on the same tiles after a warm-up; each row reports seconds per tile, its ratio to the baseline measured in
 the same run (eager, SDPA, ControlNet on, batch 1, strength 0.35, ``--steps`` steps, CFG on, no
 style image), and peak VRAM. Rows: bf16, attention without the fused SDPA kernels,
 channels_last, torch.compile of the UNet, ControlNet off, batch 2 and 4, the few-step mode (4
@@ -107,7 +107,7 @@ def load(kind: str, device: str, dtype: torch.dtype) -> UpscalePipeline:
     if kind == "random":  # the image's parts at full size, IP-Adapter Plus included
         from workers.tiny import full_size
 
-        shared = not device.startswith("cuda")  # the CPU proof: ~1 GB of weights, not 18 GB
+        shared = not device.startswith("cuda")  # the CPU proof: 2-3 GB of weights, not 18 GB
         comps = full_size.build_components(device, dtype, shared=shared)
         return UpscalePipeline.from_components(
             comps, device=device, ip_adapter=full_size.ip_adapter_plus_state_dict(

@@ -37,8 +37,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def aat_command(*args: str) -> list[str]:
-    """`aat ARGS` run by this interpreter (``python -m service.cli``)."""
-    return [sys.executable, "-m", "service.cli", *args]
+    """`aat ARGS` run by this interpreter, with Ctrl-C on as in a user's terminal: a test run
+    started in the background by a script (no job control) has SIGINT ignored, which a child
+    inherits, and Python then never raises KeyboardInterrupt."""
+    return [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, "
+            "signal.default_int_handler); from service.cli import main; main()", *args]
 
 
 def scrubbed_env(**overrides: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from lora_standin import TOKEN, StandIn
+from proc_helpers import aat_command, scrubbed_env
 
 IMPORTS = "/v1/models/imports"
 
@@ -432,20 +433,13 @@ def test_ctrl_c_on_aat_models_import_cancels_the_import(
         service: Any, standin: StandIn, tmp_path: Path) -> None:
     import signal
     import subprocess
-    import sys
 
     standin.hold_after = 64 * 1024  # the download waits until the cancel
     server = service()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AAT_", "RUNPOD_"))}
-    env.update(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
-               AAT_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
-    # Ctrl-C as a terminal delivers it: a test run started in the background by a script
-    # (no job control) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
-    ctrl_c_on = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "from service.cli import main; main()")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", ctrl_c_on, "models", "import",
-         f"{standin.site}/civitai/api/download/models/104"],
+    env = scrubbed_env(AAT_SERVER_URL=server.url, AAT_DATA_DIR=str(tmp_path / "cli"),
+                       AAT_CONFIG=str(tmp_path / "none.toml"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(  # aat_command: with Ctrl-C on, as in a terminal
+        aat_command("models", "import", f"{standin.site}/civitai/api/download/models/104"),
         cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     seen: list[str] = []  # the follower's lines before Ctrl-C (said if the test fails)

@@ -70,6 +70,18 @@ def test_full_size_parts_with_shared_values_have_sdxl_s_shapes_in_a_fraction_of_
                 held[storage.data_ptr()] = storage.nbytes()
     total = sum(counts.values()) * 4
     assert sum(held.values()) < total / 10, (sum(held.values()), total)
+    # the GPU's build: every weight its own memory, drawn ~ N(0, 1/fan_in) (the VAE: small)
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**full_size.config("vae"))
+    gen = torch.Generator("cpu").manual_seed(0)
+    own = full_size._materialise(vae, "cpu", torch.float32,
+                                 full_size._drawer("cpu", torch.float32, gen, shared=False))
+    weights = [p for p in own.parameters() if p.dim() > 1]
+    assert len({p.untyped_storage().data_ptr() for p in weights}) == len(weights)
+    conv = own.decoder.conv_in.weight
+    assert abs(float(conv.std()) * conv[0].numel() ** 0.5 - 1.0) < 0.05
     plus = full_size.ip_adapter_plus_state_dict(parts["unet"], parts["image_encoder"],
                                                 shared=True)
     assert plus["image_proj"]["latents"].shape[-1] == 1280

@@ -9,8 +9,8 @@ their real widths (768 and 1280, so the UNet gets 2048-wide embeddings and a 128
 vector) but only one layer each: prompt encoding is about 1% of a tile's time. The
 IP-Adapter Plus is the one the worker image bakes, at full size: the ViT-H/14 image encoder
 (which the worker runs once per style image, and once on a blank image for calls without one)
-and the
-resampler plus the per-layer image-token projections (:func:`ip_adapter_plus_state_dict`).
+and the resampler plus the per-layer image-token projections
+(:func:`ip_adapter_plus_state_dict`). :class:`SharedValues` makes the CPU proof fit in memory.
 """
 
 from __future__ import annotations
@@ -58,84 +58,69 @@ def _fill(p: torch.Tensor, pool: torch.Tensor, gen: torch.Generator, fan_in: int
     flat.mul_(1.0 / max(1, fan_in) ** 0.5)
 
 
-def _materialise(model: Any, device: str, dtype: torch.dtype, gen: torch.Generator) -> Any:
-    """Allocate ``model`` (built on the meta device) and fill it: weights ~ N(0, 1/fan_in)
-    (so activations stay finite in fp16), norm scales 1, biases 0."""
-    model = model.to_empty(device=device).to(dtype)
-    pool = _pool(device, dtype, gen)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                _fill(p, pool, gen, p[0].numel())
-            elif name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
-        for name, buf in model.named_buffers():  # to_empty left them unset too
-            if name.endswith("position_ids"):
-                buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
-            else:
-                buf.zero_()
-    return model.eval()
-
-
 class SharedValues:
     """Random N(0, 1/fan_in) values, one buffer per fan-in, that every weight matrix with that
-    fan-in is a view of: a full-size SDXL + ControlNet + IP-Adapter Plus then takes about 1 GB
-    instead of 18 GB in float32 (the CPU proof's dtype on a CPU without fast bfloat16). The
-    same shapes and the same operations, so it runs what a GPU runs; only the figures mean
-    nothing (weights that share memory stay in the CPU's caches), which the CPU proof has none
-    of anyway."""
+    fan-in is a view of: a full-size SDXL + ControlNet + IP-Adapter Plus then holds 2-3 GB
+    instead of about 18 GB in float32 (the CPU proof's dtype on a CPU without fast bfloat16).
+    The same shapes and the same operations, so it runs what a GPU runs; only the figures mean
+    nothing (weights that share memory stay in the CPU's caches), and the CPU proof has none."""
 
     def __init__(self, device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
         self.device, self.dtype, self.gen = device, dtype, gen
-        self.need: dict[int, int] = {}  # fan-in -> most values one weight takes
         self.values: dict[int, torch.Tensor] = {}
-
-    def plan(self, shape: tuple[int, ...], fan_in: int) -> None:
-        self.need[fan_in] = max(self.need.get(fan_in, 0), math.prod(shape))
 
     def view(self, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
         size = math.prod(shape)
         values = self.values.get(fan_in)
-        if values is None or values.numel() < size:
-            size_needed = max(size, self.need.get(fan_in, 0))
-            values = (torch.randn(size_needed, generator=self.gen, device=self.device)
+        if values is None or values.numel() < size:  # grow (at least double): few buffers
+            grown = max(size, 2 * values.numel()) if values is not None else size
+            values = (torch.randn(grown, generator=self.gen, device=self.device)
                       * max(1, fan_in) ** -0.5).to(self.dtype)
             self.values[fan_in] = values
         return values[:size].view(shape)
 
 
-def _share(models: list[Any], device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
-    """Give each model (built on the meta device) real tensors: weight matrices viewing
-    :class:`SharedValues`, norm scales 1, biases 0, buffers as :func:`_materialise` sets them."""
-    shared = SharedValues(device, dtype, gen)
-    for model in models:
-        for p in model.parameters():
+def _drawer(device: str, dtype: torch.dtype, gen: torch.Generator,
+            shared: bool) -> tiny_upscale.Draw:
+    """Where weight matrices come from: views of :class:`SharedValues`, or tensors of their
+    own filled from one pool of random values."""
+    if shared:
+        return SharedValues(device, dtype, gen).view
+    pool = _pool(device, dtype, gen)
+
+    def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        out = torch.empty(shape, device=device, dtype=dtype)
+        _fill(out, pool, gen, fan_in)
+        return out
+
+    return draw
+
+
+def _materialise(model: Any, device: str, dtype: torch.dtype, draw: tiny_upscale.Draw) -> Any:
+    """Give ``model`` (built on the meta device) real tensors: weight matrices from ``draw``
+    (~ N(0, 1/fan_in), so activations stay finite in fp16), norm scales 1, biases 0, position
+    ids counting up, other buffers 0."""
+    for module_name, module in model.named_modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
             if p.dim() > 1:
-                shared.plan(tuple(p.shape), p[0].numel())
-    for model in models:
-        for module_name, module in model.named_modules():
-            for name, p in list(module._parameters.items()):
-                if p is None:
-                    continue
-                if p.dim() > 1:
-                    value = shared.view(tuple(p.shape), p[0].numel())
-                else:
-                    fill = 1.0 if name.endswith("weight") else 0.0
-                    value = torch.full(tuple(p.shape), fill, device=device, dtype=dtype)
-                module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
-            for name, buf in list(module._buffers.items()):
-                if buf is None:
-                    continue
-                kind = dtype if buf.is_floating_point() else buf.dtype
-                if f"{module_name}.{name}".endswith("position_ids"):
-                    value = torch.arange(buf.shape[-1], device=device).expand(
-                        tuple(buf.shape)).contiguous()
-                else:
-                    value = torch.zeros(tuple(buf.shape), device=device, dtype=kind)
-                module._buffers[name] = value
-        model.eval()
+                value = draw(tuple(p.shape), p[0].numel())
+            else:
+                value = torch.full(tuple(p.shape), 1.0 if name.endswith("weight") else 0.0,
+                                   device=device, dtype=dtype)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        for name, buf in list(module._buffers.items()):
+            if buf is None:
+                continue
+            if f"{module_name}.{name}".endswith("position_ids"):
+                value = torch.arange(buf.shape[-1], device=device).expand(
+                    tuple(buf.shape)).contiguous()
+            else:
+                value = torch.zeros(tuple(buf.shape), device=device,
+                                    dtype=dtype if buf.is_floating_point() else buf.dtype)
+            module._buffers[name] = value
+    return model.eval()
 
 
 def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
@@ -156,13 +141,11 @@ def build_components(device: str = "cpu", dtype: torch.dtype = torch.float16,
             num_hidden_layers=1, vocab_size=1000, projection_dim=1280,
             bos_token_id=0, eos_token_id=2, pad_token_id=1))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config("image_encoder")))
-    models = {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder,
-              "text_encoder_2": text_encoder_2, "image_encoder": image_encoder}
-    if shared:
-        _share(list(models.values()), device, dtype, gen)
-        parts: dict[str, Any] = models
-    else:
-        parts = {name: _materialise(model, device, dtype, gen) for name, model in models.items()}
+    draw = _drawer(device, dtype, gen, shared)
+    parts: dict[str, Any] = {name: _materialise(model, device, dtype, draw) for name, model in (
+        ("unet", unet), ("controlnet", controlnet), ("vae", vae),
+        ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
+        ("image_encoder", image_encoder))}
     tokenizer = tiny_upscale.write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="aat-sdxl-tok-")))
     return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer,
             "scheduler": EulerDiscreteScheduler.from_config(config("scheduler"))}
@@ -177,19 +160,7 @@ def ip_adapter_plus_state_dict(unet: Any, image_encoder: Any, seed: int = 1,
     their values (:class:`SharedValues`)."""
     device, dtype = unet.device, unet.dtype
     gen = torch.Generator(device).manual_seed(seed)
-    if shared:
-        values = SharedValues(str(device), dtype, gen)
-
-        def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-            return values.view(shape, fan_in)
-    else:
-        pool = _pool(str(device), dtype, gen)
-
-        def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-            out = torch.empty(shape, device=device, dtype=dtype)
-            _fill(out, pool, gen, fan_in)
-            return out
-
+    draw = _drawer(str(device), dtype, gen, shared)
     sizes = config("ip_adapter_plus")
     return tiny_upscale.ip_adapter_plus_state_dict(
         unet, image_hidden=image_encoder.config.hidden_size, queries=sizes["queries"],

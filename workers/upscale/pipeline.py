@@ -273,13 +273,15 @@ class UpscalePipeline:
         ``STYLE_EMBEDS_KEPT``): the image encoder (ViT-H/14, 632 M parameters) otherwise runs
         twice per call (the image and the zero image of the negative side), for every tile of
         a job with the same style image. The same numbers as diffusers' own encoding."""
-        style = (image or Image.new("RGB", (224, 224))).convert("RGB")
-        key = hashlib.sha256(style.tobytes()).digest() + repr(style.size).encode()
+        style = image.convert("RGB") if image is not None else None
+        key = (b"blank" if style is None
+               else hashlib.sha256(style.tobytes()).digest() + repr(style.size).encode())
         embeds = self._image_embeds.get(key)
         if embeds is None:
             with torch.inference_mode():  # [negative, positive] per adapter, as with CFG
                 embeds = self.pipe.prepare_ip_adapter_image_embeds(
-                    style, None, self.device, 1, do_classifier_free_guidance=True)
+                    style or Image.new("RGB", (224, 224)), None, self.device, 1,
+                    do_classifier_free_guidance=True)
             self._image_embeds[key] = embeds
             while len(self._image_embeds) > STYLE_EMBEDS_KEPT:
                 self._image_embeds.popitem(last=False)
